@@ -1,0 +1,155 @@
+"""The envelope codec: one msgpack map per ZeroMQ frame, versioned and validated.
+
+Wire layout of one envelope (see docs/PROTOCOL.md for the full contract)::
+
+    {"v": 1, "c": cluster, "s": sender, "k": kind, "i": msg_id, "p": {payload}}
+
+:meth:`Codec.decode` is the single gate for bytes coming off the network: it
+returns a fully typed :class:`Envelope` or raises :class:`ProtocolError` whose
+``reason`` is one of :class:`RejectReason`. It never raises anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, NoReturn
+
+import msgpack  # type: ignore[import-untyped]
+
+from bus.errors import ConfigError, ProtocolError
+from bus.messages import Message, from_payload, is_local_only, to_payload
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
+DEFAULT_MAX_FRAME_BYTES = 1 << 20
+MAX_NAME_LEN = 64
+MAX_MSG_ID = (1 << 64) - 1
+_ENVELOPE_KEYS = frozenset({"v", "c", "s", "k", "i", "p"})
+
+
+class RejectReason(StrEnum):
+    """Why an inbound frame was dropped; each is a counter on the transport."""
+
+    OVERSIZED = "oversized"
+    MALFORMED = "malformed"
+    BAD_ENVELOPE = "bad_envelope"
+    BAD_VERSION = "bad_version"
+    WRONG_CLUSTER = "wrong_cluster"
+    UNKNOWN_KIND = "unknown_kind"
+    LOCAL_KIND = "local_kind"
+    BAD_PAYLOAD = "bad_payload"
+    # Booked by the transport, not the codec:
+    BAD_FRAMING = "bad_framing"
+    SPOOFED_SENDER = "spoofed_sender"
+    NOT_A_MEMBER = "not_a_member"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded, validated message plus its routing facts.
+
+    ``origin`` is the ZeroMQ routing id the frame arrived on; it is not part
+    of the wire format and only serves :meth:`bus.transport.Transport.reply`.
+    """
+
+    version: int
+    cluster: str
+    sender: str
+    kind: str
+    msg_id: int
+    body: Message
+    origin: bytes = field(default=b"", compare=False, repr=False)
+
+
+def _no_ext(code: int, data: bytes) -> NoReturn:
+    # Extension types are not part of the protocol; refusing them keeps
+    # custom objects from ever being built out of network bytes.
+    raise ValueError(f"msgpack ext type {code} not allowed")
+
+
+def _valid_name(v: Any) -> bool:
+    return type(v) is str and 0 < len(v) <= MAX_NAME_LEN
+
+
+class Codec:
+    """Encode and decode envelopes for one cluster. Stateless, thread-safe."""
+
+    def __init__(self, cluster: str, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        if not _valid_name(cluster):
+            raise ConfigError(f"cluster id must be a non-empty str of at most {MAX_NAME_LEN} chars")
+        if max_frame_bytes < 64:
+            raise ConfigError("max_frame_bytes must be at least 64")
+        self.cluster = cluster
+        self.max_frame_bytes = max_frame_bytes
+        # Streaming decoder used by decode_stream(); msgpack enforces the cap
+        # itself through max_buffer_size, so a hostile length prefix can never
+        # make it allocate more than one frame's worth.
+        self._stream_limit = max_frame_bytes
+
+    def encode(self, sender: str, msg_id: int, msg: Message) -> bytes:
+        frame: bytes = msgpack.packb(
+            {"v": PROTOCOL_VERSION, "c": self.cluster, "s": sender, "k": msg.KIND, "i": msg_id,
+             "p": to_payload(msg)},
+        )
+        if len(frame) > self.max_frame_bytes:
+            # Refuse at the source: the receiver would drop it anyway and a
+            # silent drop there is much harder to diagnose than an error here.
+            raise ProtocolError(RejectReason.OVERSIZED, f"{msg.KIND} encodes to {len(frame)} bytes")
+        return frame
+
+    def decode(self, frame: bytes, origin: bytes = b"") -> Envelope:
+        if len(frame) > self.max_frame_bytes:
+            raise ProtocolError(RejectReason.OVERSIZED, f"{len(frame)} > {self.max_frame_bytes} bytes")
+        try:
+            # unpackb derives max_str/bin/array/map_len from len(frame), so a
+            # forged length header cannot trigger an allocation larger than the
+            # (already bounded) frame; StackError covers nesting bombs.
+            obj = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True)
+        except Exception as exc:  # any decoder failure is "malformed", by design
+            raise ProtocolError(RejectReason.MALFORMED, f"{type(exc).__name__}: {str(exc)[:80]}") from None
+        return self.validate(obj, origin)
+
+    def decode_stream(self, chunks: list[bytes]) -> list[Envelope]:
+        """Decode back-to-back envelopes (e.g. a capture file) with the same limits.
+
+        Uses ``msgpack.Unpacker(max_buffer_size=...)`` so that no single
+        object may exceed the frame limit even when lengths lie.
+        """
+        unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=True, ext_hook=_no_ext, max_buffer_size=self._stream_limit,
+        )
+        out: list[Envelope] = []
+        try:
+            for chunk in chunks:
+                unpacker.feed(chunk)
+                out.extend(self.validate(obj) for obj in unpacker)
+        except msgpack.BufferFull:
+            raise ProtocolError(RejectReason.OVERSIZED, "stream object exceeds limit") from None
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise ProtocolError(RejectReason.MALFORMED, f"{type(exc).__name__}") from None
+        return out
+
+    def validate(self, obj: Any, origin: bytes = b"") -> Envelope:
+        """Check a decoded msgpack object and turn it into an :class:`Envelope`."""
+        if type(obj) is not dict or obj.keys() != _ENVELOPE_KEYS:
+            raise ProtocolError(RejectReason.BAD_ENVELOPE, "not a map with keys v,c,s,k,i,p")
+        version = obj["v"]
+        if type(version) is not int:
+            raise ProtocolError(RejectReason.BAD_ENVELOPE, "v is not an int")
+        if version not in SUPPORTED_VERSIONS:
+            raise ProtocolError(RejectReason.BAD_VERSION, f"version {version}")
+        cluster = obj["c"]
+        if cluster != self.cluster:
+            raise ProtocolError(RejectReason.WRONG_CLUSTER, f"cluster {str(cluster)[:MAX_NAME_LEN]!r}")
+        sender, kind, msg_id = obj["s"], obj["k"], obj["i"]
+        if not _valid_name(sender) or not _valid_name(kind):
+            raise ProtocolError(RejectReason.BAD_ENVELOPE, "sender/kind not a short non-empty str")
+        if type(msg_id) is not int or not 0 <= msg_id <= MAX_MSG_ID:
+            raise ProtocolError(RejectReason.BAD_ENVELOPE, "i is not a uint64")
+        if is_local_only(kind):
+            raise ProtocolError(RejectReason.LOCAL_KIND, kind)
+        body = from_payload(kind, obj["p"])  # raises unknown_kind / bad_payload
+        return Envelope(version, cluster, sender, kind, msg_id, body, origin)

@@ -1,0 +1,135 @@
+"""Who is in the cluster, and which of them this node can currently hear.
+
+:class:`Membership` is configuration (names and endpoints). :class:`PeerTracker`
+turns "heard from X at time t" into up/down transitions; it never reads the
+clock itself, so tests drive it with plain numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from bus.errors import ConfigError, UnknownPeerError
+from bus.messages import PeerDown, PeerUp
+
+# Node names become ZeroMQ routing ids, key file names and log fields, so keep
+# them boring: this also rules out path tricks in bus.keys.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"invalid node name {name!r} (letters, digits, '_', '.', '-'; max 63)")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    name: str
+    endpoint: str
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if "://" not in self.endpoint:
+            raise ConfigError(f"endpoint of {self.name} must look like tcp://host:port")
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """The configured nodes (including the local one), in a stable order."""
+
+    peers: tuple[PeerSpec, ...]
+
+    def __post_init__(self) -> None:
+        if not self.peers:
+            raise ConfigError("membership is empty")
+        names = [p.name for p in self.peers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"duplicate node names in {names}")
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[str, str]]) -> Membership:
+        return cls(tuple(PeerSpec(n, e) for n, e in pairs))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.peers)
+
+    def __contains__(self, name: object) -> bool:
+        return any(p.name == name for p in self.peers)
+
+    def __iter__(self) -> Iterator[PeerSpec]:
+        return iter(self.peers)
+
+    def __len__(self) -> int:
+        return len(self.peers)
+
+    def endpoint(self, name: str) -> str:
+        for p in self.peers:
+            if p.name == name:
+                return p.endpoint
+        raise UnknownPeerError(name)
+
+    def others(self, name: str) -> tuple[PeerSpec, ...]:
+        return tuple(p for p in self.peers if p.name != name)
+
+
+@dataclass(slots=True)
+class _PeerState:
+    up: bool = False
+    last_heard: float = float("-inf")
+    incarnation: int | None = None
+
+
+class PeerTracker:
+    """Up/down view of the peers, driven by arrival times.
+
+    A peer is *up* from its first heartbeat until nothing at all has been
+    heard from it for ``timeout`` seconds. A heartbeat with a new incarnation
+    means the peer restarted; that is reported as a fresh :class:`PeerUp` so
+    that re-send logic (see :class:`bus.reliability.Outbox`) kicks in.
+    """
+
+    def __init__(self, peers: Iterable[str], timeout: float) -> None:
+        if timeout <= 0:
+            raise ConfigError("peer timeout must be > 0")
+        self.timeout = timeout
+        self._peers = {name: _PeerState() for name in peers}
+
+    def heartbeat(self, node: str, incarnation: int, now: float) -> PeerUp | None:
+        st = self._peers.get(node)
+        if st is None:
+            return None
+        st.last_heard = now
+        if st.up and st.incarnation == incarnation:
+            return None
+        st.up = True
+        st.incarnation = incarnation
+        return PeerUp(node, incarnation)
+
+    def traffic(self, node: str, now: float) -> None:
+        """Any valid message proves liveness, but only a heartbeat brings a peer up."""
+        st = self._peers.get(node)
+        if st is not None and st.up:
+            st.last_heard = now
+
+    def expire(self, now: float) -> list[PeerDown]:
+        downs: list[PeerDown] = []
+        for name, st in self._peers.items():
+            if st.up and now - st.last_heard >= self.timeout:
+                st.up = False
+                downs.append(PeerDown(name))
+        return downs
+
+    def next_expiry(self) -> float | None:
+        times = [st.last_heard + self.timeout for st in self._peers.values() if st.up]
+        return min(times) if times else None
+
+    def up(self) -> frozenset[str]:
+        return frozenset(n for n, st in self._peers.items() if st.up)
+
+    def is_up(self, node: str) -> bool:
+        st = self._peers.get(node)
+        return st is not None and st.up

@@ -1,0 +1,351 @@
+"""Typed bus messages: frozen dataclasses and the ``kind -> class`` registry.
+
+Each message class has a wire ``KIND`` (a short snake_case string) and plain
+fields. The payload on the wire is a msgpack map ``{field name: value}``;
+:func:`to_payload` and :func:`from_payload` are the only translation points,
+and :func:`from_payload` checks every field's type, so nothing half-valid is
+ever constructed from network input.
+
+Supported field types (anything else is refused at registration time):
+``str``, ``int``, ``float``, ``bool``, ``dict[str, Any]`` (a map with string
+keys and plain msgpack values), ``tuple[str, ...]`` (an array of strings),
+``Any`` (any plain msgpack value) and ``X | None`` of those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar, Union
+
+from bus.errors import ProtocolError
+
+# Reasons booked by from_payload; the codec re-uses them as counter names.
+BAD_PAYLOAD = "bad_payload"
+UNKNOWN_KIND = "unknown_kind"
+
+# Deep values (inside dict/Any fields) nest at most this far. msgpack itself
+# stops recursion bombs; this keeps our own validator walk bounded too.
+MAX_DEPTH = 32
+
+
+class Message:
+    """Base of every bus message. Subclasses are frozen dataclasses."""
+
+    __slots__ = ()
+    KIND: ClassVar[str]
+    # Local-only kinds are produced by the transport itself (peer/quorum
+    # events); a frame claiming one of them from the network is refused.
+    LOCAL_ONLY: ClassVar[bool] = False
+
+
+M = TypeVar("M", bound=type[Message])
+
+Converter = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class _Schema:
+    kind: str
+    ctor: Callable[..., Message]
+    names: tuple[str, ...]
+    required: frozenset[str]
+    converters: tuple[tuple[str, Converter], ...]
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {}
+_SCHEMAS: dict[str, _Schema] = {}
+_NAMES_BY_CLASS: dict[type[Message], tuple[str, ...]] = {}
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """True if ``value`` is made only of plain msgpack types (no ext/timestamps)."""
+    if depth > MAX_DEPTH:
+        return False
+    t = type(value)
+    if t in (str, int, float, bool, bytes) or value is None:
+        return True
+    if t is list:
+        return all(_plain(v, depth + 1) for v in value)
+    if t is dict:
+        return all(type(k) in (str, bytes, int) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _bad(name: str, expected: str, value: Any) -> ProtocolError:
+    return ProtocolError(BAD_PAYLOAD, f"field {name!r}: expected {expected}, got {type(value).__name__}")
+
+
+def _converter(name: str, tp: Any) -> Converter:
+    """Build a checker/normaliser for one annotated field type."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"{name}: only 'X | None' unions are supported")
+        inner = _converter(name, args[0])
+
+        def optional(v: Any) -> Any:
+            return None if v is None else inner(v)
+
+        return optional
+    if tp is str or tp is bool:
+
+        def exact(v: Any) -> Any:
+            # `type(...) is` on purpose: bool is an int subclass, and msgpack
+            # never produces str subclasses, so anything else is hostile.
+            if type(v) is not tp:
+                raise _bad(name, tp.__name__, v)
+            return v
+
+        return exact
+    if tp is int:
+
+        def integer(v: Any) -> Any:
+            if type(v) is not int:
+                raise _bad(name, "int", v)
+            return v
+
+        return integer
+    if tp is float:
+
+        def real(v: Any) -> Any:
+            # Other implementations may send 2 for 2.0; accept and normalise.
+            if type(v) is float:
+                return v
+            if type(v) is int:
+                return float(v)
+            raise _bad(name, "float", v)
+
+        return real
+    if origin is dict:
+        key_t, _ = typing.get_args(tp)
+        if key_t is not str:
+            raise TypeError(f"{name}: dict keys must be str")
+
+        def mapping(v: Any) -> Any:
+            if type(v) is not dict or not all(type(k) is str for k in v) or not _plain(v):
+                raise _bad(name, "map with str keys and plain values", v)
+            return v
+
+        return mapping
+    if origin is tuple:
+        item_types = typing.get_args(tp)
+        if item_types != (str, Ellipsis):
+            raise TypeError(f"{name}: only tuple[str, ...] is supported")
+
+        def strings(v: Any) -> Any:
+            if type(v) not in (list, tuple) or not all(type(x) is str for x in v):
+                raise _bad(name, "array of str", v)
+            return tuple(v)
+
+        return strings
+    if tp is Any:
+
+        def anything(v: Any) -> Any:
+            if not _plain(v):
+                raise _bad(name, "plain msgpack value", v)
+            return v
+
+        return anything
+    raise TypeError(f"{name}: unsupported field type {tp!r}")
+
+
+def register(cls: M) -> M:
+    """Class decorator: add a message class to the registry (kinds are unique)."""
+    kind = cls.KIND
+    if kind in MESSAGE_TYPES:
+        raise TypeError(f"duplicate message kind {kind!r}")
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    required = frozenset(
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    names = tuple(f.name for f in fields)
+    converters = tuple((f.name, _converter(f.name, hints[f.name])) for f in fields)
+    MESSAGE_TYPES[kind] = cls
+    _NAMES_BY_CLASS[cls] = names
+    _SCHEMAS[kind] = _Schema(kind, cls, names, required, converters)
+    return cls
+
+
+def to_payload(msg: Message) -> dict[str, Any]:
+    """The wire payload map of ``msg`` (tuples become msgpack arrays)."""
+    return {name: getattr(msg, name) for name in _NAMES_BY_CLASS[type(msg)]}
+
+
+def from_payload(kind: str, payload: Any) -> Message:
+    """Validate ``payload`` against ``kind``'s schema and build the message.
+
+    Raises :class:`ProtocolError` (reason ``unknown_kind`` or ``bad_payload``).
+    Unknown keys are refused, not ignored: any schema change bumps the
+    protocol version (see docs/PROTOCOL.md), so an extra key means a bug or
+    an attacker, never a newer peer.
+    """
+    schema = _SCHEMAS.get(kind)
+    if schema is None:
+        raise ProtocolError(UNKNOWN_KIND, repr(kind)[:64])
+    if type(payload) is not dict:
+        raise ProtocolError(BAD_PAYLOAD, "payload is not a map")
+    missing = schema.required.difference(payload)
+    if missing:
+        raise ProtocolError(BAD_PAYLOAD, f"missing fields {sorted(missing)}")
+    if len(payload) > len(schema.names) or not all(k in schema.names for k in payload):
+        extra = [k for k in payload if k not in schema.names][:4]
+        raise ProtocolError(BAD_PAYLOAD, f"unknown fields {[repr(k)[:32] for k in extra]}")
+    kwargs = {name: conv(payload[name]) for name, conv in schema.converters if name in payload}
+    return schema.ctor(**kwargs)
+
+
+def kind_of(cls: type[Message]) -> str:
+    return cls.KIND
+
+
+def is_local_only(kind: str) -> bool:
+    cls = MESSAGE_TYPES.get(kind)
+    return cls is not None and cls.LOCAL_ONLY
+
+
+# ---------------------------------------------------------------------------
+# The messages. Field order is documentation order in docs/PROTOCOL.md.
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ServiceCommand(Message):
+    """CRM master -> LRM: bring ``sid`` to ``state`` (once per ``uid``)."""
+
+    KIND: ClassVar[str] = "service_command"
+    sid: str
+    uid: str
+    state: str
+    node: str
+    target: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class CommandResult(Message):
+    """LRM -> CRM master: the outcome of the command tagged ``uid``."""
+
+    KIND: ClassVar[str] = "command_result"
+    sid: str
+    uid: str
+    exit_code: int
+    message: str = ""
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Ack(Message):
+    """Receipt of the command or result tagged ``uid``; stops re-sending."""
+
+    KIND: ClassVar[str] = "ack"
+    uid: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class LrmStatusPush(Message):
+    """A node's LRM publishes its current lrm_status record."""
+
+    KIND: ClassVar[str] = "lrm_status"
+    node: str
+    lrm_status: dict[str, Any]
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ManagerStatusPush(Message):
+    """The master publishes its current manager_status record."""
+
+    KIND: ClassVar[str] = "manager_status"
+    manager_status: dict[str, Any]
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """Liveness beacon; ``incarnation`` changes when the sender restarts."""
+
+    KIND: ClassVar[str] = "heartbeat"
+    node: str
+    incarnation: int
+    seq: int
+    sent_at: float
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class QuorumLost(Message):
+    """``node`` no longer sees a majority; ``members`` are the nodes it sees."""
+
+    KIND: ClassVar[str] = "quorum_lost"
+    node: str
+    members: tuple[str, ...]
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class QuorumRegained(Message):
+    """``node`` sees a majority again (also sent the first time it gets one)."""
+
+    KIND: ClassVar[str] = "quorum_regained"
+    node: str
+    members: tuple[str, ...]
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class PeerUp(Message):
+    """Local event: traffic from ``node`` resumed (or it restarted)."""
+
+    KIND: ClassVar[str] = "peer_up"
+    LOCAL_ONLY: ClassVar[bool] = True
+    node: str
+    incarnation: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class PeerDown(Message):
+    """Local event: nothing heard from ``node`` within the peer timeout."""
+
+    KIND: ClassVar[str] = "peer_down"
+    LOCAL_ONLY: ClassVar[bool] = True
+    node: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ApiRequest(Message):
+    """Client (CLI, tools) -> node: run API operation ``op``."""
+
+    KIND: ClassVar[str] = "api_request"
+    request_id: str
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ApiReply(Message):
+    """Node -> client: the answer to ``request_id``."""
+
+    KIND: ClassVar[str] = "api_reply"
+    request_id: str
+    ok: bool
+    result: Any = None
+    error: str | None = None
+
+
+def schema_of(kind: str) -> Mapping[str, bool]:
+    """``{field: required}`` for ``kind`` (used by docs/tests)."""
+    schema = _SCHEMAS[kind]
+    return {name: name in schema.required for name in schema.names}

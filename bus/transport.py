@@ -1,0 +1,695 @@
+"""The ZeroMQ transport: one ROUTER in, one DEALER out per peer, one I/O thread.
+
+Topology. Every node binds one ROUTER at its membership endpoint and keeps one
+DEALER connected to each other member's ROUTER. A message from A to B travels
+A.DEALER[B] -> B.ROUTER; replies to cluster members go the same way in the
+other direction. Non-member clients (the CLI) connect a DEALER to a node's
+ROUTER and get their replies back through that ROUTER.
+
+Threads. ZeroMQ sockets are not thread-safe, so exactly one thread, the I/O
+thread, owns the ROUTER, the DEALERs, the ZAP handler and the monitors. Other
+threads hand outgoing frames over through a per-thread inproc PUSH socket
+(encoding happens in the caller, so the I/O thread only moves bytes). Code
+already running on the I/O thread (delivery callbacks, timers) sends directly,
+which keeps request/response handlers free of any thread hop.
+
+Delivery. Subscribers are plain callables ``deliver(envelope)``; they run on
+the I/O thread and must not block (``actor_ref.tell`` is the intended use).
+An exception in a callback is logged and counted, never fatal. Sending is
+at-most-once: a frame to an unreachable peer is dropped and counted at once
+(``IMMEDIATE``), never queued for a later, stale delivery. Reliability on top
+lives in :mod:`bus.reliability`.
+
+Membership and quorum. Every ``heartbeat_interval`` the node sends a
+Heartbeat to each peer. A peer is up from its first heartbeat until nothing
+has been heard from it for ``peer_timeout``; the node is quorate per
+:func:`bus.quorum.quorum_view`. Changes are delivered to subscribers as
+PeerUp/PeerDown/QuorumLost/QuorumRegained envelopes sent by the node itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import zmq
+from loguru import logger
+from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
+
+from bus.codec import DEFAULT_MAX_FRAME_BYTES, Codec, Envelope, RejectReason
+from bus.errors import BusError, ConfigError, ProtocolError, UnknownPeerError
+from bus.keys import CurveKeys
+from bus.membership import Membership, PeerTracker
+from bus.messages import (
+    ApiRequest,
+    Heartbeat,
+    Message,
+    QuorumLost,
+    QuorumRegained,
+)
+from bus.quorum import QuorumView, quorum_view
+from bus.ratelog import RateLimitedLog
+
+Deliver = Callable[[Envelope], object]
+
+_ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+# First byte of the inproc "target" frame (see Transport._post): a member name
+# never starts with these bytes (bus.membership.check_name).
+_T_BROADCAST = b""
+_T_CLIENT = 0x00  # b"\x00" + ROUTER routing id of a client
+_T_WAKE = b"\xff"
+# Kinds a non-member (authenticated client) may send.
+_CLIENT_KINDS = frozenset({ApiRequest.KIND})
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Tunables. Defaults detect a lost peer in 1.5-1.75 s."""
+
+    heartbeat_interval: float = 0.25
+    peer_timeout: float = 1.5
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    # Messages a peer's outgoing pipe may hold before sends to it are
+    # dropped (and counted) instead of growing memory without bound.
+    send_hwm: int = 10_000
+    recv_hwm: int = 10_000
+    reconnect_interval: float = 0.1
+    reconnect_interval_max: float = 1.0
+    expected_votes: int | None = None
+    tie_breaker: bool = False
+    # At most one log line per (peer, reason) per this many seconds.
+    log_interval: float = 10.0
+    # Frames handled per socket per loop turn, so one busy peer cannot starve
+    # heartbeats or other sockets.
+    batch: int = 512
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_interval < self.peer_timeout:
+            raise ConfigError("need 0 < heartbeat_interval < peer_timeout")
+        if self.expected_votes is not None and self.expected_votes < 1:
+            raise ConfigError("expected_votes must be >= 1")
+
+
+class Subscription:
+    def __init__(self, transport: Transport, deliver: Deliver, kinds: frozenset[str] | None) -> None:
+        self._transport, self.deliver, self.kinds = transport, deliver, kinds
+
+    def cancel(self) -> None:
+        self._transport._unsubscribe(self)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class Transport:
+    """A node's endpoint on the bus. ``start()`` it, ``stop()`` it (or use ``with``)."""
+
+    def __init__(
+        self,
+        node: str,
+        membership: Membership,
+        *,
+        cluster: str,
+        curve: bool = True,
+        keys: CurveKeys | None = None,
+        config: TransportConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if node not in membership:
+            raise ConfigError(f"node {node!r} is not in the membership {membership.names}")
+        self.node = node
+        self.membership = membership
+        self.config = config or TransportConfig()
+        self.codec = Codec(cluster, self.config.max_frame_bytes)
+        self.curve = curve
+        if curve:
+            if keys is None:
+                raise ConfigError("curve=True needs keys (bus.keys.CurveKeys.load) or pass curve=False")
+            if keys.node != node:
+                raise ConfigError(f"keys belong to {keys.node!r}, not {node!r}")
+            for peer in membership.others(node):
+                keys.public_of(peer.name)  # fail now, not at first connect
+        self._keys = keys
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self.incarnation = time.time_ns()
+        self._node_b = node.encode()
+        self._peers = tuple(p.name for p in membership.others(node))
+        self._members_b = frozenset(n.encode() for n in membership.names)
+        self._tracker = PeerTracker(self._peers, self.config.peer_timeout)
+        self._quorum = self._compute_quorum(frozenset())
+        self._ids = itertools.count(1)
+        self._hb_seq = itertools.count(1)
+        self._rlog = RateLimitedLog(self.config.log_interval, clock)
+        # Subscriptions are copy-on-write: the I/O thread reads the current
+        # routes dict without locking; (un)subscribe swaps in a new one.
+        self._subs: tuple[Subscription, ...] = ()
+        self._routes: dict[str, tuple[Deliver, ...]] = {}
+        self._routes_all: tuple[Deliver, ...] = ()
+        self._sub_lock = threading.Lock()
+        # Counters: the I/O thread writes _io_counts alone; sender threads
+        # write _tx_counts under _send_lock. stats() merges copies.
+        self._io_counts: dict[str, int] = {}
+        self._tx_counts: dict[str, int] = {}
+        self._send_lock = threading.Lock()
+        self._local = threading.local()
+        self._push_socks: list[zmq.Socket[bytes]] = []
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._cmd_endpoint = f"inproc://bus-cmd-{id(self):x}"
+        self._thread: threading.Thread | None = None
+        self._io_ident: int | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._running = False
+        self._closed = False
+        self._endpoint = membership.endpoint(node)
+        # Set up by the I/O thread in _open():
+        self._router: zmq.Socket[bytes]
+        self._dealers: dict[bytes, zmq.Socket[bytes]] = {}
+        self._dealer_names: dict[zmq.Socket[bytes], str] = {}
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint actually bound (resolves a ``:*`` port once started)."""
+        return self._endpoint
+
+    @property
+    def quorum(self) -> QuorumView:
+        return self._quorum
+
+    @property
+    def quorate(self) -> bool:
+        return self._quorum.quorate
+
+    def peers_up(self) -> frozenset[str]:
+        return self._tracker.up()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: sent, received, delivered, rejected.<reason>, dropped.<reason>, ..."""
+        # dict.copy() is a single C call, atomic under the GIL, so this never
+        # sees a dict that changes size under it.
+        io, tx = self._io_counts.copy(), self._tx_counts.copy()
+        for k, v in tx.items():
+            io[k] = io.get(k, 0) + v
+        return io
+
+    def rejected(self) -> dict[str, int]:
+        return {k.split(".", 1)[1]: v for k, v in self.stats().items() if k.startswith("rejected.")}
+
+    def subscribe(self, deliver: Deliver, kinds: Iterable[type[Message] | str] | None = None) -> Subscription:
+        """Call ``deliver(envelope)`` on the I/O thread for each matching message.
+
+        ``kinds=None`` means every kind, including heartbeats and local
+        peer/quorum events. Callbacks must be quick and must not block.
+        """
+        ks = None if kinds is None else frozenset(k if isinstance(k, str) else k.KIND for k in kinds)
+        sub = Subscription(self, deliver, ks)
+        with self._sub_lock:
+            self._subs = (*self._subs, sub)
+            self._rebuild_routes()
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._sub_lock:
+            self._subs = tuple(s for s in self._subs if s is not sub)
+            self._rebuild_routes()
+
+    def _rebuild_routes(self) -> None:
+        routes: dict[str, list[Deliver]] = {}
+        everything: list[Deliver] = []
+        for s in self._subs:
+            if s.kinds is None:
+                everything.append(s.deliver)
+            else:
+                for k in s.kinds:
+                    routes.setdefault(k, []).append(s.deliver)
+        # Callbacks keep subscription order; "all" subscribers come after kind ones.
+        self._routes = {k: (*v, *everything) for k, v in routes.items()}
+        self._routes_all = tuple(everything)
+
+    def send(self, node: str, msg: Message) -> bool:
+        """Send ``msg`` to member ``node`` (at most once; False if dropped locally)."""
+        node_b = node.encode()
+        if node_b not in self._members_b:
+            raise UnknownPeerError(node)
+        return self._post(node_b, self.codec.encode(self.node, next(self._ids), msg))
+
+    def broadcast(self, msg: Message) -> bool:
+        """Send ``msg`` to every other member (each copy at most once)."""
+        return self._post(_T_BROADCAST, self.codec.encode(self.node, next(self._ids), msg))
+
+    def reply(self, env: Envelope, msg: Message) -> bool:
+        """Answer ``env``: to its sender if a member, else back through the ROUTER to the client."""
+        if env.sender.encode() in self._members_b and env.origin in (b"", env.sender.encode()):
+            return self.send(env.sender, msg)
+        frame = self.codec.encode(self.node, next(self._ids), msg)
+        return self._post(bytes((_T_CLIENT,)) + env.origin, frame)
+
+    def start(self, timeout: float = 10.0) -> Transport:
+        if self._thread is not None:
+            raise BusError("transport already started")
+        self._ctx = zmq.Context()
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name=f"bus-io-{self.node}")
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise BusError("I/O thread did not come up")
+        if self._start_error is not None:
+            err = self._start_error
+            self.stop()
+            if isinstance(err, zmq.ZMQError):
+                raise BusError(f"cannot open {self._endpoint}: {err}") from err
+            raise err
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the I/O thread, close every socket, terminate the context. Idempotent."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._running = False
+            self._wake()
+            thread.join(timeout)
+            if thread.is_alive():
+                raise BusError(f"bus I/O thread of {self.node} did not stop within {timeout}s")
+        with self._send_lock:
+            self._closed = True
+            for s in self._push_socks:
+                s.close(linger=0)
+            self._push_socks.clear()
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self) -> Transport:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------- sender side
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BusError):
+            self._post(_T_WAKE, b"")
+
+    def _post(self, target: bytes, frame: bytes) -> bool:
+        if threading.get_ident() == self._io_ident:
+            return self._route(target, frame)
+        with self._send_lock:
+            if self._closed or self._ctx is None:
+                if self._ctx is None and not self._closed:
+                    raise BusError("transport not started")
+                self._tx_counts["dropped.closed"] = self._tx_counts.get("dropped.closed", 0) + 1
+                return False
+            sock: zmq.Socket[bytes] | None = getattr(self._local, "push", None)
+            if sock is None:
+                sock = self._ctx.socket(zmq.PUSH)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
+                sock.connect(self._cmd_endpoint)
+                self._local.push = sock
+                self._push_socks.append(sock)
+            try:
+                sock.send(target, zmq.SNDMORE | zmq.NOBLOCK)
+                sock.send(frame, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                # The I/O thread is send_hwm frames behind: shed load here
+                # rather than block an actor thread.
+                self._tx_counts["dropped.backlog"] = self._tx_counts.get("dropped.backlog", 0) + 1
+                return False
+        return True
+
+    # ----------------------------------------------------- I/O thread
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self._io_counts[key] = self._io_counts.get(key, 0) + n
+
+    def _open(self) -> None:
+        assert self._ctx is not None
+        ctx, cfg = self._ctx, self.config
+        if self.curve:
+            assert self._keys is not None
+            # SAFETY: the ZAP handler must be bound before the ROUTER accepts
+            # connections; libzmq lets every CURVE client in when no handler
+            # exists. ZAP_ENFORCE_DOMAIN closes that hole as a second line.
+            self._zap = ctx.socket(zmq.REP)
+            self._zap.setsockopt(zmq.LINGER, 0)
+            self._zap.bind(_ZAP_ENDPOINT)
+            self._key_names = {key: name for name, key in self._keys.authorized.items()}
+        r = ctx.socket(zmq.ROUTER)
+        r.setsockopt(zmq.LINGER, 0)  # stop() must never hang on undeliverable replies
+        r.setsockopt(zmq.RCVHWM, cfg.recv_hwm)
+        r.setsockopt(zmq.SNDHWM, cfg.send_hwm)
+        # Replies to a client that went away raise EHOSTUNREACH (counted)
+        # instead of vanishing silently.
+        r.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A restarted peer reconnects with the same routing id (its name);
+        # without handover the new connection would be refused while the old
+        # half-dead one lingers.
+        r.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # Hard backstop far above the codec limit: libzmq drops the connection
+        # of anyone streaming huge frames before we ever buffer them. Frames
+        # between the two limits reach the codec and are counted "oversized".
+        r.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes * 4 + 1024)
+        self._set_heartbeats(r)
+        if self.curve:
+            assert self._keys is not None
+            r.setsockopt(zmq.CURVE_SERVER, 1)
+            r.setsockopt(zmq.CURVE_SECRETKEY, self._keys.secret)
+            r.setsockopt(zmq.CURVE_PUBLICKEY, self._keys.public)
+            r.setsockopt(zmq.ZAP_DOMAIN, self.codec.cluster.encode())
+            r.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        self._monitors: dict[zmq.Socket[bytes], tuple[zmq.Socket[bytes], str]] = {}
+        self._monitors[r.get_monitor_socket(_HANDSHAKE_FAILED)] = (r, "inbound")
+        r.bind(self._endpoint)
+        self._endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._router = r
+        for peer in self.membership.others(self.node):
+            d = ctx.socket(zmq.DEALER)
+            d.setsockopt(zmq.LINGER, 0)
+            # SAFETY (honest reachability): only queue onto a completed
+            # connection. Without IMMEDIATE, frames for a down peer pile up
+            # and arrive, stale, whenever it comes back.
+            d.setsockopt(zmq.IMMEDIATE, 1)
+            d.setsockopt(zmq.SNDHWM, cfg.send_hwm)
+            d.setsockopt(zmq.ROUTING_ID, self._node_b)
+            d.setsockopt(zmq.RECONNECT_IVL, _ms(cfg.reconnect_interval))
+            d.setsockopt(zmq.RECONNECT_IVL_MAX, _ms(cfg.reconnect_interval_max))
+            # A SYN into a cut link would otherwise hang for minutes of TCP
+            # retries; give up and let the reconnect loop try again.
+            d.setsockopt(zmq.CONNECT_TIMEOUT, _ms(cfg.peer_timeout))
+            self._set_heartbeats(d)
+            if self.curve:
+                assert self._keys is not None
+                # Pinning the server key means we only ever talk to the real
+                # peer, even if someone else grabs its address.
+                d.setsockopt(zmq.CURVE_SERVERKEY, self._keys.public_of(peer.name))
+                d.setsockopt(zmq.CURVE_PUBLICKEY, self._keys.public)
+                d.setsockopt(zmq.CURVE_SECRETKEY, self._keys.secret)
+            self._monitors[d.get_monitor_socket(_HANDSHAKE_FAILED)] = (d, peer.name)
+            d.connect(peer.endpoint)
+            self._dealers[peer.name.encode()] = d
+            self._dealer_names[d] = peer.name
+        self._pull = ctx.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        self._pull.setsockopt(zmq.RCVHWM, cfg.send_hwm)
+        self._pull.bind(self._cmd_endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(r, zmq.POLLIN)
+        self._poller.register(self._pull, zmq.POLLIN)
+        if self.curve:
+            self._poller.register(self._zap, zmq.POLLIN)
+        for m in self._monitors:
+            self._poller.register(m, zmq.POLLIN)
+
+    def _set_heartbeats(self, s: zmq.Socket[bytes]) -> None:
+        # ZMTP-level heartbeats let libzmq notice a dead TCP connection (e.g.
+        # after a partition) and reconnect, instead of trusting a half-open
+        # socket until TCP gives up many minutes later.
+        s.setsockopt(zmq.HEARTBEAT_IVL, _ms(self.config.heartbeat_interval))
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(self.config.peer_timeout))
+        s.setsockopt(zmq.HEARTBEAT_TTL, _ms(self.config.peer_timeout))
+
+    def _close_all(self) -> None:
+        for sock in [*self._monitors]:
+            sock.close(linger=0)
+        for owner, _ in self._monitors.values():
+            with contextlib.suppress(zmq.ZMQError):
+                owner.disable_monitor()
+        for name in ("_router", "_pull", "_zap"):
+            owned: zmq.Socket[bytes] | None = getattr(self, name, None)
+            if owned is not None:
+                owned.close(linger=0)
+        for d in self._dealers.values():
+            d.close(linger=0)
+
+    def _run(self) -> None:
+        self._io_ident = threading.get_ident()
+        try:
+            self._open()
+        except BaseException as exc:  # reported to start(), which re-raises
+            self._start_error = exc
+            self._close_all()
+            self._ready.set()
+            return
+        self._ready.set()
+        logger.info("bus {} up at {} (curve={}, peers={})", self.node, self._endpoint, self.curve,
+                    list(self._peers))
+        try:
+            self._loop()
+        finally:
+            self._close_all()
+            logger.info("bus {} stopped", self.node)
+
+    def _loop(self) -> None:
+        cfg = self.config
+        next_hb = self._clock()
+        self._update_quorum()  # a 1-node cluster is quorate from the start
+        while self._running:
+            now = self._clock()
+            if now >= next_hb:
+                self._send_heartbeats()
+                next_hb = now + cfg.heartbeat_interval
+            self._expire(now)
+            wake_at = next_hb
+            expiry = self._tracker.next_expiry()
+            if expiry is not None and expiry < wake_at:
+                wake_at = expiry
+            timeout_ms = max(0, int((wake_at - self._clock()) * 1000) + 1)
+            try:
+                ready = self._poller.poll(timeout_ms)
+                for sock, _ in ready:
+                    if sock is self._router:
+                        self._drain_router()
+                    elif sock is self._pull:
+                        self._drain_commands()
+                    elif self.curve and sock is self._zap:
+                        self._handle_zap()
+                    else:
+                        self._handle_monitor(sock)
+            except Exception as exc:  # the I/O thread must survive anything
+                self._count("io_error")
+                if self._rlog.allow(("io", type(exc).__name__)) is not None:
+                    logger.opt(exception=exc).error("bus {}: unexpected I/O error", self.node)
+
+    # -- outbound
+
+    def _route(self, target: bytes, frame: bytes) -> bool:
+        if target == _T_BROADCAST:
+            ok = True
+            for name_b, d in self._dealers.items():
+                ok = self._send_dealer(name_b, d, frame) and ok
+            return ok
+        if target == _T_WAKE:
+            return True
+        if target[0] == _T_CLIENT:
+            try:
+                self._router.send_multipart((target[1:], frame), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                self._count("dropped.unroutable")
+                return False
+            self._count("sent")
+            return True
+        if target == self._node_b:
+            self._on_frame(self._node_b, frame, None, local=True)
+            return True
+        dealer = self._dealers.get(target)
+        if dealer is None:
+            self._count("dropped.unknown_peer")
+            return False
+        return self._send_dealer(target, dealer, frame)
+
+    def _send_dealer(self, name_b: bytes, d: zmq.Socket[bytes], frame: bytes) -> bool:
+        try:
+            d.send(frame, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            up = self._tracker.is_up(name_b.decode())
+            self._count("dropped.backpressure" if up else "dropped.unreachable")
+            return False
+        self._count("sent")
+        return True
+
+    def _drain_commands(self) -> None:
+        pull = self._pull
+        for _ in range(self.config.batch):
+            try:
+                target = pull.recv(zmq.NOBLOCK)
+                frame = pull.recv(zmq.NOBLOCK) if pull.getsockopt(zmq.RCVMORE) else b""
+            except zmq.Again:
+                return
+            self._route(target, frame)
+
+    def _send_heartbeats(self) -> None:
+        hb = Heartbeat(self.node, self.incarnation, next(self._hb_seq), self._wall_clock())
+        frame = self.codec.encode(self.node, next(self._ids), hb)
+        for d in self._dealers.values():
+            try:
+                d.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                # Expected while a peer is down; not a message loss anyone waits for.
+                self._count("heartbeat_unsent")
+
+    # -- inbound
+
+    def _drain_router(self) -> None:
+        r = self._router
+        if self.curve:
+            for _ in range(self.config.batch):
+                try:
+                    frames = r.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                if len(frames) != 2:
+                    self._reject(frames[0].bytes, RejectReason.BAD_FRAMING, f"{len(frames)} frames")
+                    continue
+                # User-Id is what the ZAP handler vouched for: the key owner.
+                user = frames[1].get("User-Id")
+                self._on_frame(frames[0].bytes, frames[1].bytes, user if isinstance(user, str) else None)
+        else:
+            for _ in range(self.config.batch):
+                try:
+                    parts = r.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                if len(parts) != 2:
+                    self._reject(parts[0], RejectReason.BAD_FRAMING, f"{len(parts)} frames")
+                    continue
+                self._on_frame(parts[0], parts[1], None)
+
+    def _reject(self, origin: bytes, reason: str, detail: str) -> None:
+        self._count("rejected." + reason)
+        peer = origin.decode("utf-8", "replace")[:64] or "?"
+        self._rlog.warning((peer, reason), "bus {}: rejected frame from {!r}: {} ({})", self.node, peer,
+                           reason, detail)
+
+    def _on_frame(self, origin: bytes, data: bytes, user: str | None, *, local: bool = False) -> None:
+        try:
+            env = self.codec.decode(data, origin)
+        except ProtocolError as exc:
+            self._reject(origin, exc.reason, exc.detail)
+            return
+        sender_b = env.sender.encode()
+        if not local:
+            if sender_b in self._members_b:
+                # Members speak through their DEALER, whose routing id is their
+                # name; with CURVE the key owner must match as well. A frame
+                # claiming our own name can only be forged.
+                if origin != sender_b or sender_b == self._node_b or (self.curve and user != env.sender):
+                    self._reject(origin, RejectReason.SPOOFED_SENDER, f"claims {env.sender!r}")
+                    return
+            elif env.kind not in _CLIENT_KINDS:
+                self._reject(origin, RejectReason.NOT_A_MEMBER, f"{env.sender!r} sent {env.kind}")
+                return
+            if type(env.body) is Heartbeat:
+                if env.body.node != env.sender:
+                    self._reject(origin, RejectReason.SPOOFED_SENDER, "heartbeat for another node")
+                    return
+                up = self._tracker.heartbeat(env.sender, env.body.incarnation, self._clock())
+                if up is not None:
+                    logger.info("bus {}: peer {} up (incarnation {})", self.node, env.sender, up.incarnation)
+                    self._emit(up)
+                    self._update_quorum()
+            else:
+                self._tracker.traffic(env.sender, self._clock())
+        self._count("received")
+        self._dispatch(env)
+
+    def _dispatch(self, env: Envelope) -> None:
+        delivers = self._routes.get(env.kind, self._routes_all)
+        for deliver in delivers:
+            try:
+                deliver(env)
+            except Exception as exc:  # a subscriber bug must not kill the bus
+                self._count("handler_error")
+                if self._rlog.allow(("handler", env.kind)) is not None:
+                    logger.opt(exception=exc).error("bus {}: subscriber failed on {}", self.node, env.kind)
+            else:
+                self._count("delivered")
+
+    def _emit(self, msg: Message) -> None:
+        self._dispatch(Envelope(1, self.codec.cluster, self.node, msg.KIND, next(self._ids), msg))
+
+    def _expire(self, now: float) -> None:
+        downs = self._tracker.expire(now)
+        for down in downs:
+            logger.warning("bus {}: peer {} down (silent for {:.2f}s)", self.node, down.node,
+                           self.config.peer_timeout)
+            self._emit(down)
+        if downs:
+            self._update_quorum()
+
+    def _compute_quorum(self, up: frozenset[str]) -> QuorumView:
+        return quorum_view(self.membership.names, up | {self.node},
+                           expected_votes=self.config.expected_votes, tie_breaker=self.config.tie_breaker)
+
+    def _update_quorum(self) -> None:
+        old, new = self._quorum, self._compute_quorum(self._tracker.up())
+        self._quorum = new
+        # The very first evaluation reports a quorate start as "regained".
+        first = not getattr(self, "_quorum_announced", False)
+        self._quorum_announced = True
+        if new.quorate == old.quorate and not (first and new.quorate):
+            return
+        if new.quorate:
+            logger.info("bus {}: quorum regained ({}/{} votes: {})", self.node, new.votes, new.expected,
+                        ",".join(new.members))
+            self._emit(QuorumRegained(self.node, new.members))
+        else:
+            logger.warning("bus {}: quorum lost ({}/{} votes: {})", self.node, new.votes, new.expected,
+                           ",".join(new.members))
+            self._emit(QuorumLost(self.node, new.members))
+
+    # -- authentication
+
+    def _handle_zap(self) -> None:
+        req = self._zap.recv_multipart()
+        reply_id = req[1] if len(req) > 1 else b""
+        status, text, user = b"500", b"internal error", b""
+        try:
+            status, text, user = self._authenticate(req)
+        finally:
+            # A REP socket that skips a reply is wedged for good, and every
+            # later handshake would hang: always answer, even after a bug.
+            self._zap.send_multipart([b"1.0", reply_id, status, text, user, b""])
+
+    def _authenticate(self, req: list[bytes]) -> tuple[bytes, bytes, bytes]:
+        if len(req) < 6 or req[0] != b"1.0":
+            return b"500", b"bad ZAP request", b""
+        address = req[3].decode("ascii", "replace")
+        if req[5] != b"CURVE" or len(req) != 7 or len(req[6]) != 32:
+            self._count("auth_denied")
+            self._rlog.warning(("zap", address), "bus {}: refused {} (mechanism {})", self.node, address,
+                               req[5].decode("ascii", "replace"))
+            return b"400", b"CURVE required", b""
+        key = z85.encode(req[6])
+        name = self._key_names.get(key)
+        if name is None:
+            self._count("auth_denied")
+            self._rlog.warning(("zap", address), "bus {}: refused {}: unknown CURVE key {}", self.node,
+                               address, key.decode("ascii"))
+            return b"400", b"unknown key", b""
+        return b"200", b"OK", name.encode()
+
+    def _handle_monitor(self, mon: zmq.Socket[bytes]) -> None:
+        event = recv_monitor_message(mon)
+        _, peer = self._monitors[mon]
+        self._count("handshake_failed")
+        endpoint = event.get("endpoint", b"")
+        where = endpoint.decode("ascii", "replace") if isinstance(endpoint, bytes) else str(endpoint)
+        self._rlog.warning(("handshake", peer, where), "bus {}: CURVE/ZMTP handshake failed ({} {}, code {})",
+                           self.node, peer, where, event.get("value"))
