@@ -1,0 +1,1 @@
+"""Configuration formats (BEHAVIOUR.md §7) with validation."""

@@ -1,0 +1,209 @@
+"""The CRM daemon state machine (BEHAVIOUR.md §3.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ha.constants import CRM_LOOP_TIME, CRM_MAX_IDLE_ROUNDS, LOCK_MAX_SECONDS, LOCK_MAX_TRIES, WAIT_SLEEP
+from ha.env import Env
+from ha.errors import HaError
+from ha.manager import Manager
+from ha.records import ManagerStatus
+from ha.states import CRM_TRANSITIONS, CrmState, NodeState, check_transition
+from ha.tools import count_fenced_services
+
+
+def lock_with_retries(env: Env, get_lock: Callable[[], bool]) -> bool:
+    """Try a lock up to 6 times, 1 s apart, for at most 5 s (§3.1.3, §3.2.3)."""
+    start = env.get_time()
+    tries = 0
+    while True:
+        if get_lock():
+            return True
+        tries += 1
+        if tries >= LOCK_MAX_TRIES:
+            return False
+        if env.get_time() - start > LOCK_MAX_SECONDS:
+            return False
+        env.sleep(1)
+
+
+class CRM:
+    """One node's cluster resource manager; acts as master while holding the manager lock."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.state: CrmState = CrmState.STARTUP
+        self.state_change_time: float = env.get_time()
+        self.manager: Manager | None = None
+        self.shutdown_request = False
+        self.cluster_state_update_ok = False
+        self.watchdog: str | None = None
+        self.idle_rounds = 0
+        self.set_local_status(CrmState.WAIT_FOR_QUORUM)
+
+    # -- state ------------------------------------------------------------
+
+    def set_local_status(self, new: CrmState) -> None:
+        """The one place the CRM state changes: log, timestamp, create/drop the Manager."""
+        if new == self.state:
+            return
+        check_transition(CRM_TRANSITIONS, self.state, new, "CRM state")  # type: ignore[arg-type]
+        self.env.log("info", f"status change {self.state} => {new}")
+        self.state = new
+        self.state_change_time = self.env.get_time()
+        self.manager = Manager(self.env) if new == CrmState.MASTER else None
+
+    def request_shutdown(self) -> None:
+        if not self.shutdown_request:
+            self.env.log("info", "server received shutdown request")
+        self.shutdown_request = True
+
+    # -- predicates (§3.1.2) ------------------------------------------------
+
+    def _read_ms(self) -> ManagerStatus | None:
+        try:
+            return self.env.read_manager_status()
+        except HaError as e:
+            self.env.log("err", f"could not read manager status: {e}")
+            return None
+
+    def healthy(self) -> ManagerStatus | None:
+        env = self.env
+        if not env.quorate() or not self.cluster_state_update_ok:
+            return None
+        ms = self._read_ms()
+        if ms is None:
+            return None
+        # a node with services to be fenced must never become master
+        if count_fenced_services(ms.service_status, env.nodename()):
+            return None
+        return ms
+
+    def can_get_active(self, allow_no_service: bool = False) -> bool:
+        ms = self.healthy()
+        if ms is None:
+            return False
+        if allow_no_service:
+            return True
+        try:
+            conf = self.env.read_service_config()
+        except HaError as e:
+            self.env.log("err", f"could not read service config: {e}")
+            return False
+        if len(conf):
+            return True
+        master = ms.master_node
+        if master is not None and ms.node_status.get(master) == NodeState.ONLINE and master != self.env.nodename():
+            return False
+        node_request = ms.node_request or {}
+        for node, state in ms.node_status.items():
+            if state == NodeState.MAINTENANCE and not node_request.get(node, {}).get("maintenance"):
+                return True
+        if self.env.any_pending_crm_command():
+            return True
+        return bool(ms.service_status) or ms.disarm is not None
+
+    def allowed_to_get_idle(self) -> bool:
+        ms = self.healthy()
+        if ms is None or ms.disarm is not None:
+            return False
+        try:
+            conf = self.env.read_service_config()
+        except HaError:
+            return False
+        return not len(conf) and not ms.service_status
+
+    # -- lock + watchdog (§3.1.3, §3.1.5) -----------------------------------
+
+    def get_protected_ha_manager_lock(self) -> bool:
+        env = self.env
+        if not lock_with_retries(env, env.get_ha_manager_lock):
+            return False
+        if self.watchdog is not None:
+            env.watchdog_update(self.watchdog)
+        else:
+            self.watchdog = env.watchdog_open()
+        return True
+
+    def give_up_watchdog(self) -> None:
+        if self.watchdog is not None:
+            self.env.watchdog_close(self.watchdog)
+            self.watchdog = None
+
+    # -- iteration (§3.1.4) ----------------------------------------------------
+
+    def do_one_iteration(self) -> bool:
+        """Run one loop iteration; False means the daemon exits."""
+        env = self.env
+        env.loop_start_hook()
+        self.cluster_state_update_ok = env.cluster_state_update()
+        res = self.work()
+        env.loop_end_hook()
+        return res
+
+    def work(self) -> bool:
+        env = self.env
+        state = self.state
+        if state == CrmState.WAIT_FOR_QUORUM:
+            if self.can_get_active():
+                if self.get_protected_ha_manager_lock():
+                    self.set_local_status(CrmState.MASTER)
+                else:
+                    self.set_local_status(CrmState.SLAVE)
+        elif state == CrmState.SLAVE:
+            if self.can_get_active():
+                if self.get_protected_ha_manager_lock():
+                    self.set_local_status(CrmState.MASTER)
+            else:
+                self.set_local_status(CrmState.WAIT_FOR_QUORUM)
+        elif state == CrmState.LOST_MANAGER_LOCK:
+            if self.can_get_active(True) and self.get_protected_ha_manager_lock():
+                self.set_local_status(CrmState.MASTER)
+        elif state == CrmState.MASTER:
+            if not self.get_protected_ha_manager_lock():
+                self.set_local_status(CrmState.LOST_MANAGER_LOCK)
+            elif self.allowed_to_get_idle():
+                self.idle_rounds += 1
+                if self.idle_rounds > CRM_MAX_IDLE_ROUNDS:
+                    self.idle_rounds = 0
+                    env.log("info", f"cluster had no service configured for {CRM_MAX_IDLE_ROUNDS} rounds, going idle.")
+                    # safety: no services, nothing to protect
+                    env.release_ha_manager_lock()
+                    self.give_up_watchdog()
+                    self.set_local_status(CrmState.WAIT_FOR_QUORUM)
+            else:
+                self.idle_rounds = 0
+
+        state = self.state
+        if state == CrmState.WAIT_FOR_QUORUM:
+            if self.shutdown_request:
+                return False
+            env.sleep(WAIT_SLEEP)
+        elif state == CrmState.MASTER:
+            start = env.get_time()
+            if self.shutdown_request:
+                # release the lock so another CRM can take over without waiting for it to expire
+                self.give_up_watchdog()
+                env.log("info", "voluntary release CRM lock")
+                if not env.release_ha_manager_lock():
+                    env.log("notice", "CRM lock release failed, let the lock timeout")
+                return False
+            if not self.cluster_state_update_ok:
+                env.log("notice", "temporary inconsistent cluster state (cfs restart?), skip round")
+            else:
+                try:
+                    assert self.manager is not None
+                    self.manager.manage()
+                except (HaError, ValueError, KeyError) as e:
+                    env.log("err", f"got unexpected error - {e}")
+            env.sleep_until(start + CRM_LOOP_TIME)
+        elif state == CrmState.LOST_MANAGER_LOCK:
+            self.give_up_watchdog()
+            if self.shutdown_request:
+                return False
+            self.set_local_status(CrmState.WAIT_FOR_QUORUM)
+        elif state == CrmState.SLAVE:
+            if self.shutdown_request:
+                return False
+        return True

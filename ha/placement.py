@@ -1,0 +1,67 @@
+"""Node selection for a service (BEHAVIOUR.md §5.9)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from ha.config.resources import ResourceConfig
+from ha.records import ServiceData
+from ha.rules import CompiledRules, get_node_affinity, get_resource_affinity, is_allowed_on_node
+from ha.usage import BasicUsage
+
+
+class Preference(StrEnum):
+    NONE = "none"
+    BEST_SCORE = "best-score"
+    TRY_NEXT = "try-next"
+
+
+def select_service_node(
+    rules: CompiledRules,
+    usage: BasicUsage,
+    sid: str,
+    cd: ResourceConfig,
+    sd: ServiceData,
+    preference: Preference,
+    ss: dict[str, ServiceData],
+) -> str | None:
+    """Pick the node a service should run on, or ``None`` when no node is possible."""
+    current = sd.node
+    online = set(usage.nodes)
+    allowed, pri = get_node_affinity(rules, sid, online)
+    if not pri:
+        return None
+    together, separate = get_resource_affinity(rules, sid, ss, online)
+
+    # stay on the current node if failback is off and the node is still allowed
+    if (
+        preference == Preference.NONE
+        and not cd.failback
+        and current in allowed
+        and is_allowed_on_node(together, separate, current)
+    ):
+        return current
+
+    if preference == Preference.TRY_NEXT:
+        pri -= set(sd.failed_nodes or ())
+
+    pri -= separate
+    in_pri = {n: c for n, c in together.items() if n in pri}
+    if in_pri:
+        best = min(in_pri, key=lambda n: (-in_pri[n], n))
+        pri = {best}
+
+    if sd.maintenance_node is not None and sd.maintenance_node in pri:
+        return sd.maintenance_node
+    if preference == Preference.NONE and current in pri:
+        return current
+
+    scores = usage.score_nodes_to_start_service(sid)
+    nodes = sorted(pri, key=lambda n: (scores.get(n, 0.0), n))
+    if not nodes:
+        return None
+    if preference == Preference.TRY_NEXT and current in nodes:
+        idx = nodes.index(current)
+        if idx < len(nodes) - 1:
+            return nodes[idx + 1]
+    return nodes[0]

@@ -1,0 +1,204 @@
+"""The simulator's implementation of the core's Env port (BEHAVIOUR.md §9.3, §9.4, §9.7)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ha.config.datacenter import DatacenterConfig
+from ha.config.groups import GroupConfig
+from ha.config.resources import ServiceConfig
+from ha.config.rules import RulesConfig
+from ha.env import NodeInfo, ResourcePlugin
+from ha.errors import CfsError, SimulationError
+from ha.records import LrmStatus, ManagerStatus
+from sim.resources import PLUGINS
+
+if TYPE_CHECKING:
+    from sim.hardware import Hardware
+
+# The reference dies when one daemon iteration "sleeps" longer than this.
+MAX_LOOP_DELAY = 300
+
+
+class SimEnv:
+    """One daemon's view of the simulated world, with its own clock."""
+
+    def __init__(self, hardware: Hardware, node: str, daemon: str) -> None:
+        self.hardware = hardware
+        self.node = node
+        self.daemon = daemon
+        self.ident = f"{node}/{daemon}"
+        self.time = 0
+        self.loop_delay = 0
+        # set by the runner for big-cluster runs: keep going past the reference's limit
+        self.loop_delay_limit: int | None = MAX_LOOP_DELAY
+
+    # -- identity, time, log ------------------------------------------------
+
+    def nodename(self) -> str:
+        return self.node
+
+    def get_time(self) -> float:
+        return self.time
+
+    def log(self, level: str, msg: str) -> None:
+        if level == "debug":
+            return
+        from sim.hardware import format_line
+
+        self.hardware.emit(format_line(level, self.time, self.ident, msg))
+
+    def send_notification(self, prefix: str, text: str, node: str) -> None:
+        self.log("email", f"{prefix}: {text}")
+
+    def sleep(self, seconds: float) -> None:
+        self.loop_delay += int(seconds)
+
+    def sleep_until(self, when: float) -> None:
+        if self.time < when:
+            self.loop_delay += int(when - self.time)
+
+    def loop_start_hook(self) -> None:
+        self.force_time(self.hardware.time)
+
+    def force_time(self, t: int) -> None:
+        if t < self.time:
+            raise SimulationError("strange start time")
+        self.time = t
+        self.loop_delay = 0
+
+    def loop_end_hook(self) -> None:
+        delay, self.loop_delay = self.loop_delay, 0
+        if self.loop_delay_limit is not None and delay > self.loop_delay_limit:
+            raise SimulationError(f"loop take too long ({delay} seconds)")
+        self.time += 1
+
+    # -- membership ---------------------------------------------------------------
+
+    def _assert_cfs_rw(self) -> None:
+        if not self.hardware.nodes[self.node].cfs_rw:
+            raise CfsError("cfs connection refused - not mounted?")
+
+    def cluster_state_update(self) -> bool:
+        return self.hardware.nodes[self.node].cfs_update
+
+    def quorate(self) -> bool:
+        info, quorate = self.hardware.get_node_info()
+        return quorate and info[self.node].online
+
+    def get_node_info(self) -> tuple[dict[str, NodeInfo], bool]:
+        return self.hardware.get_node_info()
+
+    def is_node_shutdown(self) -> tuple[bool, bool]:
+        flag = self.hardware.nodes[self.node].shutdown
+        if flag == "shutdown":
+            return True, False
+        if flag == "reboot":
+            return True, True
+        return False, False
+
+    def get_node_version(self, node: str) -> str | None:
+        n = self.hardware.nodes.get(node)
+        return n.version if n is not None else None
+
+    # -- records ------------------------------------------------------------------------
+
+    def read_manager_status(self) -> ManagerStatus:
+        self._assert_cfs_rw()
+        return self.hardware.manager_status
+
+    def write_manager_status(self, ms: ManagerStatus) -> None:
+        self._assert_cfs_rw()
+        self.hardware.write_manager_status(ms)
+
+    def read_lrm_status(self, node: str) -> LrmStatus:
+        self._assert_cfs_rw()
+        return self.hardware.read_lrm_status(node)
+
+    def write_lrm_status(self, status: LrmStatus) -> None:
+        self._assert_cfs_rw()
+        self.hardware.write_lrm_status(self.node, status)
+
+    def read_crm_commands(self) -> str:
+        self._assert_cfs_rw()
+        return self.hardware.take_crm_commands()
+
+    def any_pending_crm_command(self) -> bool:
+        return bool(self.hardware.crm_commands)
+
+    def read_service_config(self) -> ServiceConfig:
+        self._assert_cfs_rw()
+        conf = self.hardware.service_config()
+        # the Manager edits its copy (group failback, recovery); LRMs only read
+        return conf.copy() if self.daemon == "crm" else conf
+
+    def update_service_config(self, sid: str, changes: dict[str, object], delete: list[str]) -> None:
+        self._assert_cfs_rw()
+        self.hardware.update_service_config(sid, changes, delete)
+
+    def write_service_config(self, conf: ServiceConfig) -> None:
+        self._assert_cfs_rw()
+        self.hardware.write_service_config(conf)
+
+    def read_group_config(self) -> GroupConfig:
+        self._assert_cfs_rw()
+        return self.hardware.groups
+
+    def delete_group_config(self) -> None:
+        self.hardware.delete_groups()
+
+    def read_rules_config(self) -> RulesConfig:
+        self._assert_cfs_rw()
+        return self.hardware.rules
+
+    def write_rules_config(self, rules: RulesConfig) -> None:
+        self._assert_cfs_rw()
+        self.hardware.write_rules(rules)
+
+    def steal_service(self, sid: str, current_node: str, new_node: str) -> None:
+        self.hardware.change_service_location(sid, current_node, new_node)
+
+    def get_datacenter_settings(self) -> DatacenterConfig:
+        return self.hardware.datacenter
+
+    # -- locks and watchdog ------------------------------------------------------------------
+
+    def _get_lock(self, name: str) -> bool:
+        self.loop_delay += 1
+        if not self.quorate():
+            return False
+        return self.hardware.get_lock(self.log, name, self.node, self.time)
+
+    def _release_lock(self, name: str) -> bool:
+        if not self.quorate():
+            return False
+        return self.hardware.release_lock(name, self.node, self.time)
+
+    def get_ha_manager_lock(self) -> bool:
+        return self._get_lock("ha_manager_lock")
+
+    def release_ha_manager_lock(self) -> bool:
+        return self._release_lock("ha_manager_lock")
+
+    def get_ha_agent_lock(self, node: str | None = None) -> bool:
+        return self._get_lock(f"ha_agent_{node or self.node}_lock")
+
+    def release_ha_agent_lock(self) -> bool:
+        return self._release_lock(f"ha_agent_{self.node}_lock")
+
+    def watchdog_open(self) -> str:
+        return self.hardware.watchdog_open(self.node)
+
+    def watchdog_update(self, handle: str) -> None:
+        self.hardware.watchdog_update(handle)
+
+    def watchdog_close(self, handle: str) -> None:
+        self.hardware.watchdog_close(handle)
+
+    # -- resources -------------------------------------------------------------------------
+
+    def get_max_workers(self) -> int:
+        return 0  # execute inline, like the reference's test environment
+
+    def resource_plugin(self, rtype: str) -> ResourcePlugin | None:
+        return PLUGINS.get(rtype)

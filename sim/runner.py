@@ -1,0 +1,337 @@
+"""The simulator's run loop and command vocabulary (BEHAVIOUR.md §9.4, §9.5).
+
+One round: every node in name order runs its CRM then its LRM iteration
+(each costs one virtual second), the watchdogs of all nodes are checked after
+every node, the round is padded to ``max(20, 2 * nodes)`` seconds, and every
+fifth round the next batch of the cmdlist is applied.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ha.crm import CRM
+from ha.errors import HaError, SimulationError
+from ha.lrm import LRM
+from sim.hardware import Hardware
+from sim.scenario import Scenario
+
+MAX_VIRTUAL_TIME = 10000
+END_AFTER_LAST_COMMAND = 500
+BATCH_EVERY_ROUNDS = 5
+
+_DELAY = re.compile(r"^delay\s+(\d+)\s*$")
+_SKIP = re.compile(r"^skip-round\s+(crm|lrm)(?:\s+(\d+))?\s*$")
+
+
+@dataclass
+class RunOptions:
+    """``scale``: lift the reference's limits (loop budget, virtual-time cap) for big clusters."""
+
+    scale: bool = False
+    max_time: int = MAX_VIRTUAL_TIME
+
+
+@dataclass
+class Observer:
+    """Hooks for invariant checkers (the fuzzer): called after every daemon step."""
+
+    after_step: Callable[[Hardware], None] | None = None
+
+
+class Simulation:
+    def __init__(
+        self,
+        scenario: Scenario,
+        options: RunOptions | None = None,
+        out: Callable[[str], None] | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.options = options or RunOptions()
+        self.hw = Hardware(scenario, out)
+        if self.options.scale:
+            for env in [*self.hw.crm_envs.values(), *self.hw.lrm_envs.values()]:
+                env.loop_delay_limit = None
+        self.cmdlist = [list(batch) for batch in scenario.cmdlist]
+        self.skip_crm = 0
+        self.skip_lrm = 0
+        self.observer = observer or Observer()
+        self.rounds = 0
+
+    # -- daemon control ---------------------------------------------------------
+
+    def _start_crm(self, node: str) -> CRM:
+        return CRM(self.hw.crm_envs[node])
+
+    def _start_lrm(self, node: str) -> LRM:
+        return LRM(self.hw.lrm_envs[node], self.hw.startup_write)
+
+    # -- commands (§9.5) ----------------------------------------------------------
+
+    def hardware_cmd(self, cmdstr: str, logid: str) -> None:
+        hw = self.hw
+        parts = cmdstr.split()
+        if len(parts) < 2:
+            raise SimulationError("sim_hardware_cmd: no node or service for command specified")
+        cmd, objid, action, params = parts[0], parts[1], parts[2] if len(parts) > 2 else "", parts[3:]
+        node = None
+        if cmd == "service":
+            if not re.match(r"^[a-z]+:\S+$", objid):
+                raise SimulationError(f"sim_hardware_cmd: invalid service id '{objid}'")
+        else:
+            if objid not in hw.nodes:
+                raise SimulationError(f"sim_hardware_cmd: no such node '{objid}'")
+            node = hw.nodes[objid]
+        hw.log("info", f"execute {cmdstr}", logid)
+
+        if cmd == "power":
+            assert node is not None
+            if action not in ("on", "off"):
+                raise SimulationError(f"sim_hardware_cmd: unknown action '{action}'")
+            if node.power != action:
+                if action == "on":
+                    if node.crm is None:
+                        node.crm = self._start_crm(node.name)
+                    if node.lrm is None:
+                        node.lrm = self._start_lrm(node.name)
+                    node.lrm_restart = False
+                    node.cfs_rw = node.cfs_update = True
+                else:
+                    if node.crm is not None:
+                        hw.crm_envs[node.name].log("info", "killed by poweroff")
+                        node.crm = None
+                    if node.lrm is not None:
+                        hw.lrm_envs[node.name].log("info", "killed by poweroff")
+                        node.lrm = None
+                    hw.watchdog_reset(node.name)
+                    hw.running[node.name] = {}
+            node.power = node.network = action
+            node.shutdown = None
+        elif cmd == "network":
+            assert node is not None
+            if action not in ("on", "off"):
+                raise SimulationError(f"sim_hardware_cmd: unknown network action '{action}'")
+            node.network = action
+        elif cmd == "cfs":
+            assert node is not None
+            if action not in ("rw", "update") or not params or params[0] not in ("work", "fail"):
+                raise SimulationError(f"sim_hardware_cmd: unknown cfs command '{cmdstr}'")
+            ok = params[0] == "work"
+            if action == "rw":
+                node.cfs_rw = ok
+            else:
+                node.cfs_update = ok
+        elif cmd in ("reboot", "shutdown"):
+            assert node is not None
+            node.shutdown = cmd
+            if node.lrm is not None:
+                node.lrm.request_shutdown()
+        elif cmd == "restart-lrm":
+            assert node is not None
+            if node.lrm is not None:
+                node.lrm_restart = True
+                node.lrm.request_shutdown()
+        elif cmd == "crm":
+            assert node is not None
+            if action == "stop":
+                if node.crm is not None:
+                    node.crm_stop = True
+                    node.crm.request_shutdown()
+            elif action == "start":
+                if node.crm is None:
+                    node.crm = self._start_crm(node.name)
+            elif action in ("enable-node-maintenance", "disable-node-maintenance"):
+                hw.queue_crm_command(f"{action} {node.name}")
+            elif action == "disarm-ha" and params and params[0] in ("freeze", "ignore"):
+                hw.queue_crm_command(f"disarm-ha {params[0]}")
+            elif action == "arm-ha":
+                hw.queue_crm_command("arm-ha")
+            else:
+                raise SimulationError(f"sim_hardware_cmd: unknown action '{action}'")
+        elif cmd == "pve-manager-version":
+            assert node is not None
+            if action != "set" or not params:
+                raise SimulationError(f"sim_hardware_cmd: unknown action '{action}'")
+            node.version = params[0]
+        elif cmd == "service":
+            self._service_cmd(objid, action, params)
+        else:
+            raise SimulationError(f"sim_hardware_cmd: unknown command '{cmdstr}'")
+
+    def _service_cmd(self, sid: str, action: str, params: list[str]) -> None:
+        hw = self.hw
+        if action in ("started", "disabled", "stopped", "ignored"):
+            hw.set_service_state(sid, action)
+        elif action in ("migrate", "relocate"):
+            if not params:
+                raise SimulationError(f"sim_hardware_cmd: missing target node for '{action}' command")
+            hw.queue_crm_command(f"{action} {sid} {params[0]}")
+        elif action == "stop":
+            if not params:
+                raise SimulationError(f"sim_hardware_cmd: missing timeout for '{action}' command")
+            hw.queue_crm_command(f"stop {sid} {params[0]}")
+        elif action == "add":
+            if not params or params[0] not in hw.nodes:
+                raise SimulationError(f"sim_hardware_cmd: no such node '{params[0] if params else ''}'")
+            state = params[1] if len(params) > 1 and params[1] else "started"
+            running = len(params) > 2 and params[2] not in ("", "0")
+            hw.add_service(sid, params[0], state, running)
+        elif action == "delete":
+            hw.delete_service(sid)
+        elif action == "lock":
+            hw.set_service_lock(sid, params[0] if params else "backup")
+        elif action == "unlock":
+            current = hw.service_lock(sid)
+            if not params or params[0] == current:
+                hw.set_service_lock(sid, None)
+        elif action == "manual-migrate":
+            if not params or params[0] not in hw.nodes:
+                raise SimulationError("sim_hardware_cmd: manual-migrate needs a target node")
+            raw = hw.service_raw.get(sid)
+            if raw is None:
+                raise SimulationError(f"no such service '{sid}'")
+            if raw.get("state") != "ignored":
+                raise SimulationError(f"sim_hardware_cmd: service '{sid}' must be ignored for manual-migrate")
+            hw.update_service_config(sid, {"node": params[0]}, [])
+        elif action in ("set-static-stats", "set-dynamic-stats"):
+            pass  # only the static/dynamic schedulers use stats; this implementation has 'basic' only
+        else:
+            raise SimulationError(f"sim_hardware_cmd: unknown service action '{action}' - not implemented")
+
+    # -- the run loop (§9.4) ----------------------------------------------------------
+
+    def run(self) -> None:
+        hw = self.hw
+        hw.log("info", "starting simulation")
+        try:
+            self._loop()
+        except HaError as e:
+            hw.log("err", f"exit simulation - {e} ")
+            return
+        hw.log("info", "exit simulation - done")
+
+    def _step_done(self) -> None:
+        if self.observer.after_step is not None:
+            self.observer.after_step(self.hw)
+
+    def _loop(self) -> None:
+        hw = self.hw
+        last_command_time = 0
+        next_cmd_at = 0
+        loop_count = 0
+        nodes = sorted(hw.nodes)
+        looptime = max(20, 2 * len(nodes))
+        if looptime >= 60 and not self.options.scale:
+            raise SimulationError("unable to simulate so many nodes. You need to increase watchdog/lock timeouts.")
+        while True:
+            start = hw.time
+            for i, name in enumerate(nodes):
+                node = hw.nodes[name]
+                if node.crm is not None:
+                    if self.skip_crm > 0:
+                        if i == 0:
+                            hw.log("info", "skipping CRM round", "run-loop")
+                    else:
+                        self._run_crm(name)
+                if node.lrm is not None:
+                    if self.skip_lrm > 0:
+                        if i == 0:
+                            hw.log("info", "skipping LRM round", "run-loop")
+                    else:
+                        self._run_lrm(name)
+                for n in nodes:
+                    if not hw.watchdog_check(n):
+                        self.hardware_cmd(f"power {n} off", "watchdog")
+                        hw.log("info", f"server '{n}' stopped by poweroff (watchdog)")
+                        hw.nodes[n].crm = None
+                        hw.nodes[n].lrm = None
+                self._step_done()
+            self.skip_crm = max(0, self.skip_crm - 1)
+            self.skip_lrm = max(0, self.skip_lrm - 1)
+            self.rounds += 1
+
+            if hw.time - start < looptime:
+                hw.time = start + looptime
+            if hw.time > self.options.max_time:
+                raise SimulationError("simulation end")
+            for name in nodes:
+                hw.lrm_envs[name].force_time(hw.time)
+                hw.crm_envs[name].force_time(hw.time)
+
+            if hw.time < next_cmd_at:
+                continue
+            if loop_count % BATCH_EVERY_ROUNDS == 0:
+                batch = self.cmdlist.pop(0) if self.cmdlist else None
+                if batch is None and hw.time - last_command_time > END_AFTER_LAST_COMMAND:
+                    return
+                for cmd in batch or []:
+                    last_command_time = hw.time
+                    m = _DELAY.match(cmd)
+                    s = _SKIP.match(cmd)
+                    if m:
+                        hw.log("info", f"execute {cmd}", "cmdlist")
+                        next_cmd_at = hw.time + int(m.group(1))
+                    elif s:
+                        hw.log("info", f"execute {cmd}", "cmdlist")
+                        count = int(s.group(2)) if s.group(2) else 1
+                        if s.group(1) == "crm":
+                            self.skip_crm = count
+                        else:
+                            self.skip_lrm = count
+                    else:
+                        self.hardware_cmd(cmd, "cmdlist")
+                self._step_done()
+            loop_count += 1
+
+    def _run_crm(self, name: str) -> None:
+        hw = self.hw
+        node = hw.nodes[name]
+        env = hw.crm_envs[name]
+        assert node.crm is not None
+        keep = node.crm.do_one_iteration()
+        hw.time = max(hw.time, int(env.time))
+        if keep:
+            return
+        env.log("info", "exit (loop end)")
+        node.crm = None
+        if node.shutdown == "reboot":
+            self.hardware_cmd(f"power {name} off", "reboot")
+            self.hardware_cmd(f"power {name} on", "reboot")
+        elif node.shutdown == "shutdown":
+            self.hardware_cmd(f"power {name} off", "shutdown")
+        elif not node.crm_stop:
+            raise SimulationError("unexpected CRM exit - not implemented")
+        node.crm_stop = False
+
+    def _run_lrm(self, name: str) -> None:
+        hw = self.hw
+        node = hw.nodes[name]
+        env = hw.lrm_envs[name]
+        assert node.lrm is not None
+        keep = node.lrm.do_one_iteration()
+        hw.time = max(hw.time, int(env.time))
+        if keep:
+            return
+        env.log("info", "exit (loop end)")
+        node.lrm = None
+        if node.lrm_restart:
+            if node.shutdown:
+                raise SimulationError("LRM restart during shutdown - not implemented")
+            node.lrm_restart = False
+            node.lrm = self._start_lrm(name)
+        elif node.shutdown in ("reboot", "shutdown"):
+            self.hardware_cmd(f"crm {name} stop", node.shutdown)
+        else:
+            raise SimulationError("unexpected LRM exit - not implemented")
+
+
+def run_scenario(
+    scenario: Scenario,
+    options: RunOptions | None = None,
+    out: Callable[[str], None] | None = None,
+) -> Simulation:
+    sim = Simulation(scenario, options, out)
+    sim.run()
+    return sim
