@@ -48,7 +48,7 @@ class CRM:
         """The one place the CRM state changes: log, timestamp, create/drop the Manager."""
         if new == self.state:
             return
-        check_transition(CRM_TRANSITIONS, self.state, new, "CRM state")  # type: ignore[arg-type]
+        check_transition(CRM_TRANSITIONS, self.state, new, "CRM state")
         self.env.log("info", f"status change {self.state} => {new}")
         self.state = new
         self.state_change_time = self.env.get_time()
@@ -94,7 +94,11 @@ class CRM:
         if len(conf):
             return True
         master = ms.master_node
-        if master is not None and ms.node_status.get(master) == NodeState.ONLINE and master != self.env.nodename():
+        if (
+            master is not None
+            and ms.node_status.get(master) == NodeState.ONLINE
+            and master != self.env.nodename()
+        ):
             return False
         node_request = ms.node_request or {}
         for node, state in ms.node_status.items():
@@ -167,7 +171,10 @@ class CRM:
                 self.idle_rounds += 1
                 if self.idle_rounds > CRM_MAX_IDLE_ROUNDS:
                     self.idle_rounds = 0
-                    env.log("info", f"cluster had no service configured for {CRM_MAX_IDLE_ROUNDS} rounds, going idle.")
+                    env.log(
+                        "info",
+                        f"cluster had no service configured for {CRM_MAX_IDLE_ROUNDS} rounds, going idle.",
+                    )
                     # safety: no services, nothing to protect
                     env.release_ha_manager_lock()
                     self.give_up_watchdog()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ha.config.groups import GroupConfig
 from ha.config.resources import ServiceConfig
 from ha.config.rules import NODE_AFFINITY, Rule, RulesConfig
@@ -40,8 +42,6 @@ def add_group_rules(rules: RulesConfig, groups: GroupConfig, sc: ServiceConfig) 
 
 def parse_version(v: str) -> tuple[int, int, int, int | None] | None:
     """``major.minor(.|-)patch[~rev]`` -> tuple; ``None`` when unparsable."""
-    import re
-
     m = re.fullmatch(r"(\d+)\.(\d+)[.-](\d+)(?:~(\d+))?", v.strip())
     if not m:
         return None

@@ -89,7 +89,7 @@ class LRM:
     def set_local_status(self, new: LrmState) -> None:
         if new == self.state:
             return
-        check_transition(LRM_TRANSITIONS, self.state, new, "LRM state")  # type: ignore[arg-type]
+        check_transition(LRM_TRANSITIONS, self.state, new, "LRM state")
         self.env.log("info", f"status change {self.state} => {new}")
         self.state = new
         self.state_change_time = self.env.get_time()
@@ -193,7 +193,9 @@ class LRM:
                 if maintenance:
                     env.log("info", f"{kind} LRM, ignore maintenance policy, already in maintenance mode")
                 else:
-                    env.log("info", f"{kind} LRM, ignore {policy} policy as manual maintenance mode is enabled")
+                    env.log(
+                        "info", f"{kind} LRM, ignore {policy} policy as manual maintenance mode is enabled"
+                    )
             elif maintenance:
                 env.log("info", f"{kind} LRM, doing maintenance, removing this node from active list")
                 self.mode = LrmMode.MAINTENANCE
@@ -206,7 +208,8 @@ class LRM:
         elif self.mode == LrmMode.MAINTENANCE:
             # quirk (§3.2.5): the reference passes a malformed level string here
             env.log(
-                "\n\t    info", "Restarting LRM in maintenance mode may be delayed until all services are moved"
+                "\n\t    info",
+                "Restarting LRM in maintenance mode may be delayed until all services are moved",
             )
         else:
             env.log("info", "restart LRM, freeze all services")
@@ -268,7 +271,10 @@ class LRM:
                 # no service here and all (old) workers are done
                 self.active_idle_rounds += 1
                 if self.active_idle_rounds > LRM_MAX_IDLE_ROUNDS:
-                    env.log("info", f"node had no service configured for {LRM_MAX_IDLE_ROUNDS} rounds, going idle.")
+                    env.log(
+                        "info",
+                        f"node had no service configured for {LRM_MAX_IDLE_ROUNDS} rounds, going idle.",
+                    )
                     # safety: no active service and no worker for a while
                     env.release_ha_agent_lock()
                     self.give_up_watchdog_protection()
@@ -308,11 +314,14 @@ class LRM:
             if self.shutdown_request is not None:
                 count = self.active_service_count()
                 if count > 0:
-                    env.log(
-                        "err",
-                        f"got shutdown request in state 'lost_agent_lock' - detected {count} running services",
+                    msg = (
+                        f"got shutdown request in state 'lost_agent_lock' - detected {count} running services"
                     )
-                    if self.mode == LrmMode.RESTART and env.get_time() - self.state_change_time > LRM_RESTART_GIVE_UP:
+                    env.log("err", msg)
+                    if (
+                        self.mode == LrmMode.RESTART
+                        and env.get_time() - self.state_change_time > LRM_RESTART_GIVE_UP
+                    ):
                         env.log("err", "lost agent lock and restart request for over 90 seconds - giving up!")
                         return False
                 else:
@@ -396,7 +405,9 @@ class LRM:
             self.queue_resource_command(sid, sd.uid, sd.state, params)
         return self.run_workers()
 
-    def queue_resource_command(self, sid: str, uid: str | None, state: str, params: dict[str, Any] | None = None) -> None:
+    def queue_resource_command(
+        self, sid: str, uid: str | None, state: str, params: dict[str, Any] | None = None
+    ) -> None:
         # never run the same request twice; 'stopped' is re-run every round on purpose
         if uid is not None and uid in self.results and state != S.STOPPED:
             return

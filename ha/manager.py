@@ -25,7 +25,15 @@ from ha.node_status import NodeStatus
 from ha.placement import Preference, select_service_node
 from ha.records import LrmResult, ManagerStatus, ServiceData
 from ha.rules import CompiledRules, compile_rules, transform
-from ha.states import SERVICE_TRANSITIONS, LrmMode, LrmState, NodeState, RequestedState, ServiceState, check_transition
+from ha.states import (
+    SERVICE_TRANSITIONS,
+    LrmMode,
+    LrmState,
+    NodeState,
+    RequestedState,
+    ServiceState,
+    check_transition,
+)
 from ha.tools import count_active_services
 from ha.uid import UidGenerator
 from ha.usage import BasicUsage
@@ -72,7 +80,9 @@ class Manager:
         old = env.read_manager_status()
         # §5.1: keep node states, service states, node requests and disarm
         self.ns = NodeStatus(env, dict(old.node_status))
-        self.ss: dict[str, ServiceData] = {sid: copy_service_data(sd) for sid, sd in old.service_status.items()}
+        self.ss: dict[str, ServiceData] = {
+            sid: copy_service_data(sd) for sid, sd in old.service_status.items()
+        }
         self.ms = ManagerStatus(master_node=env.nodename())
         if old.node_request is not None:
             self.ms.node_request = {n: dict(r) for n, r in old.node_request.items()}
@@ -115,7 +125,7 @@ class Manager:
         old_state = sd.state
         if old_state == new_state:
             raise HaError(f"no state change for service '{sid}' ({old_state})")
-        check_transition(SERVICE_TRANSITIONS, old_state, new_state, f"service '{sid}'")  # type: ignore[arg-type]
+        check_transition(SERVICE_TRANSITIONS, old_state, new_state, f"service '{sid}'")
         # all fields are dropped except node, failed_nodes and maintenance_node
         sd.state = new_state
         sd.uid = None
@@ -215,8 +225,9 @@ class Manager:
             repeat = False
             for sid in sorted(self.ss):
                 sd = self.ss[sid]
-                cd = sc.get(sid) or ResourceConfig(sid=sid, type=sid.split(":")[0], name="", node="",
-                                                    state=RequestedState.DISABLED)
+                cd = sc.get(sid) or ResourceConfig(
+                    sid=sid, type=sid.split(":")[0], name="", node="", state=RequestedState.DISABLED
+                )
                 lrm_res = lrm_results.get(sd.uid) if sd.uid else None
                 last_state = sd.state
                 self.dispatch(sid, cd, sd, lrm_res)
@@ -303,7 +314,9 @@ class Manager:
         for node in sorted(n for n in self.ns.status if n not in fenced):
             if self.ns.get_node_state(node) != NodeState.FENCE:
                 continue
-            self.env.log("notice", f"node '{node}' in fence state but no services to-fence! admin interference?!")
+            self.env.log(
+                "notice", f"node '{node}' in fence state but no services to-fence! admin interference?!"
+            )
             if self.ns.fence_node(node):
                 changed = True
         return changed
@@ -313,7 +326,6 @@ class Manager:
     def update_crm_commands(self) -> None:
         env, ns = self.env, self.ns
         for line in env.read_crm_commands().split("\n"):
-            line = line.rstrip("\n")
             if not line:
                 continue
             cmd = parse_crm_command(line)
@@ -342,7 +354,9 @@ class Manager:
             elif cmd.kind == "enable-node-maintenance":
                 assert cmd.node is not None
                 if self.ms.disarm is not None:
-                    env.log("warn", f"ignoring maintenance command for node {cmd.node} - HA stack is disarmed")
+                    env.log(
+                        "warn", f"ignoring maintenance command for node {cmd.node} - HA stack is disarmed"
+                    )
                     continue
                 state = ns.get_node_state(cmd.node)
                 if state == NodeState.ONLINE:
@@ -357,7 +371,10 @@ class Manager:
                 assert cmd.node is not None
                 state = ns.get_node_state(cmd.node)
                 if state != NodeState.MAINTENANCE:
-                    env.log("warn", f"clearing maintenance of node {cmd.node} requested, but it's in state {state}")
+                    env.log(
+                        "warn",
+                        f"clearing maintenance of node {cmd.node} requested, but it's in state {state}",
+                    )
                 if self.ms.node_request is None:
                     self.ms.node_request = {}
                 self.ms.node_request.setdefault(cmd.node, {}).pop("maintenance", None)
@@ -389,7 +406,7 @@ class Manager:
             cd = self.sc.get(csid)
             if csd is None or cd is None or cd.state == RequestedState.IGNORED:
                 continue
-            if csd.node == target or csd.target == target:
+            if target in (csd.node, csd.target):
                 continue
             env.log(
                 "info",
@@ -400,13 +417,17 @@ class Manager:
 
     # -- state handlers (§5.7) -------------------------------------------------
 
-    def next_state_request_start(self, sid: str, cd: ResourceConfig, sd: ServiceData, lrm_res: LrmResult | None) -> None:
+    def next_state_request_start(
+        self, sid: str, cd: ResourceConfig, sd: ServiceData, lrm_res: LrmResult | None
+    ) -> None:
         current = sd.node
         if self.rebalance_on_start:
             selected = self.select_node(sid, cd, sd, Preference.BEST_SCORE)
             if selected is not None:
                 which = "new" if selected != current else "current"
-                self.env.log("info", f"service {sid}: re-balance selected {which} node {selected} for startup")
+                self.env.log(
+                    "info", f"service {sid}: re-balance selected {which} node {selected} for startup"
+                )
                 if selected != current:
                     self.change_service_state(sid, S.REQUEST_START_BALANCE, node=current, target=selected)
                     return
@@ -418,11 +439,15 @@ class Manager:
             self.env.log("err", f"ignore service '{sid}' {task} request - node '{target}' not online")
             return False
         if sd.node == target:
-            self.env.log("info", f"ignore service '{sid}' {task} request - service already on node '{target}'")
+            self.env.log(
+                "info", f"ignore service '{sid}' {task} request - service already on node '{target}'"
+            )
             return False
         return True
 
-    def next_state_stopped(self, sid: str, cd: ResourceConfig, sd: ServiceData, lrm_res: LrmResult | None) -> None:
+    def next_state_stopped(
+        self, sid: str, cd: ResourceConfig, sd: ServiceData, lrm_res: LrmResult | None
+    ) -> None:
         env, ns = self.env, self.ns
         if sd.node != cd.node:
             # can happen after fencing a node with active migrations
@@ -451,7 +476,9 @@ class Manager:
             return
         env.log("err", f"service '{sid}' - unknown state '{cd.state}' in service configuration")
 
-    def next_state_started(self, sid: str, cd: ResourceConfig, sd: ServiceData, lrm_res: LrmResult | None) -> None:
+    def next_state_started(
+        self, sid: str, cd: ResourceConfig, sd: ServiceData, lrm_res: LrmResult | None
+    ) -> None:
         env, ns = self.env, self.ns
         if not ns.node_is_online(sd.node):
             if ns.node_is_offline_delayed(sd.node):
@@ -505,7 +532,9 @@ class Manager:
                 sd.failed_nodes = [*(sd.failed_nodes or []), sd.node]
                 if len(sd.failed_nodes) <= cd.max_relocate:
                     try_next = True
-                    env.log("warning", f"starting service {sid} on node '{sd.node}' failed, relocating service.")
+                    env.log(
+                        "warning", f"starting service {sid} on node '{sd.node}' failed, relocating service."
+                    )
                 else:
                     env.log(
                         "err",
@@ -526,7 +555,10 @@ class Manager:
             fallback = sd.maintenance_node
             if fallback is not None:
                 if node == fallback:
-                    env.log("info", f"moving service '{sid}' back to '{fallback}', node came back from maintenance.")
+                    env.log(
+                        "info",
+                        f"moving service '{sid}' back to '{fallback}', node came back from maintenance.",
+                    )
                     sd.maintenance_node = None
                 elif sd.node != fallback:
                     env.log("info", f"dropping maintenance fallback node '{fallback}' for '{sid}'")
@@ -587,7 +619,9 @@ class Manager:
                 env.log("err", f"service '{sid}' - migration failed: service registered on wrong node!")
                 self.change_service_state(sid, S.ERROR)
             elif ec == ExitCode.IGNORED:
-                env.log("info", f"service '{sid}' - rebalance-on-start request ignored - service already running")
+                env.log(
+                    "info", f"service '{sid}' - rebalance-on-start request ignored - service already running"
+                )
                 self.change_service_state(sid, req, node=sd.node)
             else:
                 env.log("err", f"service '{sid}' - migration failed (exit code {ec})")
@@ -596,11 +630,17 @@ class Manager:
         if self.ns.node_is_offline_delayed(sd.node) and sd.state != S.FENCE:
             self.change_service_state(sid, S.FENCE)
 
-    def next_state_freeze(self, sid: str, cd: ResourceConfig, sd: ServiceData, lrm_res: LrmResult | None) -> None:
+    def next_state_freeze(
+        self, sid: str, cd: ResourceConfig, sd: ServiceData, lrm_res: LrmResult | None
+    ) -> None:
         if self.lrm_modes.get(sd.node) == LrmMode.ACTIVE:
-            self.change_service_state(sid, S.STARTED if cd.state == RequestedState.STARTED else S.REQUEST_STOP)
+            self.change_service_state(
+                sid, S.STARTED if cd.state == RequestedState.STARTED else S.REQUEST_STOP
+            )
 
-    def next_state_error(self, sid: str, cd: ResourceConfig, sd: ServiceData, lrm_res: LrmResult | None) -> None:
+    def next_state_error(
+        self, sid: str, cd: ResourceConfig, sd: ServiceData, lrm_res: LrmResult | None
+    ) -> None:
         # the only way out of 'error' is through 'disabled' (§5.8)
         if cd.state == RequestedState.DISABLED:
             sd.failed_nodes = None
@@ -616,7 +656,10 @@ class Manager:
         node = self.select_node(sid, cd, sd, Preference.BEST_SCORE)
         if node is not None:
             if node == fenced_node:
-                env.log("info", f"recover service '{sid}' to previous failed and fenced node '{fenced_node}' again")
+                env.log(
+                    "info",
+                    f"recover service '{sid}' to previous failed and fenced node '{fenced_node}' again",
+                )
             else:
                 env.log("info", f"recover service '{sid}' from fenced node '{fenced_node}' to node '{node}'")
             self.fence_recovery_cleanup(sid, cd)
@@ -626,7 +669,10 @@ class Manager:
             new_state = S.STARTED if cd.state == RequestedState.STARTED else S.REQUEST_STOP
             self.change_service_state(sid, new_state, node=node)
             return
-        env.log("err", f"recovering service '{sid}' from fenced node '{fenced_node}' failed, no recovery node found")
+        env.log(
+            "err",
+            f"recovering service '{sid}' from fenced node '{fenced_node}' failed, no recovery node found",
+        )
         if cd.state == RequestedState.DISABLED:
             sd.failed_nodes = None
             self.change_service_state(sid, S.STOPPED)
@@ -639,7 +685,8 @@ class Manager:
         removed = plugin.remove_locks(self.env, sid, _RECOVERY_SAFE_LOCKS)
         if removed is not None:
             self.env.log(
-                "warning", f"removed leftover lock '{removed}' from recovered service '{sid}' to allow its start."
+                "warning",
+                f"removed leftover lock '{removed}' from recovered service '{sid}' to allow its start.",
             )
 
     # -- HA groups -> rules (§5.14) -------------------------------------------
@@ -660,7 +707,9 @@ class Manager:
         except GroupMigrationAbort as e:
             env.log("err", f"abort ha groups migration: {e}")
             env.log("err", "ha groups migration failed")
-            env.log("notice", f"retry ha groups migration in {GROUP_MIGRATION_RETRY_ROUNDS} rounds (~ 60 seconds)")
+            env.log(
+                "notice", f"retry ha groups migration in {GROUP_MIGRATION_RETRY_ROUNDS} rounds (~ 60 seconds)"
+            )
 
     def check_group_migration_preconditions(self) -> None:
         env = self.env
@@ -677,7 +726,9 @@ class Manager:
             lrm = env.read_lrm_status(node)
             if not lrm.state or not lrm.mode:
                 raise GroupMigrationAbort(f"could not retrieve state for lrm '{node}'")
-            env.log("notice", f"ha groups migration: lrm '{node}' is in state '{lrm.state}' and mode '{lrm.mode}'")
+            env.log(
+                "notice", f"ha groups migration: lrm '{node}' is in state '{lrm.state}' and mode '{lrm.mode}'"
+            )
             idle = lrm.state == LrmState.WAIT_FOR_AGENT_LOCK and count_active_services(self.ss, node) == 0
             if lrm.state != LrmState.ACTIVE and not idle:
                 raise GroupMigrationAbort(f"lrm '{node}' is not in state 'active' or 'idle'")

@@ -50,7 +50,7 @@ class NodeStatus:
         last = self.get_node_state(node)
         if state == last:
             return
-        check_transition(NODE_TRANSITIONS, last, state, "node state")  # type: ignore[arg-type]
+        check_transition(NODE_TRANSITIONS, last, state, "node state")
         self.status[node] = state
         self.env.log("info", f"node '{node}': state changed from '{last}' => '{state}'")
 

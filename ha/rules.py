@@ -11,6 +11,22 @@ from ha.usage import used_nodes
 
 Errors = dict[str, dict[str, list[str]]]  # rule id -> property -> messages
 
+# §5.13.2 messages, verbatim
+MSG_NA_MULTI_PRIO = (
+    "resources are in a resource affinity rule and cannot be in a node affinity rule with multiple priorities"
+)
+MSG_RA_MULTI_PRIO = "resources are in node affinity rules with multiple priorities"
+MSG_POS_MULTI_NA = "resources are in multiple node affinity rules"
+MSG_NA_POS_OTHER = (
+    "at least one resource is in a positive resource affinity rule and there are other resources "
+    "in at least one other node affinity rule already"
+)
+MSG_NEG_TOO_FEW = "two or more resources are restricted to less nodes than available to the resources"
+MSG_NA_NEG_TOO_FEW = (
+    "at least one resource is in a negative resource affinity rule and this rule would restrict "
+    "these to less nodes than available to the resources"
+)
+
 
 def _add(errors: Errors, rule_id: str, prop: str, msg: str) -> None:
     msgs = errors.setdefault(rule_id, {}).setdefault(prop, [])
@@ -31,7 +47,7 @@ def _connected_sets(rules: list[Rule]) -> list[tuple[list[Rule], set[str]]]:
         for members, resources in sets:
             if resources & rule.resources:
                 members.append(rule)
-                resources |= rule.resources
+                resources.update(rule.resources)
                 break
         else:
             sets.append(([rule], set(rule.resources)))
@@ -54,7 +70,12 @@ def check_feasibility(rules: RulesConfig, node_count: int) -> Errors:
     for sid in sorted(by_sid):
         if len(by_sid[sid]) > 1:
             for r in by_sid[sid]:
-                _add(errors, r.id, "resources", f"resource '{sid}' is already used in another node affinity rule")
+                _add(
+                    errors,
+                    r.id,
+                    "resources",
+                    f"resource '{sid}' is already used in another node affinity rule",
+                )
     # 2. ineffective resource-affinity rules
     for r in res_rules:
         if len(r.resources) < 2:
@@ -69,34 +90,41 @@ def check_feasibility(rules: RulesConfig, node_count: int) -> Errors:
         for neg in negative:
             if len(resources & neg.resources) >= 2:
                 for p in members:
-                    _add(errors, p.id, "affinity", "rule shares two or more resources with a negative resource affinity rule")
-                _add(errors, neg.id, "affinity", "rule shares two or more resources with a positive resource affinity rule")
+                    _add(
+                        errors,
+                        p.id,
+                        "affinity",
+                        "rule shares two or more resources with a negative resource affinity rule",
+                    )
+                _add(
+                    errors,
+                    neg.id,
+                    "affinity",
+                    "rule shares two or more resources with a positive resource affinity rule",
+                )
     # 5. resource-affinity resources in a node-affinity rule with several priorities
     for r in res_rules:
         for na in node_rules:
             if r.resources & na.resources and len(set(na.nodes.values())) > 1:
-                _add(errors, na.id, "nodes",
-                     "resources are in a resource affinity rule and cannot be in a node affinity rule with multiple priorities")
-                _add(errors, r.id, "resources", "resources are in node affinity rules with multiple priorities")
+                _add(errors, na.id, "nodes", MSG_NA_MULTI_PRIO)
+                _add(errors, r.id, "resources", MSG_RA_MULTI_PRIO)
     # 6. connected positive set overlapping more than one node-affinity rule
     for members, resources in pos_sets:
         overlapping = [na for na in node_rules if na.resources & resources]
         if len(overlapping) > 1:
             for p in members:
-                _add(errors, p.id, "resources", "resources are in multiple node affinity rules")
+                _add(errors, p.id, "resources", MSG_POS_MULTI_NA)
             for na in overlapping:
-                _add(errors, na.id, "resources",
-                     "at least one resource is in a positive resource affinity rule and there are other resources in at least one other node affinity rule already")
+                _add(errors, na.id, "resources", MSG_NA_POS_OTHER)
     # 7. negative rule restricted to fewer nodes than its resources
     for neg in negative:
         restricted = [(na, neg.resources & na.resources) for na in node_rules if neg.resources & na.resources]
         sids = set().union(*(s for _, s in restricted)) if restricted else set()
         nodes = set().union(*(set(na.nodes) for na, _ in restricted)) if restricted else set()
         if sids and len(nodes) < len(sids):
-            _add(errors, neg.id, "resources", "two or more resources are restricted to less nodes than available to the resources")
+            _add(errors, neg.id, "resources", MSG_NEG_TOO_FEW)
             for na, _ in restricted:
-                _add(errors, na.id, "resources",
-                     "at least one resource is in a negative resource affinity rule and this rule would restrict these to less nodes than available to the resources")
+                _add(errors, na.id, "resources", MSG_NA_NEG_TOO_FEW)
     return errors
 
 
@@ -140,8 +168,9 @@ def transform(rules: RulesConfig, nodes: list[str]) -> list[str]:
                         continue
                     rid = f"_implicit-negative-{p.id}-{other}-{x}"
                     if rid not in rules.rules:
-                        rules.rules[rid] = Rule(rid, RESOURCE_AFFINITY, {other, x}, rules.next_order(),
-                                                affinity="negative")
+                        rules.rules[rid] = Rule(
+                            rid, RESOURCE_AFFINITY, {other, x}, rules.next_order(), affinity="negative"
+                        )
     # 3. positive rules pull their resources into an overlapping node-affinity rule
     for p in positive:
         for na in _enabled(rules, NODE_AFFINITY):

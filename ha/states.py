@@ -9,7 +9,9 @@ reference's log line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 
 class ServiceState(StrEnum):
@@ -136,7 +138,7 @@ class ShutdownPolicy(StrEnum):
     MIGRATE = "migrate"
 
 
-def check_transition(table: dict[str, frozenset[str]], old: str, new: str, what: str) -> None:
+def check_transition(table: Mapping[Any, frozenset[Any]], old: str, new: str, what: str) -> None:
     """Raise ``ValueError`` when ``old -> new`` is not in ``table``."""
     allowed = table.get(old)
     if allowed is None or new not in allowed:

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from ha.records import ServiceData
 from ha.states import ServiceState
 
-_NOT_ACTIVE = frozenset({ServiceState.STOPPED, ServiceState.FREEZE, ServiceState.ERROR, ServiceState.REQUEST_START})
+_NOT_ACTIVE = frozenset(
+    {ServiceState.STOPPED, ServiceState.FREEZE, ServiceState.ERROR, ServiceState.REQUEST_START}
+)
 
 
 def count_fenced_services(ss: Mapping[str, ServiceData], node: str) -> int:
@@ -18,7 +20,5 @@ def count_fenced_services(ss: Mapping[str, ServiceData], node: str) -> int:
 def count_active_services(ss: Mapping[str, ServiceData], node: str) -> int:
     """Services on or moving to ``node`` that are not stopped/frozen/error/request_start (§3.2.2)."""
     return sum(
-        1
-        for sd in ss.values()
-        if sd.node and (sd.node == node or sd.target == node) and sd.state not in _NOT_ACTIVE
+        1 for sd in ss.values() if sd.node and node in (sd.node, sd.target) and sd.state not in _NOT_ACTIVE
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 from ha.states import ServiceState
 
 S = ServiceState
@@ -11,9 +13,9 @@ _CURRENT_USED = frozenset(
 _TARGET_USED = frozenset({S.MIGRATE, S.RELOCATE, S.REQUEST_START_BALANCE})
 
 
-def used_nodes(state: str, node: str | None, target: str | None, online: set[str] | dict[str, object]) -> tuple[
-    str | None, str | None
-]:
+def used_nodes(
+    state: str, node: str | None, target: str | None, online: Container[str]
+) -> tuple[str | None, str | None]:
     """(current, target) nodes a service occupies, counting only online nodes."""
     current = node if state in _CURRENT_USED and node in online else None
     tgt = target if state in _TARGET_USED and target is not None and target in online else None

@@ -34,7 +34,9 @@ def _run_to_text(scenario_dir: Path, scale: bool, out_dir: Path | None, echo: bo
         _fail(str(e))
         raise AssertionError from None
     try:
-        sim = run_scenario(scenario, RunOptions(scale=scale), out=(lambda line: click.echo(line, nl=False)) if echo else None)
+        sim = run_scenario(
+            scenario, RunOptions(scale=scale), out=(lambda line: click.echo(line, nl=False)) if echo else None
+        )
     except HaError as e:  # malformed config detected while building the world
         _fail(f"{scenario_dir}: {e}")
         raise AssertionError from None
@@ -50,8 +52,12 @@ def main() -> None:
 
 @main.command()
 @click.argument("scenario_dir", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Write log and final status records here.")
-@click.option("--scale", is_flag=True, help="Lift the reference's loop-time and node-count limits (big clusters).")
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), help="Write log and final status records here."
+)
+@click.option(
+    "--scale", is_flag=True, help="Lift the reference's loop-time and node-count limits (big clusters)."
+)
 @click.option("--quiet", "-q", is_flag=True, help="Do not print the log to stdout.")
 def run(scenario_dir: Path, out_dir: Path | None, scale: bool, quiet: bool) -> None:
     """Run SCENARIO_DIR and print its log; never modifies SCENARIO_DIR."""

@@ -11,7 +11,7 @@ from ha.config.rules import RulesConfig
 from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import CfsError, SimulationError
 from ha.records import LrmStatus, ManagerStatus
-from sim.resources import PLUGINS
+from sim.logfmt import format_line
 
 if TYPE_CHECKING:
     from sim.hardware import Hardware
@@ -44,8 +44,6 @@ class SimEnv:
     def log(self, level: str, msg: str) -> None:
         if level == "debug":
             return
-        from sim.hardware import format_line
-
         self.hardware.emit(format_line(level, self.time, self.ident, msg))
 
     def send_notification(self, prefix: str, text: str, node: str) -> None:
@@ -201,4 +199,4 @@ class SimEnv:
         return 0  # execute inline, like the reference's test environment
 
     def resource_plugin(self, rtype: str) -> ResourcePlugin | None:
-        return PLUGINS.get(rtype)
+        return self.hardware.plugins.get(rtype)

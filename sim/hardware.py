@@ -23,17 +23,12 @@ from ha.env import NodeInfo
 from ha.errors import ConfigError, SimulationError
 from ha.lrm import LRM, StartupWrite
 from ha.records import LrmStatus, ManagerStatus, ServiceData
+from sim.env import SimEnv
+from sim.logfmt import format_line
+from sim.resources import PLUGINS, SimResource
 from sim.scenario import SIM_SID, Scenario
 
 DEFAULT_NODE_VERSION = "9.0.0~2"
-LOG_IDS_WIDTH = 12
-
-
-def format_line(level: str, time: int, ident: str, msg: str) -> str:
-    """The reference's ``%-5s %5d %12s: %s`` line; levels are cut to 4 characters (§9.8)."""
-    if msg.endswith("\n"):
-        msg = msg[:-1]
-    return f"{level[:4]:<5} {time:>5} {ident:>12}: {msg}\n"
 
 
 @dataclass
@@ -76,7 +71,9 @@ class Hardware:
         self.locks: dict[str, tuple[str, int]] = {}
         self.watchdogs: dict[str, Watchdog] = {}
         self.wd_counter = 0
-        self.running: dict[str, dict[str, int]] = {n: dict(scenario.service_status.get(n, {})) for n in self.nodes}
+        self.running: dict[str, dict[str, int]] = {
+            n: dict(scenario.service_status.get(n, {})) for n in self.nodes
+        }
         self.fa_tries: dict[str, dict[str, int]] = {"start": {}, "migrate": {}}
         self.manager_status = ManagerStatus.from_dict(scenario.manager_status)
         self.lrm_status: dict[str, LrmStatus] = {}
@@ -91,9 +88,8 @@ class Hardware:
         self.rules = self._parse_rules(scenario.rules_text)
         self.datacenter: DatacenterConfig = scenario.datacenter
         self.datacenter_raw = scenario.datacenter_raw
+        self.plugins: dict[str, SimResource] = dict(PLUGINS)
         # the per-node daemon environments live as long as the node (§9.4)
-        from sim.env import SimEnv
-
         self.crm_envs = {n: SimEnv(self, n, "crm") for n in self.nodes}
         self.lrm_envs = {n: SimEnv(self, n, "lrm") for n in self.nodes}
 
@@ -160,7 +156,9 @@ class Hardware:
                 node=str(raw["node"]),
                 state=state,
                 group=str(raw["group"]) if raw.get("group") is not None else None,
-                failback=bool(failback) if isinstance(failback, int) else parse_bool(str(failback), "failback", where, None),
+                failback=bool(failback)
+                if isinstance(failback, int)
+                else parse_bool(str(failback), "failback", where, None),
                 max_restart=parse_uint(raw.get("max_restart", 1), "max_restart", where, None),
                 max_relocate=parse_uint(raw.get("max_relocate", 1), "max_relocate", where, None),
                 comment=str(raw["comment"]) if raw.get("comment") is not None else None,
@@ -344,7 +342,9 @@ class Hardware:
             master_node=ms.master_node,
             timestamp=ms.timestamp,
             node_status=dict(ms.node_status),
-            node_request={n: dict(r) for n, r in ms.node_request.items()} if ms.node_request is not None else None,
+            node_request={n: dict(r) for n, r in ms.node_request.items()}
+            if ms.node_request is not None
+            else None,
             disarm=dict(ms.disarm) if ms.disarm is not None else None,
             service_status={sid: _copy_sd(sd) for sid, sd in ms.service_status.items()},
         )
@@ -380,12 +380,19 @@ class Hardware:
         dump_json(
             "hardware_status",
             {
-                n: {"power": d.power, "network": d.network, **({"shutdown": d.shutdown} if d.shutdown else {})}
+                n: {
+                    "power": d.power,
+                    "network": d.network,
+                    **({"shutdown": d.shutdown} if d.shutdown else {}),
+                }
                 for n, d in self.nodes.items()
             },
         )
         dump_json("cluster_locks", {k: {"node": v[0], "time": v[1]} for k, v in self.locks.items()})
-        dump_json("watchdog_status", {h: {"node": w.node, "update_time": w.update_time} for h, w in self.watchdogs.items()})
+        dump_json(
+            "watchdog_status",
+            {h: {"node": w.node, "update_time": w.update_time} for h, w in self.watchdogs.items()},
+        )
         (out_dir / "crm_commands").write_text(self.crm_commands)
         if self.rules_text is not None:
             (out_dir / "rules_config").write_text(self.rules_text)

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from ha.config.resources import ResourceConfig
 from ha.env import Env
+from sim.env import SimEnv
 
 if TYPE_CHECKING:
     from sim.hardware import Hardware
-    from sim.env import SimEnv
 
 # Simulated operation costs, in virtual seconds of the daemon's loop budget (not of
 # the clock): they only matter for the reference's "loop take too long" abort.
@@ -24,8 +24,6 @@ MIGRATE_COST = 2
 
 
 def _hw(env: Env) -> Hardware:
-    from sim.env import SimEnv
-
     assert isinstance(env, SimEnv)
     return env.hardware
 
@@ -34,12 +32,6 @@ class SimResource:
     """Common behaviour of the simulated guest types."""
 
     type_name = "vm"
-
-    def _sim(self, env: Env) -> SimEnv:
-        from sim.env import SimEnv
-
-        assert isinstance(env, SimEnv)
-        return env
 
     def locked(self, env: Env, sid: str) -> str | None:
         return _hw(env).service_lock(sid)

@@ -224,7 +224,9 @@ class Simulation:
         nodes = sorted(hw.nodes)
         looptime = max(20, 2 * len(nodes))
         if looptime >= 60 and not self.options.scale:
-            raise SimulationError("unable to simulate so many nodes. You need to increase watchdog/lock timeouts.")
+            raise SimulationError(
+                "unable to simulate so many nodes. You need to increase watchdog/lock timeouts."
+            )
         while True:
             start = hw.time
             for i, name in enumerate(nodes):

@@ -50,7 +50,9 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ScenarioError(f"{path}: invalid JSON in {what}: {e.msg} (line {e.lineno}, column {e.colno})") from None
+        raise ScenarioError(
+            f"{path}: invalid JSON in {what}: {e.msg} (line {e.lineno}, column {e.colno})"
+        ) from None
 
 
 def load_scenario(path: str | Path) -> Scenario:

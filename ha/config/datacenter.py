@@ -31,7 +31,8 @@ def _from_mapping(data: Any, path: str, *, strict: bool) -> DatacenterConfig:
     policy = str(ha.get("shutdown_policy", DEFAULT_SHUTDOWN_POLICY))
     if strict and policy not in ShutdownPolicy.__members__.values():
         raise ConfigError(
-            f"ha: invalid shutdown_policy '{policy}' (one of {', '.join(p.value for p in ShutdownPolicy)})", path
+            f"ha: invalid shutdown_policy '{policy}' (one of {', '.join(p.value for p in ShutdownPolicy)})",
+            path,
         )
     max_workers = data.get("max_workers")
     if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 0):

@@ -127,7 +127,9 @@ class ServiceConfig:
 def normalize_state(value: str, path: str, line: int | None) -> str:
     v = value.strip()
     if v not in STATE_VALUES:
-        raise ConfigError(f"property 'state': invalid value '{value}' (one of {', '.join(STATE_VALUES)})", path, line)
+        raise ConfigError(
+            f"property 'state': invalid value '{value}' (one of {', '.join(STATE_VALUES)})", path, line
+        )
     # 'enabled' is a legacy alias of 'started' (§7.1)
     return RequestedState.STARTED if v == "enabled" else v
 

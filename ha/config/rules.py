@@ -66,8 +66,8 @@ class RulesConfig:
 
 def _parse_resources(value: str, path: str, line: int) -> set[str]:
     out: set[str] = set()
-    for item in value.split(","):
-        item = item.strip()
+    for raw in value.split(","):
+        item = raw.strip()
         if not item:
             continue
         if item.isdigit():  # bare VMID: the reference resolves the type; we assume vm
@@ -97,7 +97,10 @@ def parse_rules_cfg(text: str, path: str = "rules.cfg") -> tuple[RulesConfig, li
                 raise ConfigError(f"rule '{sec.id}': missing required property 'resources'", path, sec.line)
             order += 1
             rule = Rule(
-                sec.id, sec.type, _parse_resources(props["resources"], path, sec.prop_lines["resources"]), order
+                sec.id,
+                sec.type,
+                _parse_resources(props["resources"], path, sec.prop_lines["resources"]),
+                order,
             )
             for key, value in props.items():
                 lno = sec.prop_lines[key]
@@ -119,7 +122,9 @@ def parse_rules_cfg(text: str, path: str = "rules.cfg") -> tuple[RulesConfig, li
                         )
                     rule.affinity = value
                 else:
-                    raise ConfigError(f"rule '{sec.id}': unknown property '{key}' for type {sec.type}", path, lno)
+                    raise ConfigError(
+                        f"rule '{sec.id}': unknown property '{key}' for type {sec.type}", path, lno
+                    )
             if rule.type == NODE_AFFINITY and not rule.nodes:
                 raise ConfigError(f"rule '{sec.id}': missing required property 'nodes'", path, sec.line)
             if rule.type == RESOURCE_AFFINITY and rule.affinity is None:

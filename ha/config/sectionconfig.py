@@ -86,9 +86,9 @@ def parse_uint(value: object, key: str, path: str, line: int | None) -> int:
         raise ConfigError(f"property '{key}': expected a non-negative integer, got '{value}'", path, line)
     if isinstance(value, int):
         n = value
-    elif isinstance(value, float) and value.is_integer():
-        n = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+    elif (isinstance(value, float) and value.is_integer()) or (
+        isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value)
+    ):
         n = int(value)
     else:
         raise ConfigError(f"property '{key}': expected a non-negative integer, got '{value}'", path, line)
@@ -104,8 +104,8 @@ CONFIG_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9_\-]+$")
 def parse_node_list(value: str, key: str, path: str, line: int | None) -> dict[str, int]:
     """Parse ``node[:prio],node[:prio]`` into {node: priority} (priority default 0)."""
     nodes: dict[str, int] = {}
-    for item in value.split(","):
-        item = item.strip()
+    for raw in value.split(","):
+        item = raw.strip()
         if not item:
             continue
         name, _, prio = item.partition(":")
@@ -113,7 +113,9 @@ def parse_node_list(value: str, key: str, path: str, line: int | None) -> dict[s
             raise ConfigError(f"property '{key}': invalid node name '{name}'", path, line)
         if prio:
             if not re.fullmatch(r"\d+", prio):
-                raise ConfigError(f"property '{key}': invalid priority '{prio}' for node '{name}'", path, line)
+                raise ConfigError(
+                    f"property '{key}': invalid priority '{prio}' for node '{name}'", path, line
+                )
             nodes[name] = int(prio)
         else:
             nodes[name] = 0
