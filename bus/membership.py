@@ -81,15 +81,21 @@ class _PeerState:
     up: bool = False
     last_heard: float = float("-inf")
     incarnation: int | None = None
+    linked: bool = False
+    announced: int | None = None
 
 
 class PeerTracker:
-    """Up/down view of the peers, driven by arrival times.
+    """Up/down view of the peers, driven by arrival times and link events.
 
-    A peer is *up* from its first heartbeat until nothing at all has been
-    heard from it for ``timeout`` seconds. A heartbeat with a new incarnation
-    means the peer restarted; that is reported as a fresh :class:`PeerUp` so
-    that re-send logic (see :class:`bus.reliability.Outbox`) kicks in.
+    A peer comes *up* once both directions work: we heard its heartbeat
+    (inbound) and our own connection to it completed its handshake
+    (outbound, :meth:`link`). It goes *down* when nothing at all has been
+    heard from it for ``timeout`` seconds; a dropped TCP link alone does not
+    take it down, so a reconnect blip cannot flap the quorum. A heartbeat
+    with a new incarnation means the peer restarted; that is reported as a
+    fresh :class:`PeerUp` so that re-send logic (see
+    :class:`bus.reliability.Outbox`) kicks in.
     """
 
     def __init__(self, peers: Iterable[str], timeout: float) -> None:
@@ -98,16 +104,30 @@ class PeerTracker:
         self.timeout = timeout
         self._peers = {name: _PeerState() for name in peers}
 
+    def _maybe_up(self, node: str, st: _PeerState) -> PeerUp | None:
+        if not st.linked or st.incarnation is None or st.incarnation == st.announced:
+            return None
+        st.up = True
+        st.announced = st.incarnation
+        return PeerUp(node, st.incarnation)
+
     def heartbeat(self, node: str, incarnation: int, now: float) -> PeerUp | None:
         st = self._peers.get(node)
         if st is None:
             return None
         st.last_heard = now
-        if st.up and st.incarnation == incarnation:
-            return None
-        st.up = True
         st.incarnation = incarnation
-        return PeerUp(node, incarnation)
+        return self._maybe_up(node, st)
+
+    def link(self, node: str, connected: bool, now: float) -> PeerUp | None:
+        """Our outbound connection to ``node`` completed (or lost) its handshake."""
+        st = self._peers.get(node)
+        if st is None:
+            return None
+        st.linked = connected
+        if connected and now - st.last_heard < self.timeout:
+            return self._maybe_up(node, st)
+        return None
 
     def traffic(self, node: str, now: float) -> None:
         """Any valid message proves liveness, but only a heartbeat brings a peer up."""
@@ -118,13 +138,15 @@ class PeerTracker:
     def expire(self, now: float) -> list[PeerDown]:
         downs: list[PeerDown] = []
         for name, st in self._peers.items():
-            if st.up and now - st.last_heard >= self.timeout:
-                st.up = False
-                downs.append(PeerDown(name))
+            if st.incarnation is not None and now - st.last_heard >= self.timeout:
+                st.incarnation = st.announced = None
+                if st.up:
+                    st.up = False
+                    downs.append(PeerDown(name))
         return downs
 
     def next_expiry(self) -> float | None:
-        times = [st.last_heard + self.timeout for st in self._peers.values() if st.up]
+        times = [st.last_heard + self.timeout for st in self._peers.values() if st.incarnation is not None]
         return min(times) if times else None
 
     def up(self) -> frozenset[str]:
@@ -133,3 +155,7 @@ class PeerTracker:
     def is_up(self, node: str) -> bool:
         st = self._peers.get(node)
         return st is not None and st.up
+
+    def is_linked(self, node: str) -> bool:
+        st = self._peers.get(node)
+        return st is not None and st.linked

@@ -49,6 +49,7 @@ from bus.messages import (
     ApiRequest,
     Heartbeat,
     Message,
+    PeerUp,
     QuorumLost,
     QuorumRegained,
 )
@@ -242,10 +243,22 @@ class Transport:
         self._routes_all = tuple(everything)
 
     def send(self, node: str, msg: Message) -> bool:
-        """Send ``msg`` to member ``node`` (at most once; False if dropped locally)."""
+        """Send ``msg`` to member ``node``, at most once.
+
+        Returns False if the frame was dropped before leaving this process
+        (no connection to ``node``, transport stopped, backlog full); True
+        means it was handed on, not that it arrived.
+        """
         node_b = node.encode()
         if node_b not in self._members_b:
             raise UnknownPeerError(node)
+        if (node_b != self._node_b and not self._closed and self._thread is not None
+                and not self._tracker.is_linked(node)):
+            # Answer "unreachable" right here rather than after a thread hop;
+            # the I/O thread re-checks, so a stale read only costs a hop.
+            with self._send_lock:
+                self._tx_counts["dropped.unreachable"] = self._tx_counts.get("dropped.unreachable", 0) + 1
+            return False
         return self._post(node_b, self.codec.encode(self.node, next(self._ids), msg))
 
     def broadcast(self, msg: Message) -> bool:
@@ -351,7 +364,11 @@ class Transport:
             self._zap.setsockopt(zmq.LINGER, 0)
             self._zap.bind(_ZAP_ENDPOINT)
             self._key_names = {key: name for name, key in self._keys.authorized.items()}
-        r = ctx.socket(zmq.ROUTER)
+        # Every socket is recorded as soon as it exists, so that _close_all()
+        # can close it if a later step (say, bind) fails; an unclosed socket
+        # would make Context.term() hang forever.
+        self._monitors: dict[zmq.Socket[bytes], tuple[zmq.Socket[bytes], str]] = {}
+        r = self._router = ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.LINGER, 0)  # stop() must never hang on undeliverable replies
         r.setsockopt(zmq.RCVHWM, cfg.recv_hwm)
         r.setsockopt(zmq.SNDHWM, cfg.send_hwm)
@@ -374,13 +391,12 @@ class Transport:
             r.setsockopt(zmq.CURVE_PUBLICKEY, self._keys.public)
             r.setsockopt(zmq.ZAP_DOMAIN, self.codec.cluster.encode())
             r.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
-        self._monitors: dict[zmq.Socket[bytes], tuple[zmq.Socket[bytes], str]] = {}
-        self._monitors[r.get_monitor_socket(_HANDSHAKE_FAILED)] = (r, "inbound")
+        self._monitors[r.get_monitor_socket(_HANDSHAKE_FAILED)] = (r, "")
         r.bind(self._endpoint)
         self._endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._router = r
         for peer in self.membership.others(self.node):
-            d = ctx.socket(zmq.DEALER)
+            d = self._dealers[peer.name.encode()] = ctx.socket(zmq.DEALER)
+            self._dealer_names[d] = peer.name
             d.setsockopt(zmq.LINGER, 0)
             # SAFETY (honest reachability): only queue onto a completed
             # connection. Without IMMEDIATE, frames for a down peer pile up
@@ -401,10 +417,9 @@ class Transport:
                 d.setsockopt(zmq.CURVE_SERVERKEY, self._keys.public_of(peer.name))
                 d.setsockopt(zmq.CURVE_PUBLICKEY, self._keys.public)
                 d.setsockopt(zmq.CURVE_SECRETKEY, self._keys.secret)
-            self._monitors[d.get_monitor_socket(_HANDSHAKE_FAILED)] = (d, peer.name)
+            link_events = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+            self._monitors[d.get_monitor_socket(link_events)] = (d, peer.name)
             d.connect(peer.endpoint)
-            self._dealers[peer.name.encode()] = d
-            self._dealer_names[d] = peer.name
         self._pull = ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.setsockopt(zmq.RCVHWM, cfg.send_hwm)
@@ -426,9 +441,10 @@ class Transport:
         s.setsockopt(zmq.HEARTBEAT_TTL, _ms(self.config.peer_timeout))
 
     def _close_all(self) -> None:
-        for sock in [*self._monitors]:
+        monitors = getattr(self, "_monitors", {})
+        for sock in [*monitors]:
             sock.close(linger=0)
-        for owner, _ in self._monitors.values():
+        for owner, _ in monitors.values():
             with contextlib.suppress(zmq.ZMQError):
                 owner.disable_monitor()
         for name in ("_router", "_pull", "_zap"):
@@ -518,8 +534,10 @@ class Transport:
         try:
             d.send(frame, zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            up = self._tracker.is_up(name_b.decode())
-            self._count("dropped.backpressure" if up else "dropped.unreachable")
+            # With IMMEDIATE, Again means "no completed connection" or "pipe
+            # full"; the link state tells which.
+            linked = self._tracker.is_linked(name_b.decode())
+            self._count("dropped.backpressure" if linked else "dropped.unreachable")
             return False
         self._count("sent")
         return True
@@ -601,9 +619,7 @@ class Transport:
                     return
                 up = self._tracker.heartbeat(env.sender, env.body.incarnation, self._clock())
                 if up is not None:
-                    logger.info("bus {}: peer {} up (incarnation {})", self.node, env.sender, up.incarnation)
-                    self._emit(up)
-                    self._update_quorum()
+                    self._peer_up(up)
             else:
                 self._tracker.traffic(env.sender, self._clock())
         self._count("received")
@@ -620,6 +636,11 @@ class Transport:
                     logger.opt(exception=exc).error("bus {}: subscriber failed on {}", self.node, env.kind)
             else:
                 self._count("delivered")
+
+    def _peer_up(self, up: PeerUp) -> None:
+        logger.info("bus {}: peer {} up (incarnation {})", self.node, up.node, up.incarnation)
+        self._emit(up)
+        self._update_quorum()
 
     def _emit(self, msg: Message) -> None:
         self._dispatch(Envelope(1, self.codec.cluster, self.node, msg.KIND, next(self._ids), msg))
@@ -688,8 +709,16 @@ class Transport:
     def _handle_monitor(self, mon: zmq.Socket[bytes]) -> None:
         event = recv_monitor_message(mon)
         _, peer = self._monitors[mon]
+        kind = event["event"]
+        if peer and kind in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_DISCONNECTED):
+            connected = kind == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            logger.debug("bus {}: link to {} {}", self.node, peer, "up" if connected else "down")
+            up = self._tracker.link(peer, connected, self._clock())
+            if up is not None:
+                self._peer_up(up)
+            return
         self._count("handshake_failed")
         endpoint = event.get("endpoint", b"")
         where = endpoint.decode("ascii", "replace") if isinstance(endpoint, bytes) else str(endpoint)
         self._rlog.warning(("handshake", peer, where), "bus {}: CURVE/ZMTP handshake failed ({} {}, code {})",
-                           self.node, peer, where, event.get("value"))
+                           self.node, peer or "inbound", where, event.get("value"))
