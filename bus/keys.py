@@ -29,7 +29,7 @@ from pathlib import Path
 
 import zmq
 
-from bus.errors import KeyFileError
+from bus.errors import ConfigError, KeyFileError
 from bus.membership import check_name
 
 _KEY_RE = re.compile(r'^\s*(public|secret)-key\s*=\s*"([0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40})"\s*$')
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{node}: {pub} {sec}")
         else:
             print(_read(Path(args.dir) / f"{check_name(args.node)}.key")[0].decode("ascii"))
-    except (KeyFileError, OSError) as exc:
+    except (ConfigError, OSError) as exc:
         print(f"bus.keys: {exc}", file=sys.stderr)
         return 1
     return 0
