@@ -278,7 +278,7 @@ def test_curve_refuses_plaintext_peer(make_cluster: MakeCluster) -> None:
         wait_until(lambda: c.nodes["a"].stats().get("handshake_failed", 0) >= 1)
         d.close()
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
     assert not c.recorders["a"].of(ServiceCommand)
 
 
@@ -313,7 +313,7 @@ def test_api_request_reply_with_an_authorised_client(make_cluster: MakeCluster) 
         wait_until(lambda: a.rejected().get("not_a_member", 0) == 1)
         s.close()
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
     assert not c.recorders["a"].of(ServiceCommand)
 
 
@@ -333,7 +333,7 @@ def test_a_valid_key_cannot_speak_for_another_node(make_cluster: MakeCluster) ->
         s.close()
         s2.close()
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
     assert not c.recorders["a"].of(ServiceCommand)
 
 
@@ -429,5 +429,5 @@ def test_raw_frames_with_wrong_framing_are_counted(make_cluster: MakeCluster) ->
         wait_until(lambda: sum(c.nodes["a"].rejected().values()) == 3)
         d.close()
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
     assert c.nodes["a"].rejected() == {"bad_framing": 1, "bad_envelope": 1, "malformed": 1}
