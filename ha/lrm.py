@@ -81,6 +81,8 @@ class LRM:
         self.active_idle_rounds = 0
         self.watchdog: str | None = None
         self.service_status: dict[str, ServiceData] = {}
+        self._valid_uids: set[str] | None = None
+        self._pruned_for: set[str] | None = None
         self.node_status = "unknown"
         self.set_local_status(LrmState.WAIT_FOR_AGENT_LOCK)
 
@@ -120,7 +122,9 @@ class LRM:
             env.log("err", f"updating service status from manager failed: {e}")
             return False
         node = env.nodename()
-        self.service_status = ms.service_status
+        if ms.service_status is not self.service_status:
+            self.service_status = ms.service_status
+            self._valid_uids = None
         self.node_status = ms.node_status.get(node, "unknown")
         if self.shutdown_request is None:
             request = (ms.node_request or {}).get(node, {})
@@ -478,9 +482,16 @@ class LRM:
         exit_code = self.handle_service_exitcode(sid, job.state, exit_code)
         if exit_code == ExitCode.ETRY_AGAIN:
             return  # tell nobody, simply retry next round
-        self.results[job.uid] = LrmResult(sid, job.state, exit_code)
-        valid = {sd.uid for sd in self.service_status.values() if sd.uid}
-        self.results = {uid: r for uid, r in self.results.items() if uid in valid}
+        # keep only results whose uid is still requested (§3.3.2); the valid set is
+        # built once per manager_status read, not once per finished command
+        if self._valid_uids is None:
+            self._valid_uids = {sd.uid for sd in self.service_status.values() if sd.uid}
+        valid = self._valid_uids
+        if self._pruned_for is not valid:
+            self.results = {uid: r for uid, r in self.results.items() if uid in valid}
+            self._pruned_for = valid
+        if job.uid in valid:
+            self.results[job.uid] = LrmResult(sid, job.state, exit_code)
 
     def handle_service_exitcode(self, sid: str, cmd: str, exit_code: int) -> int:
         """Restart policy (§3.3.4): retry failed starts up to ``max_restart`` times."""

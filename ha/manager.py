@@ -54,6 +54,9 @@ _RECOVERY_SAFE_LOCKS = [
 ]
 
 
+_Handler = Callable[[str, ResourceConfig, ServiceData, "LrmResult | None"], None]
+
+
 class GroupMigrationAbort(HaError):
     pass
 
@@ -99,6 +102,18 @@ class Manager:
         self.usage = BasicUsage()
         self.lrm_modes: dict[str, str] = {}
         self.sc = ServiceConfig()
+        self._handlers: dict[str, _Handler] = {
+            S.STOPPED: self.next_state_stopped,
+            S.STARTED: self.next_state_started,
+            S.REQUEST_START: self.next_state_request_start,
+            S.MIGRATE: self.next_state_migrate_relocate,
+            S.RELOCATE: self.next_state_migrate_relocate,
+            S.REQUEST_START_BALANCE: self.next_state_migrate_relocate,
+            S.RECOVERY: self.next_state_recovery,
+            S.REQUEST_STOP: self.next_state_request_stop,
+            S.FREEZE: self.next_state_freeze,
+            S.ERROR: self.next_state_error,
+        }
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -199,7 +214,7 @@ class Manager:
         self.update_crs_scheduler_mode()
         self.try_persistent_group_migration()
 
-        sc = env.read_service_config()
+        sc = env.read_service_config().copy()  # this round edits it (group failback, recovery)
         self.sc = sc
         groups = env.read_group_config()
 
@@ -276,19 +291,7 @@ class Manager:
 
     def dispatch(self, sid: str, cd: ResourceConfig, sd: ServiceData, lrm_res: LrmResult | None) -> None:
         state = sd.state
-        handler: Callable[[str, ResourceConfig, ServiceData, LrmResult | None], None] | None
-        handler = {
-            S.STOPPED: self.next_state_stopped,
-            S.STARTED: self.next_state_started,
-            S.REQUEST_START: self.next_state_request_start,
-            S.MIGRATE: self.next_state_migrate_relocate,
-            S.RELOCATE: self.next_state_migrate_relocate,
-            S.REQUEST_START_BALANCE: self.next_state_migrate_relocate,
-            S.RECOVERY: self.next_state_recovery,
-            S.REQUEST_STOP: self.next_state_request_stop,
-            S.FREEZE: self.next_state_freeze,
-            S.ERROR: self.next_state_error,
-        }.get(state)  # type: ignore[call-overload]
+        handler = self._handlers.get(state)
         if state == S.FENCE:
             return  # wait for the fencing pass
         if handler is None:
@@ -652,7 +655,8 @@ class Manager:
         """§6.4."""
         env = self.env
         fenced_node = sd.node
-        self.recompute_online_node_usage()
+        # usage is kept current by change_service_state; no from-scratch recompute
+        # per recovered service (that would make a recovery round quadratic)
         node = self.select_node(sid, cd, sd, Preference.BEST_SCORE)
         if node is not None:
             if node == fenced_node:
@@ -745,7 +749,7 @@ class Manager:
 
     def migrate_groups_persistently(self, groups: GroupConfig) -> None:
         env = self.env
-        sc = env.read_service_config()
+        sc = env.read_service_config().copy()
         rules = env.read_rules_config().copy()
         add_group_rules(rules, groups, sc)
         env.write_rules_config(rules)

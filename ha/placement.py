@@ -27,9 +27,9 @@ def select_service_node(
 ) -> str | None:
     """Pick the node a service should run on, or ``None`` when no node is possible."""
     current = sd.node
-    online = set(usage.nodes)
-    allowed, pri = get_node_affinity(rules, sid, online)
-    if not pri:
+    online = usage.nodes.keys()
+    allowed, top = get_node_affinity(rules, sid, online)
+    if not top:
         return None
     together, separate = get_resource_affinity(rules, sid, ss, online)
 
@@ -42,6 +42,18 @@ def select_service_node(
     ):
         return current
 
+    # fast path, same result as the steps below when nothing filters the
+    # preferred set: stay where we are (avoids copying the node set per service)
+    if (
+        preference == Preference.NONE
+        and not together
+        and not separate
+        and sd.maintenance_node is None
+        and current in top
+    ):
+        return current
+
+    pri = set(top)
     if preference == Preference.TRY_NEXT:
         pri -= set(sd.failed_nodes or ())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from ha.config.rules import NODE_AFFINITY, RESOURCE_AFFINITY, Rule, RulesConfig
@@ -204,11 +205,16 @@ def compile_rules(rules: RulesConfig, nodes: list[str]) -> CompiledRules:
     return compiled
 
 
-def get_node_affinity(rules: CompiledRules, sid: str, online: set[str]) -> tuple[set[str], set[str]]:
-    """(allowed, preferred) nodes: without a rule both are all online nodes."""
+def get_node_affinity(
+    rules: CompiledRules, sid: str, online: AbstractSet[str]
+) -> tuple[AbstractSet[str], AbstractSet[str]]:
+    """(allowed, preferred) nodes: without a rule both are all online nodes.
+
+    The result may be ``online`` itself: callers must not modify it.
+    """
     eff = rules.node_affinity.get(sid)
     if eff is None:
-        return set(online), set(online)
+        return online, online
     allowed = {n: p for n, p in eff.items() if n in online}
     if not allowed:
         return set(), set()
@@ -217,7 +223,7 @@ def get_node_affinity(rules: CompiledRules, sid: str, online: set[str]) -> tuple
 
 
 def get_resource_affinity(
-    rules: CompiledRules, sid: str, ss: dict[str, ServiceData], online: set[str]
+    rules: CompiledRules, sid: str, ss: dict[str, ServiceData], online: AbstractSet[str]
 ) -> tuple[dict[str, int], set[str]]:
     """(together, separate): where positive partners are, where negative partners are."""
     together: dict[str, int] = {}

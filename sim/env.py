@@ -126,9 +126,7 @@ class SimEnv:
 
     def read_service_config(self) -> ServiceConfig:
         self._assert_cfs_rw()
-        conf = self.hardware.service_config()
-        # the Manager edits its copy (group failback, recovery); LRMs only read
-        return conf.copy() if self.daemon == "crm" else conf
+        return self.hardware.service_config()
 
     def update_service_config(self, sid: str, changes: dict[str, object], delete: list[str]) -> None:
         self._assert_cfs_rw()

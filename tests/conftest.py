@@ -16,7 +16,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--update-golden",
         action="store_true",
         default=False,
-        help="rewrite log.expect of tests/scenarios/* from the simulator (never the oracle set); review the diff",
+        help="rewrite tests/scenarios/*/log.expect from the simulator (never the oracle set)",
     )
 
 

@@ -5,6 +5,7 @@ These are fixed ground truth: ``--update-golden`` never touches them.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,13 @@ def test_oracle_log_matches(scenario: Path) -> None:
     sim = run_scenario(load_scenario(scenario))
     actual = "".join(sim.hw.lines)
     if actual != expected:
-        import difflib
-
         diff = "".join(
             difflib.unified_diff(
-                expected.splitlines(keepends=True), actual.splitlines(keepends=True), "log.expect", "ha-sim", n=2
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                "log.expect",
+                "ha-sim",
+                n=2,
             )
         )
         pytest.fail(f"log differs from the reference:\n{diff[:6000]}")

@@ -51,7 +51,9 @@ def test_no_forbidden_imports_or_calls(path: Path) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if _forbidden(node.module) or not (node.module.startswith("ha") or node.module in _STDLIB_OK):
                 bad.append(node.module)
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FORBIDDEN_CALLS:
+        elif (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FORBIDDEN_CALLS
+        ):
             bad.append(f"{node.func.id}()")
     assert not bad, f"{path.name} uses shell-only facilities: {bad}"
 

@@ -33,7 +33,11 @@ def test_scenario_log(scenario: Path, update_golden: bool) -> None:
     if actual != expected:
         diff = "".join(
             difflib.unified_diff(
-                expected.splitlines(keepends=True), actual.splitlines(keepends=True), "log.expect", "ha-sim", n=2
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                "log.expect",
+                "ha-sim",
+                n=2,
             )
         )
         pytest.fail(f"log differs:\n{diff[:6000]}")

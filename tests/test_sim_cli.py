@@ -17,7 +17,9 @@ SAMPLE = ORACLE_DIR / "gen-0002-3n5s-groups-affinity-faults"
 
 
 def ha_sim(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sim.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sim.cli", *args], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def tree_digest(root: Path) -> str:
@@ -66,12 +68,18 @@ def test_check_passes_and_fails_with_a_diff(tmp_path: Path) -> None:
     ("mutate", "needle"),
     [
         (lambda d: (d / "cmdlist").unlink(), "cmdlist: missing"),
-        (lambda d: (d / "cmdlist").write_text("[[\"power node1 on\""), "invalid JSON in cmdlist"),
+        (lambda d: (d / "cmdlist").write_text('[["power node1 on"'), "invalid JSON in cmdlist"),
         (lambda d: (d / "cmdlist").write_text('{"a": 1}'), "expected a JSON list of lists"),
         (lambda d: (d / "hardware_status").write_text("[]"), "hardware_status"),
         (lambda d: (d / "service_config").write_text('{"vm:1x": {"node": "node1"}}'), "invalid service id"),
-        (lambda d: (d / "service_config").write_text('{"vm:100": {"node": "node7"}}'), "unknown node 'node7'"),
-        (lambda d: (d / "service_config").write_text('{"vm:100": {"state": "started"}}'), "without assigned node"),
+        (
+            lambda d: (d / "service_config").write_text('{"vm:100": {"node": "node7"}}'),
+            "unknown node 'node7'",
+        ),
+        (
+            lambda d: (d / "service_config").write_text('{"vm:100": {"state": "started"}}'),
+            "without assigned node",
+        ),
         (lambda d: (d / "datacenter.cfg").write_text("{nope"), "datacenter.cfg"),
         (lambda d: (d / "rules_config").write_text("node-affinity: r1\n\tnodes node1\n"), "resources"),
     ],
@@ -103,4 +111,7 @@ def test_fatal_scenario_error_ends_the_log_like_the_reference(tmp_path: Path) ->
     (scen / "cmdlist").write_text(json.dumps([["power node1 on"], ["power node9 on"]]))
     res = ha_sim("run", str(scen))
     assert res.returncode == 0
-    assert res.stdout.splitlines()[-1] == "err     120     hardware: exit simulation - sim_hardware_cmd: no such node 'node9' "
+    assert (
+        res.stdout.splitlines()[-1]
+        == "err     120     hardware: exit simulation - sim_hardware_cmd: no such node 'node9' "
+    )

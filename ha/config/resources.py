@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ha.config.sectionconfig import (
     NODE_NAME,
@@ -98,7 +98,20 @@ class ResourceConfig:
     extra: dict[str, str] = field(default_factory=dict)
 
     def copy(self) -> ResourceConfig:
-        return replace(self, extra=dict(self.extra))
+        return ResourceConfig(
+            self.sid,
+            self.type,
+            self.name,
+            self.node,
+            self.state,
+            self.group,
+            self.failback,
+            self.max_restart,
+            self.max_relocate,
+            self.comment,
+            self.lock,
+            dict(self.extra),
+        )
 
 
 @dataclass(slots=True)

@@ -1,0 +1,316 @@
+"""Simulator and manager-round benchmark: ``python -m bench sim [--json] [--quick]``.
+
+1. Whole simulations of generated scenarios (nodes/services: 3/30, 5/200,
+   10/1000, 20/5000): all nodes power on, services start, one node fails
+   (network cut) and its services are fenced and recovered, the run ends
+   500 s after the last command. Wall time and peak memory, each in a fresh
+   process so the peaks do not mix. 20/5000 needs ``--scale`` (the
+   reference aborts it: more than 150 starts in one LRM round).
+2. One Manager round in isolation on an in-memory Env: a steady round (no
+   state changes) and a round that recovers every service of a fenced node,
+   for 1,000 services on 10 nodes and 10,000 services on 100 nodes.
+
+The last line is one JSON object with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ha.config.datacenter import DatacenterConfig
+from ha.config.groups import GroupConfig
+from ha.config.resources import ResourceConfig, ServiceConfig
+from ha.config.rules import RulesConfig
+from ha.env import NodeInfo, ResourcePlugin
+from ha.manager import Manager
+from ha.records import LrmResult, LrmStatus, ManagerStatus, ServiceData
+from sim.runner import RunOptions, run_scenario
+from sim.scenario import Scenario
+
+SIZES = [(3, 30), (5, 200), (10, 1000), (20, 5000)]
+QUICK_SIZES = [(3, 30), (5, 200)]
+ROUND_SIZES = [(10, 1000), (100, 10000)]
+# the reference's own simulator on these sizes (issue #2): seconds
+REFERENCE_SECONDS = {"3/30": 0.7, "5/200": 5.0, "10/1000": 110.0}
+
+
+def generate(nodes: int, services: int) -> Scenario:
+    names = [f"node{i}" for i in range(1, nodes + 1)]
+    config: dict[str, dict[str, Any]] = {}
+    for i in range(services):
+        kind = "vm" if i % 3 else "ct"
+        config[f"{kind}:{100 + i}"] = {"node": names[i % nodes], "state": "started"}
+    cmdlist = [[f"power {n} on" for n in names], [f"network {names[-1]} off"]]
+    return Scenario(
+        path=Path("."),
+        cmdlist=cmdlist,
+        hardware={n: {"power": "off", "network": "off"} for n in names},
+        manager_status={},
+        service_config=config,
+        groups_text=None,
+        rules_text=None,
+        datacenter=DatacenterConfig(),
+        datacenter_raw={},
+    )
+
+
+def run_one(nodes: int, services: int) -> dict[str, Any]:
+    """Run one generated scenario in this process; returns wall time and peak RSS."""
+    scenario = generate(nodes, services)
+    scale = services // nodes > 140
+    t0 = time.perf_counter()
+    sim = run_scenario(scenario, RunOptions(scale=scale))
+    wall = time.perf_counter() - t0
+    last = sim.hw.lines[-1]
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "nodes": nodes,
+        "services": services,
+        "scale": scale,
+        "wall_s": round(wall, 3),
+        "peak_rss_mib": round(peak_kib / 1024, 1),
+        "virtual_s": sim.hw.time,
+        "log_lines": len(sim.hw.lines),
+        "finished": "exit simulation - done" in last,
+    }
+
+
+# --- a manager round on an in-memory Env -------------------------------------------------
+
+
+class RoundEnv:
+    """Just enough of the Env port to run ``Manager.manage()`` with no I/O."""
+
+    def __init__(self, nodes: list[str], conf: ServiceConfig, ms: ManagerStatus) -> None:
+        self.nodes = nodes
+        self.online = dict.fromkeys(nodes, True)
+        self.conf = conf
+        self.ms = ms
+        self.lrm: dict[str, LrmStatus] = {n: LrmStatus(state="active", mode="active") for n in nodes}
+        self.now = 1000.0
+        self.log_lines = 0
+        self.agent_locks_free = True
+
+    def nodename(self) -> str:
+        return self.nodes[0]
+
+    def get_time(self) -> float:
+        return self.now
+
+    def log(self, level: str, msg: str) -> None:
+        self.log_lines += 1
+
+    def send_notification(self, prefix: str, text: str, node: str) -> None:
+        self.log_lines += 1
+
+    def sleep(self, seconds: float) -> None:
+        pass
+
+    def sleep_until(self, when: float) -> None:
+        pass
+
+    def loop_start_hook(self) -> None:
+        pass
+
+    def loop_end_hook(self) -> None:
+        pass
+
+    def cluster_state_update(self) -> bool:
+        return True
+
+    def quorate(self) -> bool:
+        return True
+
+    def get_node_info(self) -> tuple[dict[str, NodeInfo], bool]:
+        return {n: NodeInfo(o) for n, o in self.online.items()}, True
+
+    def is_node_shutdown(self) -> tuple[bool, bool]:
+        return False, False
+
+    def get_node_version(self, node: str) -> str | None:
+        return "9.0.0"
+
+    def read_manager_status(self) -> ManagerStatus:
+        return self.ms
+
+    def write_manager_status(self, ms: ManagerStatus) -> None:
+        pass
+
+    def read_lrm_status(self, node: str) -> LrmStatus:
+        return self.lrm[node]
+
+    def write_lrm_status(self, status: LrmStatus) -> None:
+        pass
+
+    def read_crm_commands(self) -> str:
+        return ""
+
+    def any_pending_crm_command(self) -> bool:
+        return False
+
+    def read_service_config(self) -> ServiceConfig:
+        return self.conf
+
+    def update_service_config(self, sid: str, changes: dict[str, object], delete: list[str]) -> None:
+        pass
+
+    def write_service_config(self, conf: ServiceConfig) -> None:
+        pass
+
+    def read_group_config(self) -> GroupConfig:
+        return GroupConfig(digest="g")
+
+    def delete_group_config(self) -> None:
+        pass
+
+    def read_rules_config(self) -> RulesConfig:
+        return RulesConfig(digest="r")
+
+    def write_rules_config(self, rules: RulesConfig) -> None:
+        pass
+
+    def steal_service(self, sid: str, current_node: str, new_node: str) -> None:
+        self.conf.services[sid].node = new_node
+
+    def get_datacenter_settings(self) -> DatacenterConfig:
+        return DatacenterConfig()
+
+    def get_ha_manager_lock(self) -> bool:
+        return True
+
+    def release_ha_manager_lock(self) -> bool:
+        return True
+
+    def get_ha_agent_lock(self, node: str | None = None) -> bool:
+        return self.agent_locks_free
+
+    def release_ha_agent_lock(self) -> bool:
+        return True
+
+    def watchdog_open(self) -> str:
+        return "wd"
+
+    def watchdog_update(self, handle: str) -> None:
+        pass
+
+    def watchdog_close(self, handle: str) -> None:
+        pass
+
+    def get_max_workers(self) -> int:
+        return 0
+
+    def resource_plugin(self, rtype: str) -> ResourcePlugin | None:
+        return None
+
+
+def bench_round(nodes: int, services: int, repeat: int) -> dict[str, Any]:
+    names = [f"node{i:03d}" for i in range(1, nodes + 1)]
+    conf = ServiceConfig(digest="c")
+    ss: dict[str, ServiceData] = {}
+    for i in range(services):
+        sid = f"vm:{100 + i}"
+        node = names[i % nodes]
+        conf.services[sid] = ResourceConfig(sid=sid, type="vm", name=str(100 + i), node=node, failback=False)
+        ss[sid] = ServiceData(state="started", node=node, uid=f"u{i}", running=True)
+    ms = ManagerStatus(node_status=dict.fromkeys(names, "online"), service_status=ss)
+    env = RoundEnv(names, conf, ms)
+    mgr = Manager(env)
+    mgr.manage()  # first round compiles rules
+    steady: list[float] = []
+    for _ in range(repeat):
+        env.now += 10
+        t0 = time.perf_counter()
+        mgr.manage()
+        steady.append(time.perf_counter() - t0)
+    # every service reports a fresh "started" result: the round consumes them all
+    for node in names:
+        env.lrm[node] = LrmStatus(
+            state="active",
+            mode="active",
+            results={
+                sd.uid: LrmResult(sid, "started", 0)
+                for sid, sd in mgr.ss.items()
+                if sd.node == node and sd.uid
+            },
+        )
+    env.now += 10
+    t0 = time.perf_counter()
+    mgr.manage()
+    consume = time.perf_counter() - t0
+    # a node fails: one round marks it unknown, then after the fence delay its
+    # services go fence -> recovery -> started elsewhere in one round
+    failed = names[-1]
+    env.online[failed] = False
+    env.agent_locks_free = False
+    env.now += 10
+    mgr.manage()
+    env.now += 61
+    mgr.manage()  # services -> fence, fencing fails (lock not free yet)
+    env.agent_locks_free = True
+    env.now += 10
+    t0 = time.perf_counter()
+    mgr.manage()
+    recovery = time.perf_counter() - t0
+    moved = sum(1 for sd in mgr.ss.values() if sd.node != failed)
+    assert moved == services, "recovery round did not move every service"
+    return {
+        "nodes": nodes,
+        "services": services,
+        "steady_round_ms": round(statistics.median(steady) * 1000, 2),
+        "result_round_ms": round(consume * 1000, 2),
+        "recovery_round_ms": round(recovery * 1000, 2),
+        "recovered": services // nodes,
+    }
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench sim")
+    ap.add_argument("--json", action="store_true", help="end with one JSON line")
+    ap.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one size in this process
+    args = ap.parse_args(argv)
+    if args.one:
+        n, s = (int(x) for x in args.one.split("/"))
+        print(json.dumps(run_one(n, s)))
+        return 0
+
+    sims = []
+    for n, s in QUICK_SIZES if args.quick else SIZES:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench", "sim", "--one", f"{n}/{s}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        ref = REFERENCE_SECONDS.get(f"{n}/{s}")
+        row["reference_s"] = ref
+        row["speedup_vs_reference"] = round(ref / row["wall_s"], 1) if ref else None
+        sims.append(row)
+        print(
+            f"sim {n:>3} nodes {s:>5} services: {row['wall_s']:>7.2f} s wall, "
+            f"{row['peak_rss_mib']:>6.1f} MiB peak, "
+            f"{row['virtual_s']} virtual s, finished={row['finished']}"
+            + (f", {row['speedup_vs_reference']}x the reference" if ref else "")
+        )
+    rounds = []
+    for n, s in ROUND_SIZES[:1] if args.quick else ROUND_SIZES:
+        row = bench_round(n, s, repeat=5)
+        rounds.append(row)
+        print(
+            f"manager round {s:>5} services / {n:>3} nodes: steady {row['steady_round_ms']} ms, "
+            f"consume results {row['result_round_ms']} ms, recover {row['recovered']} services "
+            f"{row['recovery_round_ms']} ms"
+        )
+    result = {"simulations": sims, "manager_rounds": rounds}
+    if args.json:
+        print(json.dumps(result))
+    return 0
