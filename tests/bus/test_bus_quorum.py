@@ -69,8 +69,9 @@ def test_never_two_quorate_partitions(n: int, split: st.DataObject, tie: bool) -
     nodes = tuple(f"n{i}" for i in range(n))
     side = split.draw(st.sets(st.sampled_from(nodes)) if n else st.just(set()))
     other = set(nodes) - side
-    both = quorum_view(nodes, side, tie_breaker=tie).quorate and quorum_view(nodes, other, tie_breaker=tie).quorate
-    assert not both
+    left = quorum_view(nodes, side, tie_breaker=tie).quorate
+    right = quorum_view(nodes, other, tie_breaker=tie).quorate
+    assert not (left and right)
 
 
 def test_membership_validation() -> None:
