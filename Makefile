@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check ha sim
+	$(BIN)/ruff format --check ha sim bench
 
 typecheck: venv
-	$(BIN)/mypy ha sim
+	$(BIN)/mypy ha sim bench
 
 pytest: venv
 	$(BIN)/pytest -q
