@@ -39,6 +39,7 @@ class CRM:
         self.shutdown_request = False
         self.cluster_state_update_ok = False
         self.watchdog: str | None = None
+        self.disarmed = False  # the CRM released its watchdog because HA is fully disarmed
         self.idle_rounds = 0
         self.set_local_status(CrmState.WAIT_FOR_QUORUM)
 
@@ -126,8 +127,13 @@ class CRM:
             return False
         if self.watchdog is not None:
             env.watchdog_update(self.watchdog)
-        else:
-            self.watchdog = env.watchdog_open()
+        elif not self.disarmed:
+            ms = self._read_ms()
+            if ms is not None and ms.disarm is not None and ms.disarm.get("state") == "disarmed":
+                env.log("info", "taking over as disarmed master, skipping watchdog")
+                self.disarmed = True
+            else:
+                self.watchdog = env.watchdog_open()
         return True
 
     def give_up_watchdog(self) -> None:
@@ -202,6 +208,13 @@ class CRM:
                 try:
                     assert self.manager is not None
                     self.manager.manage()
+                    if self.manager.fully_disarmed and not self.disarmed:
+                        env.log("info", "HA stack fully disarmed, releasing CRM watchdog")
+                        self.give_up_watchdog()
+                        self.disarmed = True
+                    elif self.disarmed and not self.manager.fully_disarmed:
+                        env.log("info", "re-arming HA stack")
+                        self.disarmed = False  # the next lock renewal opens the watchdog again
                 except (HaError, ValueError, KeyError) as e:
                     env.log("err", f"got unexpected error - {e}")
             env.sleep_until(start + CRM_LOOP_TIME)

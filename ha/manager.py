@@ -102,6 +102,8 @@ class Manager:
         self.usage = BasicUsage()
         self.lrm_modes: dict[str, str] = {}
         self.sc = ServiceConfig()
+        # §5.15: true once every online LRM confirmed disarm (read by the CRM)
+        self.fully_disarmed = False
         self._handlers: dict[str, _Handler] = {
             S.STOPPED: self.next_state_stopped,
             S.STARTED: self.next_state_started,
@@ -236,9 +238,17 @@ class Manager:
 
         self.update_crm_commands()
 
+        only: list[str] | None = None
+        if self.ms.disarm is not None:
+            deferred = self.handle_disarm()
+            if deferred is None:
+                return
+            only = deferred
+        self.fully_disarmed = False
+
         while True:
             repeat = False
-            for sid in sorted(self.ss):
+            for sid in sorted(self.ss) if only is None else [s for s in only if s in self.ss]:
                 sd = self.ss[sid]
                 cd = sc.get(sid) or ResourceConfig(
                     sid=sid, type=sid.split(":")[0], name="", node="", state=RequestedState.DISABLED
@@ -381,9 +391,87 @@ class Manager:
                 if self.ms.node_request is None:
                     self.ms.node_request = {}
                 self.ms.node_request.setdefault(cmd.node, {}).pop("maintenance", None)
-            else:
-                # disarm-ha / arm-ha: not supported yet by this implementation
-                env.log("err", f"unable to parse crm command: {line}")
+            elif cmd.kind == "disarm-ha":
+                assert cmd.arg is not None
+                self.disarm_command(cmd.arg)
+            elif cmd.kind == "arm-ha":
+                self.arm_command()
+
+    # -- disarm / arm (§5.15) --------------------------------------------------
+
+    def disarm_command(self, mode: str) -> None:
+        env = self.env
+        if self.ms.disarm is not None:
+            env.log(
+                "notice",
+                f"ignoring disarm-ha command - already in disarm state ({self.ms.disarm.get('state')})",
+            )
+            return
+        env.log("info", f"got crm command: disarm-ha {mode}")
+        if mode == "ignore":
+            for sid in sorted(self.ss):
+                env.log("info", f"disarm: suspending HA tracking for service '{sid}'")
+        self.ms.disarm = {"mode": mode, "state": "disarming"}
+
+    def arm_command(self) -> None:
+        env = self.env
+        disarm = self.ms.disarm
+        if disarm is None:
+            env.log("notice", "ignoring arm-ha command - HA stack is not disarmed")
+            return
+        env.log("info", "got crm command: arm-ha")
+        if disarm.get("mode") == "ignore":
+            conf = env.read_service_config()
+            for sid in sorted(self.ss):
+                cd = conf.get(sid)
+                sd = self.ss[sid]
+                if cd is not None and cd.node != sd.node:
+                    env.log(
+                        "info",
+                        f"service '{sid}': updating node '{sd.node}' => '{cd.node}' (changed while disarmed)",
+                    )
+                    sd.node = cd.node
+        self.ms.disarm = None
+
+    def handle_disarm(self) -> list[str] | None:
+        """Run one disarm round. Returns the deferred sids (the round goes on for them only),
+        or ``None`` when the round is over (status already written)."""
+        env = self.env
+        disarm = self.ms.disarm
+        assert disarm is not None
+        mode = disarm.get("mode")
+        if mode not in ("freeze", "ignore"):
+            env.log("err", f"unknown disarm-mode '{mode}', ignoring")
+            return sorted(self.ss)
+        deferred: list[str] = []
+        for sid in sorted(self.ss):
+            state = self.ss[sid].state
+            if state in (S.FENCE, S.RECOVERY):
+                env.log("warn", f"deferring disarm - service '{sid}' is in '{state}' state")
+                deferred.append(sid)
+            elif state in (S.MIGRATE, S.RELOCATE):
+                env.log("info", f"deferring disarm - service '{sid}' is in '{state}' state")
+                deferred.append(sid)
+        if deferred:
+            # SAFETY: watchdogs stay armed while anything is being fenced, recovered or moved
+            return deferred
+        freezable = (S.STARTED, S.STOPPED, S.REQUEST_STOP, S.REQUEST_START, S.REQUEST_START_BALANCE)
+        for sid in sorted(self.ss):
+            sd = self.ss[sid]
+            sd.target = sd.timeout = None
+            sd.running = False
+            sd.failed_nodes = sd.cmd = None
+            if mode == "freeze" and sd.state in freezable:
+                env.log("info", f"disarm: freezing service '{sid}' (was '{sd.state}')")
+                sd.state = S.FREEZE
+                sd.uid = self.new_uid(S.FREEZE)
+        online = [n for n, st in self.ns.status.items() if st == NodeState.ONLINE]
+        if disarm.get("state") != "disarmed" and all(self.lrm_modes.get(n) == LrmMode.DISARM for n in online):
+            env.log("info", "all LRMs disarmed, HA stack is now fully disarmed")
+            disarm["state"] = "disarmed"
+        self.fully_disarmed = disarm.get("state") == "disarmed"
+        self.flush_master_status()
+        return None
 
     def queue_resource_motion(self, line: str, task: str, sid: str, target: str) -> None:
         """§5.6 *queue motion*: check negative affinity, comigrate positive partners."""

@@ -39,7 +39,7 @@ def demo_scenario() -> Scenario:
 
 def main() -> int:
     t0 = time.perf_counter()
-    sim = run_scenario(demo_scenario(), out=lambda line: sys.stdout.write(line))
+    sim = run_scenario(demo_scenario(), out=sys.stdout.write)
     wall = time.perf_counter() - t0
 
     def first(pattern: str) -> int | None:

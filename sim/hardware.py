@@ -56,7 +56,7 @@ class Watchdog:
 class Hardware:
     """The virtual world one scenario runs in."""
 
-    def __init__(self, scenario: Scenario, out: Callable[[str], None] | None = None) -> None:
+    def __init__(self, scenario: Scenario, out: Callable[[str], object] | None = None) -> None:
         self.time = 0
         self.out = out
         self.lines: list[str] = []

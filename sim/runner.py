@@ -46,7 +46,7 @@ class Simulation:
         self,
         scenario: Scenario,
         options: RunOptions | None = None,
-        out: Callable[[str], None] | None = None,
+        out: Callable[[str], object] | None = None,
         observer: Observer | None = None,
     ) -> None:
         self.options = options or RunOptions()
@@ -192,8 +192,12 @@ class Simulation:
             raw = hw.service_raw.get(sid)
             if raw is None:
                 raise SimulationError(f"no such service '{sid}'")
-            if raw.get("state") != "ignored":
-                raise SimulationError(f"sim_hardware_cmd: service '{sid}' must be ignored for manual-migrate")
+            disarm = hw.manager_status.disarm or {}
+            if raw.get("state") != "ignored" and disarm.get("mode") != "ignore":
+                raise SimulationError(
+                    f"sim_hardware_cmd: service '{sid}' must be ignored (or HA disarmed in ignore mode) "
+                    "for manual-migrate"
+                )
             hw.update_service_config(sid, {"node": params[0]}, [])
         elif action in ("set-static-stats", "set-dynamic-stats"):
             pass  # only the static/dynamic schedulers use stats; this implementation has 'basic' only
@@ -332,7 +336,7 @@ class Simulation:
 def run_scenario(
     scenario: Scenario,
     options: RunOptions | None = None,
-    out: Callable[[str], None] | None = None,
+    out: Callable[[str], object] | None = None,
 ) -> Simulation:
     sim = Simulation(scenario, options, out)
     sim.run()
