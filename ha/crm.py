@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ha.constants import CRM_LOOP_TIME, CRM_MAX_IDLE_ROUNDS, LOCK_MAX_SECONDS, LOCK_MAX_TRIES, WAIT_SLEEP
+from ha.constants import LOCK_MAX_TRIES, REFERENCE_TIMING, Timing
 from ha.env import Env
 from ha.errors import HaError
 from ha.manager import Manager
@@ -13,7 +13,7 @@ from ha.states import CRM_TRANSITIONS, CrmState, NodeState, check_transition
 from ha.tools import count_fenced_services
 
 
-def lock_with_retries(env: Env, get_lock: Callable[[], bool]) -> bool:
+def lock_with_retries(env: Env, get_lock: Callable[[], bool], max_seconds: float) -> bool:
     """Try a lock up to 6 times, 1 s apart, for at most 5 s (§3.1.3, §3.2.3)."""
     start = env.get_time()
     tries = 0
@@ -23,7 +23,7 @@ def lock_with_retries(env: Env, get_lock: Callable[[], bool]) -> bool:
         tries += 1
         if tries >= LOCK_MAX_TRIES:
             return False
-        if env.get_time() - start > LOCK_MAX_SECONDS:
+        if env.get_time() - start > max_seconds:
             return False
         env.sleep(1)
 
@@ -31,8 +31,9 @@ def lock_with_retries(env: Env, get_lock: Callable[[], bool]) -> bool:
 class CRM:
     """One node's cluster resource manager; acts as master while holding the manager lock."""
 
-    def __init__(self, env: Env) -> None:
+    def __init__(self, env: Env, timing: Timing = REFERENCE_TIMING) -> None:
         self.env = env
+        self.timing = timing
         self.state: CrmState = CrmState.STARTUP
         self.state_change_time: float = env.get_time()
         self.manager: Manager | None = None
@@ -53,7 +54,7 @@ class CRM:
         self.env.log("info", f"status change {self.state} => {new}")
         self.state = new
         self.state_change_time = self.env.get_time()
-        self.manager = Manager(self.env) if new == CrmState.MASTER else None
+        self.manager = Manager(self.env, self.timing) if new == CrmState.MASTER else None
 
     def request_shutdown(self) -> None:
         if not self.shutdown_request:
@@ -123,7 +124,7 @@ class CRM:
 
     def get_protected_ha_manager_lock(self) -> bool:
         env = self.env
-        if not lock_with_retries(env, env.get_ha_manager_lock):
+        if not lock_with_retries(env, env.get_ha_manager_lock, self.timing.lock_max_seconds):
             return False
         if self.watchdog is not None:
             env.watchdog_update(self.watchdog)
@@ -175,12 +176,10 @@ class CRM:
                 self.set_local_status(CrmState.LOST_MANAGER_LOCK)
             elif self.allowed_to_get_idle():
                 self.idle_rounds += 1
-                if self.idle_rounds > CRM_MAX_IDLE_ROUNDS:
+                if self.idle_rounds > self.timing.crm_max_idle_rounds:
                     self.idle_rounds = 0
-                    env.log(
-                        "info",
-                        f"cluster had no service configured for {CRM_MAX_IDLE_ROUNDS} rounds, going idle.",
-                    )
+                    rounds = self.timing.crm_max_idle_rounds
+                    env.log("info", f"cluster had no service configured for {rounds} rounds, going idle.")
                     # safety: no services, nothing to protect
                     env.release_ha_manager_lock()
                     self.give_up_watchdog()
@@ -192,7 +191,7 @@ class CRM:
         if state == CrmState.WAIT_FOR_QUORUM:
             if self.shutdown_request:
                 return False
-            env.sleep(WAIT_SLEEP)
+            env.sleep(self.timing.wait_sleep)
         elif state == CrmState.MASTER:
             start = env.get_time()
             if self.shutdown_request:
@@ -217,7 +216,7 @@ class CRM:
                         self.disarmed = False  # the next lock renewal opens the watchdog again
                 except (HaError, ValueError, KeyError) as e:
                     env.log("err", f"got unexpected error - {e}")
-            env.sleep_until(start + CRM_LOOP_TIME)
+            env.sleep_until(start + self.timing.crm_loop)
         elif state == CrmState.LOST_MANAGER_LOCK:
             self.give_up_watchdog()
             if self.shutdown_request:

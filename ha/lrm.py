@@ -13,15 +13,7 @@ from typing import Any, Protocol
 
 from ha.agent import AgentDied, exec_resource_agent
 from ha.config.resources import ResourceConfig
-from ha.constants import (
-    LRM_LOOP_TIME,
-    LRM_MAINTENANCE_LOOP_TIME,
-    LRM_MAX_IDLE_ROUNDS,
-    LRM_RESTART_GIVE_UP,
-    WAIT_SLEEP,
-    WORKER_SLOT_BUDGET,
-    ExitCode,
-)
+from ha.constants import REFERENCE_TIMING, ExitCode, Timing
 from ha.crm import lock_with_retries
 from ha.env import Env
 from ha.errors import HaError
@@ -65,8 +57,15 @@ class StartupWrite:
 class LRM:
     """One node's local resource manager."""
 
-    def __init__(self, env: Env, startup: StartupWrite | None = None, pool: WorkerPool | None = None) -> None:
+    def __init__(
+        self,
+        env: Env,
+        startup: StartupWrite | None = None,
+        pool: WorkerPool | None = None,
+        timing: Timing = REFERENCE_TIMING,
+    ) -> None:
         self.env = env
+        self.timing = timing
         self.startup = startup if startup is not None else StartupWrite()
         self.pool = pool
         self.state: LrmState = LrmState.STARTUP
@@ -147,7 +146,7 @@ class LRM:
 
     def get_protected_ha_agent_lock(self) -> bool:
         env = self.env
-        if not lock_with_retries(env, env.get_ha_agent_lock):
+        if not lock_with_retries(env, env.get_ha_agent_lock, self.timing.lock_max_seconds):
             return False
         if self.watchdog is not None:
             env.watchdog_update(self.watchdog)
@@ -239,7 +238,7 @@ class LRM:
             if self.update_lrm_status():
                 self.startup.done = True
             else:
-                env.sleep(WAIT_SLEEP)
+                env.sleep(self.timing.wait_sleep)
                 return self.shutdown_request is None
 
         self.update_service_status()
@@ -274,11 +273,9 @@ class LRM:
             elif not self.has_configured_service_on_local_node() and not self.run_workers():
                 # no service here and all (old) workers are done
                 self.active_idle_rounds += 1
-                if self.active_idle_rounds > LRM_MAX_IDLE_ROUNDS:
-                    env.log(
-                        "info",
-                        f"node had no service configured for {LRM_MAX_IDLE_ROUNDS} rounds, going idle.",
-                    )
+                if self.active_idle_rounds > self.timing.lrm_max_idle_rounds:
+                    rounds = self.timing.lrm_max_idle_rounds
+                    env.log("info", f"node had no service configured for {rounds} rounds, going idle.")
                     # safety: no active service and no worker for a while
                     env.release_ha_agent_lock()
                     self.give_up_watchdog_protection()
@@ -310,7 +307,7 @@ class LRM:
             if self.shutdown_request is not None:
                 return False
             self.update_lrm_status()
-            env.sleep(WAIT_SLEEP)
+            env.sleep(self.timing.wait_sleep)
         elif state == LrmState.ACTIVE:
             return self._work_active()
         elif state == LrmState.LOST_AGENT_LOCK:
@@ -324,14 +321,18 @@ class LRM:
                     env.log("err", msg)
                     if (
                         self.mode == LrmMode.RESTART
-                        and env.get_time() - self.state_change_time > LRM_RESTART_GIVE_UP
+                        and env.get_time() - self.state_change_time > self.timing.lrm_restart_give_up
                     ):
-                        env.log("err", "lost agent lock and restart request for over 90 seconds - giving up!")
+                        limit = f"{self.timing.lrm_restart_give_up:g}"
+                        env.log(
+                            "err",
+                            f"lost agent lock and restart request for over {limit} seconds - giving up!",
+                        )
                         return False
                 else:
                     self.give_up_watchdog_protection()
                     return False
-            env.sleep(WAIT_SLEEP)
+            env.sleep(self.timing.wait_sleep)
         elif state == LrmState.MAINTENANCE:
             return self._work_maintenance()
         return True
@@ -365,7 +366,7 @@ class LRM:
         self.update_lrm_status()
         if shutdown:
             return False
-        env.sleep_until(start + LRM_LOOP_TIME)
+        env.sleep_until(start + self.timing.lrm_loop)
         return True
 
     def _work_maintenance(self) -> bool:
@@ -385,7 +386,7 @@ class LRM:
         self.update_lrm_status()
         if exit_lrm:
             return False
-        env.sleep_until(start + LRM_MAINTENANCE_LOOP_TIME)
+        env.sleep_until(start + self.timing.lrm_maintenance_loop)
         return True
 
     # -- command execution (§3.3) --------------------------------------------------------
@@ -427,7 +428,7 @@ class LRM:
         max_workers = env.get_max_workers()
         start = env.get_time()
         sc = env.read_service_config()
-        while env.get_time() - start <= WORKER_SLOT_BUDGET:
+        while env.get_time() - start <= self.timing.worker_slot_budget:
             running = self._collect_finished()
             queued = sorted(
                 (j for j in self.workers.values() if not j.started), key=lambda j: (-j.start_tries, j.sid)

@@ -16,7 +16,9 @@ from ha.constants import (
     GROUP_MIGRATION_FIRST_ROUND,
     GROUP_MIGRATION_MIN_VERSION,
     GROUP_MIGRATION_RETRY_ROUNDS,
+    REFERENCE_TIMING,
     ExitCode,
+    Timing,
 )
 from ha.env import Env
 from ha.errors import HaError
@@ -78,11 +80,12 @@ def copy_service_data(sd: ServiceData) -> ServiceData:
 class Manager:
     """Runs the service state machine while its CRM holds the manager lock."""
 
-    def __init__(self, env: Env) -> None:
+    def __init__(self, env: Env, timing: Timing = REFERENCE_TIMING) -> None:
         self.env = env
+        self.timing = timing
         old = env.read_manager_status()
         # §5.1: keep node states, service states, node requests and disarm
-        self.ns = NodeStatus(env, dict(old.node_status))
+        self.ns = NodeStatus(env, dict(old.node_status), timing)
         self.ss: dict[str, ServiceData] = {
             sid: copy_service_data(sd) for sid, sd in old.service_status.items()
         }

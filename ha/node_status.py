@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ha.constants import FENCE_DELAY, GONE_NODE_DELETE_DELAY
+from ha.constants import REFERENCE_TIMING, Timing
 from ha.env import Env, NodeInfo
 from ha.states import NODE_TRANSITIONS, LrmMode, NodeState, check_transition
 
@@ -10,8 +10,9 @@ from ha.states import NODE_TRANSITIONS, LrmMode, NodeState, check_transition
 class NodeStatus:
     """Node state map plus the per-node "last seen online" times."""
 
-    def __init__(self, env: Env, status: dict[str, str]) -> None:
+    def __init__(self, env: Env, status: dict[str, str], timing: Timing = REFERENCE_TIMING) -> None:
         self.env = env
+        self.timing = timing
         self.status = status
         # starts empty on every takeover (§5.1)
         self.last_online: dict[str, float] = {}
@@ -28,8 +29,13 @@ class NodeStatus:
     def node_is_operational(self, node: str) -> bool:
         return self.node_is_online(node) or self.get_node_state(node) == NodeState.MAINTENANCE
 
-    def node_is_offline_delayed(self, node: str, delay: float = FENCE_DELAY) -> bool:
-        """§6.2: not online for at least ``delay`` seconds (first call only starts the clock)."""
+    def node_is_offline_delayed(self, node: str, delay: float | None = None) -> bool:
+        """§6.2: not online for at least ``delay`` (default: the fence delay) seconds.
+
+        The first call for a node with no known last-online time only starts the clock.
+        """
+        if delay is None:
+            delay = self.timing.fence_delay
         if self.get_node_state(node) == NodeState.ONLINE:
             return False
         now = self.env.get_time()
@@ -85,7 +91,9 @@ class NodeStatus:
             elif state == NodeState.UNKNOWN:
                 if info is None:  # not a cluster member anymore
                     self.set_node_state(node, NodeState.GONE)
-            elif state == NodeState.GONE and self.node_is_offline_delayed(node, GONE_NODE_DELETE_DELAY):
+            elif state == NodeState.GONE and self.node_is_offline_delayed(
+                node, self.timing.gone_delete_delay
+            ):
                 self.env.log("notice", f"deleting gone node '{node}', not a cluster member anymore.")
                 self.last_online.pop(node, None)
                 del self.status[node]
