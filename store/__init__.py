@@ -1,1 +1,44 @@
-"""store package."""
+"""store package: durable records and leases behind one Protocol (see docs/STORE.md).
+
+``open_store(url)`` picks the backend: ``dir:/path`` (or a plain path) for the
+one-host dir backend; ``etcd://…`` is reserved for the many-host backend.
+"""
+
+from __future__ import annotations
+
+from store.base import (
+    ABSENT,
+    Changes,
+    LeaseInfo,
+    Record,
+    Store,
+    StoreError,
+    VersionConflict,
+)
+
+__all__ = [
+    "ABSENT",
+    "Changes",
+    "LeaseInfo",
+    "Record",
+    "Store",
+    "StoreError",
+    "VersionConflict",
+    "open_store",
+]
+
+
+def open_store(url: str) -> Store:
+    """Open a store from its URL: ``dir:/abs/or/rel/path`` or a bare path."""
+    if url.startswith("dir:"):
+        path = url[len("dir:") :]
+    elif "://" in url:
+        scheme = url.split("://", 1)[0]
+        raise ValueError(f"store backend '{scheme}' is not available (known: dir)")
+    else:
+        path = url
+    if not path:
+        raise ValueError(f"store url {url!r} names no folder")
+    from store.dirstore import DirStore  # noqa: PLC0415 - keep `import store` light
+
+    return DirStore(path)

@@ -1,0 +1,437 @@
+"""The ``dir`` store backend: a folder shared by the nodes of ONE host.
+
+Layout under the root (names as in ARCHITECTURE.md)::
+
+    resources.cfg, groups.cfg, rules.cfg, datacenter.cfg, nodes.cfg,
+    manager_status, crm_commands, nodes/<node>/lrm_status, locations/<sid>
+    locks/<lease>          one JSON file per lease (holder, boot id, expiry)
+    .pyha/locks/*          flock(2) lock files, one per record / lease
+    .pyha/journal          change log for changed_since (a hint, not data)
+
+Guarantees:
+
+* A write is atomic and durable before it returns: temp file in the same
+  directory, write, fsync, rename over the old file, fsync the directory.
+  A crash at any point leaves the old or the new file, never a torn one.
+  Readers take no lock; they open the current file, which is complete.
+* Read-modify-write operations (CAS, append, take, delete, leases) hold an
+  exclusive ``flock`` on the record's own lock file, so they are atomic
+  across threads and processes. A lock held longer than ``lock_timeout``
+  (a stuck process) raises :class:`StoreError` instead of blocking forever.
+* Leases use CLOCK_MONOTONIC, which is one clock for every process of a
+  host and does not jump with the wall clock, plus the kernel boot id: a
+  lease written during an earlier boot is expired. SAFETY: this is only
+  sound while every node of the cluster runs on this host; across hosts
+  monotonic clocks are unrelated (use the etcd backend there).
+* Versions are content digests (BLAKE2b-128): equal version <=> equal
+  bytes, so a CAS means "still the bytes I read".
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from store.base import (
+    ABSENT,
+    Changes,
+    LeaseInfo,
+    Record,
+    StoreError,
+    VersionConflict,
+    check_lease_name,
+    check_name,
+)
+
+BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
+INTERNAL: Final = ".pyha"
+LEASE_DIR: Final = "locks"
+JOURNAL_LIMIT: Final = 256 * 1024
+
+
+def read_boot_id() -> str:
+    """The kernel's id of the current boot (changes at every reboot)."""
+    try:
+        with open(BOOT_ID_PATH, encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:  # pragma: no cover - every Linux has it
+        return "unknown-boot"
+
+
+def version_of(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DirStore:
+    """:class:`store.base.Store` on a local folder (see the module doc for guarantees)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        boot_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        lock_timeout: float = 5.0,
+    ) -> None:
+        self.root = Path(root).absolute()
+        # boot_id and clock are injectable for tests only; the defaults are the safe ones.
+        self.boot_id = boot_id if boot_id is not None else read_boot_id()
+        self._clock = clock
+        self._lock_timeout = lock_timeout
+        self._locks = self.root / INTERNAL / "locks"
+        self._journal = self.root / INTERNAL / "journal"
+        try:
+            self._ensure_dir(self._locks)
+            self._ensure_dir(self.root / LEASE_DIR)
+            with self._locked("j.journal"):
+                fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                os.close(fd)
+        except OSError as e:
+            raise StoreError(f"cannot open dir store at {self.root}: {e}") from e
+
+    @property
+    def url(self) -> str:
+        return f"dir:{self.root}"
+
+    def close(self) -> None:
+        """Nothing stays open between calls."""
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        check_name(name)
+        if name == LEASE_DIR or name.startswith(LEASE_DIR + "/"):
+            raise ValueError(f"record name {name!r} is in the reserved '{LEASE_DIR}/' namespace")
+        return self.root / name
+
+    def _ensure_dir(self, path: Path) -> None:
+        """mkdir -p, fsyncing each parent that got a new entry (a new dir must survive a crash)."""
+        missing: list[Path] = []
+        p = path
+        while not p.is_dir():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o755)
+            except FileExistsError:
+                continue
+            _fsync_dir(d.parent)
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        """Exclusive flock on ``.pyha/locks/<key>``, polled up to ``lock_timeout``."""
+        fd = os.open(self._locks / key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            deadline = time.monotonic() + self._lock_timeout
+            pause = 0.0005
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StoreError(
+                            f"store lock '{key}' busy for more than {self._lock_timeout}s"
+                        ) from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.01)
+            yield  # the lock goes with the fd at close
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _lock_key(kind: str, name: str) -> str:
+        return f"{kind}.{name.replace('/', '%')}"
+
+    def _replace(self, path: Path, data: bytes, *, durable: bool = True) -> None:
+        """Atomically put ``data`` at ``path`` (caller holds the record lock)."""
+        self._ensure_dir(path.parent)
+        self._remove_stale_temps(path)
+        tmp = path.parent / f".{path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            # SAFETY: rename is the commit point; before it readers see the old file.
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if durable:
+            # SAFETY: without this fsync the rename itself may be lost in a power cut,
+            # and an acknowledged write would silently roll back.
+            _fsync_dir(path.parent)
+
+    @staticmethod
+    def _remove_stale_temps(path: Path) -> None:
+        """Drop temp files of writers of this record that died before their rename.
+
+        Only called under the record lock, so no live writer owns them.
+        """
+        prefix = f".{path.name}.tmp."
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(path.parent):
+                if entry.name.startswith(prefix):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+    @staticmethod
+    def _read_bytes(path: Path) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            return None
+
+    def _note(self, name: str) -> None:
+        """Append ``name`` to the change journal (a hint: not fsynced)."""
+        with self._locked("j.journal"):
+            fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, name.encode() + b"\n")
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            if size > JOURNAL_LIMIT:
+                # A new inode: tokens of the old journal answer "unknown, re-read all".
+                self._replace(self._journal, b"", durable=False)
+
+    def _io(self, what: str, name: str, e: OSError) -> StoreError:
+        return StoreError(f"dir store {self.root}: cannot {what} '{name}': {e.strerror or e}")
+
+    # -- records ------------------------------------------------------------------------
+
+    def read(self, name: str) -> Record | None:
+        path = self._path(name)
+        try:
+            data = self._read_bytes(path)
+        except OSError as e:
+            raise self._io("read", name, e) from e
+        return None if data is None else Record(data, version_of(data))
+
+    def write(self, name: str, data: bytes, expect_version: str | None = None) -> str:
+        path = self._path(name)
+        data = bytes(data)
+        try:
+            with self._locked(self._lock_key("r", name)):
+                if expect_version is not None:
+                    self._check_version(name, path, expect_version)
+                self._replace(path, data)
+        except OSError as e:
+            raise self._io("write", name, e) from e
+        self._note_quietly(name)
+        return version_of(data)
+
+    def _check_version(self, name: str, path: Path, expect: str) -> None:
+        cur = self._read_bytes(path)
+        actual = None if cur is None else version_of(cur)
+        ok = actual is None if expect == ABSENT else actual == expect
+        if not ok:
+            raise VersionConflict(name, expect, actual)
+
+    def _note_quietly(self, name: str) -> None:
+        # The data is committed; a failing journal only delays watchers to their full re-read.
+        with contextlib.suppress(OSError, StoreError):
+            self._note(name)
+
+    def delete(self, name: str, expect_version: str | None = None) -> bool:
+        path = self._path(name)
+        try:
+            with self._locked(self._lock_key("r", name)):
+                if expect_version is not None:
+                    self._check_version(name, path, expect_version)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    return False
+                _fsync_dir(path.parent)
+        except OSError as e:
+            raise self._io("delete", name, e) from e
+        self._note_quietly(name)
+        return True
+
+    def list(self, prefix: str = "") -> builtins.list[str]:
+        # Start at the deepest folder the prefix names, so list("nodes/") walks only nodes/.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base if base else self.root
+        out: builtins.list[str] = []
+        try:
+            for dirpath, dirnames, filenames in os.walk(start):
+                rel = os.path.relpath(dirpath, self.root)
+                rel = "" if rel == "." else rel + "/"
+                dirnames[:] = [
+                    d for d in dirnames if not d.startswith(".") and not (rel == "" and d == LEASE_DIR)
+                ]
+                for fn in filenames:
+                    full = rel + fn
+                    if not fn.startswith(".") and full.startswith(prefix):
+                        out.append(full)
+        except OSError as e:
+            raise self._io("list", prefix, e) from e
+        return sorted(out)
+
+    def append(self, name: str, line: str) -> None:
+        if "\n" in line or "\r" in line:
+            raise ValueError("append: a line must not contain a newline")
+        path = self._path(name)
+        try:
+            with self._locked(self._lock_key("r", name)):
+                cur = self._read_bytes(path) or b""
+                if cur and not cur.endswith(b"\n"):
+                    cur += b"\n"
+                # Whole-file replace rather than O_APPEND: a crash never leaves half a line.
+                self._replace(path, cur + line.encode() + b"\n")
+        except OSError as e:
+            raise self._io("append to", name, e) from e
+        self._note_quietly(name)
+
+    def take(self, name: str) -> bytes:
+        path = self._path(name)
+        try:
+            with self._locked(self._lock_key("r", name)):
+                cur = self._read_bytes(path)
+                if not cur:
+                    return b""
+                self._replace(path, b"")
+        except OSError as e:
+            raise self._io("take", name, e) from e
+        self._note_quietly(name)
+        return cur
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _lease_path(self, name: str) -> Path:
+        return self.root / LEASE_DIR / check_lease_name(name)
+
+    def _load_lease(self, path: Path) -> dict[str, Any] | None:
+        """The lease record if it is live (this boot, not expired), else None."""
+        raw = self._read_bytes(path)
+        if raw is None:
+            return None
+        try:
+            d = json.loads(raw)
+            holder, boot, expires = d["holder"], d["boot_id"], float(d["expires"])
+        except (ValueError, KeyError, TypeError):
+            # SAFETY: lease files are written by atomic rename, so a garbled one can only
+            # come from a crash of the whole host, i.e. an earlier boot: it is expired.
+            return None
+        if not isinstance(holder, str) or boot != self.boot_id:
+            return None  # SAFETY: monotonic times of another boot mean nothing now
+        if expires <= self._clock():
+            return None
+        return {"holder": holder, "expires": expires}
+
+    def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        if not holder:
+            raise ValueError("lease holder must be a non-empty string")
+        if not ttl > 0:
+            raise ValueError(f"lease ttl must be positive, got {ttl}")
+        path = self._lease_path(name)
+        try:
+            with self._locked(self._lock_key("l", name)):
+                live = self._load_lease(path)
+                if live is not None and live["holder"] != holder:
+                    return False
+                # SAFETY: the expiry is computed from a clock read taken after the caller's
+                # own t0 (we are inside the call), so the stored expiry is never earlier than
+                # the caller's t0 + ttl: nobody can take over while the caller still relies on it.
+                now = self._clock()
+                rec = {"holder": holder, "boot_id": self.boot_id, "expires": now + ttl, "ttl": ttl}
+                # Not fsynced: after a host crash the boot id changes and every lease is void anyway.
+                self._replace(path, json.dumps(rec).encode(), durable=False)
+                return True
+        except OSError as e:
+            raise self._io("acquire lease", name, e) from e
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        path = self._lease_path(name)
+        try:
+            with self._locked(self._lock_key("l", name)):
+                raw = self._read_bytes(path)
+                if raw is None:
+                    return False
+                try:
+                    d = json.loads(raw)
+                    mine = d.get("holder") == holder and d.get("boot_id") == self.boot_id
+                except (ValueError, AttributeError):
+                    mine = False
+                if not mine:
+                    return False
+                os.unlink(path)
+                return True
+        except OSError as e:
+            raise self._io("release lease", name, e) from e
+
+    def lease_info(self, name: str) -> LeaseInfo | None:
+        path = self._lease_path(name)
+        try:
+            live = self._load_lease(path)
+        except OSError as e:
+            raise self._io("read lease", name, e) from e
+        if live is None:
+            return None
+        return LeaseInfo(live["holder"], max(0.0, live["expires"] - self._clock()))
+
+    # -- change notification ---------------------------------------------------------------
+
+    def changed_since(self, token: str | None) -> Changes:
+        try:
+            fd = os.open(self._journal, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return Changes("0:0", None)
+        except OSError as e:
+            raise self._io("read", "journal", e) from e
+        try:
+            st = os.fstat(fd)
+            ino, size = st.st_ino, st.st_size
+            start = _parse_token(token, ino)
+            if start is None or start > size:
+                return Changes(f"{ino}:{size}", None)
+            chunk = os.pread(fd, size - start, start) if size > start else b""
+        except OSError as e:
+            raise self._io("read", "journal", e) from e
+        finally:
+            os.close(fd)
+        end = chunk.rfind(b"\n") + 1  # only whole lines; a line being written waits for next time
+        names = frozenset(n.decode(errors="replace") for n in chunk[:end].split(b"\n") if n)
+        return Changes(f"{ino}:{start + end}", names)
+
+
+def _parse_token(token: str | None, ino: int) -> int | None:
+    if token is None:
+        return None
+    try:
+        t_ino, t_off = token.split(":", 1)
+        if int(t_ino) != ino:
+            return None
+        return int(t_off)
+    except ValueError:
+        return None

@@ -1,0 +1,224 @@
+"""What only the dir backend promises: plain files, boot-id leases, crash safety."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import store.dirstore as dirstore_mod
+from store import StoreError, open_store
+from store.dirstore import DirStore, read_boot_id, version_of
+from tests.store.helpers import worker
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_records_are_plain_files(tmp_path: Path) -> None:
+    st = DirStore(tmp_path)
+    st.write("resources.cfg", b"proc: web\n\tcmd sleep 1\n")
+    st.write("nodes/n1/lrm_status", b"{}")
+    assert (tmp_path / "resources.cfg").read_bytes() == b"proc: web\n\tcmd sleep 1\n"
+    assert (tmp_path / "nodes" / "n1" / "lrm_status").read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".pyha", "locks", "nodes", "resources.cfg"]
+
+
+def test_open_store_urls(tmp_path: Path) -> None:
+    a = open_store(f"dir:{tmp_path}")
+    b = open_store(str(tmp_path))
+    assert isinstance(a, DirStore)
+    assert isinstance(b, DirStore)
+    with pytest.raises(ValueError, match="not available"):
+        open_store("etcd://127.0.0.1:2379/pyha")
+    with pytest.raises(ValueError):
+        open_store("dir:")
+
+
+def test_lease_namespace_reserved(tmp_path: Path) -> None:
+    st = DirStore(tmp_path)
+    with pytest.raises(ValueError, match="reserved"):
+        st.write("locks/ha_manager_lock", b"{}")
+
+
+def test_version_is_content_digest(tmp_path: Path) -> None:
+    st = DirStore(tmp_path)
+    assert st.write("a", b"same") == st.write("b", b"same") == version_of(b"same")
+
+
+def test_lease_from_earlier_boot_is_expired(tmp_path: Path) -> None:
+    old = DirStore(tmp_path, boot_id="boot-before-the-crash")
+    assert old.acquire_lease("ha_agent_n1_lock", "n1", 3600)
+    now = DirStore(tmp_path)
+    assert now.boot_id == read_boot_id() != "boot-before-the-crash"
+    assert now.lease_info("ha_agent_n1_lock") is None
+    assert now.acquire_lease("ha_agent_n1_lock", "n2", 5)
+    assert not old.release_lease("ha_agent_n1_lock", "n1")
+    info = now.lease_info("ha_agent_n1_lock")
+    assert info is not None
+    assert info.holder == "n2"
+
+
+def test_garbled_lease_file_counts_as_expired(tmp_path: Path) -> None:
+    st = DirStore(tmp_path)
+    (tmp_path / "locks" / "l1").write_bytes(b'{"holder": "n1", "boot_')
+    assert st.lease_info("l1") is None
+    assert st.acquire_lease("l1", "n2", 5)
+
+
+def test_lease_expiry_on_injected_clock(tmp_path: Path) -> None:
+    clock = FakeClock()
+    a = DirStore(tmp_path, clock=clock)
+    b = DirStore(tmp_path, clock=clock)
+    assert a.acquire_lease("l", "a", 10)
+    clock.t += 9.999
+    assert not b.acquire_lease("l", "b", 10)
+    info = b.lease_info("l")
+    assert info is not None
+    assert info.remaining == pytest.approx(0.001)
+    clock.t += 0.001  # exactly at expiry: expired
+    assert b.lease_info("l") is None
+    assert b.acquire_lease("l", "b", 10)
+    assert not a.acquire_lease("l", "a", 10)
+
+
+def test_lease_file_records_holder_boot_and_monotonic_expiry(tmp_path: Path) -> None:
+    clock = FakeClock(50.0)
+    st = DirStore(tmp_path, clock=clock)
+    st.acquire_lease("ha_manager_lock", "n1", 5)
+    d = json.loads((tmp_path / "locks" / "ha_manager_lock").read_text())
+    assert d == {"holder": "n1", "boot_id": read_boot_id(), "expires": 55.0, "ttl": 5}
+
+
+def test_stale_temp_files_are_ignored_and_cleaned(tmp_path: Path) -> None:
+    st = DirStore(tmp_path)
+    st.write("manager_status", b"old")
+    # a writer that died between creating its temp file and the rename
+    stale = tmp_path / ".manager_status.tmp.99999.deadbeef"
+    stale.write_bytes(b"half a wri")
+    rec = st.read("manager_status")
+    assert rec is not None
+    assert rec.data == b"old"
+    assert st.list() == ["manager_status"]
+    st.write("manager_status", b"new")
+    assert not stale.exists()
+
+
+def test_stuck_lock_holder_gives_error_not_hang(tmp_path: Path) -> None:
+    st = DirStore(tmp_path, lock_timeout=0.2)
+    st.write("manager_status", b"x")
+    fd = os.open(tmp_path / ".pyha" / "locks" / "r.manager_status", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a second open file description: conflicts like another process
+        t0 = time.monotonic()
+        with pytest.raises(StoreError, match="busy"):
+            st.write("manager_status", b"y", expect_version=version_of(b"x"))
+        assert time.monotonic() - t0 < 2
+        st.write("other", b"fine")  # other records are not blocked
+    finally:
+        os.close(fd)
+    st.write("manager_status", b"y")
+
+
+def test_nested_names_need_dirs_not_files(tmp_path: Path) -> None:
+    st = DirStore(tmp_path)
+    st.write("nodes", b"x")
+    with pytest.raises(StoreError):
+        st.write("nodes/n1/lrm_status", b"{}")
+
+
+def test_journal_compaction_asks_for_full_reread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dirstore_mod, "JOURNAL_LIMIT", 200)
+    st = DirStore(tmp_path)
+    tok = st.changed_since(None).token
+    st.write("a", b"1")
+    ch = st.changed_since(tok)
+    assert ch.names == frozenset({"a"})
+    for i in range(40):
+        st.write(f"rec{i}", b"1")
+    assert st.changed_since(ch.token).names is None
+    tok2 = st.changed_since(None).token
+    st.write("b", b"2")
+    assert st.changed_since(tok2).names == frozenset({"b"})
+    assert st.changed_since("garbage").names is None
+
+
+def test_unreadable_root_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StoreError):
+        DirStore(tmp_path / "file" / "store")
+
+
+def _valid_payload(data: bytes) -> int:
+    """The seq of a complete writer payload; fails on a torn or foreign one."""
+    d = json.loads(data)
+    assert hashlib.sha256(d["pad"].encode()).hexdigest() == d["sum"]
+    return int(d["seq"])
+
+
+def test_killed_writer_never_leaves_a_torn_record(tmp_path: Path) -> None:
+    """SIGKILL a writer mid-loop, repeatedly: the record is always whole and has every ack."""
+    url = f"dir:{tmp_path}"
+    st = DirStore(tmp_path)
+    last_acked = 0
+    for round_ in range(6):
+        p = worker(url, "write-loop", "manager_status")
+        try:
+            assert p.stdout is not None
+            acked = 0
+            want = 5 + 7 * round_  # kill at a different point each round
+            deadline = time.monotonic() + 10
+            while acked < want:
+                line = p.stdout.readline()
+                assert line, f"writer died: {p.stderr.read() if p.stderr else ''}"
+                acked = int(line)
+                rec = st.read("manager_status")  # concurrent reads see whole records only
+                assert rec is not None
+                _valid_payload(rec.data)
+                assert time.monotonic() < deadline
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(5)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=5)
+        rec = st.read("manager_status")
+        assert rec is not None
+        seq = _valid_payload(rec.data)
+        assert seq >= acked  # SAFETY: no acknowledged write lost
+        last_acked = seq
+    assert last_acked > 0
+    st.write("manager_status", b"{}")  # the next writer cleans up after the dead ones
+    assert [n for n in os.listdir(tmp_path) if ".tmp." in n] == []
+
+
+def test_lease_holder_in_other_process_blocks_until_expiry(tmp_path: Path) -> None:
+    url = f"dir:{tmp_path}"
+    p = worker(url, "hold", "ha_manager_lock", "other", "30")
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "held"
+        st = DirStore(tmp_path)
+        assert not st.acquire_lease("ha_manager_lock", "me", 1)
+        p.kill()
+        p.wait(5)
+        # the holder is dead but its lease runs on: still refused (the watchdog argument)
+        assert not st.acquire_lease("ha_manager_lock", "me", 1)
+        info = st.lease_info("ha_manager_lock")
+        assert info is not None
+        assert info.remaining > 25
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.communicate(timeout=5)
