@@ -1,0 +1,199 @@
+"""``ha-watchdog`` with real processes, a real UNIX socket and a real cgroup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie counts as dead
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return bool(pred())
+
+
+class Victims:
+    """Processes standing in for a node's services and daemon; always cleaned up."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, *, new_group: bool = True) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(["sleep", "300"], start_new_session=new_group)
+        self.procs.append(p)
+        return p
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=5)
+
+
+@pytest.fixture
+def victims() -> Iterator[Victims]:
+    v = Victims()
+    yield v
+    v.cleanup()
+
+
+@pytest.fixture
+def cgroup() -> Iterator[Path]:
+    path = CGROUP_ROOT / f"pyha-test-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    for _ in range(50):
+        try:
+            path.rmdir()
+            break
+        except OSError:
+            (path / "cgroup.kill").write_text("1")
+            time.sleep(0.05)
+
+
+def start_watchdog(tmp_path: Path, *extra: str, timeout: float = 0.6) -> tuple[subprocess.Popen[str], Path]:
+    sock = tmp_path / "wd.sock"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli.watchdog",
+            "--node",
+            "n1",
+            "--socket",
+            str(sock),
+            "--timeout",
+            str(timeout),
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_for(sock.exists, 10), "watchdog socket did not appear"
+    return proc, sock
+
+
+# A stand-in node daemon: pets N times every 0.1 s, then either hangs (stops petting),
+# disconnects, or sends the magic close. The watchdog kills its client, so it must be
+# a separate process, never pytest itself.
+_CLIENT = """
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    s.send(b"\\0")
+    time.sleep(0.1)
+mode = sys.argv[3]
+if mode == "magic":
+    s.send(b"V")
+    s.close()
+elif mode == "close":
+    s.close()
+    time.sleep(300)
+else:
+    time.sleep(300)
+"""
+
+
+def client(victims: Victims, sock: Path, pets: int, mode: str) -> subprocess.Popen[bytes]:
+    p = subprocess.Popen([sys.executable, "-c", _CLIENT, str(sock), str(pets), mode])
+    victims.procs.append(p)
+    return p
+
+
+def test_socket_is_private(tmp_path: Path) -> None:
+    proc, sock = start_watchdog(tmp_path, "--exit-on-disarm")
+    try:
+        assert (sock.stat().st_mode & 0o777) == 0o600
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_regular_pets_keep_it_quiet_and_magic_close_disarms(tmp_path: Path, victims: Victims) -> None:
+    svc = victims.spawn()
+    pgids = tmp_path / "pgids"
+    pgids.mkdir()
+    (pgids / "svc.pgid").write_text(str(os.getpgid(svc.pid)))
+    proc, sock = start_watchdog(tmp_path, "--pgid-dir", str(pgids), "--exit-on-disarm")
+    c = client(victims, sock, 15, "magic")  # 1.5 s of pets, more than twice the timeout
+    time.sleep(1.0)
+    assert proc.poll() is None and alive(svc.pid)
+    assert proc.wait(timeout=5) == 0
+    assert alive(svc.pid)
+    assert c.wait(timeout=5) == 0  # the client was not killed
+
+
+def test_missing_pets_fire_and_kill_services_and_daemon(
+    tmp_path: Path, victims: Victims, cgroup: Path
+) -> None:
+    in_cgroup = victims.spawn()
+    (cgroup / "cgroup.procs").write_text(str(in_cgroup.pid))
+    grouped = victims.spawn()
+    pgids = tmp_path / "pgids"
+    pgids.mkdir()
+    (pgids / "svc.pgid").write_text(str(os.getpgid(grouped.pid)))
+    other = victims.spawn(new_group=False)
+    proc, sock = start_watchdog(
+        tmp_path, "--cgroup", str(cgroup), "--pgid-dir", str(pgids), "--kill-pid", str(other.pid), timeout=0.5
+    )
+    daemon = client(victims, sock, 3, "hang")  # pets for 0.3 s, then hangs like a stopped daemon
+    started = time.monotonic()
+    assert proc.wait(timeout=10) == 3
+    fired_after = time.monotonic() - started
+    assert 0.8 <= fired_after < 4.0  # last pet at ~0.2-0.3 s, plus the 0.5 s timeout
+    for p in (in_cgroup, grouped, other, daemon):
+        assert wait_for(lambda p=p: not alive(p.pid), 5), f"pid {p.pid} survived the watchdog"
+    assert "FIRING: no pet" in (proc.stderr.read() if proc.stderr else "")
+
+
+def test_disconnect_without_magic_close_fires(tmp_path: Path, victims: Victims) -> None:
+    svc = victims.spawn()
+    pgids = tmp_path / "pgids"
+    pgids.mkdir()
+    (pgids / "svc.pgid").write_text(str(os.getpgid(svc.pid)))
+    proc, sock = start_watchdog(tmp_path, "--pgid-dir", str(pgids), timeout=30)
+    client(victims, sock, 1, "close")  # a crashed node daemon: its socket closes without 'V'
+    assert proc.wait(timeout=5) == 3
+    assert wait_for(lambda: not alive(svc.pid), 5)
+
+
+def test_sigterm_is_ignored_while_armed(tmp_path: Path, victims: Victims) -> None:
+    proc, sock = start_watchdog(tmp_path, timeout=0.8)
+    client(victims, sock, 2, "hang")
+    time.sleep(0.15)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert proc.poll() is None, "an armed watchdog must not stop on SIGTERM"
+    assert proc.wait(timeout=5) == 3  # and it still fires once pets stop
+
+
+def test_unarmed_watchdog_stops_on_sigterm(tmp_path: Path) -> None:
+    proc, _ = start_watchdog(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == 0
