@@ -17,8 +17,8 @@ def fmt(ts: float) -> str:
 
 def conf(**states: tuple[str, str]) -> ServiceConfig:
     c = ServiceConfig()
-    for sid, (node, state) in states.items():
-        sid = sid.replace("_", ":")
+    for key, (node, state) in states.items():
+        sid = key.replace("_", ":")
         t, n = sid.split(":")
         c.services[sid] = ResourceConfig(sid=sid, type=t, name=n, node=node, state=state)
     return c
