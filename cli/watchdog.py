@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -58,14 +59,21 @@ def kill_cgroup(path: Path) -> int:
 
 
 def kill_pgid_dir(path: Path) -> int:
-    """Kill the process groups recorded as ``*.pgid`` files (services without a cgroup)."""
+    """Kill the process groups recorded under ``path`` (services without a cgroup).
+
+    Two record shapes: ``*.pgid`` files holding the number, and the proc
+    agent's ``*.json`` state files with a ``pgid`` key (agents/proc.py).
+    """
     if not path.is_dir():
         return 0
     killed = 0
-    for f in path.rglob("*.pgid"):
-        with contextlib.suppress(OSError, ValueError, ProcessLookupError):
-            os.killpg(int(f.read_text().strip()), signal.SIGKILL)
-            killed += 1
+    for f in sorted(path.rglob("*.pgid")) + sorted(path.rglob("*.json")):
+        with contextlib.suppress(OSError, ValueError, ProcessLookupError, TypeError, KeyError):
+            text = f.read_text().strip()
+            pgid = int(json.loads(text)["pgid"]) if f.suffix == ".json" else int(text)
+            if pgid > 1:
+                os.killpg(pgid, signal.SIGKILL)
+                killed += 1
     return killed
 
 
@@ -190,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--socket", required=True, help="UNIX socket path (created with mode 0600)")
     ap.add_argument("--timeout", type=float, default=2.0, help="seconds without a pet before firing")
     ap.add_argument("--cgroup", action="append", help="cgroup dir to kill when firing (repeatable)")
-    ap.add_argument("--pgid-dir", action="append", help="dir of *.pgid files to kill when firing")
+    ap.add_argument(
+        "--pgid-dir", action="append", help="dir of *.pgid / agent *.json state files whose groups to kill"
+    )
     ap.add_argument("--kill-pid", action="append", type=int, help="extra pid to SIGKILL when firing")
     ap.add_argument("--device", default="/dev/watchdog", help="kernel watchdog device, used where it exists")
     ap.add_argument("--exit-on-disarm", action="store_true", help="exit 0 after a magic close")

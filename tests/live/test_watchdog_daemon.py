@@ -155,9 +155,11 @@ def test_missing_pets_fire_and_kill_services_and_daemon(
     in_cgroup = victims.spawn()
     (cgroup / "cgroup.procs").write_text(str(in_cgroup.pid))
     grouped = victims.spawn()
+    agent_state = victims.spawn()
     pgids = tmp_path / "pgids"
-    pgids.mkdir()
+    (pgids / "node1" / "proc").mkdir(parents=True)
     (pgids / "svc.pgid").write_text(str(os.getpgid(grouped.pid)))
+    (pgids / "node1" / "proc" / "web.json").write_text(f'{{"pgid": {os.getpgid(agent_state.pid)}, "x": 1}}')
     other = victims.spawn(new_group=False)
     proc, sock = start_watchdog(
         tmp_path, "--cgroup", str(cgroup), "--pgid-dir", str(pgids), "--kill-pid", str(other.pid), timeout=0.5
@@ -167,7 +169,7 @@ def test_missing_pets_fire_and_kill_services_and_daemon(
     assert proc.wait(timeout=10) == 3
     fired_after = time.monotonic() - started
     assert 0.8 <= fired_after < 4.0  # last pet at ~0.2-0.3 s, plus the 0.5 s timeout
-    for p in (in_cgroup, grouped, other, daemon):
+    for p in (in_cgroup, grouped, agent_state, other, daemon):
         assert wait_for(lambda p=p: not alive(p.pid), 5), f"pid {p.pid} survived the watchdog"
     assert "FIRING: no pet" in (proc.stderr.read() if proc.stderr else "")
 
