@@ -207,12 +207,12 @@ class StoreContract:
         assert info.holder == "n2"
 
     def test_lease_renewal_keeps_it(self, store: Store, other: Store) -> None:
-        assert store.acquire_lease("ha_manager_lock", "n1", 0.4)
-        end = time.monotonic() + 1.0  # well past the ttl, renewing every 0.1 s
+        assert store.acquire_lease("ha_manager_lock", "n1", 0.6)
+        end = time.monotonic() + 1.2  # twice the ttl, renewing every 0.1 s
         while time.monotonic() < end:
-            assert not other.acquire_lease("ha_manager_lock", "n2", 0.4)
+            assert not other.acquire_lease("ha_manager_lock", "n2", 0.6)
             time.sleep(0.1)
-            assert store.acquire_lease("ha_manager_lock", "n1", 0.4)
+            assert store.acquire_lease("ha_manager_lock", "n1", 0.6)
 
     def test_lease_never_expires_early(self, store: Store, other: Store) -> None:
         t0 = time.monotonic()
