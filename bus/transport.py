@@ -6,12 +6,14 @@ A.DEALER[B] -> B.ROUTER; replies to cluster members go the same way in the
 other direction. Non-member clients (the CLI) connect a DEALER to a node's
 ROUTER and get their replies back through that ROUTER.
 
-Threads. ZeroMQ sockets are not thread-safe, so exactly one thread, the I/O
-thread, owns the ROUTER, the DEALERs, the ZAP handler and the monitors. Other
-threads hand outgoing frames over through a per-thread inproc PUSH socket
-(encoding happens in the caller, so the I/O thread only moves bytes). Code
-already running on the I/O thread (delivery callbacks, timers) sends directly,
-which keeps request/response handlers free of any thread hop.
+Threads. ZeroMQ sockets are not thread-safe. One thread, the I/O thread,
+owns and polls the ROUTER, the ZAP handler and the socket monitors. Each
+DEALER is a send-only socket that is never polled; it is used by whichever
+thread sends, but only while holding that peer's lock. libzmq allows moving a
+socket between threads given a full memory barrier, which the lock provides,
+so a send costs the caller one encode and one zmq_send, with no hop to the
+I/O thread. Frames the I/O thread must handle itself (replies through the
+ROUTER, sends to this very node) go through a deque plus a wake-up fd.
 
 Delivery. Subscribers are plain callables ``deliver(envelope)``; they run on
 the I/O thread and must not block (``actor_ref.tell`` is the intended use).
@@ -29,8 +31,10 @@ PeerUp/PeerDown/QuorumLost/QuorumRegained envelopes sent by the node itself.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -59,11 +63,10 @@ from bus.ratelog import RateLimitedLog
 Deliver = Callable[[Envelope], object]
 
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-# First byte of the inproc "target" frame (see Transport._post): a member name
-# never starts with these bytes (bus.membership.check_name).
-_T_BROADCAST = b""
-_T_CLIENT = 0x00  # b"\x00" + ROUTER routing id of a client
-_T_WAKE = b"\xff"
+# Targets of frames queued for the I/O thread (see Transport._post): our own
+# name, or b"\x00" + a client's ROUTER routing id (no member name can start
+# with a NUL byte, see bus.membership.check_name).
+_T_CLIENT = 0x00
 # Kinds a non-member (authenticated client) may send.
 _CLIENT_KINDS = frozenset({ApiRequest.KIND})
 _HANDSHAKE_FAILED = (
@@ -99,6 +102,19 @@ class TransportConfig:
             raise ConfigError("need 0 < heartbeat_interval < peer_timeout")
         if self.expected_votes is not None and self.expected_votes < 1:
             raise ConfigError("expected_votes must be >= 1")
+
+
+class _Link:
+    """Our DEALER to one peer: usable from any thread, but only under ``lock``."""
+
+    __slots__ = ("closed", "counts", "lock", "name", "sock")
+
+    def __init__(self, name: str, sock: zmq.Socket[bytes]) -> None:
+        self.name = name
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.closed = False
+        self.counts: dict[str, int] = {}
 
 
 class Subscription:
@@ -161,14 +177,19 @@ class Transport:
         self._routes_all: tuple[Deliver, ...] = ()
         self._sub_lock = threading.Lock()
         # Counters: the I/O thread writes _io_counts alone; sender threads
-        # write _tx_counts under _send_lock. stats() merges copies.
+        # write _tx_counts (rare drop paths only) under _tx_lock. stats()
+        # merges copies.
         self._io_counts: dict[str, int] = {}
         self._tx_counts: dict[str, int] = {}
-        self._send_lock = threading.Lock()
-        self._local = threading.local()
-        self._push_socks: list[zmq.Socket[bytes]] = []
+        self._tx_lock = threading.Lock()
+        # Hand-over of outgoing frames from other threads: a deque (append and
+        # popleft are atomic) plus a wake-up fd the I/O thread polls. The fd
+        # is only written when the I/O thread said it is about to sleep, so
+        # a busy bus moves frames with no syscall and no lock at all.
+        self._outq: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._io_idle = False
+        self._waker: _Waker | None = None
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
-        self._cmd_endpoint = f"inproc://bus-cmd-{id(self):x}"
         self._thread: threading.Thread | None = None
         self._io_ident: int | None = None
         self._ready = threading.Event()
@@ -178,8 +199,8 @@ class Transport:
         self._endpoint = membership.endpoint(node)
         # Set up by the I/O thread in _open():
         self._router: zmq.Socket[bytes]
-        self._dealers: dict[bytes, zmq.Socket[bytes]] = {}
-        self._dealer_names: dict[zmq.Socket[bytes], str] = {}
+        self._links: dict[bytes, _Link] = {}
+        self._now = clock()  # the I/O thread's clock reading for the current batch
 
     # ------------------------------------------------------------------ API
 
@@ -203,9 +224,15 @@ class Transport:
         """Counters: sent, received, delivered, rejected.<reason>, dropped.<reason>, ..."""
         # dict.copy() is a single C call, atomic under the GIL, so this never
         # sees a dict that changes size under it.
-        io, tx = self._io_counts.copy(), self._tx_counts.copy()
-        for k, v in tx.items():
-            io[k] = io.get(k, 0) + v
+        io = self._io_counts.copy()
+        with self._tx_lock:
+            parts = [self._tx_counts.copy()]
+        for link in list(self._links.values()):
+            with link.lock:
+                parts.append(link.counts.copy())
+        for part in parts:
+            for k, v in part.items():
+                io[k] = io.get(k, 0) + v
         return io
 
     def rejected(self) -> dict[str, int]:
@@ -252,18 +279,21 @@ class Transport:
         node_b = node.encode()
         if node_b not in self._members_b:
             raise UnknownPeerError(node)
-        if (node_b != self._node_b and not self._closed and self._thread is not None
-                and not self._tracker.is_linked(node)):
-            # Answer "unreachable" right here rather than after a thread hop;
-            # the I/O thread re-checks, so a stale read only costs a hop.
-            with self._send_lock:
-                self._tx_counts["dropped.unreachable"] = self._tx_counts.get("dropped.unreachable", 0) + 1
-            return False
-        return self._post(node_b, self.codec.encode(self.node, next(self._ids), msg))
+        frame = self.codec.encode(self.node, next(self._ids), msg)
+        link = self._links.get(node_b)
+        if link is not None:
+            return self._send_link(link, frame)
+        return self._post(node_b, frame)  # ourselves (or not started: raises)
 
     def broadcast(self, msg: Message) -> bool:
         """Send ``msg`` to every other member (each copy at most once)."""
-        return self._post(_T_BROADCAST, self.codec.encode(self.node, next(self._ids), msg))
+        frame = self.codec.encode(self.node, next(self._ids), msg)
+        if self._waker is None and not self._closed:
+            raise BusError("transport not started")
+        ok = True
+        for link in list(self._links.values()):
+            ok = self._send_link(link, frame) and ok
+        return ok
 
     def reply(self, env: Envelope, msg: Message) -> bool:
         """Answer ``env``: to its sender if a member, else back through the ROUTER to the client."""
@@ -276,6 +306,7 @@ class Transport:
         if self._thread is not None:
             raise BusError("transport already started")
         self._ctx = zmq.Context()
+        self._waker = _Waker()
         self._running = True
         self._thread = threading.Thread(target=self._run, name=f"bus-io-{self.node}")
         self._thread.start()
@@ -293,17 +324,17 @@ class Transport:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the I/O thread, close every socket, terminate the context. Idempotent."""
         thread = self._thread
+        self._closed = True
         if thread is not None and thread.is_alive():
             self._running = False
-            self._wake()
+            if self._waker is not None:
+                self._waker.wake()
             thread.join(timeout)
             if thread.is_alive():
                 raise BusError(f"bus I/O thread of {self.node} did not stop within {timeout}s")
-        with self._send_lock:
-            self._closed = True
-            for s in self._push_socks:
-                s.close(linger=0)
-            self._push_socks.clear()
+        if self._waker is not None:
+            self._waker.close()
+        self._outq.clear()
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -316,35 +347,32 @@ class Transport:
 
     # ----------------------------------------------------- sender side
 
-    def _wake(self) -> None:
-        with contextlib.suppress(BusError):
-            self._post(_T_WAKE, b"")
+    def _tx_count(self, key: str) -> None:
+        with self._tx_lock:
+            self._tx_counts[key] = self._tx_counts.get(key, 0) + 1
 
     def _post(self, target: bytes, frame: bytes) -> bool:
         if threading.get_ident() == self._io_ident:
             return self._route(target, frame)
-        with self._send_lock:
-            if self._closed or self._ctx is None:
-                if self._ctx is None and not self._closed:
-                    raise BusError("transport not started")
-                self._tx_counts["dropped.closed"] = self._tx_counts.get("dropped.closed", 0) + 1
-                return False
-            sock: zmq.Socket[bytes] | None = getattr(self._local, "push", None)
-            if sock is None:
-                sock = self._ctx.socket(zmq.PUSH)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
-                sock.connect(self._cmd_endpoint)
-                self._local.push = sock
-                self._push_socks.append(sock)
-            try:
-                sock.send(target, zmq.SNDMORE | zmq.NOBLOCK)
-                sock.send(frame, zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                # The I/O thread is send_hwm frames behind: shed load here
-                # rather than block an actor thread.
-                self._tx_counts["dropped.backlog"] = self._tx_counts.get("dropped.backlog", 0) + 1
-                return False
+        if self._closed:
+            self._tx_count("dropped.closed")
+            return False
+        waker = self._waker
+        if waker is None:
+            raise BusError("transport not started")
+        limit = self.config.send_hwm
+        if limit and len(self._outq) >= limit:
+            # The I/O thread is send_hwm frames behind: shed load here rather
+            # than block an actor thread or grow without bound.
+            self._tx_count("dropped.backlog")
+            return False
+        self._outq.append((target, frame))
+        # Ordering matters: append, then read the flag. The I/O thread sets
+        # the flag, then re-checks the queue before sleeping, so one of the
+        # two always sees the other and no frame waits for a timer.
+        if self._io_idle:
+            self._io_idle = False
+            waker.wake()
         return True
 
     # ----------------------------------------------------- I/O thread
@@ -395,8 +423,8 @@ class Transport:
         r.bind(self._endpoint)
         self._endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT)
         for peer in self.membership.others(self.node):
-            d = self._dealers[peer.name.encode()] = ctx.socket(zmq.DEALER)
-            self._dealer_names[d] = peer.name
+            d = ctx.socket(zmq.DEALER)
+            self._links[peer.name.encode()] = _Link(peer.name, d)
             d.setsockopt(zmq.LINGER, 0)
             # SAFETY (honest reachability): only queue onto a completed
             # connection. Without IMMEDIATE, frames for a down peer pile up
@@ -420,13 +448,10 @@ class Transport:
             link_events = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             self._monitors[d.get_monitor_socket(link_events)] = (d, peer.name)
             d.connect(peer.endpoint)
-        self._pull = ctx.socket(zmq.PULL)
-        self._pull.setsockopt(zmq.LINGER, 0)
-        self._pull.setsockopt(zmq.RCVHWM, cfg.send_hwm)
-        self._pull.bind(self._cmd_endpoint)
         self._poller = zmq.Poller()
         self._poller.register(r, zmq.POLLIN)
-        self._poller.register(self._pull, zmq.POLLIN)
+        assert self._waker is not None
+        self._poller.register(self._waker.fd, zmq.POLLIN)
         if self.curve:
             self._poller.register(self._zap, zmq.POLLIN)
         for m in self._monitors:
@@ -447,12 +472,14 @@ class Transport:
         for owner, _ in monitors.values():
             with contextlib.suppress(zmq.ZMQError):
                 owner.disable_monitor()
-        for name in ("_router", "_pull", "_zap"):
+        for name in ("_router", "_zap"):
             owned: zmq.Socket[bytes] | None = getattr(self, name, None)
             if owned is not None:
                 owned.close(linger=0)
-        for d in self._dealers.values():
-            d.close(linger=0)
+        for link in self._links.values():
+            with link.lock:
+                link.closed = True
+                link.sock.close(linger=0)
 
     def _run(self) -> None:
         self._io_ident = threading.get_ident()
@@ -476,6 +503,8 @@ class Transport:
         cfg = self.config
         next_hb = self._clock()
         self._update_quorum()  # a 1-node cluster is quorate from the start
+        assert self._waker is not None
+        waker_fd, router, outq = self._waker.fd, self._router, self._outq
         while self._running:
             now = self._clock()
             if now >= next_hb:
@@ -487,18 +516,25 @@ class Transport:
             if expiry is not None and expiry < wake_at:
                 wake_at = expiry
             timeout_ms = max(0, int((wake_at - self._clock()) * 1000) + 1)
+            self._io_idle = True
+            if outq:  # a frame slipped in after the last drain: don't sleep
+                timeout_ms = 0
             try:
                 ready = self._poller.poll(timeout_ms)
+                self._io_idle = False
                 for sock, _ in ready:
-                    if sock is self._router:
+                    if sock is router:
                         self._drain_router()
-                    elif sock is self._pull:
-                        self._drain_commands()
+                    elif sock == waker_fd:
+                        self._waker.clear()
                     elif self.curve and sock is self._zap:
                         self._handle_zap()
                     else:
                         self._handle_monitor(sock)
+                if outq:
+                    self._drain_outq()
             except Exception as exc:  # the I/O thread must survive anything
+                self._io_idle = False
                 self._count("io_error")
                 if self._rlog.allow(("io", type(exc).__name__)) is not None:
                     logger.opt(exception=exc).error("bus {}: unexpected I/O error", self.node)
@@ -506,13 +542,6 @@ class Transport:
     # -- outbound
 
     def _route(self, target: bytes, frame: bytes) -> bool:
-        if target == _T_BROADCAST:
-            ok = True
-            for name_b, d in self._dealers.items():
-                ok = self._send_dealer(name_b, d, frame) and ok
-            return ok
-        if target == _T_WAKE:
-            return True
         if target[0] == _T_CLIENT:
             try:
                 self._router.send_multipart((target[1:], frame), zmq.NOBLOCK)
@@ -524,70 +553,80 @@ class Transport:
         if target == self._node_b:
             self._on_frame(self._node_b, frame, None, local=True)
             return True
-        dealer = self._dealers.get(target)
-        if dealer is None:
-            self._count("dropped.unknown_peer")
-            return False
-        return self._send_dealer(target, dealer, frame)
+        self._count("dropped.unknown_peer")
+        return False
 
-    def _send_dealer(self, name_b: bytes, d: zmq.Socket[bytes], frame: bytes) -> bool:
-        try:
-            d.send(frame, zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            # With IMMEDIATE, Again means "no completed connection" or "pipe
-            # full"; the link state tells which.
-            linked = self._tracker.is_linked(name_b.decode())
-            self._count("dropped.backpressure" if linked else "dropped.unreachable")
+    def _send_link(self, link: _Link, frame: bytes) -> bool:
+        with link.lock:
+            if link.closed:
+                key = "dropped.closed"
+            else:
+                try:
+                    link.sock.send(frame, zmq.NOBLOCK)
+                except zmq.Again:
+                    # With IMMEDIATE, Again means "no completed connection" or
+                    # "send_hwm frames already queued for a peer that does not
+                    # read": either way the peer cannot take it now. (Telling
+                    # the two apart from the link state would race with the
+                    # monitor events, so they share one counter.)
+                    key = "dropped.unreachable"
+                else:
+                    link.counts["sent"] = link.counts.get("sent", 0) + 1
+                    return True
+            link.counts[key] = link.counts.get(key, 0) + 1
             return False
-        self._count("sent")
-        return True
 
-    def _drain_commands(self) -> None:
-        pull = self._pull
+    def _drain_outq(self) -> None:
+        popleft, route = self._outq.popleft, self._route
+        # Bounded, so a flood of local sends cannot starve inbound traffic
+        # and timers; whatever is left makes the next poll non-blocking.
         for _ in range(self.config.batch):
             try:
-                target = pull.recv(zmq.NOBLOCK)
-                frame = pull.recv(zmq.NOBLOCK) if pull.getsockopt(zmq.RCVMORE) else b""
-            except zmq.Again:
+                target, frame = popleft()
+            except IndexError:
                 return
-            self._route(target, frame)
+            route(target, frame)
 
     def _send_heartbeats(self) -> None:
         hb = Heartbeat(self.node, self.incarnation, next(self._hb_seq), self._wall_clock())
         frame = self.codec.encode(self.node, next(self._ids), hb)
-        for d in self._dealers.values():
-            try:
-                d.send(frame, zmq.NOBLOCK)
-            except zmq.Again:
-                # Expected while a peer is down; not a message loss anyone waits for.
-                self._count("heartbeat_unsent")
+        for link in self._links.values():
+            with link.lock:
+                try:
+                    link.sock.send(frame, zmq.NOBLOCK)
+                except zmq.Again:
+                    # Expected while a peer is down; not a loss anyone waits for.
+                    self._count("heartbeat_unsent")
 
     # -- inbound
 
     def _drain_router(self) -> None:
-        r = self._router
-        if self.curve:
-            for _ in range(self.config.batch):
-                try:
-                    frames = r.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    return
-                if len(frames) != 2:
-                    self._reject(frames[0].bytes, RejectReason.BAD_FRAMING, f"{len(frames)} frames")
-                    continue
-                # User-Id is what the ZAP handler vouched for: the key owner.
-                user = frames[1].get("User-Id")
-                self._on_frame(frames[0].bytes, frames[1].bytes, user if isinstance(user, str) else None)
-        else:
-            for _ in range(self.config.batch):
-                try:
-                    parts = r.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    return
-                if len(parts) != 2:
-                    self._reject(parts[0], RejectReason.BAD_FRAMING, f"{len(parts)} frames")
-                    continue
-                self._on_frame(parts[0], parts[1], None)
+        r, on_frame = self._router, self._on_frame
+        self._now = self._clock()  # one clock read per batch is plenty for liveness
+        for _ in range(self.config.batch):
+            # A ROUTER always yields [routing id, frame, ...]; a DEALER cannot
+            # send an empty message, so the second recv never blocks.
+            try:
+                if self.curve:
+                    origin = r.recv(zmq.NOBLOCK)
+                    part = r.recv(copy=False)
+                    data = part.bytes
+                    # User-Id is what the ZAP handler vouched for: the key owner.
+                    user = part.get("User-Id")
+                else:
+                    origin = r.recv(zmq.NOBLOCK)
+                    data = r.recv()
+                    user = None
+            except zmq.Again:
+                return
+            if r.getsockopt(zmq.RCVMORE):
+                extra = 0
+                while r.getsockopt(zmq.RCVMORE):
+                    r.recv()
+                    extra += 1
+                self._reject(origin, RejectReason.BAD_FRAMING, f"{2 + extra} frames")
+                continue
+            on_frame(origin, data, user if isinstance(user, str) else None)
 
     def _reject(self, origin: bytes, reason: str, detail: str) -> None:
         self._count("rejected." + reason)
@@ -617,17 +656,18 @@ class Transport:
                 if env.body.node != env.sender:
                     self._reject(origin, RejectReason.SPOOFED_SENDER, "heartbeat for another node")
                     return
-                up = self._tracker.heartbeat(env.sender, env.body.incarnation, self._clock())
+                up = self._tracker.heartbeat(env.sender, env.body.incarnation, self._now)
                 if up is not None:
                     self._peer_up(up)
             else:
-                self._tracker.traffic(env.sender, self._clock())
-        self._count("received")
+                self._tracker.traffic(env.sender, self._now)
+        counts = self._io_counts
+        counts["received"] = counts.get("received", 0) + 1
         self._dispatch(env)
 
     def _dispatch(self, env: Envelope) -> None:
-        delivers = self._routes.get(env.kind, self._routes_all)
-        for deliver in delivers:
+        delivered = 0
+        for deliver in self._routes.get(env.kind, self._routes_all):
             try:
                 deliver(env)
             except Exception as exc:  # a subscriber bug must not kill the bus
@@ -635,7 +675,10 @@ class Transport:
                 if self._rlog.allow(("handler", env.kind)) is not None:
                     logger.opt(exception=exc).error("bus {}: subscriber failed on {}", self.node, env.kind)
             else:
-                self._count("delivered")
+                delivered += 1
+        if delivered:
+            counts = self._io_counts
+            counts["delivered"] = counts.get("delivered", 0) + delivered
 
     def _peer_up(self, up: PeerUp) -> None:
         logger.info("bus {}: peer {} up (incarnation {})", self.node, up.node, up.incarnation)
@@ -722,3 +765,43 @@ class Transport:
         where = endpoint.decode("ascii", "replace") if isinstance(endpoint, bytes) else str(endpoint)
         self._rlog.warning(("handshake", peer, where), "bus {}: CURVE/ZMTP handshake failed ({} {}, code {})",
                            self.node, peer or "inbound", where, event.get("value"))
+
+
+class _Waker:
+    """A pollable fd other threads poke to wake the I/O thread.
+
+    Writes are plain syscalls, safe from any thread; ``close`` happens only
+    after the I/O thread is gone and every later ``wake`` is a no-op.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        if hasattr(os, "eventfd"):
+            self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._wfd = self.fd
+        else:  # pragma: no cover - non-Linux fallback
+            self.fd, self._wfd = os.pipe()
+            os.set_blocking(self.fd, False)
+            os.set_blocking(self._wfd, False)
+
+    def wake(self) -> None:
+        # The lock only guards against writing into a closed (and possibly
+        # re-used) fd number during stop(); it is uncontended in practice.
+        with self._lock:
+            if not self._closed:
+                # BlockingIOError: already signalled, the I/O thread wakes anyway.
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._wfd, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    def clear(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.fd, 4096)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self.fd)
+                if self._wfd != self.fd:
+                    os.close(self._wfd)
