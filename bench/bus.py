@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from loguru import logger
+
+from bus.codec import Envelope
+from bus.keys import CurveKeys, generate
+from bus.membership import Membership
+from bus.messages import ApiReply, ApiRequest
+from bus.transport import Transport, TransportConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,10 +87,7 @@ def _serve_raw(port: int, window: int) -> int:
         ctx.term()
 
 
-def _bus_transport(node: str, ports: dict[str, int], curve: bool, key_dir: str | None) -> Any:
-    from bus.keys import CurveKeys
-    from bus.membership import Membership
-    from bus.transport import Transport, TransportConfig
+def _bus_transport(node: str, ports: dict[str, int], curve: bool, key_dir: str | None) -> Transport:
 
     membership = Membership.of((n, f"tcp://127.0.0.1:{p}") for n, p in ports.items())
     keys = CurveKeys.load(key_dir, node, membership.names) if curve and key_dir else None
@@ -93,11 +98,6 @@ def _bus_transport(node: str, ports: dict[str, int], curve: bool, key_dir: str |
 
 
 def _serve_bus(ports: dict[str, int], window: int, curve: bool, key_dir: str | None) -> int:
-    from loguru import logger
-
-    from bus.codec import Envelope
-    from bus.messages import ApiReply, ApiRequest
-
     logger.remove()
     t = _bus_transport("s", ports, curve, key_dir)
     done = threading.Event()
@@ -205,11 +205,6 @@ class RawClient:
 
 class BusClient:
     def __init__(self, size: int, window: int, curve: bool, key_dir: str) -> None:
-        from bus.codec import Envelope
-        from bus.keys import generate
-        from bus.messages import ApiReply, ApiRequest
-
-        self.ApiRequest = ApiRequest
         ports = {"s": _free_port(), "c": _free_port()}
         extra: list[str] = []
         if curve:
@@ -235,7 +230,7 @@ class BusClient:
         self.payload = {"b": os.urandom(size)}
         self.window = window
 
-    def _on_reply(self, env: Any) -> None:
+    def _on_reply(self, env: Envelope) -> None:
         if self.mode == "queue":
             self.replies.put(env)
             return
@@ -248,12 +243,12 @@ class BusClient:
             self.direct_done.set()
             return
         self.last = time.perf_counter_ns()
-        self.t.send("s", self.ApiRequest("d", "ping", self.payload))
+        self.t.send("s", ApiRequest("d", "ping", self.payload))
 
     def rtt_via_queue(self, n: int) -> list[float]:
         """Round trips from an application thread, replies handed over through a queue."""
         self.mode = "queue"
-        t, req, get, out = self.t, self.ApiRequest("q", "ping", self.payload), self.replies.get, []
+        t, req, get, out = self.t, ApiRequest("q", "ping", self.payload), self.replies.get, []
         for _ in range(n):
             t0 = time.perf_counter_ns()
             t.send("s", req)
@@ -266,19 +261,19 @@ class BusClient:
         self.direct, self.direct_left = [], n
         self.direct_done.clear()
         self.last = time.perf_counter_ns()
-        self.t.send("s", self.ApiRequest("d", "ping", self.payload))
+        self.t.send("s", ApiRequest("d", "ping", self.payload))
         if not self.direct_done.wait(30):
             raise RuntimeError("direct ping-pong stalled")
         self.mode = "queue"
         return self.direct
 
     def stream(self, n: int) -> float:
-        t, req, get = self.t, self.ApiRequest("", "tput", self.payload), self.replies.get
+        t, req, get = self.t, ApiRequest("", "tput", self.payload), self.replies.get
         return _stream(n, self.window, lambda: t.send("s", req), lambda: get(timeout=10))
 
     def close(self) -> None:
         dropped = {k: v for k, v in self.t.stats().items() if k.startswith("dropped.")}
-        self.t.send("s", self.ApiRequest("", "quit"))
+        self.t.send("s", ApiRequest("", "quit"))
         time.sleep(0.05)
         self.t.stop()
         _reap(self.proc)
@@ -315,10 +310,6 @@ def main(argv: list[str]) -> int:
         return _serve_raw(args.serve_raw, args.window)
     if args.serve_bus:
         return _serve_bus(json.loads(args.serve_bus), args.window, args.curve, args.keys)
-
-    import tempfile
-
-    from loguru import logger
 
     logger.remove()
     started = time.monotonic()
