@@ -281,6 +281,9 @@ class DirStore:
     def list(self, prefix: str = "") -> builtins.list[str]:
         # Start at the deepest folder the prefix names, so list("nodes/") walks only nodes/.
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        top = base.split("/", 1)[0]
+        if top.startswith(".") or top == LEASE_DIR:
+            return []  # internal files and leases are not records
         start = self.root / base if base else self.root
         out: builtins.list[str] = []
         try:

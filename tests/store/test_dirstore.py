@@ -52,6 +52,16 @@ def test_lease_namespace_reserved(tmp_path: Path) -> None:
         st.write("locks/ha_manager_lock", b"{}")
 
 
+def test_list_never_shows_internal_files_or_leases(tmp_path: Path) -> None:
+    st = DirStore(tmp_path)
+    st.write("manager_status", b"{}")
+    st.acquire_lease("ha_manager_lock", "n1", 5)
+    assert st.list() == ["manager_status"]
+    assert st.list("locks/") == []
+    assert st.list(".pyha/") == []
+    assert st.list("loc") == []
+
+
 def test_version_is_content_digest(tmp_path: Path) -> None:
     st = DirStore(tmp_path)
     assert st.write("a", b"same") == st.write("b", b"same") == version_of(b"same")
