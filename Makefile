@@ -19,7 +19,7 @@ lint: venv
 	$(BIN)/ruff format --check ha sim bench
 
 typecheck: venv
-	$(BIN)/mypy ha sim bench cli
+	$(BIN)/mypy ha sim bench cli actors
 
 pytest: venv
 	$(BIN)/pytest -q

@@ -4,14 +4,17 @@ Machines here have no ``/dev/watchdog`` and no softdog, so self-fencing is
 done by a separate small process, the way watchdog-mux multiplexes the kernel
 device in the reference (BEHAVIOUR.md §1.1, §2.1):
 
-- The node daemon connects to a UNIX socket (mode 0600) and writes one byte
-  per pet. The first pet arms the watchdog.
+- The node daemon connects to a UNIX socket (mode 0600) and keeps the
+  connection for its lifetime. Any byte other than ``V`` is a pet; a pet
+  arms the watchdog. ``V`` (the magic close) disarms it: the node has no
+  watchdog client any more (no HA service active, not master).
 - If no pet arrives for ``--timeout`` seconds while armed, or the client
-  disconnects without the magic close byte ``V``, the watchdog *fires*: it
-  kills every process of the node's services (``cgroup.kill`` on the node's
-  cgroup, then SIGKILL to each recorded process group) and the node daemon
-  (the client's pid from SO_PEERCRED, plus ``--kill-pid``), then exits 3.
-- ``V`` followed by a clean disconnect disarms (orderly shutdown only).
+  disconnects while armed, the watchdog *fires*: it kills every process of
+  the node's services (``cgroup.kill`` on the node's cgroup, then SIGKILL to
+  each recorded process group) and the node daemon (the client's pid from
+  SO_PEERCRED, plus ``--kill-pid``), then exits 3.
+- A disconnect while disarmed is an orderly end: with ``--exit-on-disarm``
+  the watchdog exits 0, otherwise it waits for the next client.
 - With ``--device /dev/watchdog`` (where it exists) every pet is also written
   to the device, so a hung *machine* is reset by the kernel as well.
 
@@ -169,19 +172,19 @@ class Watchdog:
                         data = b""
                     if data:
                         if data.endswith(MAGIC_CLOSE):
-                            self.log("magic close: disarmed")
+                            if self.armed:
+                                self.log("magic close: disarmed")
                             self.armed = False
-                            conn.close()
-                            conns.remove(conn)
-                            if self.args.exit_on_disarm:
-                                return 0
                         else:
                             self.pet()
                         continue
                     conns.remove(conn)
                     conn.close()
                     if self.armed:
-                        return self.fire("client disconnected without magic close")
+                        return self.fire("client disconnected while armed")
+                    self.log("client disconnected while disarmed")
+                    if self.args.exit_on_disarm and not conns:
+                        return 0
                 if self.armed and time.monotonic() - self.last_pet > self.timeout:
                     return self.fire(f"no pet for more than {self.timeout:g}s")
                 time.sleep(0.02)

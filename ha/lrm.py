@@ -424,11 +424,16 @@ class LRM:
         self.workers[sid] = Job(sid, uid, state, dict(params or {}))
 
     def run_workers(self) -> int:
+        """§3.3.2: start queued commands (inline when ``max_workers`` is 0); return how many remain.
+
+        With a worker pool the call never blocks: finished commands are
+        collected on the next call (the pool wakes the LRM when one ends).
+        """
         env = self.env
         max_workers = env.get_max_workers()
         start = env.get_time()
         sc = env.read_service_config()
-        while env.get_time() - start <= self.timing.worker_slot_budget:
+        while True:  # at least one pass, also when the slot budget is 0 (live runtime)
             running = self._collect_finished()
             queued = sorted(
                 (j for j in self.workers.values() if not j.started), key=lambda j: (-j.start_tries, j.sid)
@@ -443,10 +448,9 @@ class LRM:
                     running += 1
                 else:
                     self._run_inline(job, sc.get(job.sid))
-            if not running or self.pool is None:
+            if not running or self.pool is not None or env.get_time() - start > self.timing.worker_slot_budget:
                 break
-            # live runtime: do not block the actor; finished jobs are collected next call
-            break
+            env.sleep(1)
         return len(self.workers)
 
     def _collect_finished(self) -> int:
