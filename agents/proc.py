@@ -168,6 +168,29 @@ class ProcPlugin:
         except (ValueError, TypeError, OSError):
             return None  # unreadable: written by rename, so only after a host crash
 
+    def current(self, node: str, name: str) -> ProcState | None:
+        """The state file, or a service found in its cgroup without one.
+
+        SAFETY: an LRM that died between launching a service and writing its
+        state file leaves an untracked process; its cgroup still names it, so
+        it is adopted here (counted as running, stopped by shutdown) instead of
+        being started a second time.
+        """
+        st = self.load_state(node, name)
+        if st is not None:
+            return st
+        cg = self.cgroup_path(node, name)
+        if cg is None:
+            return None
+        for pid in procutil.cgroup_procs(cg):
+            ps = procutil.read_stat(pid)
+            if ps is None or not ps.alive:
+                continue
+            leader = procutil.read_stat(ps.pgrp)
+            start = leader.starttime if leader is not None else -1
+            return ProcState(pid, ps.pgrp, start, self.boot_id, str(cg), "(adopted from cgroup)", 0.0)
+        return None
+
     def _save_state(self, node: str, name: str, st: ProcState) -> None:
         path = self.state_path(node, name)
         tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
@@ -200,12 +223,12 @@ class ProcPlugin:
     # -- the plugin protocol ---------------------------------------------------------------------
 
     def check_running(self, env: Env, sid: str, conf: ResourceConfig) -> bool:
-        st = self.load_state(env.nodename(), conf.name)
+        st = self.current(env.nodename(), conf.name)
         return st is not None and bool(self.live_pids(st))
 
     def start(self, env: Env, sid: str, conf: ResourceConfig) -> None:
         node, name = env.nodename(), conf.name
-        old = self.load_state(node, name)
+        old = self.current(node, name)
         if old is not None:
             if self.live_pids(old):
                 return  # already running: nothing to do
@@ -367,7 +390,7 @@ class ProcPlugin:
 
     def shutdown(self, env: Env, sid: str, conf: ResourceConfig, timeout: int | None) -> None:
         node, name = env.nodename(), conf.name
-        st = self.load_state(node, name)
+        st = self.current(node, name)
         if st is None:
             return
         if timeout is not None:

@@ -281,3 +281,17 @@ def test_unusable_cgroup_base_falls_back_to_process_group(tmp_path: Path, token:
         assert stop(env, "proc:plain") == 0
     finally:
         kill_everything(plugin, token)
+
+
+def test_untracked_service_in_its_cgroup_is_adopted(proc: ProcPlugin) -> None:
+    """An LRM that died before writing the state file: the cgroup still knows the service."""
+    env = start(proc, "proc:lost", cmd=SLEEP)
+    st = proc.load_state("n1", "lost")
+    assert st is not None
+    proc.state_path("n1", "lost").unlink()  # as if never written
+    cd = conf("proc:lost", cmd=SLEEP)
+    assert proc.check_running(env.env, "proc:lost", cd)
+    assert exec_resource_agent(env.env, "proc:lost", cd, "started", {}) == 0  # no second copy
+    assert procutil.cgroup_procs(Path(str(st.cgroup))) == [st.pid]
+    assert stop(env, "proc:lost") == 0
+    assert not procutil.pid_alive(st.pid)
