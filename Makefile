@@ -4,7 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest bench demo clean
+.PHONY: venv deps test lint typecheck pytest bench demo demo-sim clean
+
+# Debian packages the tests and the demo use: OCF resource agents (agents/ocf.py),
+# iproute2 for network-namespace partition tests.
+OCF_DUMMY := /usr/lib/ocf/resource.d/heartbeat/Dummy
+deps:
+	@test -x $(OCF_DUMMY) && command -v ip >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq resource-agents iproute2 >/dev/null; }
 
 venv: $(STAMP)
 
@@ -16,12 +23,12 @@ $(STAMP): pyproject.toml
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check ha sim bench
+	$(BIN)/ruff format --check ha sim bench store agents actors cli tests/store tests/agents
 
 typecheck: venv
-	$(BIN)/mypy ha sim bench cli actors
+	$(BIN)/mypy ha sim bench cli actors store agents
 
-pytest: venv
+pytest: venv deps
 	$(BIN)/pytest -q
 
 # The whole suite: lint, types, tests. CI runs exactly this (.ci/run).
@@ -30,7 +37,12 @@ test: lint typecheck pytest
 bench: venv
 	$(BIN)/python -m bench sim
 
+# a real 3-node cluster on loopback: services, a node killed, failover timed
 demo: venv
+	$(BIN)/python -m cli.demo
+
+# the same story in the simulator, with the reference's timing
+demo-sim: venv
 	$(BIN)/python -m sim.demo
 
 clean:

@@ -74,6 +74,8 @@ class NodeContext:
     # announcements after records were written (the actors send bus messages)
     on_manager_status: Callable[[ManagerStatus], None] | None = None
     on_lrm_status: Callable[[LrmStatus], None] | None = None
+    # wall time at which the bus last heard from each node (any message, heartbeats included)
+    last_seen: dict[str, float] = field(default_factory=dict)
     _parse_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -132,6 +134,9 @@ class LiveEnv:
         up = self.ctx.membership.peers_up()
         info = {n: NodeInfo(quorate and (n == self.ctx.node or n in up)) for n in self.ctx.nodes}
         return info, quorate
+
+    def get_node_last_seen(self, node: str) -> float | None:
+        return self.ctx.last_seen.get(node)
 
     def is_node_shutdown(self) -> tuple[bool, bool]:
         return self.ctx.shutdown_kind()

@@ -141,6 +141,8 @@ class NodeRuntime:
     # -- bus -> actors ----------------------------------------------------------------
     def _on_bus(self, env: Envelope) -> None:
         msg = env.body
+        if env.sender != self.node:
+            self.ctx.last_seen[env.sender] = time.time()
         # the records were written before these were sent: acknowledge (the LRM
         # acts at most once per UID anyway) and wake the daemon that reads them
         if isinstance(msg, ServiceCommand):

@@ -132,6 +132,9 @@ class RoundEnv:
     def get_node_info(self) -> tuple[dict[str, NodeInfo], bool]:
         return {n: NodeInfo(o) for n, o in self.online.items()}, True
 
+    def get_node_last_seen(self, node: str) -> float | None:
+        return None
+
     def is_node_shutdown(self) -> tuple[bool, bool]:
         return False, False
 

@@ -69,6 +69,15 @@ class Env(Protocol):
 
     def is_node_shutdown(self) -> tuple[bool, bool]: ...
 
+    def get_node_last_seen(self, node: str) -> float | None:
+        """When this node last heard from ``node`` (Env time), if it knows; else None.
+
+        Seeds a new master's "last online" times, so its fence delay counts from
+        when the node went silent rather than from the takeover. The simulator
+        answers None (the reference's behaviour, §6.2).
+        """
+        ...
+
     def get_node_version(self, node: str) -> str | None: ...
 
     # records -----------------------------------------------------------------

@@ -448,7 +448,8 @@ class LRM:
                     running += 1
                 else:
                     self._run_inline(job, sc.get(job.sid))
-            if not running or self.pool is not None or env.get_time() - start > self.timing.worker_slot_budget:
+            over_budget = env.get_time() - start > self.timing.worker_slot_budget
+            if not running or self.pool is not None or over_budget:
                 break
             env.sleep(1)
         return len(self.workers)

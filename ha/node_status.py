@@ -41,8 +41,12 @@ class NodeStatus:
         now = self.env.get_time()
         last = self.last_online.get(node)
         if last is None:
-            self.last_online[node] = now
-            return False
+            seen = self.env.get_node_last_seen(node)
+            if seen is None:
+                self.last_online[node] = now
+                return False
+            # the fence delay only filters blips; safety comes from the lease (§6.3)
+            last = self.last_online[node] = min(seen, now)
         return now - last >= delay
 
     def list_nodes(self) -> list[str]:

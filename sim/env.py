@@ -87,6 +87,9 @@ class SimEnv:
     def get_node_info(self) -> tuple[dict[str, NodeInfo], bool]:
         return self.hardware.get_node_info()
 
+    def get_node_last_seen(self, node: str) -> float | None:
+        return None
+
     def is_node_shutdown(self) -> tuple[bool, bool]:
         flag = self.hardware.nodes[self.node].shutdown
         if flag == "shutdown":
