@@ -23,6 +23,8 @@ from pathlib import Path
 import pykka
 from loguru import logger
 
+from actors.api import ApiActor
+from actors.api import Request as ApiCall
 from actors.cluster import ClusterConfig
 from actors.crm_master import CrmActor
 from actors.daemon import Exited, Shutdown, Tick
@@ -33,7 +35,16 @@ from agents import make_registry
 from bus.codec import Envelope
 from bus.keys import CurveKeys
 from bus.membership import Membership
-from bus.messages import Ack, CommandResult, PeerDown, PeerUp, QuorumLost, QuorumRegained, ServiceCommand
+from bus.messages import (
+    Ack,
+    ApiRequest,
+    CommandResult,
+    PeerDown,
+    PeerUp,
+    QuorumLost,
+    QuorumRegained,
+    ServiceCommand,
+)
 from bus.reliability import Outbox
 from bus.transport import Transport, TransportConfig
 from ha.env import ResourcePlugin
@@ -114,6 +125,9 @@ class NodeRuntime:
             self._exited,
         )
         self.crm = CrmActor.start(self.node, LiveEnv(self.ctx, "crm"), timing, self._exited)
+        self.api = ApiActor.start(
+            self.node, sorted(c.nodes), self.store, lambda: self.bus.quorate, self.bus.reply
+        )
         self.bus.subscribe(self._on_bus)
         self.ticker = threading.Thread(target=self._tick_loop, name=f"ticker-{self.node}")
         self.ticker.start()
@@ -145,7 +159,10 @@ class NodeRuntime:
             self.ctx.last_seen[env.sender] = time.time()
         # the records were written before these were sent: acknowledge (the LRM
         # acts at most once per UID anyway) and wake the daemon that reads them
-        if isinstance(msg, ServiceCommand):
+        if isinstance(msg, ApiRequest):
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.api.tell(ApiCall(env))
+        elif isinstance(msg, ServiceCommand):
             self.bus.send(env.sender, Ack(msg.uid))
             self._poke(self.lrm)
         elif isinstance(msg, CommandResult):
@@ -266,7 +283,7 @@ class NodeRuntime:
                 return
             self.stopping.set()
         self.exit_code = code
-        for ref in (self.crm, self.lrm):
+        for ref in (self.api, self.crm, self.lrm):
             with contextlib.suppress(Exception):
                 ref.stop(timeout=10)
         if orderly:
