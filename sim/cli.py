@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from ha.errors import HaError
+from sim.fuzz_cli import fuzz_command
 from sim.runner import RunOptions, run_scenario
 from sim.scenario import ScenarioError, load_scenario
 
@@ -108,6 +109,9 @@ def update_expect(scenario_dir: Path) -> None:
         text = _run_to_text(scenario_dir, False, Path(tmp), echo=False)
     (scenario_dir / "log.expect").write_text(text)
     shutil.rmtree(Path(tmp), ignore_errors=True)
+
+
+main.add_command(fuzz_command)  # ha-sim fuzz (sim/fuzz_cli.py)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,367 @@
+"""The fuzzer (sim/fuzz.py, ``ha-sim fuzz``): seeds pass, every checker can fail, the shrinker works.
+
+Mutants (monkeypatched faults in the simulated stack) prove the checks catch real
+safety bugs end to end, not only hand-made states.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import sim.hardware
+from ha.crm import CRM
+from ha.manager import Manager
+from ha.records import ManagerStatus, ServiceData
+from sim.cli import main
+from sim.env import SimEnv
+from sim.fuzz import (
+    FENCE_BEFORE_RECOVERY,
+    LIVENESS,
+    NO_FATAL_ERROR,
+    SINGLE_LOCATION,
+    SINGLE_MASTER,
+    START_UNDER_LOCK,
+    Case,
+    Checker,
+    RunResult,
+    ViolationFound,
+    check_fence_ack,
+    check_fence_exit,
+    check_liveness,
+    check_location_change,
+    check_manager_write,
+    check_single_location,
+    check_starts,
+    fuzz,
+    fuzz_one,
+    generate_case,
+    run_case,
+)
+from sim.fuzz_shrink import load_case, replay_folder, shrink, write_scenario
+from sim.hardware import Hardware
+
+SEEDS = 200
+CHUNK = 25
+
+
+# -- the seeds ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first", range(1, SEEDS + 1, CHUNK), ids=lambda s: f"seeds-{s}-{s + CHUNK - 1}")
+def test_seeds_hold_all_invariants(first: int) -> None:
+    summary = fuzz(first, CHUNK)
+    msgs = [
+        f"seed {r.case.seed}: {r.violation} (ha-sim fuzz --seed {r.case.seed} --runs 1)"
+        for r in summary.failures
+    ]
+    assert not msgs, "\n".join(msgs)
+    assert summary.runs == CHUNK
+
+
+def test_schedules_exercise_fencing_recovery_and_moves() -> None:
+    stats: Counter[str] = Counter()
+    for seed in range(1, 41):
+        stats.update(fuzz_one(seed).stats)
+    for key in ("fencings", "recoveries", "moves", "manager writes"):
+        assert stats[key] > 0, stats
+
+
+def test_generation_is_deterministic_and_replays() -> None:
+    a, b = fuzz_one(7), fuzz_one(7)
+    assert a.log == b.log and a.batches == b.batches
+    # the recorded schedule replays to the same log (the heal is regenerated identically)
+    again = run_case(a.case)
+    assert again.batches == a.batches
+    assert again.log == a.log
+
+
+def test_generated_clusters_stay_within_reference_limits() -> None:
+    for seed in range(1, 200):
+        case = generate_case(seed)
+        assert 3 <= len(case.hardware) <= 7
+        assert 1 <= len(case.services) <= 50
+        assert all(sid.split(":")[0] in ("vm", "ct") for sid in case.services)
+
+
+# -- each checker fails on a hand-made violating state ------------------------------------------------
+
+
+def sd(state: str, node: str) -> ServiceData:
+    return ServiceData(state=state, node=node)
+
+
+def test_single_location() -> None:
+    assert check_single_location({"node1": {"vm:1": 1}, "node2": {"vm:1": 0, "vm:2": 1}}) == []
+    errors = check_single_location({"node1": {"vm:1": 1}, "node2": {"vm:1": 1}, "node3": {}})
+    assert errors == ["service vm:1 runs on node1, node2"]
+
+
+def test_start_under_lock() -> None:
+    locks = {"ha_agent_node1_lock": ("node1", 100), "ha_agent_node2_lock": ("node3", 100)}
+    assert check_starts({("node1", "vm:1")}, locks, 150) == []
+    assert check_starts({("node1", "vm:1")}, locks, 300)  # lease expired
+    assert check_starts({("node2", "vm:1")}, locks, 150)  # the master holds node2's lock (fenced)
+    assert check_starts({("node4", "vm:1")}, locks, 150)  # nobody holds it
+
+
+def test_single_master() -> None:
+    ms = ManagerStatus(master_node="node2", timestamp=300)
+    assert check_manager_write(ms, {"ha_manager_lock": ("node2", 290)}, "master") == []
+    assert check_manager_write(ms, {"ha_manager_lock": ("node1", 290)}, "master")  # another node holds it
+    assert check_manager_write(ms, {}, "master")  # nobody holds it
+    assert check_manager_write(ms, {"ha_manager_lock": ("node2", 100)}, "master")  # expired lease
+    assert check_manager_write(ms, {"ha_manager_lock": ("node2", 290)}, "slave")  # not acting as master
+
+
+def test_fence_ack() -> None:
+    locks = {"ha_agent_node3_lock": ("node1", 500)}
+    ss = {"vm:1": sd("fence", "node3"), "vm:2": sd("freeze", "node3")}
+    # node3 was reset (its table is empty) or runs only a frozen service: fine
+    assert check_fence_ack("node3", "node1", locks, {"node3": {}}, ss) == []
+    assert check_fence_ack("node3", "node1", locks, {"node3": {"vm:2": 1}}, ss) == []
+    # node3 still runs a service about to be recovered
+    assert check_fence_ack("node3", "node1", locks, {"node3": {"vm:1": 1}}, ss) == [
+        "node1 fenced node3 while service vm:1 still runs there"
+    ]
+    # acknowledged without the node's agent lock
+    assert check_fence_ack("node3", "node1", {"ha_agent_node3_lock": ("node3", 500)}, {}, ss)
+
+
+def test_fence_exit() -> None:
+    before = {"vm:1": sd("fence", "node3")}
+    after = {"vm:1": sd("started", "node2")}
+    assert check_fence_exit(before, after, "node1", {"ha_agent_node3_lock": ("node1", 500)}) == []
+    assert check_fence_exit(before, after, "node1", {"ha_agent_node3_lock": ("node3", 500)})
+    assert check_fence_exit(before, after, "node1", {})
+    # still in fence, or gone from the status (deleted): nothing to check
+    assert check_fence_exit(before, {"vm:1": sd("fence", "node3")}, "node1", {}) == []
+    assert check_fence_exit(before, {}, "node1", {}) == []
+
+
+def test_location_change() -> None:
+    assert check_location_change({"vm:1": "node3"}, {"vm:1": "node2"}, {"node3": {}}) == []
+    assert check_location_change({"vm:1": "node3"}, {"vm:1": "node2"}, {"node3": {"vm:1": 1}}) == [
+        "service vm:1 moved from node3 to node2 while still running on node3"
+    ]
+
+
+def test_liveness() -> None:
+    config = {
+        "vm:1": {"node": "node1", "state": "started"},
+        "vm:2": {"node": "node2", "state": "stopped"},
+        "vm:3": {"node": "node2"},  # no state: disabled
+        "vm:4": {"node": "node3", "state": "ignored"},
+    }
+    good_running = {"node1": {"vm:1": 1}, "node2": {"vm:2": 0}, "node3": {"vm:4": 1}}
+    ss = {"vm:1": sd("started", "node1"), "vm:2": sd("stopped", "node2"), "vm:3": sd("stopped", "node2")}
+    assert check_liveness(config, good_running, ss) == []
+    assert check_liveness(config, {"node1": {}, "node2": {}}, ss)  # vm:1 not running
+    assert check_liveness(config, {"node1": {"vm:1": 1}, "node2": {"vm:1": 1}}, ss)  # twice
+    assert check_liveness(config, {"node1": {"vm:1": 1}, "node2": {"vm:3": 1}}, ss)  # disabled but running
+    assert check_liveness(config, good_running, {**ss, "vm:1": sd("freeze", "node1")})
+    assert check_liveness(config, good_running, {**ss, "vm:2": sd("request_stop", "node2")})
+
+
+def test_checker_on_a_hardware_state() -> None:
+    """The step observer itself, on a live Hardware whose running table was tampered with."""
+    case = generate_case(3)
+    hw = Hardware(case.scenario())
+    checker = Checker(lambda: hw)
+    checker.after_step(hw)
+    sid = sorted(case.services)[0]
+    hw.running["node1"][sid] = 1
+    hw.running["node2"][sid] = 1
+    with pytest.raises(ViolationFound, match=SINGLE_LOCATION) as info:
+        checker.after_step(hw)
+    assert info.value.violation.invariant == SINGLE_LOCATION
+
+
+# -- mutants: real faults in the simulated stack are found --------------------------------------------
+
+
+def _broken_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Watchdogs never fire: an isolated node keeps running its services forever."""
+    monkeypatch.setattr(Hardware, "watchdog_check", lambda self, node: True)
+
+
+def _first_failure(seeds: range) -> RunResult:
+    for seed in seeds:
+        result = fuzz_one(seed)
+        if result.violation is not None:
+            return result
+    raise AssertionError(f"no violation in seeds {seeds}")
+
+
+def test_mutant_broken_watchdog_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    _broken_watchdog(monkeypatch)
+    result = _first_failure(range(1, 40))
+    assert result.violation is not None and result.violation.invariant == FENCE_BEFORE_RECOVERY
+
+
+def test_mutant_short_lock_lease_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock lifetime shorter than the watchdog timeout breaks fencing (§11.1 item 3)."""
+    monkeypatch.setattr(sim.hardware, "LOCK_TIMEOUT", 30)
+    result = _first_failure(range(1, 40))
+    assert result.violation is not None and result.violation.invariant == FENCE_BEFORE_RECOVERY
+
+
+def test_mutant_crm_ignoring_lost_lock_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = CRM.get_protected_ha_manager_lock
+
+    def always_master(self: CRM) -> bool:
+        original(self)
+        if self.watchdog is None:
+            self.watchdog = self.env.watchdog_open()
+        return True
+
+    monkeypatch.setattr(CRM, "get_protected_ha_manager_lock", always_master)
+    result = _first_failure(range(1, 10))
+    assert result.violation is not None and result.violation.invariant == SINGLE_MASTER
+
+
+def test_mutant_lrm_without_lock_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An LRM that believes it got its agent lock without taking it starts guests unprotected."""
+    original = SimEnv.get_ha_agent_lock
+
+    def fake(self: SimEnv, node: str | None = None) -> bool:
+        return True if self.daemon == "lrm" else original(self, node)
+
+    monkeypatch.setattr(SimEnv, "get_ha_agent_lock", fake)
+    result = _first_failure(range(1, 10))
+    assert result.violation is not None and result.violation.invariant == START_UNDER_LOCK
+
+
+def test_mutant_never_unfreezing_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Manager, "next_state_freeze", lambda self, sid, cd, sd, res: None)
+    result = _first_failure(range(1, 60))
+    assert result.violation is not None and result.violation.invariant == LIVENESS
+
+
+# -- shrinking and counterexample folders ------------------------------------------------------------
+
+
+def test_shrinker_writes_a_runnable_folder_that_reproduces(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _broken_watchdog(monkeypatch)
+    result = _first_failure(range(1, 40))
+    assert result.violation is not None
+    best, tries = shrink(result, budget_seconds=40)
+    assert tries > 0
+    assert best.violation is not None and best.violation.invariant == result.violation.invariant
+    commands = sum(len(b) for b in best.case.schedule)
+    assert commands <= sum(len(b) for b in result.case.schedule)
+    assert len(best.case.services) <= len(result.case.services)
+
+    folder = write_scenario(best, tmp_path / "counterexample", result.violation)
+    for name in (
+        "cmdlist",
+        "hardware_status",
+        "manager_status",
+        "service_config",
+        "datacenter.cfg",
+        "README",
+    ):
+        assert (folder / name).exists(), name
+    readme = (folder / "README").read_text()
+    assert f"seed {result.case.seed}" in readme and result.violation.invariant in readme
+    json.loads((folder / "cmdlist").read_text())
+
+    # the plain simulator accepts the folder and runs it to its end
+    run = CliRunner().invoke(main, ["run", "--quiet", str(folder), "--out", str(tmp_path / "status")])
+    assert run.exit_code == 0, run.output
+    log = (tmp_path / "status" / "log").read_text()
+    assert log.startswith("info      0     hardware: starting simulation")
+    assert "exit simulation - " in log.splitlines()[-1]
+
+    # and replaying it under the checks reproduces the same violation (the fault is still injected)
+    again = replay_folder(folder)
+    assert again.violation is not None and again.violation.invariant == result.violation.invariant
+    replay = CliRunner().invoke(main, ["fuzz", "--replay", str(folder)])
+    assert replay.exit_code == 1 and result.violation.invariant in replay.output
+
+    # without the fault the same scenario is fine
+    monkeypatch.undo()
+    assert replay_folder(folder).violation is None
+    run = CliRunner().invoke(main, ["run", "--quiet", str(folder), "--out", str(tmp_path / "status2")])
+    assert run.exit_code == 0, run.output
+    assert (tmp_path / "status2" / "log").read_text().endswith("exit simulation - done\n")
+
+
+def test_load_case_roundtrip(tmp_path: Path) -> None:
+    result = fuzz_one(11)
+    folder = write_scenario(result, tmp_path / "s")
+    case, heal = load_case(folder)
+    assert heal == result.heal_index
+    assert case.services == result.case.services
+    again = replay_folder(folder)
+    assert again.violation is None
+    assert again.log == result.log
+
+
+# -- the simulator's watchdog-check limitation (docs/fuzzing.md) -------------------------------------------
+
+
+WATCHDOG_RACE = Case(
+    seed=1096,
+    hardware={f"node{i}": {"power": "off", "network": "off"} for i in range(1, 7)},
+    services={
+        "ct:493": {"node": "node1", "state": "started"},
+        "vm:614": {"node": "node5", "state": "started"},
+    },
+    datacenter={"ha": {"shutdown_policy": "migrate"}},
+    schedule=[
+        ["power node1 on", "power node2 on", "power node4 on", "power node5 on", "power node6 on"],
+        ["service ct:4982 add node4", "crm node6 stop", "network node1 off"],
+        [],
+        ["shutdown node2"],
+    ],
+)
+
+
+def test_watchdog_expired_race_is_inconclusive_unless_strict() -> None:
+    lenient = run_case(WATCHDOG_RACE)
+    assert lenient.violation is None and lenient.limitation is not None
+    assert "watchdog expired" in lenient.limitation
+    strict = run_case(WATCHDOG_RACE, strict=True)
+    assert strict.violation is not None and strict.violation.invariant == NO_FATAL_ERROR
+
+
+# -- the command line ------------------------------------------------------------------------------------
+
+
+def test_cli_success_line() -> None:
+    res = CliRunner().invoke(main, ["fuzz", "--seed", "5", "--runs", "3"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("fuzz: 3 runs (seeds 5..7) all passed")
+    assert "steps checked" in lines[0] and "virtual s simulated" in lines[0] and "s wall" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--runs", "0"], ["--runs", "x"], ["--seed", "-1"], ["--bogus"], ["--replay", "/nonexistent/dir"]],
+)
+def test_cli_bad_options(args: list[str]) -> None:
+    res = CliRunner().invoke(main, ["fuzz", *args])
+    assert res.exit_code == 2
+    out = res.output.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("ha-sim fuzz: "), res.output
+
+
+def test_cli_failure_writes_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _broken_watchdog(monkeypatch)
+    seed = _first_failure(range(1, 40)).case.seed
+    res = CliRunner().invoke(
+        main, ["fuzz", "--seed", str(seed), "--runs", "1", "--out", str(tmp_path), "--shrink-seconds", "5"]
+    )
+    assert res.exit_code == 1, res.output
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and str(folders[0]) in res.output
+    assert FENCE_BEFORE_RECOVERY in folders[0].name
