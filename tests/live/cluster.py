@@ -1,0 +1,167 @@
+"""A real local cluster for end-to-end tests: ha-node processes, demo services, markers.
+
+Everything goes through the user-facing commands (``ha-cluster``,
+``ha-manager``) as subprocesses; the test reads the store and the services'
+own answers and markers. ``close()`` always tears everything down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.markers import find_overlaps, read_copies
+from ha.records import ManagerStatus
+from store.dirstore import DirStore
+from store.records import read_manager_status
+
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(pred: Callable[[], object], timeout: float, what: str, step: float = 0.05) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(step)
+
+
+class LiveCluster:
+    def __init__(
+        self, root: Path, nodes: int = 3, *, policy: str = "conditional", extra_init: tuple[str, ...] = ()
+    ):
+        self.root = root
+        self.dir = root / "cluster"
+        self.markers = root / "markers"
+        self.ports: dict[str, int] = {}
+        self.cli("cli.ha_cluster", "init", str(self.dir), "--nodes", str(nodes), *extra_init)
+        self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
+        store = DirStore(self.dir / "store")
+        try:
+            store.write("datacenter.cfg", f"ha: shutdown_policy={policy}\n".encode())
+        finally:
+            store.close()
+
+    # -- commands -----------------------------------------------------------
+    def cli(self, *args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([PY, "-m", *args], capture_output=True, text=True, timeout=timeout, check=False)
+        if check and res.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({res.returncode}): {res.stderr or res.stdout}")
+        return res
+
+    def manager(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cli("cli.ha_manager", "--cluster", str(self.dir), *args, check=check)
+
+    def add_service(self, sid: str, node: str, *extra: str, cmd: str | None = None) -> int:
+        port = free_port()
+        self.ports[sid] = port
+        cmd = cmd or f"{PY} -m agents.demo_service --port {port} --markers {self.markers}"
+        self.manager("add", sid, "--node", node, "--cmd", cmd, "--check-tcp", f"127.0.0.1:{port}", *extra)
+        return port
+
+    def up(self, *nodes: str) -> None:
+        self.cli("cli.ha_cluster", "up", str(self.dir), *nodes)
+
+    def kill(self, node: str) -> None:
+        self.cli("cli.ha_cluster", "kill", str(self.dir), node)
+
+    def stop(self, node: str, kind: str = "shutdown", timeout: float = 60) -> None:
+        self.cli("cli.ha_cluster", "stop", str(self.dir), node, "--kind", kind, "--timeout", str(timeout))
+
+    def pid(self, node: str, what: str = "ha-node") -> int | None:
+        try:
+            return int((self.dir / "run" / node / f"{what}.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def signal(self, node: str, sig: int) -> None:
+        pid = self.pid(node)
+        assert pid is not None, f"{node} is not running"
+        os.kill(pid, sig)
+
+    # -- observations ----------------------------------------------------------
+    def ask(self, sid: str) -> dict[str, object] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[sid]}/", timeout=0.3) as r:
+                data = json.loads(r.read())
+                return data if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def serving_node(self, sid: str) -> str | None:
+        ans = self.ask(sid)
+        return str(ans["node"]) if ans else None
+
+    def wait_serving(
+        self, sid: str, timeout: float = 30, *, on: str | None = None, not_on: str | None = None
+    ) -> str:
+        def ok() -> str | None:
+            n = self.serving_node(sid)
+            if n is None or (on is not None and n != on) or (not_on is not None and n == not_on):
+                return None
+            return n
+
+        return str(wait_for(ok, timeout, f"{sid} answering" + (f" on {on}" if on else "") +
+                            (f" not on {not_on}" if not_on else "")))  # fmt: skip
+
+    def manager_status(self) -> ManagerStatus:
+        store = DirStore(self.dir / "store")
+        try:
+            return read_manager_status(store)[0]
+        finally:
+            store.close()
+
+    def service_state(self, sid: str) -> tuple[str | None, str | None]:
+        sd = self.manager_status().service_status.get(sid)
+        return (sd.state, sd.node) if sd else (None, None)
+
+    def wait_state(self, sid: str, state: str, timeout: float = 30, node: str | None = None) -> None:
+        def ok() -> bool:
+            st, n = self.service_state(sid)
+            return st == state and (node is None or n == node)
+
+        wait_for(ok, timeout, f"{sid} in state {state}" + (f" on {node}" if node else ""))
+
+    def log(self, node: str) -> str:
+        try:
+            return (self.dir / "logs" / f"{node}.log").read_text()
+        except FileNotFoundError:
+            return ""
+
+    def overlaps(self) -> list[str]:
+        return find_overlaps(self.markers) if self.markers.exists() else []
+
+    def copies(self, sid: str) -> list[tuple[str, int]]:
+        copies, _ = read_copies(self.markers)
+        return [(c.node, c.pid) for c in copies.get(sid, [])]
+
+    def close(self) -> None:
+        self.cli("cli.ha_cluster", "down", str(self.dir), "--timeout", "20", check=False)
+        # whatever survived (a test that stopped a process with SIGSTOP): kill it for good
+        for n in self.nodes:
+            for what in ("ha-node", "ha-watchdog"):
+                pid = self.pid(n, what)
+                if pid is not None:
+                    for sig in (signal.SIGCONT, signal.SIGKILL):
+                        try:
+                            os.kill(pid, sig)
+                        except ProcessLookupError:
+                            break
+        self.cli("cli.ha_cluster", "down", str(self.dir), "--timeout", "5", check=False)
