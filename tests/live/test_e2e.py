@@ -84,8 +84,11 @@ def test_hung_daemon_is_fenced_by_its_watchdog(cluster: LiveCluster) -> None:
     cluster.wait_serving("proc:a", 30, not_on="node3")
     wd_log = (cluster.dir / "logs" / "node3.watchdog.log").read_text()
     assert "FIRING: no pet" in wd_log
-    wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
-             10, "the hung daemon to be killed")  # fmt: skip
+    def gone() -> bool:
+        stat = Path(f"/proc/{pid}/stat")
+        return not stat.exists() or stat.read_text().split()[2] == "Z"
+
+    wait_for(gone, 10, "the hung daemon to be killed")
 
 
 def test_lrm_restart_freezes_and_keeps_services_running(cluster: LiveCluster) -> None:
