@@ -84,6 +84,7 @@ def test_hung_daemon_is_fenced_by_its_watchdog(cluster: LiveCluster) -> None:
     cluster.wait_serving("proc:a", 30, not_on="node3")
     wd_log = (cluster.dir / "logs" / "node3.watchdog.log").read_text()
     assert "FIRING: no pet" in wd_log
+
     def gone() -> bool:
         stat = Path(f"/proc/{pid}/stat")
         return not stat.exists() or stat.read_text().split()[2] == "Z"
