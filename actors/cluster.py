@@ -37,6 +37,8 @@ class ClusterConfig:
     cgroups: bool = True
     # node name -> network namespace the node runs in (partition tests), optional
     netns: dict[str, str] = field(default_factory=dict)
+    # what ``ha-cluster init --netns`` created (cli/netns.py), for partition/heal/destroy
+    network: dict[str, Any] | None = None
 
     # -- paths ----------------------------------------------------------------
     @property
@@ -97,6 +99,7 @@ class ClusterConfig:
             "command_timeout": self.command_timeout,
             "cgroups": self.cgroups,
             "netns": dict(self.netns),
+            "network": self.network,
         }
 
     def save(self) -> None:
@@ -140,6 +143,7 @@ class ClusterConfig:
             command_timeout=float(data.get("command_timeout", 60.0)),
             cgroups=bool(data.get("cgroups", True)),
             netns={str(k): str(v) for k, v in (data.get("netns") or {}).items()},
+            network=data.get("network") if isinstance(data.get("network"), dict) else None,
         )
         if cfg.max_workers < 1:
             raise ConfigError("max_workers must be >= 1", str(path))

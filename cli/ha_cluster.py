@@ -27,6 +27,7 @@ import click
 from actors.cluster import ClusterConfig
 from actors.node import SHUTDOWN_FILE, _cgroup_root
 from bus.keys import generate
+from cli import netns as netns_mod
 from ha.errors import HaError
 from store.dirstore import DirStore
 from store.records import DATACENTER_CFG, RESOURCES_CFG
@@ -100,6 +101,7 @@ def main() -> None:
 @click.option("--timing", "timing_kv", multiple=True, help="Override a timing setting, e.g. lease_ttl=6.")
 @click.option("--no-cgroups", is_flag=True, help="Use process groups only for services.")
 @click.option("--force", is_flag=True, help="Overwrite an existing cluster.json.")
+@click.option("--netns", is_flag=True, help="Each node in its own network namespace (root; partition tests).")
 def init(
     directory: str,
     count: int,
@@ -109,6 +111,7 @@ def init(
     timing_kv: tuple[str, ...],
     no_cgroups: bool,
     force: bool,
+    netns: bool,
 ) -> None:
     """Create a cluster in DIRECTORY."""
     root = Path(directory).resolve()
@@ -127,13 +130,24 @@ def init(
         raise AssertionError from None
     names = [f"node{i}" for i in range(1, count + 1)]
     ports = [base_port + i for i in range(count)] if base_port else free_ports(count)
+    endpoints = {n: f"tcp://127.0.0.1:{port}" for n, port in zip(names, ports, strict=True)}
+    network = None
+    if netns:
+        network = netns_mod.plan(str(root), names)
+        try:
+            netns_mod.create(network)
+        except netns_mod.NetnsError as e:
+            fail(f"cannot create network namespaces: {e}")
+        endpoints = {n: f"tcp://{network.nodes[n].address}:7100" for n in names}
     c = ClusterConfig(
         root=root,
         cluster=name,
-        nodes={n: f"tcp://127.0.0.1:{port}" for n, port in zip(names, ports, strict=True)},
+        nodes=endpoints,
         curve=not no_curve,
         timing=timing,
         cgroups=not no_cgroups,
+        netns={n: v.ns for n, v in network.nodes.items()} if network else {},
+        network=network.to_dict() if network else None,
     )
     for d in (c.store_dir, c.keys_dir, c.state_dir, root / "logs", root / "run"):
         d.mkdir(parents=True, exist_ok=True)
@@ -287,6 +301,52 @@ def down(directory: str, timeout: float) -> None:
     if left:
         fail(f"{len(left)} node(s) had to be killed after {timeout:g}s")
     click.echo("down")
+
+
+def network_of(c: ClusterConfig) -> netns_mod.Network:
+    if c.network is None:
+        fail("this cluster has no network namespaces (create it with 'init --netns')", EXIT_BAD_INPUT)
+        raise AssertionError
+    return netns_mod.Network.from_dict(c.network)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("node")
+def partition(directory: str, node: str) -> None:
+    """Cut NODE off the network (its veth goes down)."""
+    c = load(directory)
+    if node not in c.nodes:
+        fail(f"no such node '{node}'", EXIT_BAD_INPUT)
+    netns_mod.partition(network_of(c), node)
+    click.echo(f"{node} partitioned")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("node")
+def heal(directory: str, node: str) -> None:
+    """Reconnect NODE."""
+    c = load(directory)
+    if node not in c.nodes:
+        fail(f"no such node '{node}'", EXIT_BAD_INPUT)
+    netns_mod.heal(network_of(c), node)
+    click.echo(f"{node} healed")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+def destroy(directory: str) -> None:
+    """Stop everything and remove the cluster's network namespaces (the files stay)."""
+    c = load(directory)
+    for n in sorted(c.nodes):
+        pid = request_stop(c, n, "shutdown")
+        if pid is not None:
+            wait_gone([pid], 20)
+        kill_tree(c, n)
+    if c.network is not None:
+        netns_mod.destroy(netns_mod.Network.from_dict(c.network))
+    click.echo("destroyed")
 
 
 @main.command()

@@ -45,13 +45,21 @@ def wait_for(pred: Callable[[], object], timeout: float, what: str, step: float 
 
 class LiveCluster:
     def __init__(
-        self, root: Path, nodes: int = 3, *, policy: str = "conditional", extra_init: tuple[str, ...] = ()
-    ):
+        self, root: Path, nodes: int = 3, *, policy: str = "conditional", netns: bool = False
+    ) -> None:
         self.root = root
         self.dir = root / "cluster"
         self.markers = root / "markers"
         self.ports: dict[str, int] = {}
-        self.cli("cli.ha_cluster", "init", str(self.dir), "--nodes", str(nodes), *extra_init)
+        self.netns = netns
+        self.cli(
+            "cli.ha_cluster", "init", str(self.dir), "--nodes", str(nodes), *(["--netns"] if netns else [])
+        )
+        # where to reach a service: loopback, or each node's namespace address
+        self.hosts = ["127.0.0.1"]
+        if netns:
+            net = json.loads((self.dir / "cluster.json").read_text())["network"]
+            self.hosts = [v[3] for _, v in sorted(net["nodes"].items())]
         self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
         store = DirStore(self.dir / "store")
         try:
@@ -72,7 +80,8 @@ class LiveCluster:
     def add_service(self, sid: str, node: str, *extra: str, cmd: str | None = None) -> int:
         port = free_port()
         self.ports[sid] = port
-        cmd = cmd or f"{PY} -m agents.demo_service --port {port} --markers {self.markers}"
+        bind = "0.0.0.0" if self.netns else "127.0.0.1"
+        cmd = cmd or f"{PY} -m agents.demo_service --port {port} --bind {bind} --markers {self.markers}"
         self.manager("add", sid, "--node", node, "--cmd", cmd, "--check-tcp", f"127.0.0.1:{port}", *extra)
         return port
 
@@ -98,12 +107,15 @@ class LiveCluster:
 
     # -- observations ----------------------------------------------------------
     def ask(self, sid: str) -> dict[str, object] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[sid]}/", timeout=0.3) as r:
-                data = json.loads(r.read())
-                return data if isinstance(data, dict) else None
-        except (OSError, ValueError):
-            return None
+        for host in self.hosts:
+            try:
+                with urllib.request.urlopen(f"http://{host}:{self.ports[sid]}/", timeout=0.3) as r:
+                    data = json.loads(r.read())
+                    if isinstance(data, dict):
+                        return data
+            except (OSError, ValueError):
+                continue
+        return None
 
     def serving_node(self, sid: str) -> str | None:
         ans = self.ask(sid)
@@ -152,6 +164,12 @@ class LiveCluster:
         copies, _ = read_copies(self.markers)
         return [(c.node, c.pid) for c in copies.get(sid, [])]
 
+    def partition(self, node: str) -> None:
+        self.cli("cli.ha_cluster", "partition", str(self.dir), node)
+
+    def heal(self, node: str) -> None:
+        self.cli("cli.ha_cluster", "heal", str(self.dir), node)
+
     def close(self) -> None:
         self.cli("cli.ha_cluster", "down", str(self.dir), "--timeout", "20", check=False)
         # whatever survived (a test that stopped a process with SIGSTOP): kill it for good
@@ -165,3 +183,5 @@ class LiveCluster:
                         except ProcessLookupError:
                             break
         self.cli("cli.ha_cluster", "down", str(self.dir), "--timeout", "5", check=False)
+        if self.netns:
+            self.cli("cli.ha_cluster", "destroy", str(self.dir), check=False)

@@ -181,3 +181,30 @@ def test_services_added_and_removed_while_a_node_is_down(cluster: LiveCluster) -
     time.sleep(2)
     # no node priorities: a returning node does not pull services back (§5.9 step 8)
     assert cluster.serving_node("proc:a") == recovered_on
+
+
+def test_network_partition_minority_fences_itself_majority_recovers(tmp_path: Path) -> None:
+    c = LiveCluster(tmp_path, netns=True)
+    try:
+        start(c, {"proc:a": "node3", "proc:b": "node1"})
+        t0 = time.monotonic()
+        c.partition("node3")
+        # the cut-off node sees no majority: it stops petting and its watchdog fires
+        wait_for(lambda: "quorum lost" in c.log("node3"), 10, "node3 to lose quorum")
+        wait_for(
+            lambda: "FIRING" in (c.dir / "logs" / "node3.watchdog.log").read_text(),
+            15,
+            "node3's watchdog to fire",
+        )
+        c.wait_serving("proc:a", 30, not_on="node3")
+        assert time.monotonic() - t0 < 20
+        assert c.serving_node("proc:b") == "node1"  # the majority was never disturbed
+        ms = c.manager_status()
+        assert ms.master_node in ("node1", "node2")
+        assert "quorum lost" not in c.log("node1") and "quorum lost" not in c.log("node2")
+        c.heal("node3")
+        c.up("node3")
+        wait_for(lambda: c.manager_status().node_status.get("node3") == "online", 30, "node3 to rejoin")
+        assert c.overlaps() == []
+    finally:
+        c.close()
