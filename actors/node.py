@@ -51,7 +51,15 @@ from ha.env import ResourcePlugin
 from ha.errors import HaError
 from ha.records import LrmStatus, ManagerStatus
 from store.dirstore import DirStore
-from store.records import read_manager_status
+from store.records import (
+    CRM_COMMANDS,
+    DATACENTER_CFG,
+    GROUPS_CFG,
+    LOCATIONS,
+    RESOURCES_CFG,
+    RULES_CFG,
+    read_manager_status,
+)
 
 SHUTDOWN_FILE = "shutdown-request"
 
@@ -131,6 +139,8 @@ class NodeRuntime:
         self.bus.subscribe(self._on_bus)
         self.ticker = threading.Thread(target=self._tick_loop, name=f"ticker-{self.node}")
         self.ticker.start()
+        self.watcher = threading.Thread(target=self._watch_loop, name=f"store-watch-{self.node}")
+        self.watcher.start()
         self.log.info(f"node started (bus {self.bus.endpoint}, store {c.store_dir})")
 
     def _start_watchdog_process(self) -> None:
@@ -238,6 +248,25 @@ class NodeRuntime:
                 self._fatal(f"ha-watchdog exited ({self.watchdog_proc.returncode})")
                 return
             self.stopping.wait(c.pet_interval)
+
+    # records an administrator changes: the CRM acts on them at once, not at its next tick.
+    # (Only these: status records change every tick and are announced on the bus.)
+    ADMIN_RECORDS = frozenset({CRM_COMMANDS, RESOURCES_CFG, RULES_CFG, GROUPS_CFG, DATACENTER_CFG})
+
+    def _watch_loop(self, interval: float = 0.02) -> None:
+        token: str | None = None
+        while not self.stopping.wait(interval):
+            try:
+                changes = self.store.changed_since(token)
+            except HaError:
+                continue
+            first = token is None
+            token = changes.token
+            if first:
+                continue
+            names = changes.names
+            if names is None or names & self.ADMIN_RECORDS or any(n.startswith(LOCATIONS) for n in names):
+                self._poke(self.crm)
 
     def _exited(self, ev: Exited) -> None:
         """A daemon's loop ended (called on that daemon's thread)."""

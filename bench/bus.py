@@ -136,8 +136,9 @@ def _spawn(args: list[str]) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if PIN.get("server"):
         env["BENCH_PIN"] = ",".join(map(str, sorted(PIN["server"])))
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bus", *args], stdout=subprocess.PIPE, text=True,
-                            env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.bus", *args], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO
+    )
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
         proc.kill()
@@ -359,15 +360,23 @@ def main(argv: list[str]) -> int:
     result["seconds"] = round(time.monotonic() - started, 1)
 
     print(f"payload {args.size} B, {rounds} interleaved rounds")
-    print(f"raw pyzmq      : rtt p50 {result['raw_rtt_p50_us']} us, p99 {result['raw_rtt_p99_us']} us, "
-          f"{result['raw_msgs_per_s']} msgs/s")
-    print(f"bus            : rtt p50 {result['bus_rtt_p50_us']} us, p99 {result['bus_rtt_p99_us']} us, "
-          f"{result['bus_msgs_per_s']} msgs/s")
-    print(f"bus, via queue : rtt p50 {result['bus_queue_rtt_p50_us']} us, "
-          f"p99 {result['bus_queue_rtt_p99_us']} us (reply handed to another thread, like an actor)")
+    print(
+        f"raw pyzmq      : rtt p50 {result['raw_rtt_p50_us']} us, p99 {result['raw_rtt_p99_us']} us, "
+        f"{result['raw_msgs_per_s']} msgs/s"
+    )
+    print(
+        f"bus            : rtt p50 {result['bus_rtt_p50_us']} us, p99 {result['bus_rtt_p99_us']} us, "
+        f"{result['bus_msgs_per_s']} msgs/s"
+    )
+    print(
+        f"bus, via queue : rtt p50 {result['bus_queue_rtt_p50_us']} us, "
+        f"p99 {result['bus_queue_rtt_p99_us']} us (reply handed to another thread, like an actor)"
+    )
     if cur is not None:
-        print(f"bus + CURVE    : rtt p50 {result['bus_curve_rtt_p50_us']} us, "
-              f"p99 {result['bus_curve_rtt_p99_us']} us, {result['bus_curve_msgs_per_s']} msgs/s")
+        print(
+            f"bus + CURVE    : rtt p50 {result['bus_curve_rtt_p50_us']} us, "
+            f"p99 {result['bus_curve_rtt_p99_us']} us, {result['bus_curve_msgs_per_s']} msgs/s"
+        )
     print(f"bus/raw        : rtt x{result['rtt_ratio']}, throughput x{result['throughput_ratio']}")
     if args.json:
         print(json.dumps(result))

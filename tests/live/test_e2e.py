@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live.cluster import LiveCluster, wait_for
+from bench.livecluster import LiveCluster, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
