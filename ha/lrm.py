@@ -72,6 +72,8 @@ class LRM:
         self.state_change_time = env.get_time()
         self.mode: str = LrmMode.ACTIVE
         self.workers: dict[str, Job] = {}
+        # shutdown stop jobs waiting for a running job of the same service (see queue_resource_command)
+        self.after_running: dict[str, Job] = {}
         self.results: dict[str, LrmResult] = {}
         self.restart_tries: dict[str, int] = {}
         self.shutdown_request: float | None = None
@@ -419,6 +421,12 @@ class LRM:
         job = self.workers.get(sid)
         if job is not None:
             if job.started:
+                if uid is None:
+                    # A node-shutdown stop job is queued only once: it must not be lost
+                    # because a (status) command for the service happens to be running;
+                    # it runs as soon as that one finished. (The reference drops it; its
+                    # forked workers make this race rare, our worker pool does not.)
+                    self.after_running[sid] = Job(sid, uid, state, dict(params or {}))
                 return
             del self.workers[sid]
         self.workers[sid] = Job(sid, uid, state, dict(params or {}))
@@ -474,6 +482,9 @@ class LRM:
         job = self.workers.pop(sid, None)
         if job is None:
             return
+        waiting = self.after_running.pop(sid, None)
+        if waiting is not None:
+            self.workers[sid] = waiting
         exit_code = -1
         if status == -1:
             self.env.log("err", f"resource agent {sid} finished - failed to execute")
