@@ -14,6 +14,14 @@ Both sides use a server in a separate process and a client here:
 
 Raw frames carry the payload bytes alone; bus frames carry the same bytes as
 a field of an ApiRequest, inside the msgpack envelope, validated on arrival.
+By default the client process runs on one CPU and both servers on another
+(``--pin``): on a small machine the scheduler otherwise flips between putting
+the two ends on one core (cheap wake-ups) and on two (expensive ones), which
+moves every latency by a factor of up to four from run to run. Apart is the
+production shape (nodes are separate hosts); ``--pin 0/0`` measures the
+same-core case, ``--pin none`` leaves placement alone. Raw and bus rounds are
+interleaved so that whatever else the machine does hits both alike.
+
 The last line with --json is one JSON object.
 """
 
@@ -299,11 +307,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--serve-raw", type=int, help=argparse.SUPPRESS)
     p.add_argument("--serve-bus", help=argparse.SUPPRESS)
     p.add_argument("--keys", help=argparse.SUPPRESS)
-    p.add_argument("--pin", default="", help="client CPUs/server CPUs, e.g. 0/1 or 0/0")
+    p.add_argument("--pin", default="auto",
+                   help="CPU placement CLIENT/SERVER, e.g. 0/1 or 0/0; 'auto' = first two CPUs apart "
+                        "when there are two or more; 'none' = leave it to the scheduler")
     args = p.parse_args(argv)
     if os.environ.get("BENCH_PIN"):
         os.sched_setaffinity(0, {int(c) for c in os.environ["BENCH_PIN"].split(",")})
-    if args.pin:
+    if args.pin == "auto":
+        cpus = sorted(os.sched_getaffinity(0))
+        args.pin = f"{cpus[0]}/{cpus[1]}" if len(cpus) >= 2 else "none"
+    if args.pin != "none" and not (args.serve_raw or args.serve_bus):
         client_cpus, server_cpus = args.pin.split("/")
         PIN["server"] = {int(c) for c in server_cpus.split(",")}
         os.sched_setaffinity(0, {int(c) for c in client_cpus.split(",")})
@@ -359,7 +372,8 @@ def main(argv: list[str]) -> int:
     result["throughput_ratio"] = round(result["bus_msgs_per_s"] / result["raw_msgs_per_s"], 2)
     result["seconds"] = round(time.monotonic() - started, 1)
 
-    print(f"payload {args.size} B, {rounds} interleaved rounds")
+    result["pin"] = args.pin
+    print(f"payload {args.size} B, {rounds} interleaved rounds, CPUs client/server: {args.pin}")
     print(
         f"raw pyzmq      : rtt p50 {result['raw_rtt_p50_us']} us, p99 {result['raw_rtt_p99_us']} us, "
         f"{result['raw_msgs_per_s']} msgs/s"

@@ -10,6 +10,7 @@ from pathlib import Path
 import msgpack  # type: ignore[import-untyped]
 import pytest
 import zmq
+from loguru import logger
 from conftest import FAST, Cluster, Recorder, wait_until
 
 from bus.codec import Envelope
@@ -431,3 +432,41 @@ def test_raw_frames_with_wrong_framing_are_counted(make_cluster: MakeCluster) ->
     finally:
         ctx.destroy(linger=0)
     assert c.nodes["a"].rejected() == {"bad_framing": 1, "bad_envelope": 1, "malformed": 1}
+
+
+def test_two_nodes_with_tie_breaker(make_cluster: MakeCluster) -> None:
+    cfg = TransportConfig(heartbeat_interval=0.05, peer_timeout=0.3, tie_breaker=True)
+    c = make_cluster(2, config=cfg)
+    c.start()
+    wait_until(c.full_mesh)
+    c.stop("a")  # the lowest name leaves: b must not claim the cluster
+    wait_until(lambda: not c.nodes["b"].quorate)
+    assert c.recorders["b"].bodies(QuorumLost) == [QuorumLost("b", ("b",))]
+    c.make("a").start()
+    wait_until(lambda: c.nodes["b"].quorate)
+    c.stop("b")  # the other one leaves: a keeps quorum alone
+    wait_until(lambda: c.nodes["a"].peers_up() == frozenset())
+    assert c.nodes["a"].quorate
+
+
+def test_rejections_are_logged_at_most_once_per_peer_and_reason(make_cluster: MakeCluster) -> None:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
+    c = make_cluster(2, curve=False)
+    c.start("a")
+    ctx = zmq.Context()
+    try:
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.setsockopt(zmq.ROUTING_ID, b"b")
+        d.connect(c.membership.endpoint("a"))
+        for _ in range(200):
+            d.send(b"\xc1")
+        d.send(msgpack.packb([1]))
+        wait_until(lambda: sum(c.nodes["a"].rejected().values()) == 201)
+    finally:
+        ctx.destroy(linger=0)
+        logger.remove(sink)
+    rejected = [line for line in lines if "rejected frame from 'b'" in line]
+    assert len(rejected) == 2  # one per (peer, reason), not 201
+    assert c.nodes["a"].rejected() == {"malformed": 200, "bad_envelope": 1}
