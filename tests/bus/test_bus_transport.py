@@ -10,8 +10,8 @@ from pathlib import Path
 import msgpack  # type: ignore[import-untyped]
 import pytest
 import zmq
-from loguru import logger
 from conftest import FAST, Cluster, Recorder, wait_until
+from loguru import logger
 
 from bus.codec import Envelope
 from bus.errors import BusError, ConfigError, UnknownPeerError
