@@ -49,7 +49,7 @@ def setup() -> tuple[PoolEnv, FakePool, LRM]:
 
 
 def test_commands_run_in_the_pool_and_results_are_collected_later() -> None:
-    env, pool, lrm = setup()
+    _env, pool, lrm = setup()
     assert lrm.do_one_iteration()
     assert [(j.sid, j.uid, j.state) for j in pool.started] == [("vm:100", "u1", "started")]
     assert lrm.results == {}
