@@ -201,6 +201,7 @@ class Transport:
         # Set up by the I/O thread in _open():
         self._router: zmq.Socket[bytes]
         self._links: dict[bytes, _Link] = {}
+        self._links_by_name: dict[str, _Link] = {}
         self._now = clock()  # the I/O thread's clock reading for the current batch
 
     # ------------------------------------------------------------------ API
@@ -228,7 +229,7 @@ class Transport:
         io = self._io_counts.copy()
         with self._tx_lock:
             parts = [self._tx_counts.copy()]
-        for link in list(self._links.values()):
+        for link in list(self._links_by_name.values()):
             with link.lock:
                 parts.append(link.counts.copy())
         for part in parts:
@@ -277,14 +278,14 @@ class Transport:
         (no connection to ``node``, transport stopped, backlog full); True
         means it was handed on, not that it arrived.
         """
+        link = self._links_by_name.get(node)
+        if link is not None:  # the hot path: a started transport, a peer
+            return self._send_link(link, self.codec.encode(self.node, next(self._ids), msg))
         node_b = node.encode()
         if node_b not in self._members_b:
             raise UnknownPeerError(node)
-        frame = self.codec.encode(self.node, next(self._ids), msg)
-        link = self._links.get(node_b)
-        if link is not None:
-            return self._send_link(link, frame)
-        return self._post(node_b, frame)  # ourselves (or not started: raises)
+        # Ourselves, or not started yet (then _post raises).
+        return self._post(node_b, self.codec.encode(self.node, next(self._ids), msg))
 
     def broadcast(self, msg: Message) -> bool:
         """Send ``msg`` to every other member (each copy at most once)."""
@@ -292,7 +293,7 @@ class Transport:
         if self._waker is None and not self._closed:
             raise BusError("transport not started")
         ok = True
-        for link in list(self._links.values()):
+        for link in list(self._links_by_name.values()):
             ok = self._send_link(link, frame) and ok
         return ok
 
@@ -425,7 +426,7 @@ class Transport:
         self._endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT)
         for peer in self.membership.others(self.node):
             d = ctx.socket(zmq.DEALER)
-            self._links[peer.name.encode()] = _Link(peer.name, d)
+            link = self._links[peer.name.encode()] = _Link(peer.name, d)  # registered for cleanup
             d.setsockopt(zmq.LINGER, 0)
             # SAFETY (honest reachability): only queue onto a completed
             # connection. Without IMMEDIATE, frames for a down peer pile up
@@ -449,6 +450,8 @@ class Transport:
             link_events = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             self._monitors[d.get_monitor_socket(link_events)] = (d, peer.name)
             d.connect(peer.endpoint)
+            # Only a fully configured socket becomes visible to sender threads.
+            self._links_by_name[peer.name] = link
         self._poller = zmq.Poller()
         self._poller.register(r, zmq.POLLIN)
         assert self._waker is not None
