@@ -32,15 +32,31 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
-from actors.api import CLIENT_KEY_PREFIX, ROLE_ADMIN, ROLES
 from actors.cluster import ClusterConfig
-from bus.errors import KeyFileError
-from bus.keys import generate, load_secret
-from store.admin import EXIT_FORBIDDEN, EXIT_UNREACHABLE, EXIT_USAGE, REASONS
 
+# Kept light on purpose (no actors.api / store.admin import: every CLI call pays the
+# import time); tests/cli check these equal the server's constants.
 PROTOCOL_VERSION = 1
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_REFUSED = 4
+EXIT_CONFLICT = 5
+EXIT_UNREACHABLE = 6
+EXIT_FORBIDDEN = 7
+REASONS = {
+    EXIT_FAILED: "internal",
+    EXIT_USAGE: "usage",
+    EXIT_NOT_FOUND: "not_found",
+    EXIT_REFUSED: "refused",
+    EXIT_CONFLICT: "conflict",
+    EXIT_UNREACHABLE: "unreachable",
+    EXIT_FORBIDDEN: "forbidden",
+}
+ROLE_ADMIN = "admin"
+ROLES = ("admin", "readonly")
+CLIENT_KEY_PREFIX = "client."
 ENV_KEY = "PYHA_KEY"
 ENV_NODE = "PYHA_NODE"
 READ_OPS = frozenset({"info", "status", "config", "groups", "rules"})
@@ -79,6 +95,9 @@ def client_keys_dir(cluster: ClusterConfig, role: str) -> Path:
 
 def generate_client_key(cluster: ClusterConfig, name: str, role: str, *, force: bool = False) -> Path:
     """Create ``keys/clients/<role>/<name>.key[_secret]``; nodes accept it after their next start."""
+    from bus.errors import KeyFileError  # noqa: PLC0415 - rare path, keep CLI start-up light
+    from bus.keys import generate  # noqa: PLC0415
+
     if role not in ROLES:
         raise ApiError(f"role must be one of {', '.join(ROLES)}", EXIT_USAGE)
     try:
@@ -115,22 +134,38 @@ def load_client_key(cluster: ClusterConfig, key: str | None = None, role: str | 
     path, r = candidates[0]
     name = path.name.removesuffix(".key_secret")
     try:
-        public, secret = load_secret(path.parent, name)
-    except KeyFileError as e:
-        raise ApiError(str(e), EXIT_FORBIDDEN) from None
-    return ClientKey(name, r, public, secret, path)
+        mode = path.stat().st_mode & 0o777
+    except OSError as e:
+        raise ApiError(f"cannot read client key {path}: {e.strerror}", EXIT_FORBIDDEN) from None
+    if mode & 0o077:
+        raise ApiError(f"{path} is accessible by group/others (mode {mode:o}); chmod 600", EXIT_FORBIDDEN)
+    keys = _read_key_file(path, EXIT_FORBIDDEN)
+    if "secret" not in keys:
+        raise ApiError(f"{path}: no secret-key line", EXIT_FORBIDDEN)
+    return ClientKey(name, r, keys["public"], keys["secret"], path)
+
+
+def _read_key_file(path: Path, code: int) -> dict[str, bytes]:
+    """The ``public-key``/``secret-key`` lines of a zmq certificate file (bus/keys.py format)."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ApiError(f"cannot read {path}: {e}", code) from None
+    out: dict[str, bytes] = {}
+    for line in text.splitlines():
+        k, eq, v = line.strip().partition("=")
+        k = k.strip()
+        if eq and k in ("public-key", "secret-key"):
+            value = v.strip().strip('"')
+            if len(value) == 40:
+                out[k.removesuffix("-key")] = value.encode("ascii")
+    if "public" not in out:
+        raise ApiError(f"{path}: no public-key line", code)
+    return out
 
 
 def server_key(cluster: ClusterConfig, node: str) -> bytes:
-    path = cluster.keys_dir / f"{node}.key"
-    try:
-        for line in path.read_text(encoding="ascii").splitlines():
-            k, eq, v = line.strip().partition("=")
-            if eq and k.strip() == "public-key":
-                return v.strip().strip('"').encode("ascii")
-    except OSError as e:
-        raise ApiError(f"cannot read {path}: {e.strerror}", EXIT_UNREACHABLE) from None
-    raise ApiError(f"{path}: no public key", EXIT_UNREACHABLE)
+    return _read_key_file(cluster.keys_dir / f"{node}.key", EXIT_UNREACHABLE)["public"]
 
 
 class _Conn:
@@ -165,8 +200,9 @@ class _Conn:
         return True
 
     def _event(self) -> None:
-        ev = recv_monitor_message(self.mon)
-        kind = ev["event"]
+        # a monitor message: [uint16 event, uint32 value] + [endpoint]
+        frames = self.mon.recv_multipart()
+        kind = int.from_bytes(frames[0][:2], "little")
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.up = True
         elif kind == zmq.EVENT_DISCONNECTED:

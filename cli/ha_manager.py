@@ -1,10 +1,15 @@
-"""``ha-manager``: the administrator's command (BEHAVIOUR.md §8).
+"""``ha-manager``: the administrator's command (BEHAVIOUR.md §8, docs/CLI.md).
 
-This version works on the cluster's store directly (``--cluster DIR`` or
-``$PYHA_CLUSTER``); every edit is validated, atomic and digest-checked
-(``store/admin.py``). Exit codes: 0 ok, 2 bad usage or value, 3 unknown
-resource/node, 4 refused in the current state, 5 concurrent change,
-6 cluster unreachable.
+A client of the node API (docs/API.md): it connects to a node of the cluster
+given by ``--cluster DIR`` (or ``$PYHA_CLUSTER``), tries the other nodes when
+one does not answer, and gives up after a timeout. When no node of the
+cluster runs at all, commands work on the stopped cluster's store directly
+(``--offline`` forces that), with the same validation.
+
+Exit codes: 0 ok, 1 internal error, 2 bad usage or value, 3 unknown
+resource/node/group/rule, 4 refused in the current state, 5 concurrent
+change (digest), 6 cluster unreachable or without quorum, 7 permission
+denied (read-only key). Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,150 +17,365 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
 from actors.cluster import ClusterConfig
+from cli.api_client import (
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    ROLES,
+    ApiClient,
+    ApiError,
+    generate_client_key,
+    load_client_key,
+)
 from ha.errors import HaError
-from ha.status import perl_pretty_json, status_lines
-from store import admin
-from store.admin import AdminError
-from store.dirstore import DirStore
 
 ENV_CLUSTER = "PYHA_CLUSTER"
+ENV_OFFLINE = "PYHA_OFFLINE"
+OUTPUT_FORMATS = ("text", "json", "json-pretty")
+RULE_TYPES = ("node-affinity", "resource-affinity")
 
 
-def die(msg: str, code: int) -> None:
+def die(msg: str, code: int, details: Sequence[str] = ()) -> NoReturn:
     click.echo(f"ha-manager: {msg}", err=True)
+    for d in details:
+        click.echo(f"  {d}", err=True)
     sys.exit(code)
 
 
-class Ctx:
-    def __init__(self, cluster_dir: str | None) -> None:
-        path = cluster_dir or os.environ.get(ENV_CLUSTER)
-        if not path:
-            die(f"no cluster given (use --cluster DIR or set ${ENV_CLUSTER})", admin.EXIT_USAGE)
-        try:
-            self.cluster = ClusterConfig.load(str(path))
-        except HaError as e:
-            die(str(e), admin.EXIT_UNREACHABLE)
-        self.nodes = sorted(self.cluster.nodes)
+# -- backends ---------------------------------------------------------------------------------
 
-    @contextmanager
-    def store(self) -> Iterator[DirStore]:
+
+class Backend(Protocol):
+    node: str | None
+
+    def call(self, op: str, args: Mapping[str, Any] | None = None) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """The stopped cluster's store, through the same operations the nodes serve."""
+
+    def __init__(self, cluster: ClusterConfig) -> None:
+        from actors.api import ApiOps  # noqa: PLC0415 - only for the offline path
+        from store.dirstore import DirStore  # noqa: PLC0415
+
+        self.store = DirStore(cluster.store_dir)
+        self.node: str | None = None
+        self.ops = ApiOps(
+            os.uname().nodename, sorted(cluster.nodes), self.store, lambda: False,
+            cluster=cluster.cluster, endpoints=cluster.nodes, require_quorum=False,
+        )  # fmt: skip
+
+    def call(self, op: str, args: Mapping[str, Any] | None = None) -> Any:
+        from store.admin import AdminError  # noqa: PLC0415
+
         try:
-            store = DirStore(self.cluster.store_dir)
-        except (HaError, OSError) as e:
-            die(f"cannot open the cluster store: {e}", admin.EXIT_UNREACHABLE)
-            raise AssertionError from None
-        try:
-            yield store
+            return self.ops.call(op, dict(args or {}))
         except AdminError as e:
-            die(str(e), e.code)
+            raise ApiError(str(e), e.code, e.reason, e.details) from None
         except HaError as e:
-            die(str(e), admin.EXIT_UNREACHABLE)
-        finally:
-            store.close()
+            raise ApiError(str(e), EXIT_UNREACHABLE) from None
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def cluster_running(cluster: ClusterConfig) -> bool:
+    """Does any node process of this (local) cluster run? (``run/<node>/ha-node.pid``)"""
+    return any(_alive(cluster.run_dir(n) / "ha-node.pid") for n in cluster.nodes)
+
+
+class Ctx:
+    """What every command needs: the cluster and a backend, both made on first use."""
+
+    def __init__(
+        self,
+        cluster_dir: str | None,
+        node: str | None = None,
+        timeout: float = 5.0,
+        key: str | None = None,
+        role: str | None = None,
+        offline: bool = False,
+    ) -> None:
+        self.cluster_dir = cluster_dir or os.environ.get(ENV_CLUSTER)
+        self.prefer = node
+        self.timeout = timeout
+        self.key = key
+        self.role = role
+        self.offline = offline or os.environ.get(ENV_OFFLINE, "") not in ("", "0")
+        self._cluster: ClusterConfig | None = None
+        self._backend: Backend | None = None
+        self.interactive = False  # set by the shell: errors must not end the session
+
+    @property
+    def cluster(self) -> ClusterConfig:
+        if self._cluster is None:
+            if not self.cluster_dir:
+                die(f"no cluster given (use --cluster DIR or set ${ENV_CLUSTER})", EXIT_USAGE)
+            try:
+                self._cluster = ClusterConfig.load(str(self.cluster_dir))
+            except HaError as e:
+                die(str(e), EXIT_UNREACHABLE)
+        return self._cluster
+
+    @property
+    def nodes(self) -> list[str]:
+        return sorted(self.cluster.nodes)
+
+    def backend(self) -> Backend:
+        if self._backend is None:
+            c = self.cluster
+            try:
+                if self.offline or not cluster_running(c):
+                    self._backend = LocalBackend(c)
+                else:
+                    key = load_client_key(c, self.key, self.role) if c.curve else None
+                    self._backend = ApiClient(c, key=key, prefer=self.prefer, timeout=self.timeout)
+            except ApiError as e:
+                die(e.message, e.code, e.details)
+            except (HaError, OSError) as e:
+                die(f"cannot open the cluster: {e}", EXIT_UNREACHABLE)
+        return self._backend
+
+    def call(self, op: str, args: Mapping[str, Any] | None = None) -> Any:
+        try:
+            return self.backend().call(op, args)
+        except ApiError as e:
+            die(e.message, e.code, e.details)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--cluster", "cluster_dir", type=click.Path(file_okay=False), help=f"Cluster dir (or ${ENV_CLUSTER})."
-)
-@click.pass_context
-def main(ctx: click.Context, cluster_dir: str | None) -> None:
-    """Manage HA resources: status, add/set/remove, migrate/relocate, crm commands."""
-    ctx.obj = Ctx(cluster_dir)
+# -- completion -------------------------------------------------------------------------------
 
 
-@main.command()
-@click.option("--verbose", is_flag=True, help="Also print the full cluster state as JSON.")
-@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@pass_ctx
-def status(c: Ctx, verbose: bool, output_format: str) -> None:
-    """Show the cluster's HA status."""
-    with c.store() as store:
-        snap = admin.snapshot(store, c.nodes)
-    now = time.time()
-    # This client is no cluster member: it calls the cluster quorate while the master's
-    # status is fresh (the API answers with the serving node's own view).
-    ts = snap.ms.timestamp
-    quorate = ts is not None and now - ts <= 30
-    node = os.uname().nodename
-    lines = status_lines(node=node, quorate=quorate, ms=snap.ms, lrm=snap.lrm, conf=snap.conf, now=now,
-                         fmt_time=time.ctime)  # fmt: skip
-    if output_format == "json":
-        click.echo(json.dumps([ln.to_dict() for ln in lines], indent=2))
-        return
-    for ln in lines:
-        click.echo(ln.text())
-    if verbose:
-        full = {
-            "lrm_status": {n: (s.to_dict() if s else None) for n, s in snap.lrm.items()},
-            "manager_status": snap.ms.to_dict(),
-            "quorum": {"node": node, "quorate": "1" if quorate else "0"},
-        }
-        click.echo("full cluster state:")
-        click.echo(perl_pretty_json(full))
+def _completion_ctx(ctx: click.Context) -> Ctx | None:
+    root = ctx.find_root()
+    if isinstance(root.obj, Ctx):
+        return root.obj
+    p = root.params
+    return Ctx(p.get("cluster_dir"), p.get("node"), timeout=1.0, key=p.get("key"), role=p.get("role"))
 
 
-@main.command()
-@click.option("--type", "rtype", help="Only resources of this type.")
-@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@pass_ctx
-def config(c: Ctx, rtype: str | None, output_format: str) -> None:
-    """List the configured resources."""
-    with c.store() as store:
-        conf, digest = admin.read_config(store)
-    items = [cd for sid, cd in sorted(conf.services.items()) if rtype is None or cd.type == rtype]
-    if output_format == "json":
-        out = []
-        for cd in items:
-            d: dict[str, object] = {
-                "sid": cd.sid, "type": cd.type, "node": cd.node, "state": cd.state,
-                "max_restart": cd.max_restart, "max_relocate": cd.max_relocate, "failback": int(cd.failback),
-                **cd.extra,
-            }  # fmt: skip
-            if cd.group is not None:
-                d["group"] = cd.group
-            if cd.comment is not None:
-                d["comment"] = cd.comment
-            out.append(d)
-        click.echo(json.dumps({"digest": digest, "resources": out}, indent=2))
-        return
-    for cd in items:
-        click.echo(cd.sid)
-        props = {
-            "node": cd.node, "state": cd.state, "max_restart": str(cd.max_restart),
-            "max_relocate": str(cd.max_relocate), "failback": str(int(cd.failback)), **cd.extra,
-        }  # fmt: skip
-        if cd.group is not None:
-            props["group"] = cd.group
-        if cd.comment is not None:
-            props["comment"] = cd.comment
-        for k in sorted(props):
-            click.echo(f"\t{k} {props[k]}")
-        click.echo("")
+def _complete(
+    fetch: Callable[[Ctx], list[str]],
+) -> Callable[[click.Context, click.Parameter, str], list[Any]]:
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        c = _completion_ctx(ctx)
+        if c is None:
+            return []
+        try:
+            values = fetch(c)
+        except (SystemExit, Exception):  # completion never fails loudly
+            return []
+        return [CompletionItem(v) for v in values if v.startswith(incomplete)]
 
+    return complete
+
+
+def _sids(c: Ctx) -> list[str]:
+    return [r["sid"] for r in c.call("config").get("resources", [])]
+
+
+def _groups(c: Ctx) -> list[str]:
+    return [g["group"] for g in c.call("groups").get("groups", [])]
+
+
+def _rules(c: Ctx) -> list[str]:
+    return [r["rule"] for r in c.call("rules").get("rules", [])]
+
+
+complete_sid = _complete(_sids)
+complete_node = _complete(lambda c: c.nodes)
+complete_group = _complete(_groups)
+complete_rule = _complete(_rules)
+
+
+# -- output -------------------------------------------------------------------------------------
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def output_options(f: F) -> F:
+    f = click.option("--noheader", is_flag=True, help="Tables: no header line.")(f)
+    f = click.option("--noborder", is_flag=True, help="Tables: no borders.")(f)
+    return click.option(
+        "--output-format", type=click.Choice(OUTPUT_FORMATS), default="text", show_default=True
+    )(f)
+
+
+def emit_json(data: Any, fmt: str) -> None:
+    if fmt == "json-pretty":
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo(json.dumps(data, sort_keys=True, separators=(",", ":")))
+
+
+def table(rows: list[dict[str, Any]], cols: list[str], noborder: bool = False, noheader: bool = False) -> str:
+    """A text table like the reference's ``--output-format text`` (box borders unless --noborder)."""
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    lines: list[str] = []
+    if noborder:
+        if not noheader:
+            lines.append(" ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
+        lines += [" ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+        return "\n".join(lines)
+
+    def rule(left: str, mid: str, right: str, fill: str) -> str:
+        return left + mid.join(fill * (w + 2) for w in widths) + right
+
+    lines.append(rule("┌", "┬", "┐", "─"))
+    if not noheader:
+        lines.append("│" + "│".join(f" {c.ljust(w)} " for c, w in zip(cols, widths, strict=True)) + "│")
+        lines.append(rule("╞", "╪", "╡", "═"))
+    for i, row in enumerate(cells):
+        lines.append("│" + "│".join(f" {v.ljust(w)} " for v, w in zip(row, widths, strict=True)) + "│")
+        if i < len(cells) - 1:
+            lines.append(rule("├", "┼", "┤", "─"))
+    lines.append(rule("└", "┴", "┘", "─"))
+    return "\n".join(lines)
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option(
+    "--cluster", "cluster_dir", type=click.Path(file_okay=False), help=f"Cluster dir (or ${ENV_CLUSTER})."
+)
+@click.option("--node", shell_complete=complete_node, help="Ask this node first (or $PYHA_NODE).")
+@click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True,
+              help="Seconds to wait for a node's answer.")  # fmt: skip
+@click.option(
+    "--key", type=click.Path(dir_okay=False), help="Client key (.key_secret) to use (or $PYHA_KEY)."
+)
+@click.option("--role", type=click.Choice(ROLES), help="Use the first client key of this role.")
+@click.option(
+    "--offline", is_flag=True, help=f"Work on the store of a stopped cluster (or ${ENV_OFFLINE}=1)."
+)
+@click.version_option("1", "--version", message="ha-manager (pyha) API version %(version)s")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    cluster_dir: str | None,
+    node: str | None,
+    timeout: float,
+    key: str | None,
+    role: str | None,
+    offline: bool,
+) -> None:
+    """Manage HA resources: status, configuration, service and crm commands."""
+    if ctx.obj is None:  # the shell passes its own, long-lived Ctx
+        ctx.obj = Ctx(cluster_dir, node, timeout, key, role, offline)
+        ctx.call_on_close(ctx.obj.close)
+
+
+# -- status and config ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--verbose", is_flag=True, help="Also print the full cluster state as JSON.")
+@click.option("--watch", is_flag=True, help="Live view of nodes, services and events (Ctrl-C ends).")
+@click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
+              help="--watch: refresh interval in seconds.")  # fmt: skip
+@click.option("--duration", type=click.FloatRange(0, None), help="--watch: stop after this many seconds.")
+@output_options
+@pass_ctx
+def status(
+    c: Ctx,
+    verbose: bool,
+    watch: bool,
+    interval: float,
+    duration: float | None,
+    output_format: str,
+    noborder: bool,
+    noheader: bool,
+) -> None:
+    """Show the cluster's HA status."""
+    if watch:
+        from cli.watch import run_watch  # noqa: PLC0415 - rich is only needed here
+
+        backend = c.backend()
+        if not isinstance(backend, ApiClient):
+            die("--watch needs a running cluster", EXIT_UNREACHABLE)
+        sys.exit(run_watch(backend, interval=interval, duration=duration))
+    res = c.call("status", {"verbose": True} if verbose else {})
+    if output_format != "text":
+        emit_json(res, output_format)
+        return
+    for ln in res["lines"]:
+        click.echo(ln["text"])
+    if verbose:
+        click.echo("full cluster state:")
+        click.echo(res["full_text"])
+
+
+_HIDDEN_KEYS = {"digest", "sid", "type", "errors", "name"}
+
+
+@main.command()
+@click.option("--type", "rtype", help="Only resources of this type (vm, ct, proc, ocf, ...).")
+@output_options
+@pass_ctx
+def config(c: Ctx, rtype: str | None, output_format: str, noborder: bool, noheader: bool) -> None:
+    """List the configured resources."""
+    res = c.call("config", {"type": rtype} if rtype else {})
+    for e in res.get("property_errors", []):
+        click.echo(f"error: property '{e['property']}' - {e['message']} ({e['sid']})", err=True)
+    for e in res.get("errors", []):
+        click.echo(f"error: {e}", err=True)
+    if output_format != "text":
+        emit_json(res, output_format)
+        return
+    for r in res["resources"]:
+        click.echo(r["sid"])
+        for k in sorted(r):
+            if k not in _HIDDEN_KEYS:
+                click.echo(f"\t{k} {r[k]}")
+        click.echo("")
+
+
+# -- resources --------------------------------------------------------------------------------------
+
+
 def _resource_options(f: F) -> F:
     opts = [
-        click.option("--state", type=click.Choice(["started", "stopped", "disabled", "ignored", "enabled"])),
-        click.option("--group"),
-        click.option("--failback", type=click.Choice(["0", "1"])),
-        click.option("--max_restart", "--max-restart", "max_restart", type=click.IntRange(0)),
-        click.option("--max_relocate", "--max-relocate", "max_relocate", type=click.IntRange(0)),
-        click.option("--comment"),
+        click.option("--state", type=click.Choice(["started", "stopped", "disabled", "ignored", "enabled"]),
+                     help="Requested state."),
+        click.option("--group", shell_complete=complete_group, help="HA group (legacy)."),
+        click.option("--failback", type=click.Choice(["0", "1"]), help="Move back to the preferred node."),
+        click.option("--max_restart", "--max-restart", "max_restart", type=click.IntRange(0),
+                     help="Restarts on the same node before relocating."),
+        click.option("--max_relocate", "--max-relocate", "max_relocate", type=click.IntRange(0),
+                     help="Relocations before giving up."),
+        click.option("--comment", help="Free text."),
         click.option("--cmd", help="proc: the command line of the service"),
         click.option("--check-tcp", "check_tcp", help="proc: HOST:PORT that must accept connections"),
         click.option("--check-cmd", "check_cmd", help="proc: health check command (exit 0 = healthy)"),
@@ -164,71 +384,93 @@ def _resource_options(f: F) -> F:
         click.option("--env", help="proc: KEY=VALUE,... environment"),
         click.option("--agent", help="ocf: provider:type, e.g. heartbeat:Dummy"),
         click.option("--params", help="ocf: name=value ... parameters"),
-    ]
+        click.option("--monitor-timeout", "monitor_timeout", help="ocf: seconds for a monitor call"),
+    ]  # fmt: skip
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def _collect(kw: dict[str, object]) -> dict[str, str]:
+def _collect(kw: Mapping[str, object]) -> dict[str, str]:
     return {k: str(v) for k, v in kw.items() if v is not None}
+
+
+def _split(value: str | None) -> list[str]:
+    return [d.strip() for d in value.split(",") if d.strip()] if value else []
 
 
 @main.command()
 @click.argument("sid")
-@click.option("--node", required=True, help="Node the resource starts on.")
+@click.option("--node", required=True, shell_complete=complete_node, help="Node the resource starts on.")
+@click.option("--type", "rtype", help="Resource type for a bare id (default vm).")
 @_resource_options
 @pass_ctx
-def add(c: Ctx, /, sid: str, node: str, **kw: object) -> None:
-    """Put resource SID under HA management."""
-    with c.store() as store:
-        cd = admin.add(store, sid, {"node": node, **_collect(kw)}, c.nodes)
-    click.echo(f"added {cd.sid} on {cd.node} (state {cd.state})")
+def add(c: Ctx, /, sid: str, node: str, rtype: str | None, **kw: object) -> None:
+    """Put resource SID (TYPE:NAME, or a bare VMID) under HA management."""
+    if rtype is not None and ":" not in sid:
+        sid = f"{rtype}:{sid}"
+    c.call("add", {"sid": sid, "options": {"node": node, **_collect(kw)}})
 
 
 @main.command("set")
-@click.argument("sid")
+@click.argument("sid", shell_complete=complete_sid)
 @_resource_options
-@click.option("--delete", "delete", help="Comma-separated options to remove.")
+@click.option("--delete", "delete", help="Comma-separated options to reset/remove.")
 @click.option("--digest", help="Refuse if the configuration changed since this digest was read.")
 @pass_ctx
 def set_(c: Ctx, /, sid: str, delete: str | None, digest: str | None, **kw: object) -> None:
     """Change options of resource SID."""
-    dels = [d.strip() for d in delete.split(",") if d.strip()] if delete else []
-    with c.store() as store:
-        admin.set_options(store, sid, _collect(kw), dels, digest)
+    args: dict[str, Any] = {"sid": sid, "options": _collect(kw), "delete": _split(delete)}
+    if digest:
+        args["digest"] = digest
+    c.call("set", args)
 
 
 @main.command()
-@click.argument("sid")
+@click.argument("sid", shell_complete=complete_sid)
+@click.option("--purge", type=click.Choice(["0", "1"]), default="1", show_default=True,
+              help="Also remove SID from rules (and delete rules left empty).")  # fmt: skip
 @pass_ctx
-def remove(c: Ctx, sid: str) -> None:
-    """Remove resource SID from HA management."""
-    with c.store() as store:
-        admin.remove(store, sid)
+def remove(c: Ctx, sid: str, purge: str) -> None:
+    """Remove resource SID from HA management (the service itself is not touched)."""
+    c.call("remove", {"sid": sid, "purge": purge == "1"})
 
 
-def _queue(c: Ctx, line: str) -> None:
-    with c.store() as store:
-        admin.crm_command(store, line, c.nodes)
+# -- service and crm commands ------------------------------------------------------------------------
+
+
+def _move(c: Ctx, task: str, sid: str, node: str) -> None:
+    res = c.call(task, {"sid": sid, "node": node})
+    sid = res["command"].split()[1]
+    if res.get("blocking"):
+        click.echo(f"cannot {task} resource '{sid}' to node '{node}':", err=True)
+        for csid in res["blocking"]:
+            click.echo(
+                f"- resource '{csid}' on target node '{node}' in negative affinity with resource '{sid}'",
+                err=True,
+            )
+        sys.exit(4)
+    for csid in res.get("comigrated", []):
+        what = f"in positive affinity with resource '{sid}'"
+        click.echo(f"also {task} resource '{csid}' {what} to target node '{node}'")
 
 
 @main.command()
-@click.argument("sid")
-@click.argument("node")
+@click.argument("sid", shell_complete=complete_sid)
+@click.argument("node", shell_complete=complete_node)
 @pass_ctx
 def migrate(c: Ctx, sid: str, node: str) -> None:
     """Migrate SID to NODE (online where the type supports it)."""
-    _queue(c, f"migrate {admin.normalize_sid(sid)} {node}")
+    _move(c, "migrate", sid, node)
 
 
 @main.command()
-@click.argument("sid")
-@click.argument("node")
+@click.argument("sid", shell_complete=complete_sid)
+@click.argument("node", shell_complete=complete_node)
 @pass_ctx
 def relocate(c: Ctx, sid: str, node: str) -> None:
     """Relocate SID to NODE (stop, move, start)."""
-    _queue(c, f"relocate {admin.normalize_sid(sid)} {node}")
+    _move(c, "relocate", sid, node)
 
 
 @main.group("crm-command")
@@ -237,50 +479,287 @@ def crm_command() -> None:
 
 
 @crm_command.command("migrate")
-@click.argument("sid")
-@click.argument("node")
+@click.argument("sid", shell_complete=complete_sid)
+@click.argument("node", shell_complete=complete_node)
 @pass_ctx
 def crm_migrate(c: Ctx, sid: str, node: str) -> None:
-    _queue(c, f"migrate {admin.normalize_sid(sid)} {node}")
+    """Migrate SID to NODE."""
+    _move(c, "migrate", sid, node)
 
 
 @crm_command.command("relocate")
-@click.argument("sid")
-@click.argument("node")
+@click.argument("sid", shell_complete=complete_sid)
+@click.argument("node", shell_complete=complete_node)
 @pass_ctx
 def crm_relocate(c: Ctx, sid: str, node: str) -> None:
-    _queue(c, f"relocate {admin.normalize_sid(sid)} {node}")
+    """Relocate SID to NODE."""
+    _move(c, "relocate", sid, node)
 
 
 @crm_command.command("stop")
-@click.argument("sid")
+@click.argument("sid", shell_complete=complete_sid)
 @click.argument("timeout", type=click.IntRange(0))
 @pass_ctx
 def crm_stop(c: Ctx, sid: str, timeout: int) -> None:
     """Stop SID with TIMEOUT seconds (0 = hard stop)."""
-    _queue(c, f"stop {admin.normalize_sid(sid)} {timeout}")
+    c.call("crm_command", {"cmd": "stop", "sid": sid, "timeout": timeout})
 
 
 @crm_command.command("node-maintenance")
 @click.argument("action", type=click.Choice(["enable", "disable"]))
-@click.argument("node")
+@click.argument("node", shell_complete=complete_node)
 @pass_ctx
 def crm_maintenance(c: Ctx, action: str, node: str) -> None:
-    _queue(c, f"{action}-node-maintenance {node}")
+    """Put NODE into maintenance mode, or take it out."""
+    c.call("crm_command", {"cmd": f"{action}-node-maintenance", "node": node})
 
 
 @crm_command.command("disarm-ha")
 @click.argument("mode", type=click.Choice(["freeze", "ignore"]))
 @pass_ctx
 def crm_disarm(c: Ctx, mode: str) -> None:
-    _queue(c, f"disarm-ha {mode}")
+    """Release all watchdogs: services frozen (freeze) or unmanaged (ignore)."""
+    c.call("crm_command", {"cmd": "disarm-ha", "mode": mode})
 
 
 @crm_command.command("arm-ha")
 @pass_ctx
 def crm_arm(c: Ctx) -> None:
-    _queue(c, "arm-ha")
+    """Re-arm the HA stack after disarm-ha."""
+    c.call("crm_command", {"cmd": "arm-ha"})
+
+
+# -- groups (legacy) ------------------------------------------------------------------------------------
+
+
+def _group_options(f: F) -> F:
+    opts = [
+        click.option("--restricted", type=click.Choice(["0", "1"]), help="Only run on the group's nodes."),
+        click.option(
+            "--nofailback", type=click.Choice(["0", "1"]), help="Do not move back to higher priority."
+        ),
+        click.option("--comment", help="Free text."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@main.command()
+@output_options
+@pass_ctx
+def groupconfig(c: Ctx, output_format: str, noborder: bool, noheader: bool) -> None:
+    """List the HA groups (legacy; refused once groups were migrated to rules)."""
+    res = c.call("groups")
+    if res.get("migrated"):
+        die("cannot list groups: ha groups have been migrated to rules", 4)
+    if output_format != "text":
+        emit_json(res, output_format)
+        return
+    for g in res["groups"]:
+        click.echo(f"group: {g['group']}")
+        for k in sorted(g):
+            if k in ("group", "type") or (k in ("restricted", "nofailback") and not g[k]):
+                continue
+            click.echo(f"\t{k} {g[k]}")
+        click.echo("")
+
+
+@main.command()
+@click.argument("group")
+@click.option("--nodes", required=True, help="node[:priority],... list.")
+@_group_options
+@pass_ctx
+def groupadd(c: Ctx, /, group: str, nodes: str, **kw: object) -> None:
+    """Create HA group GROUP (legacy)."""
+    c.call("group_add", {"group": group, "options": {"nodes": nodes, **_collect(kw)}})
+
+
+@main.command()
+@click.argument("group", shell_complete=complete_group)
+@click.option("--nodes", help="node[:priority],... list.")
+@_group_options
+@click.option("--delete", help="Comma-separated options to remove.")
+@click.option("--digest", help="Refuse if groups.cfg changed since this digest was read.")
+@pass_ctx
+def groupset(
+    c: Ctx, /, group: str, nodes: str | None, delete: str | None, digest: str | None, **kw: object
+) -> None:
+    """Change HA group GROUP (legacy)."""
+    opts = _collect(kw) | ({"nodes": nodes} if nodes else {})
+    args: dict[str, Any] = {"group": group, "options": opts, "delete": _split(delete)}
+    if digest:
+        args["digest"] = digest
+    c.call("group_set", args)
+
+
+@main.command()
+@click.argument("group", shell_complete=complete_group)
+@pass_ctx
+def groupremove(c: Ctx, group: str) -> None:
+    """Delete HA group GROUP (legacy)."""
+    c.call("group_remove", {"group": group})
+
+
+# -- rules ------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def rules() -> None:
+    """HA rules: node-affinity and resource-affinity."""
+
+
+def _rules_listing(c: Ctx, rtype: str | None, resource: str | None) -> list[dict[str, Any]]:
+    args = {k: v for k, v in (("type", rtype), ("resource", resource)) if v}
+    return list(c.call("rules", args)["rules"])
+
+
+def _rules_filter_options(f: F) -> F:
+    f = click.option("--resource", shell_complete=complete_sid, help="Only rules with this resource.")(f)
+    return click.option("--type", "rtype", type=click.Choice(RULE_TYPES), help="Only rules of this type.")(f)
+
+
+@rules.command("list")
+@_rules_filter_options
+@output_options
+@pass_ctx
+def rules_list(
+    c: Ctx, rtype: str | None, resource: str | None, output_format: str, noborder: bool, noheader: bool
+) -> None:
+    """List the rules."""
+    rows = _rules_listing(c, rtype, resource)
+    if output_format != "text":
+        emit_json(rows, output_format)
+        return
+    for r in rows:
+        r["details"] = (
+            f"nodes {r['nodes']}" + (", strict" if r.get("strict") else "")
+            if r["type"] == "node-affinity"
+            else f"affinity {r.get('affinity')}"
+        )
+    click.echo(table(rows, ["rule", "type", "resources", "details", "state"], noborder, noheader))
+
+
+@rules.command("config")
+@_rules_filter_options
+@output_options
+@pass_ctx
+def rules_config(
+    c: Ctx, rtype: str | None, resource: str | None, output_format: str, noborder: bool, noheader: bool
+) -> None:
+    """Show the rules with their state (in use, ignored (conflicts), disabled)."""
+    rows = _rules_listing(c, rtype, resource)
+    if output_format != "text":
+        emit_json(rows, output_format)
+        return
+    click.echo(table(rows, ["enabled", "state", "rule", "type", "resources", "comment"], noborder, noheader))
+
+
+def _rule_options(f: F) -> F:
+    opts = [
+        click.option("--resources", shell_complete=complete_sid, help="Comma-separated resource ids."),
+        click.option("--nodes", help="node-affinity: node[:priority],... list."),
+        click.option("--strict", type=click.Choice(["0", "1"]), help="node-affinity: only these nodes."),
+        click.option("--affinity", type=click.Choice(["positive", "negative"]), help="resource-affinity."),
+        click.option("--comment", help="Free text."),
+        click.option("--disable", type=click.Choice(["0", "1"]), help="Keep the rule but do not apply it."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@rules.command("add")
+@click.argument("rtype", metavar="TYPE", type=click.Choice(RULE_TYPES))
+@click.argument("rule")
+@_rule_options
+@pass_ctx
+def rules_add(c: Ctx, /, rtype: str, rule: str, **kw: object) -> None:
+    """Create rule RULE of TYPE."""
+    c.call("rule_add", {"type": rtype, "rule": rule, "options": _collect(kw)})
+
+
+@rules.command("set")
+@click.argument("rtype", metavar="TYPE", type=click.Choice(RULE_TYPES))
+@click.argument("rule", shell_complete=complete_rule)
+@_rule_options
+@click.option("--delete", help="Comma-separated options to remove (comment, disable, strict).")
+@click.option("--digest", help="Refuse if rules.cfg changed since this digest was read.")
+@pass_ctx
+def rules_set(c: Ctx, /, rtype: str, rule: str, delete: str | None, digest: str | None, **kw: object) -> None:
+    """Change rule RULE of TYPE."""
+    args: dict[str, Any] = {"type": rtype, "rule": rule, "options": _collect(kw), "delete": _split(delete)}
+    if digest:
+        args["digest"] = digest
+    c.call("rule_set", args)
+
+
+@rules.command("remove")
+@click.argument("rule", shell_complete=complete_rule)
+@pass_ctx
+def rules_remove(c: Ctx, rule: str) -> None:
+    """Delete rule RULE."""
+    c.call("rule_remove", {"rule": rule})
+
+
+# -- tools --------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@pass_ctx
+def shell(c: Ctx) -> None:
+    """Interactive shell with history and completion (commands without 'ha-manager')."""
+    if c.interactive:
+        die("already in the shell", EXIT_USAGE)
+    from cli.shell import run_shell  # noqa: PLC0415 - prompt_toolkit is only needed here
+
+    sys.exit(run_shell(main, c))
+
+
+@main.command()
+@click.argument("shell_name", metavar="SHELL", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell_name: str) -> None:
+    """Print the completion script for SHELL: eval "$(ha-manager completion bash)"."""
+    from click.shell_completion import get_completion_class  # noqa: PLC0415
+
+    cls = get_completion_class(shell_name)
+    assert cls is not None
+    click.echo(cls(main, {}, "ha-manager", "_HA_MANAGER_COMPLETE").source())
+
+
+@main.command()
+@click.argument("name")
+@click.option("--role", "key_role", type=click.Choice(ROLES), required=True, help="What the key may do.")
+@click.option("--force", is_flag=True, help="Replace an existing key.")
+@pass_ctx
+def keygen(c: Ctx, name: str, key_role: str, force: bool) -> None:
+    """Create client key NAME (admin or readonly); nodes accept it from their next start."""
+    try:
+        path = generate_client_key(c.cluster, name, key_role, force=force)
+    except ApiError as e:
+        die(e.message, e.code)
+    click.echo(f"{path}")
+    if cluster_running(c.cluster):
+        click.echo("note: running nodes accept the new key after their next start", err=True)
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: every error is one line on stderr and an exit code (docs/CLI.md)."""
+    try:
+        main.main(args=argv, prog_name="ha-manager", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        # click's usage errors keep exit 2, but as one line like ours
+        cmd = e.ctx.command_path if isinstance(e, click.UsageError) and e.ctx is not None else "ha-manager"
+        click.echo(f"{cmd}: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -1,0 +1,142 @@
+"""``ha-manager status --watch``: a live view of nodes, master, services and recent events.
+
+The status is re-read over the API every ``interval`` seconds and at once
+when an event arrives on the node's PUB socket (docs/API.md "Events"); the
+last events are listed under the tables. Ctrl-C (or ``--duration``) ends it.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import zmq
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from cli.api_client import ApiClient, ApiError, decode_event, format_event
+
+_STATE_STYLE = {
+    "started": "green", "online": "green", "active": "green", "stopped": "dim", "disabled": "dim",
+    "fence": "bold red", "error": "bold red", "recovery": "red", "unknown": "yellow", "freeze": "cyan",
+    "maintenance": "cyan", "migrate": "yellow", "relocate": "yellow", "starting": "yellow",
+    "stopping": "yellow", "request_start": "yellow", "request_stop": "yellow",
+}  # fmt: skip
+
+
+def _styled(value: str | None) -> Text:
+    v = value or "-"
+    return Text(v, style=_STATE_STYLE.get(v.split(" ")[0], ""))
+
+
+def render(
+    cluster: str, via: str | None, status: dict[str, Any] | None, error: str | None, events: list[str]
+) -> RenderableType:
+    head = Text(f"cluster {cluster}", style="bold")
+    head.append(f"  via {via or '-'}  ")
+    head.append(time.strftime("%H:%M:%S"), style="dim")
+    parts: list[RenderableType] = [head]
+    if error:
+        parts.append(Text(f"error: {error}", style="bold red"))
+    if status is not None:
+        lines = status.get("lines", [])
+        for ln in lines:
+            if ln["type"] in ("quorum", "master", "fencing"):
+                style = "red" if "No quorum" in ln["status"] or "dead" in ln["status"] else ""
+                parts.append(Text(ln["text"], style=style))
+        ms = (status.get("full") or {}).get("manager_status", {})
+        node_status = ms.get("node_status", {})
+        nodes = Table(title="nodes", title_justify="left", expand=True)
+        for col in ("node", "state", "lrm"):
+            nodes.add_column(col)
+        for ln in lines:
+            if ln["type"] == "lrm":
+                n = ln.get("node")
+                lrm = ln["status"][len(n) + 1 :].strip("()") if n else ln["status"]
+                master = " (master)" if n == status.get("master") else ""
+                nodes.add_row(f"{n}{master}", _styled(node_status.get(n)), lrm)
+        services = Table(title="services", title_justify="left", expand=True)
+        for col in ("sid", "node", "state", "requested", "crm state"):
+            services.add_column(col)
+        for ln in lines:
+            if ln["type"] == "service":
+                services.add_row(
+                    ln.get("sid"), ln.get("node") or "---", _styled(ln.get("state")),
+                    ln.get("request_state") or "-", ln.get("crm_state") or "-",
+                )  # fmt: skip
+        parts += [nodes, services]
+    parts.append(Panel("\n".join(events) or "(no events yet)", title="recent events", title_align="left"))
+    return Group(*parts)
+
+
+def run_watch(
+    client: ApiClient, *, interval: float = 1.0, duration: float | None = None, console: Console | None = None
+) -> int:
+    console = console or Console()
+    events: collections.deque[str] = collections.deque(maxlen=10)
+    sub: zmq.Socket[bytes] | None = None
+    status: dict[str, Any] | None = None
+    error: str | None = None
+    end = None if duration is None else time.monotonic() + duration
+
+    def connect_events() -> zmq.Socket[bytes] | None:
+        try:
+            s, node = client.subscribe()
+        except ApiError as e:
+            events.append(f"(no event stream: {e.message})")
+            return None
+        events.append(f"{time.strftime('%H:%M:%S')} subscribed to the events of {node}")
+        return s
+
+    def refresh() -> None:
+        nonlocal status, error
+        try:
+            status = client.call("status", {"verbose": True})
+            error = None
+        except ApiError as e:
+            error = e.message
+
+    sub = connect_events()
+    refresh()
+    last_beat = time.monotonic()
+    try:
+        with Live(
+            render(client.cluster.cluster, client.node, status, error, list(events)),
+            console=console, refresh_per_second=8, transient=False,
+        ) as live:  # fmt: skip
+            next_refresh = time.monotonic() + interval
+            while end is None or time.monotonic() < end:
+                now = time.monotonic()
+                timeout = max(0.0, min(next_refresh, end or next_refresh) - now)
+                changed = False
+                if sub is not None and sub.poll(int(timeout * 1000)):
+                    while sub.poll(0):
+                        ev = decode_event(sub.recv_multipart())
+                        if ev is None:
+                            continue
+                        last_beat = time.monotonic()
+                        if ev.get("type") != "heartbeat":
+                            events.append(format_event(ev))
+                            changed = True
+                elif sub is None:
+                    time.sleep(timeout)
+                if sub is not None and time.monotonic() - last_beat > 3.0:
+                    # the publishing node went silent: follow another node
+                    sub.close(linger=0)
+                    events.append(f"{time.strftime('%H:%M:%S')} event stream silent, reconnecting")
+                    sub = connect_events()
+                    last_beat = time.monotonic()
+                if changed or time.monotonic() >= next_refresh:
+                    refresh()
+                    next_refresh = time.monotonic() + interval
+                    live.update(render(client.cluster.cluster, client.node, status, error, list(events)))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if sub is not None:
+            sub.close(linger=0)
+    return 0
