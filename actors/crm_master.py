@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from actors.daemon import DaemonActor, Exited
+from actors.daemon import DaemonActor, Exited, Waker
 from ha.constants import Timing
 from ha.crm import CRM
 from ha.env import Env
@@ -20,8 +20,15 @@ from ha.states import CrmState
 class CrmActor(DaemonActor):
     name = "crm"
 
-    def __init__(self, node: str, env: Env, timing: Timing, on_exit: Callable[[Exited], None]) -> None:
-        super().__init__(node, on_exit)
+    def __init__(
+        self,
+        node: str,
+        env: Env,
+        timing: Timing,
+        on_exit: Callable[[Exited], None],
+        waker: Waker | None = None,
+    ) -> None:
+        super().__init__(node, on_exit, waker)
         self.crm = CRM(env, timing)
 
     def iterate(self) -> bool:

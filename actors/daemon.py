@@ -10,6 +10,7 @@ the node down in a defined way.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,31 +44,47 @@ class Exited:
     error: str | None = None
 
 
+class Waker:
+    """Wake a daemon actor from any thread; wake-ups pending at once collapse into one.
+
+    Create it before the actor, pass it to the actor, and bind the actor's
+    ref after ``start()``: ``waker.ref = Actor.start(..., waker=waker)``.
+    """
+
+    def __init__(self) -> None:
+        self.queued = threading.Event()
+        self.ref: pykka.ActorRef[DaemonActor] | None = None
+
+    def poke(self) -> None:
+        if self.ref is None or self.queued.is_set():
+            return
+        self.queued.set()
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.ref.tell(Wake())
+
+
 class DaemonActor(pykka.ThreadingActor):
     """Base of CrmActor/LrmActor: subclasses implement :meth:`iterate` and :meth:`shutdown`."""
 
     name = "daemon"
 
-    def __init__(self, node: str, on_exit: Callable[[Exited], None]) -> None:
+    def __init__(self, node: str, on_exit: Callable[[Exited], None], waker: Waker | None = None) -> None:
         super().__init__()
         self.node = node
         self.on_exit = on_exit
         self.failures = 0
         self.exited = False
-        self._wake_queued = threading.Event()
+        self.waker = waker or Waker()
         self.log = logger.bind(ident=f"{node}/{self.name}")
 
-    # called from any thread (bus I/O thread, other actors)
-    def poke(self) -> None:
-        if not self._wake_queued.is_set():
-            self._wake_queued.set()
-            self.actor_ref.tell(Wake())
+    def on_start(self) -> None:
+        self.waker.ref = self.actor_ref
 
     def on_receive(self, message: object) -> object:
         if self.exited:
             return None
         if isinstance(message, Wake):
-            self._wake_queued.clear()
+            self.waker.queued.clear()
         elif isinstance(message, Shutdown):
             self.shutdown()
         elif not isinstance(message, Tick):
@@ -93,6 +110,13 @@ class DaemonActor(pykka.ThreadingActor):
         if not keep:
             self.exited = True
             self.on_exit(Exited(self.name))
+
+    def on_failure(self, exception_type: object, exception_value: object, traceback: object) -> None:
+        # only reachable through a bug outside the guarded iteration: report it as a failure
+        self.log.critical(f"{self.name} actor died: {exception_value!r}")
+        if not self.exited:
+            self.exited = True
+            self.on_exit(Exited(self.name, f"actor died: {exception_value!r}"))
 
     def iterate(self) -> bool:
         raise NotImplementedError

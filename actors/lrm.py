@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from actors.daemon import DaemonActor, Exited
+from actors.daemon import DaemonActor, Exited, Waker
 from actors.worker import ActorWorkerPool, WorkerDone
 from ha.constants import Timing
 from ha.env import Env
@@ -29,8 +29,9 @@ class LrmActor(DaemonActor):
         max_workers: int,
         command_timeout: float,
         on_exit: Callable[[Exited], None],
+        waker: Waker | None = None,
     ) -> None:
-        super().__init__(node, on_exit)
+        super().__init__(node, on_exit, waker)
         self.pool = ActorWorkerPool(max_workers, make_worker_env, self._worker_done, command_timeout)
         self.lrm = LRM(env, pool=self.pool, timing=timing)
 

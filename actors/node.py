@@ -27,7 +27,7 @@ from actors.api import ApiActor
 from actors.api import Request as ApiCall
 from actors.cluster import ClusterConfig
 from actors.crm_master import CrmActor
-from actors.daemon import Exited, Shutdown, Tick
+from actors.daemon import Exited, Shutdown, Tick, Waker
 from actors.env import LiveEnv, MovingPlugin, NodeContext
 from actors.lrm import LrmActor
 from actors.watchdog import Disarm, PetTick, Quorum, SocketDriver, WatchdogActor, WatchdogClient
@@ -123,6 +123,7 @@ class NodeRuntime:
             on_lrm_status=self._report_results,
         )
         timing = c.core_timing()
+        self.lrm_waker, self.crm_waker = Waker(), Waker()
         self.lrm = LrmActor.start(
             self.node,
             LiveEnv(self.ctx, "lrm"),
@@ -131,8 +132,9 @@ class NodeRuntime:
             c.max_workers,
             c.command_timeout,
             self._exited,
+            self.lrm_waker,
         )
-        self.crm = CrmActor.start(self.node, LiveEnv(self.ctx, "crm"), timing, self._exited)
+        self.crm = CrmActor.start(self.node, LiveEnv(self.ctx, "crm"), timing, self._exited, self.crm_waker)
         self.api = ApiActor.start(
             self.node, sorted(c.nodes), self.store, lambda: self.bus.quorate, self.bus.reply
         )
@@ -174,21 +176,16 @@ class NodeRuntime:
                 self.api.tell(ApiCall(env))
         elif isinstance(msg, ServiceCommand):
             self.bus.send(env.sender, Ack(msg.uid))
-            self._poke(self.lrm)
+            self.lrm_waker.poke()
         elif isinstance(msg, CommandResult):
             self.bus.send(env.sender, Ack(msg.uid))
-            self._poke(self.crm)
+            self.crm_waker.poke()
         elif isinstance(msg, QuorumLost | QuorumRegained):
             self.watchdog.tell(Quorum(isinstance(msg, QuorumRegained)))
-            self._poke(self.crm)
-            self._poke(self.lrm)
+            self.crm_waker.poke()
+            self.lrm_waker.poke()
         elif isinstance(msg, PeerUp | PeerDown):
-            self._poke(self.crm)
-
-    @staticmethod
-    def _poke(ref: pykka.ActorRef[CrmActor] | pykka.ActorRef[LrmActor]) -> None:
-        with contextlib.suppress(pykka.ActorDeadError):
-            ref.proxy().poke()
+            self.crm_waker.poke()
 
     # -- records -> bus (written first, then announced) --------------------------------
     def _announce_commands(self, ms: ManagerStatus) -> None:
@@ -206,7 +203,7 @@ class NodeRuntime:
             if old is not None:
                 self.outbox.ack(old)  # superseded: stop re-sending it
             if sd.node == self.node:
-                self._poke(self.lrm)
+                self.lrm_waker.poke()
             else:
                 self.outbox.put(sd.node, sd.uid, cmd)
         self.announced = current
@@ -221,7 +218,7 @@ class NodeRuntime:
         for uid, r in new:
             msg = CommandResult(r.sid, uid, r.exit_code)
             if ms_master is None or ms_master == self.node:
-                self._poke(self.crm)
+                self.crm_waker.poke()
             else:
                 self.outbox.put(ms_master, uid, msg)
 
@@ -266,7 +263,7 @@ class NodeRuntime:
                 continue
             names = changes.names
             if names is None or names & self.ADMIN_RECORDS or any(n.startswith(LOCATIONS) for n in names):
-                self._poke(self.crm)
+                self.crm_waker.poke()
 
     def _exited(self, ev: Exited) -> None:
         """A daemon's loop ended (called on that daemon's thread)."""

@@ -190,6 +190,11 @@ class WatchdogActor(pykka.ThreadingActor):
         self.driver.pet()
         self.armed = True
 
+    def on_failure(self, exception_type: object, exception_value: object, traceback: object) -> None:
+        # SAFETY: the actor is dead, so nothing pets any more: ha-watchdog fires and
+        # fences the node. Say so loudly rather than dying silently.
+        self.log.critical(f"watchdog actor died ({exception_value!r}): pets stop, the node will be fenced")
+
     def on_stop(self) -> None:
         self.driver.close()
 

@@ -43,6 +43,11 @@ class WorkerActor(pykka.ThreadingActor):
         self.env = env
         self.done = done
 
+    def on_failure(self, exception_type: object, exception_value: object, traceback: object) -> None:
+        logger.bind(ident=f"{self.env.nodename()}/worker").critical(
+            f"worker {self.index} died: {exception_value!r}"
+        )
+
     def on_receive(self, message: object) -> None:
         if not isinstance(message, Execute):
             return
