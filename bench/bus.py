@@ -290,6 +290,21 @@ class BusClient:
             raise RuntimeError(f"bus dropped frames during the benchmark: {dropped}")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User+system CPU time of another process (all its threads)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(fn: Callable[[int], float], n: int, server_pid: int, cpu: dict[str, float], key: str) -> float:
+    """Run a throughput round, adding client+server CPU seconds to ``cpu[key]``."""
+    c0, s0 = time.process_time(), _cpu_seconds(server_pid)
+    took = fn(n)
+    cpu[key] += time.process_time() - c0 + _cpu_seconds(server_pid) - s0
+    return took
+
+
 def _summary(samples: list[float]) -> tuple[float, float]:
     return round(statistics.median(samples), 1), round(_pct(samples, 0.99), 1)
 
@@ -330,6 +345,8 @@ def main(argv: list[str]) -> int:
     samples: dict[str, list[float]] = {k: [] for k in ("raw", "bus", "bus_queue", "bus_curve")}
     seconds: dict[str, float] = {k: 0.0 for k in ("raw", "bus", "bus_curve")}
     sent: dict[str, int] = {k: 0 for k in seconds}
+    # CPU time is what load elsewhere on the machine cannot distort much.
+    cpu: dict[str, float] = {k: 0.0 for k in seconds}
     with tempfile.TemporaryDirectory() as plain_dir, tempfile.TemporaryDirectory() as curve_dir:
         raw = RawClient(args.size, args.window)
         bus = BusClient(args.size, args.window, False, plain_dir)
@@ -345,13 +362,13 @@ def main(argv: list[str]) -> int:
                 samples["raw"] += raw.rtt(args.rtt)
                 samples["bus"] += bus.rtt_direct(args.rtt)
                 samples["bus_queue"] += bus.rtt_via_queue(args.rtt)
-                seconds["raw"] += raw.stream(args.msgs)
-                seconds["bus"] += bus.stream(args.msgs)
+                seconds["raw"] += _measured(raw.stream, args.msgs, raw.proc.pid, cpu, "raw")
+                seconds["bus"] += _measured(bus.stream, args.msgs, bus.proc.pid, cpu, "bus")
                 sent["raw"] += args.msgs
                 sent["bus"] += args.msgs
                 if cur is not None:
                     samples["bus_curve"] += cur.rtt_direct(args.rtt)
-                    seconds["bus_curve"] += cur.stream(args.msgs)
+                    seconds["bus_curve"] += _measured(cur.stream, args.msgs, cur.proc.pid, cpu, "bus_curve")
                     sent["bus_curve"] += args.msgs
         finally:
             raw.close()
@@ -364,10 +381,13 @@ def main(argv: list[str]) -> int:
     result["bus_rtt_p50_us"], result["bus_rtt_p99_us"] = _summary(samples["bus"])
     result["raw_msgs_per_s"] = round(sent["raw"] / seconds["raw"])
     result["bus_msgs_per_s"] = round(sent["bus"] / seconds["bus"])
+    result["raw_cpu_us_per_msg"] = round(cpu["raw"] / sent["raw"] * 1e6, 2)
+    result["bus_cpu_us_per_msg"] = round(cpu["bus"] / sent["bus"] * 1e6, 2)
     result["bus_queue_rtt_p50_us"], result["bus_queue_rtt_p99_us"] = _summary(samples["bus_queue"])
     if cur is not None:
         result["bus_curve_rtt_p50_us"], result["bus_curve_rtt_p99_us"] = _summary(samples["bus_curve"])
         result["bus_curve_msgs_per_s"] = round(sent["bus_curve"] / seconds["bus_curve"])
+        result["bus_curve_cpu_us_per_msg"] = round(cpu["bus_curve"] / sent["bus_curve"] * 1e6, 2)
     result["rtt_ratio"] = round(result["bus_rtt_p50_us"] / result["raw_rtt_p50_us"], 2)
     result["throughput_ratio"] = round(result["bus_msgs_per_s"] / result["raw_msgs_per_s"], 2)
     result["seconds"] = round(time.monotonic() - started, 1)
@@ -391,6 +411,8 @@ def main(argv: list[str]) -> int:
             f"bus + CURVE    : rtt p50 {result['bus_curve_rtt_p50_us']} us, "
             f"p99 {result['bus_curve_rtt_p99_us']} us, {result['bus_curve_msgs_per_s']} msgs/s"
         )
+    print(f"CPU per message (client + server, throughput runs): raw {result['raw_cpu_us_per_msg']} us, "
+          f"bus {result['bus_cpu_us_per_msg']} us")
     print(f"bus/raw        : rtt x{result['rtt_ratio']}, throughput x{result['throughput_ratio']}")
     if args.json:
         print(json.dumps(result))
