@@ -322,9 +322,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--serve-raw", type=int, help=argparse.SUPPRESS)
     p.add_argument("--serve-bus", help=argparse.SUPPRESS)
     p.add_argument("--keys", help=argparse.SUPPRESS)
-    p.add_argument("--pin", default="auto",
-                   help="CPU placement CLIENT/SERVER, e.g. 0/1 or 0/0; 'auto' = first two CPUs apart "
-                        "when there are two or more; 'none' = leave it to the scheduler")
+    p.add_argument(
+        "--pin",
+        default="auto",
+        help="CPU placement CLIENT/SERVER, e.g. 0/1 or 0/0; 'auto' = first two CPUs apart "
+        "when there are two or more; 'none' = leave it to the scheduler",
+    )
     args = p.parse_args(argv)
     if os.environ.get("BENCH_PIN"):
         os.sched_setaffinity(0, {int(c) for c in os.environ["BENCH_PIN"].split(",")})
@@ -411,8 +414,10 @@ def main(argv: list[str]) -> int:
             f"bus + CURVE    : rtt p50 {result['bus_curve_rtt_p50_us']} us, "
             f"p99 {result['bus_curve_rtt_p99_us']} us, {result['bus_curve_msgs_per_s']} msgs/s"
         )
-    print(f"CPU per message (client + server, throughput runs): raw {result['raw_cpu_us_per_msg']} us, "
-          f"bus {result['bus_cpu_us_per_msg']} us")
+    print(
+        f"CPU per message (client + server, throughput runs): raw {result['raw_cpu_us_per_msg']} us, "
+        f"bus {result['bus_cpu_us_per_msg']} us"
+    )
     print(f"bus/raw        : rtt x{result['rtt_ratio']}, throughput x{result['throughput_ratio']}")
     if args.json:
         print(json.dumps(result))

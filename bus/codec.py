@@ -89,8 +89,14 @@ class Codec:
 
     def encode(self, sender: str, msg_id: int, msg: Message) -> bytes:
         frame: bytes = msgpack.packb(
-            {"v": PROTOCOL_VERSION, "c": self.cluster, "s": sender, "k": msg.KIND, "i": msg_id,
-             "p": to_payload(msg)},
+            {
+                "v": PROTOCOL_VERSION,
+                "c": self.cluster,
+                "s": sender,
+                "k": msg.KIND,
+                "i": msg_id,
+                "p": to_payload(msg),
+            },
         )
         if len(frame) > self.max_frame_bytes:
             # Refuse at the source: the receiver would drop it anyway and a
@@ -119,7 +125,10 @@ class Codec:
         object may exceed the frame limit even when lengths lie.
         """
         unpacker = msgpack.Unpacker(
-            raw=False, strict_map_key=True, ext_hook=_no_ext, max_buffer_size=self._stream_limit,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_no_ext,
+            max_buffer_size=self._stream_limit,
         )
         out: list[Envelope] = []
         try:
@@ -146,8 +155,12 @@ class Codec:
             raise ProtocolError(RejectReason.BAD_VERSION, f"version {version}")
         if cluster != self.cluster:
             raise ProtocolError(RejectReason.WRONG_CLUSTER, f"cluster {str(cluster)[:MAX_NAME_LEN]!r}")
-        if (type(sender) is not str or type(kind) is not str
-                or not 0 < len(sender) <= MAX_NAME_LEN or not 0 < len(kind) <= MAX_NAME_LEN):
+        if (
+            type(sender) is not str
+            or type(kind) is not str
+            or not 0 < len(sender) <= MAX_NAME_LEN
+            or not 0 < len(kind) <= MAX_NAME_LEN
+        ):
             raise ProtocolError(RejectReason.BAD_ENVELOPE, "sender/kind not a short non-empty str")
         if type(msg_id) is not int or not 0 <= msg_id <= MAX_MSG_ID:
             raise ProtocolError(RejectReason.BAD_ENVELOPE, "i is not a uint64")

@@ -58,8 +58,7 @@ class CurveKeys:
         return None
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], node: str,
-             required: Iterable[str] = ()) -> CurveKeys:
+    def load(cls, directory: str | os.PathLike[str], node: str, required: Iterable[str] = ()) -> CurveKeys:
         """Load ``node``'s secret and every public key in ``directory``.
 
         ``required`` names nodes (e.g. all members) whose public keys must be
@@ -134,10 +133,20 @@ def generate(directory: str | os.PathLike[str], node: str, *, force: bool = Fals
     pub_txt, sec_txt = public.decode("ascii"), secret.decode("ascii")
     pub_path, sec_path = d / f"{check_name(node)}.key", d / f"{node}.key_secret"
     body = f'metadata\ncurve\n    public-key = "{pub_txt}"\n'
-    _write(sec_path, _BANNER.format(kind="secret", node=node, what="this file private!")
-           + body + f'    secret-key = "{sec_txt}"\n', 0o600, force)
-    _write(pub_path, _BANNER.format(kind="public", node=node, what="this file with every member")
-           + body, 0o644, force)
+    _write(
+        sec_path,
+        _BANNER.format(kind="secret", node=node, what="this file private!")
+        + body
+        + f'    secret-key = "{sec_txt}"\n',
+        0o600,
+        force,
+    )
+    _write(
+        pub_path,
+        _BANNER.format(kind="public", node=node, what="this file with every member") + body,
+        0o644,
+        force,
+    )
     return pub_path, sec_path
 
 

@@ -203,8 +203,9 @@ def register(cls: M) -> M:
             converters.append((f.name, _converter(f.name, tp)))
     MESSAGE_TYPES[kind] = cls
     _NAMES_BY_CLASS[cls] = names
-    _SCHEMAS[kind] = _Schema(kind, cls, names, frozenset(names), required, tuple(exact), tuple(converters),
-                             cls.LOCAL_ONLY)
+    _SCHEMAS[kind] = _Schema(
+        kind, cls, names, frozenset(names), required, tuple(exact), tuple(converters), cls.LOCAL_ONLY
+    )
     return cls
 
 

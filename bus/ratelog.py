@@ -15,8 +15,9 @@ class RateLimitedLog:
     it is cleared, which at worst lets one extra line through per key.
     """
 
-    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 4096) -> None:
+    def __init__(
+        self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic, max_keys: int = 4096
+    ) -> None:
         self.interval = interval
         self._clock = clock
         self._max_keys = max_keys

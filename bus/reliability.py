@@ -150,7 +150,8 @@ class Outbox:
         now = self._clock()
         with self._lock:
             batch = [
-                p for p in self._pending.values()
+                p
+                for p in self._pending.values()
                 if p.node == node and (not only_due or now - p.last_sent >= self.retry_interval)
             ]
             for p in batch:

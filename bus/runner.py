@@ -76,10 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         membership = Membership.of(args.member)
         keys = None if args.no_curve else CurveKeys.load(args.keys, args.node, membership.names)
-        config = TransportConfig(heartbeat_interval=args.heartbeat, peer_timeout=args.timeout,
-                                 expected_votes=args.expected_votes, tie_breaker=args.tie_breaker)
-        transport = Transport(args.node, membership, cluster=args.cluster, curve=not args.no_curve,
-                              keys=keys, config=config)
+        config = TransportConfig(
+            heartbeat_interval=args.heartbeat,
+            peer_timeout=args.timeout,
+            expected_votes=args.expected_votes,
+            tie_breaker=args.tie_breaker,
+        )
+        transport = Transport(
+            args.node, membership, cluster=args.cluster, curve=not args.no_curve, keys=keys, config=config
+        )
     except BusError as exc:
         print(f"bus.runner: {exc}", file=sys.stderr)
         return 2

@@ -496,8 +496,9 @@ class Transport:
             self._ready.set()
             return
         self._ready.set()
-        logger.info("bus {} up at {} (curve={}, peers={})", self.node, self._endpoint, self.curve,
-                    list(self._peers))
+        logger.info(
+            "bus {} up at {} (curve={}, peers={})", self.node, self._endpoint, self.curve, list(self._peers)
+        )
         try:
             self._loop()
         finally:
@@ -641,8 +642,9 @@ class Transport:
     def _reject(self, origin: bytes, reason: str, detail: str) -> None:
         self._count("rejected." + reason)
         peer = origin.decode("utf-8", "replace")[:64] or "?"
-        self._rlog.warning((peer, reason), "bus {}: rejected frame from {!r}: {} ({})", self.node, peer,
-                           reason, detail)
+        self._rlog.warning(
+            (peer, reason), "bus {}: rejected frame from {!r}: {} ({})", self.node, peer, reason, detail
+        )
 
     def _on_frame(self, origin: bytes, data: bytes, user: str | None, *, local: bool = False) -> None:
         try:
@@ -701,15 +703,20 @@ class Transport:
     def _expire(self, now: float) -> None:
         downs = self._tracker.expire(now)
         for down in downs:
-            logger.warning("bus {}: peer {} down (silent for {:.2f}s)", self.node, down.node,
-                           self.config.peer_timeout)
+            logger.warning(
+                "bus {}: peer {} down (silent for {:.2f}s)", self.node, down.node, self.config.peer_timeout
+            )
             self._emit(down)
         if downs:
             self._update_quorum()
 
     def _compute_quorum(self, up: frozenset[str]) -> QuorumView:
-        return quorum_view(self.membership.names, up | {self.node},
-                           expected_votes=self.config.expected_votes, tie_breaker=self.config.tie_breaker)
+        return quorum_view(
+            self.membership.names,
+            up | {self.node},
+            expected_votes=self.config.expected_votes,
+            tie_breaker=self.config.tie_breaker,
+        )
 
     def _update_quorum(self) -> None:
         old, new = self._quorum, self._compute_quorum(self._tracker.up())
@@ -720,12 +727,22 @@ class Transport:
         if new.quorate == old.quorate and not (first and new.quorate):
             return
         if new.quorate:
-            logger.info("bus {}: quorum regained ({}/{} votes: {})", self.node, new.votes, new.expected,
-                        ",".join(new.members))
+            logger.info(
+                "bus {}: quorum regained ({}/{} votes: {})",
+                self.node,
+                new.votes,
+                new.expected,
+                ",".join(new.members),
+            )
             self._emit(QuorumRegained(self.node, new.members))
         else:
-            logger.warning("bus {}: quorum lost ({}/{} votes: {})", self.node, new.votes, new.expected,
-                           ",".join(new.members))
+            logger.warning(
+                "bus {}: quorum lost ({}/{} votes: {})",
+                self.node,
+                new.votes,
+                new.expected,
+                ",".join(new.members),
+            )
             self._emit(QuorumLost(self.node, new.members))
 
     # -- authentication
@@ -747,15 +764,25 @@ class Transport:
         address = req[3].decode("ascii", "replace")
         if req[5] != b"CURVE" or len(req) != 7 or len(req[6]) != 32:
             self._count("auth_denied")
-            self._rlog.warning(("zap", address), "bus {}: refused {} (mechanism {})", self.node, address,
-                               req[5].decode("ascii", "replace"))
+            self._rlog.warning(
+                ("zap", address),
+                "bus {}: refused {} (mechanism {})",
+                self.node,
+                address,
+                req[5].decode("ascii", "replace"),
+            )
             return b"400", b"CURVE required", b""
         key = z85.encode(req[6])
         name = self._key_names.get(key)
         if name is None:
             self._count("auth_denied")
-            self._rlog.warning(("zap", address), "bus {}: refused {}: unknown CURVE key {}", self.node,
-                               address, key.decode("ascii"))
+            self._rlog.warning(
+                ("zap", address),
+                "bus {}: refused {}: unknown CURVE key {}",
+                self.node,
+                address,
+                key.decode("ascii"),
+            )
             return b"400", b"unknown key", b""
         return b"200", b"OK", name.encode()
 
@@ -773,8 +800,14 @@ class Transport:
         self._count("handshake_failed")
         endpoint = event.get("endpoint", b"")
         where = endpoint.decode("ascii", "replace") if isinstance(endpoint, bytes) else str(endpoint)
-        self._rlog.warning(("handshake", peer, where), "bus {}: CURVE/ZMTP handshake failed ({} {}, code {})",
-                           self.node, peer or "inbound", where, event.get("value"))
+        self._rlog.warning(
+            ("handshake", peer, where),
+            "bus {}: CURVE/ZMTP handshake failed ({} {}, code {})",
+            self.node,
+            peer or "inbound",
+            where,
+            event.get("value"),
+        )
 
 
 class _Waker:

@@ -76,8 +76,9 @@ class Cluster:
 
     def make(self, name: str, config: TransportConfig | None = None) -> Transport:
         keys = CurveKeys.load(self.key_dir, name, self.names) if self.curve else None
-        t = Transport(name, self.membership, cluster="test", curve=self.curve, keys=keys,
-                      config=config or self.config)
+        t = Transport(
+            name, self.membership, cluster="test", curve=self.curve, keys=keys, config=config or self.config
+        )
         rec = Recorder()
         t.subscribe(rec)
         self.nodes[name], self.recorders[name] = t, rec

@@ -121,10 +121,14 @@ def test_ints_are_accepted_for_floats(codec: Codec) -> None:
         (raw(k="lrm_status", p={"node": "a", "lrm_status": []}), RejectReason.BAD_PAYLOAD),
         (raw(k="api_reply", p={"request_id": "r", "ok": 1}), RejectReason.BAD_PAYLOAD),
         (raw(k="api_reply", p={"request_id": "r", "ok": True, "error": 5}), RejectReason.BAD_PAYLOAD),
-        (raw(k="api_reply", p={"request_id": "r", "ok": True, "result": msgpack.Timestamp(1)}),
-         RejectReason.BAD_PAYLOAD),
-        (raw(k="service_command", p={"sid": "s", "uid": "u", "state": "x", "node": "a", "params": DEEP}),
-         RejectReason.BAD_PAYLOAD),
+        (
+            raw(k="api_reply", p={"request_id": "r", "ok": True, "result": msgpack.Timestamp(1)}),
+            RejectReason.BAD_PAYLOAD,
+        ),
+        (
+            raw(k="service_command", p={"sid": "s", "uid": "u", "state": "x", "node": "a", "params": DEEP}),
+            RejectReason.BAD_PAYLOAD,
+        ),
     ],
 )
 def test_rejects(codec: Codec, frame: bytes, expected: RejectReason) -> None:
@@ -161,8 +165,14 @@ def test_stream_decoding_uses_the_same_limit(codec: Codec) -> None:
 
 
 def test_schema_and_payload_helpers() -> None:
-    assert schema_of("service_command") == {"sid": True, "uid": True, "state": True, "node": True,
-                                            "target": False, "params": False}
+    assert schema_of("service_command") == {
+        "sid": True,
+        "uid": True,
+        "state": True,
+        "node": True,
+        "target": False,
+        "params": False,
+    }
     assert to_payload(QuorumLost("a", ("a", "b"))) == {"node": "a", "members": ("a", "b")}
     assert from_payload("peer_down", {"node": "x"}) == PeerDown("x")
     assert PeerUp.LOCAL_ONLY and not Ack.LOCAL_ONLY

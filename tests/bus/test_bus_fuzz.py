@@ -33,6 +33,7 @@ FUZZ_BUDGET_S = 3.0
 
 # ---------------------------------------------------------------- the oracle
 
+
 def _plain(v: Any, depth: int = 0) -> bool:
     if depth > 32:
         return False
@@ -85,8 +86,11 @@ def oracle_accepts(parts: list[bytes], routing_id: bytes) -> bool:
         return False
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    required = {n for n, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    required = {
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
     if not set(p) <= set(fields) or not required <= set(p):
         return False
     if not all(_field_ok(hints[n], v) for n, v in p.items()):
@@ -101,25 +105,42 @@ def oracle_accepts(parts: list[bytes], routing_id: bytes) -> bool:
 # ------------------------------------------------------------ frame makers
 
 plain_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
-    | st.text(max_size=20) | st.binary(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=5,
 )
 HINTS = {k: typing.get_type_hints(cls) for k, cls in MESSAGE_TYPES.items()}
 FIELDS = {k: dataclasses.fields(cls) for k, cls in MESSAGE_TYPES.items()}  # type: ignore[arg-type]
 # Big random frames from a seed: drawing kilobytes byte by byte is slow in hypothesis.
-big_blobs = st.builds(lambda n, seed: random.Random(seed).randbytes(n),
-                      st.integers(MAX_FRAME - 8, MAX_FRAME + 1500), st.integers(0, 2**32))
+big_blobs = st.builds(
+    lambda n, seed: random.Random(seed).randbytes(n),
+    st.integers(MAX_FRAME - 8, MAX_FRAME + 1500),
+    st.integers(0, 2**32),
+)
 names = st.sampled_from(["b", "b", "b", "a", "zz", "", "x" * 65]) | st.text(max_size=5)
 kinds = st.sampled_from([*MESSAGE_TYPES, "nope"])
 
 
 def valid_frames(sender: str) -> st.SearchStrategy[bytes]:
     return st.builds(
-        lambda m, i: msgpack.packb({"v": 1, "c": "test", "s": sender, "k": m.KIND, "i": i,
-                                    "p": {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}}),
-        st.sampled_from(SAMPLES), st.integers(0, 2**64 - 1))
+        lambda m, i: msgpack.packb(
+            {
+                "v": 1,
+                "c": "test",
+                "s": sender,
+                "k": m.KIND,
+                "i": i,
+                "p": {f.name: getattr(m, f.name) for f in dataclasses.fields(m)},
+            }
+        ),
+        st.sampled_from(SAMPLES),
+        st.integers(0, 2**64 - 1),
+    )
 
 
 @st.composite
@@ -138,8 +159,12 @@ def structured(draw: st.DrawFn) -> bytes:
         for f in FIELDS[kind]:
             if draw(st.integers(0, 9)) == 0:
                 continue  # drop a field now and then
-            good = {str: st.text(max_size=10), int: st.integers(0, 100), float: st.floats(0, 1),
-                    bool: st.booleans()}.get(hints[f.name], plain_values)
+            good = {
+                str: st.text(max_size=10),
+                int: st.integers(0, 100),
+                float: st.floats(0, 1),
+                bool: st.booleans(),
+            }.get(hints[f.name], plain_values)
             payload[f.name] = draw(good if draw(st.integers(0, 3)) else plain_values)
     if draw(st.integers(0, 9)) == 0:
         payload[draw(st.text(max_size=5))] = draw(plain_values)
@@ -162,18 +187,28 @@ def mutated(draw: st.DrawFn) -> bytes:
         elif op == 2:
             frame[pos:pos] = draw(st.binary(min_size=1, max_size=8))
         else:
-            frame[pos:pos] = frame[pos:pos + draw(st.integers(1, 16))]
+            frame[pos:pos] = frame[pos : pos + draw(st.integers(1, 16))]
     return bytes(frame)
 
 
 single = (
-    st.binary(max_size=64) | big_blobs
-    | valid_frames("b") | valid_frames("a") | valid_frames("zz") | structured() | structured()
-    | mutated() | mutated()
+    st.binary(max_size=64)
+    | big_blobs
+    | valid_frames("b")
+    | valid_frames("a")
+    | valid_frames("zz")
+    | structured()
+    | structured()
+    | mutated()
+    | mutated()
 )
 # One example = a handful of messages, mostly single-frame, some multi-frame.
-message = st.lists(single, min_size=1, max_size=1) | st.lists(single, min_size=1, max_size=1) \
-    | st.lists(single, min_size=1, max_size=1) | st.lists(single, min_size=0, max_size=3)
+message = (
+    st.lists(single, min_size=1, max_size=1)
+    | st.lists(single, min_size=1, max_size=1)
+    | st.lists(single, min_size=1, max_size=1)
+    | st.lists(single, min_size=0, max_size=3)
+)
 barrage = st.lists(message, min_size=1, max_size=8)
 
 
@@ -182,8 +217,10 @@ def test_fuzzed_frames_never_reach_subscribers(make_cluster: Callable[..., Clust
     c = make_cluster(2, curve=False, config=cfg)
     c.start("a")  # "b" is a configured member that is not running: we play it
     a, got = c.nodes["a"], c.recorders["a"]
-    a.subscribe(lambda env: a.reply(env, ApiReply(env.body.request_id, True, "pong")),  # type: ignore[attr-defined]
-                [ApiRequest])
+    a.subscribe(
+        lambda env: a.reply(env, ApiReply(env.body.request_id, True, "pong")),  # type: ignore[attr-defined]
+        [ApiRequest],
+    )
     ctx = zmq.Context()
     sent: list[list[bytes]] = []
     deadline = time.monotonic() + FUZZ_BUDGET_S
@@ -196,8 +233,13 @@ def test_fuzzed_frames_never_reach_subscribers(make_cluster: Callable[..., Clust
 
         # Generation only (no shrinking: a failure is judged after the run),
         # bounded by both an example count and a wall-clock budget.
-        @settings(max_examples=1000, deadline=None, database=None, phases=[Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=1000,
+            deadline=None,
+            database=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(messages=barrage)
         def throw(messages: list[list[bytes]]) -> None:
             if time.monotonic() > deadline:
@@ -231,7 +273,8 @@ def test_fuzzed_frames_never_reach_subscribers(make_cluster: Callable[..., Clust
     assert 0 < len(accepted) < len(sent)
     # Exactly the frames the oracle accepts, in order, reached subscribers.
     assert [(e.sender, e.msg_id, e.kind) for e in delivered] == [
-        (m["s"], m["i"], m["k"]) for m in (msgpack.unpackb(f) for f in accepted)]
+        (m["s"], m["i"], m["k"]) for m in (msgpack.unpackb(f) for f in accepted)
+    ]
     for e in delivered:
         assert type(e.body) is MESSAGE_TYPES[e.kind]
     stats = a.stats()

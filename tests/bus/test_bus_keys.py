@@ -60,7 +60,12 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr()
     assert CurveKeys.load(tmp_path, "n2").public.decode() in out.out
     assert "exists" in out.err
-    proc = subprocess.run([sys.executable, "-m", "bus.keys", "gen", str(tmp_path), "../evil"],
-                          capture_output=True, text=True, timeout=30, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bus.keys", "gen", str(tmp_path), "../evil"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 1 and "invalid node name" in proc.stderr
     assert not (tmp_path.parent / "evil.key").exists()

@@ -62,8 +62,20 @@ class Net:
             ip("netns", "add", ns)
             self.created.append(ns)
             dev = f"v{self.id}{n}"
-            ip("-n", ns, "link", "add", dev, "type", "veth", "peer", "name", self.cable(n),
-               "netns", self.bridge_ns)
+            ip(
+                "-n",
+                ns,
+                "link",
+                "add",
+                dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                self.cable(n),
+                "netns",
+                self.bridge_ns,
+            )
             ip("-n", ns, "addr", "add", f"{self.addr[n]}/24", "dev", dev)
             ip("-n", ns, "link", "set", dev, "up")
             ip("-n", ns, "link", "set", "lo", "up")
@@ -84,13 +96,33 @@ class NodeProc:
 
     def __init__(self, net: Net, node: str, key_dir: Path) -> None:
         members = [arg for n in NODES for arg in ("--member", f"{n}=tcp://{net.addr[n]}:7000")]
-        cmd = ["ip", "netns", "exec", net.ns[node], sys.executable, "-m", "bus.runner",
-               "--node", node, "--cluster", "part", *members, "--keys", str(key_dir),
-               "--heartbeat", str(HEARTBEAT), "--timeout", str(TIMEOUT), "--duration", "60"]
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            net.ns[node],
+            sys.executable,
+            "-m",
+            "bus.runner",
+            "--node",
+            node,
+            "--cluster",
+            "part",
+            *members,
+            "--keys",
+            str(key_dir),
+            "--heartbeat",
+            str(HEARTBEAT),
+            "--timeout",
+            str(TIMEOUT),
+            "--duration",
+            "60",
+        ]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.node = node
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     cwd=REPO, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env
+        )
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._read, name=f"read-{node}")
@@ -150,8 +182,9 @@ def net() -> Iterator[Net]:
         yield n
     finally:
         n.down()
-    leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10,
-                              check=True).stdout
+    leftover = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
     assert f"pb{n.id}" not in leftover
 
 
@@ -187,8 +220,9 @@ def test_cut_cable_minority_loses_quorum_majority_keeps_it(net: Net, tmp_path: P
         net.set_cable("c", "up")
         procs["c"].wait_for(lambda ev: quorate(True)(ev) and ev["t"] > heal, timeout=15)
         for other in ("a", "b"):
-            procs["c"].wait_for(lambda ev, o=other: peer_event("peer_up", o)(ev) and ev["t"] > heal,
-                                timeout=15)
+            procs["c"].wait_for(
+                lambda ev, o=other: peer_event("peer_up", o)(ev) and ev["t"] > heal, timeout=15
+            )
     finally:
         errors = {n: p.stop() for n, p in procs.items()}
     for n in ("a", "b"):

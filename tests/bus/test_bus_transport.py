@@ -81,8 +81,7 @@ def test_reconnect_after_peer_restart(make_cluster: MakeCluster) -> None:
     b2 = c.make("b")
     b2.start()
     a_rec = c.recorders["a"]
-    wait_until(lambda: any(u.node == "b" and u.incarnation == b2.incarnation
-                           for u in a_rec.bodies(PeerUp)))  # type: ignore[attr-defined]
+    wait_until(lambda: any(u.node == "b" and u.incarnation == b2.incarnation for u in a_rec.bodies(PeerUp)))  # type: ignore[attr-defined]
     assert b2.incarnation != old_incarnation
     assert c.nodes["a"].send("b", cmd("after-restart"))
     wait_until(lambda: c.recorders["b"].bodies(ServiceCommand) == [cmd("after-restart")])
@@ -199,8 +198,11 @@ def test_peer_loss_is_detected_within_the_timeout(make_cluster: MakeCluster) -> 
 
 
 def quorum_events(rec: Recorder) -> list[bool]:
-    return [isinstance(e.body, QuorumRegained) for e in rec.items
-            if isinstance(e.body, QuorumLost | QuorumRegained)]
+    return [
+        isinstance(e.body, QuorumRegained)
+        for e in rec.items
+        if isinstance(e.body, QuorumLost | QuorumRegained)
+    ]
 
 
 def test_quorum_transitions_three_nodes(make_cluster: MakeCluster) -> None:
@@ -250,8 +252,9 @@ def test_curve_refuses_unknown_key(make_cluster: MakeCluster, tmp_path: Path) ->
     for n in ("a", "b"):
         (tmp_path / f"{n}.key").write_bytes((c.key_dir / f"{n}.key").read_bytes())
     generate(tmp_path, "c")
-    rogue_membership = Membership.of([*((p.name, p.endpoint) for p in c.membership),
-                                              ("c", "tcp://127.0.0.1:1")])
+    rogue_membership = Membership.of(
+        [*((p.name, p.endpoint) for p in c.membership), ("c", "tcp://127.0.0.1:1")]
+    )
     rogue = Transport("c", rogue_membership, cluster="test", keys=CurveKeys.load(tmp_path, "c"), config=FAST)
     try:
         rogue.start()
@@ -283,8 +286,9 @@ def test_curve_refuses_plaintext_peer(make_cluster: MakeCluster) -> None:
     assert not c.recorders["a"].of(ServiceCommand)
 
 
-def client_socket(ctx: zmq.Context[zmq.Socket[bytes]], c: Cluster, name: str, node: str,
-                  routing_id: bytes) -> zmq.Socket[bytes]:
+def client_socket(
+    ctx: zmq.Context[zmq.Socket[bytes]], c: Cluster, name: str, node: str, routing_id: bytes
+) -> zmq.Socket[bytes]:
     keys = CurveKeys.load(c.key_dir, name)
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
@@ -300,8 +304,10 @@ def test_api_request_reply_with_an_authorised_client(make_cluster: MakeCluster) 
     c = make_cluster(2)
     c.start()
     a = c.nodes["a"]
-    a.subscribe(lambda env: a.reply(env, ApiReply(env.body.request_id, True, {"echo": env.body.args})),  # type: ignore[attr-defined]
-                [ApiRequest])
+    a.subscribe(
+        lambda env: a.reply(env, ApiReply(env.body.request_id, True, {"echo": env.body.args})),  # type: ignore[attr-defined]
+        [ApiRequest],
+    )
     ctx = zmq.Context()
     try:
         s = client_socket(ctx, c, "cli", "a", b"cli-1")
