@@ -476,3 +476,26 @@ def test_rejections_are_logged_at_most_once_per_peer_and_reason(make_cluster: Ma
     rejected = [line for line in lines if "rejected frame from 'b'" in line]
     assert len(rejected) == 2  # one per (peer, reason), not 201
     assert c.nodes["a"].rejected() == {"malformed": 200, "bad_envelope": 1}
+
+
+def test_reply_to_a_vanished_client_is_counted_not_lost_silently(make_cluster: MakeCluster) -> None:
+    c = make_cluster(2)
+    c.start("a")
+    a = c.nodes["a"]
+    requests = Recorder()
+    a.subscribe(requests, [ApiRequest])
+    ctx = zmq.Context()
+    try:
+        s = client_socket(ctx, c, "cli", "a", b"cli-gone")
+        s.send(a.codec.encode("cli", 1, ApiRequest("r1", "status")))
+        wait_until(lambda: requests.items)
+        s.close()
+    finally:
+        ctx.destroy(linger=0)
+    env = requests.items[0]
+
+    def unroutable() -> bool:
+        a.reply(env, ApiReply("r1", True))
+        return a.stats().get("dropped.unroutable", 0) >= 1
+
+    wait_until(unroutable)
