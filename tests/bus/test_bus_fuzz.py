@@ -18,13 +18,13 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import zmq
-from conftest import Cluster, wait_until
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from test_bus_codec import SAMPLES
 
 from bus.messages import MESSAGE_TYPES, ApiReply, ApiRequest
 from bus.transport import TransportConfig
+from tests.bus.conftest import Cluster, wait_until
+from tests.bus.test_bus_codec import SAMPLES
 
 MAX_FRAME = 4096
 MEMBERS = ("a", "b")

@@ -10,7 +10,6 @@ from pathlib import Path
 import msgpack  # type: ignore[import-untyped]
 import pytest
 import zmq
-from conftest import FAST, Cluster, Recorder, wait_until
 from loguru import logger
 
 from bus.codec import Envelope
@@ -30,6 +29,7 @@ from bus.messages import (
 )
 from bus.reliability import Admission, Outbox, UidDeduplicator
 from bus.transport import Transport, TransportConfig
+from tests.bus.conftest import FAST, Cluster, Recorder, wait_until
 
 MakeCluster = Callable[..., Cluster]
 
