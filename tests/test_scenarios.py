@@ -41,3 +41,11 @@ def test_scenario_log(scenario: Path, update_golden: bool) -> None:
             )
         )
         pytest.fail(f"log differs:\n{diff[:6000]}")
+
+
+def test_enough_scenarios_with_readmes() -> None:
+    """The catalogue of our own scenarios stays substantial and documented."""
+    assert len(SCENARIOS) >= 60
+    for s in SCENARIOS:
+        readme = s / "README"
+        assert readme.exists() and "Checked:" in readme.read_text(), f"{s.name}: README must say what was checked"
