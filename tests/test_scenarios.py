@@ -48,4 +48,5 @@ def test_enough_scenarios_with_readmes() -> None:
     assert len(SCENARIOS) >= 60
     for s in SCENARIOS:
         readme = s / "README"
-        assert readme.exists() and "Checked:" in readme.read_text(), f"{s.name}: README must say what was checked"
+        ok = readme.exists() and "Checked:" in readme.read_text()
+        assert ok, f"{s.name}: README must say what was checked"
