@@ -658,7 +658,7 @@ class EventPublisher:
         store: Store,
         quorate: Callable[[], bool],
         *,
-        interval: float = 0.1,
+        interval: float = 0.05,
         heartbeat: float = 1.0,
     ) -> None:
         self.node = node

@@ -184,10 +184,14 @@ class _Conn:
             self.sock.setsockopt(zmq.CURVE_PUBLICKEY, key.public)
             self.sock.setsockopt(zmq.CURVE_SECRETKEY, key.secret)
         self.mon: zmq.Socket[bytes] = self.sock.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAIL | zmq.EVENT_DISCONNECTED
+            zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | _HANDSHAKE_FAIL
+            | zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_CONNECT_RETRIED
         )
         self.up = False
         self.auth_failed = False
+        self.refused = False  # the TCP connect was refused: nothing listens there
         self.sock.connect(endpoint)
 
     def wait_up(self, timeout: float) -> bool:
@@ -197,6 +201,8 @@ class _Conn:
             if left <= 0 or not self.mon.poll(int(left * 1000) + 1):
                 return self.up
             self._event()
+            if self.auth_failed or self.refused:
+                return False  # no point waiting: zmq would only retry the same
         return True
 
     def _event(self) -> None:
@@ -205,6 +211,8 @@ class _Conn:
         kind = int.from_bytes(frames[0][:2], "little")
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.up = True
+        elif kind == zmq.EVENT_CONNECT_RETRIED:
+            self.refused = not self.up
         elif kind == zmq.EVENT_DISCONNECTED:
             self.up = False
         elif kind & _HANDSHAKE_FAIL:

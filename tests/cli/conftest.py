@@ -42,6 +42,7 @@ class Cluster:
         self.root = root
         self.dir = root / "cluster"
         self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
+        self._api: Any = None
         self.env = {**os.environ, "PYHA_CLUSTER": str(self.dir), "PYTHONPATH": str(REPO)}
         for var in ("PYHA_NODE", "PYHA_KEY", "PYHA_OFFLINE"):
             self.env.pop(var, None)
@@ -78,8 +79,19 @@ class Cluster:
     def json(self, *args: str) -> Any:
         return json.loads(self.hm(*args, "--output-format", "json").stdout)
 
+    # Observations go through an in-process API client (cheap); the commands under
+    # test always run as ha-manager processes.
+    def api(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        from actors.cluster import ClusterConfig  # noqa: PLC0415
+        from cli.api_client import ApiClient, load_client_key  # noqa: PLC0415
+
+        if self._api is None:
+            conf = ClusterConfig.load(self.dir)
+            self._api = ApiClient(conf, key=load_client_key(conf, role="admin"), timeout=3)
+        return self._api.call(op, args)
+
     def status(self) -> dict[str, Any]:
-        return dict(self.json("status", "--verbose"))
+        return dict(self.api("status", {"verbose": True}))
 
     def service(self, sid: str) -> dict[str, Any] | None:
         for ln in self.status()["lines"]:
@@ -96,10 +108,14 @@ class Cluster:
 
     def node_state(self, node: str) -> str | None:
         ns = self.status()["full"]["manager_status"].get("node_status", {})
-        return ns.get(node)
+        state = ns.get(node)
+        return None if state is None else str(state)
 
     def digest(self) -> str:
-        return str(self.json("config")["digest"])
+        return str(self.api("config")["digest"])
+
+    def sids(self) -> set[str]:
+        return {r["sid"] for r in self.api("config")["resources"]}
 
     def up(self, *nodes: str) -> None:
         self.run("cli.ha_cluster", "up", str(self.dir), *nodes)
@@ -109,14 +125,16 @@ class Cluster:
         want = list(nodes or self.nodes)
 
         def ok() -> bool:
-            res = self.hm("status", "--verbose", "--output-format", "json", code=None)
-            if res.returncode != 0:
+            try:
+                st = self.status()
+            except Exception:
                 return False
-            st = json.loads(res.stdout)
             ns = st["full"]["manager_status"].get("node_status", {})
             master = [ln for ln in st["lines"] if ln["type"] == "master"]
-            return bool(master) and "(active," in master[0]["status"] and all(
-                ns.get(n) == "online" for n in want
+            return (
+                bool(master)
+                and "(active," in master[0]["status"]
+                and all(ns.get(n) == "online" for n in want)
             )
 
         wait_for(ok, timeout, "the cluster to be ready", step=0.3)
@@ -128,6 +146,9 @@ class Cluster:
             return None
 
     def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+            self._api = None
         subprocess.run(
             [PY, "-m", "cli.ha_cluster", "down", str(self.dir), "--timeout", "15"],
             capture_output=True, timeout=60, env=self.env, cwd=REPO, check=False,

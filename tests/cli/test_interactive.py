@@ -1,0 +1,104 @@
+"""The interactive pieces through a pseudo-terminal: ``ha-manager shell`` and ``status --watch``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.cli.conftest import REPO, Cluster
+
+pytestmark = pytest.mark.timeout(90)
+
+PROMPT = "ha-manager>"
+
+
+def spawn(cluster: Cluster, *args: str, env: dict[str, str] | None = None) -> pexpect.spawn[str]:
+    child = pexpect.spawn(
+        sys.executable, ["-m", "cli.ha_manager", *args], cwd=str(REPO),
+        env={**cluster.env, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": "120", **(env or {})},
+        dimensions=(50, 120), encoding="utf-8", timeout=15,
+    )  # fmt: skip
+    return child
+
+
+def test_shell_runs_commands_completes_and_keeps_history(cluster: Cluster, tmp_path: Path) -> None:
+    history = tmp_path / "history"
+    cluster.hm("add", "proc:shellsvc", "--node", "node2", "--cmd", "sleep 600", "--state", "stopped")
+    child = spawn(cluster, "shell", env={"PYHA_HISTORY": str(history)})
+    try:
+        child.expect_exact(PROMPT)
+        child.sendline("status")
+        child.expect_exact("quorum OK")
+        child.expect_exact(PROMPT)
+        # completion of a subcommand and of a resource id (one match: inserted)
+        # (the terminal shows the typed part and the completed rest as separate writes)
+        child.send("conf\t")
+        child.expect_exact("ig")
+        child.sendline("")
+        child.expect_exact("proc:shellsvc")
+        child.expect_exact(PROMPT)
+        child.send("set proc:shel\t")
+        child.expect_exact("lsvc")
+        child.sendline(" --comment from-the-shell")
+        child.expect_exact(PROMPT)
+        # node names complete (several matches: a menu)
+        child.send("migrate proc:shellsvc no\t")
+        child.expect("node1.*node2.*node3", timeout=10)
+        child.send("\x15")  # Ctrl-U: clear the line
+        # an error is one line and the shell goes on
+        child.sendline("set proc:nope --state stopped")
+        child.expect_exact("ha-manager: no such resource 'proc:nope'")
+        child.expect_exact(PROMPT)
+        child.sendline("frobnicate")
+        child.expect_exact("No such command 'frobnicate'")
+        child.expect_exact(PROMPT)
+        child.sendline("help")
+        child.expect_exact("crm-command")
+        child.expect_exact(PROMPT)
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert [r.get("comment") for r in cluster.json("config")["resources"] if r["sid"] == "proc:shellsvc"] == [
+        "from-the-shell"
+    ]
+    lines = [ln[1:] for ln in history.read_text().splitlines() if ln.startswith("+")]
+    assert lines[:3] == ["status", "config", "set proc:shellsvc --comment from-the-shell"]
+
+    # the history is there in the next session: Up recalls the last command
+    child = spawn(cluster, "shell", env={"PYHA_HISTORY": str(history)})
+    try:
+        child.expect_exact(PROMPT)
+        child.send("\x1b[A")  # Up: the last line of the previous session
+        child.expect_exact("exit")
+        child.send("\x1b[A")
+        child.expect_exact("help")
+        child.send("\x15")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    cluster.hm("remove", "proc:shellsvc")
+
+
+def test_watch_view_renders_tables_and_events(cluster: Cluster) -> None:
+    sid = "proc:watched"
+    cluster.hm("add", sid, "--node", "node3", "--cmd", "sleep 600")
+    cluster.wait_service(sid, "started", "node3")
+    child = spawn(cluster, "status", "--watch", "--interval", "0.5", "--duration", "5")
+    try:
+        child.expect_exact("subscribed to the events of")
+        child.expect_exact("services")
+        child.expect_exact(sid)
+        cluster.hm("set", sid, "--state", "stopped")
+        # the publisher diffs the records: a short-lived request_stop may be folded into the next state
+        child.expect(rf"service {sid}: started -> (request_stop|stopped) \(node3\)", timeout=10)
+        child.expect(rf"service {sid}: [a-z_]+ -> stopped \(node3\)", timeout=10)
+        child.expect(pexpect.EOF, timeout=15)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    cluster.hm("remove", sid)
