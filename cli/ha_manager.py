@@ -320,7 +320,10 @@ def status(
 ) -> None:
     """Show the cluster's HA status."""
     if watch:
-        from cli.watch import run_watch  # noqa: PLC0415 - rich is only needed here
+        try:
+            from cli.watch import run_watch  # noqa: PLC0415 - rich is only needed here
+        except ImportError as e:
+            die(f"status --watch needs the 'rich' package ({e})", 1)
 
         backend = c.backend()
         if not isinstance(backend, ApiClient):
@@ -711,7 +714,10 @@ def shell(c: Ctx) -> None:
     """Interactive shell with history and completion (commands without 'ha-manager')."""
     if c.interactive:
         die("already in the shell", EXIT_USAGE)
-    from cli.shell import run_shell  # noqa: PLC0415 - prompt_toolkit is only needed here
+    try:
+        from cli.shell import run_shell  # noqa: PLC0415 - prompt_toolkit is only needed here
+    except ImportError as e:
+        die(f"the shell needs the 'prompt_toolkit' package ({e})", 1)
 
     sys.exit(run_shell(main, c))
 

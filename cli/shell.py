@@ -19,10 +19,18 @@ from typing import TYPE_CHECKING
 
 import click
 from click.shell_completion import ShellComplete
-from prompt_toolkit import PromptSession
-from prompt_toolkit.completion import CompleteEvent, Completer, Completion
-from prompt_toolkit.document import Document
-from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit import PromptSession  # type: ignore[import-not-found, unused-ignore]
+from prompt_toolkit.completion import (  # type: ignore[import-not-found, unused-ignore]
+    CompleteEvent,
+    Completer,
+    Completion,
+)
+from prompt_toolkit.document import Document  # type: ignore[import-not-found, unused-ignore]
+from prompt_toolkit.history import (  # type: ignore[import-not-found, unused-ignore]
+    FileHistory,
+    History,
+    InMemoryHistory,
+)
 
 if TYPE_CHECKING:
     from cli.ha_manager import Ctx
@@ -31,7 +39,7 @@ ENV_HISTORY = "PYHA_HISTORY"
 PROMPT = "ha-manager> "
 
 
-class ClickCompleter(Completer):
+class ClickCompleter(Completer):  # type: ignore[misc, unused-ignore]
     """Completion from the click command tree, including the commands' dynamic values."""
 
     def __init__(self, cli: click.Command, obj: Ctx) -> None:

@@ -12,11 +12,11 @@ import time
 from typing import Any
 
 import zmq
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
+from rich.console import Console, Group, RenderableType  # type: ignore[import-not-found, unused-ignore]
+from rich.live import Live  # type: ignore[import-not-found, unused-ignore]
+from rich.panel import Panel  # type: ignore[import-not-found, unused-ignore]
+from rich.table import Table  # type: ignore[import-not-found, unused-ignore]
+from rich.text import Text  # type: ignore[import-not-found, unused-ignore]
 
 from cli.api_client import ApiClient, ApiError, decode_event, format_event
 

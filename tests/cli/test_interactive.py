@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-import pexpect
 import pytest
 
 from tests.cli.conftest import REPO, Cluster
 
 pytestmark = pytest.mark.timeout(90)
 
+# optional dependencies of the shell and the watch view (pyproject: cli extras)
+pexpect = pytest.importorskip("pexpect")
+pytest.importorskip("prompt_toolkit")
+pytest.importorskip("rich")
+
 PROMPT = "ha-manager>"
 
 
-def spawn(cluster: Cluster, *args: str, env: dict[str, str] | None = None) -> pexpect.spawn[str]:
+def spawn(cluster: Cluster, *args: str, env: dict[str, str] | None = None) -> Any:
     child = pexpect.spawn(
         sys.executable, ["-m", "cli.ha_manager", *args], cwd=str(REPO),
         env={**cluster.env, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": "120", **(env or {})},
