@@ -282,7 +282,10 @@ class Transport:
 
         Returns False if the frame was dropped before leaving this process
         (no connection to ``node``, transport stopped, backlog full); True
-        means it was handed on, not that it arrived.
+        means it was handed on, not that it arrived. Raises
+        :class:`UnknownPeerError` for a non-member, :class:`ProtocolError`
+        (``oversized``) for a message over the frame limit, and
+        :class:`BusError` before ``start()``.
         """
         link = self._links_by_name.get(node)
         if link is not None:  # the hot path: a started transport, a peer
