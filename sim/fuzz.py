@@ -42,6 +42,7 @@ from typing import Any, SupportsIndex
 
 from ha.config.datacenter import parse_datacenter_json
 from ha.constants import LOCK_TIMEOUT
+from ha.errors import HaError
 from ha.records import ManagerStatus, ServiceData
 from ha.states import CrmState
 from sim.hardware import Hardware, SimNode
@@ -105,6 +106,7 @@ class RuleSpec:
     resources: list[str]
     strict: bool = False
     disable: bool = False
+    affinity: str | None = None  # positive|negative: a resource-affinity rule (no nodes)
 
 
 @dataclass
@@ -148,9 +150,11 @@ class Case:
             return None
         out = []
         for r in self.rules:
-            text = (
-                f"node-affinity: {r.id}\n\tnodes {_node_list(r.nodes)}\n\tresources {','.join(r.resources)}\n"
-            )
+            resources = ",".join(r.resources)
+            if r.affinity is not None:
+                text = f"resource-affinity: {r.id}\n\tresources {resources}\n\taffinity {r.affinity}\n"
+            else:
+                text = f"node-affinity: {r.id}\n\tnodes {_node_list(r.nodes)}\n\tresources {resources}\n"
             if r.strict:
                 text += "\tstrict 1\n"
             if r.disable:
@@ -247,6 +251,25 @@ def generate_case(seed: int) -> Case:
                 strict=rng.random() < 0.5,
                 disable=rng.random() < 0.1,
             )
+        )
+
+    # Resource affinity. A negative rule only gets services without any node preference (no
+    # group, no node-affinity rule, no positive partner) and each service at most one negative
+    # rule: with a preference, the reference removes the partners' nodes from the *preferred*
+    # class only and finds no node at all when that empties it, even with other nodes free
+    # (BEHAVIOUR.md §5.9 step 6; docs/fuzzing.md "Findings") - a liveness limitation by design.
+    kinds = [rng.choice(("positive", "negative")) for _ in range(rng.choice((0, 0, 0, 1, 2)))]
+    preferred = {sid for sid, cd in services.items() if "group" in cd}
+    for r in rules:
+        preferred.update(r.resources)
+    for i, affinity in enumerate(sorted(kinds, key=lambda k: k != "positive")):
+        pool = sids if affinity == "positive" else [s for s in sids if s not in preferred]
+        if len(pool) < 2:
+            continue
+        resources = sorted(rng.sample(pool, min(len(pool), rng.randint(2, 3))))
+        preferred.update(resources)
+        rules.append(
+            RuleSpec(f"affinity{i + 1}", {}, resources, affinity=affinity, disable=rng.random() < 0.1)
         )
 
     datacenter: dict[str, Any] = {}
@@ -900,9 +923,13 @@ def run_case(
     driver = _Driver(case, generator, n_random if generate else 0, heal_index)
     holder: list[Hardware] = []
     checker = Checker(lambda: holder[0])
-    sim = Simulation(
-        case.scenario(), RunOptions(), out=checker.on_line, observer=Observer(checker.after_step)
-    )
+    try:
+        sim = Simulation(
+            case.scenario(), RunOptions(), out=checker.on_line, observer=Observer(checker.after_step)
+        )
+    except HaError as e:  # the simulator refuses the generated world: a generator bug
+        rejected = Violation(NO_FATAL_ERROR, f"scenario rejected: {e}", 0)
+        return RunResult(case, rejected, 0, 0, [], driver.heal_index, None, [])
     holder.append(sim.hw)
     driver.sim = sim
     driver.checker = checker

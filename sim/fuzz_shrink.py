@@ -238,7 +238,7 @@ def _without_node(case: Case, node: str) -> Case:
         )
         for r in case.rules
     ]
-    rules = [r for r in rules if r.nodes and r.resources]
+    rules = [r for r in rules if (r.nodes or r.affinity) and r.resources]
     return replace(case, hardware=hardware, services=services, schedule=schedule, groups=groups, rules=rules)
 
 
