@@ -19,7 +19,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union, cast
 
 from bus.errors import ProtocolError
 
@@ -60,7 +60,13 @@ class _Schema:
     exact: tuple[tuple[str, type, bool], ...]
     converters: tuple[tuple[str, Converter], ...]
     local_only: bool
+    # Fast path when every field is present: check, then store each value
+    # straight into its slot (name, exact type or None, nullable, converter
+    # or None, slot setter). See from_payload.
+    plan: tuple[tuple[str, type | None, bool, Converter | None, Callable[[Any, Any], None]], ...]
 
+
+_new = object.__new__
 
 MESSAGE_TYPES: dict[str, type[Message]] = {}
 _SCHEMAS: dict[str, _Schema] = {}
@@ -192,19 +198,34 @@ def register(cls: M) -> M:
     names = tuple(f.name for f in fields)
     exact: list[tuple[str, type, bool]] = []
     converters: list[tuple[str, Converter]] = []
+    plan: list[tuple[str, type | None, bool, Converter | None, Callable[[Any, Any], None]]] = []
+    if "__slots__" not in cls.__dict__ or hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__}: messages are slotted dataclasses without __post_init__")
     for f in fields:
         tp = hints[f.name]
         args = typing.get_args(tp)
         nullable = typing.get_origin(tp) in (Union, types.UnionType) and type(None) in args
         inner = next((a for a in args if a is not type(None)), tp) if nullable else tp
+        setter = cls.__dict__[f.name].__set__  # the slot's member descriptor
         if inner in (str, int, bool):
             exact.append((f.name, inner, nullable))
+            plan.append((f.name, inner, nullable, None, setter))
         else:
-            converters.append((f.name, _converter(f.name, tp)))
+            conv = _converter(f.name, tp)
+            converters.append((f.name, conv))
+            plan.append((f.name, None, False, conv, setter))
     MESSAGE_TYPES[kind] = cls
     _NAMES_BY_CLASS[cls] = names
     _SCHEMAS[kind] = _Schema(
-        kind, cls, names, frozenset(names), required, tuple(exact), tuple(converters), cls.LOCAL_ONLY
+        kind,
+        cls,
+        names,
+        frozenset(names),
+        required,
+        tuple(exact),
+        tuple(converters),
+        cls.LOCAL_ONLY,
+        tuple(plan),
     )
     return cls
 
@@ -231,7 +252,22 @@ def from_payload(kind: str, payload: Any, *, wire: bool = False) -> Message:
     if type(payload) is not dict:
         raise ProtocolError(BAD_PAYLOAD, "payload is not a map")
     keys = payload.keys()
-    if keys != schema.all_names:  # fast path: every field present
+    if keys == schema.all_names:
+        # Every field present (what our own encoder always sends): validate
+        # and fill the slots directly. The frozen dataclass __init__ does the
+        # same stores through object.__setattr__, at several times the cost,
+        # and one message is built per received frame. Safe because message
+        # classes have no __post_init__ (checked in register()).
+        obj: Message = _new(cast(type[Message], schema.ctor))
+        for name, tp, nullable, conv, setter in schema.plan:
+            v = payload[name]
+            if conv is not None:
+                v = conv(v)
+            elif type(v) is not tp and not (nullable and v is None):
+                raise _bad(name, tp.__name__ if tp is not None else "?", v)
+            setter(obj, v)
+        return obj
+    if keys != schema.all_names:
         if not keys <= schema.all_names:
             extra = [repr(k)[:32] for k in keys if k not in schema.all_names][:4]
             raise ProtocolError(BAD_PAYLOAD, f"unknown fields {extra}")
