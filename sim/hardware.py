@@ -68,6 +68,7 @@ class Hardware:
             node.extra = {k: v for k, v in st.items() if k not in ("power", "network", "pve-manager-version")}
             self.nodes[name] = node
         self.startup_write = StartupWrite()
+        self._node_info_cache: tuple[tuple[bool, ...], tuple[dict[str, NodeInfo], bool]] | None = None
         self.locks: dict[str, tuple[str, int]] = {}
         self.watchdogs: dict[str, Watchdog] = {}
         self.wd_counter = 0
@@ -262,11 +263,22 @@ class Hardware:
     # -- membership ------------------------------------------------------------------
 
     def get_node_info(self) -> tuple[dict[str, NodeInfo], bool]:
-        online = {n: d.power == "on" and d.network == "on" for n, d in self.nodes.items()}
-        quorate = sum(online.values()) > len(self.nodes) // 2
+        """Membership as the reference computes it (§9.3); callers must not modify the result.
+
+        Cached per power/network state: it is asked on every quorum check and lock attempt.
+        """
+        key = tuple(d.power == "on" and d.network == "on" for d in self.nodes.values())
+        cached = self._node_info_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        online = dict(zip(self.nodes, key, strict=True))
+        quorate = sum(key) > len(self.nodes) // 2
         if not quorate:
-            return {n: NodeInfo(False) for n in self.nodes}, False
-        return {n: NodeInfo(o) for n, o in online.items()}, True
+            result = {n: NodeInfo(False) for n in self.nodes}, False
+        else:
+            result = {n: NodeInfo(o) for n, o in online.items()}, True
+        self._node_info_cache = (key, result)
+        return result
 
     # -- locks (§9.3) -------------------------------------------------------------------
 
