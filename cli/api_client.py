@@ -112,8 +112,13 @@ def generate_client_key(cluster: ClusterConfig, name: str, role: str, *, force: 
 
 
 def load_client_key(cluster: ClusterConfig, key: str | None = None, role: str | None = None) -> ClientKey:
-    """The key to use: ``key`` (a ``.key_secret`` path, or ``$PYHA_KEY``), else the first key of
-    ``role`` (admin, then read-only, when no role is asked for)."""
+    """The key to use: ``key`` (a ``.key_secret`` path, or ``$PYHA_KEY``), else the first readable
+    key of ``role`` (admin, then read-only, when no role is asked for).
+
+    With no role asked for and no client key at all, a node's own key pair
+    (``keys/<node>.key_secret``) serves: whoever can read it is root on a
+    cluster host and could speak as that node anyway (members are admins).
+    """
     key = key or os.environ.get(ENV_KEY) or None
     candidates: list[tuple[Path, str]] = []
     if key:
@@ -122,27 +127,40 @@ def load_client_key(cluster: ClusterConfig, key: str | None = None, role: str | 
         candidates.append((p, guessed))
     else:
         for r in (role,) if role else ROLES:
-            for p in sorted(client_keys_dir(cluster, r).glob("*.key_secret")):
-                candidates.append((p, r))
-    if not candidates:
-        which = f"{role} " if role else ""
-        raise ApiError(
-            f"no {which}client key in {cluster.keys_dir / 'clients'} "
-            f"(create one: ha-manager keygen NAME --role admin|readonly)",
-            EXIT_FORBIDDEN,
-        )
-    path, r = candidates[0]
+            candidates += [(p, r) for p in sorted(client_keys_dir(cluster, r).glob("*.key_secret"))]
+        if role is None:
+            candidates += [(cluster.keys_dir / f"{n}.key_secret", ROLE_ADMIN) for n in sorted(cluster.nodes)]
+    last: ApiError | None = None
+    for path, r in candidates:
+        try:
+            return _load_pair(path, r)
+        except ApiError as e:
+            if key:
+                raise
+            last = e
+    if last is not None and not isinstance(last.__cause__, FileNotFoundError):
+        raise last
+    which = f"{role} " if role else ""
+    raise ApiError(
+        f"no usable {which}client key in {cluster.keys_dir / 'clients'} "
+        f"(create one: ha-manager keygen NAME --role admin|readonly)",
+        EXIT_FORBIDDEN,
+    )
+
+
+def _load_pair(path: Path, role: str) -> ClientKey:
     name = path.name.removesuffix(".key_secret")
     try:
         mode = path.stat().st_mode & 0o777
-    except OSError as e:
-        raise ApiError(f"cannot read client key {path}: {e.strerror}", EXIT_FORBIDDEN) from None
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ApiError(f"cannot read client key {path}: {getattr(e, 'strerror', e)}", EXIT_FORBIDDEN) from e
     if mode & 0o077:
         raise ApiError(f"{path} is accessible by group/others (mode {mode:o}); chmod 600", EXIT_FORBIDDEN)
-    keys = _read_key_file(path, EXIT_FORBIDDEN)
+    keys = _parse_keys(text, path, EXIT_FORBIDDEN)
     if "secret" not in keys:
         raise ApiError(f"{path}: no secret-key line", EXIT_FORBIDDEN)
-    return ClientKey(name, r, keys["public"], keys["secret"], path)
+    return ClientKey(name, role, keys["public"], keys["secret"], path)
 
 
 def _read_key_file(path: Path, code: int) -> dict[str, bytes]:
@@ -151,6 +169,10 @@ def _read_key_file(path: Path, code: int) -> dict[str, bytes]:
         text = path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as e:
         raise ApiError(f"cannot read {path}: {e}", code) from None
+    return _parse_keys(text, path, code)
+
+
+def _parse_keys(text: str, path: Path, code: int) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for line in text.splitlines():
         k, eq, v = line.strip().partition("=")

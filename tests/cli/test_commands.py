@@ -307,6 +307,15 @@ def test_readonly_key_reads_but_cannot_write(cluster: Cluster) -> None:
     assert cluster.digest() == before
 
 
+def test_root_on_a_cluster_host_may_use_a_node_key(cluster: Cluster) -> None:
+    # no client key needed where a node's secret is readable: members are admins
+    node_key = str(cluster.dir / "keys" / "node2.key_secret")
+    cluster.hm(
+        "--key", node_key, "add", "proc:bynode", "--node", "node3", "--cmd", SLEEP, "--state", "stopped"
+    )
+    cluster.hm("--key", node_key, "remove", "proc:bynode")
+
+
 def test_a_key_the_cluster_does_not_know_is_refused(cluster: Cluster, tmp_path: Path) -> None:
     # a key made after the nodes started is not accepted (nodes load keys when they start)
     res = cluster.hm("keygen", "late", "--role", "admin")
