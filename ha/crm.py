@@ -2,44 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from ha.constants import LOCK_MAX_TRIES, REFERENCE_TIMING, Timing
+from ha.constants import REFERENCE_TIMING, Timing
+from ha.daemon import Daemon, lock_with_retries
 from ha.env import Env
 from ha.errors import HaError
 from ha.manager import Manager
 from ha.records import ManagerStatus
-from ha.states import CRM_TRANSITIONS, CrmState, NodeState, check_transition
+from ha.states import CRM_TRANSITIONS, CrmState, NodeState
 from ha.tools import count_fenced_services
 
 
-def lock_with_retries(env: Env, get_lock: Callable[[], bool], max_seconds: float) -> bool:
-    """Try a lock up to 6 times, 1 s apart, for at most 5 s (§3.1.3, §3.2.3)."""
-    start = env.get_time()
-    tries = 0
-    while True:
-        if get_lock():
-            return True
-        tries += 1
-        if tries >= LOCK_MAX_TRIES:
-            return False
-        if env.get_time() - start > max_seconds:
-            return False
-        env.sleep(1)
-
-
-class CRM:
+class CRM(Daemon):
     """One node's cluster resource manager; acts as master while holding the manager lock."""
 
+    TRANSITIONS = CRM_TRANSITIONS
+    WHAT = "CRM state"
+
     def __init__(self, env: Env, timing: Timing = REFERENCE_TIMING) -> None:
-        self.env = env
-        self.timing = timing
-        self.state: CrmState = CrmState.STARTUP
-        self.state_change_time: float = env.get_time()
+        super().__init__(env, timing)
         self.manager: Manager | None = None
         self.shutdown_request = False
-        self.cluster_state_update_ok = False
-        self.watchdog: str | None = None
         self.disarmed = False  # the CRM released its watchdog because HA is fully disarmed
         self.idle_rounds = 0
         self.set_local_status(CrmState.WAIT_FOR_QUORUM)
@@ -47,14 +29,9 @@ class CRM:
     # -- state ------------------------------------------------------------
 
     def set_local_status(self, new: CrmState) -> None:
-        """The one place the CRM state changes: log, timestamp, create/drop the Manager."""
-        if new == self.state:
-            return
-        check_transition(CRM_TRANSITIONS, self.state, new, "CRM state")
-        self.env.log("info", f"status change {self.state} => {new}")
-        self.state = new
-        self.state_change_time = self.env.get_time()
-        self.manager = Manager(self.env, self.timing) if new == CrmState.MASTER else None
+        """Change state; entering master creates the Manager, leaving it drops it (§3.1.1)."""
+        if self.change_state(new):
+            self.manager = Manager(self.env, self.timing) if new == CrmState.MASTER else None
 
     def request_shutdown(self) -> None:
         if not self.shutdown_request:
@@ -127,31 +104,17 @@ class CRM:
         if not lock_with_retries(env, env.get_ha_manager_lock, self.timing.lock_max_seconds):
             return False
         if self.watchdog is not None:
-            env.watchdog_update(self.watchdog)
+            self.renew_watchdog()
         elif not self.disarmed:
             ms = self._read_ms()
             if ms is not None and ms.disarm is not None and ms.disarm.get("state") == "disarmed":
                 env.log("info", "taking over as disarmed master, skipping watchdog")
                 self.disarmed = True
             else:
-                self.watchdog = env.watchdog_open()
+                self.renew_watchdog()
         return True
 
-    def give_up_watchdog(self) -> None:
-        if self.watchdog is not None:
-            self.env.watchdog_close(self.watchdog)
-            self.watchdog = None
-
     # -- iteration (§3.1.4) ----------------------------------------------------
-
-    def do_one_iteration(self) -> bool:
-        """Run one loop iteration; False means the daemon exits."""
-        env = self.env
-        env.loop_start_hook()
-        self.cluster_state_update_ok = env.cluster_state_update()
-        res = self.work()
-        env.loop_end_hook()
-        return res
 
     def work(self) -> bool:
         env = self.env

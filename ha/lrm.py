@@ -14,11 +14,11 @@ from typing import Any, Protocol
 from ha.agent import AgentDied, exec_resource_agent
 from ha.config.resources import ResourceConfig
 from ha.constants import REFERENCE_TIMING, ExitCode, Timing
-from ha.crm import lock_with_retries
+from ha.daemon import Daemon, lock_with_retries
 from ha.env import Env
 from ha.errors import HaError
 from ha.records import LrmResult, LrmStatus, ServiceData
-from ha.states import LRM_TRANSITIONS, LrmMode, LrmState, ServiceState, ShutdownPolicy, check_transition
+from ha.states import LRM_TRANSITIONS, LrmMode, LrmState, ServiceState, ShutdownPolicy
 from ha.tools import count_active_services, count_fenced_services
 
 S = ServiceState
@@ -54,8 +54,11 @@ class StartupWrite:
     done: bool = False
 
 
-class LRM:
+class LRM(Daemon):
     """One node's local resource manager."""
+
+    TRANSITIONS = LRM_TRANSITIONS
+    WHAT = "LRM state"
 
     def __init__(
         self,
@@ -64,12 +67,9 @@ class LRM:
         pool: WorkerPool | None = None,
         timing: Timing = REFERENCE_TIMING,
     ) -> None:
-        self.env = env
-        self.timing = timing
+        super().__init__(env, timing)
         self.startup = startup if startup is not None else StartupWrite()
         self.pool = pool
-        self.state: LrmState = LrmState.STARTUP
-        self.state_change_time = env.get_time()
         self.mode: str = LrmMode.ACTIVE
         self.workers: dict[str, Job] = {}
         # shutdown stop jobs waiting for a running job of the same service (see queue_resource_command)
@@ -78,9 +78,7 @@ class LRM:
         self.restart_tries: dict[str, int] = {}
         self.shutdown_request: float | None = None
         self.shutdown_errors = 0
-        self.cluster_state_update_ok = False
         self.active_idle_rounds = 0
-        self.watchdog: str | None = None
         self.service_status: dict[str, ServiceData] = {}
         self._valid_uids: set[str] | None = None
         self._pruned_for: set[str] | None = None
@@ -90,12 +88,7 @@ class LRM:
     # -- state --------------------------------------------------------------
 
     def set_local_status(self, new: LrmState) -> None:
-        if new == self.state:
-            return
-        check_transition(LRM_TRANSITIONS, self.state, new, "LRM state")
-        self.env.log("info", f"status change {self.state} => {new}")
-        self.state = new
-        self.state_change_time = self.env.get_time()
+        self.change_state(new)
 
     def is_maintenance_requested(self) -> bool:
         return self.mode == LrmMode.MAINTENANCE
@@ -150,16 +143,8 @@ class LRM:
         env = self.env
         if not lock_with_retries(env, env.get_ha_agent_lock, self.timing.lock_max_seconds):
             return False
-        if self.watchdog is not None:
-            env.watchdog_update(self.watchdog)
-        else:
-            self.watchdog = env.watchdog_open()
+        self.renew_watchdog()
         return True
-
-    def give_up_watchdog_protection(self) -> None:
-        if self.watchdog is not None:
-            self.env.watchdog_close(self.watchdog)
-            self.watchdog = None
 
     # -- shutdown request (§3.2.5) ---------------------------------------------------
 
@@ -226,14 +211,6 @@ class LRM:
 
     # -- iteration (§3.2.4) -----------------------------------------------------------
 
-    def do_one_iteration(self) -> bool:
-        env = self.env
-        env.loop_start_hook()
-        self.cluster_state_update_ok = env.cluster_state_update()
-        res = self.work()
-        env.loop_end_hook()
-        return res
-
     def work(self) -> bool:
         env = self.env
         if not self.startup.done:
@@ -270,7 +247,7 @@ class LRM:
             elif self.mode == LrmMode.DISARM and self.run_workers() == 0:
                 env.log("info", "HA disarm requested, releasing agent lock and watchdog")
                 env.release_ha_agent_lock()
-                self.give_up_watchdog_protection()
+                self.give_up_watchdog()
                 self.set_local_status(LrmState.WAIT_FOR_AGENT_LOCK)
             elif not self.has_configured_service_on_local_node() and not self.run_workers():
                 # no service here and all (old) workers are done
@@ -280,7 +257,7 @@ class LRM:
                     env.log("info", f"node had no service configured for {rounds} rounds, going idle.")
                     # safety: no active service and no worker for a while
                     env.release_ha_agent_lock()
-                    self.give_up_watchdog_protection()
+                    self.give_up_watchdog()
                     self.set_local_status(LrmState.WAIT_FOR_AGENT_LOCK)
                     self.active_idle_rounds = 0
             elif self.active_idle_rounds:
@@ -292,7 +269,7 @@ class LRM:
             elif self.mode == LrmMode.DISARM and self.active_service_count() == 0 and self.run_workers() == 0:
                 env.log("info", "HA disarm requested during maintenance, releasing agent lock and watchdog")
                 env.release_ha_agent_lock()
-                self.give_up_watchdog_protection()
+                self.give_up_watchdog()
                 self.set_local_status(LrmState.WAIT_FOR_AGENT_LOCK)
             elif self.active_service_count() or self.run_workers():
                 # keep lock and watchdog until every service left this node
@@ -332,7 +309,7 @@ class LRM:
                         )
                         return False
                 else:
-                    self.give_up_watchdog_protection()
+                    self.give_up_watchdog()
                     return False
             env.sleep(self.timing.wait_sleep)
         elif state == LrmState.MAINTENANCE:
@@ -350,13 +327,13 @@ class LRM:
                         workers = self.run_workers()
                         if self.active_service_count() == 0 and workers == 0:
                             # safety: no running services, the watchdog may go
-                            self.give_up_watchdog_protection()
+                            self.give_up_watchdog()
                             shutdown = True
                             env.release_ha_agent_lock()
                     elif self.run_workers() == 0:
                         if self.shutdown_errors == 0:
                             # safety: every service stopped, the watchdog may go
-                            self.give_up_watchdog_protection()
+                            self.give_up_watchdog()
                             env.release_ha_agent_lock()
                         shutdown = True
                 elif not self.cluster_state_update_ok:
@@ -379,7 +356,7 @@ class LRM:
         exit_lrm = False
         if self.active_service_count() == 0 and self.run_workers() == 0:
             # safety: every active service left this node
-            self.give_up_watchdog_protection()
+            self.give_up_watchdog()
             env.release_ha_agent_lock()
             if self.shutdown_request is not None:
                 exit_lrm = True
