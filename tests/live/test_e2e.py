@@ -208,3 +208,26 @@ def test_network_partition_minority_fences_itself_majority_recovers(tmp_path: Pa
         assert c.overlaps() == []
     finally:
         c.close()
+
+
+def test_ocf_dummy_resource_fails_over(cluster: LiveCluster) -> None:
+    """A real OCF agent (Debian's resource-agents, ocf:heartbeat:Dummy) under HA."""
+    cluster.up()
+    cluster.manager("add", "ocf:dummy", "--node", "node2", "--agent", "heartbeat:Dummy")
+    cluster.wait_state("ocf:dummy", "started", 30, node="node2")
+    wait_for(lambda: "service status ocf:dummy started" in cluster.log("node2"), 10, "the agent's start")
+    state_files = list((cluster.dir / "state" / "node2").rglob("*.state"))
+    assert state_files, "Dummy keeps its state file in the node's HA_RSCTMP"
+    cluster.kill("node2")
+    wait_for(
+        lambda: cluster.service_state("ocf:dummy")[1] not in (None, "node2"), 30, "recovery of ocf:dummy"
+    )
+    cluster.wait_state("ocf:dummy", "started", 30)
+    new_node = cluster.service_state("ocf:dummy")[1]
+    assert new_node is not None
+    wait_for(
+        lambda: "service status ocf:dummy started" in cluster.log(new_node),
+        15,
+        "the agent's start on the new node",
+    )
+    assert list((cluster.dir / "state" / new_node).rglob("*.state"))
