@@ -27,6 +27,7 @@ Without CURVE (tests only) every caller is an admin.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 import time
@@ -60,6 +61,8 @@ ROLE_ADMIN = "admin"
 ROLE_READONLY = "readonly"
 ROLES = (ROLE_ADMIN, ROLE_READONLY)
 CLIENT_KEY_PREFIX = "client."  # interim flat key files: keys/client.<role>.<name>.key
+# while fed by this node's master (StatusWritten), manager_status changes come from the feed only
+FEED_HOLD = 2.0
 
 # -- argument checking ---------------------------------------------------------------------
 
@@ -488,6 +491,13 @@ class Request:
     env: Envelope
 
 
+@dataclass(frozen=True)
+class StatusWritten:
+    """The master wrote this manager status (hook in actors/node.py, see docs/API.md "Events")."""
+
+    ms: ManagerStatus
+
+
 class ApiActor(pykka.ThreadingActor):
     def __init__(
         self,
@@ -545,6 +555,10 @@ class ApiActor(pykka.ThreadingActor):
         return self.tap.user_of(env) if self.tap is not None else None
 
     def on_receive(self, message: object) -> None:
+        if isinstance(message, StatusWritten):
+            if self.publisher is not None:
+                self.publisher.feed(message.ms)
+            return
         if not isinstance(message, Request):
             return
         req = message.env.body
@@ -670,6 +684,8 @@ class EventPublisher:
         self.endpoint: str | None = None
         self.log = logger.bind(ident=f"{node}/events")
         self._stop = threading.Event()
+        self._fed: collections.deque[ManagerStatus] = collections.deque(maxlen=1000)
+        self._last_feed = -FEED_HOLD
         self._thread: threading.Thread | None = None
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._seq = 0
@@ -739,6 +755,12 @@ class EventPublisher:
                 for sock, _ in poller.poll(int(self.interval * 1000)):
                     if sock is zap and zap is not None:
                         _answer_zap(zap, authorized)
+                while self._fed:
+                    fed = self._fed.popleft()
+                    if ms is not None and _newer(fed, ms):
+                        for ev in diff_events(ms, fed, lrm, lrm):
+                            self._publish(pub, ev)
+                        ms = fed
                 try:
                     changes = self.store.changed_since(token)
                     token = changes.token
@@ -749,6 +771,9 @@ class EventPublisher:
                         or any(n == rec.MANAGER_STATUS or n.endswith("/lrm_status") for n in names)
                     ):
                         new_ms, _ = rec.read_manager_status(self.store)
+                        if ms is not None and (self._fed_recently() or _newer(ms, new_ms)):
+                            # this node's master feeds every write: the store could only fold them
+                            new_ms = ms
                         new_lrm = {}
                         for n in sorted(set(self.cluster.nodes) | set(new_ms.node_status)):
                             st = rec.read_lrm_status(self.store, n)
@@ -770,6 +795,14 @@ class EventPublisher:
         finally:
             self._close(pub, zap)
 
+    def feed(self, ms: ManagerStatus) -> None:
+        """Every manager status the master writes (from any thread): no transition is folded."""
+        self._last_feed = time.monotonic()
+        self._fed.append(ms)
+
+    def _fed_recently(self) -> bool:
+        return time.monotonic() - self._last_feed < FEED_HOLD
+
     def _publish(self, pub: zmq.Socket[bytes], ev: dict[str, Any]) -> None:
         self._seq += 1
         body = {"v": API_VERSION, "cluster": self.cluster.cluster, "source": self.node, "seq": self._seq,
@@ -784,6 +817,11 @@ class EventPublisher:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
+
+
+def _newer(a: ManagerStatus, b: ManagerStatus) -> bool:
+    """Is ``a`` a later write than ``b``? (the master stamps every write)"""
+    return a.timestamp is not None and (b.timestamp is None or a.timestamp > b.timestamp)
 
 
 def _public_key(path: Path) -> bytes:

@@ -1,0 +1,101 @@
+"""The event stream without a cluster: the pure diff, and a publisher over a dir store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import pytest
+import zmq
+
+from actors.api import EventPublisher, diff_events
+from actors.cluster import ClusterConfig
+from ha.records import ManagerStatus, ServiceData
+from store.dirstore import DirStore
+from store.records import write_manager_status
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def ms(
+    ts: float, master: str | None, nodes: dict[str, str], services: dict[str, tuple[str, str]]
+) -> ManagerStatus:
+    return ManagerStatus(
+        master_node=master,
+        timestamp=ts,
+        node_status=dict(nodes),
+        service_status={sid: ServiceData(state=st, node=n) for sid, (st, n) in services.items()},
+    )
+
+
+def test_diff_events_master_nodes_fencing_services_lrm() -> None:
+    a = ms(1, "n1", {"n1": "online", "n2": "online"}, {"vm:100": ("started", "n2")})
+    b = ms(2, "n2", {"n1": "fence", "n2": "online"}, {"vm:100": ("fence", "n1"), "vm:101": ("stopped", "n2")})
+    c = ms(3, "n2", {"n1": "unknown", "n2": "online"}, {"vm:101": ("stopped", "n2")})
+    assert diff_events(None, a, {}, {}) == []  # the first view is the baseline
+    evs = diff_events(a, b, {"n1": ("active", "active")}, {"n1": (None, None)})
+    assert [e["type"] for e in evs] == ["master", "node", "fence", "service", "service", "lrm"]
+    assert evs[0] == {"type": "master", "old": "n1", "new": "n2"}
+    assert evs[2] == {"type": "fence", "node": "n1", "phase": "pending"}
+    assert evs[3]["sid"] == "vm:100" and evs[3]["old_state"] == "started" and evs[3]["state"] == "fence"
+    assert evs[4]["old_state"] is None and evs[4]["state"] == "stopped"
+    evs = diff_events(b, c, {}, {})
+    assert {"type": "fence", "node": "n1", "phase": "done"} in evs
+    assert {"type": "node", "node": "n1", "old": "fence", "new": "unknown"} in evs
+    assert any(e["type"] == "service" and e["sid"] == "vm:100" and e["state"] is None for e in evs)
+
+
+def test_publisher_streams_store_changes_and_fed_writes(tmp_path: Path) -> None:
+    cluster = ClusterConfig(root=tmp_path, cluster="t", nodes={"n1": "tcp://127.0.0.1:1"}, curve=False)
+    store = DirStore(tmp_path / "store")
+    write_manager_status(store, ms(1, "n1", {"n1": "online"}, {"vm:100": ("started", "n1")}))
+    pub = EventPublisher("n1", cluster, store, lambda: True, interval=0.02, heartbeat=0.2)
+    pub.start()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    try:
+        assert pub.endpoint is not None and pub.endpoint.startswith("tcp://127.0.0.1:")
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(pub.endpoint)
+
+        def next_events(
+            n: int, types: tuple[str, ...] = ("service",), wait: float = 5
+        ) -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            deadline = time.monotonic() + wait
+            while len(out) < n and time.monotonic() < deadline:
+                if sub.poll(100):
+                    topic, body = sub.recv_multipart()
+                    ev = msgpack.unpackb(body)
+                    assert topic.decode() == ev["type"] and ev["source"] == "n1" and ev["cluster"] == "t"
+                    if ev["type"] in types:
+                        out.append(ev)
+            return out
+
+        assert next_events(1, ("heartbeat",))[0]["master"] == "n1"  # connected and alive
+        # the master's hook feeds every write: the short-lived request_stop is not folded
+        mid = ms(2, "n1", {"n1": "online"}, {"vm:100": ("request_stop", "n1")})
+        end = ms(3, "n1", {"n1": "online"}, {"vm:100": ("stopped", "n1")})
+        write_manager_status(store, mid)
+        pub.feed(mid)
+        write_manager_status(store, end)
+        pub.feed(end)
+        evs = next_events(2)
+        assert [(e["old_state"], e["state"]) for e in evs] == [("started", "request_stop"),
+                                                               ("request_stop", "stopped")]  # fmt: skip
+        assert [e["seq"] for e in evs] == sorted(e["seq"] for e in evs)
+        # without the hook (another node is master now), the publisher follows the store
+        time.sleep(2.1)  # actors.api.FEED_HOLD
+        write_manager_status(store, ms(4, "n2", {"n1": "online"}, {"vm:100": ("stopped", "n1")}))
+        (master,) = next_events(1, ("master",))
+        assert master["old"] == "n1" and master["new"] == "n2"
+        # a late feed of an older status is ignored (no flapping back)
+        pub.feed(end)
+        assert next_events(1, ("master", "service"), wait=0.5) == []
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+        pub.stop()
+        store.close()
