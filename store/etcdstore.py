@@ -1,0 +1,808 @@
+"""The ``etcd`` store backend: records and leases in an etcd v3 cluster (many hosts).
+
+URL: ``etcd://HOST:PORT[,HOST:PORT...]/CLUSTER[?timeout=SECONDS]`` (client
+endpoints of the etcd members; ``CLUSTER`` names the key prefix, so several
+pyha clusters can share one etcd). See docs/ETCD.md for the full argument.
+
+The client speaks etcd's v3 JSON gateway (``POST /v3/kv/range`` ...) over
+HTTP/1.1 with the standard library only: no gRPC, no protobuf. It keeps a
+small pool of keep-alive connections, fails over between the endpoints, and
+bounds every Store call by ``timeout`` (default 2 s) after which it raises
+:class:`StoreError`. A mutating request whose answer was lost is never
+re-sent (its outcome is unknown): the caller gets a :class:`StoreError` and
+re-reads. Every request carries the gRPC metadata ``hasleader=true``, so a
+member that has lost its leader answers "no leader" at once instead of
+queueing the request; those answers are retried until the deadline.
+
+Keys under ``/pyha/<cluster>/``::
+
+    records/<name>   the record's bytes; version = its mod_revision (decimal)
+    changes/<name>   touched in the same transaction as every change of the
+                     record (write, append, take, delete): changed_since is a
+                     range query by mod_revision over this prefix
+    leases/<name>    {"holder": ..., "ttl": ...}, bound to an etcd lease
+
+Leases: the lease key is the lock. Holding it is counted on local monotonic
+clocks, never on etcd's lease timers (integer seconds, a 2-3 s minimum, and
+reset on every leader change):
+
+* the holder, after a successful create/renew/take-over whose request it
+  sent at ``t_send``, may rely on it until ``t_send + ttl`` (and a caller
+  that read ``t0`` before the call until ``t0 + ttl``, which is earlier);
+* any other client counts the lease as expired only when the key has kept
+  the same mod_revision for ``ttl`` seconds of *its* clock since it first saw
+  that revision in a response; the take-over is a transaction conditional
+  on that very revision, so any renewal in between makes it fail. A response
+  arrives after the write it shows was committed, and that commit came after
+  the writer's ``t0``: the take-over cannot come before ``t0 + ttl``.
+* renewals rewrite the key (a raft write: only a client that reaches the
+  etcd majority can renew), so every renewal is a new revision.
+
+The etcd lease bound to the key is only a garbage collector for keys of
+holders that vanished: its TTL is ``ceil(ttl) + 10`` s, and the holder keeps
+its server-side expiry at least 5 s beyond its own deadline (it sends a
+keep-alive before renewing the key when needed, counting from the moment it
+*sent* the keep-alive), so etcd never deletes a key its holder still relies
+on; on a leader change etcd only extends lease timers (docs/ETCD.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import contextlib
+import http.client
+import json
+import math
+import random
+import select
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from store.base import (
+    ABSENT,
+    LEASE_NAME_RE,
+    Changes,
+    LeaseInfo,
+    Record,
+    Store,
+    StoreError,
+    VersionConflict,
+    check_lease_name,
+    check_name,
+)
+
+SCHEME: Final = "etcd://"
+DEFAULT_PORT: Final = 2379
+DEFAULT_CLUSTER: Final = "default"
+DEFAULT_TIMEOUT: Final = 2.0
+ROOT: Final = "/pyha"
+
+# The etcd lease bound to a lease key outlives the holder's own deadline by at least
+# BACKSTOP_MARGIN; it is granted with ttl + BACKSTOP_SLACK and kept alive when needed.
+BACKSTOP_SLACK: Final = 10
+BACKSTOP_MARGIN: Final = 5.0
+# append retries its compare-and-swap under contention for up to this many timeouts.
+CONTENTION_FACTOR: Final = 4.0
+# gRPC status messages of requests that etcd rejected before proposing them: safe to re-send.
+_REJECTED_UNSENT: Final = (
+    "etcdserver: no leader",
+    "etcdserver: not capable",
+    "etcdserver: too many requests",
+)
+_LEASE_NOT_FOUND: Final = "requested lease not found"
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdUrl:
+    endpoints: tuple[tuple[str, int], ...]
+    cluster: str
+    timeout: float
+
+    def __str__(self) -> str:
+        hosts = ",".join(_hostport(h, p) for h, p in self.endpoints)
+        extra = "" if self.timeout == DEFAULT_TIMEOUT else f"?timeout={self.timeout:g}"
+        return f"{SCHEME}{hosts}/{self.cluster}{extra}"
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_endpoint(text: str) -> tuple[str, int]:
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not host:
+            raise ValueError(f"bad etcd endpoint {text!r}")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"bad etcd endpoint {text!r}")
+    else:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise ValueError(f"bad etcd endpoint {text!r}")
+    try:
+        port = int(port_text) if port_text else DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"bad port in etcd endpoint {text!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port in etcd endpoint {text!r}")
+    return host, port
+
+
+def parse_url(url: str) -> EtcdUrl:
+    """Split ``etcd://h1:p1,h2:p2/cluster?timeout=2``; ValueError with the reason."""
+    if not url.startswith(SCHEME):
+        raise ValueError(f"not an etcd store url: {url!r}")
+    rest, _, query = url[len(SCHEME) :].partition("?")
+    hosts, _, cluster = rest.partition("/")
+    cluster = cluster.strip("/") or DEFAULT_CLUSTER
+    if not LEASE_NAME_RE.fullmatch(cluster):
+        raise ValueError(f"etcd store url {url!r}: bad cluster name {cluster!r}")
+    endpoints = tuple(_parse_endpoint(h) for h in hosts.split(",") if h.strip())
+    if not endpoints:
+        raise ValueError(f"etcd store url {url!r} names no endpoint")
+    timeout = DEFAULT_TIMEOUT
+    for key, values in urllib.parse.parse_qs(query, keep_blank_values=True).items():
+        if key != "timeout":
+            raise ValueError(f"etcd store url {url!r}: unknown option {key!r} (known: timeout)")
+        try:
+            timeout = float(values[-1])
+        except ValueError:
+            raise ValueError(f"etcd store url {url!r}: timeout {values[-1]!r} is not a number") from None
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"etcd store url {url!r}: timeout must be > 0")
+    return EtcdUrl(endpoints, cluster, timeout)
+
+
+# -- the JSON gateway ----------------------------------------------------------------------------
+
+
+def _b64(data: bytes | str) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode("ascii")
+
+
+def _unb64(text: object) -> bytes:
+    return base64.b64decode(text) if isinstance(text, str) and text else b""
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with ``prefix`` (etcd range_end)."""
+    b = bytearray(prefix)
+    while b:
+        if b[-1] < 0xFF:
+            b[-1] += 1
+            return bytes(b)
+        b.pop()
+    return b"\x00"
+
+
+class _Unsent(Exception):
+    """The request never left (no connection): safe to send elsewhere."""
+
+
+class _Lost(Exception):
+    """The request went out but no answer came back: its outcome is unknown."""
+
+
+class EtcdServerError(StoreError):
+    """etcd answered with an error (``code`` is the gRPC status code)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class Gateway:
+    """POST JSON to the v3 gateway of one of several members, with failover and a deadline."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[tuple[str, int]],
+        *,
+        connect_timeout: float = 0.5,
+        read_try_timeout: float = 0.7,
+    ) -> None:
+        self.endpoints = list(endpoints)
+        self.connect_timeout = connect_timeout
+        # A read waits this long for one member before it asks the next (a member cut off
+        # from its peers may sit on a linearizable read); a write waits for its deadline.
+        self.read_try_timeout = read_try_timeout
+        self._pool: dict[int, list[http.client.HTTPConnection]] = {i: [] for i in range(len(endpoints))}
+        self._lock = threading.Lock()
+        self._preferred = random.randrange(len(endpoints))  # spread clients over the members
+
+    @property
+    def where(self) -> str:
+        return ",".join(_hostport(h, p) for h, p in self.endpoints)
+
+    def close(self) -> None:
+        with self._lock:
+            conns = [c for lst in self._pool.values() for c in lst]
+            for lst in self._pool.values():
+                lst.clear()
+        for c in conns:
+            c.close()
+
+    def call(self, path: str, body: dict[str, Any], *, deadline: float, mutating: bool) -> dict[str, Any]:
+        """The decoded answer; StoreError once ``deadline`` (monotonic) passes.
+
+        A ``mutating`` request is re-sent only when it surely did not take effect.
+        """
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        last: dict[int, str] = {}  # endpoint -> what went wrong there last
+        tried = 0
+        n = len(self.endpoints)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                why = "; ".join(f"{_hostport(*self.endpoints[i])} {e}" for i, e in sorted(last.items()))
+                raise StoreError(f"etcd: {path}: no answer in time ({why or 'no endpoint tried'})")
+            with self._lock:
+                idx = self._preferred
+            where = _hostport(*self.endpoints[idx])
+            try:
+                per_try = remaining if mutating else min(remaining, self.read_try_timeout)
+                status, data = self._once(idx, path, payload, per_try)
+            except _Unsent as e:
+                last[idx] = str(e)
+                self._rotate(idx)
+                tried += 1
+                if tried % n == 0:  # every member refused: pause a little before the next round
+                    time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+                continue
+            except _Lost as e:
+                self._drop(idx)  # its other idle connections may be as dead as this one
+                self._rotate(idx)
+                if mutating:
+                    raise StoreError(f"etcd {where}: {path}: no answer ({e}); outcome unknown") from None
+                last[idx] = f"no answer ({e})"
+                continue
+            if status == 200:
+                with self._lock:
+                    self._preferred = idx
+                return data
+            message = str(data.get("error") or data.get("message") or f"HTTP {status}")
+            code = int(data.get("code", 2)) if str(data.get("code", "")).isdigit() else 2
+            retry = any(m in message for m in _REJECTED_UNSENT) or (not mutating and code in (4, 8, 14))
+            if not retry:
+                raise EtcdServerError(f"etcd {where}: {path}: {message}", code)
+            last[idx] = message
+            self._rotate(idx)
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def _drop(self, idx: int) -> None:
+        with self._lock:
+            conns, self._pool[idx] = self._pool[idx], []
+        for c in conns:
+            c.close()
+
+    def _rotate(self, idx: int) -> None:
+        with self._lock:
+            if self._preferred == idx:
+                self._preferred = (idx + 1) % len(self.endpoints)
+
+    def _checkout(self, idx: int, remaining: float) -> tuple[http.client.HTTPConnection, bool]:
+        while True:
+            with self._lock:
+                conn = self._pool[idx].pop() if self._pool[idx] else None
+            if conn is None:
+                break
+            if conn.sock is not None and not _dropped(conn.sock):
+                return conn, True
+            conn.close()
+        host, port = self.endpoints[idx]
+        conn = http.client.HTTPConnection(host, port, timeout=min(remaining, self.connect_timeout))
+        try:
+            conn.connect()
+        except OSError as e:
+            conn.close()
+            raise _Unsent(str(e) or type(e).__name__) from None
+        return conn, False
+
+    def _once(self, idx: int, path: str, payload: bytes, remaining: float) -> tuple[int, dict[str, Any]]:
+        conn, _reused = self._checkout(idx, remaining)
+        try:
+            assert conn.sock is not None
+            conn.sock.settimeout(max(0.001, remaining))
+            conn.request(
+                "POST",
+                path,
+                body=payload,
+                headers={"Content-Type": "application/json", "Grpc-Metadata-hasleader": "true"},
+            )
+            resp = conn.getresponse()
+            raw = resp.read()
+            status = resp.status
+            reusable = not resp.will_close
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise _Lost(str(e) or type(e).__name__) from None
+        if reusable:
+            with self._lock:
+                self._pool[idx].append(conn)
+        else:
+            conn.close()
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            data = {"error": f"HTTP {status}: undecodable answer {raw[:80]!r}"}
+        if not isinstance(data, dict):
+            data = {"error": f"HTTP {status}: unexpected answer {raw[:80]!r}"}
+        return status, data
+
+
+def _dropped(sock: Any) -> bool:
+    """True if an idle keep-alive connection was closed by the server (EOF or junk pending)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Kv:
+    key: bytes
+    value: bytes
+    mod: int
+    lease: int
+
+    @staticmethod
+    def parse(d: dict[str, Any]) -> _Kv:
+        return _Kv(
+            _unb64(d.get("key")),
+            _unb64(d.get("value")),
+            int(d.get("mod_revision", 0)),
+            int(d.get("lease", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A lease this client wrote: the revision and when the write was sent."""
+
+    holder: str
+    mod: int
+    t_send: float
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Backstop:
+    """An etcd lease of ours; the server keeps it at least until ``bound`` (our clock)."""
+
+    lease_id: int
+    ttl: int
+    bound: float
+
+
+def _kvs(resp: dict[str, Any]) -> builtins.list[_Kv]:
+    return [_Kv.parse(k) for k in resp.get("kvs", []) or []]
+
+
+def _range_in(txn_resp: dict[str, Any], i: int = 0) -> builtins.list[_Kv]:
+    responses = txn_resp.get("responses", []) or []
+    if i >= len(responses):
+        return []
+    return _kvs(responses[i].get("response_range", {}) or {})
+
+
+def _revision(resp: dict[str, Any]) -> int:
+    return int((resp.get("header") or {}).get("revision", 0))
+
+
+def _lease_value(data: bytes) -> tuple[str, float]:
+    """(holder, ttl) of a lease key; a garbled one counts as held for a long time by nobody known."""
+    try:
+        d = json.loads(data)
+        holder, ttl = d["holder"], float(d["ttl"])
+        if isinstance(holder, str) and holder and ttl > 0 and math.isfinite(ttl):
+            return holder, ttl
+    except (ValueError, KeyError, TypeError):
+        pass
+    return "", 60.0
+
+
+class EtcdStore:
+    """:class:`store.base.Store` on an etcd v3 cluster (see the module doc and docs/ETCD.md)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        cluster: str = DEFAULT_CLUSTER,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        parsed = tuple(_parse_endpoint(e) for e in eps)
+        if not parsed:
+            raise ValueError("etcd store: no endpoint")
+        check_lease_name(cluster)
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"etcd store: timeout must be > 0, got {timeout}")
+        self._where = EtcdUrl(parsed, cluster, timeout)
+        self.cluster = cluster
+        self.timeout = timeout
+        self._clock = clock
+        self._gw = Gateway(
+            parsed,
+            connect_timeout=max(0.05, min(0.5, timeout / 4)),
+            read_try_timeout=max(0.2, timeout / 3),
+        )
+        base = f"{ROOT}/{cluster}/"
+        self._records = (base + "records/").encode()
+        self._changes = (base + "changes/").encode()
+        self._leases = (base + "leases/").encode()
+        self._lock = threading.Lock()  # guards the three dicts below
+        self._held: dict[str, _Held] = {}
+        self._seen: dict[str, tuple[int, float]] = {}  # lease name -> (mod_revision, first seen at)
+        self._backstops: dict[str, _Backstop] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> EtcdStore:
+        u = parse_url(url)
+        return cls([_hostport(h, p) for h, p in u.endpoints], u.cluster, timeout=u.timeout)
+
+    @property
+    def url(self) -> str:
+        return str(self._where)
+
+    def close(self) -> None:
+        """Close the connections. Leases stay (they expire); the object can still be used."""
+        self._gw.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _deadline(self, factor: float = 1.0) -> float:
+        return time.monotonic() + self.timeout * factor
+
+    def _call(self, path: str, body: dict[str, Any], deadline: float, *, mutating: bool) -> dict[str, Any]:
+        return self._gw.call(path, body, deadline=deadline, mutating=mutating)
+
+    def _rkey(self, name: str) -> bytes:
+        return self._records + check_name(name).encode()
+
+    def _ckey(self, name: str) -> bytes:
+        return self._changes + name.encode()
+
+    def _lkey(self, name: str) -> bytes:
+        return self._leases + check_lease_name(name).encode()
+
+    def _get(self, key: bytes, deadline: float) -> tuple[_Kv | None, dict[str, Any]]:
+        resp = self._call("/v3/kv/range", {"key": _b64(key)}, deadline, mutating=False)
+        kvs = _kvs(resp)
+        return (kvs[0] if kvs else None), resp
+
+    def _txn(
+        self,
+        compare: builtins.list[dict[str, Any]],
+        success: builtins.list[dict[str, Any]],
+        failure: builtins.list[dict[str, Any]],
+        deadline: float,
+    ) -> dict[str, Any]:
+        body = {"compare": compare, "success": success, "failure": failure}
+        return self._call("/v3/kv/txn", body, deadline, mutating=True)
+
+    @staticmethod
+    def _put(key: bytes, value: bytes, lease: int = 0) -> dict[str, Any]:
+        req: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            req["lease"] = str(lease)
+        return {"request_put": req}
+
+    @staticmethod
+    def _range_op(key: bytes) -> dict[str, Any]:
+        return {"request_range": {"key": _b64(key)}}
+
+    def _version_compare(self, name: str, key: bytes, expect: str, deadline: float) -> dict[str, Any]:
+        """The txn compare for ``expect_version``; VersionConflict at once if it is no version of ours."""
+        if expect == ABSENT:
+            return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+        if expect.isdigit() and int(expect) > 0:
+            return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": expect}
+        cur, _ = self._get(key, deadline)
+        raise VersionConflict(name, expect, None if cur is None else str(cur.mod))
+
+    # -- records ------------------------------------------------------------------------------
+
+    def read(self, name: str) -> Record | None:
+        kv, _ = self._get(self._rkey(name), self._deadline())
+        return None if kv is None else Record(kv.value, str(kv.mod))
+
+    def write(self, name: str, data: bytes, expect_version: str | None = None) -> str:
+        key = self._rkey(name)
+        data = bytes(data)
+        deadline = self._deadline()
+        compare = (
+            [] if expect_version is None else [self._version_compare(name, key, expect_version, deadline)]
+        )
+        resp = self._txn(
+            compare,
+            [self._put(key, data), self._put(self._ckey(name), b"")],
+            [self._range_op(key)],
+            deadline,
+        )
+        if not resp.get("succeeded"):
+            kvs = _range_in(resp)
+            raise VersionConflict(name, expect_version, str(kvs[0].mod) if kvs else None)
+        return str(_revision(resp))
+
+    def delete(self, name: str, expect_version: str | None = None) -> bool:
+        key = self._rkey(name)
+        deadline = self._deadline()
+        if expect_version == ABSENT:
+            cur, _ = self._get(key, deadline)
+            if cur is not None:
+                raise VersionConflict(name, ABSENT, str(cur.mod))
+            return False
+        if expect_version is None:
+            cmp = {"key": _b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"}
+        else:
+            cmp = self._version_compare(name, key, expect_version, deadline)
+        resp = self._txn(
+            [cmp],
+            [{"request_delete_range": {"key": _b64(key)}}, self._put(self._ckey(name), b"")],
+            [self._range_op(key)],
+            deadline,
+        )
+        if resp.get("succeeded"):
+            return True
+        kvs = _range_in(resp)
+        if expect_version is None:
+            return False  # it did not exist
+        raise VersionConflict(name, expect_version, str(kvs[0].mod) if kvs else None)
+
+    def list(self, prefix: str = "") -> builtins.list[str]:
+        start = self._records + prefix.encode()
+        body = {"key": _b64(start), "range_end": _b64(_prefix_end(start)), "keys_only": True}
+        resp = self._call("/v3/kv/range", body, self._deadline(), mutating=False)
+        n = len(self._records)
+        return sorted(kv.key[n:].decode(errors="replace") for kv in _kvs(resp))
+
+    def append(self, name: str, line: str) -> None:
+        if "\n" in line or "\r" in line:
+            raise ValueError("append: a line must not contain a newline")
+        key = self._rkey(name)
+        # Each request gets the usual timeout; losing races to other writers may go on
+        # for CONTENTION_FACTOR timeouts in all.
+        give_up = self._deadline(CONTENTION_FACTOR)
+        cur, _ = self._get(key, self._deadline())
+        pause = 0.001
+        while True:
+            old = b"" if cur is None else cur.value
+            if old and not old.endswith(b"\n"):
+                old += b"\n"
+            if cur is None:
+                cmp = {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+            else:
+                cmp = {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(cur.mod)}
+            resp = self._txn(
+                [cmp],
+                [self._put(key, old + line.encode() + b"\n"), self._put(self._ckey(name), b"")],
+                [self._range_op(key)],
+                min(give_up, self._deadline()),
+            )
+            if resp.get("succeeded"):
+                return
+            kvs = _range_in(resp)
+            cur = kvs[0] if kvs else None
+            if time.monotonic() >= give_up:
+                raise StoreError(f"etcd {self._gw.where}: append to '{name}': too much contention")
+            time.sleep(random.uniform(0, pause))  # another writer won: back off a little
+            pause = min(pause * 2, 0.02)
+
+    def take(self, name: str) -> bytes:
+        key = self._rkey(name)
+        # One transaction: if the value is not empty, read it and empty it. (A missing key
+        # fails a VALUE compare in etcd, so take never creates the record.)
+        resp = self._txn(
+            [{"key": _b64(key), "target": "VALUE", "result": "NOT_EQUAL", "value": ""}],
+            [self._range_op(key), self._put(key, b""), self._put(self._ckey(name), b"")],
+            [],
+            self._deadline(),
+        )
+        if not resp.get("succeeded"):
+            return b""
+        kvs = _range_in(resp)
+        return kvs[0].value if kvs else b""
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        if not isinstance(holder, str) or not holder:
+            raise ValueError("lease holder must be a non-empty string")
+        if not (isinstance(ttl, int | float) and ttl > 0 and math.isfinite(ttl)):
+            raise ValueError(f"lease ttl must be positive, got {ttl}")
+        key = self._lkey(name)
+        # SAFETY: t_send is read before anything is sent; the holder's deadline counts from it.
+        t_send = self._clock()
+        deadline = self._deadline()
+        with self._lock:
+            mine = self._held.get(name)
+        kv: _Kv | None
+        if mine is not None and mine.holder == holder:
+            kv = _Kv(key, b"", mine.mod, 0)  # fast path: try to renew the revision we wrote
+        else:
+            kv, _ = self._get(key, deadline)
+        t_seen = self._clock()
+        for _ in range(4):
+            if kv is None:
+                cmp = {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+            else:
+                if not (mine is not None and mine.holder == holder and kv.mod == mine.mod):
+                    cur_holder, cur_ttl = _lease_value(kv.value)
+                    if cur_holder != holder and not self._expired(name, kv.mod, cur_ttl, t_seen):
+                        return False
+                cmp = {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(kv.mod)}
+            lease_id = self._backstop(name, ttl, t_send, deadline)
+            value = json.dumps({"holder": holder, "ttl": ttl}).encode()
+            try:
+                resp = self._txn([cmp], [self._put(key, value, lease_id)], [self._range_op(key)], deadline)
+            except EtcdServerError as e:
+                if _LEASE_NOT_FOUND not in str(e):
+                    raise
+                with self._lock:  # our etcd lease vanished (revoked elsewhere): the txn did nothing
+                    self._backstops.pop(name, None)
+                kv, _ = self._get(key, deadline)
+                t_seen = self._clock()
+                continue
+            if resp.get("succeeded"):
+                rev = _revision(resp)
+                with self._lock:
+                    self._held[name] = _Held(holder, rev, t_send, float(ttl))
+                    # As the "first seen" time of our own revision t_send is safe: should
+                    # another holder ask this object to take over, it waits until
+                    # t_send + ttl, and we rely on it only until t0 + ttl <= t_send + ttl.
+                    self._seen[name] = (rev, t_send)
+                return True
+            kvs = _range_in(resp)
+            kv = kvs[0] if kvs else None
+            t_seen = self._clock()
+            with self._lock:
+                if mine is not None and (kv is None or kv.mod != mine.mod):
+                    self._held.pop(name, None)
+                mine = None
+            if kv is not None and not (kv.value and _lease_value(kv.value)[0] == holder):
+                self._note_seen(name, kv.mod, t_seen)
+                return False  # somebody else won the race
+        raise StoreError(f"etcd {self._gw.where}: lease '{name}' changed under every attempt")
+
+    def _note_seen(self, name: str, mod: int, t_seen: float) -> tuple[int, float]:
+        with self._lock:
+            prev = self._seen.get(name)
+            if prev is None or prev[0] != mod:
+                prev = self._seen[name] = (mod, t_seen)
+            return prev
+
+    def _expired(self, name: str, mod: int, ttl: float, t_seen: float) -> bool:
+        """True once revision ``mod`` of the lease key stayed unchanged for ``ttl`` s of our clock.
+
+        SAFETY: the first time we saw ``mod`` is after it was committed, hence after its
+        writer's t0; the writer relies on it until t0 + ttl at most.
+        """
+        _, first = self._note_seen(name, mod, t_seen)
+        return self._clock() >= first + ttl
+
+    def _backstop(self, name: str, ttl: float, t_send: float, deadline: float) -> int:
+        """An etcd lease of ours that etcd keeps at least BACKSTOP_MARGIN beyond t_send + ttl."""
+        need = t_send + ttl + BACKSTOP_MARGIN
+        with self._lock:
+            cur = self._backstops.get(name)
+        if cur is not None and cur.bound >= need:
+            return cur.lease_id
+        if cur is not None:
+            # SAFETY: the server's new expiry is at least (when it got the request) + TTL, and
+            # that is after t_ka: count from the send, never from the answer.
+            t_ka = self._clock()
+            resp = self._call("/v3/lease/keepalive", {"ID": str(cur.lease_id)}, deadline, mutating=False)
+            granted = int((resp.get("result") or {}).get("TTL", 0))
+            if granted > 0 and t_ka + granted >= need:
+                with self._lock:
+                    self._backstops[name] = _Backstop(cur.lease_id, granted, t_ka + granted)
+                return cur.lease_id
+        want = math.ceil(ttl) + BACKSTOP_SLACK
+        t_grant = self._clock()
+        resp = self._call("/v3/lease/grant", {"TTL": want}, deadline, mutating=False)
+        lease_id, granted = int(resp.get("ID", 0)), int(resp.get("TTL", 0))
+        if not lease_id or t_grant + granted < need:
+            raise StoreError(f"etcd {self._gw.where}: lease grant answered {resp!r}")
+        with self._lock:
+            self._backstops[name] = _Backstop(lease_id, granted, t_grant + granted)
+        return lease_id
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        key = self._lkey(name)
+        deadline = self._deadline()
+        kv, _ = self._get(key, deadline)
+        for _ in range(4):
+            if kv is None or _lease_value(kv.value)[0] != holder:
+                return False
+            cmp = {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(kv.mod)}
+            resp = self._txn(
+                [cmp], [{"request_delete_range": {"key": _b64(key)}}], [self._range_op(key)], deadline
+            )
+            if resp.get("succeeded"):
+                with self._lock:
+                    self._held.pop(name, None)
+                    self._seen.pop(name, None)
+                    mine = self._backstops.pop(name, None)
+                if mine is not None:
+                    self._revoke(mine.lease_id, deadline)
+                return True
+            kvs = _range_in(resp)
+            kv = kvs[0] if kvs else None
+        return False
+
+    def _revoke(self, lease_id: int, deadline: float) -> None:
+        # Best effort: an etcd lease that is not revoked expires by itself.
+        with contextlib.suppress(StoreError):
+            self._call("/v3/lease/revoke", {"ID": str(lease_id)}, deadline, mutating=False)
+
+    def lease_info(self, name: str) -> LeaseInfo | None:
+        kv, _ = self._get(self._lkey(name), self._deadline())
+        now = self._clock()
+        if kv is None:
+            with self._lock:
+                self._seen.pop(name, None)
+            return None
+        holder, ttl = _lease_value(kv.value)
+        with self._lock:
+            mine = self._held.get(name)
+        if mine is not None and mine.mod == kv.mod:
+            remaining = mine.t_send + mine.ttl - now
+        else:
+            _, first = self._note_seen(name, kv.mod, now)
+            remaining = first + ttl - now
+        if remaining <= 0:
+            return None
+        return LeaseInfo(holder or "?", remaining)
+
+    # -- change notification ------------------------------------------------------------------
+
+    def changed_since(self, token: str | None) -> Changes:
+        start = self._changes
+        body: dict[str, Any] = {"key": _b64(start), "range_end": _b64(_prefix_end(start)), "keys_only": True}
+        since = _parse_token(token)
+        if since is None:
+            body["count_only"] = True
+        else:
+            body["min_mod_revision"] = str(since[1] + 1)
+        resp = self._call("/v3/kv/range", body, self._deadline(), mutating=False)
+        header = resp.get("header") or {}
+        cluster_id, rev = str(header.get("cluster_id", "0")), int(header.get("revision", 0))
+        new_token = f"{cluster_id}:{rev}"
+        if since is None or since[0] != cluster_id or since[1] > rev:
+            return Changes(new_token, None)
+        n = len(start)
+        return Changes(new_token, frozenset(kv.key[n:].decode(errors="replace") for kv in _kvs(resp)))
+
+
+def _parse_token(token: str | None) -> tuple[str, int] | None:
+    if token is None:
+        return None
+    cluster_id, sep, rev = token.partition(":")
+    if not sep or not rev.isdigit():
+        return None
+    return cluster_id, int(rev)
+
+
+def open_url(url: str) -> Store:
+    """Open any store URL: ``etcd://`` here, everything else through ``store.open_store``.
+
+    Stand-in until ``store.open_store`` dispatches ``etcd://`` itself.
+    """
+    if url.startswith(SCHEME):
+        return EtcdStore.from_url(url)
+    from store import open_store  # noqa: PLC0415 - store/__init__ imports backends lazily too
+
+    return open_store(url)

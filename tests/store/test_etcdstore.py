@@ -1,0 +1,199 @@
+"""etcd backend specifics beyond the contract: URLs, versions, keys, the lease backstop."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from store import StoreError, VersionConflict
+from store import etcdstore as es
+from store.etcd_harness import EtcdCluster, free_ports
+from store.etcdstore import EtcdStore, parse_url
+from tests.store.etcd_fixtures import cluster_fixture, unique_cluster_name
+from tests.store.helpers import wait_until
+
+# -- no server needed ----------------------------------------------------------------------------
+
+
+def test_parse_url() -> None:
+    u = parse_url("etcd://10.0.0.1:2379,10.0.0.2,[::1]:4001/prod?timeout=1.5")
+    assert u.endpoints == (("10.0.0.1", 2379), ("10.0.0.2", 2379), ("::1", 4001))
+    assert (u.cluster, u.timeout) == ("prod", 1.5)
+    assert str(u) == "etcd://10.0.0.1:2379,10.0.0.2:2379,[::1]:4001/prod?timeout=1.5"
+    assert parse_url("etcd://h:1").cluster == "default"
+    assert str(parse_url("etcd://h:1/c")) == "etcd://h:1/c"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "dir:/x",
+        "etcd:///c",
+        "etcd://h:notaport/c",
+        "etcd://h:70000/c",
+        "etcd://h:1/a/b",
+        "etcd://h:1/.x",
+        "etcd://h:1/c?timeout=0",
+        "etcd://h:1/c?timeout=x",
+        "etcd://h:1/c?retries=3",
+        "etcd://[::1/c",
+    ],
+)
+def test_parse_url_rejects(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_url(bad)
+
+
+def test_prefix_end() -> None:
+    assert es._prefix_end(b"/pyha/c/records/") == b"/pyha/c/records0"
+    assert es._prefix_end(b"a\xff") == b"b"
+    assert es._prefix_end(b"\xff") == b"\x00"
+
+
+def test_no_server_is_a_bounded_store_error() -> None:
+    (port,) = free_ports(1)
+    st = EtcdStore.from_url(f"etcd://127.0.0.1:{port}/c?timeout=0.4")
+    for op in (lambda: st.read("a"), lambda: st.write("a", b"x"), lambda: st.acquire_lease("l", "n1", 1)):
+        t0 = time.monotonic()
+        with pytest.raises(StoreError, match="no answer in time"):
+            op()
+        assert time.monotonic() - t0 < 1.0
+    st.close()
+
+
+# -- against a real cluster ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EtcdCluster]:
+    yield from cluster_fixture(3)
+
+
+@pytest.fixture
+def st(cluster: EtcdCluster) -> Iterator[EtcdStore]:
+    s = EtcdStore.from_url(cluster.url(unique_cluster_name()))
+    yield s
+    s.close()
+
+
+def raw_get(st: EtcdStore, key: bytes) -> dict[str, Any] | None:
+    resp = st._gw.call(
+        "/v3/kv/range", {"key": base64.b64encode(key).decode()}, deadline=st._deadline(), mutating=False
+    )
+    kvs = resp.get("kvs") or []
+    return kvs[0] if kvs else None
+
+
+def time_to_live(st: EtcdStore, lease_id: int) -> int:
+    resp = st._gw.call("/v3/lease/timetolive", {"ID": str(lease_id)}, deadline=st._deadline(), mutating=False)
+    return int(resp.get("TTL", -1))
+
+
+def test_keys_layout_and_versions(st: EtcdStore) -> None:
+    v = st.write("nodes/n1/lrm_status", b"{}")
+    kv = raw_get(st, f"/pyha/{st.cluster}/records/nodes/n1/lrm_status".encode())
+    assert kv is not None
+    assert v == kv["mod_revision"]  # version = etcd mod_revision
+    assert raw_get(st, f"/pyha/{st.cluster}/changes/nodes/n1/lrm_status".encode()) is not None
+    assert st.acquire_lease("ha_manager_lock", "n1", 5)
+    lk = raw_get(st, f"/pyha/{st.cluster}/leases/ha_manager_lock".encode())
+    assert lk is not None
+    assert int(lk["lease"]) > 0  # bound to an etcd lease
+    # rewriting the same bytes is a new version: versions are revisions, not digests
+    assert st.write("nodes/n1/lrm_status", b"{}") != v
+
+
+def test_clusters_do_not_see_each_other(cluster: EtcdCluster, st: EtcdStore) -> None:
+    other = EtcdStore.from_url(cluster.url(unique_cluster_name()))
+    st.write("manager_status", b"x")
+    st.acquire_lease("ha_manager_lock", "n1", 5)
+    assert other.read("manager_status") is None
+    assert other.list() == []
+    assert other.lease_info("ha_manager_lock") is None
+    assert other.acquire_lease("ha_manager_lock", "n2", 5)
+    other.close()
+
+
+def test_foreign_versions_conflict(st: EtcdStore) -> None:
+    v = st.write("a", b"1")
+    for bad in ("0", "-1", "abc", "1" + v, "blake2b-digest"):
+        with pytest.raises(VersionConflict) as ei:
+            st.write("a", b"2", expect_version=bad)
+        assert ei.value.actual == v
+    with pytest.raises(VersionConflict):
+        st.delete("a", expect_version="")  # ABSENT, but it exists
+    assert st.delete("b", expect_version="") is False
+
+
+def test_take_never_creates(st: EtcdStore) -> None:
+    assert st.take("crm_commands") == b""
+    assert st.read("crm_commands") is None
+    tok = st.changed_since(None).token
+    st.write("crm_commands", b"")
+    assert st.take("crm_commands") == b""
+    assert st.changed_since(tok).names == frozenset({"crm_commands"})
+
+
+def test_changed_since_tokens(st: EtcdStore) -> None:
+    tok = st.changed_since(None).token
+    assert st.changed_since("garbage").names is None
+    cluster_id, rev = tok.split(":")
+    assert st.changed_since(f"{int(cluster_id) + 1}:{rev}").names is None  # another etcd cluster
+    assert st.changed_since(f"{cluster_id}:{int(rev) + 1000}").names is None  # from the future
+    st.acquire_lease("l1", "n1", 5)
+    assert st.changed_since(tok).names == frozenset()  # leases are not records
+
+
+def test_too_large_record_is_a_store_error(st: EtcdStore) -> None:
+    with pytest.raises(StoreError, match=r"too large|larger than max"):
+        st.write("big", b"x" * (2 * 1024 * 1024))
+    assert st.read("big") is None
+
+
+def test_backstop_lease_outlives_the_holder_deadline(st: EtcdStore) -> None:
+    t0 = time.monotonic()
+    assert st.acquire_lease("ha_agent_n1_lock", "n1", 2)
+    lk = raw_get(st, f"/pyha/{st.cluster}/leases/ha_agent_n1_lock".encode())
+    assert lk is not None
+    server_ttl = time_to_live(st, int(lk["lease"]))
+    # etcd deletes the key no earlier than ~now + server_ttl; the holder counts until t0 + 2
+    assert time.monotonic() + server_ttl - 1 >= t0 + 2 + es.BACKSTOP_MARGIN
+    lease_id = int(lk["lease"])
+    assert st.release_lease("ha_agent_n1_lock", "n1")
+    assert time_to_live(st, lease_id) == -1  # release revoked it
+
+
+def test_renewals_write_new_revisions(st: EtcdStore, cluster: EtcdCluster) -> None:
+    other = EtcdStore.from_url(st.url)
+    assert st.acquire_lease("l", "n1", 0.5)
+    revs = set()
+    for _ in range(5):
+        assert st.acquire_lease("l", "n1", 0.5)
+        kv = raw_get(st, f"/pyha/{st.cluster}/leases/l".encode())
+        assert kv is not None
+        revs.add(kv["mod_revision"])
+        assert not other.acquire_lease("l", "n2", 0.5)
+        time.sleep(0.05)
+    assert len(revs) == 5
+    other.close()
+
+
+def test_abandoned_lease_key_is_collected_by_etcd(
+    cluster: EtcdCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(es, "BACKSTOP_SLACK", 1)
+    monkeypatch.setattr(es, "BACKSTOP_MARGIN", 0.5)
+    st = EtcdStore.from_url(cluster.url(unique_cluster_name()))
+    assert st.acquire_lease("l", "gone", 0.2)
+    st.close()  # the holder vanishes without releasing
+    key = f"/pyha/{st.cluster}/leases/l".encode()
+    watcher = EtcdStore.from_url(st.url)
+    assert raw_get(watcher, key) is not None
+    # etcd's own timer (granted ceil(0.2) + 1 s, raised to etcd's minimum of 2 s) removes it
+    wait_until(lambda: raw_get(watcher, key) is None, timeout=6, interval=0.1)
+    assert watcher.acquire_lease("l", "n2", 1)
+    watcher.close()
