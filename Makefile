@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check ha sim bench store agents actors cli tests/store tests/agents
+	$(BIN)/ruff format --check ha sim bench store agents actors cli tests/store tests/agents tests/cli tests/live
 
 typecheck: venv
 	$(BIN)/mypy ha sim bench cli actors store agents

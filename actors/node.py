@@ -25,6 +25,7 @@ from loguru import logger
 
 from actors.api import ApiActor
 from actors.api import Request as ApiCall
+from actors.api import StatusWritten as ApiStatusWritten
 from actors.cluster import ClusterConfig
 from actors.crm_master import CrmActor
 from actors.daemon import Exited, Shutdown, Tick, Waker
@@ -123,6 +124,10 @@ class NodeRuntime:
             on_lrm_status=self._report_results,
         )
         timing = c.core_timing()
+        # the API first: the master's status hook (_announce_commands) tells it every write
+        self.api = ApiActor.start(
+            self.node, sorted(c.nodes), self.store, lambda: self.bus.quorate, self.bus.reply, cluster=c
+        )
         self.lrm_waker, self.crm_waker = Waker(), Waker()
         self.lrm = LrmActor.start(
             self.node,
@@ -135,9 +140,6 @@ class NodeRuntime:
             self.lrm_waker,
         )
         self.crm = CrmActor.start(self.node, LiveEnv(self.ctx, "crm"), timing, self._exited, self.crm_waker)
-        self.api = ApiActor.start(
-            self.node, sorted(c.nodes), self.store, lambda: self.bus.quorate, self.bus.reply
-        )
         self.bus.subscribe(self._on_bus)
         self.ticker = threading.Thread(target=self._tick_loop, name=f"ticker-{self.node}")
         self.ticker.start()
@@ -190,6 +192,8 @@ class NodeRuntime:
     # -- records -> bus (written first, then announced) --------------------------------
     def _announce_commands(self, ms: ManagerStatus) -> None:
         """After the master wrote manager_status: send each changed request to its node."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.api.tell(ApiStatusWritten(ms))  # exact event stream: every write, no merging
         current: dict[str, str] = {}
         for sid, sd in ms.service_status.items():
             if not sd.uid or not sd.node:

@@ -28,6 +28,7 @@ from actors.cluster import ClusterConfig
 from actors.node import SHUTDOWN_FILE, _cgroup_root
 from bus.keys import generate
 from cli import netns as netns_mod
+from cli.api_client import generate_client_key
 from ha.errors import HaError
 from store.dirstore import DirStore
 from store.records import DATACENTER_CFG, RESOURCES_CFG
@@ -163,6 +164,10 @@ def init(
     finally:
         store.close()
     c.save()
+    if c.curve:
+        # one client key per role, for ha-manager and other tools (docs/API.md)
+        for role in ("admin", "readonly"):
+            generate_client_key(c, role, role)
     click.echo(f"cluster '{name}' with {count} nodes in {root}")
     for n, endpoint in sorted(c.nodes.items()):
         click.echo(f"  {n}  {endpoint}")

@@ -47,8 +47,10 @@ class Cluster:
         for var in ("PYHA_NODE", "PYHA_KEY", "PYHA_OFFLINE"):
             self.env.pop(var, None)
         self.run("cli.ha_cluster", "init", str(self.dir), "--nodes", str(nodes))
-        # client keys before the nodes start: they load the keys they accept at start
-        self.hm("keygen", "admin", "--role", "admin")
+        # `ha-cluster init` made keys "admin" and "readonly"; one more read-only key, before
+        # the nodes start (they load the keys they accept at start); keygen refuses to overwrite
+        assert (self.dir / "keys" / "clients" / "admin" / "admin.key_secret").exists()
+        self.hm("keygen", "admin", "--role", "admin", code=2)
         self.hm("keygen", "viewer", "--role", "readonly")
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

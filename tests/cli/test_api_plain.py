@@ -40,7 +40,7 @@ class PlainClient:
         conf = json.loads((cluster_dir / "cluster.json").read_text())
         self.cluster_id = conf["cluster"]
         keys = cluster_dir / "keys"
-        (secret_file,) = sorted((keys / "clients" / role).glob("*.key_secret"))
+        secret_file = keys / "clients" / role / f"{role}.key_secret"  # made by `ha-cluster init`
         mine = read_key(secret_file)
         self.server = read_key(keys / f"{node}.key")["public-key"]
         self.ctx = zmq.Context()

@@ -13,9 +13,7 @@ from tests.cli.conftest import REPO, Cluster
 pytestmark = pytest.mark.timeout(90)
 
 # optional dependencies of the shell and the watch view (pyproject: cli extras)
-pexpect = pytest.importorskip("pexpect")
-pytest.importorskip("prompt_toolkit")
-pytest.importorskip("rich")
+import pexpect  # noqa: E402 - dev dependency, installed by `make venv`
 
 PROMPT = "ha-manager>"
 
