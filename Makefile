@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 .PHONY: venv deps test lint typecheck pytest bench demo demo-sim clean
 
 # Debian packages the tests and the demo use: OCF resource agents (agents/ocf.py),
-# iproute2 for network-namespace partition tests.
+# iproute2 for network-namespace partition tests, etcd for the multi-host store.
 OCF_DUMMY := /usr/lib/ocf/resource.d/heartbeat/Dummy
 deps:
-	@test -x $(OCF_DUMMY) && command -v ip >/dev/null || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq resource-agents iproute2 >/dev/null; }
+	@test -x $(OCF_DUMMY) && command -v ip >/dev/null && command -v etcd >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    resource-agents iproute2 etcd-server >/dev/null; }
 
 venv: $(STAMP)
 

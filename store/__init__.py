@@ -29,12 +29,16 @@ __all__ = [
 
 
 def open_store(url: str) -> Store:
-    """Open a store from its URL: ``dir:/abs/or/rel/path`` or a bare path."""
+    """Open a store from its URL: ``dir:/abs/or/rel/path``, a bare path, or ``etcd://h:p,.../cluster``."""
+    if url.startswith("etcd://"):
+        from store.etcdstore import EtcdStore  # noqa: PLC0415 - only etcd clusters need it
+
+        return EtcdStore.from_url(url)
     if url.startswith("dir:"):
         path = url[len("dir:") :]
     elif "://" in url:
         scheme = url.split("://", 1)[0]
-        raise ValueError(f"store backend '{scheme}' is not available (known: dir)")
+        raise ValueError(f"store backend '{scheme}' is not available (known: dir, etcd)")
     else:
         path = url
     if not path:

@@ -797,12 +797,7 @@ def _parse_token(token: str | None) -> tuple[str, int] | None:
 
 
 def open_url(url: str) -> Store:
-    """Open any store URL: ``etcd://`` here, everything else through ``store.open_store``.
-
-    Stand-in until ``store.open_store`` dispatches ``etcd://`` itself.
-    """
-    if url.startswith(SCHEME):
-        return EtcdStore.from_url(url)
+    """Open any store URL (``store.open_store`` dispatches ``etcd://`` to this backend)."""
     from store import open_store  # noqa: PLC0415 - store/__init__ imports backends lazily too
 
     return open_store(url)

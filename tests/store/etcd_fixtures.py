@@ -15,12 +15,9 @@ from tests.store.helpers import REPO
 
 
 def need_etcd() -> None:
-    """Skip without an etcd binary, except under CI (``make deps`` installs it there)."""
-    if etcd_available():
-        return
-    if os.environ.get("CI"):
-        pytest.fail("etcd not installed: 'make deps' must install the Debian package etcd-server")
-    pytest.skip("etcd not installed (apt-get install etcd-server)")
+    """A real etcd is required (``make deps`` installs Debian's etcd-server): fail, never skip."""
+    if not etcd_available():
+        pytest.fail("etcd not installed: run 'make deps' (installs the Debian package etcd-server)")
 
 
 def cluster_fixture(size: int = 3, **kwargs: object) -> Iterator[EtcdCluster]:

@@ -40,8 +40,11 @@ def test_open_store_urls(tmp_path: Path) -> None:
     b = open_store(str(tmp_path))
     assert isinstance(a, DirStore)
     assert isinstance(b, DirStore)
+    from store.etcdstore import EtcdStore  # noqa: PLC0415
+
+    assert isinstance(open_store("etcd://127.0.0.1:2379/pyha"), EtcdStore)  # no connection until used
     with pytest.raises(ValueError, match="not available"):
-        open_store("etcd://127.0.0.1:2379/pyha")
+        open_store("zk://127.0.0.1:2181/pyha")
     with pytest.raises(ValueError):
         open_store("dir:")
 

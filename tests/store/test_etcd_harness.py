@@ -114,7 +114,7 @@ def test_bad_arguments() -> None:
 @pytest.fixture
 def net() -> Iterator[netns_mod.Network]:
     if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2")
+        pytest.fail("network namespaces need root and iproute2 ('make deps' installs iproute2)")
     network = netns_mod.plan(f"etcd-test-{uuid.uuid4().hex}", ["n1", "n2", "n3"])
     netns_mod.create(network)
     try:
