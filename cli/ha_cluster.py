@@ -31,7 +31,7 @@ from cli import netns as netns_mod
 from cli.api_client import generate_client_key
 from ha.errors import HaError
 from store.dirstore import DirStore
-from store.records import DATACENTER_CFG, RESOURCES_CFG
+from store.records import DATACENTER_CFG, RESOURCES_CFG, read_lrm_status
 from store.timing import Timing
 
 EXIT_FAIL = 1
@@ -41,6 +41,10 @@ EXIT_BAD_INPUT = 2
 def fail(msg: str, code: int = EXIT_FAIL) -> None:
     click.echo(f"ha-cluster: {msg}", err=True)
     sys.exit(code)
+
+
+def open_store(c: ClusterConfig) -> DirStore:
+    return DirStore(c.store_dir)
 
 
 def load(directory: str) -> ClusterConfig:
@@ -198,6 +202,21 @@ def wait_started(c: ClusterConfig, node: str, timeout: float = 20.0) -> bool:
     return False
 
 
+def wait_quorate(c: ClusterConfig, node: str, since: float, timeout: float = 20.0) -> bool:
+    store = open_store(c)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(HaError):
+                st = read_lrm_status(store, node)
+                if st.timestamp is not None and st.timestamp >= since:
+                    return True
+            time.sleep(0.05)
+        return False
+    finally:
+        store.close()
+
+
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("nodes", nargs=-1)
@@ -208,13 +227,22 @@ def up(directory: str, nodes: tuple[str, ...]) -> None:
     for n in todo:
         if n not in c.nodes:
             fail(f"no such node '{n}'", EXIT_BAD_INPUT)
+    t0 = time.time()
     for n in todo:
         if node_pid(c, n) is None:
             start_node(c, n)
     bad = [n for n in todo if not wait_started(c, n)]
     if bad:
         fail(f"did not come up: {', '.join(bad)} (see {c.root}/logs)")
-    click.echo(f"up: {' '.join(todo)}")
+    running = [n for n in c.nodes if node_pid(c, n) is not None]
+    if len(running) * 2 > len(c.nodes):
+        # usable = quorate: a node's LRM writes its lrm_status only while it is (§1.4)
+        late = [n for n in todo if not wait_quorate(c, n, t0)]
+        if late:
+            fail(f"up, but without quorum after 20 s: {', '.join(late)} (see {c.root}/logs)")
+        click.echo(f"up: {' '.join(todo)} (quorate)")
+    else:
+        click.echo(f"up: {' '.join(todo)} (no quorum yet: {len(running)} of {len(c.nodes)} nodes running)")
 
 
 def request_stop(c: ClusterConfig, node: str, kind: str) -> int | None:
