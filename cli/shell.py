@@ -15,7 +15,7 @@ import os
 import shlex
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import click
 from click.shell_completion import ShellComplete
@@ -32,8 +32,14 @@ from prompt_toolkit.history import (  # type: ignore[import-not-found, unused-ig
     InMemoryHistory,
 )
 
-if TYPE_CHECKING:
-    from cli.ha_manager import Ctx
+
+class ShellContext(Protocol):
+    """What the shell needs of ha-manager's context object (cli/ha_manager.py ``Ctx``)."""
+
+    interactive: bool
+
+    def close(self) -> None: ...
+
 
 ENV_HISTORY = "PYHA_HISTORY"
 PROMPT = "ha-manager> "
@@ -42,7 +48,7 @@ PROMPT = "ha-manager> "
 class ClickCompleter(Completer):  # type: ignore[misc, unused-ignore]
     """Completion from the click command tree, including the commands' dynamic values."""
 
-    def __init__(self, cli: click.Command, obj: Ctx) -> None:
+    def __init__(self, cli: click.Command, obj: ShellContext) -> None:
         self.cli = cli
         self.obj = obj
 
@@ -79,7 +85,7 @@ def _history() -> History:
     return FileHistory(path)
 
 
-def run_shell(cli: click.Group, obj: Ctx) -> int:
+def run_shell(cli: click.Group, obj: ShellContext) -> int:
     obj.interactive = True
     session: PromptSession[str] = PromptSession(
         history=_history(), completer=ClickCompleter(cli, obj), complete_while_typing=False

@@ -23,9 +23,8 @@ from ha.env import NodeInfo
 from ha.errors import ConfigError, SimulationError
 from ha.lrm import LRM, StartupWrite
 from ha.records import LrmStatus, ManagerStatus, ServiceData
-from sim.env import SimEnv
 from sim.logfmt import format_line
-from sim.resources import PLUGINS, SimResource
+from sim.resources import SimResource, make_plugins
 from sim.scenario import SIM_SID, Scenario
 
 DEFAULT_NODE_VERSION = "9.0.0~2"
@@ -89,10 +88,7 @@ class Hardware:
         self.rules = self._parse_rules(scenario.rules_text)
         self.datacenter: DatacenterConfig = scenario.datacenter
         self.datacenter_raw = scenario.datacenter_raw
-        self.plugins: dict[str, SimResource] = dict(PLUGINS)
-        # the per-node daemon environments live as long as the node (§9.4)
-        self.crm_envs = {n: SimEnv(self, n, "crm") for n in self.nodes}
-        self.lrm_envs = {n: SimEnv(self, n, "lrm") for n in self.nodes}
+        self.plugins: dict[str, SimResource] = make_plugins(self)
 
     # -- log --------------------------------------------------------------------
 

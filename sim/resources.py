@@ -7,14 +7,10 @@ node only by that table, independent of its configured node.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ha.config.resources import ResourceConfig
 from ha.env import Env
-from sim.env import SimEnv
-
-if TYPE_CHECKING:
-    from sim.hardware import Hardware
 
 # Simulated operation costs, in virtual seconds of the daemon's loop budget (not of
 # the clock): they only matter for the reference's "loop take too long" abort.
@@ -23,9 +19,22 @@ STOP_COST = 2
 MIGRATE_COST = 2
 
 
-def _hw(env: Env) -> Hardware:
-    assert isinstance(env, SimEnv)
-    return env.hardware
+class World(Protocol):
+    """What the simulated resources need of the simulated cluster (sim/hardware.py)."""
+
+    fa_tries: dict[str, dict[str, int]]
+
+    def is_running(self, node: str, sid: str) -> bool: ...
+
+    def set_running(self, node: str, sid: str, running: bool) -> None: ...
+
+    def remove_running_entry(self, node: str, sid: str) -> None: ...
+
+    def change_service_location(self, sid: str, current: str, new: str) -> None: ...
+
+    def service_lock(self, sid: str) -> str | None: ...
+
+    def set_service_lock(self, sid: str, lock: str | None) -> None: ...
 
 
 class SimResource:
@@ -33,11 +42,14 @@ class SimResource:
 
     type_name = "vm"
 
+    def __init__(self, world: World) -> None:
+        self.world = world
+
     def locked(self, env: Env, sid: str) -> str | None:
-        return _hw(env).service_lock(sid)
+        return self.world.service_lock(sid)
 
     def check_running(self, env: Env, sid: str, conf: ResourceConfig) -> bool:
-        return _hw(env).is_running(env.nodename(), sid)
+        return self.world.is_running(env.nodename(), sid)
 
     def start(self, env: Env, sid: str, conf: ResourceConfig) -> None:
         lock = self.locked(env, sid)
@@ -45,7 +57,7 @@ class SimResource:
             env.log("err", f"service '{sid}' locked ({lock}), unable to start!")
             return
         env.sleep(START_COST)
-        _hw(env).set_running(env.nodename(), sid, True)
+        self.world.set_running(env.nodename(), sid, True)
 
     def shutdown(self, env: Env, sid: str, conf: ResourceConfig, timeout: int | None) -> None:
         lock = self.locked(env, sid)
@@ -53,10 +65,10 @@ class SimResource:
             env.log("err", f"service '{sid}' locked ({lock}), unable to shutdown!")
             return
         env.sleep(STOP_COST)
-        _hw(env).set_running(env.nodename(), sid, False)
+        self.world.set_running(env.nodename(), sid, False)
 
     def migrate(self, env: Env, sid: str, conf: ResourceConfig, target: str, online: bool) -> bool:
-        hw = _hw(env)
+        hw = self.world
         node = env.nodename()
         cmd = "migrate" if online else "relocate"
         env.log("info", f"service {sid} - start {cmd} to node '{target}'")
@@ -77,7 +89,7 @@ class SimResource:
         return True
 
     def remove_locks(self, env: Env, sid: str, locks: list[str]) -> str | None:
-        hw = _hw(env)
+        hw = self.world
         lock = hw.service_lock(sid)
         if lock is not None and lock in locks:
             hw.set_service_lock(sid, None)
@@ -127,7 +139,7 @@ class VirtFail(SimResource):
 
     def start(self, env: Env, sid: str, conf: ResourceConfig) -> None:
         fails, _, _, _, limit = decode_fa(conf.name)
-        tries = _hw(env).fa_tries["start"]
+        tries = self.world.fa_tries["start"]
         if self._limited(env, limit):
             tries[sid] = tries.get(sid, 0) + 1
             if fails >= tries[sid]:
@@ -143,7 +155,7 @@ class VirtFail(SimResource):
 
     def migrate(self, env: Env, sid: str, conf: ResourceConfig, target: str, online: bool) -> bool:
         _, fails, _, _, limit = decode_fa(conf.name)
-        tries = _hw(env).fa_tries["migrate"]
+        tries = self.world.fa_tries["migrate"]
         if self._limited(env, limit):
             tries[sid] = tries.get(sid, 0) + 1
             if fails >= tries[sid]:
@@ -152,4 +164,5 @@ class VirtFail(SimResource):
         return super().migrate(env, sid, conf, target, online)
 
 
-PLUGINS: dict[str, SimResource] = {"vm": VirtVM(), "ct": VirtCT(), "fa": VirtFail()}
+def make_plugins(world: World) -> dict[str, SimResource]:
+    return {"vm": VirtVM(world), "ct": VirtCT(world), "fa": VirtFail(world)}

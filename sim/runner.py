@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ha.crm import CRM
 from ha.errors import HaError, SimulationError
 from ha.lrm import LRM
+from sim.env import SimEnv
 from sim.hardware import Hardware
 from sim.scenario import Scenario
 
@@ -51,8 +52,11 @@ class Simulation:
     ) -> None:
         self.options = options or RunOptions()
         self.hw = Hardware(scenario, out)
+        # the per-node daemon environments live as long as the simulation (§9.4)
+        self.crm_envs = {n: SimEnv(self.hw, n, "crm") for n in self.hw.nodes}
+        self.lrm_envs = {n: SimEnv(self.hw, n, "lrm") for n in self.hw.nodes}
         if self.options.scale:
-            for env in [*self.hw.crm_envs.values(), *self.hw.lrm_envs.values()]:
+            for env in [*self.crm_envs.values(), *self.lrm_envs.values()]:
                 env.loop_delay_limit = None
         self.cmdlist = [list(batch) for batch in scenario.cmdlist]
         self.skip_crm = 0
@@ -63,10 +67,10 @@ class Simulation:
     # -- daemon control ---------------------------------------------------------
 
     def _start_crm(self, node: str) -> CRM:
-        return CRM(self.hw.crm_envs[node])
+        return CRM(self.crm_envs[node])
 
     def _start_lrm(self, node: str) -> LRM:
-        return LRM(self.hw.lrm_envs[node], self.hw.startup_write)
+        return LRM(self.lrm_envs[node], self.hw.startup_write)
 
     # -- commands (§9.5) ----------------------------------------------------------
 
@@ -100,10 +104,10 @@ class Simulation:
                     node.cfs_rw = node.cfs_update = True
                 else:
                     if node.crm is not None:
-                        hw.crm_envs[node.name].log("info", "killed by poweroff")
+                        self.crm_envs[node.name].log("info", "killed by poweroff")
                         node.crm = None
                     if node.lrm is not None:
-                        hw.lrm_envs[node.name].log("info", "killed by poweroff")
+                        self.lrm_envs[node.name].log("info", "killed by poweroff")
                         node.lrm = None
                     hw.watchdog_reset(node.name)
                     hw.running[node.name] = {}
@@ -263,8 +267,8 @@ class Simulation:
             if hw.time > self.options.max_time:
                 raise SimulationError("simulation end")
             for name in nodes:
-                hw.lrm_envs[name].force_time(hw.time)
-                hw.crm_envs[name].force_time(hw.time)
+                self.lrm_envs[name].force_time(hw.time)
+                self.crm_envs[name].force_time(hw.time)
 
             if hw.time < next_cmd_at:
                 continue
@@ -294,7 +298,7 @@ class Simulation:
     def _run_crm(self, name: str) -> None:
         hw = self.hw
         node = hw.nodes[name]
-        env = hw.crm_envs[name]
+        env = self.crm_envs[name]
         assert node.crm is not None
         keep = node.crm.do_one_iteration()
         hw.time = max(hw.time, int(env.time))
@@ -314,7 +318,7 @@ class Simulation:
     def _run_lrm(self, name: str) -> None:
         hw = self.hw
         node = hw.nodes[name]
-        env = hw.lrm_envs[name]
+        env = self.lrm_envs[name]
         assert node.lrm is not None
         keep = node.lrm.do_one_iteration()
         hw.time = max(hw.time, int(env.time))
