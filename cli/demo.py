@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.markers import find_overlaps
+from agents.markers import find_overlaps
 
 PY = sys.executable
 
