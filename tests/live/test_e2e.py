@@ -231,3 +231,43 @@ def test_ocf_dummy_resource_fails_over(cluster: LiveCluster) -> None:
         "the agent's start on the new node",
     )
     assert list((cluster.dir / "state" / new_node).rglob("*.state"))
+
+
+@pytest.mark.parametrize(
+    ("policy", "kind", "outcome"),
+    [
+        ("freeze", "shutdown", "frozen"),
+        ("freeze", "reboot", "frozen"),
+        ("failover", "shutdown", "moved"),
+        ("failover", "reboot", "moved"),
+        ("migrate", "reboot", "moved and back"),
+    ],
+)
+def test_shutdown_policies(tmp_path: Path, policy: str, kind: str, outcome: str) -> None:
+    """BEHAVIOUR.md §3.2.5 (conditional and migrate-shutdown have their own tests above)."""
+    c = LiveCluster(tmp_path, policy=policy)
+    try:
+        start(c, {"proc:a": "node2"})
+        c.stop("node2", kind=kind)
+        log = c.log("node2")
+        assert f"got shutdown request with shutdown policy '{policy}'" in log
+        if outcome == "frozen":
+            assert f"{kind} LRM, stop and freeze all services" in log
+            c.wait_state("proc:a", "freeze", 20)
+            assert c.serving_node("proc:a") is None  # stopped, and not moved while frozen
+            time.sleep(2)
+            assert c.service_state("proc:a") == ("freeze", "node2")
+            c.up("node2")
+            c.wait_serving("proc:a", 30, on="node2")
+        elif outcome == "moved":
+            assert "shutdown LRM, stop all services" in log  # literal "shutdown" also for reboots
+            c.wait_serving("proc:a", 30, not_on="node2")
+        else:
+            assert f"{kind} LRM, doing maintenance, removing this node from active list" in log
+            c.wait_serving("proc:a", 30, not_on="node2")
+            c.up("node2")
+            # the maintenance fallback brings it home once the node is back (§6.5)
+            c.wait_serving("proc:a", 40, on="node2")
+        assert c.overlaps() == []
+    finally:
+        c.close()
