@@ -22,6 +22,10 @@ production shape (nodes are separate hosts); ``--pin 0/0`` measures the
 same-core case, ``--pin none`` leaves placement alone. Raw and bus rounds are
 interleaved so that whatever else the machine does hits both alike.
 
+The goals (same run, same payload): bus RTT p50 at most ``RTT_GOAL`` x raw,
+throughput at least ``THROUGHPUT_GOAL`` x raw; the result says whether this
+run met them.
+
 The last line with --json is one JSON object.
 """
 
@@ -53,6 +57,8 @@ from bus.messages import ApiReply, ApiRequest
 from bus.transport import Transport, TransportConfig
 
 REPO = Path(__file__).resolve().parents[1]
+RTT_GOAL = 1.5
+THROUGHPUT_GOAL = 0.5
 
 
 def _free_port() -> int:
@@ -393,6 +399,7 @@ def main(argv: list[str]) -> int:
         result["bus_curve_cpu_us_per_msg"] = round(cpu["bus_curve"] / sent["bus_curve"] * 1e6, 2)
     result["rtt_ratio"] = round(result["bus_rtt_p50_us"] / result["raw_rtt_p50_us"], 2)
     result["throughput_ratio"] = round(result["bus_msgs_per_s"] / result["raw_msgs_per_s"], 2)
+    result["goals_met"] = result["rtt_ratio"] <= RTT_GOAL and result["throughput_ratio"] >= THROUGHPUT_GOAL
     result["seconds"] = round(time.monotonic() - started, 1)
 
     result["pin"] = args.pin
@@ -419,6 +426,10 @@ def main(argv: list[str]) -> int:
         f"bus {result['bus_cpu_us_per_msg']} us"
     )
     print(f"bus/raw        : rtt x{result['rtt_ratio']}, throughput x{result['throughput_ratio']}")
+    print(
+        f"goals          : rtt <= x{RTT_GOAL}, throughput >= x{THROUGHPUT_GOAL}: "
+        + ("met" if result["goals_met"] else "NOT met")
+    )
     if args.json:
         print(json.dumps(result))
     return 0

@@ -1,10 +1,21 @@
-"""Typed bus messages: frozen dataclasses and the ``kind -> class`` registry.
+"""Typed bus messages: frozen msgspec Structs and the ``kind -> class`` registry.
 
 Each message class has a wire ``KIND`` (a short snake_case string) and plain
-fields. The payload on the wire is a msgpack map ``{field name: value}``;
-:func:`to_payload` and :func:`from_payload` are the only translation points,
-and :func:`from_payload` checks every field's type, so nothing half-valid is
-ever constructed from network input.
+fields. The payload on the wire is a msgpack map ``{field name: value}``.
+
+There are two ways from wire to message, and they must agree:
+
+* the *fast path* (:data:`WIRE_KINDS` + :func:`plain_keyed`, used by
+  :meth:`bus.codec.Codec.decode`): msgspec decodes the payload straight into
+  the typed Struct, checking every field's type in C, and only the free-form
+  values (``dict``/``Any`` fields) are walked here afterwards;
+* the *reference path* (:func:`from_payload`): checks a plain decoded map
+  field by field in Python. It is the readable statement of the rules, it
+  decides the reject reason of every frame the fast path refuses, and
+  tests/bus/test_bus_codec.py checks that the fast path never accepts
+  anything it refuses (nor builds a different message).
+
+Either way nothing half-valid is ever constructed from network input.
 
 Supported field types (anything else is refused at registration time):
 ``str``, ``int``, ``float``, ``bool``, ``dict[str, Any]`` (a map with string
@@ -14,12 +25,13 @@ keys and plain msgpack values), ``tuple[str, ...]`` (an array of strings),
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar, Union, cast
+from dataclasses import dataclass
+from typing import Any, ClassVar, NoReturn, TypeVar, Union
+
+import msgspec
 
 from bus.errors import ProtocolError
 
@@ -31,12 +43,19 @@ LOCAL_KIND = "local_kind"
 # Deep values (inside dict/Any fields) nest at most this far. msgpack itself
 # stops recursion bombs; this keeps our own validator walk bounded too.
 MAX_DEPTH = 32
+# Kinds are envelope names (docs/PROTOCOL.md: 1-64 chars); the codec's fast
+# path takes that for granted for every registered kind.
+MAX_KIND_LEN = 64
 
 
-class Message:
-    """Base of every bus message. Subclasses are frozen dataclasses."""
+class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Base of every bus message. Subclasses are frozen msgspec Structs.
 
-    __slots__ = ()
+    They behave like frozen dataclasses (positional or keyword construction,
+    defaults, ``==``, ``repr``, attribute access, pattern matching); use
+    :func:`msgspec.structs.fields` instead of :func:`dataclasses.fields`.
+    """
+
     KIND: ClassVar[str]
     # Local-only kinds are produced by the transport itself (peer/quorum
     # events); a frame claiming one of them from the network is refused.
@@ -60,20 +79,22 @@ class _Schema:
     exact: tuple[tuple[str, type, bool], ...]
     converters: tuple[tuple[str, Converter], ...]
     local_only: bool
-    # Fast path when every field is present: check, then store each value
-    # straight into its slot (name, exact type or None, nullable, converter
-    # or None, slot setter). See from_payload.
-    plan: tuple[tuple[str, type | None, bool, Converter | None, Callable[[Any, Any], None]], ...]
+    # Fields holding free-form values (dict / Any), walked after msgspec decoded them.
+    free_form: tuple[str, ...]
 
-
-_new = object.__new__
 
 MESSAGE_TYPES: dict[str, type[Message]] = {}
 _SCHEMAS: dict[str, _Schema] = {}
 _NAMES_BY_CLASS: dict[type[Message], tuple[str, ...]] = {}
+# The fast path's table, wire kinds only: kind -> (msgspec's decode function
+# for its payload, its free-form field names). Read by bus.codec.
+WIRE_KINDS: dict[str, tuple[Callable[[Any], Message], tuple[str, ...]]] = {}
+# class -> its free-form field names (what the encoder checks at run time).
+FREE_FORM: dict[type[Message], tuple[str, ...]] = {}
 
 
 _SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+_KEYS = frozenset({str, bytes})
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
@@ -97,6 +118,38 @@ def _plain(value: Any, depth: int = 0) -> bool:
         if type(v) not in _SCALARS and not _plain(v, depth + 1):
             return False
     return True
+
+
+def plain_keyed(value: Any, depth: int = 0) -> bool:
+    """:func:`_plain`, and every map key a str or bytes (for msgspec's output).
+
+    msgspec decodes free-form values like msgpack does, except that it also
+    lets through map keys of other types (strict_map_key refuses them), and
+    decodes the timestamp extension to a datetime (refused here as not plain).
+    Same depth rule as :func:`_plain`.
+    """
+    t = type(value)
+    if t is dict:
+        if depth >= MAX_DEPTH:
+            return False
+        for k, v in value.items():
+            if type(k) not in _KEYS or (type(v) not in _SCALARS and not plain_keyed(v, depth + 1)):
+                return False
+        return True
+    if t is list:
+        if depth >= MAX_DEPTH:
+            return False
+        for v in value:  # noqa: SIM110 - an explicit loop is ~2x faster than all(genexpr) here
+            if type(v) not in _SCALARS and not plain_keyed(v, depth + 1):
+                return False
+        return True
+    return t in _SCALARS
+
+
+def _no_ext(code: int, data: memoryview) -> NoReturn:
+    # Extension types are not part of the protocol: fail the fast path, and
+    # the reference path books the frame as malformed.
+    raise ValueError(f"msgpack ext type {code} not allowed")
 
 
 def _bad(name: str, expected: str, value: Any) -> ProtocolError:
@@ -186,36 +239,48 @@ def _converter(name: str, tp: Any) -> Converter:
 def register(cls: M) -> M:
     """Class decorator: add a message class to the registry (kinds are unique)."""
     kind = cls.KIND
+    if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LEN:
+        raise TypeError(f"{cls.__name__}: KIND must be a 1-{MAX_KIND_LEN} char str")
     if kind in MESSAGE_TYPES:
         raise TypeError(f"duplicate message kind {kind!r}")
+    config = cls.__struct_config__
+    # The fast path relies on these: unknown payload keys refused, field
+    # names on the wire as in Python, every field always encoded, a map (not
+    # an array) on the wire, and nothing run on construction.
+    if (
+        not config.frozen
+        or not config.forbid_unknown_fields
+        or config.omit_defaults
+        or config.array_like
+        or config.tag is not None
+        or hasattr(cls, "__post_init__")
+    ):
+        raise TypeError(f"{cls.__name__}: messages are plain frozen Structs deriving from Message")
     hints = typing.get_type_hints(cls)
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    fields = msgspec.structs.fields(cls)
+    if any(f.encode_name != f.name for f in fields):
+        raise TypeError(f"{cls.__name__}: renamed fields are not supported")
     required = frozenset(
-        f.name
-        for f in fields
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        f.name for f in fields if f.default is msgspec.NODEFAULT and f.default_factory is msgspec.NODEFAULT
     )
     names = tuple(f.name for f in fields)
     exact: list[tuple[str, type, bool]] = []
     converters: list[tuple[str, Converter]] = []
-    plan: list[tuple[str, type | None, bool, Converter | None, Callable[[Any, Any], None]]] = []
-    if "__slots__" not in cls.__dict__ or hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__}: messages are slotted dataclasses without __post_init__")
+    free_form: list[str] = []
     for f in fields:
         tp = hints[f.name]
         args = typing.get_args(tp)
         nullable = typing.get_origin(tp) in (Union, types.UnionType) and type(None) in args
         inner = next((a for a in args if a is not type(None)), tp) if nullable else tp
-        setter = cls.__dict__[f.name].__set__  # the slot's member descriptor
         if inner in (str, int, bool):
             exact.append((f.name, inner, nullable))
-            plan.append((f.name, inner, nullable, None, setter))
         else:
-            conv = _converter(f.name, tp)
-            converters.append((f.name, conv))
-            plan.append((f.name, None, False, conv, setter))
+            converters.append((f.name, _converter(f.name, tp)))
+            if inner is Any or typing.get_origin(inner) is dict:
+                free_form.append(f.name)
     MESSAGE_TYPES[kind] = cls
     _NAMES_BY_CLASS[cls] = names
+    FREE_FORM[cls] = tuple(free_form)
     _SCHEMAS[kind] = _Schema(
         kind,
         cls,
@@ -225,8 +290,10 @@ def register(cls: M) -> M:
         tuple(exact),
         tuple(converters),
         cls.LOCAL_ONLY,
-        tuple(plan),
+        tuple(free_form),
     )
+    if not cls.LOCAL_ONLY:
+        WIRE_KINDS[kind] = (msgspec.msgpack.Decoder(cls, ext_hook=_no_ext).decode, tuple(free_form))
     return cls
 
 
@@ -238,8 +305,9 @@ def to_payload(msg: Message) -> dict[str, Any]:
 def from_payload(kind: str, payload: Any, *, wire: bool = False) -> Message:
     """Validate ``payload`` against ``kind``'s schema and build the message.
 
-    Raises :class:`ProtocolError` (reason ``unknown_kind``, ``local_kind``
-    when ``wire`` is set and the kind is local-only, or ``bad_payload``).
+    This is the reference path (see the module doc). Raises
+    :class:`ProtocolError` (reason ``unknown_kind``, ``local_kind`` when
+    ``wire`` is set and the kind is local-only, or ``bad_payload``).
     Unknown keys are refused, not ignored: any schema change bumps the
     protocol version (see docs/PROTOCOL.md), so an extra key means a bug or
     an attacker, never a newer peer. ``payload`` may be normalised in place.
@@ -252,21 +320,6 @@ def from_payload(kind: str, payload: Any, *, wire: bool = False) -> Message:
     if type(payload) is not dict:
         raise ProtocolError(BAD_PAYLOAD, "payload is not a map")
     keys = payload.keys()
-    if keys == schema.all_names:
-        # Every field present (what our own encoder always sends): validate
-        # and fill the slots directly. The frozen dataclass __init__ does the
-        # same stores through object.__setattr__, at several times the cost,
-        # and one message is built per received frame. Safe because message
-        # classes have no __post_init__ (checked in register()).
-        obj: Message = _new(cast(type[Message], schema.ctor))
-        for name, tp, nullable, conv, setter in schema.plan:
-            v = payload[name]
-            if conv is not None:
-                v = conv(v)
-            elif type(v) is not tp and not (nullable and v is None):
-                raise _bad(name, tp.__name__ if tp is not None else "?", v)
-            setter(obj, v)
-        return obj
     if keys != schema.all_names:
         if not keys <= schema.all_names:
             extra = [repr(k)[:32] for k in keys if k not in schema.all_names][:4]
@@ -295,8 +348,7 @@ def kind_of(cls: type[Message]) -> str:
 
 
 @register
-@dataclass(frozen=True, slots=True)
-class ServiceCommand(Message):
+class ServiceCommand(Message, frozen=True):
     """CRM master -> LRM: bring ``sid`` to ``state`` (once per ``uid``)."""
 
     KIND: ClassVar[str] = "service_command"
@@ -305,12 +357,11 @@ class ServiceCommand(Message):
     state: str
     node: str
     target: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 @register
-@dataclass(frozen=True, slots=True)
-class CommandResult(Message):
+class CommandResult(Message, frozen=True):
     """LRM -> CRM master: the outcome of the command tagged ``uid``."""
 
     KIND: ClassVar[str] = "command_result"
@@ -321,8 +372,7 @@ class CommandResult(Message):
 
 
 @register
-@dataclass(frozen=True, slots=True)
-class Ack(Message):
+class Ack(Message, frozen=True):
     """Receipt of the command or result tagged ``uid``; stops re-sending."""
 
     KIND: ClassVar[str] = "ack"
@@ -330,8 +380,7 @@ class Ack(Message):
 
 
 @register
-@dataclass(frozen=True, slots=True)
-class LrmStatusPush(Message):
+class LrmStatusPush(Message, frozen=True):
     """A node's LRM publishes its current lrm_status record."""
 
     KIND: ClassVar[str] = "lrm_status"
@@ -340,8 +389,7 @@ class LrmStatusPush(Message):
 
 
 @register
-@dataclass(frozen=True, slots=True)
-class ManagerStatusPush(Message):
+class ManagerStatusPush(Message, frozen=True):
     """The master publishes its current manager_status record."""
 
     KIND: ClassVar[str] = "manager_status"
@@ -349,8 +397,7 @@ class ManagerStatusPush(Message):
 
 
 @register
-@dataclass(frozen=True, slots=True)
-class Heartbeat(Message):
+class Heartbeat(Message, frozen=True):
     """Liveness beacon; ``incarnation`` changes when the sender restarts."""
 
     KIND: ClassVar[str] = "heartbeat"
@@ -361,8 +408,7 @@ class Heartbeat(Message):
 
 
 @register
-@dataclass(frozen=True, slots=True)
-class QuorumLost(Message):
+class QuorumLost(Message, frozen=True):
     """``node`` no longer sees a majority; ``members`` are the nodes it sees."""
 
     KIND: ClassVar[str] = "quorum_lost"
@@ -371,8 +417,7 @@ class QuorumLost(Message):
 
 
 @register
-@dataclass(frozen=True, slots=True)
-class QuorumRegained(Message):
+class QuorumRegained(Message, frozen=True):
     """``node`` sees a majority again (also sent the first time it gets one)."""
 
     KIND: ClassVar[str] = "quorum_regained"
@@ -381,8 +426,7 @@ class QuorumRegained(Message):
 
 
 @register
-@dataclass(frozen=True, slots=True)
-class PeerUp(Message):
+class PeerUp(Message, frozen=True):
     """Local event: traffic from ``node`` resumed (or it restarted)."""
 
     KIND: ClassVar[str] = "peer_up"
@@ -392,8 +436,7 @@ class PeerUp(Message):
 
 
 @register
-@dataclass(frozen=True, slots=True)
-class PeerDown(Message):
+class PeerDown(Message, frozen=True):
     """Local event: nothing heard from ``node`` within the peer timeout."""
 
     KIND: ClassVar[str] = "peer_down"
@@ -402,19 +445,17 @@ class PeerDown(Message):
 
 
 @register
-@dataclass(frozen=True, slots=True)
-class ApiRequest(Message):
+class ApiRequest(Message, frozen=True):
     """Client (CLI, tools) -> node: run API operation ``op``."""
 
     KIND: ClassVar[str] = "api_request"
     request_id: str
     op: str
-    args: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 @register
-@dataclass(frozen=True, slots=True)
-class ApiReply(Message):
+class ApiReply(Message, frozen=True):
     """Node -> client: the answer to ``request_id``."""
 
     KIND: ClassVar[str] = "api_reply"

@@ -7,15 +7,19 @@ other direction. Non-member clients (the CLI) connect a DEALER to a node's
 ROUTER and get their replies back through that ROUTER.
 
 Threads. ZeroMQ sockets are not thread-safe. One thread, the I/O thread,
-owns and polls the ROUTER, the ZAP handler and the socket monitors. Each
-DEALER is a send-only socket that is never polled; it is used by whichever
-thread sends, but only while holding that peer's lock. libzmq allows moving a
-socket between threads given a full memory barrier, which the lock provides,
-so a send costs the caller one encode and one zmq_send, with no hop to the
-I/O thread. Frames the I/O thread must handle itself (replies through the
-ROUTER, sends to this very node) go through a deque plus a wake-up fd.
-(Measured with bench/bus.py: handing every frame to the I/O thread through
-per-thread inproc PUSH sockets cost about half the throughput of this.)
+owns and polls the ROUTER, the ZAP handler and the socket monitors. It also
+creates, configures and in the end closes each DEALER; in between, a DEALER
+is a send-only socket that is never polled or read, used by whichever thread
+sends (the I/O thread too: heartbeats, sends from subscriber callbacks), but
+only while holding that peer's lock. libzmq allows moving a socket between
+threads given a full memory barrier, which the lock provides, so a send costs
+the caller one encode and one zmq_send, with no hop to the I/O thread. This
+deliberate exception to "one owner thread per socket" is spelled out in
+docs/PROTOCOL.md ("Threading"). Frames the I/O thread must handle itself
+(replies through the ROUTER, sends to this very node) go through a deque plus
+a wake-up fd. (Measured with bench/bus.py: handing every frame to the I/O
+thread through per-thread inproc PUSH sockets cost about half the throughput
+of this.)
 
 Delivery. Subscribers are plain callables ``deliver(envelope)``; they run on
 the I/O thread and must not block (``actor_ref.tell`` is the intended use).
@@ -71,6 +75,10 @@ _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 # name, or b"\x00" + a client's ROUTER routing id (no member name can start
 # with a NUL byte, see bus.membership.check_name).
 _T_CLIENT = 0x00
+_NOBLOCK = zmq.NOBLOCK
+# At most 2**_ASK_BACKOFF - 1 router turns in a row skip the ZMQ_EVENTS ask
+# (see Transport._drain_router).
+_ASK_BACKOFF = 4
 # Kinds a non-member (authenticated client) may send.
 _CLIENT_KINDS = frozenset({ApiRequest.KIND})
 _HANDSHAKE_FAILED = (
@@ -112,13 +120,14 @@ class TransportConfig:
 class _Link:
     """Our DEALER to one peer: usable from any thread, but only under ``lock``."""
 
-    __slots__ = ("closed", "counts", "lock", "name", "sock")
+    __slots__ = ("closed", "counts", "lock", "name", "sent", "sock")
 
     def __init__(self, name: str, sock: zmq.Socket[bytes]) -> None:
         self.name = name
         self.sock = sock
         self.lock = threading.Lock()
         self.closed = False
+        self.sent = 0  # the hot counter, a plain int; the rare ones in counts
         self.counts: dict[str, int] = {}
 
 
@@ -155,6 +164,7 @@ class Transport:
         self.membership = membership
         self.config = config or TransportConfig()
         self.codec = Codec(cluster, self.config.max_frame_bytes)
+        self._encode, self._decode = self.codec.encode, self.codec.decode
         self.curve = curve
         if curve:
             if keys is None:
@@ -170,6 +180,7 @@ class Transport:
         self._node_b = node.encode()
         self._peers = tuple(p.name for p in membership.others(node))
         self._members_b = frozenset(n.encode() for n in membership.names)
+        self._members = frozenset(membership.names)
         self._tracker = PeerTracker(self._peers, self.config.peer_timeout)
         self._quorum = self._compute_quorum(frozenset())
         self._ids = itertools.count(1)
@@ -185,6 +196,9 @@ class Transport:
         # write _tx_counts (rare drop paths only) under _tx_lock. stats()
         # merges copies.
         self._io_counts: dict[str, int] = {}
+        # The two per-frame I/O-thread counters, as plain ints (cheaper).
+        self._received = 0
+        self._delivered = 0
         self._tx_counts: dict[str, int] = {}
         self._tx_lock = threading.Lock()
         # Hand-over of outgoing frames from other threads: a deque (append and
@@ -207,6 +221,11 @@ class Transport:
         self._links: dict[bytes, _Link] = {}
         self._links_by_name: dict[str, _Link] = {}
         self._now = clock()  # the I/O thread's clock reading for the current batch
+        # Quiet sockets (by ZMQ_FD) the I/O thread must look at before sleeping.
+        self._quiet_due: set[int] = set()
+        # Back-off of the "more waiting?" ask in _drain_router.
+        self._ask_misses = 0
+        self._ask_skip = 0
 
     # ------------------------------------------------------------------ API
 
@@ -231,14 +250,16 @@ class Transport:
         # dict.copy() is a single C call, atomic under the GIL, so this never
         # sees a dict that changes size under it.
         io = self._io_counts.copy()
+        parts = [{"received": self._received, "delivered": self._delivered}]
         with self._tx_lock:
-            parts = [self._tx_counts.copy()]
+            parts.append(self._tx_counts.copy())
         for link in list(self._links_by_name.values()):
             with link.lock:
-                parts.append(link.counts.copy())
+                parts.append({**link.counts, "sent": link.sent})
         for part in parts:
             for k, v in part.items():
-                io[k] = io.get(k, 0) + v
+                if v:
+                    io[k] = io.get(k, 0) + v
         return io
 
     def rejected(self) -> dict[str, int]:
@@ -289,7 +310,7 @@ class Transport:
         """
         link = self._links_by_name.get(node)
         if link is not None:  # the hot path: a started transport, a peer
-            return self._send_link(link, self.codec.encode(self.node, next(self._ids), msg))
+            return self._send_link(link, self._encode(self.node, next(self._ids), msg))
         node_b = node.encode()
         if node_b not in self._members_b:
             raise UnknownPeerError(node)
@@ -459,16 +480,27 @@ class Transport:
             link_events = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             self._monitors[d.get_monitor_socket(link_events)] = (d, peer.name)
             d.connect(peer.endpoint)
-            # Only a fully configured socket becomes visible to sender threads.
-            self._links_by_name[peer.name] = link
+            # Only a fully configured socket becomes visible to sender threads,
+            # and releasing the lock after all of the above is the memory
+            # barrier that hands it over (a sender's first use takes the lock).
+            with link.lock:
+                self._links_by_name[peer.name] = link
         self._poller = zmq.Poller()
         self._poller.register(r, zmq.POLLIN)
         assert self._waker is not None
         self._poller.register(self._waker.fd, zmq.POLLIN)
+        # The quiet sockets (ZAP, monitors) are polled through their ZMQ_FD,
+        # a plain fd: zmq_poll then costs a poll() slot for each instead of a
+        # ZMQ_EVENTS round per socket per loop turn, which was about a third
+        # of a turn with two peers (and grows with the membership). See
+        # _service() for the edge-triggered contract that comes with it.
+        self._quiet: dict[int, tuple[zmq.Socket[bytes], Callable[[zmq.Socket[bytes]], None]]] = {}
         if self.curve:
-            self._poller.register(self._zap, zmq.POLLIN)
+            self._quiet[cast(int, self._zap.getsockopt(zmq.FD))] = (self._zap, self._handle_zap)
         for m in self._monitors:
-            self._poller.register(m, zmq.POLLIN)
+            self._quiet[cast(int, m.getsockopt(zmq.FD))] = (m, self._handle_monitor)
+        for fd in self._quiet:
+            self._poller.register(fd, zmq.POLLIN)
 
     def _set_heartbeats(self, s: zmq.Socket[bytes]) -> None:
         # ZMTP-level heartbeats let libzmq notice a dead TCP connection (e.g.
@@ -479,6 +511,14 @@ class Transport:
         s.setsockopt(zmq.HEARTBEAT_TTL, _ms(self.config.peer_timeout))
 
     def _close_all(self) -> None:
+        # Take the DEALERs back from the sender threads first: once `closed`
+        # is set under its lock, no sender touches a DEALER again (they check
+        # it under the same lock), and taking the lock is the memory barrier
+        # after their last send. Only then may this thread disable a DEALER's
+        # monitor and close it.
+        for link in self._links.values():
+            with link.lock:
+                link.closed = True
         monitors = getattr(self, "_monitors", {})
         for sock in [*monitors]:
             sock.close(linger=0)
@@ -490,9 +530,7 @@ class Transport:
             if owned is not None:
                 owned.close(linger=0)
         for link in self._links.values():
-            with link.lock:
-                link.closed = True
-                link.sock.close(linger=0)
+            link.sock.close(linger=0)
 
     def _run(self) -> None:
         self._io_ident = threading.get_ident()
@@ -516,22 +554,32 @@ class Transport:
     def _loop(self) -> None:
         cfg = self.config
         next_hb = self._clock()
+        # No peer can expire before this (see below), so the tracker is only
+        # asked when it is due rather than on every loop turn.
+        next_check = next_hb
         self._update_quorum()  # a 1-node cluster is quorate from the start
         assert self._waker is not None
-        waker_fd, router, outq = self._waker.fd, self._router, self._outq
+        waker_fd, router, outq, quiet = self._waker.fd, self._router, self._outq, self._quiet
+        # Whatever the quiet sockets got while they were being set up has
+        # already consumed its fd signal: look at each of them once.
+        self._quiet_due.update(quiet)
         while self._running:
             now = self._clock()
             if now >= next_hb:
                 self._send_heartbeats()
                 next_hb = now + cfg.heartbeat_interval
-            self._expire(now)
-            wake_at = next_hb
-            expiry = self._tracker.next_expiry()
-            if expiry is not None and expiry < wake_at:
-                wake_at = expiry
+            if now >= next_check:
+                self._expire(now)
+                # A peer expires at its last_heard + peer_timeout; last_heard
+                # only grows, and a peer that starts being tracked later gets
+                # a later expiry than now + peer_timeout. So this is never
+                # late; at worst a turn wakes early and finds nothing to do.
+                expiry = self._tracker.next_expiry()
+                next_check = expiry if expiry is not None else now + cfg.peer_timeout
+            wake_at = next_hb if next_hb < next_check else next_check
             timeout_ms = max(0, int((wake_at - self._clock()) * 1000) + 1)
             self._io_idle = True
-            if outq:  # a frame slipped in after the last drain: don't sleep
+            if outq or self._quiet_due:  # work slipped in after the last turn: don't sleep
                 timeout_ms = 0
             try:
                 ready = self._poller.poll(timeout_ms)
@@ -541,17 +589,42 @@ class Transport:
                         self._drain_router()
                     elif sock == waker_fd:
                         self._waker.clear()
-                    elif self.curve and sock is self._zap:
-                        self._handle_zap()
                     else:
-                        self._handle_monitor(sock)
+                        self._quiet_due.add(sock)
+                if self._quiet_due:
+                    due, self._quiet_due = self._quiet_due, set()
+                    for fd in due:
+                        self._service(fd, quiet)
                 if outq:
                     self._drain_outq()
             except Exception as exc:  # the I/O thread must survive anything
                 self._io_idle = False
+                # Whatever was interrupted is looked at again next turn: an
+                # edge-triggered fd would not signal it a second time.
+                self._quiet_due.update(quiet)
                 self._count("io_error")
                 if self._rlog.allow(("io", type(exc).__name__)) is not None:
                     logger.opt(exception=exc).error("bus {}: unexpected I/O error", self.node)
+
+    def _service(
+        self,
+        fd: int,
+        quiet: dict[int, tuple[zmq.Socket[bytes], Callable[[zmq.Socket[bytes]], None]]],
+    ) -> None:
+        """Handle what a quiet socket (ZAP, a monitor) holds, polled by its ZMQ_FD.
+
+        That fd is edge-triggered: it signals once when the socket's state
+        may have changed, and ZMQ_EVENTS (which also clears it) tells what is
+        there. It will signal again only after the socket was seen empty, so
+        this reads until ZMQ_EVENTS says there is nothing left; a socket cut
+        short (the batch bound, an exception) stays due for the next turn.
+        """
+        sock, handle = quiet[fd]
+        for _ in range(self.config.batch):
+            if not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                return
+            handle(sock)
+        self._quiet_due.add(fd)
 
     # -- outbound
 
@@ -576,7 +649,7 @@ class Transport:
                 key = "dropped.closed"
             else:
                 try:
-                    link.sock.send(frame, zmq.NOBLOCK)
+                    link.sock.send(frame, _NOBLOCK)
                 except zmq.Again:
                     # With IMMEDIATE, Again means "no completed connection" or
                     # "send_hwm frames already queued for a peer that does not
@@ -585,7 +658,7 @@ class Transport:
                     # monitor events, so they share one counter.)
                     key = "dropped.unreachable"
                 else:
-                    link.counts["sent"] = link.counts.get("sent", 0) + 1
+                    link.sent += 1
                     return True
             link.counts[key] = link.counts.get(key, 0) + 1
             return False
@@ -619,11 +692,24 @@ class Transport:
         self._now = self._clock()  # one clock read per batch is plenty for liveness
         for n in range(self.config.batch):
             # Before the second read of a batch, ask rather than try: a failed
-            # non-blocking recv costs several times a ZMQ_EVENTS query, and in
-            # request/response traffic the second read usually finds nothing.
-            # Once a burst shows up, read blindly until it is drained.
-            if n == 1 and not cast(int, r.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                return
+            # non-blocking recv costs several times a ZMQ_EVENTS query. Once a
+            # burst shows up, read blindly until it is drained. In
+            # request/response traffic the answer is "nothing" turn after
+            # turn, and everything this thread does before it sleeps again
+            # delays the frame it just sent (libzmq's I/O thread shares the
+            # CPU with it), so after each such answer the next 1, 3, 7, then
+            # 15 turns do not ask and go straight back to zmq_poll, which is
+            # level-triggered: nothing left waiting is ever missed, a burst
+            # only costs a few extra turns until the next ask finds it.
+            if n == 1:
+                if self._ask_skip:
+                    self._ask_skip -= 1
+                    return
+                if not cast(int, r.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    misses = self._ask_misses = min(self._ask_misses + 1, _ASK_BACKOFF)
+                    self._ask_skip = (1 << misses) - 1
+                    return
+                self._ask_misses = 0
             # A ROUTER always yields [routing id, frame, ...]; a DEALER cannot
             # send an empty message, so the second recv never blocks.
             try:
@@ -653,34 +739,35 @@ class Transport:
         )
 
     def _on_frame(self, origin: bytes, data: bytes, user: str | None, *, local: bool = False) -> None:
+        # The one entry point per inbound frame (actors/api.py wraps it).
         try:
-            env = self.codec.decode(data, origin)
+            env = self._decode(data, origin)
         except ProtocolError as exc:
             self._reject(origin, exc.reason, exc.detail)
             return
-        sender_b = env.sender.encode()
         if not local:
-            if sender_b in self._members_b:
+            sender = env.sender
+            if sender in self._members:
                 # Members speak through their DEALER, whose routing id is their
                 # name; with CURVE the key owner must match as well. A frame
                 # claiming our own name can only be forged.
-                if origin != sender_b or sender_b == self._node_b or (self.curve and user != env.sender):
-                    self._reject(origin, RejectReason.SPOOFED_SENDER, f"claims {env.sender!r}")
+                if origin != sender.encode() or sender == self.node or (self.curve and user != sender):
+                    self._reject(origin, RejectReason.SPOOFED_SENDER, f"claims {sender!r}")
                     return
             elif env.kind not in _CLIENT_KINDS:
-                self._reject(origin, RejectReason.NOT_A_MEMBER, f"{env.sender!r} sent {env.kind}")
+                self._reject(origin, RejectReason.NOT_A_MEMBER, f"{sender!r} sent {env.kind}")
                 return
-            if type(env.body) is Heartbeat:
-                if env.body.node != env.sender:
+            body = env.body
+            if type(body) is Heartbeat:
+                if body.node != sender:
                     self._reject(origin, RejectReason.SPOOFED_SENDER, "heartbeat for another node")
                     return
-                up = self._tracker.heartbeat(env.sender, env.body.incarnation, self._now)
+                up = self._tracker.heartbeat(sender, body.incarnation, self._now)
                 if up is not None:
                     self._peer_up(up)
             else:
-                self._tracker.traffic(env.sender, self._now)
-        counts = self._io_counts
-        counts["received"] = counts.get("received", 0) + 1
+                self._tracker.traffic(sender, self._now)
+        self._received += 1
         self._dispatch(env)
 
     def _dispatch(self, env: Envelope) -> None:
@@ -694,9 +781,7 @@ class Transport:
                     logger.opt(exception=exc).error("bus {}: subscriber failed on {}", self.node, env.kind)
             else:
                 delivered += 1
-        if delivered:
-            counts = self._io_counts
-            counts["delivered"] = counts.get("delivered", 0) + delivered
+        self._delivered += delivered
 
     def _peer_up(self, up: PeerUp) -> None:
         logger.info("bus {}: peer {} up (incarnation {})", self.node, up.node, up.incarnation)
@@ -753,8 +838,8 @@ class Transport:
 
     # -- authentication
 
-    def _handle_zap(self) -> None:
-        req = self._zap.recv_multipart()
+    def _handle_zap(self, zap: zmq.Socket[bytes]) -> None:
+        req = zap.recv_multipart()
         reply_id = req[1] if len(req) > 1 else b""
         status, text, user = b"500", b"internal error", b""
         try:
@@ -762,7 +847,7 @@ class Transport:
         finally:
             # A REP socket that skips a reply is wedged for good, and every
             # later handshake would hang: always answer, even after a bug.
-            self._zap.send_multipart([b"1.0", reply_id, status, text, user, b""])
+            zap.send_multipart([b"1.0", reply_id, status, text, user, b""])
 
     def _authenticate(self, req: list[bytes]) -> tuple[bytes, bytes, bytes]:
         if len(req) < 6 or req[0] != b"1.0":

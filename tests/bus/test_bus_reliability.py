@@ -37,7 +37,12 @@ def env(body: Message, sender: str = "a") -> Envelope:
 def test_outbox_resends_until_acked() -> None:
     sent: list[tuple[str, Message]] = []
     clock = Clock()
-    box = Outbox(lambda n, m: sent.append((n, m)) is None, retry_interval=1.0, clock=clock)
+
+    def send(node: str, msg: Message) -> bool:
+        sent.append((node, msg))
+        return True
+
+    box = Outbox(send, retry_interval=1.0, clock=clock)
     r1, r2 = CommandResult("vm:1", "u1", 0), CommandResult("vm:2", "u2", 0)
     assert box.put("a", "u1", r1)
     box.put("b", "u2", r2)
