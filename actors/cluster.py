@@ -3,6 +3,14 @@
 Written by ``ha-cluster init``; read by every ``ha-node``. It names the
 members and their bus endpoints, the store, the keys and the timing. The
 cluster's records (resources.cfg, manager_status, ...) live in the store.
+
+The store setting (``"store"``) is ``"dir"`` (default: the folder
+``DIR/store``, one host) or an etcd URL
+``etcd://h1:p1,h2:p2/<cluster>?timeout=SECONDS`` (docs/ETCD.md). Everything
+that opens the cluster's store goes through :meth:`ClusterConfig.open_store`.
+With ``ha-cluster init --store etcd --netns`` the etcd members are run by
+``ha-cluster`` itself, one per node in the node's network namespace; the
+``"etcd"`` section (:class:`LocalEtcd`) describes them.
 """
 
 from __future__ import annotations
@@ -16,10 +24,77 @@ from typing import Any
 
 from ha.constants import Timing as CoreTiming
 from ha.errors import ConfigError
+from store.base import Store
 from store.timing import Timing
 
 CLUSTER_FILE = "cluster.json"
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+
+STORE_DIR = "dir"
+# Every Store call of a node gives up after this long on etcd (docs/ETCD.md: "timeout=1 is a
+# good choice for the agents' renewals"); see ClusterConfig.store_problems for the bound.
+DEFAULT_ETCD_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    """One etcd member run by ``ha-cluster`` for a node (in the node's network namespace)."""
+
+    node: str
+    host: str
+    client_port: int = 2379
+    peer_port: int = 2380
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
+
+
+@dataclass(frozen=True)
+class LocalEtcd:
+    """The etcd cluster ``ha-cluster`` runs itself (``init --store etcd --netns``)."""
+
+    token: str
+    members: dict[str, EtcdMember]
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "heartbeat_ms": self.heartbeat_ms,
+            "election_ms": self.election_ms,
+            "members": {
+                n: {"host": m.host, "client_port": m.client_port, "peer_port": m.peer_port}
+                for n, m in sorted(self.members.items())
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], path: str) -> LocalEtcd:
+        try:
+            members = {
+                str(n): EtcdMember(str(n), str(v["host"]), int(v.get("client_port", 2379)),
+                                   int(v.get("peer_port", 2380)))
+                for n, v in dict(d["members"]).items()
+            }  # fmt: skip
+            return cls(
+                str(d["token"]), members, int(d.get("heartbeat_ms", 100)), int(d.get("election_ms", 1000))
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"bad 'etcd' section: {e!r}", path) from None
+
+    @property
+    def initial_cluster(self) -> str:
+        return ",".join(f"{n}={m.peer_url}" for n, m in sorted(self.members.items()))
 
 
 @dataclass
@@ -39,6 +114,82 @@ class ClusterConfig:
     netns: dict[str, str] = field(default_factory=dict)
     # what ``ha-cluster init --netns`` created (cli/netns.py), for partition/heal/destroy
     network: dict[str, Any] | None = None
+    # "dir" or an etcd:// URL (docs/ETCD.md)
+    store: str = STORE_DIR
+    # the etcd members ha-cluster runs itself (init --store etcd --netns), else None
+    etcd: LocalEtcd | None = None
+
+    # -- store ----------------------------------------------------------------
+    @property
+    def store_kind(self) -> str:
+        """``dir`` or ``etcd``."""
+        return "etcd" if self.store.startswith("etcd://") else STORE_DIR
+
+    @property
+    def store_url(self) -> str:
+        return f"dir:{self.store_dir}" if self.store_kind == STORE_DIR else self.store
+
+    def open_store(self) -> Store:
+        """The cluster's store: the one way every node and tool opens it."""
+        if self.store_kind == STORE_DIR:
+            from store.dirstore import DirStore  # noqa: PLC0415 - keep this module light
+
+            return DirStore(self.store_dir)
+        from store.etcdstore import EtcdStore  # noqa: PLC0415
+
+        return EtcdStore.from_url(self.store)
+
+    @property
+    def store_timeout(self) -> float | None:
+        """The etcd store's per-call timeout (None for ``dir``)."""
+        if self.store_kind == STORE_DIR:
+            return None
+        from store.etcdstore import parse_url  # noqa: PLC0415
+
+        return parse_url(self.store).timeout
+
+    @property
+    def renew_latency_cap(self) -> float:
+        """A lease call that took longer than this does not count as a renewal (docs/RUNTIME.md).
+
+        SAFETY: the watchdog argument anchors the last pet at the renewal's start ``t0``
+        plus the call's duration; capping the duration at ``margin/2`` keeps the rule
+        ``lease_ttl > watchdog_timeout + renew_interval + margin`` sufficient.
+        """
+        return self.timing.margin / 2
+
+    @property
+    def store_quorum_window(self) -> float:
+        """The node is quorate only if a store round trip that started this recently succeeded.
+
+        ``lease_ttl - watchdog_timeout``: a node out of reach of the store (the etcd
+        majority) for this long stops petting, so its watchdog fires at most
+        ``lease_ttl`` after its last successful store contact.
+        """
+        return self.timing.lease_ttl - self.timing.watchdog_timeout
+
+    def store_problems(self) -> list[str]:
+        """Why the store setting is unusable with this timing (empty when fine)."""
+        if self.store == STORE_DIR:
+            return []
+        if not self.store.startswith("etcd://"):
+            return [f"store must be 'dir' or an etcd://host:port,.../cluster URL, got {self.store!r}"]
+        from store.etcdstore import parse_url  # noqa: PLC0415
+
+        try:
+            u = parse_url(self.store)
+        except ValueError as e:
+            return [str(e)]
+        t = self.timing
+        bound = t.lease_ttl - t.watchdog_timeout - t.renew_interval - t.margin / 2
+        if u.timeout > bound:
+            # a renewal attempt must end (succeed or fail) well before the lease could be
+            # taken over, so the node stops updating its watchdog in time
+            return [
+                f"etcd store timeout {u.timeout:g}s must be at most lease_ttl - watchdog_timeout"
+                f" - renew_interval - margin/2 = {bound:g}s"
+            ]
+        return []
 
     # -- paths ----------------------------------------------------------------
     @property
@@ -62,6 +213,16 @@ class ClusterConfig:
 
     def watchdog_socket(self, node: str) -> Path:
         return self.run_dir(node) / "watchdog.sock"
+
+    # the locally run etcd members (ha-cluster init --store etcd --netns)
+    def etcd_data_dir(self, node: str) -> Path:
+        return self.root / "etcd" / f"{node}.etcd"
+
+    def etcd_log(self, node: str) -> Path:
+        return self.root / "logs" / f"{node}.etcd.log"
+
+    def etcd_pid_file(self, node: str) -> Path:
+        return self.run_dir(node) / "etcd.pid"
 
     def core_timing(self) -> CoreTiming:
         """The core's timings for live rounds: ticks of ``renew_interval``, short fence delay."""
@@ -100,6 +261,8 @@ class ClusterConfig:
             "cgroups": self.cgroups,
             "netns": dict(self.netns),
             "network": self.network,
+            "store": self.store,
+            "etcd": self.etcd.to_dict() if self.etcd is not None else None,
         }
 
     def save(self) -> None:
@@ -144,7 +307,14 @@ class ClusterConfig:
             cgroups=bool(data.get("cgroups", True)),
             netns={str(k): str(v) for k, v in (data.get("netns") or {}).items()},
             network=data.get("network") if isinstance(data.get("network"), dict) else None,
+            store=str(data.get("store") or STORE_DIR),
+            etcd=LocalEtcd.from_dict(data["etcd"], str(path)) if isinstance(data.get("etcd"), dict) else None,
         )
         if cfg.max_workers < 1:
             raise ConfigError("max_workers must be >= 1", str(path))
+        probs = cfg.store_problems()
+        if probs:
+            raise ConfigError("; ".join(probs), str(path))
+        if cfg.etcd is not None and set(cfg.etcd.members) != set(cfg.nodes):
+            raise ConfigError("the 'etcd' section must have one member per node", str(path))
         return cfg

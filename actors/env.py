@@ -4,6 +4,15 @@ One ``LiveEnv`` per daemon (CRM, LRM, each worker) of a node. Records and
 leases go to the store; quorum and membership come from the bus; watchdog
 calls go to the node's WatchdogActor; logs go to loguru. Nothing here
 sleeps: the core's sleeps are the actors' timers.
+
+Store trouble (``StoreError``: etcd unreachable, no majority, or a write
+whose answer was lost, "outcome unknown") never makes the core believe it
+holds a lease: a lease call that fails or takes longer than
+``renew_latency_cap`` answers "not acquired" (the watchdog is then not
+updated). Writes whose outcome is unknown are re-read before the next one:
+``manager_status`` is written with compare-and-swap on the version this
+master last saw, ``locations/<sid>`` moves and the ``crm_commands`` drain
+look at the record again to learn whether they happened.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import ConfigError, HaError, LockLost
 from ha.records import LrmStatus, ManagerStatus
 from store import records as rec
-from store.base import Store, VersionConflict
+from store.base import ABSENT, Store, StoreError, VersionConflict
 
 NODE_VERSION = "9.1.0"  # satisfies the group-to-rules migration's minimum (§5.14)
 
@@ -76,7 +85,16 @@ class NodeContext:
     on_lrm_status: Callable[[LrmStatus], None] | None = None
     # wall time at which the bus last heard from each node (any message, heartbeats included)
     last_seen: dict[str, float] = field(default_factory=dict)
+    # SAFETY: a lease call that took longer than this is not relied on (docs/RUNTIME.md)
+    renew_latency_cap: float = 0.5
     _parse_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Unknown:
+    """The version of a record whose last write has an unknown outcome: re-read it."""
+
+
+_UNKNOWN = _Unknown()
 
 
 class _Cached:
@@ -95,6 +113,10 @@ class LiveEnv:
         self.log_ = logger.bind(ident=self.ident)
         self._cache: dict[str, _Cached] = {}
         self._bad_config_logged: set[str] = set()
+        # manager_status as this daemon last read or wrote it (the CRM's CAS base)
+        self._ms_version: str | _Unknown | None = _UNKNOWN
+        self._store_trouble: str | None = None  # last lease-call problem logged (no repeats)
+        self._drain_unknown: bytes | None = None  # crm_commands read before a drain of unknown outcome
 
     # -- identity, time, log ------------------------------------------------
     def nodename(self) -> str:
@@ -161,17 +183,36 @@ class LiveEnv:
                 self.log("err", f"configuration error, section skipped: {e}")
 
     def read_manager_status(self) -> ManagerStatus:
-        ms, _ = rec.read_manager_status(self.ctx.store)
+        ms, version = rec.read_manager_status(self.ctx.store)
+        self._ms_version = version
         return ms
 
     def write_manager_status(self, ms: ManagerStatus) -> None:
         # SAFETY: only the holder of the manager lease writes manager_status
         # (§11.1 item 1). A master whose thread stalled past its lease must not
         # overwrite what a new master wrote meanwhile.
-        info = self.ctx.store.lease_info(rec.MANAGER_LEASE)
+        store = self.ctx.store
+        info = store.lease_info(rec.MANAGER_LEASE)
         if info is None or info.holder != self.ctx.node:
             raise LockLost("manager lease no longer held, not writing manager_status")
-        rec.write_manager_status(self.ctx.store, ms)
+        # Compare-and-swap on the version this master last saw: a write of a deposed
+        # master that lands late (etcd: a write whose answer was lost) cannot replace
+        # anything written after it, and a surprise here makes us re-read.
+        if isinstance(self._ms_version, _Unknown):
+            rec_now = store.read(rec.MANAGER_STATUS)
+            self._ms_version = None if rec_now is None else rec_now.version
+        expect = ABSENT if self._ms_version is None else self._ms_version
+        try:
+            self._ms_version = rec.write_manager_status(store, ms, expect)
+        except VersionConflict as e:
+            self._ms_version = e.actual
+            raise LockLost(
+                f"manager_status changed under this master (version {e.actual}, expected {e.expected}):"
+                " re-read, written again next round"
+            ) from None
+        except StoreError:
+            self._ms_version = _UNKNOWN  # it may still land: re-read before the next write
+            raise
         if self.ctx.on_manager_status is not None:
             self.ctx.on_manager_status(ms)
 
@@ -182,12 +223,43 @@ class LiveEnv:
         return st
 
     def write_lrm_status(self, status: LrmStatus) -> None:
+        # Only this LRM writes its lrm_status and every tick writes all of it: after a
+        # failed write (outcome unknown included) the next tick simply replaces it, and
+        # the results it carries are announced only after a write that succeeded.
         rec.write_lrm_status(self.ctx.store, self.ctx.node, status)
         if self.ctx.on_lrm_status is not None:
             self.ctx.on_lrm_status(status)
 
     def read_crm_commands(self) -> str:
-        return rec.take_crm_commands(self.ctx.store)
+        """Drain the command queue: read it, then empty it with compare-and-swap.
+
+        Unlike one ``take``, the outcome can be told afterwards: when the emptying
+        write's answer is lost (StoreError, outcome unknown) we remember what we
+        read; as long as the queue still starts with it, it was not taken (the
+        next round drains it), once it does not, our write landed and we return
+        it then. Only the master drains the queue, so no queued command is lost.
+        """
+        store = self.ctx.store
+        pending = self._drain_unknown
+        for _ in range(10):
+            cur = store.read(rec.CRM_COMMANDS)
+            data = b"" if cur is None else cur.data
+            if pending is not None and not data.startswith(pending):
+                self._drain_unknown = None
+                return pending.decode()  # an earlier emptying write did land
+            if cur is None or not data.strip():
+                self._drain_unknown = None
+                return ""
+            try:
+                store.write(rec.CRM_COMMANDS, b"", cur.version)
+            except VersionConflict:
+                continue  # an admin appended meanwhile: read again
+            except StoreError:
+                self._drain_unknown = data
+                raise
+            self._drain_unknown = None
+            return data.decode()
+        raise HaError("crm_commands keeps changing, drained next round")
 
     def any_pending_crm_command(self) -> bool:
         return rec.any_pending_crm_command(self.ctx.store)
@@ -283,7 +355,15 @@ class LiveEnv:
             node = cd.node if cd is not None else None
         if node != current_node:
             raise HaError(f"service '{sid}' is on node '{node}', not on '{current_node}'")
-        rec.write_location(store, sid, new_node, version if version is not None else "")
+        try:
+            rec.write_location(store, sid, new_node, version if version is not None else "")
+        except StoreError as e:
+            # outcome unknown: read the location again to learn whether the move happened
+            # (a compare-and-swap that lands late can only land if nothing moved meanwhile)
+            now, _ = rec.read_location(store, sid)
+            if now == new_node:
+                return
+            raise HaError(f"moving service '{sid}' to '{new_node}' failed: {e}") from e
 
     def get_datacenter_settings(self) -> DatacenterConfig:
         def parse(text: str, version: str) -> DatacenterConfig:
@@ -298,24 +378,60 @@ class LiveEnv:
         return value
 
     # -- locks and watchdog ------------------------------------------------------------
-    def get_ha_manager_lock(self) -> bool:
-        # SAFETY: locks are acquired and renewed only while quorate (§1.4)
+    def _acquire(self, lease: str) -> bool:
+        """Create/renew/take over a lease; False unless it surely succeeded in time.
+
+        SAFETY: locks are acquired and renewed only while quorate (§1.4; quorate
+        includes "the store answered recently"). A store failure, an unknown outcome
+        or a call slower than ``renew_latency_cap`` counts as "not renewed": the
+        caller then does not update its watchdog. (A renewal that did happen stays
+        ours; the next call renews it again.)
+        """
         if not self.quorate():
             return False
-        return self.ctx.store.acquire_lease(rec.MANAGER_LEASE, self.ctx.node, self.ctx.lease_ttl)
+        t0 = time.monotonic()
+        try:
+            ok = self.ctx.store.acquire_lease(lease, self.ctx.node, self.ctx.lease_ttl)
+        except StoreError as e:
+            self._trouble(f"{lease}:error", f"lease {lease}: store unavailable, not renewed: {e}")
+            return False
+        took = time.monotonic() - t0
+        if ok and took > self.ctx.renew_latency_cap:
+            self._trouble(
+                f"{lease}:slow",
+                f"lease {lease}: renewal took {took:.2f}s (more than {self.ctx.renew_latency_cap:g}s),"
+                " not relied on",
+            )
+            return False
+        if self._store_trouble is not None and ok:
+            self.log("info", f"lease {lease}: store usable again")
+            self._store_trouble = None
+        return ok
+
+    def _trouble(self, key: str, msg: str) -> None:
+        """Log a lease-call problem once per kind, until a call succeeds again."""
+        if key != self._store_trouble:
+            self.log("warning", msg)
+        self._store_trouble = key
+
+    def _release(self, lease: str) -> bool:
+        try:
+            return self.ctx.store.release_lease(lease, self.ctx.node)
+        except StoreError as e:
+            self.log("warning", f"lease {lease}: release failed ({e}), it will expire")
+            return False
+
+    def get_ha_manager_lock(self) -> bool:
+        return self._acquire(rec.MANAGER_LEASE)
 
     def release_ha_manager_lock(self) -> bool:
-        return self.ctx.store.release_lease(rec.MANAGER_LEASE, self.ctx.node)
+        return self._release(rec.MANAGER_LEASE)
 
     def get_ha_agent_lock(self, node: str | None = None) -> bool:
-        if not self.quorate():
-            return False
-        return self.ctx.store.acquire_lease(
-            rec.agent_lease(node or self.ctx.node), self.ctx.node, self.ctx.lease_ttl
-        )
+        return self._acquire(rec.agent_lease(node or self.ctx.node))
 
     def release_ha_agent_lock(self) -> bool:
-        return self.ctx.store.release_lease(rec.agent_lease(self.ctx.node), self.ctx.node)
+        return self._release(rec.agent_lease(self.ctx.node))
 
     def watchdog_open(self) -> str:
         return self.ctx.watchdog.open(self.daemon)

@@ -8,16 +8,25 @@ stopped and the watchdog disarmed. Any unexpected death of a daemon actor
 or of the watchdog driver takes the node down *without* disarming: the
 watchdog fires and kills the node's services, so the cluster can recover
 them safely (this is the supervisor's "defined way").
+
+Quorum: the node is quorate only while the bus sees a strict majority *and*
+the store answered a round trip that started within ``store_quorum_window``
+(:class:`StoreHealth`; on etcd a linearizable read only succeeds through a
+member that reaches the etcd majority). Losing either is a ``QuorumLost`` for
+the WatchdogActor: it stops petting at once, and the daemons stop acquiring
+and renewing leases (docs/RUNTIME.md, "etcd mode").
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pykka
@@ -51,18 +60,56 @@ from bus.transport import Transport, TransportConfig
 from ha.env import ResourcePlugin
 from ha.errors import HaError
 from ha.records import LrmStatus, ManagerStatus
-from store.dirstore import DirStore
+from store.base import Changes, Store
 from store.records import (
     CRM_COMMANDS,
     DATACENTER_CFG,
     GROUPS_CFG,
     LOCATIONS,
+    MANAGER_LEASE,
     RESOURCES_CFG,
     RULES_CFG,
+    agent_lease,
     read_manager_status,
 )
 
 SHUTDOWN_FILE = "shutdown-request"
+
+
+class StoreHealth:
+    """Is the store reachable? True while a call that *started* within ``window`` s succeeded.
+
+    The node's store watcher polls ``changed_since`` all the time; every answer is
+    a probe. On etcd that is a linearizable range read: it is answered only after
+    the member confirmed with a majority that its leader still leads, so a node cut
+    off from the etcd majority stops being healthy ``window`` s after the start of
+    its last successful probe, even while its bus still works.
+    """
+
+    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.clock = clock
+        self.ok_at = -math.inf  # start time of the last successful probe
+        self.last_error: str | None = None
+
+    def probe(self, store: Store, token: str | None) -> Changes | None:
+        t0 = self.clock()
+        try:
+            changes = store.changed_since(token)
+        except HaError as e:
+            self.last_error = str(e)
+            return None
+        self.ok_at = max(self.ok_at, t0)
+        self.last_error = None
+        return changes
+
+    def healthy(self) -> bool:
+        return self.clock() - self.ok_at <= self.window
+
+    def describe(self) -> str:
+        age = self.clock() - self.ok_at
+        last = f" (last error: {self.last_error})" if self.last_error else ""
+        return f"no store round trip succeeded for {age:.1f}s{last}"
 
 
 class NodeRuntime:
@@ -79,8 +126,11 @@ class NodeRuntime:
         self._lock = threading.Lock()
         self.watchdog_proc: subprocess.Popen[bytes] | None = None
         self.announced: dict[str, str] = {}  # sid -> uid last sent to its LRM
+        self.announced_what: dict[str, tuple[object, ...]] = {}  # sid -> (state, node, target, params)
         self.reported: set[str] = set()  # result uids already sent to the master
         self.master: str | None = None
+        self._told_quorate: bool | None = None
+        self._told_quorate_once = False
 
     # -- start --------------------------------------------------------------------
     def start(self) -> None:
@@ -89,7 +139,11 @@ class NodeRuntime:
         run.mkdir(parents=True, exist_ok=True)
         (run / SHUTDOWN_FILE).unlink(missing_ok=True)
         (run / "ha-node.pid").write_text(f"{os.getpid()}\n")
-        self.store = DirStore(c.store_dir)
+        self.store = c.open_store()
+        self.health = StoreHealth(c.store_quorum_window)
+        # first probe before anything acts: quorate from the start when the store answers
+        first = self.health.probe(self.store, None)
+        self._watch_token = first.token if first is not None else None
         keys = CurveKeys.load(c.keys_dir, self.node) if c.curve else None
         membership = Membership.of(sorted(c.nodes.items()))
         self.bus = Transport(
@@ -105,7 +159,7 @@ class NodeRuntime:
         driver = SocketDriver(c.watchdog_socket(self.node))
         t = c.timing
         self.watchdog = WatchdogActor.start(
-            self.node, driver, t.renew_interval + t.margin / 2, self.bus.quorate
+            self.node, driver, t.renew_interval + t.margin / 2, self.quorate()
         )
 
         agents = make_registry(c.state_dir, cgroup_base="auto" if c.cgroups else None)
@@ -114,7 +168,7 @@ class NodeRuntime:
             node=self.node,
             nodes=sorted(c.nodes),
             store=self.store,
-            membership=_BusMembership(self.bus),
+            membership=_NodeMembership(self),
             watchdog=WatchdogClient(self.watchdog),
             plugins=plugins,
             lease_ttl=t.lease_ttl,
@@ -122,11 +176,12 @@ class NodeRuntime:
             shutdown_kind=self._shutdown_kind,
             on_manager_status=self._announce_commands,
             on_lrm_status=self._report_results,
+            renew_latency_cap=c.renew_latency_cap,
         )
         timing = c.core_timing()
         # the API first: the master's status hook (_announce_commands) tells it every write
         self.api = ApiActor.start(
-            self.node, sorted(c.nodes), self.store, lambda: self.bus.quorate, self.bus.reply, cluster=c
+            self.node, sorted(c.nodes), self.store, self.quorate, self.bus.reply, cluster=c
         )
         self.lrm_waker, self.crm_waker = Waker(), Waker()
         self.lrm = LrmActor.start(
@@ -145,7 +200,7 @@ class NodeRuntime:
         self.ticker.start()
         self.watcher = threading.Thread(target=self._watch_loop, name=f"store-watch-{self.node}")
         self.watcher.start()
-        self.log.info(f"node started (bus {self.bus.endpoint}, store {c.store_dir})")
+        self.log.info(f"node started (bus {self.bus.endpoint}, store {c.store_url})")
 
     def _start_watchdog_process(self) -> None:
         c = self.cluster
@@ -183,7 +238,7 @@ class NodeRuntime:
             self.bus.send(env.sender, Ack(msg.uid))
             self.crm_waker.poke()
         elif isinstance(msg, QuorumLost | QuorumRegained):
-            self.watchdog.tell(Quorum(isinstance(msg, QuorumRegained)))
+            self._quorum_changed()
             self.crm_waker.poke()
             self.lrm_waker.poke()
         elif isinstance(msg, PeerUp | PeerDown):
@@ -191,55 +246,102 @@ class NodeRuntime:
 
     # -- records -> bus (written first, then announced) --------------------------------
     def _announce_commands(self, ms: ManagerStatus) -> None:
-        """After the master wrote manager_status: send each changed request to its node."""
+        """After the master wrote manager_status: send each changed request to its node.
+
+        A ``started`` request that differs from the last one only by its UID is the
+        master's periodic re-check (it re-issues the request after every result so
+        the LRM checks the service again, §5 "started"). That one is not sent: the
+        LRM finds it in manager_status at its next tick. Sending it would make the
+        master and the LRM wake each other in a tight loop (result -> new UID ->
+        command -> result ...), one round trip after the other, instead of one
+        re-check per tick.
+        """
         with contextlib.suppress(pykka.ActorDeadError):
             self.api.tell(ApiStatusWritten(ms))  # exact event stream: every write, no merging
         current: dict[str, str] = {}
+        what_now: dict[str, tuple[object, ...]] = {}
         for sid, sd in ms.service_status.items():
             if not sd.uid or not sd.node:
                 continue
             current[sid] = sd.uid
+            params = {k: v for k, v in (("timeout", sd.timeout),) if v is not None}
+            what = (sd.state, sd.node, sd.target, tuple(sorted(params.items())))
+            what_now[sid] = what
             if self.announced.get(sid) == sd.uid:
                 continue
-            params = {k: v for k, v in (("timeout", sd.timeout),) if v is not None}
             cmd = ServiceCommand(sid, sd.uid, sd.state, sd.node, sd.target, params)
             old = self.announced.get(sid)
             if old is not None:
                 self.outbox.ack(old)  # superseded: stop re-sending it
+                if sd.state == "started" and self.announced_what.get(sid) == what:
+                    continue  # a re-check: picked up at the LRM's next tick
             if sd.node == self.node:
                 self.lrm_waker.poke()
             else:
                 self.outbox.put(sd.node, sd.uid, cmd)
         self.announced = current
+        self.announced_what = what_now
 
     def _report_results(self, status: LrmStatus) -> None:
-        """After this LRM wrote lrm_status: send new results to the master."""
-        ms_master: str | None = None
-        with contextlib.suppress(HaError):
-            ms_master = read_manager_status(self.store)[0].master_node
+        """After this LRM wrote lrm_status: send new results to the master.
+
+        A successful ``started`` result for a service the master already counts
+        as running is the answer to a re-check: it needs no quick reaction (the
+        master only re-issues the re-check), so it is not sent; the master reads
+        lrm_status every round anyway.
+        """
         new = [(uid, r) for uid, r in status.results.items() if uid not in self.reported]
         self.reported = set(status.results)
+        if not new:
+            return
+        ms: ManagerStatus | None = None
+        with contextlib.suppress(HaError):
+            ms = read_manager_status(self.store)[0]
+        ms_master = ms.master_node if ms is not None else None
         for uid, r in new:
+            if r.state == "started" and r.exit_code == 0 and ms is not None:
+                sd = ms.service_status.get(r.sid)
+                if sd is not None and sd.running and sd.node == self.node:
+                    continue  # a re-check's answer
             msg = CommandResult(r.sid, uid, r.exit_code)
             if ms_master is None or ms_master == self.node:
                 self.crm_waker.poke()
             else:
                 self.outbox.put(ms_master, uid, msg)
 
+    # -- quorum ----------------------------------------------------------------------
+    def quorate(self) -> bool:
+        """Bus majority and a store that answers (see the module doc)."""
+        return self.bus.quorate and self.health.healthy()
+
+    def _quorum_changed(self) -> None:
+        """Tell the WatchdogActor the current quorum when it changed (any thread)."""
+        with self._lock:
+            q = self.quorate()
+            if q == self._told_quorate:
+                return
+            self._told_quorate = q
+            if not q and self._told_quorate_once:
+                why = [] if self.bus.quorate else ["the bus sees no majority"]
+                if not self.health.healthy():
+                    why.append(self.health.describe())
+                self.log.warning(f"not quorate: {'; '.join(why) or 'changed meanwhile'}")
+            elif self._told_quorate_once:
+                self.log.info("quorate again (bus majority, store reachable)")
+            self._told_quorate_once = True
+            # under the lock: two threads must not deliver their answers in the wrong order
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.watchdog.tell(Quorum(q))
+
     # -- timers and supervision ---------------------------------------------------------
     def _tick_loop(self) -> None:
         c = self.cluster
         next_tick = time.monotonic()
-        quorate = self.bus.quorate
         while not self.stopping.is_set():
             now = time.monotonic()
+            self._quorum_changed()
             with contextlib.suppress(pykka.ActorDeadError):
                 self.watchdog.tell(PetTick())
-            q = self.bus.quorate
-            if q != quorate:
-                quorate = q
-                with contextlib.suppress(pykka.ActorDeadError):
-                    self.watchdog.tell(Quorum(q))
             if now >= next_tick:
                 next_tick = now + c.timing.renew_interval
                 for ref in (self.crm, self.lrm):
@@ -254,12 +356,19 @@ class NodeRuntime:
     # (Only these: status records change every tick and are announced on the bus.)
     ADMIN_RECORDS = frozenset({CRM_COMMANDS, RESOURCES_CFG, RULES_CFG, GROUPS_CFG, DATACENTER_CFG})
 
-    def _watch_loop(self, interval: float = 0.02) -> None:
-        token: str | None = None
+    def _watch_loop(self) -> None:
+        """Poll the store for admin changes; every poll is also the store-health probe."""
+        c = self.cluster
+        etcd = c.store_kind == "etcd"
+        interval = 0.1 if etcd else 0.02
+        token = self._watch_token
+        next_observe = 0.0
         while not self.stopping.wait(interval):
-            try:
-                changes = self.store.changed_since(token)
-            except HaError:
+            changes = self.health.probe(self.store, token)
+            if etcd and time.monotonic() >= next_observe:
+                next_observe = time.monotonic() + c.timing.renew_interval
+                self._observe_leases()
+            if changes is None:
                 continue
             first = token is None
             token = changes.token
@@ -268,6 +377,25 @@ class NodeRuntime:
             names = changes.names
             if names is None or names & self.ADMIN_RECORDS or any(n.startswith(LOCATIONS) for n in names):
                 self.crm_waker.poke()
+
+    def _observe_leases(self) -> None:
+        """Look at the other nodes' leases every tick (etcd).
+
+        An etcd lease held by someone else counts as expired only once *this*
+        client saw its revision unchanged for a full ttl (docs/ETCD.md). Watching
+        all the time makes that clock start within a tick of the holder's last
+        renewal, so a master that must fence a dead node takes its agent lease
+        about ``lease_ttl`` after the node's last renewal, not ``lease_ttl`` after
+        it first looked. (It can only make take-overs later than the holder's
+        deadline, never earlier.)
+        """
+        names = [agent_lease(n) for n in self.cluster.nodes if n != self.node]
+        names.append(MANAGER_LEASE)
+        for name in names:
+            try:
+                self.store.lease_info(name)
+            except HaError:
+                return
 
     def _exited(self, ev: Exited) -> None:
         """A daemon's loop ended (called on that daemon's thread)."""
@@ -333,17 +461,17 @@ class NodeRuntime:
         self.done.set()
 
 
-class _BusMembership:
-    """The Env's membership view, from the bus transport."""
+class _NodeMembership:
+    """The Env's membership view: peers from the bus, quorum from bus and store."""
 
-    def __init__(self, bus: Transport) -> None:
-        self.bus = bus
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.runtime = runtime
 
     def quorate(self) -> bool:
-        return self.bus.quorate
+        return self.runtime.quorate()
 
     def peers_up(self) -> frozenset[str]:
-        return self.bus.peers_up()
+        return self.runtime.bus.peers_up()
 
 
 def _cgroup_root() -> Path | None:

@@ -3,6 +3,13 @@
 Everything goes through the user-facing commands (``ha-cluster``,
 ``ha-manager``) as subprocesses; the test reads the store and the services'
 own answers and markers. ``close()`` always tears everything down.
+
+``store="etcd"``: the cluster keeps its records and leases in etcd, one
+member per node, each node and its member in the node's own network
+namespace (``ha-cluster init --store etcd --netns``): a simulated host per
+node. ``kill(node, with_etcd=True)`` is a host crash, ``partition`` cuts a
+node and its member off together, ``etcd_kill``/``etcd_start`` act on the
+members only.
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from actors.cluster import ClusterConfig
 from bench.markers import find_overlaps, read_copies
 from ha.records import ManagerStatus
-from store.dirstore import DirStore
+from store.base import Store
 from store.records import read_manager_status
 
 PY = sys.executable
@@ -45,27 +53,49 @@ def wait_for(pred: Callable[[], object], timeout: float, what: str, step: float 
 
 class LiveCluster:
     def __init__(
-        self, root: Path, nodes: int = 3, *, policy: str = "conditional", netns: bool = False
+        self,
+        root: Path,
+        nodes: int = 3,
+        *,
+        policy: str = "conditional",
+        netns: bool = False,
+        store: str = "dir",
     ) -> None:
+        if store not in ("dir", "etcd"):
+            raise ValueError(f"store must be 'dir' or 'etcd', not {store!r}")
         self.root = root
         self.dir = root / "cluster"
         self.markers = root / "markers"
         self.ports: dict[str, int] = {}
-        self.netns = netns
-        self.cli(
-            "cli.ha_cluster", "init", str(self.dir), "--nodes", str(nodes), *(["--netns"] if netns else [])
-        )
-        # where to reach a service: loopback, or each node's namespace address
-        self.hosts = ["127.0.0.1"]
-        if netns:
-            net = json.loads((self.dir / "cluster.json").read_text())["network"]
-            self.hosts = [v[3] for _, v in sorted(net["nodes"].items())]
+        self.store_kind = store
+        self.netns = netns or store == "etcd"  # etcd mode: a namespace ("host") per node
         self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
-        store = DirStore(self.dir / "store")
+        extra = ["--store", "etcd"] if store == "etcd" else []
+        self.cli(
+            "cli.ha_cluster", "init", str(self.dir), "--nodes", str(nodes),
+            *(["--netns"] if self.netns else []), *extra,
+        )  # fmt: skip
         try:
-            store.write("datacenter.cfg", f"ha: shutdown_policy={policy}\n".encode())
-        finally:
-            store.close()
+            # where to reach a service: loopback, or each node's namespace address
+            self.hosts = ["127.0.0.1"]
+            if self.netns:
+                net = json.loads((self.dir / "cluster.json").read_text())["network"]
+                self.hosts = [v[3] for _, v in sorted(net["nodes"].items())]
+            st = self.open_store()
+            try:
+                st.write("datacenter.cfg", f"ha: shutdown_policy={policy}\n".encode())
+            finally:
+                st.close()
+        except BaseException:
+            self.close()
+            raise
+
+    def config(self) -> ClusterConfig:
+        return ClusterConfig.load(self.dir)
+
+    def open_store(self) -> Store:
+        """The cluster's store, opened as every tool opens it (cluster.json)."""
+        return self.config().open_store()
 
     # -- commands -----------------------------------------------------------
     def cli(self, *args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -88,8 +118,21 @@ class LiveCluster:
     def up(self, *nodes: str) -> None:
         self.cli("cli.ha_cluster", "up", str(self.dir), *nodes)
 
-    def kill(self, node: str) -> None:
-        self.cli("cli.ha_cluster", "kill", str(self.dir), node)
+    def kill(self, node: str, *, with_etcd: bool = False) -> None:
+        self.cli("cli.ha_cluster", "kill", str(self.dir), node, *(["--with-etcd"] if with_etcd else []))
+
+    # -- etcd members (store="etcd") ----------------------------------------------
+    def etcd_kill(self, *nodes: str) -> None:
+        self.cli("cli.ha_cluster", "etcd-kill", str(self.dir), *nodes)
+
+    def etcd_start(self, *nodes: str) -> None:
+        self.cli("cli.ha_cluster", "etcd-start", str(self.dir), *nodes)
+
+    def etcd_leader(self) -> str | None:
+        """The node whose etcd member leads, if the running members agree."""
+        from cli.ha_cluster import etcd_leader  # noqa: PLC0415
+
+        return etcd_leader(self.config())
 
     def stop(self, node: str, kind: str = "shutdown", timeout: float = 60) -> None:
         self.cli("cli.ha_cluster", "stop", str(self.dir), node, "--kind", kind, "--timeout", str(timeout))
@@ -134,7 +177,7 @@ class LiveCluster:
                             (f" not on {not_on}" if not_on else "")))  # fmt: skip
 
     def manager_status(self) -> ManagerStatus:
-        store = DirStore(self.dir / "store")
+        store = self.open_store()
         try:
             return read_manager_status(store)[0]
         finally:
@@ -157,6 +200,12 @@ class LiveCluster:
         except FileNotFoundError:
             return ""
 
+    def watchdog_log(self, node: str) -> str:
+        try:
+            return (self.dir / "logs" / f"{node}.watchdog.log").read_text()
+        except FileNotFoundError:
+            return ""
+
     def overlaps(self) -> list[str]:
         return find_overlaps(self.markers) if self.markers.exists() else []
 
@@ -171,6 +220,8 @@ class LiveCluster:
         self.cli("cli.ha_cluster", "heal", str(self.dir), node)
 
     def close(self) -> None:
+        if not (self.dir / "cluster.json").exists():
+            return  # init failed and cleaned up after itself
         self.cli("cli.ha_cluster", "down", str(self.dir), "--timeout", "20", check=False)
         # whatever survived (a test that stopped a process with SIGSTOP): kill it for good
         for n in self.nodes:
@@ -183,5 +234,5 @@ class LiveCluster:
                         except ProcessLookupError:
                             break
         self.cli("cli.ha_cluster", "down", str(self.dir), "--timeout", "5", check=False)
-        if self.netns:
+        if self.netns or self.store_kind == "etcd":
             self.cli("cli.ha_cluster", "destroy", str(self.dir), check=False)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from bench.livecluster import LiveCluster
 from store import admin
-from store.dirstore import DirStore
 
 SID = "proc:mig"
 
@@ -42,19 +41,20 @@ def find(log: str, needle: str, after: float) -> float | None:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench migrate")
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--store", choices=["dir", "etcd"], default="dir")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     totals: list[float] = []
     agent: list[float] = []
     overhead: list[float] = []
     with tempfile.TemporaryDirectory(prefix="pyha-bench-") as tmp:
-        c = LiveCluster(Path(tmp))
+        c = LiveCluster(Path(tmp), store=args.store)
         try:
             c.add_service(SID, "node1")
             c.up()
             c.wait_serving(SID, 60, on="node1")
             time.sleep(1.0)
-            store = DirStore(c.dir / "store")
+            store = c.open_store()
             here = "node1"
             for i in range(args.runs):
                 target = ["node2", "node3", "node1"][i % 3]
@@ -90,6 +90,7 @@ def main(argv: list[str]) -> int:
             c.close()
     q = statistics.quantiles(overhead, n=100) if len(overhead) > 1 else overhead * 99
     result = {
+        "store": args.store,
         "runs": args.runs,
         "total_p50_ms": round(statistics.median(totals) * 1000, 1),
         "agents_p50_ms": round(statistics.median(agent) * 1000, 1),

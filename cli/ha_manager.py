@@ -65,9 +65,8 @@ class LocalBackend:
 
     def __init__(self, cluster: ClusterConfig) -> None:
         from actors.api import ApiOps  # noqa: PLC0415 - only for the offline path
-        from store.dirstore import DirStore  # noqa: PLC0415
 
-        self.store = DirStore(cluster.store_dir)
+        self.store = cluster.open_store()
         self.node: str | None = None
         self.ops = ApiOps(
             os.uname().nodename, sorted(cluster.nodes), self.store, lambda: False,

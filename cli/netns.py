@@ -7,11 +7,18 @@ nodes reach each other. ``partition`` takes the host end of a node's veth
 down (the node is cut off from everyone); ``heal`` brings it back. Requires
 root and iproute2. Everything created is recorded in cluster.json so
 ``destroy`` removes exactly that.
+
+With ``ha-cluster init --store etcd --netns`` each namespace also runs the
+node's etcd member on the node's address (ports 2379/2380), so a partition
+cuts a node and its etcd member off together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import signal
 import subprocess
 from dataclasses import dataclass
 
@@ -95,6 +102,23 @@ def destroy(net: Network) -> None:
         ip("link", "del", v.host_if, check=False)
         ip("netns", "del", v.ns, check=False)
     ip("link", "del", net.bridge, check=False)
+
+
+def pids(ns: str) -> list[int]:
+    """Processes running in namespace ``ns`` (``ip netns pids``); [] when it is gone."""
+    res = ip("netns", "pids", ns, check=False)
+    return [int(x) for x in res.stdout.split() if x.isdigit()] if res.returncode == 0 else []
+
+
+def kill_all(net: Network) -> list[int]:
+    """SIGKILL every process still running in the network's namespaces; their pids."""
+    killed = []
+    for v in net.nodes.values():
+        for pid in pids(v.ns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
 
 
 def partition(net: Network, node: str) -> None:
