@@ -15,6 +15,7 @@ With ``ha-cluster init --store etcd --netns`` the etcd members are run by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents import procutil
 from ha.constants import Timing as CoreTiming
 from ha.errors import ConfigError
 from store.base import Store
@@ -210,6 +212,22 @@ class ClusterConfig:
 
     def log_file(self, node: str) -> Path:
         return self.root / "logs" / f"{node}.log"
+
+    @property
+    def cgroup_base(self) -> Path | None:
+        """Where this cluster's services get their cgroups: ``<cgroup2>/pyha/<cluster>-<tag>``.
+
+        Scoped per cluster (the tag hashes the cluster directory), so a node's
+        watchdog or ``ha-cluster kill`` never touches another cluster's services
+        on the same host. None when cgroups are off or cgroup v2 is not mounted.
+        """
+        if not self.cgroups:
+            return None
+        mount = procutil.cgroup2_mount()
+        if mount is None:
+            return None
+        tag = hashlib.sha1(str(self.root).encode()).hexdigest()[:8]
+        return mount / "pyha" / f"{self.cluster}-{tag}"
 
     def watchdog_socket(self, node: str) -> Path:
         return self.run_dir(node) / "watchdog.sock"

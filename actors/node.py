@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pykka
 from loguru import logger
@@ -162,7 +161,7 @@ class NodeRuntime:
             self.node, driver, t.renew_interval + t.margin / 2, self.quorate()
         )
 
-        agents = make_registry(c.state_dir, cgroup_base="auto" if c.cgroups else None)
+        agents = make_registry(c.state_dir, cgroup_base=c.cgroup_base)
         plugins: dict[str, ResourcePlugin] = {k: MovingPlugin(v) for k, v in agents.items()}
         self.ctx = NodeContext(
             node=self.node,
@@ -212,9 +211,8 @@ class NodeRuntime:
             "--kill-pid", str(os.getpid()),
             "--exit-on-disarm",
         ]  # fmt: skip
-        cg = _cgroup_root()
-        if cg is not None and c.cgroups:
-            args += ["--cgroup", str(cg / "pyha" / self.node)]
+        if c.cgroup_base is not None:
+            args += ["--cgroup", str(c.cgroup_base / self.node)]
         log = open(c.log_file(self.node).with_suffix(".watchdog.log"), "ab")  # noqa: SIM115
         # its own session: a signal to the node's process group must not reach it
         self.watchdog_proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
@@ -472,10 +470,3 @@ class _NodeMembership:
 
     def peers_up(self) -> frozenset[str]:
         return self.runtime.bus.peers_up()
-
-
-def _cgroup_root() -> Path | None:
-    for candidate in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
-        if (candidate / "cgroup.controllers").exists():
-            return candidate
-    return None

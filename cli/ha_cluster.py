@@ -43,7 +43,7 @@ from pathlib import Path
 import click
 
 from actors.cluster import DEFAULT_ETCD_TIMEOUT, ClusterConfig, EtcdMember, LocalEtcd
-from actors.node import SHUTDOWN_FILE, _cgroup_root
+from actors.node import SHUTDOWN_FILE
 from bus.keys import generate
 from cli import netns as netns_mod
 from cli.api_client import generate_client_key
@@ -589,9 +589,8 @@ def kill_tree(c: ClusterConfig, node: str) -> list[int]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
-    cg_root = _cgroup_root()
-    if cg_root is not None:
-        cg = cg_root / "pyha" / node
+    if c.cgroup_base is not None:
+        cg = c.cgroup_base / node
         if (cg / "cgroup.kill").exists():
             with contextlib.suppress(OSError):
                 (cg / "cgroup.kill").write_text("1")
@@ -698,18 +697,20 @@ def etcd_start(directory: str, nodes: tuple[str, ...], timeout: float) -> None:
 
 
 def remove_empty_cgroups(c: ClusterConfig) -> None:
-    """rmdir the empty service cgroups this cluster's nodes made (pyha/<node>/<service>)."""
-    cg_root = _cgroup_root()
-    if cg_root is None:
+    """rmdir the empty service cgroups this cluster's nodes made (<cgroup_base>/<node>/<service>)."""
+    root = c.cgroup_base
+    if root is None:
         return
     from agents.procutil import remove_cgroup  # noqa: PLC0415
 
     for n in c.nodes:
-        base = cg_root / "pyha" / n
+        base = root / n
         for name in {f.stem for f in (c.state_dir / n).rglob("*") if f.is_file()}:
             remove_cgroup(base / name)
         with contextlib.suppress(OSError):
-            base.rmdir()  # only when empty (no other cluster's services under this name)
+            base.rmdir()  # only when empty
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 @main.command()
