@@ -629,6 +629,7 @@ def down(directory: str, timeout: float) -> None:
     for n in sorted(c.nodes):
         kill_tree(c, n)
     stop_etcd(c)
+    remove_empty_cgroups(c)
     if left:
         fail(f"{len(left)} node(s) had to be killed after {timeout:g}s")
     click.echo("down")
