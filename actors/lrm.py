@@ -42,7 +42,8 @@ class LrmActor(DaemonActor):
     def handle(self, message: object) -> object:
         if isinstance(message, WorkerDone):
             self.pool.finished(message)
-            self._run()
+            # one iteration collects every command finished by then (wake-ups coalesce)
+            self.waker.poke()
             return None
         if message == "state":
             return (self.lrm.state, self.lrm.mode)
