@@ -21,7 +21,7 @@ Decoding takes one of two paths (see also :mod:`bus.messages`):
   table in docs/PROTOCOL.md and name the reason.
 
 So a frame the fast path accepts is one the reference path accepts too (the
-differential tests in tests/bus/test_bus_codec.py hold it to that), and a
+differential tests in tests/bus/test_bus_fuzz.py hold it to that), and a
 frame it refuses costs one fast attempt more than before, then gets exactly
 the reference verdict. Encoding is msgspec too (one call per frame), with a
 fallback to msgpack-python for the rare values the two would encode

@@ -12,7 +12,7 @@ There are two ways from wire to message, and they must agree:
 * the *reference path* (:func:`from_payload`): checks a plain decoded map
   field by field in Python. It is the readable statement of the rules, it
   decides the reject reason of every frame the fast path refuses, and
-  tests/bus/test_bus_codec.py checks that the fast path never accepts
+  tests/bus/test_bus_fuzz.py checks that the fast path never accepts
   anything it refuses (nor builds a different message).
 
 Either way nothing half-valid is ever constructed from network input.
@@ -79,8 +79,6 @@ class _Schema:
     exact: tuple[tuple[str, type, bool], ...]
     converters: tuple[tuple[str, Converter], ...]
     local_only: bool
-    # Fields holding free-form values (dict / Any), walked after msgspec decoded them.
-    free_form: tuple[str, ...]
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {}
@@ -290,7 +288,6 @@ def register(cls: M) -> M:
         tuple(exact),
         tuple(converters),
         cls.LOCAL_ONLY,
-        tuple(free_form),
     )
     if not cls.LOCAL_ONLY:
         WIRE_KINDS[kind] = (msgspec.msgpack.Decoder(cls, ext_hook=_no_ext).decode, tuple(free_form))

@@ -310,7 +310,17 @@ class Transport:
         """
         link = self._links_by_name.get(node)
         if link is not None:  # the hot path: a started transport, a peer
-            return self._send_link(link, self._encode(self.node, next(self._ids), msg))
+            frame = self._encode(self.node, next(self._ids), msg)
+            with link.lock:  # _send_link's success path, inlined (one call less per message)
+                if not link.closed:
+                    try:
+                        link.sock.send(frame, _NOBLOCK)
+                    except zmq.Again:
+                        pass
+                    else:
+                        link.sent += 1
+                        return True
+            return self._send_link(link, frame)  # books why it could not go
         node_b = node.encode()
         if node_b not in self._members_b:
             raise UnknownPeerError(node)
@@ -768,7 +778,16 @@ class Transport:
             else:
                 self._tracker.traffic(sender, self._now)
         self._received += 1
-        self._dispatch(env)
+        # _dispatch(env), inlined: one call less per received frame.
+        delivered = 0
+        for deliver in self._routes.get(env.kind, self._routes_all):
+            try:
+                deliver(env)
+            except Exception as exc:  # a subscriber bug must not kill the bus
+                self._handler_failed(env, exc)
+            else:
+                delivered += 1
+        self._delivered += delivered
 
     def _dispatch(self, env: Envelope) -> None:
         delivered = 0
@@ -776,12 +795,15 @@ class Transport:
             try:
                 deliver(env)
             except Exception as exc:  # a subscriber bug must not kill the bus
-                self._count("handler_error")
-                if self._rlog.allow(("handler", env.kind)) is not None:
-                    logger.opt(exception=exc).error("bus {}: subscriber failed on {}", self.node, env.kind)
+                self._handler_failed(env, exc)
             else:
                 delivered += 1
         self._delivered += delivered
+
+    def _handler_failed(self, env: Envelope, exc: Exception) -> None:
+        self._count("handler_error")
+        if self._rlog.allow(("handler", env.kind)) is not None:
+            logger.opt(exception=exc).error("bus {}: subscriber failed on {}", self.node, env.kind)
 
     def _peer_up(self, up: PeerUp) -> None:
         logger.info("bus {}: peer {} up (incarnation {})", self.node, up.node, up.incarnation)
