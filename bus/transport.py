@@ -311,16 +311,19 @@ class Transport:
         link = self._links_by_name.get(node)
         if link is not None:  # the hot path: a started transport, a peer
             frame = self._encode(self.node, next(self._ids), msg)
-            with link.lock:  # _send_link's success path, inlined (one call less per message)
-                if not link.closed:
+            with link.lock:  # _send_link(link, frame), inlined: one call less per message
+                if link.closed:
+                    key = "dropped.closed"
+                else:
                     try:
                         link.sock.send(frame, _NOBLOCK)
-                    except zmq.Again:
-                        pass
+                    except zmq.Again:  # see _send_link
+                        key = "dropped.unreachable"
                     else:
                         link.sent += 1
                         return True
-            return self._send_link(link, frame)  # books why it could not go
+                link.counts[key] = link.counts.get(key, 0) + 1
+                return False
         node_b = node.encode()
         if node_b not in self._members_b:
             raise UnknownPeerError(node)
