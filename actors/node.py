@@ -255,7 +255,8 @@ class NodeRuntime:
         re-check per tick.
         """
         with contextlib.suppress(pykka.ActorDeadError):
-            self.api.tell(ApiStatusWritten(ms))  # exact event stream: every write, no merging
+            # a snapshot: ``ms`` is the master's live object, changed by its next round
+            self.api.tell(ApiStatusWritten(ms.copy()))  # exact event stream: every write, no merging
         current: dict[str, str] = {}
         what_now: dict[str, tuple[object, ...]] = {}
         for sid, sd in ms.service_status.items():

@@ -89,7 +89,13 @@ def run_watch(
         except ApiError as e:
             events.append(f"(no event stream: {e.message})")
             return None
-        events.append(f"{time.strftime('%H:%M:%S')} subscribed to the events of {node}")
+        # ZeroMQ's slow joiner: a subscription takes effect only once it reached the
+        # publisher; the first message (a heartbeat comes every second) proves it did,
+        # so nothing published after this line is missed
+        if s.poll(3000):
+            events.append(f"{time.strftime('%H:%M:%S')} subscribed to the events of {node}")
+        else:
+            events.append(f"{time.strftime('%H:%M:%S')} subscribed to {node}, no event seen yet")
         return s
 
     def refresh() -> None:

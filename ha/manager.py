@@ -63,20 +63,6 @@ class GroupMigrationAbort(HaError):
     pass
 
 
-def copy_service_data(sd: ServiceData) -> ServiceData:
-    return ServiceData(
-        sd.state,
-        sd.node,
-        sd.uid,
-        sd.target,
-        sd.timeout,
-        sd.running,
-        list(sd.failed_nodes) if sd.failed_nodes is not None else None,
-        sd.maintenance_node,
-        list(sd.cmd) if sd.cmd is not None else None,
-    )
-
-
 class Manager:
     """Runs the service state machine while its CRM holds the manager lock."""
 
@@ -86,9 +72,7 @@ class Manager:
         old = env.read_manager_status()
         # §5.1: keep node states, service states, node requests and disarm
         self.ns = NodeStatus(env, dict(old.node_status), timing)
-        self.ss: dict[str, ServiceData] = {
-            sid: copy_service_data(sd) for sid, sd in old.service_status.items()
-        }
+        self.ss: dict[str, ServiceData] = {sid: sd.copy() for sid, sd in old.service_status.items()}
         self.ms = ManagerStatus(master_node=env.nodename())
         if old.node_request is not None:
             self.ms.node_request = {n: dict(r) for n, r in old.node_request.items()}

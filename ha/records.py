@@ -47,6 +47,19 @@ class ServiceData:
             d["cmd"] = list(self.cmd)
         return d
 
+    def copy(self) -> ServiceData:
+        return ServiceData(
+            self.state,
+            self.node,
+            self.uid,
+            self.target,
+            self.timeout,
+            self.running,
+            list(self.failed_nodes) if self.failed_nodes is not None else None,
+            self.maintenance_node,
+            list(self.cmd) if self.cmd is not None else None,
+        )
+
     @classmethod
     def from_dict(cls, sid: str, d: Any) -> ServiceData:
         if not isinstance(d, dict) or not isinstance(d.get("state"), str):
@@ -96,6 +109,19 @@ class ManagerStatus:
             d["disarm"] = dict(self.disarm)
         d["service_status"] = {sid: sd.to_dict() for sid, sd in self.service_status.items()}
         return d
+
+    def copy(self) -> ManagerStatus:
+        """A snapshot: later changes of the master's live status do not show in it."""
+        return ManagerStatus(
+            master_node=self.master_node,
+            timestamp=self.timestamp,
+            node_status=dict(self.node_status),
+            node_request={n: dict(r) for n, r in self.node_request.items()}
+            if self.node_request is not None
+            else None,
+            disarm=dict(self.disarm) if self.disarm is not None else None,
+            service_status={sid: sd.copy() for sid, sd in self.service_status.items()},
+        )
 
     @classmethod
     def from_dict(cls, d: Any) -> ManagerStatus:

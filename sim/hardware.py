@@ -22,7 +22,7 @@ from ha.crm import CRM
 from ha.env import NodeInfo
 from ha.errors import ConfigError, SimulationError
 from ha.lrm import LRM, StartupWrite
-from ha.records import LrmStatus, ManagerStatus, ServiceData
+from ha.records import LrmStatus, ManagerStatus
 from sim.logfmt import format_line
 from sim.resources import SimResource, make_plugins
 from sim.scenario import SIM_SID, Scenario
@@ -346,16 +346,7 @@ class Hardware:
 
     def write_manager_status(self, ms: ManagerStatus) -> None:
         # store a snapshot: readers must see what was written, not the master's live objects
-        self.manager_status = ManagerStatus(
-            master_node=ms.master_node,
-            timestamp=ms.timestamp,
-            node_status=dict(ms.node_status),
-            node_request={n: dict(r) for n, r in ms.node_request.items()}
-            if ms.node_request is not None
-            else None,
-            disarm=dict(ms.disarm) if ms.disarm is not None else None,
-            service_status={sid: _copy_sd(sd) for sid, sd in ms.service_status.items()},
-        )
+        self.manager_status = ms.copy()
 
     def write_lrm_status(self, node: str, status: LrmStatus) -> None:
         self.lrm_status[node] = LrmStatus(status.state, status.mode, status.timestamp, dict(status.results))
@@ -406,17 +397,3 @@ class Hardware:
             (out_dir / "rules_config").write_text(self.rules_text)
         if self.groups_text is not None:
             (out_dir / "groups").write_text(self.groups_text)
-
-
-def _copy_sd(sd: ServiceData) -> ServiceData:
-    return ServiceData(
-        sd.state,
-        sd.node,
-        sd.uid,
-        sd.target,
-        sd.timeout,
-        sd.running,
-        list(sd.failed_nodes) if sd.failed_nodes is not None else None,
-        sd.maintenance_node,
-        list(sd.cmd) if sd.cmd is not None else None,
-    )
