@@ -514,8 +514,29 @@ def wait_quorate(c: ClusterConfig, node: str, since: float, timeout: float = 20.
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("nodes", nargs=-1)
-def up(directory: str, nodes: tuple[str, ...]) -> None:
+@click.option(
+    "--hosts",
+    type=click.IntRange(1, 32),
+    help="No cluster in DIRECTORY yet: create one of this many simulated hosts first (a network "
+    "namespace per node) and start it.",
+)
+@click.option(
+    "--store",
+    "store_kind",
+    type=click.Choice(["dir", "etcd"]),
+    default="dir",
+    show_default=True,
+    help="With --hosts: the store of the new cluster (etcd: one etcd member per host).",
+)
+@click.pass_context
+def up(
+    ctx: click.Context, directory: str, nodes: tuple[str, ...], hosts: int | None, store_kind: str
+) -> None:
     """Start node processes (all nodes by default); first their etcd members, if local."""
+    if hosts is not None:
+        if (Path(directory) / "cluster.json").exists():
+            fail(f"{directory} already holds a cluster: start it with 'up' (no --hosts)", EXIT_BAD_INPUT)
+        ctx.invoke(init, directory=directory, count=hosts, netns=True, store_kind=store_kind)
     c = load(directory)
     todo = check_nodes(c, nodes) or sorted(c.nodes)
     if c.etcd is not None:

@@ -19,7 +19,7 @@ from loguru import logger
 
 from actors.cluster import ClusterConfig
 from actors.node import NodeRuntime
-from ha.errors import HaError
+from ha.errors import ConfigError, HaError
 
 LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {extra[ident]: >12}: {message}"
 
@@ -37,11 +37,22 @@ def setup_logging(node: str, logfile: str | None, level: str) -> None:
 @click.option(
     "--cluster", "cluster_dir", required=True, type=click.Path(file_okay=False), help="Cluster directory."
 )
+@click.option(
+    "--store",
+    "store_url",
+    help="Override the cluster's store for this node: 'dir' or etcd://h:p,.../cluster (e.g. this host's "
+    "own list of etcd endpoints).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
-def main(node: str, cluster_dir: str, log_level: str) -> None:
+def main(node: str, cluster_dir: str, store_url: str | None, log_level: str) -> None:
     """Run one HA node: CRM, LRM, workers and watchdog actors over the bus."""
     try:
         cluster = ClusterConfig.load(cluster_dir)
+        if store_url is not None:
+            cluster.store = store_url
+            problems = cluster.store_problems()
+            if problems:
+                raise ConfigError("; ".join(problems), "--store")
         cluster.log_file(node).parent.mkdir(parents=True, exist_ok=True)
         setup_logging(node, str(cluster.log_file(node)), log_level)
         runtime = NodeRuntime(cluster, node)
