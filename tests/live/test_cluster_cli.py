@@ -1,0 +1,50 @@
+"""ha-cluster / ha-node entry points as users call them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PY = sys.executable
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([PY, "-m", *args], capture_output=True, text=True, timeout=120, check=False)
+    if check:
+        assert res.returncode == 0, res.stderr or res.stdout
+    return res
+
+
+def namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def test_up_hosts_creates_a_namespaced_etcd_cluster_and_destroy_removes_it(tmp_path: Path) -> None:
+    d = tmp_path / "c"
+    before = namespaces()
+    try:
+        out = run("cli.ha_cluster", "up", str(d), "--hosts", "3", "--store", "etcd").stdout
+        assert "(quorate)" in out
+        conf = json.loads((d / "cluster.json").read_text())
+        assert conf["store"].startswith("etcd://") and len(conf["nodes"]) == 3
+        status = run("cli.ha_cluster", "status", str(d)).stdout
+        assert status.count("running pid") == 3 and "(leader)" in status
+        assert len(namespaces() - before) == 3
+        again = run("cli.ha_cluster", "up", str(d), "--hosts", "3", check=False)
+        assert again.returncode == 2 and "already holds a cluster" in again.stderr
+    finally:
+        run("cli.ha_cluster", "destroy", str(d), check=False)
+    assert namespaces() == before
+
+
+def test_ha_node_refuses_a_bad_store_override(tmp_path: Path) -> None:
+    d = tmp_path / "c"
+    run("cli.ha_cluster", "init", str(d), "--nodes", "3")
+    res = run("cli.ha_node", "--node", "node1", "--cluster", str(d), "--store", "zk://nowhere", check=False)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        "ha-node: --store: store must be 'dir' or an etcd://host:port,.../cluster URL, got 'zk://nowhere'"
+    ]
