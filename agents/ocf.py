@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import tempfile
 from enum import IntEnum, StrEnum
 from pathlib import Path
@@ -42,7 +41,6 @@ from ha.env import Env
 
 DEFAULT_TIMEOUT: Final = 20.0
 _AGENT_RE = re.compile(r"^(?:ocf:)?([A-Za-z0-9_.\-]+):([A-Za-z0-9_.\-]+)$")
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class OcfRc(IntEnum):
@@ -97,19 +95,10 @@ def parse_agent(value: str | None) -> tuple[str, str]:
 
 
 def parse_params(value: str | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    if not value:
-        return out
     try:
-        words = shlex.split(value)
+        return procutil.parse_assignments(value, "params", "key=value")
     except ValueError as e:
-        raise OcfConfigError(f"property 'params': {e}") from None
-    for w in words:
-        key, eq, val = w.partition("=")
-        if not eq or not _KEY_RE.match(key):
-            raise OcfConfigError(f"property 'params': '{w}' is not key=value")
-        out[key] = val
-    return out
+        raise OcfConfigError(str(e)) from None
 
 
 class OcfPlugin:

@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -47,7 +46,6 @@ from ha.env import Env
 
 DEFAULT_STOP_TIMEOUT: Final = 10.0
 LAUNCHER: Final = Path(__file__).with_name("launcher.py")
-_ENV_KEY_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
 def _read_boot_id() -> str:
@@ -76,19 +74,10 @@ class ProcConfigError(ValueError):
 
 
 def parse_env(value: str | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    if not value:
-        return out
     try:
-        words = shlex.split(value)
+        return procutil.parse_assignments(value, "env", "KEY=VALUE")
     except ValueError as e:
-        raise ProcConfigError(f"property 'env': {e}") from None
-    for w in words:
-        key, eq, val = w.partition("=")
-        if not eq or not key or key[0].isdigit() or not set(key) <= _ENV_KEY_OK:
-            raise ProcConfigError(f"property 'env': '{w}' is not KEY=VALUE")
-        out[key] = val
-    return out
+        raise ProcConfigError(str(e)) from None
 
 
 def parse_tcp(value: str) -> tuple[str, int]:

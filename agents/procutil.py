@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 import signal
 import subprocess
 import time
@@ -174,3 +176,27 @@ def poll_until(check: Callable[[], object], timeout: float, first: float = 0.01,
             return bool(check())
         time.sleep(min(pause, deadline - now))
         pause = min(pause * 2, cap)
+
+
+_ASSIGNMENT_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_assignments(value: str | None, prop: str, form: str) -> dict[str, str]:
+    """Parse ``KEY=VALUE KEY2='with space'`` (shell quoting) into a dict.
+
+    Raises ValueError naming the property and the offending word; ``form`` is
+    how the message spells the expected shape (``KEY=VALUE`` or ``key=value``).
+    """
+    out: dict[str, str] = {}
+    if not value:
+        return out
+    try:
+        words = shlex.split(value)
+    except ValueError as e:
+        raise ValueError(f"property '{prop}': {e}") from None
+    for w in words:
+        key, eq, val = w.partition("=")
+        if not eq or not _ASSIGNMENT_KEY.match(key):
+            raise ValueError(f"property '{prop}': '{w}' is not {form}")
+        out[key] = val
+    return out

@@ -15,26 +15,18 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.livecluster import wait_for
+
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
 
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(step)
+__all__ = ["PY", "REPO", "Cluster", "wait_for"]
 
 
 class Cluster:
