@@ -295,16 +295,22 @@ class Simulation:
                 self._step_done()
             loop_count += 1
 
+    def _iterate(self, daemon: CRM | LRM, env: SimEnv) -> bool:
+        """One daemon iteration; the hardware clock follows the daemon's (§9.4).
+
+        Returns True when the daemon exited (after logging it, like the reference).
+        """
+        keep = daemon.do_one_iteration()
+        self.hw.time = max(self.hw.time, int(env.time))
+        if not keep:
+            env.log("info", "exit (loop end)")
+        return not keep
+
     def _run_crm(self, name: str) -> None:
-        hw = self.hw
-        node = hw.nodes[name]
-        env = self.crm_envs[name]
+        node = self.hw.nodes[name]
         assert node.crm is not None
-        keep = node.crm.do_one_iteration()
-        hw.time = max(hw.time, int(env.time))
-        if keep:
+        if not self._iterate(node.crm, self.crm_envs[name]):
             return
-        env.log("info", "exit (loop end)")
         node.crm = None
         if node.shutdown == "reboot":
             self.hardware_cmd(f"power {name} off", "reboot")
@@ -316,15 +322,10 @@ class Simulation:
         node.crm_stop = False
 
     def _run_lrm(self, name: str) -> None:
-        hw = self.hw
-        node = hw.nodes[name]
-        env = self.lrm_envs[name]
+        node = self.hw.nodes[name]
         assert node.lrm is not None
-        keep = node.lrm.do_one_iteration()
-        hw.time = max(hw.time, int(env.time))
-        if keep:
+        if not self._iterate(node.lrm, self.lrm_envs[name]):
             return
-        env.log("info", "exit (loop end)")
         node.lrm = None
         if node.lrm_restart:
             if node.shutdown:
