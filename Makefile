@@ -7,12 +7,15 @@ STAMP := $(VENV)/.installed
 .PHONY: venv deps test lint typecheck pytest bench demo demo-sim clean
 
 # Debian packages the tests and the demo use: OCF resource agents (agents/ocf.py),
-# iproute2 for network-namespace partition tests, etcd for the multi-host store.
+# iproute2 for network-namespace partition tests, etcd for the multi-host store;
+# QEMU, a kernel and a static busybox for the watchdog-device guest (tests/fence/guest.py).
 OCF_DUMMY := /usr/lib/ocf/resource.d/heartbeat/Dummy
 deps:
-	@test -x $(OCF_DUMMY) && command -v ip >/dev/null && command -v etcd >/dev/null || { \
+	@test -x $(OCF_DUMMY) && command -v ip >/dev/null && command -v etcd >/dev/null \
+	  && command -v qemu-system-x86_64 >/dev/null && ls /boot/vmlinuz-* >/dev/null 2>&1 \
+	  && dpkg-query -W -f='$${Status}\n' busybox-static 2>/dev/null | grep -q '^install ok installed' || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    resource-agents iproute2 etcd-server >/dev/null; }
+	    resource-agents iproute2 etcd-server qemu-system-x86 linux-image-amd64 busybox-static >/dev/null; }
 
 venv: $(STAMP)
 
@@ -24,10 +27,10 @@ $(STAMP): pyproject.toml
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check ha sim bench store agents actors cli tests/store tests/agents tests/cli tests/live
+	$(BIN)/ruff format --check ha sim bench store agents actors cli fence tests/fence tests/store tests/agents tests/cli tests/live
 
 typecheck: venv
-	$(BIN)/mypy ha sim bench cli actors store agents
+	$(BIN)/mypy ha sim bench cli actors store agents fence
 
 pytest: venv deps
 	$(BIN)/pytest -q

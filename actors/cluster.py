@@ -30,6 +30,7 @@ from store.base import Store
 from store.timing import Timing
 
 CLUSTER_FILE = "cluster.json"
+WATCHDOG_DRIVERS = ("auto", "device", "userspace")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 STORE_DIR = "dir"
@@ -120,6 +121,10 @@ class ClusterConfig:
     store: str = STORE_DIR
     # the etcd members ha-cluster runs itself (init --store etcd --netns), else None
     etcd: LocalEtcd | None = None
+    # the watchdog driver (docs/RUNTIME.md): "auto" (the device where it exists, else user
+    # space), "device" (refuse to start without it) or "userspace"
+    watchdog: str = "auto"
+    watchdog_device: str = "/dev/watchdog"
 
     # -- store ----------------------------------------------------------------
     @property
@@ -159,6 +164,15 @@ class ClusterConfig:
         ``lease_ttl > watchdog_timeout + renew_interval + margin`` sufficient.
         """
         return self.timing.margin / 2
+
+    @property
+    def watchdog_guard_timeout(self) -> float:
+        """Silence from ha-watchdog after which the node fences itself (actors/watchdog.py).
+
+        SAFETY: ``margin``; docs/RUNTIME.md shows that the guard then fires before
+        the node's lease can expire in every order of faults it covers.
+        """
+        return self.timing.margin
 
     @property
     def store_quorum_window(self) -> float:
@@ -281,6 +295,8 @@ class ClusterConfig:
             "network": self.network,
             "store": self.store,
             "etcd": self.etcd.to_dict() if self.etcd is not None else None,
+            "watchdog": self.watchdog,
+            "watchdog_device": self.watchdog_device,
         }
 
     def save(self) -> None:
@@ -327,7 +343,13 @@ class ClusterConfig:
             network=data.get("network") if isinstance(data.get("network"), dict) else None,
             store=str(data.get("store") or STORE_DIR),
             etcd=LocalEtcd.from_dict(data["etcd"], str(path)) if isinstance(data.get("etcd"), dict) else None,
+            watchdog=str(data.get("watchdog") or "auto"),
+            watchdog_device=str(data.get("watchdog_device") or "/dev/watchdog"),
         )
+        if cfg.watchdog not in WATCHDOG_DRIVERS:
+            raise ConfigError(
+                f"watchdog must be one of {', '.join(WATCHDOG_DRIVERS)}, got {cfg.watchdog!r}", str(path)
+            )
         if cfg.max_workers < 1:
             raise ConfigError("max_workers must be >= 1", str(path))
         probs = cfg.store_problems()

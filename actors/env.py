@@ -25,6 +25,7 @@ from typing import Protocol
 
 from loguru import logger
 
+from fence.clock import boottime
 from ha.config.datacenter import DatacenterConfig, parse_datacenter_cfg
 from ha.config.groups import GroupConfig, format_groups_cfg, parse_groups_cfg
 from ha.config.resources import ResourceConfig, ServiceConfig, format_resources_cfg, parse_resources_cfg
@@ -87,6 +88,12 @@ class NodeContext:
     last_seen: dict[str, float] = field(default_factory=dict)
     # SAFETY: a lease call that took longer than this is not relied on (docs/RUNTIME.md)
     renew_latency_cap: float = 0.5
+    # who holds this process's leases: "node#token", unique per ha-node process
+    holder: str = ""
+    # set when the node fences itself: no lease is acquired or renewed, no service started
+    fenced: threading.Event = field(default_factory=threading.Event)
+    # ha-watchdog confirmed recently that it is armed (the SocketDriver's guard view)
+    watchdog_confirmed: Callable[[], bool] = lambda: True
     _parse_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -117,6 +124,14 @@ class LiveEnv:
         self._ms_version: str | _Unknown | None = _UNKNOWN
         self._store_trouble: str | None = None  # last lease-call problem logged (no repeats)
         self._drain_unknown: bytes | None = None  # crm_commands read before a drain of unknown outcome
+        # the LRM may have left an unwatched mark (an earlier process, or its own release): clear it
+        # once its watchdog is armed again
+        self._unwatched_maybe = daemon == "lrm"
+        self._refused_fence: dict[str, bytes] = {}  # node -> the unwatched mark already logged
+
+    @property
+    def holder(self) -> str:
+        return self.ctx.holder or self.ctx.node
 
     # -- identity, time, log ------------------------------------------------
     def nodename(self) -> str:
@@ -193,7 +208,7 @@ class LiveEnv:
         # overwrite what a new master wrote meanwhile.
         store = self.ctx.store
         info = store.lease_info(rec.MANAGER_LEASE)
-        if info is None or info.holder != self.ctx.node:
+        if info is None or info.holder != self.holder:
             raise LockLost("manager lease no longer held, not writing manager_status")
         # Compare-and-swap on the version this master last saw: a write of a deposed
         # master that lands late (etcd: a write whose answer was lost) cannot replace
@@ -346,6 +361,10 @@ class LiveEnv:
     def write_groups_config(self, groups: GroupConfig) -> None:
         self.ctx.store.write(rec.GROUPS_CFG, format_groups_cfg(groups).encode())
 
+    def fencing_token(self, sid: str) -> int:
+        """The token a start of ``sid`` passes to its agent (``HA_FENCING_TOKEN``, docs/AGENTS.md)."""
+        return rec.read_fencing_token(self.ctx.store, sid)
+
     def steal_service(self, sid: str, current_node: str, new_node: str) -> None:
         """Move a service's location (recovery by the master, or after a migration)."""
         store = self.ctx.store
@@ -382,20 +401,22 @@ class LiveEnv:
         """Create/renew/take over a lease; False unless it surely succeeded in time.
 
         SAFETY: locks are acquired and renewed only while quorate (§1.4; quorate
-        includes "the store answered recently"). A store failure, an unknown outcome
-        or a call slower than ``renew_latency_cap`` counts as "not renewed": the
-        caller then does not update its watchdog. (A renewal that did happen stays
-        ours; the next call renews it again.)
+        includes "the store answered recently") and never once the node fenced
+        itself. A store failure, an unknown outcome or a call slower than
+        ``renew_latency_cap`` counts as "not renewed": the caller then does not
+        update its watchdog. (A renewal that did happen stays ours; the next call
+        renews it again.) Durations are measured on CLOCK_BOOTTIME: a call that
+        spans a suspend of the host is slow, not fast.
         """
-        if not self.quorate():
+        if self.ctx.fenced.is_set() or not self.quorate():
             return False
-        t0 = time.monotonic()
+        t0 = boottime()
         try:
-            ok = self.ctx.store.acquire_lease(lease, self.ctx.node, self.ctx.lease_ttl)
+            ok = self.ctx.store.acquire_lease(lease, self.holder, self.ctx.lease_ttl)
         except StoreError as e:
             self._trouble(f"{lease}:error", f"lease {lease}: store unavailable, not renewed: {e}")
             return False
-        took = time.monotonic() - t0
+        took = boottime() - t0
         if ok and took > self.ctx.renew_latency_cap:
             self._trouble(
                 f"{lease}:slow",
@@ -403,6 +424,8 @@ class LiveEnv:
                 " not relied on",
             )
             return False
+        if ok and self.ctx.fenced.is_set():
+            return False  # fenced while the call ran
         if self._store_trouble is not None and ok:
             self.log("info", f"lease {lease}: store usable again")
             self._store_trouble = None
@@ -416,7 +439,7 @@ class LiveEnv:
 
     def _release(self, lease: str) -> bool:
         try:
-            return self.ctx.store.release_lease(lease, self.ctx.node)
+            return self.ctx.store.release_lease(lease, self.holder)
         except StoreError as e:
             self.log("warning", f"lease {lease}: release failed ({e}), it will expire")
             return False
@@ -428,16 +451,122 @@ class LiveEnv:
         return self._release(rec.MANAGER_LEASE)
 
     def get_ha_agent_lock(self, node: str | None = None) -> bool:
-        return self._acquire(rec.agent_lease(node or self.ctx.node))
+        if node is None or node == self.ctx.node:
+            return self._acquire(rec.agent_lease(self.ctx.node))
+        return self._fence_by_lease(node)
+
+    def _fence_by_lease(self, node: str) -> bool:
+        """The master takes a failed node's agent lease: fencing succeeds (§6.3).
+
+        SAFETY: the lease proves the node's services are dead only if the node ran
+        them under its watchdog. A node that gave up lease and watchdog while its
+        services kept running (disarm, LRM restart) left the ``unwatched`` mark
+        first; while it exists, taking the free lease proves nothing, so fencing
+        fails and recovery waits until the node's LRM is back. The mark is read
+        *after* taking the lease: it is written before the release, so a release
+        that let us in is always seen.
+        """
+        lease = rec.agent_lease(node)
+        if not self._acquire(lease):
+            return False
+        try:
+            mark = self.ctx.store.read(rec.unwatched_name(node))
+        except StoreError as e:
+            self.log("warning", f"fencing '{node}': cannot read its unwatched mark ({e}), retrying")
+            self._release(lease)
+            return False
+        if mark is None:
+            self._refused_fence.pop(node, None)
+            return True
+        if self._refused_fence.get(node) != mark.data:
+            self._refused_fence[node] = mark.data
+            why = mark.data.decode(errors="replace").strip()
+            self.log(
+                "err",
+                f"cannot fence node '{node}' by its lease: it gave up lease and watchdog ({why}),"
+                " so its services may still run; recovery waits until its LRM is back",
+            )
+        self._release(lease)
+        return False
 
     def release_ha_agent_lock(self) -> bool:
+        if self.daemon == "lrm":
+            running = self._local_services_running()
+            if running:
+                # SAFETY: records first: the mark lands before the lease is free
+                what = ", ".join(running[:5]) + (" ..." if len(running) > 5 else "")
+                self.ctx.store.write(
+                    rec.unwatched_name(self.ctx.node),
+                    f"released at {time.strftime('%Y-%m-%d %H:%M:%S')} with {what} running\n".encode(),
+                )
+                self._unwatched_maybe = True
         return self._release(rec.agent_lease(self.ctx.node))
+
+    def settle_unwatched(self) -> None:
+        """LRM, before each iteration while this node's unwatched mark may exist.
+
+        SAFETY: a service the master put in ``fence`` while this node ran it
+        without a watchdog is stopped here (it may already run elsewhere only
+        after the mark is gone, so this is the "confirmed stopped" the master
+        waits for). Once no service of this node runs, the mark is removed and
+        fencing works again. Services that run on purpose (frozen over an LRM
+        restart) keep the mark until the watchdog is armed again
+        (:meth:`watchdog_update`).
+        """
+        if not self._unwatched_maybe:
+            return
+        store, node = self.ctx.store, self.ctx.node
+        try:
+            if store.read(rec.unwatched_name(node)) is None:
+                self._unwatched_maybe = False
+                return
+            ms, _ = rec.read_manager_status(store)
+            conf = self.read_service_config()
+            for sid, sd in sorted(ms.service_status.items()):
+                cd = conf.services.get(sid)
+                plugin = self.resource_plugin(cd.type) if cd is not None else None
+                if sd.node != node or sd.state != "fence" or cd is None or plugin is None:
+                    continue
+                if plugin.check_running(self, sid, cd):
+                    self.log("warning", f"stopping {sid}: it was fenced while it ran here without a watchdog")
+                    plugin.shutdown(self, sid, cd, None)
+            if not self._local_services_running():
+                store.delete(rec.unwatched_name(node))
+                self._unwatched_maybe = False
+                self.log("info", "no service runs here any more: unwatched mark removed, fencing works again")
+        except HaError as e:
+            self.log("warning", f"checking the unwatched mark failed: {e}")
+
+    def _local_services_running(self) -> list[str]:
+        """Services located on this node whose agent says (or cannot rule out) that they run."""
+        node = self.ctx.node
+        out: list[str] = []
+        for sid, cd in sorted(self.read_service_config().services.items()):
+            if cd.node != node:
+                continue
+            plugin = self.resource_plugin(cd.type)
+            if plugin is None:
+                continue
+            try:
+                if plugin.check_running(self, sid, cd):
+                    out.append(sid)
+            except Exception:  # SAFETY: unknown counts as running
+                out.append(sid)
+        return out
 
     def watchdog_open(self) -> str:
         return self.ctx.watchdog.open(self.daemon)
 
     def watchdog_update(self, handle: str) -> None:
         self.ctx.watchdog.update(handle)
+        if self._unwatched_maybe and self.ctx.watchdog_confirmed():
+            # the lease is ours again and ha-watchdog confirmed it is armed: every
+            # service of this node is covered by the watchdog from here on
+            try:
+                self.ctx.store.delete(rec.unwatched_name(self.ctx.node))
+            except StoreError:
+                return
+            self._unwatched_maybe = False
 
     def watchdog_close(self, handle: str) -> None:
         self.ctx.watchdog.close(handle)
@@ -466,7 +595,11 @@ class MovingPlugin:
         return self.agent.check_running(env, sid, conf)  # type: ignore[arg-type]
 
     def start(self, env: object, sid: str, conf: ResourceConfig) -> None:
-        self.agent.start(env, sid, conf)  # type: ignore[arg-type]
+        assert isinstance(env, LiveEnv)
+        if env.ctx.fenced.is_set():
+            # SAFETY: the node is killing its services: nothing may start now
+            raise HaError(f"not starting {sid}: this node is fencing itself")
+        self.agent.start(env, sid, conf)
 
     def shutdown(self, env: object, sid: str, conf: ResourceConfig, timeout: int | None) -> None:
         self.agent.shutdown(env, sid, conf, timeout)  # type: ignore[arg-type]

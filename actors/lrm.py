@@ -30,8 +30,10 @@ class LrmActor(DaemonActor):
         command_timeout: float,
         on_exit: Callable[[Exited], None],
         waker: Waker | None = None,
+        pre_iterate: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(node, on_exit, waker)
+        self.pre_iterate = pre_iterate
         self.pool = ActorWorkerPool(max_workers, make_worker_env, self._worker_done, command_timeout)
         self.lrm = LRM(env, pool=self.pool, timing=timing)
 
@@ -50,6 +52,8 @@ class LrmActor(DaemonActor):
         return None
 
     def iterate(self) -> bool:
+        if self.pre_iterate is not None:
+            self.pre_iterate()
         return self.lrm.do_one_iteration()
 
     def shutdown(self) -> None:

@@ -9,6 +9,16 @@ or of the watchdog driver takes the node down *without* disarming: the
 watchdog fires and kills the node's services, so the cluster can recover
 them safely (this is the supervisor's "defined way").
 
+Self-fencing without the watchdog: the SocketDriver's guard (actors/watchdog.py)
+calls :meth:`NodeRuntime.self_fence` when ``ha-watchdog`` died, stalled or failed
+to fire. The node then stops acquiring leases and starting services, and kills
+its services' process groups, its watchdog and finally its own cgroup (which
+holds this daemon and every launch in flight); see docs/RUNTIME.md.
+
+One ``ha-node`` per node: the first holds ``run/<node>/ha-node.lock``; its
+leases carry a per-process holder token (``node#token``), so even a second
+process on another host cannot believe it holds this node's lease.
+
 Quorum: the node is quorate only while the bus sees a strict majority *and*
 the store answered a round trip that started within ``store_quorum_window``
 (:class:`StoreHealth`; on etcd a linearizable read only succeeds through a
@@ -20,13 +30,16 @@ and renewing leases (docs/RUNTIME.md, "etcd mode").
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
+import secrets
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pykka
 from loguru import logger
@@ -39,7 +52,15 @@ from actors.crm_master import CrmActor
 from actors.daemon import Exited, Shutdown, Tick, Waker
 from actors.env import LiveEnv, MovingPlugin, NodeContext
 from actors.lrm import LrmActor
-from actors.watchdog import Disarm, PetTick, Quorum, SocketDriver, WatchdogActor, WatchdogClient
+from actors.watchdog import (
+    Disarm,
+    Fenced,
+    PetTick,
+    Quorum,
+    SocketDriver,
+    WatchdogActor,
+    WatchdogClient,
+)
 from agents import make_registry
 from bus.codec import Envelope
 from bus.keys import CurveKeys
@@ -56,6 +77,9 @@ from bus.messages import (
 )
 from bus.reliability import Outbox
 from bus.transport import Transport, TransportConfig
+from fence.device import device_problem
+from fence.kill import NodeKiller
+from fence.procfs import read_stat
 from ha.env import ResourcePlugin
 from ha.errors import HaError
 from ha.records import LrmStatus, ManagerStatus
@@ -73,6 +97,8 @@ from store.records import (
 )
 
 SHUTDOWN_FILE = "shutdown-request"
+DAEMON_CGROUP = "_daemon"  # <cgroup_base>/<node>/_daemon: this process (no service name starts with "_")
+EXIT_FENCED = 2
 
 
 class StoreHealth:
@@ -130,12 +156,34 @@ class NodeRuntime:
         self.master: str | None = None
         self._told_quorate: bool | None = None
         self._told_quorate_once = False
+        self.fenced = threading.Event()
+        self._lock_fd: int | None = None
+        # SAFETY: every lease this process holds names it, not just the node (docs/RUNTIME.md)
+        self.holder = f"{node}#{secrets.token_hex(6)}"
+        self.killer: NodeKiller | None = None
+        self.watchdog_driver = "userspace"
+
+    def claim(self) -> None:
+        """Be the only ha-node of this node on this host, with a usable watchdog (else HaError)."""
+        self.watchdog_driver = self._choose_driver()
+        run = self.cluster.run_dir(self.node)
+        run.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run / "ha-node.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = _read_pid(run / "ha-node.pid")
+            pid = f" (pid {other})" if other else ""
+            raise HaError(f"ha-node for {self.node} already runs{pid}; not starting a second") from None
+        self._lock_fd = fd  # held (and the lock with it) until this process ends
 
     # -- start --------------------------------------------------------------------
     def start(self) -> None:
         c = self.cluster
+        if self._lock_fd is None:
+            self.claim()
         run = c.run_dir(self.node)
-        run.mkdir(parents=True, exist_ok=True)
         (run / SHUTDOWN_FILE).unlink(missing_ok=True)
         (run / "ha-node.pid").write_text(f"{os.getpid()}\n")
         self.store = c.open_store()
@@ -155,10 +203,19 @@ class NodeRuntime:
 
         if self.spawn_watchdog:
             self._start_watchdog_process()
-        driver = SocketDriver(c.watchdog_socket(self.node))
+        self._join_daemon_cgroup()
         t = c.timing
+        node_cg = [c.cgroup_base / self.node] if c.cgroup_base is not None else []
+        wd_pid = [self.watchdog_proc.pid] if self.watchdog_proc is not None else []
+        self.killer = NodeKiller(node_cg, [c.state_dir / self.node], wd_pid)
+        driver = SocketDriver(
+            c.watchdog_socket(self.node),
+            self.self_fence,
+            guard_timeout=c.watchdog_guard_timeout,
+            watchdog_timeout=t.watchdog_timeout,
+        )
         self.watchdog = WatchdogActor.start(
-            self.node, driver, t.renew_interval + t.margin / 2, self.quorate()
+            self.node, driver, t.renew_interval + t.margin / 2, self.quorate(), self.self_fence
         )
 
         agents = make_registry(c.state_dir, cgroup_base=c.cgroup_base)
@@ -176,6 +233,9 @@ class NodeRuntime:
             on_manager_status=self._announce_commands,
             on_lrm_status=self._report_results,
             renew_latency_cap=c.renew_latency_cap,
+            holder=self.holder,
+            fenced=self.fenced,
+            watchdog_confirmed=lambda: driver.confirmed,
         )
         timing = c.core_timing()
         # the API first: the master's status hook (_announce_commands) tells it every write
@@ -183,15 +243,17 @@ class NodeRuntime:
             self.node, sorted(c.nodes), self.store, self.quorate, self.bus.reply, cluster=c
         )
         self.lrm_waker, self.crm_waker = Waker(), Waker()
+        lrm_env = LiveEnv(self.ctx, "lrm")
         self.lrm = LrmActor.start(
             self.node,
-            LiveEnv(self.ctx, "lrm"),
+            lrm_env,
             timing,
             lambda i: LiveEnv(self.ctx, "lrm"),
             c.max_workers,
             c.command_timeout,
             self._exited,
             self.lrm_waker,
+            lrm_env.settle_unwatched,
         )
         self.crm = CrmActor.start(self.node, LiveEnv(self.ctx, "crm"), timing, self._exited, self.crm_waker)
         self.bus.subscribe(self._on_bus)
@@ -201,12 +263,23 @@ class NodeRuntime:
         self.watcher.start()
         self.log.info(f"node started (bus {self.bus.endpoint}, store {c.store_url})")
 
+    def _choose_driver(self) -> str:
+        """The watchdog driver of cluster.json (auto/device/userspace); HaError when unusable."""
+        c = self.cluster
+        problem = device_problem(c.watchdog_device)
+        if c.watchdog == "device" and problem is not None:
+            raise HaError(f"watchdog 'device' configured but {problem}")
+        if c.watchdog == "auto":
+            return "device" if problem is None else "userspace"
+        return c.watchdog
+
     def _start_watchdog_process(self) -> None:
         c = self.cluster
         args = [
             sys.executable, "-m", "cli.watchdog", "--node", self.node,
             "--socket", str(c.watchdog_socket(self.node)),
             "--timeout", str(c.timing.watchdog_timeout),
+            "--driver", self.watchdog_driver, "--device", c.watchdog_device,
             "--pgid-dir", str(c.state_dir / self.node),
             "--kill-pid", str(os.getpid()),
             "--exit-on-disarm",
@@ -214,10 +287,77 @@ class NodeRuntime:
         if c.cgroup_base is not None:
             args += ["--cgroup", str(c.cgroup_base / self.node)]
         log = open(c.log_file(self.node).with_suffix(".watchdog.log"), "ab")  # noqa: SIM115
+        ready_r, ready_w = os.pipe()
+        args += ["--ready-fd", str(ready_w)]
         # its own session: a signal to the node's process group must not reach it
-        self.watchdog_proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        self.watchdog_proc = subprocess.Popen(
+            args, stdout=log, stderr=log, start_new_session=True, pass_fds=(ready_w,)
+        )
         log.close()
+        os.close(ready_w)
+        try:
+            with os.fdopen(ready_r, "rb") as r:
+                ready = r.readline()
+        except OSError:
+            ready = b""
+        if ready != b"ready\n":
+            code = self.watchdog_proc.wait(timeout=10)
+            raise HaError(
+                f"ha-watchdog did not start (exit code {code}; see {c.log_file(self.node).stem}.watchdog.log)"
+            )
         (c.run_dir(self.node) / "ha-watchdog.pid").write_text(f"{self.watchdog_proc.pid}\n")
+        self.log.info(f"ha-watchdog started (pid {self.watchdog_proc.pid}, {self.watchdog_driver} driver)")
+
+    def _join_daemon_cgroup(self) -> None:
+        """Move this process into ``<cgroup_base>/<node>/_daemon``.
+
+        SAFETY: the node's cgroup then holds this daemon, every service and every
+        launch in flight, so one ``cgroup.kill`` (the watchdog's, ha-cluster kill's,
+        or our own self-fence) kills them together: no launch can escape a fence by
+        forking while the services are being killed. ha-watchdog, started before,
+        stays outside.
+        """
+        base = self.cluster.cgroup_base
+        if base is None:
+            self.log.warning(
+                "no cgroup v2: fencing falls back to process-group records; a service launched"
+                " at the moment of a fence could escape it (docs/RUNTIME.md)"
+            )
+            return
+        cg = base / self.node / DAEMON_CGROUP
+        try:
+            cg.mkdir(parents=True, exist_ok=True)
+            (cg / "cgroup.procs").write_text("0")
+        except OSError as e:
+            raise HaError(f"cannot join the node's cgroup {cg}: {e.strerror or e}") from e
+
+    # -- self-fencing -----------------------------------------------------------------
+    def self_fence(self, why: str) -> None:
+        """The watchdog cannot protect this node: kill its services and this daemon now.
+
+        SAFETY: called by the watchdog guard (any thread) when ha-watchdog died,
+        stalled or did not fire. Order: stop renewing and starting (the flag every
+        lease call and every start checks), stop petting, then kill the recorded
+        service groups and the watchdog, then the node's cgroup, which holds this
+        daemon and every launch in flight: nothing started afterwards survives.
+        The node's leases are not released; they expire, and only then does the
+        master recover the services (by then they are dead).
+        """
+        with self._lock:
+            if self.fenced.is_set():
+                return
+            self.fenced.set()
+        self.log.critical(f"{why}: fencing this node (its services and this daemon are killed)")
+        with contextlib.suppress(Exception):
+            self.watchdog.tell(Fenced())
+        killer = self.killer or NodeKiller()
+        rep = killer.fire(cgroups_last=True)
+        # still here: this process is not in the node's cgroup (no cgroup v2)
+        self.log.critical(f"fenced: {rep.describe()}")
+        with contextlib.suppress(Exception):
+            logger.complete()
+        sys.stderr.flush()
+        os._exit(EXIT_FENCED)
 
     # -- bus -> actors ----------------------------------------------------------------
     def _on_bus(self, env: Envelope) -> None:
@@ -347,7 +487,8 @@ class NodeRuntime:
                     with contextlib.suppress(pykka.ActorDeadError):
                         ref.tell(Tick())
             if self.watchdog_proc is not None and self.watchdog_proc.poll() is not None:
-                self._fatal(f"ha-watchdog exited ({self.watchdog_proc.returncode})")
+                # SAFETY: no watchdog, no services (the guard usually saw it first)
+                self.self_fence(f"ha-watchdog exited ({self.watchdog_proc.returncode})")
                 return
             self.stopping.wait(c.pet_interval)
 
@@ -471,3 +612,13 @@ class _NodeMembership:
 
     def peers_up(self) -> frozenset[str]:
         return self.runtime.bus.peers_up()
+
+
+def _read_pid(path: Path) -> int | None:
+    """The pid in ``path`` if that process is alive."""
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    st = read_stat(pid)
+    return pid if st is not None and st.alive else None

@@ -1,4 +1,4 @@
-"""The WatchdogActor: multiplexes the node's watchdog clients onto the watchdog driver.
+"""The WatchdogActor and the node daemon's link to ``ha-watchdog``, with its guard.
 
 Clients are the CRM (while master) and the LRM (while holding its agent
 lease), exactly as with the reference's watchdog-mux (BEHAVIOUR.md §3.1.5,
@@ -7,24 +7,42 @@ lease), exactly as with the reference's watchdog-mux (BEHAVIOUR.md §3.1.5,
 - the node is quorate (a ``QuorumLost`` message stops petting at once), and
 - every open client updated within ``client_timeout``.
 
-With no client open the driver is disarmed (magic close). Drivers:
-:class:`SocketDriver` talks to ``ha-watchdog`` (cli/watchdog.py) over its
-UNIX socket; :class:`DeviceDriver` writes ``/dev/watchdog`` where it exists.
+With no client open the driver is disarmed (magic close).
+
+:class:`SocketDriver` talks to ``ha-watchdog`` (cli/watchdog.py) over its UNIX
+socket and runs the **guard**: a thread that reads the watchdog's status
+bytes and fences the node itself (through ``on_lost``) when the watchdog
+
+- closed the connection (it died: SIGKILL, OOM killer, crash),
+- stayed silent for ``guard_timeout`` (it is stopped or starved),
+- does not confirm being armed within ``guard_timeout`` of our first pet, or
+- let its own deadline pass without firing (``watchdog_timeout`` after our
+  last pet plus a grace): it should have killed us by then.
+
+SAFETY: the watchdog is what lets the rest of the cluster recover this node's
+services after its lease expired. A node whose watchdog cannot fire must not
+run services (Patroni's "watchdog required"): the guard takes them down
+before the lease can expire (docs/RUNTIME.md, "Faults, one by one").
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import pykka
 from loguru import logger
+
+from fence.clock import boottime
+
+MIRROR_GRACE = 0.25  # s past the watchdog's own deadline before the guard concludes it failed to fire
 
 
 class WatchdogDriver(Protocol):
@@ -40,10 +58,23 @@ class DriverError(Exception):
 
 
 class SocketDriver:
-    """Client of ``ha-watchdog``: one connection for the node daemon's lifetime."""
+    """Client of ``ha-watchdog``: one connection for the node daemon's lifetime, plus the guard."""
 
-    def __init__(self, path: Path, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        on_lost: Callable[[str], None],
+        *,
+        guard_timeout: float,
+        watchdog_timeout: float,
+        connect_timeout: float = 5.0,
+        clock: Callable[[], float] = boottime,
+    ) -> None:
         self.path = path
+        self.on_lost = on_lost
+        self.guard_timeout = guard_timeout
+        self.watchdog_timeout = watchdog_timeout
+        self.clock = clock
         deadline = time.monotonic() + connect_timeout
         while True:
             try:
@@ -55,38 +86,93 @@ class SocketDriver:
                 if time.monotonic() > deadline:
                     raise DriverError(f"cannot connect to ha-watchdog at {path}: {e}") from e
                 time.sleep(0.05)
+        self._send_lock = threading.Lock()
+        self._closed = threading.Event()
+        now = self.clock()
+        self.last_status = now  # when ha-watchdog last spoke
+        self.remote_armed = False
+        self.armed_since: float | None = None  # our first pet since the last disarm
+        self.last_pet: float | None = None
+        self._guard = threading.Thread(target=self._guard_loop, name=f"watchdog-guard-{path.parent.name}")
+        self._guard.daemon = True
+        self._guard.start()
 
+    # -- sending ---------------------------------------------------------------------
     def _send(self, b: bytes) -> None:
         try:
-            self.sock.sendall(b)
+            with self._send_lock:
+                self.sock.sendall(b)
         except OSError as e:
             raise DriverError(f"ha-watchdog connection lost: {e}") from e
 
     def pet(self) -> None:
+        now = self.clock()
+        if self.armed_since is None:
+            self.armed_since = now
+        self.last_pet = now
         self._send(b"\0")
 
     def disarm(self) -> None:
+        # cleared before sending: the guard may read the watchdog's "d" before we return
+        self.armed_since = None
+        self.last_pet = None
         self._send(b"V")
 
     def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self.sock.close()
 
+    @property
+    def confirmed(self) -> bool:
+        """ha-watchdog spoke within the guard timeout and says it is armed."""
+        return self.remote_armed and self.clock() - self.last_status <= self.guard_timeout
 
-class DeviceDriver:
-    """The kernel watchdog device (``/dev/watchdog``), where present."""
+    # -- the guard -------------------------------------------------------------------
+    def _guard_loop(self) -> None:
+        try:
+            why = self._watch()
+        except Exception as e:  # SAFETY: a guard that dies must not leave the node unguarded
+            why = f"watchdog guard failed: {e!r}"
+        if why is not None and not self._closed.is_set():
+            self.on_lost(why)
 
-    def __init__(self, path: str = "/dev/watchdog") -> None:
-        self.fd = os.open(path, os.O_WRONLY)
+    def _watch(self) -> str | None:
+        self.sock.settimeout(0.1)
+        while not self._closed.is_set():
+            try:
+                data: bytes | None = self.sock.recv(4096)
+            except TimeoutError:
+                data = None
+            except OSError as e:
+                return None if self._closed.is_set() else f"ha-watchdog connection failed ({e})"
+            now = self.clock()
+            if data == b"":
+                return "ha-watchdog closed the connection (it died)"
+            if data:
+                self.last_status = now
+                self.remote_armed = data.endswith(b"a")
+            why = self.check(now)
+            if why is not None:
+                return why
+        return None
 
-    def pet(self) -> None:
-        os.write(self.fd, b"\0")
-
-    def disarm(self) -> None:
-        os.write(self.fd, b"V")
-
-    def close(self) -> None:
-        os.close(self.fd)
+    def check(self, now: float) -> str | None:
+        """Why the watchdog can no longer be trusted to fire, or None (pure, for tests)."""
+        silent = now - self.last_status
+        if silent > self.guard_timeout:
+            return f"no sign of life from ha-watchdog for {silent:.1f}s (killed, stopped or starved)"
+        armed_since, last_pet = self.armed_since, self.last_pet
+        if armed_since is not None and not self.remote_armed and now - armed_since > self.guard_timeout:
+            return f"ha-watchdog has not confirmed being armed {now - armed_since:.1f}s after the first pet"
+        if last_pet is not None and now - last_pet > self.watchdog_timeout + MIRROR_GRACE:
+            return (
+                f"ha-watchdog did not fire {now - last_pet:.1f}s after the last pet"
+                f" (its timeout is {self.watchdog_timeout:g}s)"
+            )
+        return None
 
 
 @dataclass(frozen=True)
@@ -119,13 +205,26 @@ class Disarm:
     """Orderly node shutdown: all clients are closed, release the driver."""
 
 
+@dataclass(frozen=True)
+class Fenced:
+    """The node fences itself: never pet again."""
+
+
 class WatchdogActor(pykka.ThreadingActor):
-    def __init__(self, node: str, driver: WatchdogDriver, client_timeout: float, quorate: bool) -> None:
+    def __init__(
+        self,
+        node: str,
+        driver: WatchdogDriver,
+        client_timeout: float,
+        quorate: bool,
+        on_driver_failed: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__()
         self.node = node
         self.driver = driver
         self.client_timeout = client_timeout
         self.quorate = quorate
+        self.on_driver_failed = on_driver_failed
         self.clients: dict[str, tuple[str, float]] = {}  # handle -> (client name, last update)
         self.armed = False
         self.failed: str | None = None
@@ -136,14 +235,17 @@ class WatchdogActor(pykka.ThreadingActor):
         try:
             return self._handle(message)
         except DriverError as e:
-            # SAFETY: without a driver we cannot guarantee self-fencing; report it
-            # and stop petting for good (the supervisor takes the node down).
+            # SAFETY: without a driver we cannot guarantee self-fencing: stop petting for
+            # good and let the node take its services down itself.
+            first = self.failed is None
             self.failed = str(e)
             self.log.error(f"watchdog driver failed: {e}")
+            if first and self.on_driver_failed is not None:
+                self.on_driver_failed(f"watchdog driver failed: {e}")
             return None
 
     def _handle(self, message: object) -> object:
-        now = time.monotonic()
+        now = boottime()
         if isinstance(message, Open):
             handle = f"WD:{self.node}:{message.client}:{next(self._ids)}"
             self.clients[handle] = (message.client, now)
@@ -177,6 +279,9 @@ class WatchdogActor(pykka.ThreadingActor):
             if self.armed and self.failed is None:
                 self.driver.disarm()
                 self.armed = False
+            return None
+        if isinstance(message, Fenced):
+            self.failed = self.failed or "the node fenced itself"
             return None
         return None
 

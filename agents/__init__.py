@@ -28,7 +28,7 @@ def make_registry(
     """Type name -> plugin instance for the live runtime; state under ``state_dir``."""
     return {
         "proc": ProcPlugin(state_dir, cgroup_base=cgroup_base),
-        "ocf": OcfPlugin(state_dir, ocf_root=ocf_root),
+        "ocf": OcfPlugin(state_dir, ocf_root=ocf_root, cgroup_base=cgroup_base),
     }
 
 

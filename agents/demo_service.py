@@ -2,8 +2,9 @@
 
     python -m agents.demo_service --port 8001 --markers DIR
 
-Answers ``GET /`` with ``{"sid", "node", "pid"}`` (node and sid from the proc
-agent's ``PYHA_NODE``/``PYHA_SID``). With ``--markers DIR`` it appends to
+Answers ``GET /`` with ``{"sid", "node", "pid", "fencing_token"}`` (node and sid
+from the proc agent's ``PYHA_NODE``/``PYHA_SID``, the token from
+``HA_FENCING_TOKEN``). With ``--markers DIR`` it appends to
 ``DIR/<sid>.markers`` one line per event, with CLOCK_MONOTONIC nanoseconds
 (system-wide on one host, so lines of different nodes compare)::
 
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         if mfile is not None:
             mfile.write(f"{what} {time.monotonic_ns()} {node} {pid}\n")
 
-    body = json.dumps({"sid": sid, "node": node, "pid": pid}).encode()
+    token = os.environ.get("HA_FENCING_TOKEN")
+    body = json.dumps({"sid": sid, "node": node, "pid": pid, "fencing_token": token}).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -15,6 +15,14 @@ runs in its own process group and is SIGKILLed (whole group) after its
 timeout; a timeout counts as a failure. The environment is built from scratch (PATH,
 LANG, the OCF variables, and our own ``PYHA_*`` variables), not inherited.
 
+Every action runs inside the service's cgroup ``<cgroup_base>/<node>/ocf:<name>``
+(a child of the node's cgroup; proc names cannot contain ``:``): whatever the
+agent starts (a daemon, a helper) stays there, so fencing the node (one
+``cgroup.kill`` of the node's cgroup) reaches it. SAFETY: when the cgroup
+cannot be joined the action is not run (it fails), so nothing the agent starts
+can escape a fence. ``HA_VARRUN`` is per node as well (agents keep pid files
+there), so several nodes on one host do not see each other's daemons.
+
 Monitor exit codes map to three states (:class:`OcfStatus`): 0 and 8 running,
 7 not running, 5 (not installed here) not running, anything else or a
 timeout *failed*. Properties we cannot even turn into an agent call
@@ -33,7 +41,7 @@ import re
 import tempfile
 from enum import IntEnum, StrEnum
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from agents import procutil
 from ha.config.resources import ResourceConfig
@@ -115,9 +123,18 @@ class OcfPlugin:
         start_timeout: float = DEFAULT_TIMEOUT,
         stop_timeout: float = DEFAULT_TIMEOUT,
         monitor_timeout: float = DEFAULT_TIMEOUT,
+        cgroup_base: str | Path | Literal["auto"] | None = "auto",
     ) -> None:
-        """``agent_dirs``: where ``<provider>/<type>`` is looked up (default ``<ocf_root>/resource.d``)."""
+        """``agent_dirs``: where ``<provider>/<type>`` is looked up (default ``<ocf_root>/resource.d``).
+
+        ``cgroup_base``: "auto" = ``<cgroup2 mount>/pyha``; None = no cgroups (tests only).
+        """
         self.state_dir = Path(state_dir).absolute()
+        if cgroup_base == "auto":
+            mount = procutil.cgroup2_mount()
+            self.cgroup_base: Path | None = mount / "pyha" if mount is not None else None
+        else:
+            self.cgroup_base = Path(cgroup_base) if cgroup_base is not None else None
         self.ocf_root = Path(ocf_root)
         self.agent_dirs = [Path(d) for d in agent_dirs] if agent_dirs else [self.ocf_root / "resource.d"]
         self.start_timeout = start_timeout
@@ -133,6 +150,19 @@ class OcfPlugin:
 
     def rsctmp(self, node: str) -> Path:
         return self.state_dir / node / "ocf"
+
+    def cgroup_path(self, node: str, name: str) -> Path | None:
+        return None if self.cgroup_base is None else self.cgroup_base / node / f"ocf:{name}"
+
+    def _argv(self, node: str, name: str, path: Path, action: str) -> list[str]:
+        """The action's command line: joins the service's cgroup first, then execs the agent."""
+        cg = self.cgroup_path(node, name)
+        if cg is None:
+            return [str(path), action]
+        cg.mkdir(parents=True, exist_ok=True)
+        # SAFETY: "&&": when the cgroup cannot be joined the agent does not run at all
+        join = 'echo 0 > "$0" && exec "$@"'
+        return ["/bin/sh", "-c", join, str(cg / "cgroup.procs"), str(path), action]
 
     def run_action(
         self, env: Env, sid: str, conf: ResourceConfig, action: str, timeout: float
@@ -150,7 +180,7 @@ class OcfPlugin:
             return OcfRc.ERR_INSTALLED, f"agent {provider}:{rtype} not found in {where}"
         node = env.nodename()
         tmp = self.rsctmp(node)
-        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "run").mkdir(parents=True, exist_ok=True)
         aenv = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "LANG": "C",
@@ -163,11 +193,13 @@ class OcfPlugin:
             "OCF_RESOURCE_PROVIDER": provider,
             "OCF_RESKEY_CRM_meta_timeout": str(int(timeout * 1000)),
             "HA_RSCTMP": str(tmp),
+            "HA_VARRUN": str(tmp / "run"),
             "HA_LOGFACILITY": "none",
             "HA_LOGFILE": "/dev/null",
             "HA_DEBUGLOG": "/dev/null",
             "PYHA_SID": sid,
             "PYHA_NODE": node,
+            **procutil.fencing_env(env, sid),
         }
         # our own markers pass through (tests use them to find every process they caused)
         aenv.update({k: v for k, v in os.environ.items() if k.startswith("PYHA_") and k not in aenv})
@@ -175,7 +207,8 @@ class OcfPlugin:
             aenv["OCF_RESKEY_CRM_meta_interval"] = "0"  # a probe: one-shot status query
         aenv.update({f"OCF_RESKEY_{k}": v for k, v in params.items()})
         with tempfile.TemporaryFile(dir=tmp) as out:
-            rc = procutil.run_bounded([str(path), action], timeout, env=aenv, cwd="/", output=out)
+            argv = self._argv(node, conf.name, path, action)
+            rc = procutil.run_bounded(argv, timeout, env=aenv, cwd="/", output=out)
             out.seek(0)
             text = out.read()[-2000:].decode(errors="replace").strip()
         last = text.splitlines()[-1] if text else ""

@@ -48,14 +48,6 @@ DEFAULT_STOP_TIMEOUT: Final = 10.0
 LAUNCHER: Final = Path(__file__).with_name("launcher.py")
 
 
-def _read_boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            return f.read().strip()
-    except OSError:  # pragma: no cover
-        return "unknown-boot"
-
-
 @dataclass(slots=True)
 class ProcState:
     """What we remember about a started service (the state file)."""
@@ -131,7 +123,7 @@ class ProcPlugin:
         self.settle = settle
         self.kill_wait = kill_wait
         self.default_stop_timeout = default_stop_timeout
-        self.boot_id = _read_boot_id()
+        self.boot_id = procutil.read_boot_id()
         self._cgroup_warned = False
 
     # -- paths and state -------------------------------------------------------------------
@@ -239,7 +231,13 @@ class ProcPlugin:
         spec = {
             "argv": ["/bin/sh", "-c", cmd],
             "cwd": cwd,
-            "env": {**os.environ, "PYHA_SID": sid, "PYHA_NODE": node, **extra_env},
+            "env": {
+                **os.environ,
+                "PYHA_SID": sid,
+                "PYHA_NODE": node,
+                **procutil.fencing_env(env, sid),
+                **extra_env,
+            },
             "cgroup": cg_str,
             "log": str(self.log_path(node, name)),
         }

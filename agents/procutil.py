@@ -1,4 +1,8 @@
-"""Process, process-group and cgroup v2 helpers for the real resource agents (Linux only)."""
+"""Process, process-group and cgroup v2 helpers for the real resource agents (Linux only).
+
+Reading ``/proc`` and cgroups lives in :mod:`fence.procfs` (the watchdog needs it
+too, with nothing but the standard library); it is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -10,88 +14,48 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from fence.procfs import (
+    ProcStat,
+    cgroup2_mount,
+    cgroup_procs,
+    is_cgroup_dir,
+    pgroup_members,
+    pid_alive,
+    read_boot_id,
+    read_stat,
+)
 
-@dataclass(frozen=True, slots=True)
-class ProcStat:
-    pid: int
-    state: str  # R, S, D, Z, T, ...
-    pgrp: int
-    starttime: int  # clock ticks since boot
-
-    @property
-    def alive(self) -> bool:
-        """Running, sleeping or stopped; a zombie (or dead) process is not alive."""
-        return self.state not in ("Z", "X", "x")
-
-
-def read_stat(pid: int) -> ProcStat | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except OSError:
-        return None
-    try:
-        rest = raw[raw.rindex(b")") + 2 :].split()
-        # after "pid (comm) ": state ppid pgrp session tty tpgid flags minflt cminflt majflt
-        # cmajflt utime stime cutime cstime priority nice threads itrealvalue starttime
-        return ProcStat(pid, rest[0].decode(), int(rest[2]), int(rest[19]))
-    except (ValueError, IndexError):
-        return None
-
-
-def pgroup_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
-    out: list[int] = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        st = read_stat(int(entry.name))
-        if st is not None and st.pgrp == pgid and st.alive:
-            out.append(st.pid)
-    return out
+__all__ = [
+    "ProcStat",
+    "cgroup2_mount",
+    "cgroup_kill",
+    "cgroup_procs",
+    "fencing_env",
+    "is_cgroup_dir",
+    "kill_group",
+    "parse_assignments",
+    "pgroup_members",
+    "pid_alive",
+    "poll_until",
+    "read_boot_id",
+    "read_stat",
+    "remove_cgroup",
+    "run_bounded",
+]
 
 
-def pid_alive(pid: int) -> bool:
-    st = read_stat(pid)
-    return st is not None and st.alive
+def fencing_env(env: object, sid: str) -> dict[str, str]:
+    """``HA_FENCING_TOKEN`` for a start of ``sid`` where the environment has one (docs/AGENTS.md).
 
-
-# -- cgroup v2 --------------------------------------------------------------------------------
-
-
-def cgroup2_mount() -> Path | None:
-    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or …/unified on hybrid hosts)."""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                pre, _, post = line.partition(" - ")
-                if post.split(" ", 1)[0] == "cgroup2":
-                    return Path(pre.split()[4])
-    except OSError:
-        return None
-    return None
-
-
-def is_cgroup_dir(path: Path) -> bool:
-    """True when ``path`` is a directory of a cgroup v2 filesystem (the kernel made its files)."""
-    return (path / "cgroup.procs").is_file() and (path / "cgroup.events").is_file()
-
-
-def cgroup_procs(path: Path) -> list[int]:
-    """Processes in the cgroup (the kernel lists no zombies); [] when it does not exist."""
-    try:
-        with open(path / "cgroup.procs", encoding="ascii") as f:
-            return [int(x) for x in f.read().split()]
-    except FileNotFoundError:
-        return []
-    except OSError:
-        return []
+    The live runtime's Env answers ``fencing_token(sid)``: a number that grows with
+    every move of the service, so a service writing to shared storage can reject
+    a writer holding a smaller token (a copy that was fenced but still runs).
+    """
+    get = getattr(env, "fencing_token", None)
+    return {"HA_FENCING_TOKEN": str(get(sid))} if callable(get) else {}
 
 
 def cgroup_kill(path: Path) -> bool:

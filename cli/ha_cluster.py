@@ -47,6 +47,7 @@ from actors.node import SHUTDOWN_FILE
 from bus.keys import generate
 from cli import netns as netns_mod
 from cli.api_client import generate_client_key
+from fence.kill import NodeKiller
 from ha.errors import HaError
 from store.base import Store, check_name
 from store.records import DATACENTER_CFG, RESOURCES_CFG, read_lrm_status
@@ -338,6 +339,16 @@ def _store_setting(
 @click.option("--name", default="pyha", show_default=True, help="Cluster id (also the etcd key prefix).")
 @click.option("--timing", "timing_kv", multiple=True, help="Override a timing setting, e.g. lease_ttl=6.")
 @click.option("--no-cgroups", is_flag=True, help="Use process groups only for services.")
+@click.option(
+    "--watchdog",
+    "watchdog",
+    type=click.Choice(["userspace", "device", "auto"]),
+    default="userspace",
+    show_default=True,
+    help="Watchdog driver: userspace (ha-watchdog kills the node's processes), device (also arm "
+    "/dev/watchdog; the nodes must be on separate hosts: one device resets the whole host) or auto "
+    "(device where it exists).",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing cluster.json.")
 @click.option("--netns", is_flag=True, help="Each node in its own network namespace (root; partition tests).")
 @click.option(
@@ -364,6 +375,7 @@ def init(
     store_kind: str,
     endpoints: str | None,
     store_timeout: float,
+    watchdog: str,
 ) -> None:
     """Create a cluster in DIRECTORY."""
     root = Path(directory).resolve()
@@ -418,6 +430,7 @@ def init(
         network=network.to_dict() if network else None,
         store=store,
         etcd=etcd,
+        watchdog=watchdog,
     )
     probs = c.store_problems()
     if probs:
@@ -602,25 +615,17 @@ def stop(directory: str, node: str, kind: str, timeout: float) -> None:
 
 
 def kill_tree(c: ClusterConfig, node: str) -> list[int]:
-    """SIGKILL everything of NODE: daemon, watchdog, services (cgroup and process groups)."""
-    killed: list[int] = []
-    for name in ("ha-node.pid", "ha-watchdog.pid"):
-        pid = read_pid(c.run_dir(node) / name)
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-    if c.cgroup_base is not None:
-        cg = c.cgroup_base / node
-        if (cg / "cgroup.kill").exists():
-            with contextlib.suppress(OSError):
-                (cg / "cgroup.kill").write_text("1")
-    for f in (c.state_dir / node).rglob("*.json"):
-        with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError, TypeError):
-            pgid = int(json.loads(f.read_text())["pgid"])
-            if pgid > 1:
-                os.killpg(pgid, signal.SIGKILL)
-    return killed
+    """SIGKILL everything of NODE: its cgroup (daemon, services, launches), process groups, watchdog.
+
+    The same firing path as the node's watchdog (fence/kill.py): records that do not
+    provably belong to this boot and group are left alone.
+    """
+    pids = [p for name in ("ha-node.pid", "ha-watchdog.pid") if (p := read_pid(c.run_dir(node) / name))]
+    cgroups = [c.cgroup_base / node] if c.cgroup_base is not None else []
+    killer = NodeKiller(cgroups, [c.state_dir / node], pids)
+    killer.fire()
+    killer.close()
+    return pids
 
 
 @main.command()
@@ -719,18 +724,14 @@ def etcd_start(directory: str, nodes: tuple[str, ...], timeout: float) -> None:
 
 
 def remove_empty_cgroups(c: ClusterConfig) -> None:
-    """rmdir the empty service cgroups this cluster's nodes made (<cgroup_base>/<node>/<service>)."""
+    """rmdir the empty cgroups this cluster's nodes made (<cgroup_base>/<node>/...); busy ones stay."""
     root = c.cgroup_base
     if root is None:
         return
     from agents.procutil import remove_cgroup  # noqa: PLC0415
 
     for n in c.nodes:
-        base = root / n
-        for name in {f.stem for f in (c.state_dir / n).rglob("*") if f.is_file()}:
-            remove_cgroup(base / name)
-        with contextlib.suppress(OSError):
-            base.rmdir()  # only when empty
+        remove_cgroup(root / n)  # depth first, only what is empty
     with contextlib.suppress(OSError):
         root.rmdir()
 

@@ -3,8 +3,9 @@
 SIGTERM/SIGINT start an orderly shutdown under the cluster's shutdown policy;
 the kind is read from ``DIR/run/NAME/shutdown-request`` (``shutdown``,
 ``reboot`` or ``restart``; default ``shutdown``), which ``ha-cluster`` writes.
-Exit codes: 0 orderly stop, 1 bad configuration, 2 the node took itself down
-after a failure (its watchdog fences it).
+Exit codes: 0 orderly stop, 1 bad configuration (or this node's ha-node already
+runs), 2 the node took itself down after a failure (its watchdog fences it) or
+fenced itself because its watchdog could not.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def main(node: str, cluster_dir: str, store_url: str | None, log_level: str) -> 
         cluster.log_file(node).parent.mkdir(parents=True, exist_ok=True)
         setup_logging(node, str(cluster.log_file(node)), log_level)
         runtime = NodeRuntime(cluster, node)
+        runtime.claim()
     except (HaError, ValueError, OSError) as e:
         click.echo(f"ha-node: {e}", err=True)
         sys.exit(1)

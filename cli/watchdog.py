@@ -1,83 +1,71 @@
-"""``ha-watchdog``: the user-space watchdog driver of one node.
+"""``ha-watchdog``: the watchdog of one node, a process of its own beside ``ha-node``.
 
-Machines here have no ``/dev/watchdog`` and no softdog, so self-fencing is
-done by a separate small process, the way watchdog-mux multiplexes the kernel
-device in the reference (BEHAVIOUR.md §1.1, §2.1):
+It plays the part of watchdog-mux in the reference (BEHAVIOUR.md §1.1, §2.1):
 
 - The node daemon connects to a UNIX socket (mode 0600) and keeps the
   connection for its lifetime. Any byte other than ``V`` is a pet; a pet
   arms the watchdog. ``V`` (the magic close) disarms it: the node has no
   watchdog client any more (no HA service active, not master).
+- Every ``STATUS_EVERY`` seconds (and at once after a change) it answers each
+  client with one status byte, ``a`` (armed) or ``d`` (disarmed). The node
+  daemon's guard (actors/watchdog.py) takes silence as a dead or stalled
+  watchdog and fences the node itself: no services without a working watchdog.
 - If no pet arrives for ``--timeout`` seconds while armed, or the client
-  disconnects while armed, the watchdog *fires*: it kills every process of
-  the node's services (``cgroup.kill`` on the node's cgroup, then SIGKILL to
-  each recorded process group) and the node daemon (the client's pid from
-  SO_PEERCRED, plus ``--kill-pid``), then exits 3.
+  disconnects while armed, it *fires*: one ``write(2)`` to the pre-opened
+  ``cgroup.kill`` of the node's cgroup kills the node daemon, every service
+  and any launch in flight together; then the recorded process groups that
+  provably belong to this boot, and the client's pid, are killed
+  (fence/kill.py). Then it exits 3.
+- Drivers (``--driver``): ``userspace`` (the kill above is the fence) or
+  ``device``: a Linux watchdog device (``/dev/watchdog``: softdog or
+  hardware) is opened when armed, its timeout set to ``--timeout`` (read back
+  and logged), kept alive on every pet and closed with the magic ``V`` only on
+  an orderly disarm. On firing, on a crash of this process or when this
+  process is frozen the device is never disarmed: the machine resets when it
+  expires. That is the one answer to faults no user-space process survives
+  (both daemons frozen, the host suspended); docs/RUNTIME.md lists them.
 - A disconnect while disarmed is an orderly end: with ``--exit-on-disarm``
   the watchdog exits 0, otherwise it waits for the next client.
-- With ``--device /dev/watchdog`` (where it exists) every pet is also written
-  to the device, so a hung *machine* is reset by the kernel as well.
+
+All deadlines are measured on CLOCK_BOOTTIME, which keeps counting while the
+host is suspended: a host that resumes after its deadline fires at once.
 
 SAFETY: this process never stops on its own while armed, except by firing.
 It ignores SIGTERM/SIGINT while armed (only a disarm via the socket ends it
-quietly); SIGKILL of this process together with the node daemon is the only
-way to end it without firing, which is exactly a dead node.
+quietly). It locks its memory, leaves the OOM killer alone (-1000) and runs
+at a real-time priority where the host allows (fence/hardening.py). One
+``ha-watchdog`` per node: a second one refuses to start (lock file).
+
+Standard library and ``fence`` only: the QEMU guest test runs this very
+program against a real watchdog device.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import fcntl
+import math
 import os
+import select
 import signal
 import socket
 import struct
 import sys
-import time
 from pathlib import Path
 
+from fence.clock import boottime
+from fence.device import DeviceError, WatchdogDevice, device_problem
+from fence.hardening import harden
+from fence.kill import NodeKiller
+
 EXIT_FIRED = 3
+EXIT_USAGE = 1
 MAGIC_CLOSE = b"V"
-
-
-def kill_cgroup(path: Path) -> int:
-    """Kill every process in ``path`` and below; returns how many pids were signalled."""
-    if not path.is_dir():
-        return 0
-    killed = 0
-    kill_file = path / "cgroup.kill"
-    if kill_file.exists():
-        with contextlib.suppress(OSError):
-            kill_file.write_text("1")
-            killed += 1
-    # fall back (and double check) with the member lists
-    for procs in path.rglob("cgroup.procs"):
-        with contextlib.suppress(OSError):
-            for line in procs.read_text().split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(line), signal.SIGKILL)
-                    killed += 1
-    return killed
-
-
-def kill_pgid_dir(path: Path) -> int:
-    """Kill the process groups recorded under ``path`` (services without a cgroup).
-
-    Two record shapes: ``*.pgid`` files holding the number, and the proc
-    agent's ``*.json`` state files with a ``pgid`` key (agents/proc.py).
-    """
-    if not path.is_dir():
-        return 0
-    killed = 0
-    for f in sorted(path.rglob("*.pgid")) + sorted(path.rglob("*.json")):
-        with contextlib.suppress(OSError, ValueError, ProcessLookupError, TypeError, KeyError):
-            text = f.read_text().strip()
-            pgid = int(json.loads(text)["pgid"]) if f.suffix == ".json" else int(text)
-            if pgid > 1:
-                os.killpg(pgid, signal.SIGKILL)
-                killed += 1
-    return killed
+STATUS_ARMED = b"a"
+STATUS_DISARMED = b"d"
+STATUS_EVERY = 0.1  # seconds between status bytes to each client (the guard's sign of life)
+DRIVERS = ("userspace", "device")
 
 
 def peer_pid(conn: socket.socket) -> int | None:
@@ -95,40 +83,84 @@ class Watchdog:
         self.timeout: float = args.timeout
         self.armed = False
         self.last_pet = 0.0
-        self.client_pids: set[int] = set()
-        self.device = None
-        if args.device and os.path.exists(args.device):
-            self.device = open(args.device, "wb", buffering=0)  # noqa: SIM115 - held open while running
+        self.device: WatchdogDevice | None = None
+        self.killer = NodeKiller(
+            [Path(c) for c in args.cgroup or []],
+            [Path(d) for d in args.pgid_dir or []],
+            args.kill_pid or [],
+            create_cgroups=True,
+        )
+        for p in self.killer.problems:
+            self.log(f"WARNING: cannot prepare the kill of {p}; falling back to killing listed members")
 
     def log(self, msg: str) -> None:
         print(f"ha-watchdog[{self.args.node}]: {msg}", file=sys.stderr, flush=True)
 
-    def pet(self) -> None:
+    # -- arm, pet, disarm -----------------------------------------------------------
+    def pet(self) -> str | None:
+        """A pet from the client; a reason to fire when the device cannot be kept alive."""
         if not self.armed:
-            self.log(f"armed (timeout {self.timeout:g}s)")
+            if self.args.driver == "device":
+                self._open_device()
+            self.log(f"armed (timeout {self.timeout:g}s, {self.args.driver})")
         self.armed = True
-        self.last_pet = time.monotonic()
+        self.last_pet = boottime()
         if self.device is not None:
-            self.device.write(b"\0")
+            try:
+                self.device.keepalive()
+            except DeviceError as e:
+                # SAFETY: the device will reset the machine, but when is up to it: fence now
+                return f"keepalive on {self.args.device} failed ({e})"
+        return None
 
-    def fire(self, reason: str) -> int:
-        self.log(f"FIRING: {reason}; killing the node's services and daemon")
-        n = 0
-        for cg in self.args.cgroup or []:
-            n += kill_cgroup(Path(cg))
-        for d in self.args.pgid_dir or []:
-            n += kill_pgid_dir(Path(d))
-        for pid in {*self.client_pids, *(self.args.kill_pid or [])}:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                n += 1
-        self.log(f"fired: {n} kill(s) sent")
+    def _open_device(self) -> None:
+        want = max(1, math.ceil(self.timeout))
+        self.device = WatchdogDevice.open(self.args.device, want)
+        note = f"; {self.device.timeout_note}" if self.device.timeout_note else ""
+        self.log(
+            f"device {self.args.device} ({self.device.identity or 'unknown'}) opened,"
+            f" timeout {self.device.timeout}s{note}"
+        )
+
+    def disarm(self) -> None:
+        if self.armed:
+            self.log("magic close: disarmed")
+        self.armed = False
+        if self.device is not None:
+            # SAFETY: the magic close only here, on the client's orderly disarm
+            try:
+                self.device.disarm()
+            except DeviceError as e:
+                self.log(f"ERROR: cannot disarm {self.args.device} ({e}): the machine resets when it expires")
+            self.device = None
+
+    def fire(self, reason: str, client_pids: set[int]) -> int:
+        for pid in client_pids:
+            self.killer.add_pid(pid)
+        # kill first, talk afterwards: the firing path is one write(2) per cgroup
+        rep = self.killer.fire()
+        self.log(f"FIRING: {reason}; killed the node's services and daemon")
+        for note in rep.skipped:
+            self.log(f"not killed: {note}")
+        self.log(f"fired: {rep.kills} kill(s) sent ({rep.describe()})")
+        if self.device is not None:
+            self.log(f"device {self.args.device} left armed: the machine resets when it expires")
+        # SAFETY: no magic close on this path; exit keeps the device counting down
         return EXIT_FIRED
 
+    # -- the loop -------------------------------------------------------------------
     def run(self) -> int:
         path = Path(self.args.socket)
+        lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.log(f"another ha-watchdog serves {path}; refusing to start a second one")
+            return EXIT_USAGE
+        if not self.args.no_harden:
+            self.log("; ".join(harden()))
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            path.unlink()  # we hold the lock: whoever made it is gone
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
@@ -137,8 +169,7 @@ class Watchdog:
             os.umask(old_umask)
         os.chmod(path, 0o600)
         srv.listen(4)
-        srv.settimeout(0.05)
-        conns: list[socket.socket] = []
+        srv.setblocking(False)
         stopping = False
 
         def on_term(signum: int, frame: object) -> None:
@@ -150,68 +181,116 @@ class Watchdog:
 
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
-        self.log(f"listening on {path}")
+        self.log(f"listening on {path} ({self.args.driver} driver)")
         if self.args.ready_fd is not None:
             os.write(self.args.ready_fd, b"ready\n")
             os.close(self.args.ready_fd)
         try:
-            while not stopping:
-                with contextlib.suppress(TimeoutError, BlockingIOError):
-                    conn, _ = srv.accept()
-                    conn.setblocking(False)
-                    pid = peer_pid(conn)
-                    if pid is not None:
-                        self.client_pids.add(pid)
-                    conns.append(conn)
-                for conn in list(conns):
-                    try:
-                        data = conn.recv(4096)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        data = b""
-                    if data:
-                        if data.endswith(MAGIC_CLOSE):
-                            if self.armed:
-                                self.log("magic close: disarmed")
-                            self.armed = False
-                        else:
-                            self.pet()
-                        continue
-                    conns.remove(conn)
-                    conn.close()
-                    if self.armed:
-                        return self.fire("client disconnected while armed")
-                    self.log("client disconnected while disarmed")
-                    if self.args.exit_on_disarm and not conns:
-                        return 0
-                if self.armed and time.monotonic() - self.last_pet > self.timeout:
-                    return self.fire(f"no pet for more than {self.timeout:g}s")
-                time.sleep(0.02)
+            return self._loop(srv, lambda: stopping)
         finally:
             srv.close()
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+    def _loop(self, srv: socket.socket, stopping: object) -> int:
+        conns: dict[int, socket.socket] = {}
+        pids: dict[int, int] = {}
+        poller = select.poll()
+        poller.register(srv, select.POLLIN)
+        next_status = 0.0
+        while not stopping():  # type: ignore[operator]
+            now = boottime()
+            wait = next_status - now
+            if self.armed:
+                wait = min(wait, self.last_pet + self.timeout - now)
+            events: list[tuple[int, int]] = []
+            with contextlib.suppress(InterruptedError):
+                events = poller.poll(max(0, math.ceil(wait * 1000)))
+            changed = False
+            for fd, _ in events:
+                if fd == srv.fileno():
+                    with contextlib.suppress(BlockingIOError):
+                        conn, _ = srv.accept()
+                        conn.setblocking(False)
+                        conns[conn.fileno()] = conn
+                        pid = peer_pid(conn)
+                        if pid is not None:
+                            pids[conn.fileno()] = pid
+                        poller.register(conn, select.POLLIN)
+                    continue
+                conn = conns[fd]
+                try:
+                    data = conn.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    was = self.armed
+                    if data.endswith(MAGIC_CLOSE):
+                        self.disarm()
+                    else:
+                        why = self.pet()
+                        if why is not None:
+                            return self.fire(why, set(pids.values()))
+                    changed = changed or was != self.armed
+                    continue
+                poller.unregister(fd)
+                del conns[fd]
+                gone_pid = pids.pop(fd, None)
+                conn.close()
+                if self.armed:
+                    left = {*pids.values(), *([gone_pid] if gone_pid else [])}
+                    return self.fire("client disconnected while armed", left)
+                self.log("client disconnected while disarmed")
+                if self.args.exit_on_disarm and not conns:
+                    return 0
+            now = boottime()
+            if self.armed and now - self.last_pet > self.timeout:
+                return self.fire(f"no pet for more than {self.timeout:g}s", set(pids.values()))
+            if changed or now >= next_status:
+                next_status = now + STATUS_EVERY
+                status = STATUS_ARMED if self.armed else STATUS_DISARMED
+                for conn in conns.values():
+                    # a full buffer (a stopped client) or a closed peer: its recv() will tell
+                    with contextlib.suppress(OSError):
+                        conn.send(status)
         return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ha-watchdog", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="ha-watchdog", description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--node", required=True)
     ap.add_argument("--socket", required=True, help="UNIX socket path (created with mode 0600)")
     ap.add_argument("--timeout", type=float, default=2.0, help="seconds without a pet before firing")
+    ap.add_argument(
+        "--driver",
+        choices=DRIVERS,
+        default="userspace",
+        help="userspace: firing kills the node's processes; device: also arm a Linux watchdog device",
+    )
+    ap.add_argument("--device", default="/dev/watchdog", help="watchdog device for --driver device")
     ap.add_argument("--cgroup", action="append", help="cgroup dir to kill when firing (repeatable)")
     ap.add_argument(
-        "--pgid-dir", action="append", help="dir of *.pgid / agent *.json state files whose groups to kill"
+        "--pgid-dir", action="append", help="dir of agent *.json state files whose process groups to kill"
     )
     ap.add_argument("--kill-pid", action="append", type=int, help="extra pid to SIGKILL when firing")
-    ap.add_argument("--device", default="/dev/watchdog", help="kernel watchdog device, used where it exists")
     ap.add_argument("--exit-on-disarm", action="store_true", help="exit 0 after a magic close")
+    ap.add_argument("--no-harden", action="store_true", help="skip mlockall/oom_score_adj/priority (tests)")
     ap.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.timeout <= 0:
-        ap.error("--timeout must be positive")
-    return Watchdog(args).run()
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
+        ap.error("--timeout must be a positive number of seconds")
+    if args.driver == "device":
+        problem = device_problem(args.device)
+        if problem is not None:
+            print(f"ha-watchdog[{args.node}]: {problem}", file=sys.stderr, flush=True)
+            return EXIT_USAGE
+    try:
+        return Watchdog(args).run()
+    except DeviceError as e:
+        print(f"ha-watchdog[{args.node}]: cannot arm the watchdog device: {e}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ Guarantees:
   exclusive ``flock`` on the record's own lock file, so they are atomic
   across threads and processes. A lock held longer than ``lock_timeout``
   (a stuck process) raises :class:`StoreError` instead of blocking forever.
-* Leases use CLOCK_MONOTONIC, which is one clock for every process of a
-  host and does not jump with the wall clock, plus the kernel boot id: a
-  lease written during an earlier boot is expired. SAFETY: this is only
+* Leases use CLOCK_BOOTTIME, which is one clock for every process of a
+  host, does not jump with the wall clock and keeps counting while the host
+  is suspended (a resumed holder sees its lease expired, as everyone else
+  does), plus the kernel boot id: a lease written during an earlier boot is
+  expired. SAFETY: this is only
   sound while every node of the cluster runs on this host; across hosts
-  monotonic clocks are unrelated (use the etcd backend there).
+  boot clocks are unrelated (use the etcd backend there).
 * Versions are content digests (BLAKE2b-128): equal version <=> equal
   bytes, so a CAS means "still the bytes I read".
 """
@@ -41,6 +43,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from fence.clock import boottime
+from fence.procfs import read_boot_id
 from store.base import (
     ABSENT,
     Changes,
@@ -52,19 +56,9 @@ from store.base import (
     check_name,
 )
 
-BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
 INTERNAL: Final = ".pyha"
 LEASE_DIR: Final = "locks"
 JOURNAL_LIMIT: Final = 256 * 1024
-
-
-def read_boot_id() -> str:
-    """The kernel's id of the current boot (changes at every reboot)."""
-    try:
-        with open(BOOT_ID_PATH, encoding="ascii") as f:
-            return f.read().strip()
-    except OSError:  # pragma: no cover - every Linux has it
-        return "unknown-boot"
 
 
 def version_of(data: bytes) -> str:
@@ -87,7 +81,7 @@ class DirStore:
         root: str | Path,
         *,
         boot_id: str | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = boottime,
         lock_timeout: float = 5.0,
     ) -> None:
         self.root = Path(root).absolute()

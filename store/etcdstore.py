@@ -22,8 +22,9 @@ Keys under ``/pyha/<cluster>/``::
                      range query by mod_revision over this prefix
     leases/<name>    {"holder": ..., "ttl": ...}, bound to an etcd lease
 
-Leases: the lease key is the lock. Holding it is counted on local monotonic
-clocks, never on etcd's lease timers (integer seconds, a 2-3 s minimum, and
+Leases: the lease key is the lock. Holding it is counted on local
+CLOCK_BOOTTIME clocks (monotonic, and counting through a suspend: a resumed
+holder knows its lease ran out), never on etcd's lease timers (integer seconds, a 2-3 s minimum, and
 reset on every leader change):
 
 * the holder, after a successful create/renew/take-over whose request it
@@ -63,6 +64,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from fence.clock import boottime
 from store.base import (
     ABSENT,
     LEASE_NAME_RE,
@@ -421,7 +423,7 @@ class EtcdStore:
         cluster: str = DEFAULT_CLUSTER,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = boottime,
     ) -> None:
         eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         parsed = tuple(_parse_endpoint(e) for e in eps)

@@ -9,6 +9,7 @@ bare node name for ``locations/<sid>``.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Final
 
 from ha.errors import ProtocolError
@@ -75,26 +76,59 @@ def write_lrm_status(store: Store, node: str, status: LrmStatus) -> str:
     return store.write(lrm_status_name(node), encode_json(status.to_dict()))
 
 
+def unwatched_name(node: str) -> str:
+    """``nodes/<node>/unwatched``: the node gave up its lease and watchdog while services ran.
+
+    SAFETY: while this record exists the node cannot be fenced by taking its lease
+    (docs/RUNTIME.md, "Disarm, restart and the unwatched mark").
+    """
+    return f"nodes/{node}/unwatched"
+
+
+def _parse_location(data: bytes) -> tuple[str | None, int]:
+    """``<node> [<fencing token>]`` (records written before tokens existed have none: 0)."""
+    parts = data.decode(errors="replace").split()
+    node = parts[0] if parts else None
+    token = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    return node, token
+
+
 def read_location(store: Store, sid: str) -> tuple[str | None, str | None]:
     """(node, version) of ``locations/<sid>``; (None, None) when unknown."""
     rec = store.read(location_name(sid))
     if rec is None:
         return None, None
-    node = rec.data.decode().strip()
-    return (node or None), rec.version
+    return _parse_location(rec.data)[0], rec.version
+
+
+def read_fencing_token(store: Store, sid: str) -> int:
+    """The service's fencing token: grows with every move of ``locations/<sid>`` (0 before the first)."""
+    rec = store.read(location_name(sid))
+    return 0 if rec is None else _parse_location(rec.data)[1]
 
 
 def write_location(store: Store, sid: str, node: str, expect_version: str | None = None) -> str:
-    """Move a service: CAS on the version read, so two movers cannot both win."""
-    return store.write(location_name(sid), node.encode() + b"\n", expect_version)
+    """Move a service: CAS on the version read, so two movers cannot both win.
+
+    Every move gives the service a larger fencing token (docs/AGENTS.md,
+    ``HA_FENCING_TOKEN``): the previous token plus one, or the wall clock in
+    milliseconds if that is larger, so a service removed and added again still
+    gets tokens above its earlier ones (unless the clock went back meanwhile).
+    The CAS makes the read of the previous token and the write one step.
+    """
+    cur = store.read(location_name(sid))
+    prev = 0 if cur is None else _parse_location(cur.data)[1]
+    token = max(prev + 1, int(time.time() * 1000))
+    return store.write(location_name(sid), f"{node} {token}\n".encode(), expect_version)
 
 
 def read_locations(store: Store) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in store.list(LOCATIONS):
         rec = store.read(name)
-        if rec is not None and rec.data.strip():
-            out[name[len(LOCATIONS) :]] = rec.data.decode().strip()
+        node = _parse_location(rec.data)[0] if rec is not None else None
+        if node:
+            out[name[len(LOCATIONS) :]] = node
     return out
 
 

@@ -24,6 +24,7 @@ TEST_AGENT = r"""#!/bin/sh
 case "$1" in
 start)
     if [ -n "$OCF_RESKEY_hang" ]; then sleep 1000 & echo $! > "$OCF_RESKEY_hang"; wait; fi
+    if [ -n "$OCF_RESKEY_daemon" ]; then (exec sleep 1000 </dev/null >/dev/null 2>&1 &); fi
     [ -n "$OCF_RESKEY_state" ] && touch "$OCF_RESKEY_state"
     echo "starting, rc ${OCF_RESKEY_start_rc:-0}"
     exit "${OCF_RESKEY_start_rc:-0}" ;;
@@ -50,9 +51,12 @@ def agents_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def ocf(tmp_path: Path, agents_dir: Path, token: str) -> Iterator[OcfPlugin]:
+def ocf(tmp_path: Path, agents_dir: Path, token: str, cgroup_base: Path) -> Iterator[OcfPlugin]:
     plugin = OcfPlugin(
-        tmp_path / "state", ocf_root=OCF_ROOT, agent_dirs=[agents_dir, OCF_ROOT / "resource.d"]
+        tmp_path / "state",
+        ocf_root=OCF_ROOT,
+        agent_dirs=[agents_dir, OCF_ROOT / "resource.d"],
+        cgroup_base=cgroup_base,
     )
     try:
         yield plugin
@@ -88,7 +92,8 @@ def test_dummy_start_monitor_stop(ocf: OcfPlugin, tmp_path: Path, dummy_installe
     assert run(env, "ocf:dummy", "started", **props) == ExitCode.SUCCESS, env.text()
     assert state.exists()
     assert ocf.monitor(env.env, "ocf:dummy", cd) is OcfStatus.RUNNING
-    fresh = OcfPlugin(ocf.state_dir)  # state lives with the resource, not in the plugin object
+    # state lives with the resource, not in the plugin object
+    fresh = OcfPlugin(ocf.state_dir, cgroup_base=ocf.cgroup_base)
     assert fresh.check_running(env.env, "ocf:dummy", cd)
     assert run(env, "ocf:dummy", "stopped", **props) == ExitCode.SUCCESS, env.text()
     assert not state.exists()
@@ -114,6 +119,19 @@ def test_dummy_relocate(ocf: OcfPlugin, tmp_path: Path, dummy_installed: None) -
     assert rc == ExitCode.SUCCESS
     assert not (tmp_path / "m.state").exists()
     assert ocf.remove_locks(env.env, "ocf:m", ["migrate"]) is None
+
+
+def test_agent_daemons_stay_in_the_service_cgroup(ocf: OcfPlugin, tmp_path: Path) -> None:
+    """What an agent leaves running is in the service's cgroup, below the node's: a fence reaches it."""
+    props = {"agent": "pyhatest:Test", "params": f"daemon=1 state={tmp_path / 's'}"}
+    env = AgentEnv("n1", {"ocf": ocf})
+    assert run(env, "ocf:d", "started", **props) == 0, env.text()
+    cg = ocf.cgroup_path("n1", "d")
+    assert cg is not None and cg.parent == ocf.cgroup_base / "n1"  # type: ignore[operator]
+    daemons = procutil.cgroup_procs(cg)
+    assert len(daemons) == 1, "the agent's daemon (and only it) is left in the service cgroup"
+    assert procutil.cgroup_kill(cg.parent)  # what the watchdog does to the node's cgroup
+    assert wait_until(lambda: not procutil.pid_alive(daemons[0]), 5)
 
 
 def test_ocf_environment(ocf: OcfPlugin, tmp_path: Path) -> None:

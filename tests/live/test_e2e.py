@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,6 @@ import pytest
 from bench.livecluster import LiveCluster, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LiveCluster]:
-    c = LiveCluster(tmp_path)
-    try:
-        yield c
-        assert c.overlaps() == [], "a service ran on two nodes at once"
-    finally:
-        c.close()
 
 
 def start(c: LiveCluster, placement: dict[str, str]) -> None:

@@ -1,0 +1,146 @@
+"""The node daemon's guard over ha-watchdog (actors/watchdog.py SocketDriver), on a real UNIX socket."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actors.watchdog import MIRROR_GRACE, SocketDriver
+
+
+class FakeWatchdog:
+    """The server side of the watchdog socket, driven by the test."""
+
+    def __init__(self, path: Path) -> None:
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(str(path))
+        self.srv.listen(1)
+        self.conn: socket.socket | None = None
+
+    def accept(self) -> socket.socket:
+        self.conn, _ = self.srv.accept()
+        return self.conn
+
+    def close(self) -> None:
+        for s in (self.conn, self.srv):
+            if s is not None:
+                s.close()
+
+
+@pytest.fixture
+def link(tmp_path: Path) -> Iterator[tuple[FakeWatchdog, list[tuple[float, str]], float]]:
+    wd = FakeWatchdog(tmp_path / "wd.sock")
+    lost: list[tuple[float, str]] = []
+    yield wd, lost, time.monotonic()
+    wd.close()
+
+
+def connect(path: Path, lost: list[tuple[float, str]], guard: float = 0.4) -> SocketDriver:
+    return SocketDriver(
+        path,
+        lambda why: lost.append((time.monotonic(), why)),
+        guard_timeout=guard,
+        watchdog_timeout=1.0,
+        clock=time.monotonic,
+    )
+
+
+def wait(pred: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return bool(pred())  # type: ignore[operator]
+
+
+def test_a_talking_watchdog_keeps_the_guard_quiet(tmp_path: Path, link) -> None:  # type: ignore[no-untyped-def]
+    wd, lost, _ = link
+    drv = connect(tmp_path / "wd.sock", lost)
+    conn = wd.accept()
+    stop = threading.Event()
+
+    def talk() -> None:
+        while not stop.is_set():
+            conn.send(b"a" if drv.armed_since is not None else b"d")
+            time.sleep(0.05)
+
+    t = threading.Thread(target=talk)
+    t.start()
+    try:
+        for _ in range(10):
+            drv.pet()
+            time.sleep(0.1)
+        assert lost == []
+        assert drv.confirmed
+    finally:
+        stop.set()
+        t.join()
+        drv.close()
+
+
+def test_watchdog_death_is_noticed_at_once(tmp_path: Path, link) -> None:  # type: ignore[no-untyped-def]
+    wd, lost, _ = link
+    drv = connect(tmp_path / "wd.sock", lost, guard=5.0)
+    conn = wd.accept()
+    conn.send(b"d")
+    t0 = time.monotonic()
+    conn.close()  # what the kernel does when ha-watchdog is SIGKILLed
+    assert wait(lambda: lost, 1.0)
+    assert lost[0][0] - t0 < 0.3 and "closed the connection" in lost[0][1]
+    drv.close()
+
+
+def test_silence_fences_after_the_guard_timeout(tmp_path: Path, link) -> None:  # type: ignore[no-untyped-def]
+    wd, lost, _ = link
+    drv = connect(tmp_path / "wd.sock", lost, guard=0.4)
+    conn = wd.accept()
+    conn.send(b"d")
+    t0 = time.monotonic()  # from here on the watchdog says nothing (SIGSTOPped)
+    assert wait(lambda: lost, 2.0)
+    took = lost[0][0] - t0
+    assert 0.35 <= took < 1.0 and "no sign of life" in lost[0][1]
+    drv.close()
+
+
+def test_unconfirmed_arming_fences(tmp_path: Path, link) -> None:  # type: ignore[no-untyped-def]
+    wd, lost, _ = link
+    drv = connect(tmp_path / "wd.sock", lost, guard=0.4)
+    conn = wd.accept()
+    drv.pet()
+    for _ in range(10):  # alive, but it keeps saying "disarmed" after our pets
+        conn.send(b"d")
+        time.sleep(0.05)
+    assert lost and "not confirmed being armed" in lost[0][1]
+    drv.close()
+
+
+def test_orderly_close_is_not_a_loss(tmp_path: Path, link) -> None:  # type: ignore[no-untyped-def]
+    wd, lost, _ = link
+    drv = connect(tmp_path / "wd.sock", lost, guard=0.4)
+    conn = wd.accept()
+    conn.send(b"d")
+    drv.close()
+    conn.close()
+    time.sleep(0.6)
+    assert lost == []
+
+
+def test_check_mirrors_the_watchdog_deadline(tmp_path: Path, link) -> None:  # type: ignore[no-untyped-def]
+    """Pets stopped (no quorum): if the watchdog has not killed us by its deadline, it failed."""
+    wd, lost, _ = link
+    drv = connect(tmp_path / "wd.sock", lost, guard=100.0)
+    wd.accept()
+    drv.close()  # only check() is exercised below
+    now = 1000.0
+    drv.last_status = now
+    drv.remote_armed = True
+    drv.armed_since = drv.last_pet = now  # the last pet; watchdog_timeout is 1.0
+    assert drv.check(now + 1.0 + MIRROR_GRACE - 0.05) is None
+    why = drv.check(now + 1.0 + MIRROR_GRACE + 0.05)
+    assert why is not None and "did not fire" in why
