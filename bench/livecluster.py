@@ -27,6 +27,7 @@ from pathlib import Path
 
 from actors.cluster import ClusterConfig
 from bench.markers import find_overlaps, read_copies
+from fence.procfs import read_stat
 from ha.records import ManagerStatus
 from store.base import Store
 from store.records import read_manager_status
@@ -236,3 +237,66 @@ class LiveCluster:
         self.cli("cli.ha_cluster", "down", str(self.dir), "--timeout", "5", check=False)
         if self.netns or self.store_kind == "etcd":
             self.cli("cli.ha_cluster", "destroy", str(self.dir), check=False)
+
+    # -- processes, for fault injection (bench/chaos.py) --------------------------------
+    def running_pid(self, node: str, what: str = "ha-node") -> int | None:
+        """The pid of NODE's WHAT (``ha-node``, ``ha-watchdog``) if that process is alive.
+
+        A stopped (SIGSTOPped) process counts as alive, a zombie does not; a pid
+        recycled by another process is not ours (its command line must name the
+        cluster directory).
+        """
+        pid = self.pid(node, what)
+        if pid is None or process_state(pid) in (None, "Z", "X"):
+            return None
+        return pid if str(self.dir) in process_cmdline(pid) else None
+
+    def leftover_pids(self) -> list[int]:
+        """Processes whose command line names a path inside this cluster's root (nodes, watchdogs,
+        services, etcd members), apart from this process and its ancestors."""
+        mine = set(ancestors())
+        needle = str(self.root).rstrip("/") + "/"
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit() and int(d.name) not in mine and process_state(int(d.name)) not in (None, "Z"):
+                if needle in process_cmdline(int(d.name)):
+                    out.append(int(d.name))
+        return sorted(out)
+
+    def kill_leftovers(self) -> list[int]:
+        """SIGCONT + SIGKILL whatever :meth:`leftover_pids` finds (after ``close()``); their pids."""
+        pids = self.leftover_pids()
+        for pid in pids:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    break
+        return pids
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, T, Z, ...), None when there is no such process."""
+    st = read_stat(pid)
+    return st.state if st is not None else None
+
+
+def process_cmdline(pid: int) -> str:
+    """The command line of PID, arguments joined by spaces ("" when gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def ancestors() -> list[int]:
+    """This process and its parents up to init."""
+    out, pid = [], os.getpid()
+    while pid > 1 and pid not in out:
+        out.append(pid)
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(raw[raw.rindex(")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return out
