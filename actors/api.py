@@ -42,7 +42,7 @@ import zmq
 from loguru import logger
 from zmq.utils import z85
 
-from actors.cluster import ClusterConfig
+from admin.cluster import ClusterConfig
 from bus.codec import Envelope
 from bus.keys import CurveKeys
 from bus.messages import ApiReply, ApiRequest

@@ -47,7 +47,6 @@ from loguru import logger
 from actors.api import ApiActor
 from actors.api import Request as ApiCall
 from actors.api import StatusWritten as ApiStatusWritten
-from actors.cluster import ClusterConfig
 from actors.crm_master import CrmActor
 from actors.daemon import Exited, Shutdown, Tick, Waker
 from actors.env import LiveEnv, MovingPlugin, NodeContext
@@ -61,6 +60,7 @@ from actors.watchdog import (
     WatchdogActor,
     WatchdogClient,
 )
+from admin.cluster import SHUTDOWN_FILE, ClusterConfig
 from agents import make_registry
 from bus.codec import Envelope
 from bus.keys import CurveKeys
@@ -96,7 +96,6 @@ from store.records import (
     read_manager_status,
 )
 
-SHUTDOWN_FILE = "shutdown-request"
 DAEMON_CGROUP = "_daemon"  # <cgroup_base>/<node>/_daemon: this process (no service name starts with "_")
 EXIT_FENCED = 2
 

@@ -33,7 +33,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import zmq
 
-from actors.cluster import ClusterConfig
+from admin.cluster import ClusterConfig
 
 # Kept light on purpose (no actors.api / store.admin import: every CLI call pays the
 # import time); tests/cli check these equal the server's constants.

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import click
 
-from actors.cluster import DEFAULT_ETCD_TIMEOUT, ClusterConfig, EtcdMember, LocalEtcd
-from actors.node import SHUTDOWN_FILE
+from admin.cluster import DEFAULT_ETCD_TIMEOUT, SHUTDOWN_FILE, ClusterConfig, EtcdMember, LocalEtcd
+from admin.timing import LeaseTiming
 from bus.keys import generate
 from cli import netns as netns_mod
 from cli.api_client import generate_client_key
@@ -51,7 +51,6 @@ from fence.kill import NodeKiller
 from ha.errors import HaError
 from store.base import Store, check_name
 from store.records import DATACENTER_CFG, RESOURCES_CFG, read_lrm_status
-from store.timing import Timing
 
 EXIT_FAIL = 1
 EXIT_BAD_INPUT = 2
@@ -388,7 +387,7 @@ def init(
             fail(f"--timing expects KEY=SECONDS, got '{kv}'", EXIT_BAD_INPUT)
         overrides[key.strip()] = value.strip()
     try:
-        timing = Timing.from_mapping(overrides)
+        timing = LeaseTiming.from_mapping(overrides)
     except HaError as e:
         fail(str(e), EXIT_BAD_INPUT)
         raise AssertionError from None

@@ -24,7 +24,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
-from actors.cluster import ClusterConfig
+from admin.cluster import ClusterConfig
 from cli.api_client import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,

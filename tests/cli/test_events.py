@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from actors.api import EventPublisher, diff_events
-from actors.cluster import ClusterConfig
+from admin.cluster import ClusterConfig
 from ha.records import ManagerStatus, ServiceData
 from store.dirstore import DirStore
 from store.records import write_manager_status
