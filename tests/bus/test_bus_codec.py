@@ -8,7 +8,7 @@ import msgpack  # type: ignore[import-untyped]
 import pytest
 
 from bus.codec import PROTOCOL_VERSION, Codec, RejectReason
-from bus.errors import ConfigError, ProtocolError
+from bus.errors import BusError, ConfigError, KeyFileError, ProtocolError, UnknownPeerError
 from bus.messages import (
     MESSAGE_TYPES,
     Ack,
@@ -28,6 +28,8 @@ from bus.messages import (
     schema_of,
     to_payload,
 )
+from ha import errors as ha_errors
+from ha.errors import HaError
 
 SAMPLES: list[Message] = [
     ServiceCommand("vm:100", "u1", "migrate", "a", "b", {"timeout": 30}),
@@ -150,6 +152,21 @@ def test_encode_refuses_oversized(codec: Codec) -> None:
     with pytest.raises(ProtocolError) as exc:
         codec.encode("a", 1, LrmStatusPush("a", {"blob": "x" * 5000}))
     assert exc.value.reason == RejectReason.OVERSIZED
+
+
+def test_an_unencodable_reply_is_an_ha_error(codec: Codec) -> None:
+    """An API reply holding an int msgpack cannot encode: the caller's ``except HaError`` sees it."""
+    for bad in (2**64, -(2**63) - 1, object()):
+        with pytest.raises(HaError) as exc:
+            codec.encode("a", 1, ApiReply("r1", True, {"n": bad}))
+        assert isinstance(exc.value, ProtocolError) and exc.value.reason == RejectReason.BAD_PAYLOAD
+
+
+def test_every_bus_error_is_an_ha_error() -> None:
+    assert issubclass(BusError, HaError)
+    assert issubclass(ConfigError, ha_errors.ConfigError) and issubclass(KeyFileError, ConfigError)
+    assert issubclass(ProtocolError, ha_errors.ProtocolError) and issubclass(UnknownPeerError, BusError)
+    assert str(KeyFileError("no key")) == "no key" and str(ProtocolError("malformed", "x")) == "malformed: x"
 
 
 def test_stream_decoding_uses_the_same_limit(codec: Codec) -> None:

@@ -403,8 +403,9 @@ def test_fast_encoder_writes_the_reference_bytes(
     try:
         expected = codec.encode_reference(sender, msg_id, msg)
     except Exception as exc:
-        with pytest.raises(type(exc)):
+        with pytest.raises(ProtocolError) as refused:  # the same refusal, as the bus's error type
             codec.encode(sender, msg_id, msg)
+        assert type(refused.value.__cause__) is type(exc)
         return
     assert codec.encode(sender, msg_id, msg) == expected
 
