@@ -16,8 +16,6 @@ from bus.messages import (
     ApiRequest,
     CommandResult,
     Heartbeat,
-    LrmStatusPush,
-    ManagerStatusPush,
     Message,
     PeerDown,
     PeerUp,
@@ -36,8 +34,6 @@ SAMPLES: list[Message] = [
     ServiceCommand("ct:101", "u2", "started", "a"),
     CommandResult("vm:100", "u1", 0, "ok"),
     Ack("u1"),
-    LrmStatusPush("a", {"mode": "active", "results": {"u1": {"sid": "vm:100", "exit_code": 0}}}),
-    ManagerStatusPush({"master_node": "a", "service_status": {}}),
     Heartbeat("a", 123, 7, 1700000000.5),
     QuorumLost("a", ("a",)),
     QuorumRegained("a", ("a", "b")),
@@ -119,9 +115,10 @@ def test_ints_are_accepted_for_floats(codec: Codec) -> None:
         (raw(k="command_result", p={"sid": "s", "uid": "u", "exit_code": 1.0}), RejectReason.BAD_PAYLOAD),
         (raw(k="quorum_lost", p={"node": "a", "members": ["a", 1]}), RejectReason.BAD_PAYLOAD),
         (raw(k="quorum_lost", p={"node": "a", "members": "ab"}), RejectReason.BAD_PAYLOAD),
-        (raw(k="lrm_status", p={"node": "a", "lrm_status": {1: 2}}), RejectReason.MALFORMED),
-        (raw(k="lrm_status", p={"node": "a", "lrm_status": {b"k": 2}}), RejectReason.BAD_PAYLOAD),
-        (raw(k="lrm_status", p={"node": "a", "lrm_status": []}), RejectReason.BAD_PAYLOAD),
+        (raw(k="api_request", p={"request_id": "r", "op": "o", "args": {1: 2}}), RejectReason.MALFORMED),
+        (raw(k="api_request", p={"request_id": "r", "op": "o", "args": {b"k": 2}}), RejectReason.BAD_PAYLOAD),
+        (raw(k="api_request", p={"request_id": "r", "op": "o", "args": []}), RejectReason.BAD_PAYLOAD),
+        (raw(k="lrm_status", p={"node": "a", "lrm_status": {}}), RejectReason.UNKNOWN_KIND),
         (raw(k="api_reply", p={"request_id": "r", "ok": 1}), RejectReason.BAD_PAYLOAD),
         (raw(k="api_reply", p={"request_id": "r", "ok": True, "error": 5}), RejectReason.BAD_PAYLOAD),
         (
@@ -150,7 +147,7 @@ def test_forged_lengths_cannot_allocate(codec: Codec) -> None:
 
 def test_encode_refuses_oversized(codec: Codec) -> None:
     with pytest.raises(ProtocolError) as exc:
-        codec.encode("a", 1, LrmStatusPush("a", {"blob": "x" * 5000}))
+        codec.encode("a", 1, ApiReply("r1", True, {"blob": "x" * 5000}))
     assert exc.value.reason == RejectReason.OVERSIZED
 
 
