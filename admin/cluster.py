@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from admin.timing import LeaseTiming
-from agents import procutil
+from fence.procfs import cgroup2_mount
 from ha.constants import Timing as CoreTiming
 from ha.errors import ConfigError
 from store.base import Store
@@ -240,7 +240,7 @@ class ClusterConfig:
         """
         if not self.cgroups:
             return None
-        mount = procutil.cgroup2_mount()
+        mount = cgroup2_mount()
         if mount is None:
             return None
         tag = hashlib.sha1(str(self.root).encode()).hexdigest()[:8]
