@@ -27,6 +27,9 @@ the WatchdogActor: it stops petting at once, and the daemons stop acquiring
 and renewing leases (docs/RUNTIME.md, "etcd mode").
 """
 
+# size: the node supervisor: start and stop order, bus-to-actor wiring, quorum and self-fencing share
+#   NodeRuntime's state; its docstring walks through them in order
+
 from __future__ import annotations
 
 import contextlib

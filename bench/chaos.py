@@ -63,6 +63,9 @@ SIGTERM or errors, and whatever still runs with a path of the run in its
 command line is killed (``leftover_processes`` counts those).
 """
 
+# size: one benchmark: its schedule, availability poller, double-run accounting, run loop and command line;
+#   not split yet
+
 from __future__ import annotations
 
 import argparse

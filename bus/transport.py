@@ -36,6 +36,10 @@ has been heard from it for ``peer_timeout``; the node is quorate per
 PeerUp/PeerDown/QuorumLost/QuorumRegained envelopes sent by the node itself.
 """
 
+# size: one Transport owns the sockets and the I/O thread; its send, receive and liveness paths share
+#   per-peer state and locks (docs/PROTOCOL.md "Threading"), and the hot paths are inlined on purpose
+#   (bench/bus.py)
+
 from __future__ import annotations
 
 import collections

@@ -24,6 +24,9 @@ member off together.
 Exit codes: 0 ok, 1 operation failed, 2 bad input.
 """
 
+# size: every ha-cluster subcommand plus the local etcd members that 'init --store etcd --netns' runs; not
+#   split yet (the etcd helpers could be a module of their own)
+
 from __future__ import annotations
 
 import base64

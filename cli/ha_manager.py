@@ -12,6 +12,9 @@ change (digest), 6 cluster unreachable or without quorum, 7 permission
 denied (read-only key). Errors are one line on stderr, never a traceback.
 """
 
+# size: the ha-manager command tree: one short click command per reference command (docs/CLI.md) with its
+#   output; the shell and the watch view are modules of their own already
+
 from __future__ import annotations
 
 import json
