@@ -238,7 +238,7 @@ class LiveCluster:
         if self.netns or self.store_kind == "etcd":
             self.cli("cli.ha_cluster", "destroy", str(self.dir), check=False)
 
-    # -- processes, for fault injection (bench/chaos.py) --------------------------------
+    # -- processes, for fault injection (bench/chaos/) ----------------------------------
     def running_pid(self, node: str, what: str = "ha-node") -> int | None:
         """The pid of NODE's WHAT (``ha-node``, ``ha-watchdog``) if that process is alive.
 

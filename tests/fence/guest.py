@@ -9,8 +9,10 @@ compressed ``.ko.xz``/``.ko.zst``/``.ko.gz`` unpacked on the host) and an
 (``mount_tag=hostroot``) and the test's command runs in a chroot of it, so the
 guest runs the *host's* Python (``sys.executable`` of the test, with its venv)
 on the checkout at its host path. Inside the chroot ``/proc``, ``/sys``,
-``/dev``, ``/tmp`` (tmpfs), ``/run`` (tmpfs) and ``/dev/shm`` are the guest's;
-files handed over by the test (``files=``) appear under ``/run/job``.
+``/dev``, ``/run`` (tmpfs; ``TMPDIR=/run/tmp``) and ``/dev/shm`` are the
+guest's; files handed over by the test (``files=``) appear under ``/run/job``.
+The host's ``/tmp`` stays visible (read-only): a checkout or venv under it, as
+in a CI clone, must be reachable.
 
 QEMU: TCG only (``-accel tcg``: KVM hangs nested on the development machine),
 ``-device i6300esb -action watchdog=poweroff``: when the guest's watchdog
@@ -21,10 +23,10 @@ recorded with the host's ``time.monotonic()`` when it arrived.
 Everything is bounded: boot, waits and the final reap; leaving the
 :class:`Guest` context always SIGKILLs and reaps QEMU.
 
-Why a per-run initramfs and not a file on the shared root: the guest mounts
-a tmpfs over ``/tmp`` in the chroot, which hides the host's ``/tmp`` (where
-pytest's ``tmp_path`` lives), so the test's files travel in a second cpio
-archive appended to the cached one (the kernel unpacks concatenated archives).
+Why a per-run initramfs and not a file on the shared root: the shared root is
+read-only and the 9p cache may not see files the host writes after the mount,
+so the test's files travel in a second cpio archive appended to the cached one
+(the kernel unpacks concatenated archives).
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ mount -t devtmpfs devtmpfs /mnt/dev || fail "mount dev"
 mkdir -p /mnt/dev/pts /mnt/dev/shm
 mount -t devpts devpts /mnt/dev/pts
 mount -t tmpfs tmpfs /mnt/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /mnt/tmp || fail "mount tmp"
 mount -t tmpfs -o mode=755 tmpfs /mnt/run || fail "mount run"
+mkdir -m 1777 /mnt/run/tmp
 cp -a /job /mnt/run/job || fail "copy job"
 echo "GUEST: ready $(cut -d' ' -f1 /proc/uptime)"
 chroot /mnt /bin/sh /run/job/run.sh
@@ -369,7 +371,7 @@ def job_archive(run_sh: str, files: Mapping[str, bytes | str], modules: Sequence
 
 
 def run_script(argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> str:
-    lines = ["set -u", f"cd {shlex.quote(cwd)} || exit 97"]
+    lines = ["set -u", "export TMPDIR=/run/tmp", f"cd {shlex.quote(cwd)} || exit 97"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     lines.append("exec " + " ".join(shlex.quote(a) for a in argv))
     return "\n".join(lines) + "\n"

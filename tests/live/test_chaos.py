@@ -1,4 +1,4 @@
-"""Chaos (bench/chaos.py) in the suite: short seeded fault schedules on live clusters.
+"""Chaos (bench/chaos/) in the suite: short seeded fault schedules on live clusters.
 
 Each test runs ``python -m bench chaos`` as a process (it installs signal handlers
 and tears its cluster down itself) and checks its JSON line: no service ever ran
