@@ -27,10 +27,10 @@ $(STAMP): pyproject.toml
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check ha sim bench store agents actors cli fence tests/fence tests/store tests/agents tests/cli tests/live
+	$(BIN)/ruff format --check ha sim bench store agents actors cli fence admin tests/fence tests/store tests/agents tests/cli tests/live tests/admin
 
 typecheck: venv
-	$(BIN)/mypy ha sim bench cli actors store agents fence
+	$(BIN)/mypy ha sim bench cli actors store agents fence admin
 
 pytest: venv deps
 	$(BIN)/pytest -q

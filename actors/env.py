@@ -15,6 +15,9 @@ master last saw, ``locations/<sid>`` moves and the ``crm_commands`` drain
 look at the record again to learn whether they happened.
 """
 
+# size: LiveEnv implements the whole ha.env.Env port for the live runtime, one method per port call, with
+#   the store-trouble rules of its docstring
+
 from __future__ import annotations
 
 import threading

@@ -27,6 +27,9 @@ the WatchdogActor: it stops petting at once, and the daemons stop acquiring
 and renewing leases (docs/RUNTIME.md, "etcd mode").
 """
 
+# size: the node supervisor: start and stop order, bus-to-actor wiring, quorum and self-fencing share
+#   NodeRuntime's state; its docstring walks through them in order
+
 from __future__ import annotations
 
 import contextlib
@@ -47,7 +50,6 @@ from loguru import logger
 from actors.api import ApiActor
 from actors.api import Request as ApiCall
 from actors.api import StatusWritten as ApiStatusWritten
-from actors.cluster import ClusterConfig
 from actors.crm_master import CrmActor
 from actors.daemon import Exited, Shutdown, Tick, Waker
 from actors.env import LiveEnv, MovingPlugin, NodeContext
@@ -61,6 +63,7 @@ from actors.watchdog import (
     WatchdogActor,
     WatchdogClient,
 )
+from admin.cluster import SHUTDOWN_FILE, ClusterConfig
 from agents import make_registry
 from bus.codec import Envelope
 from bus.keys import CurveKeys
@@ -96,7 +99,6 @@ from store.records import (
     read_manager_status,
 )
 
-SHUTDOWN_FILE = "shutdown-request"
 DAEMON_CGROUP = "_daemon"  # <cgroup_base>/<node>/_daemon: this process (no service name starts with "_")
 EXIT_FENCED = 2
 

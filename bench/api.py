@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--cluster", help="use this running cluster instead of starting one")
     args = ap.parse_args(argv)
 
-    from actors.cluster import ClusterConfig  # noqa: PLC0415
+    from admin.cluster import ClusterConfig  # noqa: PLC0415
     from cli.api_client import ApiClient, load_client_key  # noqa: PLC0415
 
     own = args.cluster is None

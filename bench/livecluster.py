@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from actors.cluster import ClusterConfig
+from admin.cluster import ClusterConfig
 from bench.markers import find_overlaps, read_copies
 from fence.procfs import read_stat
 from ha.records import ManagerStatus

@@ -19,8 +19,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from admin.commands import crm_command
 from bench.livecluster import LiveCluster
-from store import admin
 
 SID = "proc:mig"
 
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
             for i in range(args.runs):
                 target = ["node2", "node3", "node1"][i % 3]
                 t0 = time.time()
-                admin.crm_command(store, f"migrate {SID} {target}", c.nodes)
+                crm_command(store, f"migrate {SID} {target}", c.nodes)
                 while c.serving_node(SID) != target:
                     if time.time() - t0 > 60:
                         raise RuntimeError(f"migration to {target} did not finish")

@@ -7,7 +7,7 @@ Modules, one idea each:
 - :mod:`bus.transport`   sockets, the I/O thread, subscriptions, heartbeats
 - :mod:`bus.membership`  configured members and the up/down peer tracker
 - :mod:`bus.quorum`      the quorum rule, as a pure function
-- :mod:`bus.reliability` UID de-duplication and the re-sending outbox
+- :mod:`bus.reliability` the outbox that re-sends UID-tagged messages until acknowledged
 - :mod:`bus.keys`        CURVE key pairs (``python -m bus.keys``)
 - :mod:`bus.runner`      a bare node as a process (``python -m bus.runner``)
 - :mod:`bus.errors`      the exception tree

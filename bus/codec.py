@@ -166,6 +166,9 @@ class Codec:
         self._stream_limit = max_frame_bytes
 
     def encode(self, sender: str, msg_id: int, msg: Message) -> bytes:
+        """One frame for ``msg``; :class:`ProtocolError` (``oversized`` over the frame limit,
+        ``bad_payload`` for a value msgpack cannot encode) instead of a frame no node would take.
+        """
         frame: bytes | None = None
         # Typed fields hold what their annotation says (mypy --strict checks
         # the callers); free-form values are checked here.
@@ -178,7 +181,13 @@ class Codec:
             except Exception:  # e.g. a str subclass msgspec will not encode: msgpack-python decides
                 frame = None
         if frame is None:
-            frame = self.encode_reference(sender, msg_id, msg)
+            try:
+                frame = self.encode_reference(sender, msg_id, msg)
+            except (TypeError, ValueError, OverflowError) as exc:
+                # e.g. an int beyond 64 bits in a free-form value: one error type for callers
+                # (a ProtocolError is an HaError) instead of whatever msgpack raises
+                detail = f"{msg.KIND} cannot be encoded: {type(exc).__name__}: {str(exc)[:80]}"
+                raise ProtocolError(RejectReason.BAD_PAYLOAD, detail) from exc
         if len(frame) > self.max_frame_bytes:
             # Refuse at the source: the receiver would drop it anyway and a
             # silent drop there is much harder to diagnose than an error here.

@@ -1,17 +1,21 @@
-"""The bus's exception tree.
+"""The bus's exception tree, a branch of the project's (``ha.errors.HaError``).
 
 Everything the bus raises on purpose derives from :class:`BusError`, so callers
-(actors, the CLI) can catch one type and turn it into one clear line.
+can catch the bus's errors alone, or every error of the stack as ``HaError``
+and turn it into one clear line. :class:`ConfigError` and :class:`ProtocolError`
+are also the core's ``ConfigError`` and ``ProtocolError``.
 """
 
 from __future__ import annotations
 
+from ha import errors
 
-class BusError(Exception):
+
+class BusError(errors.HaError):
     """Base class of every error raised by :mod:`bus`."""
 
 
-class ConfigError(BusError):
+class ConfigError(BusError, errors.ConfigError):
     """Bad construction parameters (membership, keys, limits)."""
 
 
@@ -23,8 +27,8 @@ class UnknownPeerError(BusError):
     """A send named a node that is not in the configured membership."""
 
 
-class ProtocolError(BusError):
-    """A frame failed validation; ``reason`` names the counter it is booked under."""
+class ProtocolError(BusError, errors.ProtocolError):
+    """A frame failed validation, or a message cannot be encoded; ``reason`` names the counter."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -377,23 +377,6 @@ class Ack(Message, frozen=True):
 
 
 @register
-class LrmStatusPush(Message, frozen=True):
-    """A node's LRM publishes its current lrm_status record."""
-
-    KIND: ClassVar[str] = "lrm_status"
-    node: str
-    lrm_status: dict[str, Any]
-
-
-@register
-class ManagerStatusPush(Message, frozen=True):
-    """The master publishes its current manager_status record."""
-
-    KIND: ClassVar[str] = "manager_status"
-    manager_status: dict[str, Any]
-
-
-@register
 class Heartbeat(Message, frozen=True):
     """Liveness beacon; ``incarnation`` changes when the sender restarts."""
 

@@ -1,24 +1,12 @@
-"""Exactly-once *effects* on top of an at-most-once bus, keyed by UID.
+"""Re-sending on top of an at-most-once bus, keyed by UID.
 
 The transport may drop a frame (peer unreachable, queue full) but never
-delivers one twice on its own. Re-sends, however, do produce duplicates, so
-the two halves of the UID protocol (BEHAVIOUR.md §4) are:
-
-* the receiver acts once per UID and answers every duplicate with an
-  :class:`~bus.messages.Ack` (and, once known, the result again):
-  :class:`UidDeduplicator`;
-* the sender keeps what it has not seen acknowledged and re-sends it when
-  the peer comes (back) up and periodically while it is up:
-  :class:`Outbox`.
-
-Typical LRM side, in its actor::
-
-    match dedup.admit(cmd.uid):
-        case Admission.NEW:       start the job; later outbox.put(master, uid, result)
-        case Admission.RUNNING:   bus.reply(env, Ack(cmd.uid))
-        case Admission.DONE:      bus.reply(env, Ack(cmd.uid)); outbox.put(master, uid, dedup.result(uid))
-
-and the master answers each CommandResult with ``Ack(uid)``.
+delivers one twice on its own. The sender of a UID-tagged message keeps
+what it has not seen acknowledged and re-sends it when the peer comes
+(back) up and periodically while it is up: :class:`Outbox`. The receiver
+acts at most once per UID on its own (the LRM and the master act on the
+durable records, which the messages only announce; BEHAVIOUR.md §4) and
+answers each one with an :class:`~bus.messages.Ack`.
 """
 
 from __future__ import annotations
@@ -26,67 +14,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
-from typing import Generic, TypeVar
 
 from loguru import logger
 
 from bus.codec import Envelope
 from bus.messages import Ack, Heartbeat, Message, PeerUp
-
-R = TypeVar("R")
-
-
-class Admission(Enum):
-    NEW = "new"  # never seen: act on it
-    RUNNING = "running"  # seen, no result yet: acknowledge only
-    DONE = "done"  # seen and finished: acknowledge and repeat the result
-
-
-_NO_RESULT = object()
-
-
-class UidDeduplicator(Generic[R]):
-    """Remembers which UIDs were acted on, and their results.
-
-    Bounded: beyond ``capacity`` UIDs the oldest are forgotten (the CRM
-    renews UIDs on every state change, so only recent ones can come back).
-    Owners should also call :meth:`retain` with the UIDs still present in the
-    manager status, mirroring the LRM's result garbage collection.
-    Not thread-safe: keep it inside one actor.
-    """
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._seen: OrderedDict[str, object] = OrderedDict()
-
-    def admit(self, uid: str) -> Admission:
-        if uid in self._seen:
-            return Admission.RUNNING if self._seen[uid] is _NO_RESULT else Admission.DONE
-        self._seen[uid] = _NO_RESULT
-        if len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
-        return Admission.NEW
-
-    def record_result(self, uid: str, result: R) -> None:
-        self._seen[uid] = result
-        self._seen.move_to_end(uid)
-
-    def result(self, uid: str) -> R | None:
-        value = self._seen.get(uid, _NO_RESULT)
-        return None if value is _NO_RESULT else value  # type: ignore[return-value]
-
-    def retain(self, uids: Collection[str]) -> None:
-        for uid in [u for u in self._seen if u not in uids]:
-            del self._seen[uid]
-
-    def __contains__(self, uid: object) -> bool:
-        return uid in self._seen
-
-    def __len__(self) -> int:
-        return len(self._seen)
 
 
 @dataclass

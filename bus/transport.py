@@ -36,6 +36,10 @@ has been heard from it for ``peer_timeout``; the node is quorate per
 PeerUp/PeerDown/QuorumLost/QuorumRegained envelopes sent by the node itself.
 """
 
+# size: one Transport owns the sockets and the I/O thread; its send, receive and liveness paths share
+#   per-peer state and locks (docs/PROTOCOL.md "Threading"), and the hot paths are inlined on purpose
+#   (bench/bus.py)
+
 from __future__ import annotations
 
 import collections
@@ -299,14 +303,15 @@ class Transport:
         self._routes_all = tuple(everything)
 
     def send(self, node: str, msg: Message) -> bool:
-        """Send ``msg`` to member ``node``, at most once.
+        r"""Send ``msg`` to member ``node``, at most once.
 
         Returns False if the frame was dropped before leaving this process
         (no connection to ``node``, transport stopped, backlog full); True
         means it was handed on, not that it arrived. Raises
         :class:`UnknownPeerError` for a non-member, :class:`ProtocolError`
-        (``oversized``) for a message over the frame limit, and
-        :class:`BusError` before ``start()``.
+        (``oversized``) for a message over the frame limit or (``bad_payload``)
+        one that cannot be encoded, and :class:`BusError` before ``start()``:
+        all of them are ``HaError``\ s.
         """
         link = self._links_by_name.get(node)
         if link is not None:  # the hot path: a started transport, a peer

@@ -33,27 +33,12 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import zmq
 
-from actors.cluster import ClusterConfig
+from admin.cluster import ClusterConfig
+from admin.errors import REASONS, ExitCode
 
-# Kept light on purpose (no actors.api / store.admin import: every CLI call pays the
-# import time); tests/cli check these equal the server's constants.
+# Kept light on purpose (no admin.ops import: every CLI call pays the import time);
+# tests/cli check these equal the server's constants.
 PROTOCOL_VERSION = 1
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_REFUSED = 4
-EXIT_CONFLICT = 5
-EXIT_UNREACHABLE = 6
-EXIT_FORBIDDEN = 7
-REASONS = {
-    EXIT_FAILED: "internal",
-    EXIT_USAGE: "usage",
-    EXIT_NOT_FOUND: "not_found",
-    EXIT_REFUSED: "refused",
-    EXIT_CONFLICT: "conflict",
-    EXIT_UNREACHABLE: "unreachable",
-    EXIT_FORBIDDEN: "forbidden",
-}
 ROLE_ADMIN = "admin"
 ROLES = ("admin", "readonly")
 CLIENT_KEY_PREFIX = "client."
@@ -99,11 +84,11 @@ def generate_client_key(cluster: ClusterConfig, name: str, role: str, *, force: 
     from bus.keys import generate  # noqa: PLC0415
 
     if role not in ROLES:
-        raise ApiError(f"role must be one of {', '.join(ROLES)}", EXIT_USAGE)
+        raise ApiError(f"role must be one of {', '.join(ROLES)}", ExitCode.USAGE)
     try:
         pub, sec = generate(client_keys_dir(cluster, role), name, force=force)
     except (KeyFileError, ValueError) as e:
-        raise ApiError(str(e), EXIT_USAGE) from None
+        raise ApiError(str(e), ExitCode.USAGE) from None
     # INTERIM: the bus authorises only the flat keys/*.key files for now
     flat = cluster.keys_dir / f"{CLIENT_KEY_PREFIX}{role}.{name}.key"
     flat.write_bytes(pub.read_bytes())
@@ -144,7 +129,7 @@ def load_client_key(cluster: ClusterConfig, key: str | None = None, role: str | 
     raise ApiError(
         f"no usable {which}client key in {cluster.keys_dir / 'clients'} "
         f"(create one: ha-manager keygen NAME --role admin|readonly)",
-        EXIT_FORBIDDEN,
+        ExitCode.FORBIDDEN,
     )
 
 
@@ -154,12 +139,14 @@ def _load_pair(path: Path, role: str) -> ClientKey:
         mode = path.stat().st_mode & 0o777
         text = path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as e:
-        raise ApiError(f"cannot read client key {path}: {getattr(e, 'strerror', e)}", EXIT_FORBIDDEN) from e
+        raise ApiError(
+            f"cannot read client key {path}: {getattr(e, 'strerror', e)}", ExitCode.FORBIDDEN
+        ) from e
     if mode & 0o077:
-        raise ApiError(f"{path} is accessible by group/others (mode {mode:o}); chmod 600", EXIT_FORBIDDEN)
-    keys = _parse_keys(text, path, EXIT_FORBIDDEN)
+        raise ApiError(f"{path} is accessible by group/others (mode {mode:o}); chmod 600", ExitCode.FORBIDDEN)
+    keys = _parse_keys(text, path, ExitCode.FORBIDDEN)
     if "secret" not in keys:
-        raise ApiError(f"{path}: no secret-key line", EXIT_FORBIDDEN)
+        raise ApiError(f"{path}: no secret-key line", ExitCode.FORBIDDEN)
     return ClientKey(name, role, keys["public"], keys["secret"], path)
 
 
@@ -187,7 +174,7 @@ def _parse_keys(text: str, path: Path, code: int) -> dict[str, bytes]:
 
 
 def server_key(cluster: ClusterConfig, node: str) -> bytes:
-    return _read_key_file(cluster.keys_dir / f"{node}.key", EXIT_UNREACHABLE)["public"]
+    return _read_key_file(cluster.keys_dir / f"{node}.key", ExitCode.UNREACHABLE)["public"]
 
 
 class _Conn:
@@ -274,10 +261,12 @@ class ApiClient:
         self.connect_timeout = connect_timeout
         self.name = name or f"ha-manager-{os.getpid()}"
         if self.name in cluster.nodes:
-            raise ApiError(f"client name '{self.name}' is a member name", EXIT_USAGE)
+            raise ApiError(f"client name '{self.name}' is a member name", ExitCode.USAGE)
         prefer = prefer or os.environ.get(ENV_NODE) or None
         if prefer is not None and prefer not in cluster.nodes:
-            raise ApiError(f"unknown node '{prefer}' (nodes: {', '.join(sorted(cluster.nodes))})", EXIT_USAGE)
+            raise ApiError(
+                f"unknown node '{prefer}' (nodes: {', '.join(sorted(cluster.nodes))})", ExitCode.USAGE
+            )
         self.order = sorted(cluster.nodes, key=lambda n: (n != prefer, n))
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.conns: dict[str, _Conn] = {}
@@ -355,7 +344,7 @@ class ApiClient:
                     raise ApiError(
                         f"no answer from {n} within {self.timeout:g}s: '{op}' may or may not have been "
                         "applied (check with 'ha-manager status' / 'config')",
-                        EXIT_UNREACHABLE,
+                        ExitCode.UNREACHABLE,
                     )
                 errors.append(f"{n}: no answer within {self.timeout:g}s")
                 continue
@@ -375,14 +364,14 @@ class ApiClient:
                 continue
             raise err
         if no_quorum is not None:
-            raise ApiError(f"no quorum: {no_quorum.message}", EXIT_UNREACHABLE, "no_quorum")
+            raise ApiError(f"no quorum: {no_quorum.message}", ExitCode.UNREACHABLE, "no_quorum")
         if auth_failed and len(auth_failed) == len(nodes):
             who = self.key.path if self.key is not None else "?"
             raise ApiError(
                 f"the cluster refused the client key {who} (nodes load client keys when they start)",
-                EXIT_FORBIDDEN,
+                ExitCode.FORBIDDEN,
             )
-        raise ApiError(f"cluster unreachable ({'; '.join(errors)})", EXIT_UNREACHABLE, "unreachable")
+        raise ApiError(f"cluster unreachable ({'; '.join(errors)})", ExitCode.UNREACHABLE, "unreachable")
 
     def _wait_reply(self, conn: _Conn, request_id: str) -> dict[str, Any] | None:
         deadline = time.monotonic() + self.timeout
@@ -409,7 +398,7 @@ class ApiClient:
         endpoint = info.get("events")
         node = str(info.get("node"))
         if not endpoint:
-            raise ApiError(f"node {node} publishes no events", EXIT_UNREACHABLE)
+            raise ApiError(f"node {node} publishes no events", ExitCode.UNREACHABLE)
         sub: zmq.Socket[bytes] = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         if self.cluster.curve:

@@ -24,6 +24,9 @@ member off together.
 Exit codes: 0 ok, 1 operation failed, 2 bad input.
 """
 
+# size: every ha-cluster subcommand plus the local etcd members that 'init --store etcd --netns' runs; not
+#   split yet (the etcd helpers could be a module of their own)
+
 from __future__ import annotations
 
 import base64
@@ -42,8 +45,9 @@ from pathlib import Path
 
 import click
 
-from actors.cluster import DEFAULT_ETCD_TIMEOUT, ClusterConfig, EtcdMember, LocalEtcd
-from actors.node import SHUTDOWN_FILE
+from admin.cluster import DEFAULT_ETCD_TIMEOUT, SHUTDOWN_FILE, ClusterConfig, EtcdMember, LocalEtcd
+from admin.errors import ExitCode
+from admin.timing import LeaseTiming
 from bus.keys import generate
 from cli import netns as netns_mod
 from cli.api_client import generate_client_key
@@ -51,15 +55,12 @@ from fence.kill import NodeKiller
 from ha.errors import HaError
 from store.base import Store, check_name
 from store.records import DATACENTER_CFG, RESOURCES_CFG, read_lrm_status
-from store.timing import Timing
 
-EXIT_FAIL = 1
-EXIT_BAD_INPUT = 2
 ETCD_BIN = "etcd"
 EXPORT_FORMAT = "pyha-records"
 
 
-def fail(msg: str, code: int = EXIT_FAIL) -> None:
+def fail(msg: str, code: int = ExitCode.FAILED) -> None:
     click.echo(f"ha-cluster: {msg}", err=True)
     sys.exit(code)
 
@@ -72,7 +73,7 @@ def load(directory: str) -> ClusterConfig:
     try:
         return ClusterConfig.load(directory)
     except HaError as e:
-        fail(str(e), EXIT_BAD_INPUT)
+        fail(str(e), ExitCode.USAGE)
         raise AssertionError from None
 
 
@@ -117,7 +118,7 @@ def check_nodes(c: ClusterConfig, nodes: Iterable[str]) -> list[str]:
     out = list(nodes)
     for n in out:
         if n not in c.nodes:
-            fail(f"no such node '{n}'", EXIT_BAD_INPUT)
+            fail(f"no such node '{n}'", ExitCode.USAGE)
     return out
 
 
@@ -126,7 +127,7 @@ def check_nodes(c: ClusterConfig, nodes: Iterable[str]) -> list[str]:
 
 def local_etcd(c: ClusterConfig) -> LocalEtcd:
     if c.etcd is None:
-        fail("this cluster runs no etcd of its own (see 'init --store etcd --netns')", EXIT_BAD_INPUT)
+        fail("this cluster runs no etcd of its own (see 'init --store etcd --netns')", ExitCode.USAGE)
         raise AssertionError
     return c.etcd
 
@@ -311,7 +312,7 @@ def _store_setting(
     """(store setting for cluster.json, run our own etcd members?)"""
     if store_kind == "dir":
         if endpoints:
-            fail("--endpoints needs --store etcd", EXIT_BAD_INPUT)
+            fail("--endpoints needs --store etcd", ExitCode.USAGE)
         return "dir", False
     if endpoints:
         url = f"etcd://{endpoints.strip()}/{name}?timeout={timeout:g}"
@@ -320,13 +321,13 @@ def _store_setting(
 
             parse_url(url)
         except ValueError as e:
-            fail(str(e), EXIT_BAD_INPUT)
+            fail(str(e), ExitCode.USAGE)
         return url, False
     if not netns:
         fail(
             "--store etcd needs --endpoints H:P,... (an etcd you run) or --netns"
             " (one etcd member per node, run by ha-cluster)",
-            EXIT_BAD_INPUT,
+            ExitCode.USAGE,
         )
     return "", True
 
@@ -380,17 +381,17 @@ def init(
     """Create a cluster in DIRECTORY."""
     root = Path(directory).resolve()
     if (root / "cluster.json").exists() and not force:
-        fail(f"{root}/cluster.json exists (use --force to overwrite)", EXIT_BAD_INPUT)
+        fail(f"{root}/cluster.json exists (use --force to overwrite)", ExitCode.USAGE)
     overrides: dict[str, str] = {}
     for kv in timing_kv:
         key, eq, value = kv.partition("=")
         if not eq:
-            fail(f"--timing expects KEY=SECONDS, got '{kv}'", EXIT_BAD_INPUT)
+            fail(f"--timing expects KEY=SECONDS, got '{kv}'", ExitCode.USAGE)
         overrides[key.strip()] = value.strip()
     try:
-        timing = Timing.from_mapping(overrides)
+        timing = LeaseTiming.from_mapping(overrides)
     except HaError as e:
-        fail(str(e), EXIT_BAD_INPUT)
+        fail(str(e), ExitCode.USAGE)
         raise AssertionError from None
     store, own_etcd = _store_setting(store_kind, endpoints, netns, name, store_timeout)
     names = [f"node{i}" for i in range(1, count + 1)]
@@ -398,7 +399,7 @@ def init(
     endpoints_ = {n: f"tcp://127.0.0.1:{port}" for n, port in zip(names, ports, strict=True)}
     if own_etcd and (root / "etcd").exists():
         if not force:
-            fail(f"{root}/etcd holds etcd data (use --force to start afresh)", EXIT_BAD_INPUT)
+            fail(f"{root}/etcd holds etcd data (use --force to start afresh)", ExitCode.USAGE)
         old = _load_quietly(root)
         if old is not None:
             stop_etcd(old, graceful=False)
@@ -436,7 +437,7 @@ def init(
     if probs:
         if network is not None:
             netns_mod.destroy(network)
-        fail("; ".join(probs), EXIT_BAD_INPUT)
+        fail("; ".join(probs), ExitCode.USAGE)
     for d in (c.keys_dir, c.state_dir, root / "logs", root / "run"):
         d.mkdir(parents=True, exist_ok=True)
     if c.store_kind == "dir":
@@ -548,7 +549,7 @@ def up(
     """Start node processes (all nodes by default); first their etcd members, if local."""
     if hosts is not None:
         if (Path(directory) / "cluster.json").exists():
-            fail(f"{directory} already holds a cluster: start it with 'up' (no --hosts)", EXIT_BAD_INPUT)
+            fail(f"{directory} already holds a cluster: start it with 'up' (no --hosts)", ExitCode.USAGE)
         ctx.invoke(init, directory=directory, count=hosts, netns=True, store_kind=store_kind)
     c = load(directory)
     todo = check_nodes(c, nodes) or sorted(c.nodes)
@@ -663,7 +664,7 @@ def down(directory: str, timeout: float) -> None:
 
 def network_of(c: ClusterConfig) -> netns_mod.Network:
     if c.network is None:
-        fail("this cluster has no network namespaces (create it with 'init --netns')", EXIT_BAD_INPUT)
+        fail("this cluster has no network namespaces (create it with 'init --netns')", ExitCode.USAGE)
         raise AssertionError
     return netns_mod.Network.from_dict(c.network)
 
@@ -820,17 +821,17 @@ def read_export(file: str) -> dict[str, bytes]:
     try:
         doc = json.loads(Path(file).read_text())
     except (OSError, ValueError) as e:
-        fail(f"cannot read {file}: {e}", EXIT_BAD_INPUT)
+        fail(f"cannot read {file}: {e}", ExitCode.USAGE)
         raise AssertionError from None
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or doc.get("version") != 1:
-        fail(f"{file} is not a pyha export (format {EXPORT_FORMAT}, version 1)", EXIT_BAD_INPUT)
+        fail(f"{file} is not a pyha export (format {EXPORT_FORMAT}, version 1)", ExitCode.USAGE)
     out: dict[str, bytes] = {}
     for r in doc.get("records") or []:
         try:
             name = check_name(str(r["name"]))
             out[name] = base64.b64decode(str(r["data"]), validate=True)
         except (KeyError, TypeError, ValueError) as e:
-            fail(f"{file}: bad record entry {r!r}: {e}", EXIT_BAD_INPUT)
+            fail(f"{file}: bad record entry {r!r}: {e}", ExitCode.USAGE)
     return out
 
 

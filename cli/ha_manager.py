@@ -12,6 +12,9 @@ change (digest), 6 cluster unreachable or without quorum, 7 permission
 denied (read-only key). Errors are one line on stderr, never a traceback.
 """
 
+# size: the ha-manager command tree: one short click command per reference command (docs/CLI.md) with its
+#   output; the shell and the watch view are modules of their own already
+
 from __future__ import annotations
 
 import json
@@ -24,10 +27,9 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
-from actors.cluster import ClusterConfig
+from admin.cluster import ClusterConfig
+from admin.errors import ExitCode
 from cli.api_client import (
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
     ROLES,
     ApiClient,
     ApiError,
@@ -64,7 +66,7 @@ class LocalBackend:
     """The stopped cluster's store, through the same operations the nodes serve."""
 
     def __init__(self, cluster: ClusterConfig) -> None:
-        from actors.api import ApiOps  # noqa: PLC0415 - only for the offline path
+        from admin.ops import ApiOps  # noqa: PLC0415 - only for the offline path
 
         self.store = cluster.open_store()
         self.node: str | None = None
@@ -74,14 +76,14 @@ class LocalBackend:
         )  # fmt: skip
 
     def call(self, op: str, args: Mapping[str, Any] | None = None) -> Any:
-        from store.admin import AdminError  # noqa: PLC0415
+        from admin.errors import AdminError  # noqa: PLC0415
 
         try:
             return self.ops.call(op, dict(args or {}))
         except AdminError as e:
             raise ApiError(str(e), e.code, e.reason, e.details) from None
         except HaError as e:
-            raise ApiError(str(e), EXIT_UNREACHABLE) from None
+            raise ApiError(str(e), ExitCode.UNREACHABLE) from None
 
     def close(self) -> None:
         self.store.close()
@@ -130,11 +132,11 @@ class Ctx:
     def cluster(self) -> ClusterConfig:
         if self._cluster is None:
             if not self.cluster_dir:
-                die(f"no cluster given (use --cluster DIR or set ${ENV_CLUSTER})", EXIT_USAGE)
+                die(f"no cluster given (use --cluster DIR or set ${ENV_CLUSTER})", ExitCode.USAGE)
             try:
                 self._cluster = ClusterConfig.load(str(self.cluster_dir))
             except HaError as e:
-                die(str(e), EXIT_UNREACHABLE)
+                die(str(e), ExitCode.UNREACHABLE)
         return self._cluster
 
     @property
@@ -153,7 +155,7 @@ class Ctx:
             except ApiError as e:
                 die(e.message, e.code, e.details)
             except (HaError, OSError) as e:
-                die(f"cannot open the cluster: {e}", EXIT_UNREACHABLE)
+                die(f"cannot open the cluster: {e}", ExitCode.UNREACHABLE)
         return self._backend
 
     def call(self, op: str, args: Mapping[str, Any] | None = None) -> Any:
@@ -326,7 +328,7 @@ def status(
 
         backend = c.backend()
         if not isinstance(backend, ApiClient):
-            die("--watch needs a running cluster", EXIT_UNREACHABLE)
+            die("--watch needs a running cluster", ExitCode.UNREACHABLE)
         sys.exit(run_watch(backend, interval=interval, duration=duration))
     res = c.call("status", {"verbose": True} if verbose else {})
     if output_format != "text":
@@ -712,7 +714,7 @@ def rules_remove(c: Ctx, rule: str) -> None:
 def shell(c: Ctx) -> None:
     """Interactive shell with history and completion (commands without 'ha-manager')."""
     if c.interactive:
-        die("already in the shell", EXIT_USAGE)
+        die("already in the shell", ExitCode.USAGE)
     try:
         from cli.shell import run_shell  # noqa: PLC0415 - prompt_toolkit is only needed here
     except ImportError as e:
@@ -760,9 +762,9 @@ def run(argv: Sequence[str] | None = None) -> None:
         click.echo(f"{cmd}: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     sys.exit(0)
 
 

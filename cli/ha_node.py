@@ -18,8 +18,8 @@ from types import FrameType
 import click
 from loguru import logger
 
-from actors.cluster import ClusterConfig
 from actors.node import NodeRuntime
+from admin.cluster import ClusterConfig
 from ha.errors import ConfigError, HaError
 
 LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {extra[ident]: >12}: {message}"

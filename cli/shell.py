@@ -32,6 +32,8 @@ from prompt_toolkit.history import (  # type: ignore[import-not-found, unused-ig
     InMemoryHistory,
 )
 
+from admin.errors import ExitCode
+
 
 class ShellContext(Protocol):
     """What the shell needs of ha-manager's context object (cli/ha_manager.py ``Ctx``)."""
@@ -123,6 +125,6 @@ def run_shell(cli: click.Group, obj: ShellContext) -> int:
         except SystemExit as e:  # our one-line errors (die) end the command, not the shell
             code = e.code if isinstance(e.code, int) else 1
         except KeyboardInterrupt:
-            code = 130
+            code = ExitCode.INTERRUPTED
     obj.close()
     return code

@@ -1,7 +1,11 @@
 """Error tree of the project (STYLE.md "Errors are a tree").
 
 The CLI and the simulator turn these into one clear line and an exit code;
-nothing shows a traceback to a user for bad input.
+nothing shows a traceback to a user for bad input. The bus's errors
+(``bus/errors.py``: ``BusError`` and below; its ``ConfigError`` and
+``ProtocolError`` are also the ones here), the store's
+(``store.base.StoreError``, ``VersionConflict``) and the administrative
+tools' (``admin.errors.AdminError``) are branches of this tree.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ Everything here is decided from the records read through the Env; the only
 effects are the Env calls (log, locks, record writes).
 """
 
+# size: the reference's Manager (§5) is one class whose round, recovery, fencing and command handling
+#   share its state; its methods follow the reference's subs one to one (next_state_*, update_crm_commands,
+#   ...), which keeps the review against BEHAVIOUR.md and the oracle logs direct
+
 from __future__ import annotations
 
 from collections.abc import Callable

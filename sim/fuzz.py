@@ -28,6 +28,9 @@ Invariants (exact formulations and why they are sound: docs/fuzzing.md):
 ``crash``                  no Python exception escapes the simulator.
 """
 
+# size: the fuzzer's case and schedule generators, healer, invariant checks and run loop, written against
+#   one another; not split yet (the checks and the generators could be modules of their own)
+
 from __future__ import annotations
 
 import json

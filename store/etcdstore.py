@@ -47,6 +47,9 @@ keep-alive before renewing the key when needed, counting from the moment it
 on; on a leader change etcd only extends lease timers (docs/ETCD.md).
 """
 
+# size: one backend: the JSON-gateway client (Gateway, its failover and the unsent/lost rules) and the Store
+#   over it, whose lease argument leans on those rules; the Gateway could become a module of its own
+
 from __future__ import annotations
 
 import base64

@@ -8,7 +8,7 @@ import msgpack  # type: ignore[import-untyped]
 import pytest
 
 from bus.codec import PROTOCOL_VERSION, Codec, RejectReason
-from bus.errors import ConfigError, ProtocolError
+from bus.errors import BusError, ConfigError, KeyFileError, ProtocolError, UnknownPeerError
 from bus.messages import (
     MESSAGE_TYPES,
     Ack,
@@ -16,8 +16,6 @@ from bus.messages import (
     ApiRequest,
     CommandResult,
     Heartbeat,
-    LrmStatusPush,
-    ManagerStatusPush,
     Message,
     PeerDown,
     PeerUp,
@@ -28,14 +26,14 @@ from bus.messages import (
     schema_of,
     to_payload,
 )
+from ha import errors as ha_errors
+from ha.errors import HaError
 
 SAMPLES: list[Message] = [
     ServiceCommand("vm:100", "u1", "migrate", "a", "b", {"timeout": 30}),
     ServiceCommand("ct:101", "u2", "started", "a"),
     CommandResult("vm:100", "u1", 0, "ok"),
     Ack("u1"),
-    LrmStatusPush("a", {"mode": "active", "results": {"u1": {"sid": "vm:100", "exit_code": 0}}}),
-    ManagerStatusPush({"master_node": "a", "service_status": {}}),
     Heartbeat("a", 123, 7, 1700000000.5),
     QuorumLost("a", ("a",)),
     QuorumRegained("a", ("a", "b")),
@@ -117,9 +115,10 @@ def test_ints_are_accepted_for_floats(codec: Codec) -> None:
         (raw(k="command_result", p={"sid": "s", "uid": "u", "exit_code": 1.0}), RejectReason.BAD_PAYLOAD),
         (raw(k="quorum_lost", p={"node": "a", "members": ["a", 1]}), RejectReason.BAD_PAYLOAD),
         (raw(k="quorum_lost", p={"node": "a", "members": "ab"}), RejectReason.BAD_PAYLOAD),
-        (raw(k="lrm_status", p={"node": "a", "lrm_status": {1: 2}}), RejectReason.MALFORMED),
-        (raw(k="lrm_status", p={"node": "a", "lrm_status": {b"k": 2}}), RejectReason.BAD_PAYLOAD),
-        (raw(k="lrm_status", p={"node": "a", "lrm_status": []}), RejectReason.BAD_PAYLOAD),
+        (raw(k="api_request", p={"request_id": "r", "op": "o", "args": {1: 2}}), RejectReason.MALFORMED),
+        (raw(k="api_request", p={"request_id": "r", "op": "o", "args": {b"k": 2}}), RejectReason.BAD_PAYLOAD),
+        (raw(k="api_request", p={"request_id": "r", "op": "o", "args": []}), RejectReason.BAD_PAYLOAD),
+        (raw(k="lrm_status", p={"node": "a", "lrm_status": {}}), RejectReason.UNKNOWN_KIND),
         (raw(k="api_reply", p={"request_id": "r", "ok": 1}), RejectReason.BAD_PAYLOAD),
         (raw(k="api_reply", p={"request_id": "r", "ok": True, "error": 5}), RejectReason.BAD_PAYLOAD),
         (
@@ -148,8 +147,23 @@ def test_forged_lengths_cannot_allocate(codec: Codec) -> None:
 
 def test_encode_refuses_oversized(codec: Codec) -> None:
     with pytest.raises(ProtocolError) as exc:
-        codec.encode("a", 1, LrmStatusPush("a", {"blob": "x" * 5000}))
+        codec.encode("a", 1, ApiReply("r1", True, {"blob": "x" * 5000}))
     assert exc.value.reason == RejectReason.OVERSIZED
+
+
+def test_an_unencodable_reply_is_an_ha_error(codec: Codec) -> None:
+    """An API reply holding an int msgpack cannot encode: the caller's ``except HaError`` sees it."""
+    for bad in (2**64, -(2**63) - 1, object()):
+        with pytest.raises(HaError) as exc:
+            codec.encode("a", 1, ApiReply("r1", True, {"n": bad}))
+        assert isinstance(exc.value, ProtocolError) and exc.value.reason == RejectReason.BAD_PAYLOAD
+
+
+def test_every_bus_error_is_an_ha_error() -> None:
+    assert issubclass(BusError, HaError)
+    assert issubclass(ConfigError, ha_errors.ConfigError) and issubclass(KeyFileError, ConfigError)
+    assert issubclass(ProtocolError, ha_errors.ProtocolError) and issubclass(UnknownPeerError, BusError)
+    assert str(KeyFileError("no key")) == "no key" and str(ProtocolError("malformed", "x")) == "malformed: x"
 
 
 def test_stream_decoding_uses_the_same_limit(codec: Codec) -> None:

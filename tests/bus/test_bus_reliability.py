@@ -1,25 +1,11 @@
-"""UidDeduplicator and Outbox as units (their wiring is in the transport tests)."""
+"""Outbox and the rate-limited log as units (the Outbox's wiring is in the transport tests)."""
 
 from __future__ import annotations
 
 from bus.codec import Envelope
 from bus.messages import Ack, CommandResult, Heartbeat, Message, PeerUp
 from bus.ratelog import RateLimitedLog
-from bus.reliability import Admission, Outbox, UidDeduplicator
-
-
-def test_dedup_admits_each_uid_once() -> None:
-    d: UidDeduplicator[int] = UidDeduplicator(capacity=3)
-    assert d.admit("u1") is Admission.NEW
-    assert d.admit("u1") is Admission.RUNNING
-    assert d.result("u1") is None
-    d.record_result("u1", 0)
-    assert d.admit("u1") is Admission.DONE and d.result("u1") == 0
-    for u in ("u2", "u3", "u4"):
-        d.admit(u)
-    assert "u1" not in d and len(d) == 3  # oldest forgotten beyond capacity
-    d.retain({"u3"})
-    assert list(d._seen) == ["u3"]
+from bus.reliability import Outbox
 
 
 class Clock:

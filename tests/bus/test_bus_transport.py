@@ -27,7 +27,7 @@ from bus.messages import (
     QuorumRegained,
     ServiceCommand,
 )
-from bus.reliability import Admission, Outbox, UidDeduplicator
+from bus.reliability import Outbox
 from bus.transport import Transport, TransportConfig
 from tests.bus.conftest import FAST, Cluster, Recorder, wait_until
 
@@ -96,11 +96,10 @@ def test_reconnect_after_peer_restart(make_cluster: MakeCluster) -> None:
 
 
 class Lrm:
-    """A minimal UID-protocol receiver wired from the bus building blocks."""
+    """A minimal UID-protocol receiver: each command gets a result, re-sent until acknowledged."""
 
     def __init__(self, t: Transport, master: str) -> None:
         self.t, self.master = t, master
-        self.dedup: UidDeduplicator[CommandResult] = UidDeduplicator()
         self.outbox = Outbox(t.send, retry_interval=0.1)
         self.outbox.attach(t.subscribe)
         self.executed: list[str] = []
@@ -109,39 +108,8 @@ class Lrm:
     def on_command(self, env: Envelope) -> None:
         body = env.body
         assert isinstance(body, ServiceCommand)
-        admission = self.dedup.admit(body.uid)
-        if admission is Admission.NEW:
-            self.executed.append(body.uid)
-            result = CommandResult(body.sid, body.uid, 0, "ok")
-            self.dedup.record_result(body.uid, result)
-            self.outbox.put(self.master, body.uid, result)
-            return
-        self.t.reply(env, Ack(body.uid))
-        previous = self.dedup.result(body.uid)
-        if admission is Admission.DONE and previous is not None:
-            self.outbox.put(self.master, body.uid, previous)
-
-
-def test_duplicates_are_acted_on_once_and_reacknowledged(make_cluster: MakeCluster) -> None:
-    c = make_cluster(2)
-    c.start()
-    wait_until(c.full_mesh)
-    lrm = Lrm(c.nodes["b"], "a")
-    acked: list[str] = []
-
-    def master(env: Envelope) -> None:
-        assert isinstance(env.body, CommandResult)
-        acked.append(env.body.uid)
-        c.nodes["a"].reply(env, Ack(env.body.uid))
-
-    c.nodes["a"].subscribe(master, [CommandResult])
-    for _ in range(5):
-        c.nodes["a"].send("b", cmd("u1"))
-    c.nodes["a"].send("b", cmd("u2"))
-    wait_until(lambda: len(c.recorders["a"].of(Ack)) == 4 and not lrm.outbox.pending())
-    assert lrm.executed == ["u1", "u2"]
-    assert {a.uid for a in c.recorders["a"].bodies(Ack)} == {"u1"}  # type: ignore[attr-defined]
-    assert set(acked) == {"u1", "u2"}
+        self.executed.append(body.uid)
+        self.outbox.put(self.master, body.uid, CommandResult(body.sid, body.uid, 0, "ok"))
 
 
 def test_results_are_resent_until_acknowledged(make_cluster: MakeCluster) -> None:

@@ -76,7 +76,7 @@ class Cluster:
     # Observations go through an in-process API client (cheap); the commands under
     # test always run as ha-manager processes.
     def api(self, op: str, args: dict[str, Any] | None = None) -> Any:
-        from actors.cluster import ClusterConfig  # noqa: PLC0415
+        from admin.cluster import ClusterConfig  # noqa: PLC0415
         from cli.api_client import ApiClient, load_client_key  # noqa: PLC0415
 
         if self._api is None:

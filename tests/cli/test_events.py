@@ -10,8 +10,8 @@ import msgpack  # type: ignore[import-untyped]
 import pytest
 import zmq
 
-from actors.api import EventPublisher, diff_events
-from actors.cluster import ClusterConfig
+from actors.events import EventPublisher, diff_events
+from admin.cluster import ClusterConfig
 from ha.records import ManagerStatus, ServiceData
 from store.dirstore import DirStore
 from store.records import write_manager_status
@@ -87,7 +87,7 @@ def test_publisher_streams_store_changes_and_fed_writes(tmp_path: Path) -> None:
                                                                ("request_stop", "stopped")]  # fmt: skip
         assert [e["seq"] for e in evs] == sorted(e["seq"] for e in evs)
         # without the hook (another node is master now), the publisher follows the store
-        time.sleep(2.1)  # actors.api.FEED_HOLD
+        time.sleep(2.1)  # actors.events.FEED_HOLD
         write_manager_status(store, ms(4, "n2", {"n1": "online"}, {"vm:100": ("stopped", "n1")}))
         (master,) = next_events(1, ("master",))
         assert master["old"] == "n1" and master["new"] == "n2"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.cluster import ClusterConfig
+from admin.cluster import ClusterConfig
 from ha.records import LrmResult, LrmStatus, ManagerStatus, ServiceData
 from store import records as rec
 from store.base import Store

@@ -28,7 +28,7 @@ from ha.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
-class Timing:
+class LeaseTiming:
     """Seconds. Defaults aim at failover in seconds, not minutes."""
 
     lease_ttl: float = 5.0
@@ -71,7 +71,7 @@ class Timing:
             )
         return out
 
-    def validate(self) -> Timing:
+    def validate(self) -> LeaseTiming:
         """Return self, or raise :class:`ConfigError` naming every unsafe setting."""
         probs = self.problems()
         if probs:
@@ -84,7 +84,7 @@ class Timing:
         return self.fence_delay + self.lease_ttl
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, object], path: str | None = None) -> Timing:
+    def from_mapping(cls, values: Mapping[str, object], path: str | None = None) -> LeaseTiming:
         """Build from config key/values (str or numbers) over the defaults, then validate."""
         known = {f.name for f in fields(cls)}
         kwargs: dict[str, float] = {}

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from admin.timing import LeaseTiming
 from ha.errors import ConfigError
-from store.timing import Timing
 
 
 def test_defaults_are_safe_and_fast() -> None:
-    t = Timing().validate()
+    t = LeaseTiming().validate()
     assert t.lease_ttl > t.watchdog_timeout + t.renew_interval + t.margin
     assert t.failover_bound <= 10
 
 
 def test_lease_must_outlive_watchdog() -> None:
-    t = Timing(lease_ttl=4.0, watchdog_timeout=3.0, renew_interval=0.5, margin=1.0)
+    t = LeaseTiming(lease_ttl=4.0, watchdog_timeout=3.0, renew_interval=0.5, margin=1.0)
     with pytest.raises(ConfigError) as ei:
         t.validate()
     msg = str(ei.value)
@@ -23,8 +23,8 @@ def test_lease_must_outlive_watchdog() -> None:
 
 
 def test_equality_is_not_enough() -> None:
-    assert Timing(lease_ttl=4.5).problems() != []
-    assert Timing(lease_ttl=4.51).problems() == []
+    assert LeaseTiming(lease_ttl=4.5).problems() != []
+    assert LeaseTiming(lease_ttl=4.51).problems() == []
 
 
 @pytest.mark.parametrize(
@@ -43,20 +43,20 @@ def test_equality_is_not_enough() -> None:
 )
 def test_unsafe_settings_named(kwargs: dict[str, float], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
-        Timing(**kwargs).validate()
+        LeaseTiming(**kwargs).validate()
 
 
 def test_zero_fence_delay_allowed() -> None:
-    Timing(fence_delay=0).validate()
+    LeaseTiming(fence_delay=0).validate()
 
 
 def test_from_mapping() -> None:
-    t = Timing.from_mapping({"lease_ttl": "8s", "watchdog_timeout": "5", "renew_interval": 1})
+    t = LeaseTiming.from_mapping({"lease_ttl": "8s", "watchdog_timeout": "5", "renew_interval": 1})
     assert (t.lease_ttl, t.watchdog_timeout, t.renew_interval) == (8.0, 5.0, 1.0)
     with pytest.raises(ConfigError, match="unknown timing setting 'ttl'"):
-        Timing.from_mapping({"ttl": "8"})
+        LeaseTiming.from_mapping({"ttl": "8"})
     with pytest.raises(ConfigError, match="not a number"):
-        Timing.from_mapping({"lease_ttl": "long"})
+        LeaseTiming.from_mapping({"lease_ttl": "long"})
     with pytest.raises(ConfigError, match="unsafe timing") as ei:
-        Timing.from_mapping({"lease_ttl": "2"}, path="datacenter.cfg")
+        LeaseTiming.from_mapping({"lease_ttl": "2"}, path="datacenter.cfg")
     assert str(ei.value).startswith("datacenter.cfg: ")

@@ -23,13 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents import procutil
+from admin.timing import LeaseTiming
+from fence.procfs import cgroup2_mount
 from ha.constants import Timing as CoreTiming
 from ha.errors import ConfigError
 from store.base import Store
-from store.timing import Timing
 
 CLUSTER_FILE = "cluster.json"
+# run/<node>/<this>: why a node is stopping ("shutdown", "reboot" or "restart"), written by
+# ha-cluster stop/reboot/restart before it signals the node, read by the node on SIGTERM
+SHUTDOWN_FILE = "shutdown-request"
 WATCHDOG_DRIVERS = ("auto", "device", "userspace")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
@@ -106,7 +109,7 @@ class ClusterConfig:
     cluster: str
     nodes: dict[str, str]  # node name -> bus endpoint (tcp://host:port)
     curve: bool = True
-    timing: Timing = field(default_factory=Timing)
+    timing: LeaseTiming = field(default_factory=LeaseTiming)
     max_workers: int = 4
     # how often the watchdog actor considers a pet (well below the client timeout)
     pet_interval: float = 0.1
@@ -237,7 +240,7 @@ class ClusterConfig:
         """
         if not self.cgroups:
             return None
-        mount = procutil.cgroup2_mount()
+        mount = cgroup2_mount()
         if mount is None:
             return None
         tag = hashlib.sha1(str(self.root).encode()).hexdigest()[:8]
@@ -329,7 +332,7 @@ class ClusterConfig:
             if not isinstance(endpoint, str) or not endpoint.startswith("tcp://"):
                 raise ConfigError(f"node '{name}': endpoint must be tcp://HOST:PORT", str(path))
             nodes[name] = endpoint
-        timing = Timing.from_mapping(data.get("timing") or {}, str(path))
+        timing = LeaseTiming.from_mapping(data.get("timing") or {}, str(path))
         cfg = cls(
             root=root,
             cluster=str(data.get("cluster") or "pyha"),

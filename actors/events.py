@@ -1,0 +1,275 @@
+"""One node's event stream (docs/API.md "Events"): a ZeroMQ PUB socket, CURVE-protected like the bus.
+
+It publishes service, node, master, fencing, lrm, disarm and quorum changes,
+derived from the records every node shares (manager_status and lrm_status
+diffs, :func:`diff_events`), so it needs no hook in the daemons; the
+master's writes are fed in as they happen (``StatusWritten``, see
+actors/api.py) so that no transition is folded.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import zmq
+from loguru import logger
+from zmq.utils import z85
+
+from admin.cluster import ClusterConfig
+from admin.ops import API_VERSION, CLIENT_KEY_PREFIX, ROLES
+from bus.keys import CurveKeys
+from ha.errors import HaError
+from ha.records import ManagerStatus
+from store import records as rec
+from store.base import Store
+
+# while fed by this node's master (StatusWritten), manager_status changes come from the feed only
+FEED_HOLD = 2.0
+
+
+def client_key_files(keys_dir: Path) -> dict[str, Path]:
+    """Client public keys and their owner names: ``<role>/<name>`` (plus interim flat copies)."""
+    out: dict[str, Path] = {}
+    for role in ROLES:
+        for p in sorted((keys_dir / "clients" / role).glob("*.key")):
+            out[f"{role}/{p.name[: -len('.key')]}"] = p
+    for p in sorted(keys_dir.glob(f"{CLIENT_KEY_PREFIX}*.key")):
+        out[p.name[: -len(".key")]] = p
+    return out
+
+
+def diff_events(
+    old_ms: ManagerStatus | None,
+    new_ms: ManagerStatus,
+    old_lrm: Mapping[str, tuple[str | None, str | None]],
+    new_lrm: Mapping[str, tuple[str | None, str | None]],
+) -> list[dict[str, Any]]:
+    """The events between two views of the shared records (pure; docs/API.md "Events")."""
+    if old_ms is None:
+        return []
+    out: list[dict[str, Any]] = []
+    if old_ms.master_node != new_ms.master_node:
+        out.append({"type": "master", "old": old_ms.master_node, "new": new_ms.master_node})
+    for n in sorted(set(old_ms.node_status) | set(new_ms.node_status)):
+        a, b = old_ms.node_status.get(n), new_ms.node_status.get(n)
+        if a == b:
+            continue
+        out.append({"type": "node", "node": n, "old": a, "new": b})
+        if b == "fence":
+            out.append({"type": "fence", "node": n, "phase": "pending"})
+        elif a == "fence":
+            out.append({"type": "fence", "node": n, "phase": "done" if b in ("unknown", "online") else b})
+    if old_ms.disarm != new_ms.disarm:
+        out.append({"type": "disarm", "old": old_ms.disarm, "new": new_ms.disarm})
+    for sid in sorted(set(old_ms.service_status) | set(new_ms.service_status)):
+        a_sd, b_sd = old_ms.service_status.get(sid), new_ms.service_status.get(sid)
+        a_key = (a_sd.state, a_sd.node, a_sd.target) if a_sd else (None, None, None)
+        b_key = (b_sd.state, b_sd.node, b_sd.target) if b_sd else (None, None, None)
+        if a_key != b_key:
+            out.append({
+                "type": "service", "sid": sid, "old_state": a_key[0], "old_node": a_key[1],
+                "state": b_key[0], "node": b_key[1], "target": b_key[2],
+            })  # fmt: skip
+    for n in sorted(set(old_lrm) | set(new_lrm)):
+        a_l, b_l = old_lrm.get(n, (None, None)), new_lrm.get(n, (None, None))
+        if a_l != b_l:
+            out.append({
+                "type": "lrm", "node": n, "old_state": a_l[0], "old_mode": a_l[1],
+                "state": b_l[0], "mode": b_l[1],
+            })  # fmt: skip
+    return out
+
+
+class EventPublisher:
+    """One node's event stream: a PUB socket, CURVE-protected like the bus.
+
+    Messages have two frames: the topic (the event type, UTF-8; subscribe by
+    prefix) and one msgpack map ``{v, cluster, source, seq, time, type, ...}``.
+    A ``heartbeat`` every ``heartbeat`` seconds lets subscribers notice a
+    silent publisher. The endpoint (an ephemeral port on the node's bus host)
+    is announced by the API's ``info`` operation.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        cluster: ClusterConfig,
+        store: Store,
+        quorate: Callable[[], bool],
+        *,
+        interval: float = 0.05,
+        heartbeat: float = 1.0,
+    ) -> None:
+        self.node = node
+        self.cluster = cluster
+        self.store = store
+        self.quorate = quorate
+        self.interval = interval
+        self.heartbeat = heartbeat
+        self.endpoint: str | None = None
+        self.log = logger.bind(ident=f"{node}/events")
+        self._stop = threading.Event()
+        self._fed: collections.deque[ManagerStatus] = collections.deque(maxlen=1000)
+        self._last_feed = -FEED_HOLD
+        self._thread: threading.Thread | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._seq = 0
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"events-{self.node}", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _open(self) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes] | None, dict[bytes, str]]:
+        self._ctx = ctx = zmq.Context()
+        authorized: dict[bytes, str] = {}
+        zap: zmq.Socket[bytes] | None = None
+        pub = ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.setsockopt(zmq.SNDHWM, 1000)
+        if self.cluster.curve:
+            keys = CurveKeys.load(self.cluster.keys_dir, self.node)
+            for name, key in keys.authorized.items():
+                authorized[key] = name
+            for name, path in client_key_files(self.cluster.keys_dir).items():
+                with contextlib.suppress(HaError, ValueError):
+                    authorized[_public_key(path)] = name
+            # SAFETY: the ZAP handler exists before the socket binds, else libzmq admits any key
+            zap = ctx.socket(zmq.REP)
+            zap.setsockopt(zmq.LINGER, 0)
+            zap.bind("inproc://zeromq.zap.01")
+            pub.setsockopt(zmq.CURVE_SERVER, 1)
+            pub.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+            pub.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+            pub.setsockopt(zmq.ZAP_DOMAIN, self.cluster.cluster.encode())
+            pub.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        host = self.cluster.nodes[self.node].removeprefix("tcp://").rpartition(":")[0] or "127.0.0.1"
+        pub.bind(f"tcp://{host}:*")
+        self.endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        return pub, zap, authorized
+
+    def _run(self) -> None:
+        try:
+            pub, zap, authorized = self._open()
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            self._close()
+            return
+        self._ready.set()
+        self.log.info(f"events published on {self.endpoint}")
+        poller = zmq.Poller()
+        if zap is not None:
+            poller.register(zap, zmq.POLLIN)
+        token: str | None = None
+        ms: ManagerStatus | None = None
+        lrm: dict[str, tuple[str | None, str | None]] = {}
+        quorate: bool | None = None
+        next_hb = 0.0
+        try:
+            while not self._stop.is_set():
+                for sock, _ in poller.poll(int(self.interval * 1000)):
+                    if sock is zap and zap is not None:
+                        _answer_zap(zap, authorized)
+                while self._fed:
+                    fed = self._fed.popleft()
+                    if ms is not None and _newer(fed, ms):
+                        for ev in diff_events(ms, fed, lrm, lrm):
+                            self._publish(pub, ev)
+                        ms = fed
+                try:
+                    changes = self.store.changed_since(token)
+                    token = changes.token
+                    names = changes.names
+                    if (
+                        ms is None
+                        or names is None
+                        or any(n == rec.MANAGER_STATUS or n.endswith("/lrm_status") for n in names)
+                    ):
+                        new_ms, _ = rec.read_manager_status(self.store)
+                        if ms is not None and (self._fed_recently() or _newer(ms, new_ms)):
+                            # this node's master feeds every write: the store could only fold them
+                            new_ms = ms
+                        new_lrm = {}
+                        for n in sorted(set(self.cluster.nodes) | set(new_ms.node_status)):
+                            st = rec.read_lrm_status(self.store, n)
+                            new_lrm[n] = (st.state, st.mode)
+                        for ev in diff_events(ms, new_ms, lrm, new_lrm):
+                            self._publish(pub, ev)
+                        ms, lrm = new_ms, new_lrm
+                except HaError as e:
+                    self.log.warning(f"cannot read the records: {e}")
+                q = self.quorate()
+                if quorate is not None and q != quorate:
+                    self._publish(pub, {"type": "quorum", "quorate": q})
+                quorate = q
+                now = time.monotonic()
+                if now >= next_hb:
+                    next_hb = now + self.heartbeat
+                    master = ms.master_node if ms is not None else None
+                    self._publish(pub, {"type": "heartbeat", "quorate": q, "master": master})
+        finally:
+            self._close(pub, zap)
+
+    def feed(self, ms: ManagerStatus) -> None:
+        """Every manager status the master writes (from any thread): no transition is folded."""
+        self._last_feed = time.monotonic()
+        self._fed.append(ms)
+
+    def _fed_recently(self) -> bool:
+        return time.monotonic() - self._last_feed < FEED_HOLD
+
+    def _publish(self, pub: zmq.Socket[bytes], ev: dict[str, Any]) -> None:
+        self._seq += 1
+        body = {"v": API_VERSION, "cluster": self.cluster.cluster, "source": self.node, "seq": self._seq,
+                "time": time.time(), **ev}  # fmt: skip
+        with contextlib.suppress(zmq.Again):
+            pub.send_multipart([str(ev["type"]).encode(), msgpack.packb(body)], zmq.NOBLOCK)
+
+    def _close(self, *socks: zmq.Socket[bytes] | None) -> None:
+        for s in socks:
+            if s is not None:
+                s.close(linger=0)
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+
+def _newer(a: ManagerStatus, b: ManagerStatus) -> bool:
+    """Is ``a`` a later write than ``b``? (the master stamps every write)"""
+    return a.timestamp is not None and (b.timestamp is None or a.timestamp > b.timestamp)
+
+
+def _public_key(path: Path) -> bytes:
+    for line in path.read_text(encoding="ascii").splitlines():
+        key, eq, value = line.strip().partition("=")
+        if eq and key.strip() == "public-key":
+            return value.strip().strip('"').encode("ascii")
+    raise ValueError(f"{path}: no public-key line")
+
+
+def _answer_zap(zap: zmq.Socket[bytes], authorized: Mapping[bytes, str]) -> None:
+    req = zap.recv_multipart()
+    reply_id = req[1] if len(req) > 1 else b""
+    status, text, user = b"400", b"refused", b""
+    if len(req) == 7 and req[0] == b"1.0" and req[5] == b"CURVE" and len(req[6]) == 32:
+        name = authorized.get(z85.encode(req[6]))
+        if name is not None:
+            status, text, user = b"200", b"OK", name.encode()
+    zap.send_multipart([b"1.0", reply_id, status, text, user, b""])

@@ -1,0 +1,180 @@
+"""``ha-manager add/set/remove``: the HA resources (``resources.cfg``, BEHAVIOUR.md §8)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from admin.configfiles import check_node, edit_file, normalize_sid, read_groups, read_rules
+from admin.errors import AdminError, ExitCode
+from ha.config.resources import (
+    MAX_COMMENT,
+    RESOURCE_TYPES,
+    ResourceConfig,
+    ServiceConfig,
+    format_resources_cfg,
+    normalize_state,
+    parse_resources_cfg,
+    resource_from_dict,
+)
+from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
+from ha.config.sectionconfig import parse_bool, parse_uint
+from ha.constants import DEFAULT_MAX_RELOCATE, DEFAULT_MAX_RESTART
+from ha.errors import ConfigError
+from ha.states import RequestedState, ServiceState
+from store import records as rec
+from store.base import Store
+
+
+def _edit(
+    store: Store, edit: Callable[[ServiceConfig], None], digest: str | None = None, retries: int = 5
+) -> str:
+    def parse(text: str, path: str) -> tuple[ServiceConfig, list[ConfigError]]:
+        return parse_resources_cfg(text, path)
+
+    return edit_file(store, rec.RESOURCES_CFG, parse, format_resources_cfg, edit, digest, retries)
+
+
+def _check_group_use(store: Store, group: str) -> None:
+    """``--group`` is legacy: only while groups exist, and only an existing group (§8)."""
+    groups, _ = read_groups(store)
+    if not groups.groups:
+        raise AdminError("cannot use group: ha groups have been migrated to rules", ExitCode.REFUSED)
+    if group not in groups.groups:
+        raise AdminError(f"group '{group}' does not exist", ExitCode.NOT_FOUND)
+
+
+def add_resource(store: Store, sid: str, options: Mapping[str, str], nodes: list[str]) -> ResourceConfig:
+    """``ha-manager add SID [--state ...]``: the resource must not exist; its node must."""
+    sid = normalize_sid(sid)
+    node = options.get("node")
+    if not node:
+        raise AdminError(f"resource '{sid}': --node is required", ExitCode.USAGE)
+    check_node(node, nodes)
+    if "comment" in options and len(options["comment"]) > MAX_COMMENT:
+        raise AdminError(f"property 'comment': longer than {MAX_COMMENT} characters", ExitCode.USAGE)
+    try:
+        cd = resource_from_dict(sid, dict(options), "command line")
+    except ConfigError as e:
+        raise AdminError(e.message, ExitCode.USAGE) from None
+    if cd.group is not None:
+        _check_group_use(store, cd.group)
+
+    def edit(conf: ServiceConfig) -> None:
+        if sid in conf.services:
+            raise AdminError(f"resource '{sid}' already defined", ExitCode.REFUSED)
+        conf.services[sid] = cd
+
+    _edit(store, edit)
+    return cd
+
+
+def set_resource(
+    store: Store,
+    sid: str,
+    options: Mapping[str, str],
+    delete: list[str],
+    digest: str | None = None,
+    nodes: list[str] | None = None,
+) -> str:
+    """``ha-manager set SID ...``: refused in error state unless it sets state disabled (§8)."""
+    sid = normalize_sid(sid)
+    if not options and not delete:
+        raise AdminError("nothing to change (give an option or --delete)", ExitCode.USAGE)
+    ms, _ = rec.read_manager_status(store)
+    sd = ms.service_status.get(sid)
+    if sd is not None and sd.state == ServiceState.ERROR and options.get("state") != "disabled":
+        raise AdminError(
+            f"service '{sid}' in error state, must be disabled and fixed first", ExitCode.REFUSED
+        )
+    if options.get("group"):
+        _check_group_use(store, options["group"])
+    if "node" in options:
+        # the node of a managed service is the CRM's business: move it with migrate/relocate
+        raise AdminError("cannot set 'node': use 'ha-manager migrate' or 'relocate'", ExitCode.USAGE)
+    bad_delete = set(delete) & set(options)
+    if bad_delete:
+        raise AdminError(f"cannot set and delete '{sorted(bad_delete)[0]}' at once", ExitCode.USAGE)
+
+    def edit(conf: ServiceConfig) -> None:
+        cd = conf.services.get(sid)
+        if cd is None:
+            raise AdminError(f"no such resource '{sid}'", ExitCode.NOT_FOUND)
+        spec = RESOURCE_TYPES[cd.type]
+        for key, value in options.items():
+            try:
+                if key == "state":
+                    cd.state = normalize_state(value, "command line", None)
+                elif key == "group":
+                    cd.group = value
+                elif key == "failback":
+                    cd.failback = parse_bool(value, key, "command line", None)
+                elif key == "max_restart":
+                    cd.max_restart = parse_uint(value, key, "command line", None)
+                elif key == "max_relocate":
+                    cd.max_relocate = parse_uint(value, key, "command line", None)
+                elif key == "comment":
+                    if len(value) > MAX_COMMENT:
+                        raise AdminError(
+                            f"property 'comment': longer than {MAX_COMMENT} characters", ExitCode.USAGE
+                        )
+                    cd.comment = value
+                elif key in spec.extra:
+                    cd.extra[key] = value
+                else:
+                    raise AdminError(f"unknown option '{key}' for {cd.type} resources", ExitCode.USAGE)
+            except ConfigError as e:
+                raise AdminError(e.message, ExitCode.USAGE) from None
+        for key in delete:
+            if key == "comment":
+                cd.comment = None
+            elif key == "group":
+                cd.group = None
+            elif key == "failback":
+                cd.failback = True
+            elif key == "max_restart":
+                cd.max_restart = DEFAULT_MAX_RESTART
+            elif key == "max_relocate":
+                cd.max_relocate = DEFAULT_MAX_RELOCATE
+            elif key == "state":
+                cd.state = RequestedState.STARTED
+            elif key in spec.extra and not spec.extra[key]:
+                cd.extra.pop(key, None)
+            else:
+                raise AdminError(f"cannot delete option '{key}'", ExitCode.USAGE)
+
+    return _edit(store, edit, digest)
+
+
+def remove_resource(store: Store, sid: str, purge: bool = True) -> list[str]:
+    """Remove a resource; with ``purge`` also from the rules, deleting rules left empty.
+
+    Returns the ids of the rules that were changed or deleted.
+    """
+    sid = normalize_sid(sid)
+
+    def edit(conf: ServiceConfig) -> None:
+        if sid not in conf.services:
+            raise AdminError(f"no such resource '{sid}'", ExitCode.NOT_FOUND)
+        del conf.services[sid]
+
+    touched: list[str] = []
+
+    def purge_rules(conf: RulesConfig) -> None:
+        touched.clear()
+        for rid, rule in list(conf.rules.items()):
+            if sid in rule.resources:
+                rule.resources.discard(sid)
+                touched.append(rid)
+                if not rule.resources:
+                    del conf.rules[rid]
+
+    _edit(store, edit)
+    store.delete(rec.location_name(sid))
+    if purge and sid in _rules_resources(store):
+        edit_file(store, rec.RULES_CFG, parse_rules_cfg, format_rules_cfg, purge_rules)
+    return touched
+
+
+def _rules_resources(store: Store) -> set[str]:
+    conf, _ = read_rules(store)
+    return {sid for r in conf.rules.values() for sid in r.resources}
