@@ -346,8 +346,12 @@ class Transport:
         return ok
 
     def reply(self, env: Envelope, msg: Message) -> bool:
-        """Answer ``env``: to its sender if a member, else back through the ROUTER to the client."""
-        if env.sender.encode() in self._members_b and env.origin in (b"", env.sender.encode()):
+        """Answer ``env``: to its sender if a member, else back through the ROUTER to the client.
+
+        A frame naming a member as sender got here only if its key belongs to that
+        member (``_on_frame``), so a member is answered on its own link.
+        """
+        if env.sender.encode() in self._members_b:
             return self.send(env.sender, msg)
         frame = self.codec.encode(self.node, next(self._ids), msg)
         return self._post(bytes((_T_CLIENT,)) + env.origin, frame)
@@ -453,10 +457,14 @@ class Transport:
         # Replies to a client that went away raise EHOSTUNREACH (counted)
         # instead of vanishing silently.
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A restarted peer reconnects with the same routing id (its name);
-        # without handover the new connection would be refused while the old
-        # half-dead one lingers.
-        r.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # SAFETY: no handover. Nobody connects under a name: member DEALERs set
+        # no routing id (the ROUTER numbers each connection itself; ids it makes
+        # start with a zero byte, which a peer cannot choose), and who speaks is
+        # the CURVE key owner the ZAP handler vouched for. With handover (and
+        # members connecting as their name) any client key that connected as
+        # "node2" took node2's slot and cut its heartbeats off: node2 was
+        # declared down and fenced (issue #11).
+        r.setsockopt(zmq.ROUTER_HANDOVER, 0)
         # Hard backstop far above the codec limit: libzmq drops the connection
         # of anyone streaming huge frames before we ever buffer them. Frames
         # between the two limits reach the codec and are counted "oversized".
@@ -481,7 +489,6 @@ class Transport:
             # and arrive, stale, whenever it comes back.
             d.setsockopt(zmq.IMMEDIATE, 1)
             d.setsockopt(zmq.SNDHWM, cfg.send_hwm)
-            d.setsockopt(zmq.ROUTING_ID, self._node_b)
             d.setsockopt(zmq.RECONNECT_IVL, _ms(cfg.reconnect_interval))
             d.setsockopt(zmq.RECONNECT_IVL_MAX, _ms(cfg.reconnect_interval_max))
             # A SYN into a cut link would otherwise hang for minutes of TCP
@@ -766,10 +773,11 @@ class Transport:
         if not local:
             sender = env.sender
             if sender in self._members:
-                # Members speak through their DEALER, whose routing id is their
-                # name; with CURVE the key owner must match as well. A frame
-                # claiming our own name can only be forged.
-                if origin != sender.encode() or sender == self.node or (self.curve and user != sender):
+                # With CURVE a member is who the ZAP handler says owns the key
+                # (routing ids prove nothing: the ROUTER numbers connections
+                # itself). A frame claiming our own name can only be forged.
+                # Without CURVE (tests only) nothing is authenticated.
+                if sender == self.node or (self.curve and user != sender):
                     self._reject(origin, RejectReason.SPOOFED_SENDER, f"claims {sender!r}")
                     return
             elif env.kind not in _CLIENT_KINDS:

@@ -471,3 +471,30 @@ def test_reply_to_a_vanished_client_is_counted_not_lost_silently(make_cluster: M
         return a.stats().get("dropped.unroutable", 0) >= 1
 
     wait_until(unroutable)
+
+
+def test_a_client_with_a_member_routing_id_cannot_displace_the_member(make_cluster: MakeCluster) -> None:
+    """Issue #11: a client key reconnecting in a loop under a member's name must not cut that member off.
+
+    Before, member DEALERs used their name as routing id and the ROUTER allowed handover, so a
+    client connecting as "b" took b's slot: b's heartbeats to a were lost, b was declared down
+    (and, in a live cluster, fenced).
+    """
+    c = make_cluster(3)
+    c.start()
+    wait_until(c.full_mesh)
+    a = c.nodes["a"]
+    ctx = zmq.Context()
+    try:
+        deadline = time.monotonic() + 2.0  # several peer timeouts (FAST: 0.3 s)
+        n = 0
+        while time.monotonic() < deadline:
+            s = client_socket(ctx, c, "cli", "a", b"b")
+            s.send(a.codec.encode("cli", n, ApiRequest(f"r{n}", "status", {})))
+            time.sleep(0.02)
+            s.close()
+            n += 1
+    finally:
+        ctx.destroy(linger=0)
+    assert c.recorders["a"].bodies(PeerDown) == [], "the client cut member b off"
+    assert "b" in a.peers_up()
