@@ -514,7 +514,8 @@ class LiveEnv:
         waits for). Once no service of this node runs, the mark is removed and
         fencing works again. Services that run on purpose (frozen over an LRM
         restart) keep the mark until the watchdog is armed again
-        (:meth:`watchdog_update`).
+        (:meth:`watchdog_update`). While nothing of this node is in ``fence``
+        there is nothing to confirm, and no agent is asked (this runs every tick).
         """
         if not self._unwatched_maybe:
             return
@@ -524,13 +525,18 @@ class LiveEnv:
                 self._unwatched_maybe = False
                 return
             ms, _ = rec.read_manager_status(store)
+            fenced = [
+                sid
+                for sid, sd in sorted(ms.service_status.items())
+                if sd.node == node and sd.state == "fence"
+            ]
+            if not fenced:
+                return  # nothing to confirm yet: the mark stays until a fence or the watchdog clears it
             conf = self.read_service_config()
-            for sid, sd in sorted(ms.service_status.items()):
+            for sid in fenced:
                 cd = conf.services.get(sid)
                 plugin = self.resource_plugin(cd.type) if cd is not None else None
-                if sd.node != node or sd.state != "fence" or cd is None or plugin is None:
-                    continue
-                if plugin.check_running(self, sid, cd):
+                if cd is not None and plugin is not None and plugin.check_running(self, sid, cd):
                     self.log("warning", f"stopping {sid}: it was fenced while it ran here without a watchdog")
                     plugin.shutdown(self, sid, cd, None)
             if not self._local_services_running():

@@ -42,7 +42,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pykka
 from loguru import logger
@@ -82,7 +81,7 @@ from bus.reliability import Outbox
 from bus.transport import Transport, TransportConfig
 from fence.device import device_problem
 from fence.kill import NodeKiller
-from fence.procfs import read_stat
+from fence.procfs import read_pid_file
 from ha.env import ResourcePlugin
 from ha.errors import HaError
 from ha.records import LrmStatus, ManagerStatus
@@ -175,7 +174,7 @@ class NodeRuntime:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            other = _read_pid(run / "ha-node.pid")
+            other = read_pid_file(run / "ha-node.pid")
             pid = f" (pid {other})" if other else ""
             raise HaError(f"ha-node for {self.node} already runs{pid}; not starting a second") from None
         self._lock_fd = fd  # held (and the lock with it) until this process ends
@@ -614,13 +613,3 @@ class _NodeMembership:
 
     def peers_up(self) -> frozenset[str]:
         return self.runtime.bus.peers_up()
-
-
-def _read_pid(path: Path) -> int | None:
-    """The pid in ``path`` if that process is alive."""
-    try:
-        pid = int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    st = read_stat(pid)
-    return pid if st is not None and st.alive else None

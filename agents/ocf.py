@@ -130,11 +130,7 @@ class OcfPlugin:
         ``cgroup_base``: "auto" = ``<cgroup2 mount>/pyha``; None = no cgroups (tests only).
         """
         self.state_dir = Path(state_dir).absolute()
-        if cgroup_base == "auto":
-            mount = procutil.cgroup2_mount()
-            self.cgroup_base: Path | None = mount / "pyha" if mount is not None else None
-        else:
-            self.cgroup_base = Path(cgroup_base) if cgroup_base is not None else None
+        self.cgroup_base = procutil.resolve_cgroup_base(cgroup_base)
         self.ocf_root = Path(ocf_root)
         self.agent_dirs = [Path(d) for d in agent_dirs] if agent_dirs else [self.ocf_root / "resource.d"]
         self.start_timeout = start_timeout

@@ -114,11 +114,7 @@ class ProcPlugin:
         ``kill_wait``: how long to wait for processes to vanish after SIGKILL.
         """
         self.state_dir = Path(state_dir).absolute()
-        if cgroup_base == "auto":
-            mount = procutil.cgroup2_mount()
-            self.cgroup_base: Path | None = mount / "pyha" if mount is not None else None
-        else:
-            self.cgroup_base = Path(cgroup_base) if cgroup_base is not None else None
+        self.cgroup_base = procutil.resolve_cgroup_base(cgroup_base)
         self.start_timeout = start_timeout
         self.settle = settle
         self.kill_wait = kill_wait

@@ -43,8 +43,17 @@ __all__ = [
     "read_boot_id",
     "read_stat",
     "remove_cgroup",
+    "resolve_cgroup_base",
     "run_bounded",
 ]
+
+
+def resolve_cgroup_base(cgroup_base: str | Path | None) -> Path | None:
+    """An agent's ``cgroup_base`` argument: "auto" = ``<cgroup2 mount>/pyha``; None = no cgroups."""
+    if cgroup_base == "auto":
+        mount = cgroup2_mount()
+        return mount / "pyha" if mount is not None else None
+    return Path(cgroup_base) if cgroup_base is not None else None
 
 
 def fencing_env(env: object, sid: str) -> dict[str, str]:

@@ -52,6 +52,7 @@ from bus.keys import generate
 from cli import netns as netns_mod
 from cli.api_client import generate_client_key
 from fence.kill import NodeKiller
+from fence.procfs import pid_alive, read_pid_file
 from ha.errors import HaError
 from store.base import Store, check_name
 from store.records import DATACENTER_CFG, RESOURCES_CFG, read_lrm_status
@@ -77,29 +78,8 @@ def load(directory: str) -> ClusterConfig:
         raise AssertionError from None
 
 
-def read_pid(path: Path) -> int | None:
-    try:
-        pid = int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    return pid if alive(pid) else None
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 def node_pid(c: ClusterConfig, node: str) -> int | None:
-    return read_pid(c.run_dir(node) / "ha-node.pid")
+    return read_pid_file(c.run_dir(node) / "ha-node.pid")
 
 
 def free_ports(n: int) -> list[int]:
@@ -164,7 +144,7 @@ def etcd_command(c: ClusterConfig, node: str) -> list[str]:
 
 def etcd_pid(c: ClusterConfig, node: str) -> int | None:
     """The pid of NODE's etcd member if it runs (checked against its command line)."""
-    pid = read_pid(c.etcd_pid_file(node))
+    pid = read_pid_file(c.etcd_pid_file(node))
     if pid is None:
         return None
     try:
@@ -588,11 +568,11 @@ def request_stop(c: ClusterConfig, node: str, kind: str) -> int | None:
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = [p for p in pids if alive(p)]
+        pids = [p for p in pids if pid_alive(p)]
         if not pids:
             return []
         time.sleep(0.05)
-    return [p for p in pids if alive(p)]
+    return [p for p in pids if pid_alive(p)]
 
 
 @main.command()
@@ -621,7 +601,7 @@ def kill_tree(c: ClusterConfig, node: str) -> list[int]:
     The same firing path as the node's watchdog (fence/kill.py): records that do not
     provably belong to this boot and group are left alone.
     """
-    pids = [p for name in ("ha-node.pid", "ha-watchdog.pid") if (p := read_pid(c.run_dir(node) / name))]
+    pids = [p for name in ("ha-node.pid", "ha-watchdog.pid") if (p := read_pid_file(c.run_dir(node) / name))]
     cgroups = [c.cgroup_base / node] if c.cgroup_base is not None else []
     killer = NodeKiller(cgroups, [c.state_dir / node], pids)
     killer.fire()
@@ -766,7 +746,7 @@ def status(directory: str) -> None:
     lead = etcd_leader(c) if c.etcd is not None else None
     for n in sorted(c.nodes):
         pid = node_pid(c, n)
-        wd = read_pid(c.run_dir(n) / "ha-watchdog.pid")
+        wd = read_pid_file(c.run_dir(n) / "ha-watchdog.pid")
         line = f"{n}: {'running pid ' + str(pid) if pid else 'stopped'}{f', watchdog pid {wd}' if wd else ''}"
         if c.etcd is not None:
             epid = etcd_pid(c, n)

@@ -21,7 +21,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import click
@@ -36,6 +35,7 @@ from cli.api_client import (
     generate_client_key,
     load_client_key,
 )
+from fence.procfs import read_pid_file
 from ha.errors import HaError
 
 ENV_CLUSTER = "PYHA_CLUSTER"
@@ -89,21 +89,9 @@ class LocalBackend:
         self.store.close()
 
 
-def _alive(pid_file: Path) -> bool:
-    try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def cluster_running(cluster: ClusterConfig) -> bool:
     """Does any node process of this (local) cluster run? (``run/<node>/ha-node.pid``)"""
-    return any(_alive(cluster.run_dir(n) / "ha-node.pid") for n in cluster.nodes)
+    return any(read_pid_file(cluster.run_dir(n) / "ha-node.pid") is not None for n in cluster.nodes)
 
 
 class Ctx:

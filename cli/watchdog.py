@@ -52,6 +52,7 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fence.clock import boottime
@@ -192,13 +193,13 @@ class Watchdog:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def _loop(self, srv: socket.socket, stopping: object) -> int:
+    def _loop(self, srv: socket.socket, stopping: Callable[[], bool]) -> int:
         conns: dict[int, socket.socket] = {}
         pids: dict[int, int] = {}
         poller = select.poll()
         poller.register(srv, select.POLLIN)
         next_status = 0.0
-        while not stopping():  # type: ignore[operator]
+        while not stopping():
             now = boottime()
             wait = next_status - now
             if self.armed:

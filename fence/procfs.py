@@ -57,6 +57,15 @@ def pid_alive(pid: int) -> bool:
     return st is not None and st.alive
 
 
+def read_pid_file(path: Path) -> int | None:
+    """The pid written in ``path`` if that process is alive (a zombie is not), else None."""
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
 def pgroup_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``."""
     out: list[int] = []

@@ -16,15 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.procutil import read_stat
+from agents.procutil import pid_alive, read_stat
 from bench.livecluster import PY, LiveCluster, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def alive(pid: int) -> bool:
-    st = read_stat(pid)
-    return st is not None and st.alive
 
 
 def first_copy_pid(c: LiveCluster, sid: str) -> int:
@@ -44,7 +39,7 @@ def test_watchdog_sigkill_alone_fences_the_node(cluster: LiveCluster) -> None:
     assert wd is not None
     os.kill(wd, signal.SIGKILL)
     # the node daemon notices at once and takes its services down itself
-    wait_for(lambda: not alive(old), 5, "node2's copy of proc:a to die with its watchdog")
+    wait_for(lambda: not pid_alive(old), 5, "node2's copy of proc:a to die with its watchdog")
     cluster.wait_serving("proc:a", 30, not_on="node2")
     assert cluster.serving_node("proc:b") == "node3"
     assert "watchdog" in cluster.log("node2") and "fencing this node" in cluster.log("node2")
@@ -60,10 +55,10 @@ def test_watchdog_stalled_then_daemon_stalled(cluster: LiveCluster) -> None:
     assert wd is not None and daemon is not None
     os.kill(wd, signal.SIGSTOP)
     time.sleep(2.5)
-    with_daemon = alive(daemon)
+    with_daemon = pid_alive(daemon)
     if with_daemon:
         os.kill(daemon, signal.SIGSTOP)
-    wait_for(lambda: not alive(old), 10, "node2's copy of proc:a to be killed")
+    wait_for(lambda: not pid_alive(old), 10, "node2's copy of proc:a to be killed")
     cluster.wait_serving("proc:a", 30, not_on="node2")
     assert not with_daemon or "watchdog" in cluster.log("node2")
 
@@ -81,7 +76,7 @@ def test_fencing_reaches_ocf_daemons(cluster: LiveCluster) -> None:
     cluster.wait_serving("ocf:web", 40)
     old = first_copy_pid(cluster, "ocf:web")
     cluster.signal("node2", signal.SIGKILL)  # the daemon dies: its watchdog fires
-    wait_for(lambda: not alive(old), 10, "the OCF daemon to die with its fenced node")
+    wait_for(lambda: not pid_alive(old), 10, "the OCF daemon to die with its fenced node")
     cluster.wait_serving("ocf:web", 40)
     assert first_copy_pid(cluster, "ocf:web") != old
 
@@ -105,11 +100,11 @@ def test_disarmed_node_crash_is_not_recovered_while_its_services_may_run(cluster
         "the master to refuse fencing the disarmed node",
     )
     time.sleep(3)
-    assert alive(old) and cluster.serving_node("proc:a") == "node2"
+    assert pid_alive(old) and cluster.serving_node("proc:a") == "node2"
     # the node comes back: its LRM stops what the master fenced meanwhile, clears its mark,
     # and only then is the service recovered
     cluster.up("node2")
-    wait_for(lambda: not alive(old), 30, "node2 to stop its fenced copy of proc:a")
+    wait_for(lambda: not pid_alive(old), 30, "node2 to stop its fenced copy of proc:a")
     cluster.wait_state("proc:a", "started", 40)
     cluster.wait_serving("proc:a", 30)
     assert first_copy_pid(cluster, "proc:a") != old
@@ -123,7 +118,7 @@ def test_second_daemon_for_one_node_is_refused(cluster: LiveCluster) -> None:
     )  # fmt: skip
     assert res.returncode == 1
     assert "already runs" in res.stderr
-    assert cluster.pid("node2") is not None and alive(int(cluster.pid("node2") or 0))
+    assert cluster.pid("node2") is not None and pid_alive(int(cluster.pid("node2") or 0))
 
 
 def test_stale_process_group_record_is_not_killed(cluster: LiveCluster) -> None:
