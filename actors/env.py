@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from loguru import logger
 
 from fence.clock import boottime
 from ha.config.datacenter import DatacenterConfig, parse_datacenter_cfg
+from ha.config.encoding import decode_config
 from ha.config.groups import GroupConfig, format_groups_cfg, parse_groups_cfg
+from ha.config.lastgood import carry_over
 from ha.config.resources import ResourceConfig, ServiceConfig, format_resources_cfg, parse_resources_cfg
 from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
 from ha.env import NodeInfo, ResourcePlugin
@@ -123,6 +125,8 @@ class LiveEnv:
         self.log_ = logger.bind(ident=self.ident)
         self._cache: dict[str, _Cached] = {}
         self._bad_config_logged: set[str] = set()
+        self._config_errors: dict[str, list[str]] = {}  # file -> errors last recorded
+        self._carried: dict[str, list[str]] = {}  # file -> entries kept from an earlier reading
         # manager_status as this daemon last read or wrote it (the CRM's CAS base)
         self._ms_version: str | _Unknown | None = _UNKNOWN
         self._store_trouble: str | None = None  # last lease-call problem logged (no repeats)
@@ -185,20 +189,72 @@ class LiveEnv:
         return NODE_VERSION if node in self.ctx.nodes else None
 
     # -- records -------------------------------------------------------------------
-    def _parsed(self, name: str, parse: Callable[[str, str], object]) -> object:
-        text, version = rec.read_text(self.ctx.store, name)
-        c = self._cache.setdefault(name, _Cached())
-        if c.version != version:
-            c.value = parse(text, version or "")
-            c.version = version
-        return c.value
+    def _config(
+        self,
+        name: str,
+        parse: Callable[[str, str | None], tuple[object, list[ConfigError]]],
+        entries: Callable[[object], MutableMapping[str, Any]] | None,
+        key_extra: str = "",
+    ) -> object:
+        """A config file as in force on this node: parsed when its version changes.
 
-    def _report(self, errors: list[ConfigError], version: str | None) -> None:
+        Never raises for the file's content (issue #10): bytes that are not UTF-8
+        and sections that fail to parse are config errors, logged once with file
+        and line; what the last reading had and this one lacks is carried over
+        while the file has errors (``ha.config.lastgood``), and a file that cannot
+        be read as a whole (``datacenter.cfg``) keeps its last good value.
+        """
+        record = self.ctx.store.read(name)
+        version = None if record is None else record.version
+        key = f"{version}|{key_extra}"
+        c = self._cache.setdefault(name, _Cached())
+        if c.version == key:
+            return c.value
+        text, errors = decode_config(b"" if record is None else record.data, name)
+        value, parse_errors = parse(text, version)
+        errors += parse_errors
+        self._carried.pop(name, None)
+        if errors and c.value is not None:
+            if entries is None:
+                value = c.value  # one value for the whole file: the last good one stays
+                self._note_kept(name, version, ["the whole file"])
+            else:
+                kept = carry_over(entries(value), entries(c.value), True)
+                self._carried[name] = kept
+                if kept:
+                    self._note_kept(name, version, kept)
+        self._report(name, errors, version)
+        c.value, c.version = value, key
+        return value
+
+    def _report(self, name: str, errors: list[ConfigError], version: str | None) -> None:
         for e in errors:
             key = f"{version}:{e}"
             if key not in self._bad_config_logged:
                 self._bad_config_logged.add(key)
                 self.log("err", f"configuration error, section skipped: {e}")
+        self._config_problem(name, [str(e) for e in errors])
+
+    def _note_kept(self, name: str, version: str | None, kept: list[str]) -> None:
+        key = f"{version}:kept:{','.join(kept)}"
+        if key not in self._bad_config_logged:
+            self._bad_config_logged.add(key)
+            self.log("err", f"{name} has errors: keeping the last good configuration of {', '.join(kept)}")
+
+    def _config_problem(self, name: str, errors: list[str]) -> None:
+        """The master records which config files have errors, and since when (``ha-manager status``).
+
+        Only the CRM's Env writes it (only the master reads the config in the CRM),
+        and only when the list changed; a failed write is retried on the next change
+        or the next master. It is a report, never an input to any decision.
+        """
+        if self.daemon != "crm" or self._config_errors.get(name, []) == errors:
+            return
+        self._config_errors[name] = errors
+        try:
+            rec.update_config_errors(self.ctx.store, name, errors, time.time())
+        except HaError as e:
+            self.log("warning", f"could not record the config errors of {name}: {e}")
 
     def read_manager_status(self) -> ManagerStatus:
         ms, version = rec.read_manager_status(self.ctx.store)
@@ -283,25 +339,44 @@ class LiveEnv:
         return rec.any_pending_crm_command(self.ctx.store)
 
     def read_service_config(self) -> ServiceConfig:
-        store = self.ctx.store
-        text, version = rec.read_text(store, rec.RESOURCES_CFG)
-        locations = rec.read_locations(store)
-        key = f"{version}|{sorted(locations.items())}"
-        c = self._cache.setdefault(rec.RESOURCES_CFG, _Cached())
-        if c.version != key:
+        locations = rec.read_locations(self.ctx.store)
+
+        def parse(text: str, version: str | None) -> tuple[object, list[ConfigError]]:
             conf, errors = parse_resources_cfg(text, rec.RESOURCES_CFG, nodes=locations)
             conf.digest = version
-            self._report(errors, version)
-            c.value, c.version = conf, key
-        assert isinstance(c.value, ServiceConfig)
-        return c.value
+            return conf, errors
+
+        def services(value: object) -> MutableMapping[str, Any]:
+            assert isinstance(value, ServiceConfig)
+            return value.services
+
+        conf = self._config(rec.RESOURCES_CFG, parse, services, repr(sorted(locations.items())))
+        assert isinstance(conf, ServiceConfig)
+        for sid in self._carried.get(rec.RESOURCES_CFG, ()):  # carried over: where it is now
+            cd = conf.services[sid]
+            node = locations.get(sid)
+            if node is not None and cd.node != node:
+                cd.node = node
+        return conf
 
     def _edit_resources(self, edit: Callable[[ServiceConfig], None]) -> None:
-        """Read-modify-write resources.cfg with compare-and-swap, retrying on conflicts."""
+        """Read-modify-write resources.cfg with compare-and-swap, retrying on conflicts.
+
+        Refused while the file has errors: rewriting it from the sections that
+        parsed would delete the others (issue #10).
+        """
         store = self.ctx.store
         for _ in range(20):
-            text, version = rec.read_text(store, rec.RESOURCES_CFG)
-            conf, _errors = parse_resources_cfg(text, rec.RESOURCES_CFG)
+            record = store.read(rec.RESOURCES_CFG)
+            version = None if record is None else record.version
+            text, errors = decode_config(b"" if record is None else record.data, rec.RESOURCES_CFG)
+            conf, parse_errors = parse_resources_cfg(text, rec.RESOURCES_CFG)
+            errors += parse_errors
+            if errors:
+                raise ConfigError(
+                    f"not rewriting {rec.RESOURCES_CFG} while it has errors"
+                    f" (first: {errors[0]}); fix it first"
+                )
             edit(conf)
             try:
                 store.write(rec.RESOURCES_CFG, format_resources_cfg(conf).encode(), version or "")
@@ -334,13 +409,16 @@ class LiveEnv:
         self._edit_resources(replace_all)
 
     def read_group_config(self) -> GroupConfig:
-        def parse(text: str, version: str) -> GroupConfig:
+        def parse(text: str, version: str | None) -> tuple[object, list[ConfigError]]:
             conf, errors = parse_groups_cfg(text, rec.GROUPS_CFG)
             conf.digest = version or None
-            self._report(errors, version)
-            return conf
+            return conf, errors
 
-        value = self._parsed(rec.GROUPS_CFG, parse)
+        def groups(value: object) -> MutableMapping[str, Any]:
+            assert isinstance(value, GroupConfig)
+            return value.groups
+
+        value = self._config(rec.GROUPS_CFG, parse, groups)
         assert isinstance(value, GroupConfig)
         return value
 
@@ -348,13 +426,16 @@ class LiveEnv:
         self.ctx.store.delete(rec.GROUPS_CFG)
 
     def read_rules_config(self) -> RulesConfig:
-        def parse(text: str, version: str) -> RulesConfig:
+        def parse(text: str, version: str | None) -> tuple[object, list[ConfigError]]:
             conf, errors = parse_rules_cfg(text, rec.RULES_CFG)
             conf.digest = version or None
-            self._report(errors, version)
-            return conf
+            return conf, errors
 
-        value = self._parsed(rec.RULES_CFG, parse)
+        def rules(value: object) -> MutableMapping[str, Any]:
+            assert isinstance(value, RulesConfig)
+            return value.rules
+
+        value = self._config(rec.RULES_CFG, parse, rules)
         assert isinstance(value, RulesConfig)
         return value
 
@@ -388,14 +469,13 @@ class LiveEnv:
             raise HaError(f"moving service '{sid}' to '{new_node}' failed: {e}") from e
 
     def get_datacenter_settings(self) -> DatacenterConfig:
-        def parse(text: str, version: str) -> DatacenterConfig:
+        def parse(text: str, version: str | None) -> tuple[object, list[ConfigError]]:
             try:
-                return parse_datacenter_cfg(text, rec.DATACENTER_CFG)
+                return parse_datacenter_cfg(text, rec.DATACENTER_CFG), []
             except ConfigError as e:
-                self._report([e], version)
-                return DatacenterConfig()
+                return DatacenterConfig(), [e]
 
-        value = self._parsed(rec.DATACENTER_CFG, parse)
+        value = self._config(rec.DATACENTER_CFG, parse, None)
         assert isinstance(value, DatacenterConfig)
         return value
 

@@ -24,6 +24,7 @@ from admin.resources import add_resource, remove_resource, set_resource
 from admin.rules import rule_add, rule_remove, rule_set
 from admin.views import group_to_dict, resource_to_dict, rule_to_dict, rules_view
 from ha.config.datacenter import parse_datacenter_cfg
+from ha.config.encoding import decode_config
 from ha.config.resources import ServiceConfig, parse_resources_cfg
 from ha.errors import HaError
 from ha.records import LrmStatus, ManagerStatus
@@ -207,10 +208,26 @@ class ApiOps:
         }
 
     def _lenient_config(self) -> tuple[ServiceConfig, str | None, list[str]]:
-        """resources.cfg for views: broken sections are reported, the rest still shown."""
-        text, version = rec.read_text(self.store, rec.RESOURCES_CFG)
-        conf, errors = parse_resources_cfg(text, rec.RESOURCES_CFG, nodes=rec.read_locations(self.store))
-        return conf, version, [str(e) for e in errors]
+        """resources.cfg for views: broken sections (bad bytes too) are reported, the rest still shown."""
+        record = self.store.read(rec.RESOURCES_CFG)
+        version = None if record is None else record.version
+        text, errors = decode_config(b"" if record is None else record.data, rec.RESOURCES_CFG)
+        locations = rec.read_locations(self.store)
+        conf, parse_errors = parse_resources_cfg(text, rec.RESOURCES_CFG, nodes=locations)
+        return conf, version, [str(e) for e in errors + parse_errors]
+
+    def _config_errors(self, resources_errors: list[str]) -> dict[str, tuple[float | None, list[str]]]:
+        """Config files with errors: as the master recorded them (with since when), else as read now."""
+        out: dict[str, tuple[float | None, list[str]]] = {}
+        for name, entry in rec.read_config_errors(self.store).items():
+            since = entry.get("since") if isinstance(entry, dict) else None
+            errors = entry.get("errors") if isinstance(entry, dict) else None
+            if isinstance(errors, list) and errors:
+                when = float(since) if isinstance(since, int | float) else None
+                out[str(name)] = (when, [str(e) for e in errors])
+        if resources_errors and rec.RESOURCES_CFG not in out:
+            out[rec.RESOURCES_CFG] = (None, resources_errors)  # not (yet) seen by a master
+        return out
 
     def _crs_mode(self) -> str:
         text, _ = rec.read_text(self.store, rec.DATACENTER_CFG)
@@ -229,7 +246,7 @@ class ApiOps:
         quorate = self.quorate()
         lines = status_lines(
             node=self.node, quorate=quorate, ms=ms, lrm=lrm, conf=conf, now=self.clock(),
-            fmt_time=time.ctime, crs_mode=self._crs_mode(),
+            fmt_time=time.ctime, crs_mode=self._crs_mode(), config_errors=self._config_errors(errors),
         )  # fmt: skip
         out: dict[str, Any] = {
             "node": self.node,

@@ -98,13 +98,26 @@ def status_lines(
     now: float,
     fmt_time: Callable[[float], str],
     crs_mode: str = "basic",
+    config_errors: Mapping[str, tuple[float | None, list[str]]] | None = None,
 ) -> list[StatusLine]:
-    """The status lines in the reference's order (§8)."""
+    """The status lines in the reference's order (§8).
+
+    ``config_errors`` (file -> (since, errors)) adds one ``config`` line per
+    config file with errors after the quorum line (ours, issue #10: the
+    reference has no such line; without errors the output is the reference's).
+    """
     out: list[StatusLine] = []
     if quorate:
         out.append(StatusLine("quorum", "quorum", "OK", node=node))
     else:
         out.append(StatusLine("quorum", "quorum", f"No quorum on node '{node}'!", node=node))
+    for name, (since, errors) in sorted((config_errors or {}).items()):
+        if not errors:
+            continue
+        when = f" since {fmt_time(since)}" if since is not None else ""
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        text = f"{name} invalid{when}: {errors[0]}{more}; the last good configuration stays in force"
+        out.append(StatusLine(f"config:{name}", "config", text))
 
     master_active = False
     disarm = ms.disarm

@@ -8,13 +8,15 @@ bare node name for ``locations/<sid>``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any, Final
 
+from ha.config.encoding import decode_config
 from ha.errors import ProtocolError
 from ha.records import LrmStatus, ManagerStatus
-from store.base import Store
+from store.base import ABSENT, Store, VersionConflict
 
 RESOURCES_CFG: Final = "resources.cfg"
 GROUPS_CFG: Final = "groups.cfg"
@@ -133,9 +135,62 @@ def read_locations(store: Store) -> dict[str, str]:
 
 
 def read_text(store: Store, name: str) -> tuple[str, str | None]:
-    """A text record (config file) and its version; ("", None) when missing."""
+    """A text record (config file) and its version; ("", None) when missing.
+
+    Bytes that are not UTF-8 raise :class:`ConfigError` naming the first bad
+    line (the tools refuse to edit such a file; the runtime reads it section by
+    section instead, ``actors/env.py``).
+    """
     rec = store.read(name)
-    return ("", None) if rec is None else (rec.data.decode(), rec.version)
+    if rec is None:
+        return "", None
+    text, errors = decode_config(rec.data, name)
+    if errors:
+        raise errors[0]
+    return text, rec.version
+
+
+CONFIG_ERRORS: Final = "config_errors"
+
+
+def read_config_errors(store: Store) -> dict[str, dict[str, Any]]:
+    """``config_errors``: file -> {"since": epoch seconds, "errors": [...]} (files with errors only)."""
+    rec = store.read(CONFIG_ERRORS)
+    if rec is None:
+        return {}
+    try:
+        value = decode_json(CONFIG_ERRORS, rec.data)
+    except ProtocolError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def update_config_errors(store: Store, name: str, errors: list[str], now: float) -> None:
+    """Record (or clear) the errors of config file ``name``; "since" stays while the file has errors.
+
+    Written by the master's Env (``actors/env.py``), read by ``ha-manager status``;
+    a report only, never an input to a decision.
+    """
+    for _ in range(5):
+        rec = store.read(CONFIG_ERRORS)
+        current: dict[str, Any] = {}
+        if rec is not None:
+            with contextlib.suppress(ProtocolError):
+                loaded = decode_json(CONFIG_ERRORS, rec.data)
+                current = loaded if isinstance(loaded, dict) else {}
+        before = current.get(name)
+        if errors:
+            since = before.get("since", now) if isinstance(before, dict) else now
+            current[name] = {"since": since, "errors": errors}
+        elif before is None:
+            return
+        else:
+            del current[name]
+        try:
+            store.write(CONFIG_ERRORS, encode_json(current), ABSENT if rec is None else rec.version)
+            return
+        except VersionConflict:
+            continue
 
 
 def queue_crm_command(store: Store, line: str) -> None:

@@ -1,0 +1,44 @@
+"""A config mistake never costs a running service (issue #10), on a real cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.livecluster import LiveCluster, wait_for
+from store import records as rec
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_a_non_utf8_byte_in_resources_cfg_fences_nothing(cluster: LiveCluster) -> None:
+    cluster.add_service("proc:a", "node1")
+    cluster.add_service("proc:b", "node2")
+    cluster.up()
+    cluster.wait_serving("proc:a", 30, on="node1")
+    cluster.wait_serving("proc:b", 30, on="node2")
+    pids = {n: cluster.pid(n) for n in ("node1", "node2", "node3")}
+    store = cluster.open_store()
+    record = store.read(rec.RESOURCES_CFG)
+    assert record is not None
+    good = record.data
+    store.write(rec.RESOURCES_CFG, good + b"\n# caf\xe9\nproc: c\xff\n\tcmd sleep 1\n\tnode node3\n")
+    # several CRM rounds (the old code failed 5 in a row, then fenced) with the bad file in place
+    for _ in range(3):
+        rounds = cluster.manager_status().timestamp
+        wait_for(lambda r=rounds: cluster.manager_status().timestamp != r, 20, "a manager round")
+    assert {n: cluster.pid(n) for n in pids} == pids, "no ha-node restarted or fenced"
+    # the master reports it, the tools show it in one line
+    wait_for(lambda: rec.RESOURCES_CFG in rec.read_config_errors(store), 20, "the master to record the error")
+    status = cluster.manager("status").stdout
+    assert "config resources.cfg invalid since" in status and "not valid UTF-8" in status
+    assert "Traceback" not in status
+    listing = cluster.manager("config", check=False)
+    assert "Traceback" not in listing.stdout + listing.stderr
+    assert cluster.serving_node("proc:a") == "node1" and cluster.serving_node("proc:b") == "node2"
+    logs = "".join(cluster.log(n) for n in pids)
+    assert "fencing this node" not in logs and "not valid UTF-8" in logs
+    # fixed: the report goes away
+    store.write(rec.RESOURCES_CFG, good)
+    wait_for(lambda: rec.RESOURCES_CFG not in rec.read_config_errors(store), 20, "the error report to clear")
+    assert "config resources.cfg" not in cluster.manager("status").stdout
+    store.close()
