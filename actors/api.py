@@ -32,7 +32,7 @@ from admin.errors import AdminError, ExitCode
 from admin.ops import CLIENT_KEY_PREFIX, ROLE_ADMIN, ROLE_READONLY, ApiOps, error_result
 from bus.codec import Envelope
 from bus.messages import ApiReply, ApiRequest
-from ha.errors import HaError
+from ha.errors import ConfigError, HaError
 from ha.records import ManagerStatus
 from store.base import Store
 
@@ -178,6 +178,9 @@ class ApiActor(pykka.ThreadingActor):
             reply = ApiReply(req.request_id, True, self.api.call(req.op, dict(req.args), role))
         except AdminError as e:
             reply = ApiReply(req.request_id, False, error_result(e), str(e))
+        except ConfigError as e:  # a stored config file the operation cannot use (e.g. not UTF-8)
+            err = AdminError(str(e), ExitCode.REFUSED)
+            reply = ApiReply(req.request_id, False, error_result(err), str(e))
         except HaError as e:
             err = AdminError(str(e), ExitCode.UNREACHABLE)
             reply = ApiReply(req.request_id, False, error_result(err), str(e))

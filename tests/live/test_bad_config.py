@@ -42,3 +42,15 @@ def test_a_non_utf8_byte_in_resources_cfg_fences_nothing(cluster: LiveCluster) -
     wait_for(lambda: rec.RESOURCES_CFG not in rec.read_config_errors(store), 20, "the error report to clear")
     assert "config resources.cfg" not in cluster.manager("status").stdout
     store.close()
+
+
+def test_an_edit_of_a_non_utf8_file_is_refused_in_one_line(cluster: LiveCluster) -> None:
+    cluster.up()
+    store = cluster.open_store()
+    store.write(rec.RESOURCES_CFG, b"proc: x\n\tcmd sleep \xff\n\tnode node1\n")
+    res = cluster.manager("add", "proc:y", "--node", "node2", "--cmd", "sleep 9", check=False)
+    assert res.returncode == 4, res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "resources.cfg:2" in res.stderr
+    record = store.read(rec.RESOURCES_CFG)
+    assert record is not None and record.data == b"proc: x\n\tcmd sleep \xff\n\tnode node1\n"
+    store.close()
