@@ -107,6 +107,7 @@ class _Unknown:
 
 
 _UNKNOWN = _Unknown()
+_STALE = _Unknown()  # changed by another writer: re-read (the content, not just the version) first
 
 
 class _Cached:
@@ -130,7 +131,7 @@ class LiveEnv:
         # manager_status as this daemon last read or wrote it (the CRM's CAS base)
         self._ms_version: str | _Unknown | None = _UNKNOWN
         self._store_trouble: str | None = None  # last lease-call problem logged (no repeats)
-        self._drain_unknown: bytes | None = None  # crm_commands read before a drain of unknown outcome
+        self._to_drain: bytes | None = None  # crm_commands read this round, drained after manager_status
         # the LRM may have left an unwatched mark (an earlier process, or its own release): clear it
         # once its watchdog is armed again
         self._unwatched_maybe = daemon == "lrm"
@@ -257,8 +258,15 @@ class LiveEnv:
             self.log("warning", f"could not record the config errors of {name}: {e}")
 
     def read_manager_status(self) -> ManagerStatus:
+        """The record; a read becomes the compare-and-swap base only when this Env has none.
+
+        Once this master wrote, its base is its own last write: reads by the CRM's
+        health checks (every iteration) must not move it, or a change by another
+        writer would be adopted without the Manager ever seeing it (issue #10).
+        """
         ms, version = rec.read_manager_status(self.ctx.store)
-        self._ms_version = version
+        if isinstance(self._ms_version, _Unknown):  # first read, unknown outcome, or stale
+            self._ms_version = version
         return ms
 
     def write_manager_status(self, ms: ManagerStatus) -> None:
@@ -272,6 +280,8 @@ class LiveEnv:
         # Compare-and-swap on the version this master last saw: a write of a deposed
         # master that lands late (etcd: a write whose answer was lost) cannot replace
         # anything written after it, and a surprise here makes us re-read.
+        if self._ms_version is _STALE:
+            raise LockLost("manager_status changed under this master: not written before a re-read")
         if isinstance(self._ms_version, _Unknown):
             rec_now = store.read(rec.MANAGER_STATUS)
             self._ms_version = None if rec_now is None else rec_now.version
@@ -279,14 +289,22 @@ class LiveEnv:
         try:
             self._ms_version = rec.write_manager_status(store, ms, expect)
         except VersionConflict as e:
-            self._ms_version = e.actual
+            # SAFETY: someone else wrote manager_status: this master's picture is stale.
+            # Adopting the new version and writing again would replace what it never saw,
+            # so no write is accepted until manager_status was read again (the CRM leaves
+            # the master state on LockLost and its next Manager starts from the record).
+            self._ms_version = _STALE
             raise LockLost(
                 f"manager_status changed under this master (version {e.actual}, expected {e.expected}):"
-                " re-read, written again next round"
+                " re-reading it before the next write"
             ) from None
         except StoreError:
             self._ms_version = _UNKNOWN  # it may still land: re-read before the next write
             raise
+        try:
+            self._drain_applied()
+        except StoreError as e:
+            self.log("warning", f"applied crm commands not taken off the queue yet: {e}")
         if self.ctx.on_manager_status is not None:
             self.ctx.on_manager_status(ms)
 
@@ -305,35 +323,42 @@ class LiveEnv:
             self.ctx.on_lrm_status(status)
 
     def read_crm_commands(self) -> str:
-        """Drain the command queue: read it, then empty it with compare-and-swap.
+        """The queued commands; they leave the queue only once this round's manager_status is written.
 
-        Unlike one ``take``, the outcome can be told afterwards: when the emptying
-        write's answer is lost (StoreError, outcome unknown) we remember what we
-        read; as long as the queue still starts with it, it was not taken (the
-        next round drains it), once it does not, our write landed and we return
-        it then. Only the master drains the queue, so no queued command is lost.
+        A master that dies (or fails to write manager_status) after reading the
+        queue has not lost them: the next round, or the next master, reads them
+        again (issue #10: "no administrator command is lost"). Commands are
+        therefore delivered at least once; each is idempotent in the manager
+        (a move to where the service already is, a maintenance request already
+        made, a second stop are logged and ignored, §5.6).
         """
+        cur = self.ctx.store.read(rec.CRM_COMMANDS)
+        data = b"" if cur is None else cur.data
+        self._to_drain = data if data.strip() else None
+        return data.decode(errors="replace")
+
+    def _drain_applied(self) -> None:
+        """After manager_status was written: take what this round applied off the queue.
+
+        Compare-and-swap, so a line an administrator appended meanwhile stays;
+        if the queue no longer starts with what was applied, someone drained it
+        already. A store error leaves it queued (applied again next round).
+        """
+        applied, self._to_drain = self._to_drain, None
+        if applied is None:
+            return
         store = self.ctx.store
-        pending = self._drain_unknown
         for _ in range(10):
             cur = store.read(rec.CRM_COMMANDS)
             data = b"" if cur is None else cur.data
-            if pending is not None and not data.startswith(pending):
-                self._drain_unknown = None
-                return pending.decode()  # an earlier emptying write did land
-            if cur is None or not data.strip():
-                self._drain_unknown = None
-                return ""
+            if cur is None or not data.startswith(applied):
+                return
             try:
-                store.write(rec.CRM_COMMANDS, b"", cur.version)
+                store.write(rec.CRM_COMMANDS, data[len(applied) :], cur.version)
+                return
             except VersionConflict:
                 continue  # an admin appended meanwhile: read again
-            except StoreError:
-                self._drain_unknown = data
-                raise
-            self._drain_unknown = None
-            return data.decode()
-        raise HaError("crm_commands keeps changing, drained next round")
+        self.log("warning", "crm_commands keeps changing: applied commands stay queued for the next round")
 
     def any_pending_crm_command(self) -> bool:
         return rec.any_pending_crm_command(self.ctx.store)

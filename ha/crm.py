@@ -5,7 +5,7 @@ from __future__ import annotations
 from ha.constants import REFERENCE_TIMING, Timing
 from ha.daemon import Daemon, lock_with_retries
 from ha.env import Env
-from ha.errors import HaError
+from ha.errors import HaError, LockLost
 from ha.manager import Manager
 from ha.records import ManagerStatus
 from ha.states import CRM_TRANSITIONS, CrmState, NodeState
@@ -177,6 +177,12 @@ class CRM(Daemon):
                     elif self.disarmed and not self.manager.fully_disarmed:
                         env.log("info", "re-arming HA stack")
                         self.disarmed = False  # the next lock renewal opens the watchdog again
+                except LockLost as e:
+                    # SAFETY: this master's picture of manager_status is no longer the record's
+                    # (its lease is gone, or another writer changed the record). It stops
+                    # acting as master; a later take-over starts a new Manager from the record.
+                    env.log("err", f"lost the manager status - {e}")
+                    self.set_local_status(CrmState.LOST_MANAGER_LOCK)
                 except (HaError, ValueError, KeyError) as e:
                     env.log("err", f"got unexpected error - {e}")
             env.sleep_until(start + self.timing.crm_loop)

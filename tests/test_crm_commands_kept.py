@@ -1,0 +1,108 @@
+"""No administrator command is lost, and a master never writes over a manager_status it did not read (#10)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from actors.env import LiveEnv, NodeContext
+from ha.constants import Timing
+from ha.crm import CRM
+from ha.errors import LockLost
+from ha.records import ManagerStatus
+from ha.states import CrmState
+from store import records as rec
+from store.dirstore import DirStore
+
+
+class Quorate:
+    def quorate(self) -> bool:
+        return True
+
+    def peers_up(self) -> frozenset[str]:
+        return frozenset({"n1", "n2", "n3"})
+
+
+class NoWatchdog:
+    def open(self, client: str) -> str:
+        return client
+
+    def update(self, handle: str) -> None:
+        pass
+
+    def close(self, handle: str) -> None:
+        pass
+
+
+def master_env(store: DirStore, holder: str = "n1#a") -> LiveEnv:
+    ctx = NodeContext(
+        node="n1", nodes=["n1", "n2", "n3"], store=store, membership=Quorate(), watchdog=NoWatchdog(),
+        plugins={}, lease_ttl=5.0, holder=holder,
+    )  # fmt: skip
+    env = LiveEnv(ctx, "crm")
+    assert env.get_ha_manager_lock()
+    return env
+
+
+def test_commands_read_by_a_master_that_died_before_writing_are_read_again(tmp_path: Path) -> None:
+    store = DirStore(tmp_path)
+    rec.queue_crm_command(store, "migrate proc:a n2")
+    first = master_env(store)
+    assert first.read_crm_commands() == "migrate proc:a n2\n"
+    # the master dies here, before its manager_status write: the next one must see the command
+    store.release_lease(rec.MANAGER_LEASE, "n1#a")
+    second = master_env(store, "n1#b")
+    assert second.read_crm_commands() == "migrate proc:a n2\n"
+
+
+def test_commands_leave_the_queue_with_the_manager_status_write_and_later_ones_stay(tmp_path: Path) -> None:
+    store = DirStore(tmp_path)
+    rec.queue_crm_command(store, "migrate proc:a n2")
+    env = master_env(store)
+    ms = env.read_manager_status()
+    assert env.read_crm_commands() == "migrate proc:a n2\n"
+    rec.queue_crm_command(store, "stop proc:b 0")  # appended while the round runs
+    env.write_manager_status(ms)
+    assert env.read_crm_commands() == "stop proc:b 0\n"
+
+
+def test_after_a_version_conflict_nothing_is_written_before_a_re_read(tmp_path: Path) -> None:
+    store = DirStore(tmp_path)
+    env = master_env(store)
+    mine = env.read_manager_status()
+    env.write_manager_status(mine)
+    theirs = ManagerStatus(master_node="n3")
+    rec.write_manager_status(store, theirs)  # another writer, behind this master's back
+    with pytest.raises(LockLost):
+        env.write_manager_status(mine)
+    with pytest.raises(LockLost):
+        env.write_manager_status(mine)  # the old code adopted their version and wrote over it here
+    assert rec.read_manager_status(store)[0].master_node == "n3"
+    env.read_manager_status()
+    env.write_manager_status(mine)  # after a re-read writes go through again
+
+
+def test_the_crm_leaves_the_master_state_when_its_status_write_is_refused(tmp_path: Path) -> None:
+    store = DirStore(tmp_path)
+    rec.write_manager_status(store, ManagerStatus())
+    store.write(rec.RESOURCES_CFG, b"proc: a\n\tcmd sleep 9\n\tnode n1\n")
+    ctx = NodeContext(
+        node="n1", nodes=["n1", "n2", "n3"], store=store, membership=Quorate(), watchdog=NoWatchdog(),
+        plugins={}, lease_ttl=5.0, holder="n1#c",
+    )  # fmt: skip
+    crm = CRM(LiveEnv(ctx, "crm"), Timing(crm_loop=0.0))
+    for _ in range(5):
+        crm.do_one_iteration()
+        if crm.state == CrmState.MASTER and crm.manager is not None and crm.manager.ms.master_node:
+            break
+    assert crm.state == CrmState.MASTER
+    old_manager = crm.manager
+    rec.write_manager_status(store, ManagerStatus(master_node="n3"))  # someone else wrote it
+    crm.do_one_iteration()
+    assert crm.state != CrmState.MASTER or crm.manager is not old_manager
+    for _ in range(5):
+        crm.do_one_iteration()
+        if crm.state == CrmState.MASTER:
+            break
+    assert crm.state == CrmState.MASTER and crm.manager is not old_manager, "a new Manager, from the record"
