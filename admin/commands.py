@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from admin.configfiles import check_node, normalize_sid, read_config, read_rules
 from admin.errors import AdminError, ExitCode
 from ha.config.crm_commands import parse_crm_command
+from ha.records import ManagerStatus
 from ha.rules import compile_rules, transform
-from ha.states import NodeState, RequestedState
+from ha.states import NodeState, RequestedState, ServiceState
 from store import records as rec
 from store.base import Store
 
@@ -47,13 +48,50 @@ def motion_info(store: Store, task: str, sid: str, node: str, nodes: list[str]) 
     return motion
 
 
+def _check_service_takes_commands(kind: str, sid: str, ms: ManagerStatus) -> None:
+    """The manager acts on a service's command only in ``started`` or ``stopped`` (§5.8, §5.9).
+
+    In any other state the command would sit in the service's record until the
+    next state change drops it; while the stack is disarmed every command is
+    cleared (§5.15). Those are refused here instead of queued and dropped.
+    """
+    if ms.disarm is not None:
+        raise AdminError(
+            f"cannot {kind} '{sid}': the HA stack is disarmed ({ms.disarm.get('state')}); arm it first",
+            ExitCode.REFUSED,
+        )
+    sd = ms.service_status.get(sid)
+    if sd is None:
+        raise AdminError(
+            f"cannot {kind} '{sid}': the manager has not taken it over yet, try again in a moment",
+            ExitCode.REFUSED,
+        )
+    if sd.state == ServiceState.ERROR:
+        raise AdminError(
+            f"cannot {kind} '{sid}': it is in error state; disable it first"
+            f" (ha-manager set {sid} --state disabled)",
+            ExitCode.REFUSED,
+        )
+    if sd.state not in (ServiceState.STARTED, ServiceState.STOPPED):
+        raise AdminError(
+            f"cannot {kind} '{sid}' while it is in state '{sd.state}';"
+            " try again once it is started or stopped",
+            ExitCode.REFUSED,
+        )
+    if kind == "stop" and sd.state == ServiceState.STOPPED:
+        raise AdminError(f"resource '{sid}' is already stopped", ExitCode.REFUSED)
+
+
 def crm_command(store: Store, line: str, nodes: list[str]) -> None:
     """Validate and queue one crm command line (§5.6 grammar).
 
     Refused (nothing queued) when the CRM would only log an error or ignore
-    it: unknown service or node, a service HA ignores, a target node that is
-    not online, a service already on the target, maintenance while disarmed,
-    disarm while disarmed, arm while armed.
+    it (issue #10, "refuse, never drop"): unknown service or node, a service
+    HA ignores, a service the manager does not take commands for now (not yet
+    managed, in error, in a transition, stopped for ``stop``, any while the HA
+    stack is disarmed), a target node that is not online, a service already
+    on the target, maintenance while disarmed or on a node already in
+    maintenance, disarm while disarmed, arm while armed.
     """
     cmd = parse_crm_command(line)
     if cmd is None:
@@ -69,6 +107,8 @@ def crm_command(store: Store, line: str, nodes: list[str]) -> None:
             raise AdminError(f"resource '{sid}' is ignored by HA (state ignored)", ExitCode.REFUSED)
     if cmd.node is not None:
         check_node(cmd.node, nodes)
+    if cmd.sid is not None:
+        _check_service_takes_commands(cmd.kind, normalize_sid(cmd.sid), ms)
     if cmd.kind in ("migrate", "relocate"):
         assert cmd.node is not None and cmd.sid is not None
         state = ms.node_status.get(cmd.node)
@@ -88,7 +128,9 @@ def crm_command(store: Store, line: str, nodes: list[str]) -> None:
         if ms.disarm is not None:
             raise AdminError("cannot enable maintenance: the HA stack is disarmed", ExitCode.REFUSED)
         state = ms.node_status.get(cmd.node)
-        if ms.node_status and state not in (NodeState.ONLINE, NodeState.MAINTENANCE):
+        if state == NodeState.MAINTENANCE:
+            raise AdminError(f"node '{cmd.node}' is already in maintenance", ExitCode.REFUSED)
+        if ms.node_status and state != NodeState.ONLINE:
             raise AdminError(
                 f"node '{cmd.node}' is not online (state {state or 'unknown'})", ExitCode.REFUSED
             )

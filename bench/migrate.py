@@ -66,6 +66,7 @@ def main(argv: list[str]) -> int:
                     time.sleep(0.002)
                 t1 = time.time()
                 time.sleep(0.3)  # let the logs flush
+                c.wait_state(SID, "started", 30, node=target)  # the next move is refused before
                 src, dst = c.log(here), c.log(target)
                 stop_a = find(src, f"stopping service {SID}", t0 - 0.01)
                 stop_b = find(src, f"service {SID} - moved to node '{target}'", t0 - 0.01)

@@ -135,6 +135,7 @@ def test_migrate_and_relocate_commands(cluster: LiveCluster) -> None:
     start(cluster, {"proc:a": "node1"})
     cluster.manager("migrate", "proc:a", "node3")
     cluster.wait_serving("proc:a", 30, on="node3")
+    cluster.wait_state("proc:a", "started", 10, node="node3")  # a move is refused mid-migration
     cluster.manager("relocate", "proc:a", "node2")
     cluster.wait_serving("proc:a", 30, on="node2")
     cluster.wait_state("proc:a", "started", 10, node="node2")
