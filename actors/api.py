@@ -157,6 +157,11 @@ class ApiActor(pykka.ThreadingActor):
         if self.publisher is not None:
             self.publisher.stop()
 
+    def on_failure(self, exception_type: object, exception_value: object, traceback: object) -> None:
+        # the supervisor starts a new actor with a new publisher: free this one's sockets
+        self.log.error(f"api actor stopped by {exception_value!r}")
+        self.on_stop()
+
     def user_of(self, env: Envelope) -> str | None:
         if "user" in Envelope._fields:
             user = getattr(env, "user", None)
@@ -164,6 +169,26 @@ class ApiActor(pykka.ThreadingActor):
         return self.tap.user_of(env) if self.tap is not None else None
 
     def on_receive(self, message: object) -> None:
+        """Never lets an exception stop the actor (issue #10): it is logged, a request answered.
+
+        (pykka stops an actor whose handler raises; every later request would then
+        be dropped without a word. The node's supervisor restarts a dead API actor
+        too, ``actors/node.py``, for what this cannot catch.)
+        """
+        try:
+            self._receive(message)
+        except Exception as e:
+            self.log.opt(exception=e).error(f"api actor: unexpected error, still serving: {e}")
+            if isinstance(message, Request) and isinstance(message.env.body, ApiRequest):
+                err = AdminError(f"internal error: {e}", ExitCode.FAILED)
+                try:
+                    self.reply(
+                        message.env, ApiReply(message.env.body.request_id, False, error_result(err), str(err))
+                    )
+                except Exception as e2:
+                    self.log.error(f"api actor: the internal-error reply was not sent either: {e2}")
+
+    def _receive(self, message: object) -> None:
         if isinstance(message, StatusWritten):
             if self.publisher is not None:
                 self.publisher.feed(message.ms)

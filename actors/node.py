@@ -53,6 +53,7 @@ from actors.crm_master import CrmActor
 from actors.daemon import Exited, Shutdown, Tick, Waker
 from actors.env import LiveEnv, MovingPlugin, NodeContext
 from actors.lrm import LrmActor
+from actors.supervise import Supervised
 from actors.watchdog import (
     Disarm,
     Fenced,
@@ -240,9 +241,7 @@ class NodeRuntime:
         )
         timing = c.core_timing()
         # the API first: the master's status hook (_announce_commands) tells it every write
-        self.api = ApiActor.start(
-            self.node, sorted(c.nodes), self.store, self.quorate, self.bus.reply, cluster=c
-        )
+        self.api_sup = Supervised("API", self._start_api, f"{self.node}/node")
         self.lrm_waker, self.crm_waker = Waker(), Waker()
         lrm_env = LiveEnv(self.ctx, "lrm")
         self.lrm = LrmActor.start(
@@ -474,6 +473,14 @@ class NodeRuntime:
                 self.watchdog.tell(Quorum(q))
 
     # -- timers and supervision ---------------------------------------------------------
+    def _start_api(self) -> pykka.ActorRef[ApiActor]:
+        c = self.cluster
+        return ApiActor.start(self.node, sorted(c.nodes), self.store, self.quorate, self.bus.reply, cluster=c)
+
+    @property
+    def api(self) -> pykka.ActorRef[ApiActor]:
+        return self.api_sup.ref
+
     def _tick_loop(self) -> None:
         c = self.cluster
         next_tick = time.monotonic()
@@ -484,6 +491,8 @@ class NodeRuntime:
                 self.watchdog.tell(PetTick())
             if now >= next_tick:
                 next_tick = now + c.timing.renew_interval
+                if not self.stopping.is_set():
+                    self.api_sup.check()  # issue #10: a dead API actor is restarted, not silent
                 for ref in (self.crm, self.lrm):
                     with contextlib.suppress(pykka.ActorDeadError):
                         ref.tell(Tick())
