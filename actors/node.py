@@ -176,8 +176,8 @@ class NodeRuntime:
         except BlockingIOError:
             os.close(fd)
             other = read_pid_file(run / "ha-node.pid")
-            pid = f" (pid {other})" if other else ""
-            raise HaError(f"ha-node for {self.node} already runs{pid}; not starting a second") from None
+            pid = f", pid {other}" if other else ""
+            raise HaError(f"{self.node} is already running{pid}; not starting a second ha-node") from None
         self._lock_fd = fd  # held (and the lock with it) until this process ends
 
     # -- start --------------------------------------------------------------------

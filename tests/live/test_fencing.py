@@ -117,7 +117,8 @@ def test_second_daemon_for_one_node_is_refused(cluster: LiveCluster) -> None:
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert res.returncode == 1
-    assert "already runs" in res.stderr
+    pid = cluster.pid("node2")
+    assert res.stderr.strip() == f"ha-node: node2 is already running, pid {pid}; not starting a second ha-node"
     assert cluster.pid("node2") is not None and pid_alive(int(cluster.pid("node2") or 0))
 
 
