@@ -99,6 +99,8 @@ class NodeContext:
     fenced: threading.Event = field(default_factory=threading.Event)
     # ha-watchdog confirmed recently that it is armed (the SocketDriver's guard view)
     watchdog_confirmed: Callable[[], bool] = lambda: True
+    # the cluster's name (services see it as PYHA_CLUSTER)
+    cluster: str = ""
     _parse_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -151,6 +153,10 @@ class LiveEnv:
     def log(self, level: str, msg: str) -> None:
         lvl = _LEVELS.get(level.strip(), "INFO")
         self.log_.log(lvl, msg.rstrip("\n"))
+
+    def cluster_name(self) -> str:
+        """The cluster's name (agents pass it to services as ``PYHA_CLUSTER``)."""
+        return self.ctx.cluster
 
     def send_notification(self, prefix: str, text: str, node: str) -> None:
         self.log_.warning(f"{prefix}: {text}")

@@ -225,6 +225,7 @@ class NodeRuntime:
         self.ctx = NodeContext(
             node=self.node,
             nodes=sorted(c.nodes),
+            cluster=c.cluster,
             store=self.store,
             membership=_NodeMembership(self),
             watchdog=WatchdogClient(self.watchdog),

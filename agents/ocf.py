@@ -177,8 +177,8 @@ class OcfPlugin:
         node = env.nodename()
         tmp = self.rsctmp(node)
         (tmp / "run").mkdir(parents=True, exist_ok=True)
-        aenv = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        aenv = procutil.service_env(env, sid, node, {})  # PATH, HOME, PYHA_*, HA_FENCING_TOKEN
+        aenv |= {
             "LANG": "C",
             "OCF_ROOT": str(self.ocf_root),
             "OCF_FUNCTIONS_DIR": str(self.ocf_root / "lib" / "heartbeat"),
@@ -193,12 +193,7 @@ class OcfPlugin:
             "HA_LOGFACILITY": "none",
             "HA_LOGFILE": "/dev/null",
             "HA_DEBUGLOG": "/dev/null",
-            "PYHA_SID": sid,
-            "PYHA_NODE": node,
-            **procutil.fencing_env(env, sid),
         }
-        # our own markers pass through (tests use them to find every process they caused)
-        aenv.update({k: v for k, v in os.environ.items() if k.startswith("PYHA_") and k not in aenv})
         if action == "monitor":
             aenv["OCF_RESKEY_CRM_meta_interval"] = "0"  # a probe: one-shot status query
         aenv.update({f"OCF_RESKEY_{k}": v for k, v in params.items()})

@@ -227,13 +227,7 @@ class ProcPlugin:
         spec = {
             "argv": ["/bin/sh", "-c", cmd],
             "cwd": cwd,
-            "env": {
-                **os.environ,
-                "PYHA_SID": sid,
-                "PYHA_NODE": node,
-                **procutil.fencing_env(env, sid),
-                **extra_env,
-            },
+            "env": procutil.service_env(env, sid, node, extra_env),
             "cgroup": cg_str,
             "log": str(self.log_path(node, name)),
         }
@@ -340,7 +334,7 @@ class ProcPlugin:
             except OSError:
                 return False
         if check_cmd is not None:
-            env = {**os.environ, "PYHA_SID": sid, "PYHA_NODE": node, **extra_env}
+            env = procutil.service_env(None, sid, node, extra_env)
             rc = procutil.run_bounded(["/bin/sh", "-c", check_cmd], timeout, env=env, cwd=cwd)
             if rc != 0:
                 return False

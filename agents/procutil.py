@@ -67,6 +67,29 @@ def fencing_env(env: object, sid: str) -> dict[str, str]:
     return {"HA_FENCING_TOKEN": str(get(sid))} if callable(get) else {}
 
 
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def service_env(env: object, sid: str, node: str, extra: dict[str, str]) -> dict[str, str]:
+    """The whole environment of a service's processes, built from scratch (docs/AGENTS.md).
+
+    Nothing of the environment of whoever started ``ha-node`` leaks in (issue
+    #10) except ``PATH`` and the ``PYHA_*`` variables (test harnesses mark
+    their processes that way): ``PATH``, ``HOME=/``, ``LANG=C.UTF-8``,
+    ``PYHA_CLUSTER`` (where the Env knows it), ``PYHA_NODE``, ``PYHA_SID``,
+    ``HA_FENCING_TOKEN``, then the service's own ``env`` pairs.
+    """
+    out = {k: v for k, v in os.environ.items() if k.startswith("PYHA_")}
+    out.update({"PATH": os.environ.get("PATH") or DEFAULT_PATH, "HOME": "/", "LANG": "C.UTF-8"})
+    cluster = getattr(env, "cluster_name", None)
+    if callable(cluster):
+        out["PYHA_CLUSTER"] = str(cluster())
+    out.update({"PYHA_NODE": node, "PYHA_SID": sid})
+    out.update(fencing_env(env, sid))
+    out.update(extra)
+    return out
+
+
 def cgroup_kill(path: Path) -> bool:
     """SIGKILL every process of the cgroup at once (Linux >= 5.14); False if unsupported."""
     try:

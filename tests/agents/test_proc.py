@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from agents import procutil
 from agents.proc import ProcPlugin, ProcState
 from ha.agent import exec_resource_agent
@@ -298,3 +300,18 @@ def test_untracked_service_in_its_cgroup_is_adopted(proc: ProcPlugin) -> None:
     assert procutil.cgroup_procs(Path(str(st.cgroup))) == [st.pid]
     assert stop(env, "proc:lost") == 0
     assert not procutil.pid_alive(st.pid)
+
+
+def test_the_service_environment_is_built_from_scratch(
+    proc: ProcPlugin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing of the starting user's environment leaks into a service (issue #10)."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
+    out = tmp_path / "env"
+    start(proc, "proc:clean", cmd=f"env > {out}; exec sleep 1000", env="ONE=1")
+    wait_until(lambda: out.exists() and "ONE=1" in out.read_text())
+    seen = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    assert "AWS_SECRET_ACCESS_KEY" not in seen
+    assert seen["PYHA_SID"] == "proc:clean" and seen["PYHA_NODE"] == "n1" and seen["HOME"] == "/"
+    allowed = {"PATH", "HOME", "LANG", "ONE", "PWD", "SHLVL", "_"}  # the last three: set by /bin/sh
+    assert {k for k in seen if not k.startswith("PYHA_")} <= allowed, sorted(seen)
