@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from agents.ocf import OcfPlugin
+from agents.ocf import DEFAULT_OCF_ROOT, OcfPlugin
 from agents.proc import ProcPlugin
 from ha.env import ResourcePlugin
 
@@ -23,7 +23,7 @@ def make_registry(
     state_dir: str | Path,
     *,
     cgroup_base: str | Path | Literal["auto"] | None = "auto",
-    ocf_root: str | Path = "/usr/lib/ocf",
+    ocf_root: str | Path = DEFAULT_OCF_ROOT,
 ) -> dict[str, ResourcePlugin]:
     """Type name -> plugin instance for the live runtime; state under ``state_dir``."""
     return {

@@ -95,6 +95,9 @@ class OcfConfigError(ValueError):
     """The agent or params property is malformed."""
 
 
+DEFAULT_OCF_ROOT = Path("/usr/lib/ocf")  # Debian's resource-agents
+
+
 def parse_agent(value: str | None) -> tuple[str, str]:
     m = _AGENT_RE.match((value or "").strip())
     if not m:
@@ -118,7 +121,7 @@ class OcfPlugin:
         self,
         state_dir: str | Path,
         *,
-        ocf_root: str | Path = "/usr/lib/ocf",
+        ocf_root: str | Path = DEFAULT_OCF_ROOT,
         agent_dirs: list[str | Path] | None = None,
         start_timeout: float = DEFAULT_TIMEOUT,
         stop_timeout: float = DEFAULT_TIMEOUT,

@@ -1,0 +1,65 @@
+"""Agent-specific checks of a resource's properties, run by ``ha-manager add/set`` (issue #10).
+
+The agents themselves refuse a malformed property only when the service
+starts, and then the reason ends up in a node log while the service goes to
+``error``. These are the same checks (the agents' own parsers), run before
+anything is written, so the user gets the agent's message at once.
+
+``cwd`` and an OCF ``agent`` are looked up on the node that takes the
+request: every node of a cluster is expected to have the same directories and
+agents (as the reference expects the same storage on every node).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from agents.ocf import DEFAULT_OCF_ROOT, OcfConfigError, parse_agent, parse_params
+from agents.proc import ProcConfigError, parse_env, parse_seconds, parse_tcp
+
+
+def _proc(props: Mapping[str, str]) -> None:
+    if "cmd" in props and not props["cmd"].strip():
+        raise ProcConfigError("property 'cmd' is empty")
+    if props.get("check_tcp"):
+        parse_tcp(props["check_tcp"])
+    for key in ("stop_timeout",):
+        if key in props:
+            parse_seconds(props[key], key)
+    if "env" in props:
+        parse_env(props["env"])
+    cwd = props.get("cwd")
+    if cwd:
+        if not os.path.isabs(cwd):
+            raise ProcConfigError(f"property 'cwd': '{cwd}' is not an absolute path")
+        if not Path(cwd).is_dir():
+            raise ProcConfigError(f"property 'cwd': no directory '{cwd}' (on this node)")
+
+
+def _ocf(props: Mapping[str, str], ocf_root: Path) -> None:
+    if "agent" in props:
+        provider, rtype = parse_agent(props["agent"])
+        path = ocf_root / "resource.d" / provider / rtype
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise OcfConfigError(f"property 'agent': no OCF agent {provider}:{rtype} (looked for {path})")
+    if "params" in props:
+        parse_params(props["params"])
+    if "monitor_timeout" in props:
+        try:
+            parse_seconds(props["monitor_timeout"], "monitor_timeout")
+        except ProcConfigError as e:
+            raise OcfConfigError(str(e)) from None
+
+
+def check_agent_properties(rtype: str, props: Mapping[str, str], *, ocf_root: Path | None = None) -> None:
+    """Raise ``ValueError`` (the agent's message) when the agent of ``rtype`` would refuse ``props``.
+
+    ``props`` are the properties being set (all of them for an add); types
+    without an agent here (``vm``, ``ct``, ``fa``) pass.
+    """
+    if rtype == "proc":
+        _proc(props)
+    elif rtype == "ocf":
+        _ocf(props, ocf_root or DEFAULT_OCF_ROOT)
