@@ -32,6 +32,10 @@ Fault kinds (``--kinds``; weights in :data:`WEIGHTS`, hold times in :data:`HOLD_
 ``etcd_kill``       SIGKILL of one etcd member, restarted after a random hold (``--store etcd``)
 ``lrm_restart``     ``ha-cluster stop NODE --kind restart``, then ``up``
 ``migrate``         ``ha-manager migrate`` of a random service to a random other node
+``config_corrupt``  random bytes (always one that is not UTF-8) into a random config file
+                    (``resources.cfg``, ``rules.cfg``, ``groups.cfg``, ``datacenter.cfg``) for a
+                    random hold, then the original back; a service that stops answering or a
+                    node that fences meanwhile is ``config_harm`` (issue #10)
 
 Healing a node: SIGCONT what was stopped, heal its partition, restart its etcd
 member, and ``ha-cluster up NODE`` once its ``ha-node`` is gone (a node that
@@ -57,7 +61,7 @@ than the cluster thinks (``misplaced_at_end``: an orphaned copy), the longest
 unavailability (service and fault), how often a node fenced itself (watchdog
 ``FIRING`` lines, ha-node exits with code 2 from its log) and the gaps used
 for ``both_*``. Exit code 0 when there was no double run and every service
-answers at the end, else 1 (130 when interrupted). Progress, one line per
+answers at the end and no config corruption did harm, else 1 (130 when interrupted). Progress, one line per
 fault, goes to stderr. The cluster is always torn down, also on Ctrl-C,
 SIGTERM or errors, and whatever still runs with a path of the run in its
 command line is killed (``leftover_processes`` counts those).

@@ -104,6 +104,7 @@ def report(chaos: Chaos, fault_time: float, settled: float | None, down: list[st
         "watchdog_firings": firings,
         "ha_node_failure_exits": exits,
         "collateral_fencing": chaos.collateral,
+        "config_harm": chaos.config_harm,
         "gaps": {"both_kill_gap_s": chaos.o.both_kill_gap, "both_stop_gap_s": chaos.o.both_stop_gap},
         "stop_hold_s": list(STOP_HOLD_S),
         "settle_s": chaos.o.settle,
@@ -123,7 +124,7 @@ def run(opts: Options, root: Path) -> tuple[dict[str, object], int]:
             c = LiveCluster(root, opts.nodes, netns=netns, store=opts.store)
             chaos = Chaos(c, opts)
             result = report(chaos, *chaos.run())
-            ok = not result["double_runs"] and result["unavailable_at_end"] == 0
+            ok = not result["double_runs"] and result["unavailable_at_end"] == 0 and not result["config_harm"]
             code = 0 if ok else 1
         except (KeyboardInterrupt, Interrupted):
             log("interrupted: tearing down")

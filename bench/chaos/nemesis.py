@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import time
 from typing import Final
 
 from bench.chaos.heal import Healer
 from bench.chaos.observe import Poller, log
-from bench.chaos.schedule import COVER_LIMIT, Options, Schedule, Step
+from bench.chaos.schedule import CLUSTER_KINDS, CONFIG_HARM_OUTAGE_S, COVER_LIMIT, Options, Schedule, Step
 from bench.livecluster import LiveCluster, process_cmdline
 from bench.markers import read_copies
 
@@ -34,6 +35,8 @@ class Chaos(Healer):
         self.collateral: list[str] = []
         self.steps: list[dict[str, object]] = []
         self.inconsistent: list[str] = []
+        # config_corrupt steps during which a service stopped or a node fenced
+        self.config_harm: list[str] = []
 
     # -- faults -------------------------------------------------------------------------------
     def sig(self, node: str, what: str, sig: signal.Signals) -> int | None:
@@ -143,8 +146,37 @@ class Chaos(Healer):
                 c.wait_serving(sid, STEP_SETTLE_S, on=target)
             except AssertionError:
                 self.note(f"{sid} not answering on {target} {STEP_SETTLE_S:g} s after the migrate")
+        elif s.kind == "config_corrupt":
+            return self.corrupt_config(s)
         else:  # pragma: no cover - kinds are validated
             raise ValueError(s.kind)
+        return None
+
+    def corrupt_config(self, s: Step) -> str | None:
+        """Random bytes in a config file (always one that is not UTF-8) for the hold, then the original.
+
+        Issue #10: no service may stop and no node may fence because of it; the
+        step checks both (``config_harm``).
+        """
+        if self.store is None:
+            self.store = self.c.open_store()
+        name, rng = s.config_file, random.Random(s.pick)
+        record = self.store.read(name)
+        original = None if record is None else record.data
+        base = original or b""
+        junk = bytes([0xFF]) + rng.randbytes(rng.randint(0, 64))
+        if base and rng.random() < 0.7:
+            at = rng.randrange(len(base) + 1)
+            bad = base[:at] + junk + base[at:]
+        else:
+            bad = junk
+        self.store.write(name, bad)
+        log(f"{self.t()}     {name}: {len(junk)} random bytes in ({len(base)} bytes before)")
+        self.sleep(s.hold)
+        if original is None:
+            self.store.delete(name)
+        else:
+            self.store.write(name, original)
         return None
 
     def target(self, s: Step) -> str:
@@ -180,6 +212,11 @@ class Chaos(Healer):
         new, events = self.check_overlaps(label)
         assert self.poller is not None
         outage = self.poller.worst_since(t_start)
+        if s.kind in CLUSTER_KINDS and skipped is None:
+            harm = [f"{label}: {n} fenced itself" for n in fenced]
+            if outage[0] > CONFIG_HARM_OUTAGE_S:
+                harm.append(f"{label}: a service did not answer for {outage[0]:.1f}s ({outage[1]})")
+            self.config_harm.extend(harm)
         if skipped is not None:
             log(f"{self.t()} {label}: skipped ({skipped})")
         else:
@@ -196,7 +233,8 @@ class Chaos(Healer):
             log(f"{self.t()} {label}: {took}, {ans}{fence}{out}{dbl}")
         self.steps.append({
             "i": s.index, "kind": s.kind, "node": s.node if s.node_fault else None,
-            "service": None if s.node_fault else self.sids[s.service], "hold_s": round(held, 2),
+            "service": self.sids[s.service] if s.kind in ("service_kill", "migrate") else None,
+            "file": s.config_file if s.kind in CLUSTER_KINDS else None, "hold_s": round(held, 2),
             "skipped": skipped, "fenced": fenced, "longest_outage_s": round(outage[0], 2),
             "new_double_runs": new,
         })  # fmt: skip

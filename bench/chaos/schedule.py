@@ -36,6 +36,7 @@ HOLD_S: Final[dict[str, tuple[float, float]]] = {
     "lrm_restart": (0.5, 5.0),
     "service_kill": (0.0, 0.0),
     "migrate": (0.0, 0.0),
+    "config_corrupt": (2.0, 10.0),
 }
 # a node fault hits a node that runs a service with this probability, else any node (the master,
 # an idle node): a fault on a node without services tests little but the control plane
@@ -55,10 +56,17 @@ WEIGHTS: Final[dict[str, int]] = {
     "etcd_kill": 2,
     "lrm_restart": 1,
     "migrate": 2,
+    "config_corrupt": 1,
 }
 KINDS: Final = tuple(WEIGHTS)
 DIR_KINDS: Final = tuple(k for k in KINDS if k != "etcd_kill")
-SERVICE_KINDS: Final = ("service_kill", "migrate")  # the others fault one node
+SERVICE_KINDS: Final = ("service_kill", "migrate")  # fault one service
+CLUSTER_KINDS: Final = ("config_corrupt",)  # fault the cluster's records; the others fault one node
+# config_corrupt: which file (the step's pick chooses)
+CONFIG_FILES: Final = ("resources.cfg", "rules.cfg", "groups.cfg", "datacenter.cfg")
+# config_corrupt: an outage longer than this during the corruption counts as harm (the poller asks
+# every ~0.1 s; a service that stopped because of the config is gone for much longer)
+CONFIG_HARM_OUTAGE_S: Final = 1.0
 COVER_LIMIT: Final = 2.0  # --cover goes on past --minutes, but not past this many times --minutes
 
 
@@ -91,9 +99,15 @@ class Step:
 
     @property
     def node_fault(self) -> bool:
-        return self.kind not in SERVICE_KINDS
+        return self.kind not in SERVICE_KINDS and self.kind not in CLUSTER_KINDS
+
+    @property
+    def config_file(self) -> str:
+        return CONFIG_FILES[self.pick % len(CONFIG_FILES)]
 
     def label(self, sids: list[str]) -> str:
+        if self.kind in CLUSTER_KINDS:
+            return f"#{self.index} {self.kind} {self.config_file}"
         return f"#{self.index} {self.kind} {self.node if self.node_fault else sids[self.service]}"
 
 

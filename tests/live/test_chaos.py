@@ -66,6 +66,7 @@ def check(result: dict[str, object], err: str, kinds: list[str], root: Path) -> 
     assert "error" not in result, f"{result['error']}\n{tail}"
     assert result["double_runs"] == [], f"a service ran twice: {result['double_runs']}\n{tail}"
     assert result["unavailable_at_end"] == 0, f"not answering: {result['unavailable_services']}\n{tail}"
+    assert result["config_harm"] == [], f"a config corruption did harm: {result['config_harm']}\n{tail}"
     faults = result["faults"]
     assert isinstance(faults, dict)
     missing = [k for k in kinds if not faults.get(k)]
@@ -78,7 +79,7 @@ def check(result: dict[str, object], err: str, kinds: list[str], root: Path) -> 
 # cluster fences and recovers while the faulted node's services may still run.
 DIR_KINDS = [
     "node_kill", "daemon_kill", "daemon_stop", "watchdog_kill", "watchdog_stop", "both_kill",
-    "both_stop", "service_kill", "partition", "lrm_restart", "migrate",
+    "both_stop", "service_kill", "partition", "lrm_restart", "migrate", "config_corrupt",
 ]  # fmt: skip
 
 
