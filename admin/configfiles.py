@@ -13,13 +13,14 @@ caller read and refuse (exit 5) when the file changed since.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from admin.errors import AdminError, ExitCode
 from ha.config.groups import GroupConfig, parse_groups_cfg
-from ha.config.resources import ServiceConfig, parse_resources_cfg, parse_sid
+from ha.config.resources import ServiceConfig, parse_resources_cfg
 from ha.config.rules import RulesConfig, parse_rules_cfg
+from ha.config.schema import ConfigSchema, Prop, parse_sid
 from ha.errors import ConfigError
 from store import records as rec
 from store.base import Store, VersionConflict
@@ -77,9 +78,13 @@ def edit_file(
         conf, errors = parse(text, name)
         if errors:
             raise AdminError(f"{name} is invalid: {errors[0]}", ExitCode.CONFLICT)
-        edit(conf)
         try:
-            return store.write(name, fmt(conf).encode(), version or "")
+            edit(conf)
+            data = fmt(conf).encode()
+        except ConfigError as e:  # a value the file cannot hold: refused, nothing written
+            raise AdminError(e.message, ExitCode.USAGE) from None
+        try:
+            return store.write(name, data, version or "")
         except VersionConflict:
             if digest is not None:
                 raise AdminError(f"{name} was changed concurrently, re-read it", ExitCode.CONFLICT) from None
@@ -101,3 +106,40 @@ def check_node(node: str, nodes: list[str]) -> None:
     """Refuse (exit 3) a node that is not a cluster member."""
     if node not in nodes:
         raise AdminError(f"unknown node '{node}' (nodes: {', '.join(nodes)})", ExitCode.NOT_FOUND)
+
+
+def check_options(
+    schema: ConfigSchema,
+    stype: str,
+    options: Mapping[str, object],
+    unknown: str,
+    *,
+    adding: bool = False,
+) -> list[tuple[Prop, Any]]:
+    """Check every option of an add/set against the schema (issue #10: before anything is read or written).
+
+    ``unknown`` formats the refusal of an option that does not apply to
+    section type ``stype`` (``{key}``, ``{type}``). Returns (property, typed
+    value) pairs; a bad value is refused with exit 2 and the schema's message.
+    """
+    out: list[tuple[Prop, Any]] = []
+    for key, raw in options.items():
+        prop = schema.prop(key, stype)
+        if prop is None or not prop.api or not (adding or prop.settable):
+            raise AdminError(unknown.format(key=key, type=stype), ExitCode.USAGE)
+        try:
+            out.append((prop, prop.parse(raw)))
+        except ConfigError as e:
+            raise AdminError(e.message, ExitCode.USAGE) from None
+    return out
+
+
+def check_delete(schema: ConfigSchema, stype: str, delete: list[str], what: str) -> list[Prop]:
+    """The options a ``--delete`` resets: only optional ones that apply to ``stype``."""
+    out: list[Prop] = []
+    for key in delete:
+        prop = schema.prop(key, stype)
+        if prop is None or not prop.deletable:
+            raise AdminError(f"cannot delete {what}option '{key}'", ExitCode.USAGE)
+        out.append(prop)
+    return out
