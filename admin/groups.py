@@ -14,15 +14,16 @@ from admin.configfiles import (
     read_config,
 )
 from admin.errors import AdminError, ExitCode
+from ha.config import schema
 from ha.config.groups import Group, GroupConfig, format_groups_cfg, parse_groups_cfg
-from ha.config.schema import CONFIG_ID, GROUPS, Kind, Prop
+from ha.config.schema import CONFIG_ID, Kind, Prop
 from store import records as rec
 from store.base import Store
 
 
 def _check_group_options(options: Mapping[str, str], nodes: list[str]) -> list[tuple[Prop, Any]]:
     """``schema.GROUPS`` checks every value; the nodes of a node list must be cluster members."""
-    changes = check_options(GROUPS, "group", options, "unknown group option '{key}'", adding=True)
+    changes = check_options(schema.GROUPS, "group", options, "unknown group option '{key}'", adding=True)
     for prop, value in changes:
         if prop.kind == Kind.NODE_LIST:
             for n in value:
@@ -43,7 +44,7 @@ def group_add(store: Store, group: str, options: Mapping[str, str], nodes: list[
         raise AdminError("group: --nodes is required", ExitCode.USAGE)
     g = Group(group, {})
     for prop, value in _check_group_options(options, nodes):
-        GROUPS.assign(g, prop, value)
+        schema.GROUPS.assign(g, prop, value)
 
     def edit(conf: GroupConfig) -> None:
         if group in conf.groups:
@@ -67,16 +68,16 @@ def group_set(
     if not options and not delete:
         raise AdminError("nothing to change (give an option or --delete)", ExitCode.USAGE)
     changes = _check_group_options(options, nodes)
-    resets = check_delete(GROUPS, "group", delete, "group ")
+    resets = check_delete(schema.GROUPS, "group", delete, "group ")
 
     def edit(conf: GroupConfig) -> None:
         g = conf.groups.get(group)
         if g is None:
             raise AdminError(f"no such group '{group}'", ExitCode.NOT_FOUND)
         for prop, value in changes:
-            GROUPS.assign(g, prop, value)
+            schema.GROUPS.assign(g, prop, value)
         for prop in resets:
-            GROUPS.reset(g, prop)
+            schema.GROUPS.reset(g, prop)
 
     return _groups_edit(store, edit, digest)
 

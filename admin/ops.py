@@ -23,9 +23,10 @@ from admin.groups import group_add, group_remove, group_set
 from admin.resources import add_resource, remove_resource, set_resource
 from admin.rules import rule_add, rule_remove, rule_set
 from admin.views import group_to_dict, resource_to_dict, rule_to_dict, rules_view
+from ha.config import schema
 from ha.config.datacenter import parse_datacenter_cfg
 from ha.config.resources import ServiceConfig, parse_resources_cfg
-from ha.config.schema import GROUPS, RESOURCES, RULES, ConfigSchema, Kind
+from ha.config.schema import ConfigSchema, Kind
 from ha.errors import HaError
 from ha.records import LrmStatus, ManagerStatus
 from ha.status import perl_pretty_json, status_lines
@@ -140,12 +141,12 @@ class ApiOps:
             "groups": OpSpec(self.op_groups, {"group": (s, False)}, False),
             "rules": OpSpec(self.op_rules, {"type": (s, False), "resource": (s, False)}, False),
             # write: resources
-            "add": OpSpec(self.op_add, {"sid": (s, True), "options": (m, True)}, True, RESOURCES),
+            "add": OpSpec(self.op_add, {"sid": (s, True), "options": (m, True)}, True, schema.RESOURCES),
             "set": OpSpec(
                 self.op_set,
                 {"sid": (s, True), "options": (m, False), "delete": (lst, False), "digest": (s, False)},
                 True,
-                RESOURCES,
+                schema.RESOURCES,
             ),
             "remove": OpSpec(self.op_remove, {"sid": (s, True), "purge": (b, False)}, True),
             # write: service and crm commands
@@ -163,16 +164,21 @@ class ApiOps:
                 True,
             ),
             # write: groups (legacy) and rules
-            "group_add": OpSpec(self.op_group_add, {"group": (s, True), "options": (m, True)}, True, GROUPS),
+            "group_add": OpSpec(
+                self.op_group_add, {"group": (s, True), "options": (m, True)}, True, schema.GROUPS
+            ),
             "group_set": OpSpec(
                 self.op_group_set,
                 {"group": (s, True), "options": (m, False), "delete": (lst, False), "digest": (s, False)},
                 True,
-                GROUPS,
+                schema.GROUPS,
             ),
             "group_remove": OpSpec(self.op_group_remove, {"group": (s, True)}, True),
             "rule_add": OpSpec(
-                self.op_rule_add, {"type": (s, True), "rule": (s, True), "options": (m, True)}, True, RULES
+                self.op_rule_add,
+                {"type": (s, True), "rule": (s, True), "options": (m, True)},
+                True,
+                schema.RULES,
             ),
             "rule_set": OpSpec(
                 self.op_rule_set,
@@ -184,7 +190,7 @@ class ApiOps:
                     "digest": (s, False),
                 },
                 True,
-                RULES,
+                schema.RULES,
             ),
             "rule_remove": OpSpec(self.op_rule_remove, {"rule": (s, True)}, True),
         }

@@ -14,6 +14,7 @@ from admin.configfiles import (
     read_rules,
 )
 from admin.errors import AdminError, ExitCode
+from ha.config import schema
 from ha.config.resources import (
     ResourceConfig,
     ServiceConfig,
@@ -22,7 +23,7 @@ from ha.config.resources import (
     resource_from_dict,
 )
 from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
-from ha.config.schema import RESOURCES, parse_sid
+from ha.config.schema import parse_sid
 from ha.errors import ConfigError
 from ha.states import ServiceState
 from store import records as rec
@@ -57,7 +58,9 @@ def add_resource(store: Store, sid: str, options: Mapping[str, str], nodes: list
     node = options.get("node")
     if not node:
         raise AdminError(f"resource '{sid}': --node is required", ExitCode.USAGE)
-    check_options(RESOURCES, rtype, options, f"resource '{sid}': unknown property '{{key}}'", adding=True)
+    check_options(
+        schema.RESOURCES, rtype, options, f"resource '{sid}': unknown property '{{key}}'", adding=True
+    )
     check_node(node, nodes)
     try:
         cd = resource_from_dict(sid, dict(options), "command line")
@@ -91,8 +94,8 @@ def set_resource(
     if "node" in options:
         # the node of a managed service is the CRM's business: move it with migrate/relocate
         raise AdminError("cannot set 'node': use 'ha-manager migrate' or 'relocate'", ExitCode.USAGE)
-    changes = check_options(RESOURCES, rtype, options, "unknown option '{key}' for {type} resources")
-    resets = check_delete(RESOURCES, rtype, delete, "")
+    changes = check_options(schema.RESOURCES, rtype, options, "unknown option '{key}' for {type} resources")
+    resets = check_delete(schema.RESOURCES, rtype, delete, "")
     bad_delete = set(delete) & set(options)
     if bad_delete:
         raise AdminError(f"cannot set and delete '{sorted(bad_delete)[0]}' at once", ExitCode.USAGE)
@@ -110,9 +113,9 @@ def set_resource(
         if cd is None:
             raise AdminError(f"no such resource '{sid}'", ExitCode.NOT_FOUND)
         for prop, value in changes:
-            RESOURCES.assign(cd, prop, value)
+            schema.RESOURCES.assign(cd, prop, value)
         for prop in resets:
-            RESOURCES.reset(cd, prop)
+            schema.RESOURCES.reset(cd, prop)
 
     return _edit(store, edit, digest)
 

@@ -14,8 +14,9 @@ from admin.configfiles import (
     read_config,
 )
 from admin.errors import AdminError, ExitCode
+from ha.config import schema
 from ha.config.rules import RULE_TYPES, Rule, RulesConfig, format_rules_cfg, parse_rules_cfg
-from ha.config.schema import CONFIG_ID, RULES, Kind, Prop
+from ha.config.schema import CONFIG_ID, Kind, Prop
 from ha.rules import check_feasibility
 from store import records as rec
 from store.base import Store
@@ -33,7 +34,7 @@ def _check_rule_options(
 ) -> list[tuple[Prop, Any]]:
     """``schema.RULES`` checks every value; resources must be HA managed, nodes cluster members."""
     unknown = "option '{key}' does not apply to {type} rules"
-    changes = check_options(RULES, rtype, options, unknown, adding=True)
+    changes = check_options(schema.RULES, rtype, options, unknown, adding=True)
     for prop, value in changes:
         if prop.kind == Kind.SID_LIST:
             for sid in sorted(value):
@@ -65,7 +66,7 @@ def rule_add(store: Store, rtype: str, rid: str, options: Mapping[str, str], nod
         raise AdminError(f"unknown rule type '{rtype}' (one of {', '.join(RULE_TYPES)})", ExitCode.USAGE)
     if not CONFIG_ID.match(rid):
         raise AdminError(f"invalid rule id '{rid}'", ExitCode.USAGE)
-    for prop in RULES.props_for(rtype):
+    for prop in schema.RULES.props_for(rtype):
         if prop.required and not options.get(prop.name):
             raise AdminError(f"{rtype} rule: --{prop.name} is required", ExitCode.USAGE)
     conf_r, _ = read_config(store)
@@ -78,7 +79,7 @@ def rule_add(store: Store, rtype: str, rid: str, options: Mapping[str, str], nod
         order = max((r.order for r in conf.rules.values()), default=0) + 1
         rule = Rule(rid, rtype, set(), order)
         for prop, value in changes:
-            RULES.assign(rule, prop, value)
+            schema.RULES.assign(rule, prop, value)
         conf.rules[rid] = rule
         _check_rule_feasible(conf, rid, nodes)
         result[:] = [rule]
@@ -103,7 +104,7 @@ def rule_set(
         raise AdminError("nothing to change (give an option or --delete)", ExitCode.USAGE)
     conf_r, _ = read_config(store)
     changes = _check_rule_options(rtype, options, nodes, set(conf_r.services))
-    resets = check_delete(RULES, rtype, delete, "rule ")
+    resets = check_delete(schema.RULES, rtype, delete, "rule ")
 
     def edit(conf: RulesConfig) -> None:
         rule = conf.rules.get(rid)
@@ -112,9 +113,9 @@ def rule_set(
         if rule.type != rtype:
             raise AdminError(f"rule '{rid}' is a {rule.type} rule, not {rtype}", ExitCode.USAGE)
         for prop, value in changes:
-            RULES.assign(rule, prop, value)
+            schema.RULES.assign(rule, prop, value)
         for prop in resets:
-            RULES.reset(rule, prop)
+            schema.RULES.reset(rule, prop)
         _check_rule_feasible(conf, rid, nodes)
 
     return _rules_edit(store, edit, digest)

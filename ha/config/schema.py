@@ -394,8 +394,9 @@ RESOURCES = ConfigSchema(
     (
         Prop("node", Kind.NODE, "Node the resource starts on.", required=True, settable=False,
              example="node1"),
-        Prop("state", Kind.ENUM, "Requested state.", default=RequestedState.STARTED,
-             choices=tuple(RequestedState), aliases={"enabled": RequestedState.STARTED}, example="stopped"),
+        Prop("state", Kind.ENUM, "Requested state (`enabled` = `started`).",
+             default=RequestedState.STARTED, choices=tuple(s.value for s in RequestedState),
+             aliases={"enabled": "started"}, example="stopped"),
         Prop("group", Kind.GROUP, "HA group (legacy).", example="g1"),
         Prop("failback", Kind.BOOL, "Move back to the preferred node.", default=True, example="0"),
         Prop("max_restart", Kind.UINT, "Restarts on the same node before relocating.",
@@ -472,7 +473,7 @@ DATACENTER = ConfigSchema(
     ),
     (
         Prop("shutdown_policy", Kind.ENUM, "What a node's shutdown does to its services (§3.2.5).",
-             types=("ha",), default=DEFAULT_SHUTDOWN_POLICY, choices=tuple(ShutdownPolicy),
+             types=("ha",), default=DEFAULT_SHUTDOWN_POLICY, choices=tuple(s.value for s in ShutdownPolicy),
              example="migrate"),
         Prop("ha", Kind.STR, "Placement mode: basic or static (others are taken as basic).", types=("crs",),
              default="basic", example="static"),
@@ -505,7 +506,7 @@ def markdown_table(schema: ConfigSchema) -> str:
     for p in schema.props:
         types = "all" if not p.types or set(p.types) == all_types else ", ".join(p.types)
         if p.kind == Kind.ENUM:
-            kind = " \\| ".join((*p.choices, *p.aliases))
+            kind = " | ".join((*p.choices, *p.aliases))
         elif p.kind == Kind.UINT:
             kind = f"integer {p.min}..{p.max}"
         elif p.pattern_help:
