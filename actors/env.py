@@ -20,6 +20,7 @@ look at the record again to learn whether they happened.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from ha.config.datacenter import DatacenterConfig, parse_datacenter_cfg
 from ha.config.groups import GroupConfig, format_groups_cfg, parse_groups_cfg
 from ha.config.resources import ResourceConfig, ServiceConfig, format_resources_cfg, parse_resources_cfg
 from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
+from ha.config.sectionconfig import preserve_edit
 from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import ConfigError, HaError, LockLost
 from ha.records import LrmStatus, ManagerStatus
@@ -302,9 +304,15 @@ class LiveEnv:
         for _ in range(20):
             text, version = rec.read_text(store, rec.RESOURCES_CFG)
             conf, _errors = parse_resources_cfg(text, rec.RESOURCES_CFG)
+            before = format_resources_cfg(conf)
             edit(conf)
+            after = format_resources_cfg(conf)
+            # comments and sections that do not parse are kept (issue #10); an edit replacing a
+            # section that does not parse is written as the writer writes it
+            with contextlib.suppress(ConfigError):
+                after = preserve_edit(text, before, after, rec.RESOURCES_CFG)
             try:
-                store.write(rec.RESOURCES_CFG, format_resources_cfg(conf).encode(), version or "")
+                store.write(rec.RESOURCES_CFG, after.encode(), version or "")
                 return
             except VersionConflict:
                 continue

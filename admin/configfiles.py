@@ -1,8 +1,12 @@
 """The three config files an administrator edits: strict reads and compare-and-swap edits.
 
-Every edit is validated before it is written, written atomically with a
-compare-and-swap on the version that was read (so two concurrent edits
-cannot silently overwrite each other), and refused with an
+Every edit is validated before it is written, and rewrites only the
+sections it changes: comments, unknown lines, sections that do not parse
+(a typo'd property, say) and sections the edit left alone are kept byte for
+byte (``ha.config.sectionconfig.preserve_edit``, issue #10); an edit that
+would replace a section that does not parse is refused (exit 5). It is
+written atomically with a compare-and-swap on the version that was read
+(so two concurrent edits cannot silently overwrite each other), and refused with an
 :class:`~admin.errors.AdminError` carrying a one-line message and an exit
 code otherwise. Nothing is written when an edit is refused.
 
@@ -21,6 +25,7 @@ from ha.config.groups import GroupConfig, parse_groups_cfg
 from ha.config.resources import ServiceConfig, parse_resources_cfg
 from ha.config.rules import RulesConfig, parse_rules_cfg
 from ha.config.schema import ConfigSchema, Prop, parse_sid
+from ha.config.sectionconfig import preserve_edit
 from ha.errors import ConfigError
 from store import records as rec
 from store.base import Store, VersionConflict
@@ -75,14 +80,17 @@ def edit_file(
             raise AdminError(
                 f"{name} was changed by someone else (digest mismatch), re-read it", ExitCode.CONFLICT
             )
-        conf, errors = parse(text, name)
-        if errors:
-            raise AdminError(f"{name} is invalid: {errors[0]}", ExitCode.CONFLICT)
+        conf, _errors = parse(text, name)  # what did not parse is kept as it is (preserve_edit)
         try:
+            before = fmt(conf)
             edit(conf)
-            data = fmt(conf).encode()
+            after = fmt(conf)
         except ConfigError as e:  # a value the file cannot hold: refused, nothing written
             raise AdminError(e.message, ExitCode.USAGE) from None
+        try:
+            data = preserve_edit(text, before, after, name).encode()
+        except ConfigError as e:
+            raise AdminError(str(e), ExitCode.CONFLICT) from None
         try:
             return store.write(name, data, version or "")
         except VersionConflict:

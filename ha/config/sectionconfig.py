@@ -88,3 +88,82 @@ __all__ = [
     "CONFIG_ID", "NODE_NAME", "RawSection", "digest_of", "format_node_list", "parse_bool", "parse_node_list",
     "parse_sections", "parse_uint",
 ]  # fmt: skip
+
+
+# -- edits that keep what they do not understand (issue #10) -----------------------------------
+
+
+@dataclass(slots=True)
+class Chunk:
+    """A piece of a section-config file: one section (``key`` = ``type:id``) or anything else."""
+
+    key: str | None
+    text: str
+    line: int
+
+
+def split_chunks(text: str) -> list[Chunk]:
+    """Cut ``text`` into sections and the rest, exactly as :func:`parse_sections` sees it.
+
+    A section runs from its header to the blank line that ends it (included);
+    comment lines inside belong to it. Joining the chunks gives ``text`` back.
+    """
+    chunks: list[Chunk] = []
+    current: Chunk | None = None
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        raw = line + "\n"
+        if current is not None:
+            current.text += raw
+            if not line.strip():
+                current = None
+            continue
+        m = _HEADER.match(line) if line.strip() and not line.startswith("#") else None
+        if m is None:
+            if chunks and chunks[-1].key is None:
+                chunks[-1].text += raw
+            else:
+                chunks.append(Chunk(None, raw, lineno))
+            continue
+        current = Chunk(f"{m.group(1).lower()}:{m.group(2)}", raw, lineno)
+        chunks.append(current)
+    # the loop added a "\n" after the last piece of the split, which the text does not have
+    chunks[-1].text = chunks[-1].text[:-1]
+    if not chunks[-1].text:
+        chunks.pop()
+    return chunks
+
+
+def preserve_edit(original: str, before: str, after: str, path: str) -> str:
+    """The file after an edit, keeping from ``original`` everything the edit did not change.
+
+    ``before`` and ``after`` are the writer's rendering of what was parsed
+    from ``original``, before and after the edit. Comments, stray lines,
+    sections that failed to parse and sections the edit left alone are
+    kept byte for byte; changed sections are re-rendered in place, deleted
+    ones dropped, new ones appended. An edit that would replace a section
+    which failed to parse is refused (:class:`ConfigError`).
+    """
+    if original == before:
+        return after  # nothing to keep that the writer would not write the same way
+    old = {c.key: c.text for c in split_chunks(before) if c.key is not None}
+    new = {c.key: c.text for c in split_chunks(after) if c.key is not None}
+    out: list[str] = []
+    seen: set[str] = set()
+    for c in split_chunks(original):
+        if c.key is None or c.key in seen or c.key not in old:  # not a section, or one that did not parse
+            if c.key is not None and c.key not in seen and c.key in new:
+                raise ConfigError(f"section '{c.key}' is invalid: fix or remove it first", path, c.line)
+            out.append(c.text)
+            if c.key is not None:
+                seen.add(c.key)
+            continue
+        seen.add(c.key)
+        if c.key in new:
+            out.append(c.text if old[c.key] == new[c.key] else new[c.key])
+    text = "".join(out)
+    added = [t for k, t in new.items() if k not in seen]
+    if added:
+        if text and not text.endswith("\n\n"):
+            text += "\n" if text.endswith("\n") else "\n\n"
+        text += "".join(added)
+    return text
