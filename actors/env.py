@@ -35,6 +35,7 @@ from ha.config.groups import GroupConfig, format_groups_cfg, parse_groups_cfg
 from ha.config.lastgood import carry_over
 from ha.config.resources import ResourceConfig, ServiceConfig, format_resources_cfg, parse_resources_cfg
 from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
+from ha.config.sectionconfig import preserve_edit
 from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import ConfigError, HaError, LockLost
 from ha.records import LrmStatus, ManagerStatus
@@ -393,24 +394,21 @@ class LiveEnv:
     def _edit_resources(self, edit: Callable[[ServiceConfig], None]) -> None:
         """Read-modify-write resources.cfg with compare-and-swap, retrying on conflicts.
 
-        Refused while the file has errors: rewriting it from the sections that
-        parsed would delete the others (issue #10).
+        What the edit does not touch is kept byte for byte (comments, sections
+        that fail to parse); an edit that cannot keep it is refused (issue #10).
         """
         store = self.ctx.store
         for _ in range(20):
-            record = store.read(rec.RESOURCES_CFG)
-            version = None if record is None else record.version
-            text, errors = decode_config(b"" if record is None else record.data, rec.RESOURCES_CFG)
-            conf, parse_errors = parse_resources_cfg(text, rec.RESOURCES_CFG)
-            errors += parse_errors
-            if errors:
-                raise ConfigError(
-                    f"not rewriting {rec.RESOURCES_CFG} while it has errors"
-                    f" (first: {errors[0]}); fix it first"
-                )
+            # bytes that are not UTF-8: ConfigError, nothing rewritten (they could not be kept)
+            text, version = rec.read_text(store, rec.RESOURCES_CFG)
+            conf, _errors = parse_resources_cfg(text, rec.RESOURCES_CFG)
+            before = format_resources_cfg(conf)
             edit(conf)
+            # comments and sections that do not parse are kept byte for byte (issue #10); an
+            # edit that would replace a section that does not parse is refused (ConfigError)
+            after = preserve_edit(text, before, format_resources_cfg(conf), rec.RESOURCES_CFG)
             try:
-                store.write(rec.RESOURCES_CFG, format_resources_cfg(conf).encode(), version or "")
+                store.write(rec.RESOURCES_CFG, after.encode(), version or "")
                 return
             except VersionConflict:
                 continue

@@ -1,8 +1,12 @@
 """The three config files an administrator edits: strict reads and compare-and-swap edits.
 
-Every edit is validated before it is written, written atomically with a
-compare-and-swap on the version that was read (so two concurrent edits
-cannot silently overwrite each other), and refused with an
+Every edit is validated before it is written, and rewrites only the
+sections it changes: comments, unknown lines, sections that do not parse
+(a typo'd property, say) and sections the edit left alone are kept byte for
+byte (``ha.config.sectionconfig.preserve_edit``, issue #10); an edit that
+would replace a section that does not parse is refused (exit 5). It is
+written atomically with a compare-and-swap on the version that was read
+(so two concurrent edits cannot silently overwrite each other), and refused with an
 :class:`~admin.errors.AdminError` carrying a one-line message and an exit
 code otherwise. Nothing is written when an edit is refused.
 
@@ -13,13 +17,15 @@ caller read and refuse (exit 5) when the file changed since.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from admin.errors import AdminError, ExitCode
 from ha.config.groups import GroupConfig, parse_groups_cfg
-from ha.config.resources import ServiceConfig, parse_resources_cfg, parse_sid
+from ha.config.resources import ServiceConfig, parse_resources_cfg
 from ha.config.rules import RulesConfig, parse_rules_cfg
+from ha.config.schema import ConfigSchema, Prop, parse_sid
+from ha.config.sectionconfig import preserve_edit
 from ha.errors import ConfigError
 from store import records as rec
 from store.base import Store, VersionConflict
@@ -74,12 +80,19 @@ def edit_file(
             raise AdminError(
                 f"{name} was changed by someone else (digest mismatch), re-read it", ExitCode.CONFLICT
             )
-        conf, errors = parse(text, name)
-        if errors:
-            raise AdminError(f"{name} is invalid: {errors[0]}", ExitCode.CONFLICT)
-        edit(conf)
+        conf, _errors = parse(text, name)  # what did not parse is kept as it is (preserve_edit)
         try:
-            return store.write(name, fmt(conf).encode(), version or "")
+            before = fmt(conf)
+            edit(conf)
+            after = fmt(conf)
+        except ConfigError as e:  # a value the file cannot hold: refused, nothing written
+            raise AdminError(e.message, ExitCode.USAGE) from None
+        try:
+            data = preserve_edit(text, before, after, name).encode()
+        except ConfigError as e:
+            raise AdminError(str(e), ExitCode.CONFLICT) from None
+        try:
+            return store.write(name, data, version or "")
         except VersionConflict:
             if digest is not None:
                 raise AdminError(f"{name} was changed concurrently, re-read it", ExitCode.CONFLICT) from None
@@ -101,3 +114,40 @@ def check_node(node: str, nodes: list[str]) -> None:
     """Refuse (exit 3) a node that is not a cluster member."""
     if node not in nodes:
         raise AdminError(f"unknown node '{node}' (nodes: {', '.join(nodes)})", ExitCode.NOT_FOUND)
+
+
+def check_options(
+    schema: ConfigSchema,
+    stype: str,
+    options: Mapping[str, object],
+    unknown: str,
+    *,
+    adding: bool = False,
+) -> list[tuple[Prop, Any]]:
+    """Check every option of an add/set against the schema (issue #10: before anything is read or written).
+
+    ``unknown`` formats the refusal of an option that does not apply to
+    section type ``stype`` (``{key}``, ``{type}``). Returns (property, typed
+    value) pairs; a bad value is refused with exit 2 and the schema's message.
+    """
+    out: list[tuple[Prop, Any]] = []
+    for key, raw in options.items():
+        prop = schema.prop(key, stype)
+        if prop is None or not prop.api or not (adding or prop.settable):
+            raise AdminError(unknown.format(key=key, type=stype), ExitCode.USAGE)
+        try:
+            out.append((prop, prop.parse(raw)))
+        except ConfigError as e:
+            raise AdminError(e.message, ExitCode.USAGE) from None
+    return out
+
+
+def check_delete(schema: ConfigSchema, stype: str, delete: list[str], what: str) -> list[Prop]:
+    """The options a ``--delete`` resets: only optional ones that apply to ``stype``."""
+    out: list[Prop] = []
+    for key in delete:
+        prop = schema.prop(key, stype)
+        if prop is None or not prop.deletable:
+            raise AdminError(f"cannot delete {what}option '{key}'", ExitCode.USAGE)
+        out.append(prop)
+    return out

@@ -3,34 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
-from admin.configfiles import check_node, edit_file, groups_migrated, read_config
+from admin.configfiles import (
+    check_delete,
+    check_node,
+    check_options,
+    edit_file,
+    groups_migrated,
+    read_config,
+)
 from admin.errors import AdminError, ExitCode
+from ha.config import schema
 from ha.config.groups import Group, GroupConfig, format_groups_cfg, parse_groups_cfg
-from ha.config.sectionconfig import CONFIG_ID, parse_bool, parse_node_list
-from ha.errors import ConfigError
+from ha.config.schema import CONFIG_ID, Kind, Prop
 from store import records as rec
 from store.base import Store
 
 
-def _apply_group_options(g: Group, options: Mapping[str, str], nodes: list[str]) -> None:
-    for key, value in options.items():
-        try:
-            if key == "nodes":
-                parsed = parse_node_list(value, key, "command line", None)
-                for n in parsed:
-                    check_node(n, nodes)
-                g.nodes = parsed
-            elif key == "restricted":
-                g.restricted = parse_bool(value, key, "command line", None)
-            elif key == "nofailback":
-                g.nofailback = parse_bool(value, key, "command line", None)
-            elif key == "comment":
-                g.comment = value
-            else:
-                raise AdminError(f"unknown group option '{key}'", ExitCode.USAGE)
-        except ConfigError as e:
-            raise AdminError(e.message, ExitCode.USAGE) from None
+def _check_group_options(options: Mapping[str, str], nodes: list[str]) -> list[tuple[Prop, Any]]:
+    """``schema.GROUPS`` checks every value; the nodes of a node list must be cluster members."""
+    changes = check_options(schema.GROUPS, "group", options, "unknown group option '{key}'", adding=True)
+    for prop, value in changes:
+        if prop.kind == Kind.NODE_LIST:
+            for n in value:
+                check_node(n, nodes)
+    return changes
 
 
 def _groups_edit(store: Store, edit: Callable[[GroupConfig], None], digest: str | None = None) -> str:
@@ -45,7 +43,8 @@ def group_add(store: Store, group: str, options: Mapping[str, str], nodes: list[
     if not options.get("nodes"):
         raise AdminError("group: --nodes is required", ExitCode.USAGE)
     g = Group(group, {})
-    _apply_group_options(g, options, nodes)
+    for prop, value in _check_group_options(options, nodes):
+        schema.GROUPS.assign(g, prop, value)
 
     def edit(conf: GroupConfig) -> None:
         if group in conf.groups:
@@ -68,21 +67,17 @@ def group_set(
         raise AdminError("cannot update group: ha groups have been migrated to rules", ExitCode.REFUSED)
     if not options and not delete:
         raise AdminError("nothing to change (give an option or --delete)", ExitCode.USAGE)
+    changes = _check_group_options(options, nodes)
+    resets = check_delete(schema.GROUPS, "group", delete, "group ")
 
     def edit(conf: GroupConfig) -> None:
         g = conf.groups.get(group)
         if g is None:
             raise AdminError(f"no such group '{group}'", ExitCode.NOT_FOUND)
-        _apply_group_options(g, options, nodes)
-        for key in delete:
-            if key == "comment":
-                g.comment = None
-            elif key == "restricted":
-                g.restricted = False
-            elif key == "nofailback":
-                g.nofailback = False
-            else:
-                raise AdminError(f"cannot delete group option '{key}'", ExitCode.USAGE)
+        for prop, value in changes:
+            schema.GROUPS.assign(g, prop, value)
+        for prop in resets:
+            schema.GROUPS.reset(g, prop)
 
     return _groups_edit(store, edit, digest)
 

@@ -23,9 +23,11 @@ from admin.groups import group_add, group_remove, group_set
 from admin.resources import add_resource, remove_resource, set_resource
 from admin.rules import rule_add, rule_remove, rule_set
 from admin.views import group_to_dict, resource_to_dict, rule_to_dict, rules_view
+from ha.config import schema
 from ha.config.datacenter import parse_datacenter_cfg
 from ha.config.encoding import decode_config
 from ha.config.resources import ServiceConfig, parse_resources_cfg
+from ha.config.schema import ConfigSchema, Kind
 from ha.errors import HaError
 from ha.records import LrmStatus, ManagerStatus
 from ha.status import perl_pretty_json, status_lines
@@ -69,16 +71,28 @@ def _check_args(op: str, args: Mapping[str, Any], spec: Mapping[str, tuple[str, 
     return out
 
 
-def _options(op: str, raw: Mapping[str, Any] | None) -> dict[str, str]:
-    """Option maps take str, int or bool values; they travel on as the config's strings."""
+def _options(op: str, raw: Mapping[str, Any] | None, schema: ConfigSchema) -> dict[str, str]:
+    """An option map, checked against the config type's schema (docs/CONFIG.md).
+
+    Names must be options of ``schema`` (of any section type: which type
+    takes which option is the admin layer's refusal); values are strings or
+    integers, and booleans for boolean options. They travel on as the
+    config's strings; ``admin`` checks each value against its property.
+    """
+    known = {p.name: p for p in schema.api_props()}
     out: dict[str, str] = {}
     for k, v in (raw or {}).items():
-        if isinstance(v, bool):
+        prop = known.get(k)
+        if prop is None:
+            names = ", ".join(sorted(known))
+            raise AdminError(f"{op}: unknown option '{k}' (known: {names})", ExitCode.USAGE)
+        if isinstance(v, bool) and prop.kind == Kind.BOOL:
             out[k] = "1" if v else "0"
-        elif isinstance(v, int | str):
+        elif isinstance(v, int | str) and not isinstance(v, bool):
             out[k] = str(v)
         else:
-            raise AdminError(f"{op}: option '{k}' must be a string, integer or boolean", ExitCode.USAGE)
+            what = "a string, integer or boolean" if prop.kind == Kind.BOOL else "a string or integer"
+            raise AdminError(f"{op}: option '{k}' must be {what}", ExitCode.USAGE)
     return out
 
 
@@ -87,6 +101,8 @@ class OpSpec:
     fn: Callable[[dict[str, Any]], Any]
     args: Mapping[str, tuple[str, bool]]
     write: bool
+    # the schema an ``options`` argument is checked against (resources, groups or rules)
+    options: ConfigSchema | None = None
 
 
 # -- the operations --------------------------------------------------------------------------
@@ -126,11 +142,12 @@ class ApiOps:
             "groups": OpSpec(self.op_groups, {"group": (s, False)}, False),
             "rules": OpSpec(self.op_rules, {"type": (s, False), "resource": (s, False)}, False),
             # write: resources
-            "add": OpSpec(self.op_add, {"sid": (s, True), "options": (m, True)}, True),
+            "add": OpSpec(self.op_add, {"sid": (s, True), "options": (m, True)}, True, schema.RESOURCES),
             "set": OpSpec(
                 self.op_set,
                 {"sid": (s, True), "options": (m, False), "delete": (lst, False), "digest": (s, False)},
                 True,
+                schema.RESOURCES,
             ),
             "remove": OpSpec(self.op_remove, {"sid": (s, True), "purge": (b, False)}, True),
             # write: service and crm commands
@@ -148,15 +165,21 @@ class ApiOps:
                 True,
             ),
             # write: groups (legacy) and rules
-            "group_add": OpSpec(self.op_group_add, {"group": (s, True), "options": (m, True)}, True),
+            "group_add": OpSpec(
+                self.op_group_add, {"group": (s, True), "options": (m, True)}, True, schema.GROUPS
+            ),
             "group_set": OpSpec(
                 self.op_group_set,
                 {"group": (s, True), "options": (m, False), "delete": (lst, False), "digest": (s, False)},
                 True,
+                schema.GROUPS,
             ),
             "group_remove": OpSpec(self.op_group_remove, {"group": (s, True)}, True),
             "rule_add": OpSpec(
-                self.op_rule_add, {"type": (s, True), "rule": (s, True), "options": (m, True)}, True
+                self.op_rule_add,
+                {"type": (s, True), "rule": (s, True), "options": (m, True)},
+                True,
+                schema.RULES,
             ),
             "rule_set": OpSpec(
                 self.op_rule_set,
@@ -168,6 +191,7 @@ class ApiOps:
                     "digest": (s, False),
                 },
                 True,
+                schema.RULES,
             ),
             "rule_remove": OpSpec(self.op_rule_remove, {"rule": (s, True)}, True),
         }
@@ -178,6 +202,8 @@ class ApiOps:
         if spec is None:
             raise AdminError(f"unknown operation '{op}'", ExitCode.USAGE)
         checked = _check_args(op, args, spec.args)
+        if spec.options is not None:
+            checked["options"] = _options(op, checked.get("options"), spec.options)
         if spec.write:
             if role != ROLE_ADMIN:
                 raise AdminError(
@@ -304,14 +330,14 @@ class ApiOps:
 
     # -- write: resources ----------------------------------------------------------------------
     def op_add(self, args: dict[str, Any]) -> Any:
-        cd = add_resource(self.store, args["sid"], _options("add", args["options"]), self.nodes)
+        cd = add_resource(self.store, args["sid"], args["options"], self.nodes)
         return {"sid": cd.sid, "resource": resource_to_dict(cd)}
 
     def op_set(self, args: dict[str, Any]) -> Any:
         digest = set_resource(
             self.store,
             args["sid"],
-            _options("set", args.get("options")),
+            args["options"],
             list(args.get("delete") or []),
             args.get("digest"),
             self.nodes,
@@ -368,12 +394,12 @@ class ApiOps:
 
     # -- write: groups and rules -----------------------------------------------------------------
     def op_group_add(self, args: dict[str, Any]) -> Any:
-        g = group_add(self.store, args["group"], _options("group_add", args["options"]), self.nodes)
+        g = group_add(self.store, args["group"], args["options"], self.nodes)
         return {"group": group_to_dict(g)}
 
     def op_group_set(self, args: dict[str, Any]) -> Any:
         digest = group_set(
-            self.store, args["group"], _options("group_set", args.get("options")),
+            self.store, args["group"], args["options"],
             list(args.get("delete") or []), self.nodes, args.get("digest"),
         )  # fmt: skip
         return {"group": args["group"], "digest": digest}
@@ -383,14 +409,12 @@ class ApiOps:
         return {"group": args["group"]}
 
     def op_rule_add(self, args: dict[str, Any]) -> Any:
-        r = rule_add(
-            self.store, args["type"], args["rule"], _options("rule_add", args["options"]), self.nodes
-        )
+        r = rule_add(self.store, args["type"], args["rule"], args["options"], self.nodes)
         return {"rule": rule_to_dict(r)}
 
     def op_rule_set(self, args: dict[str, Any]) -> Any:
         digest = rule_set(
-            self.store, args["type"], args["rule"], _options("rule_set", args.get("options")),
+            self.store, args["type"], args["rule"], args["options"],
             list(args.get("delete") or []), self.nodes, args.get("digest"),
         )  # fmt: skip
         return {"rule": args["rule"], "digest": digest}

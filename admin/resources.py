@@ -4,23 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from admin.configfiles import check_node, edit_file, normalize_sid, read_groups, read_rules
+from admin.configfiles import (
+    check_delete,
+    check_node,
+    check_options,
+    edit_file,
+    normalize_sid,
+    read_groups,
+    read_rules,
+)
 from admin.errors import AdminError, ExitCode
+from ha.config import schema
 from ha.config.resources import (
-    MAX_COMMENT,
-    RESOURCE_TYPES,
     ResourceConfig,
     ServiceConfig,
     format_resources_cfg,
-    normalize_state,
     parse_resources_cfg,
     resource_from_dict,
 )
 from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
-from ha.config.sectionconfig import parse_bool, parse_uint
-from ha.constants import DEFAULT_MAX_RELOCATE, DEFAULT_MAX_RESTART
+from ha.config.schema import parse_sid
 from ha.errors import ConfigError
-from ha.states import RequestedState, ServiceState
+from ha.states import ServiceState
 from store import records as rec
 from store.base import Store
 
@@ -44,14 +49,19 @@ def _check_group_use(store: Store, group: str) -> None:
 
 
 def add_resource(store: Store, sid: str, options: Mapping[str, str], nodes: list[str]) -> ResourceConfig:
-    """``ha-manager add SID [--state ...]``: the resource must not exist; its node must."""
+    """``ha-manager add SID [--state ...]``: the resource must not exist; its node must.
+
+    Every option is checked against ``schema.RESOURCES`` before anything is read or written.
+    """
     sid = normalize_sid(sid)
+    rtype, _ = parse_sid(sid)
     node = options.get("node")
     if not node:
         raise AdminError(f"resource '{sid}': --node is required", ExitCode.USAGE)
+    check_options(
+        schema.RESOURCES, rtype, options, f"resource '{sid}': unknown property '{{key}}'", adding=True
+    )
     check_node(node, nodes)
-    if "comment" in options and len(options["comment"]) > MAX_COMMENT:
-        raise AdminError(f"property 'comment': longer than {MAX_COMMENT} characters", ExitCode.USAGE)
     try:
         cd = resource_from_dict(sid, dict(options), "command line")
     except ConfigError as e:
@@ -78,8 +88,17 @@ def set_resource(
 ) -> str:
     """``ha-manager set SID ...``: refused in error state unless it sets state disabled (§8)."""
     sid = normalize_sid(sid)
+    rtype, _ = parse_sid(sid)
     if not options and not delete:
         raise AdminError("nothing to change (give an option or --delete)", ExitCode.USAGE)
+    if "node" in options:
+        # the node of a managed service is the CRM's business: move it with migrate/relocate
+        raise AdminError("cannot set 'node': use 'ha-manager migrate' or 'relocate'", ExitCode.USAGE)
+    changes = check_options(schema.RESOURCES, rtype, options, "unknown option '{key}' for {type} resources")
+    resets = check_delete(schema.RESOURCES, rtype, delete, "")
+    bad_delete = set(delete) & set(options)
+    if bad_delete:
+        raise AdminError(f"cannot set and delete '{sorted(bad_delete)[0]}' at once", ExitCode.USAGE)
     ms, _ = rec.read_manager_status(store)
     sd = ms.service_status.get(sid)
     if sd is not None and sd.state == ServiceState.ERROR and options.get("state") != "disabled":
@@ -88,59 +107,15 @@ def set_resource(
         )
     if options.get("group"):
         _check_group_use(store, options["group"])
-    if "node" in options:
-        # the node of a managed service is the CRM's business: move it with migrate/relocate
-        raise AdminError("cannot set 'node': use 'ha-manager migrate' or 'relocate'", ExitCode.USAGE)
-    bad_delete = set(delete) & set(options)
-    if bad_delete:
-        raise AdminError(f"cannot set and delete '{sorted(bad_delete)[0]}' at once", ExitCode.USAGE)
 
     def edit(conf: ServiceConfig) -> None:
         cd = conf.services.get(sid)
         if cd is None:
             raise AdminError(f"no such resource '{sid}'", ExitCode.NOT_FOUND)
-        spec = RESOURCE_TYPES[cd.type]
-        for key, value in options.items():
-            try:
-                if key == "state":
-                    cd.state = normalize_state(value, "command line", None)
-                elif key == "group":
-                    cd.group = value
-                elif key == "failback":
-                    cd.failback = parse_bool(value, key, "command line", None)
-                elif key == "max_restart":
-                    cd.max_restart = parse_uint(value, key, "command line", None)
-                elif key == "max_relocate":
-                    cd.max_relocate = parse_uint(value, key, "command line", None)
-                elif key == "comment":
-                    if len(value) > MAX_COMMENT:
-                        raise AdminError(
-                            f"property 'comment': longer than {MAX_COMMENT} characters", ExitCode.USAGE
-                        )
-                    cd.comment = value
-                elif key in spec.extra:
-                    cd.extra[key] = value
-                else:
-                    raise AdminError(f"unknown option '{key}' for {cd.type} resources", ExitCode.USAGE)
-            except ConfigError as e:
-                raise AdminError(e.message, ExitCode.USAGE) from None
-        for key in delete:
-            if key == "comment":
-                cd.comment = None
-            elif key == "group":
-                cd.group = None
-            elif key == "failback":
-                cd.failback = True
-            elif key == "max_restart":
-                cd.max_restart = DEFAULT_MAX_RESTART
-            elif key == "max_relocate":
-                cd.max_relocate = DEFAULT_MAX_RELOCATE
-            elif key == "state":
-                cd.state = RequestedState.STARTED
-            elif key in spec.extra and not spec.extra[key]:
-                cd.extra.pop(key, None)
-            else:
-                raise AdminError(f"cannot delete option '{key}'", ExitCode.USAGE)
+        for prop, value in changes:
+            schema.RESOURCES.assign(cd, prop, value)
+        for prop in resets:
+            schema.RESOURCES.reset(cd, prop)
 
     return _edit(store, edit, digest)
 

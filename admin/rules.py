@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
-from admin.configfiles import check_node, edit_file, groups_migrated, normalize_sid, read_config
-from admin.errors import AdminError, ExitCode
-from ha.config.rules import (
-    NODE_AFFINITY,
-    RESOURCE_AFFINITY,
-    RULE_TYPES,
-    Rule,
-    RulesConfig,
-    format_rules_cfg,
-    parse_rules_cfg,
+from admin.configfiles import (
+    check_delete,
+    check_node,
+    check_options,
+    edit_file,
+    groups_migrated,
+    read_config,
 )
-from ha.config.sectionconfig import CONFIG_ID, parse_bool, parse_node_list
-from ha.errors import ConfigError
+from admin.errors import AdminError, ExitCode
+from ha.config import schema
+from ha.config.rules import RULE_TYPES, Rule, RulesConfig, format_rules_cfg, parse_rules_cfg
+from ha.config.schema import CONFIG_ID, Kind, Prop
 from ha.rules import check_feasibility
 from store import records as rec
 from store.base import Store
-
-_RULE_OPTIONS = {
-    NODE_AFFINITY: ("resources", "nodes", "strict", "comment", "disable"),
-    RESOURCE_AFFINITY: ("resources", "affinity", "comment", "disable"),
-}
 
 
 def _check_rules_allowed(store: Store, what: str) -> None:
@@ -34,39 +29,21 @@ def _check_rules_allowed(store: Store, what: str) -> None:
         )
 
 
-def _apply_rule_options(
-    store: Store, rule: Rule, options: Mapping[str, str], nodes: list[str], managed: set[str]
-) -> None:
-    allowed = _RULE_OPTIONS[rule.type]
-    for key, value in options.items():
-        if key not in allowed:
-            raise AdminError(f"option '{key}' does not apply to {rule.type} rules", ExitCode.USAGE)
-        try:
-            if key == "resources":
-                sids = {normalize_sid(s.strip()) for s in value.split(",") if s.strip()}
-                if not sids:
-                    raise AdminError("property 'resources': empty resource list", ExitCode.USAGE)
-                for sid in sorted(sids):
-                    if sid not in managed:
-                        raise AdminError(f"resource '{sid}' is not HA managed", ExitCode.NOT_FOUND)
-                rule.resources = sids
-            elif key == "nodes":
-                parsed = parse_node_list(value, key, "command line", None)
-                for n in parsed:
-                    check_node(n, nodes)
-                rule.nodes = parsed
-            elif key == "strict":
-                rule.strict = parse_bool(value, key, "command line", None)
-            elif key == "affinity":
-                if value not in ("positive", "negative"):
-                    raise AdminError("property 'affinity' must be positive or negative", ExitCode.USAGE)
-                rule.affinity = value
-            elif key == "comment":
-                rule.comment = value
-            elif key == "disable":
-                rule.disable = parse_bool(value, key, "command line", None)
-        except ConfigError as e:
-            raise AdminError(e.message, ExitCode.USAGE) from None
+def _check_rule_options(
+    rtype: str, options: Mapping[str, str], nodes: list[str], managed: set[str]
+) -> list[tuple[Prop, Any]]:
+    """``schema.RULES`` checks every value; resources must be HA managed, nodes cluster members."""
+    unknown = "option '{key}' does not apply to {type} rules"
+    changes = check_options(schema.RULES, rtype, options, unknown, adding=True)
+    for prop, value in changes:
+        if prop.kind == Kind.SID_LIST:
+            for sid in sorted(value):
+                if sid not in managed:
+                    raise AdminError(f"resource '{sid}' is not HA managed", ExitCode.NOT_FOUND)
+        elif prop.kind == Kind.NODE_LIST:
+            for n in value:
+                check_node(n, nodes)
+    return changes
 
 
 def _check_rule_feasible(conf: RulesConfig, rid: str, nodes: list[str]) -> None:
@@ -89,11 +66,11 @@ def rule_add(store: Store, rtype: str, rid: str, options: Mapping[str, str], nod
         raise AdminError(f"unknown rule type '{rtype}' (one of {', '.join(RULE_TYPES)})", ExitCode.USAGE)
     if not CONFIG_ID.match(rid):
         raise AdminError(f"invalid rule id '{rid}'", ExitCode.USAGE)
-    for req in ("resources", "nodes") if rtype == NODE_AFFINITY else ("resources", "affinity"):
-        if not options.get(req):
-            raise AdminError(f"{rtype} rule: --{req} is required", ExitCode.USAGE)
+    for prop in schema.RULES.props_for(rtype):
+        if prop.required and not options.get(prop.name):
+            raise AdminError(f"{rtype} rule: --{prop.name} is required", ExitCode.USAGE)
     conf_r, _ = read_config(store)
-    managed = set(conf_r.services)
+    changes = _check_rule_options(rtype, options, nodes, set(conf_r.services))
     result: list[Rule] = []
 
     def edit(conf: RulesConfig) -> None:
@@ -101,7 +78,8 @@ def rule_add(store: Store, rtype: str, rid: str, options: Mapping[str, str], nod
             raise AdminError(f"rule '{rid}' already defined", ExitCode.REFUSED)
         order = max((r.order for r in conf.rules.values()), default=0) + 1
         rule = Rule(rid, rtype, set(), order)
-        _apply_rule_options(store, rule, options, nodes, managed)
+        for prop, value in changes:
+            schema.RULES.assign(rule, prop, value)
         conf.rules[rid] = rule
         _check_rule_feasible(conf, rid, nodes)
         result[:] = [rule]
@@ -125,7 +103,8 @@ def rule_set(
     if not options and not delete:
         raise AdminError("nothing to change (give an option or --delete)", ExitCode.USAGE)
     conf_r, _ = read_config(store)
-    managed = set(conf_r.services)
+    changes = _check_rule_options(rtype, options, nodes, set(conf_r.services))
+    resets = check_delete(schema.RULES, rtype, delete, "rule ")
 
     def edit(conf: RulesConfig) -> None:
         rule = conf.rules.get(rid)
@@ -133,16 +112,10 @@ def rule_set(
             raise AdminError(f"no such rule '{rid}'", ExitCode.NOT_FOUND)
         if rule.type != rtype:
             raise AdminError(f"rule '{rid}' is a {rule.type} rule, not {rtype}", ExitCode.USAGE)
-        _apply_rule_options(store, rule, options, nodes, managed)
-        for key in delete:
-            if key == "comment":
-                rule.comment = None
-            elif key == "disable":
-                rule.disable = False
-            elif key == "strict" and rule.type == NODE_AFFINITY:
-                rule.strict = False
-            else:
-                raise AdminError(f"cannot delete rule option '{key}'", ExitCode.USAGE)
+        for prop, value in changes:
+            schema.RULES.assign(rule, prop, value)
+        for prop in resets:
+            schema.RULES.reset(rule, prop)
         _check_rule_feasible(conf, rid, nodes)
 
     return _rules_edit(store, edit, digest)

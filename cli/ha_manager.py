@@ -36,12 +36,14 @@ from cli.api_client import (
     load_client_key,
 )
 from fence.procfs import read_pid_file
+from ha.config.schema import GROUPS, RESOURCES, RULES, ConfigSchema, Kind, Prop
 from ha.errors import HaError
 
 ENV_CLUSTER = "PYHA_CLUSTER"
 ENV_OFFLINE = "PYHA_OFFLINE"
 OUTPUT_FORMATS = ("text", "json", "json-pretty")
-RULE_TYPES = ("node-affinity", "resource-affinity")
+RULE_TYPES = tuple(t.name for t in RULES.section_types)
+RESOURCE_TYPES = tuple(t.name for t in RESOURCES.section_types)
 
 
 def die(msg: str, code: int, details: Sequence[str] = ()) -> NoReturn:
@@ -333,7 +335,7 @@ _HIDDEN_KEYS = {"digest", "sid", "type", "errors", "name"}
 
 
 @main.command()
-@click.option("--type", "rtype", help="Only resources of this type (vm, ct, proc, ocf, ...).")
+@click.option("--type", "rtype", type=click.Choice(RESOURCE_TYPES), help="Only resources of this type.")
 @output_options
 @pass_ctx
 def config(c: Ctx, rtype: str | None, output_format: str, noborder: bool, noheader: bool) -> None:
@@ -357,30 +359,44 @@ def config(c: Ctx, rtype: str | None, output_format: str, noborder: bool, nohead
 # -- resources --------------------------------------------------------------------------------------
 
 
-def _resource_options(f: F) -> F:
-    opts = [
-        click.option("--state", type=click.Choice(["started", "stopped", "disabled", "ignored", "enabled"]),
-                     help="Requested state."),
-        click.option("--group", shell_complete=complete_group, help="HA group (legacy)."),
-        click.option("--failback", type=click.Choice(["0", "1"]), help="Move back to the preferred node."),
-        click.option("--max_restart", "--max-restart", "max_restart", type=click.IntRange(0),
-                     help="Restarts on the same node before relocating."),
-        click.option("--max_relocate", "--max-relocate", "max_relocate", type=click.IntRange(0),
-                     help="Relocations before giving up."),
-        click.option("--comment", help="Free text."),
-        click.option("--cmd", help="proc: the command line of the service"),
-        click.option("--check-tcp", "check_tcp", help="proc: HOST:PORT that must accept connections"),
-        click.option("--check-cmd", "check_cmd", help="proc: health check command (exit 0 = healthy)"),
-        click.option("--stop-timeout", "stop_timeout", help="proc: seconds between SIGTERM and SIGKILL"),
-        click.option("--cwd", help="proc: working directory"),
-        click.option("--env", help="proc: KEY=VALUE,... environment"),
-        click.option("--agent", help="ocf: provider:type, e.g. heartbeat:Dummy"),
-        click.option("--params", help="ocf: name=value ... parameters"),
-        click.option("--monitor-timeout", "monitor_timeout", help="ocf: seconds for a monitor call"),
-    ]  # fmt: skip
-    for o in reversed(opts):
-        f = o(f)
-    return f
+def schema_options(schema: ConfigSchema, *, adding: bool) -> Callable[[F], F]:
+    """The click options of an add (``adding``) or set command, one per property of ``schema``.
+
+    Flags, choices, ranges, help and completion come from the property
+    (ha/config/schema.py); the values are checked again, fully, by the API.
+    """
+
+    def decorate(f: F) -> F:
+        for p in reversed(schema.api_props()):
+            if adding or p.settable:
+                f = click.option(*p.flags, p.name, **_click_kwargs(p, adding))(f)
+        return f
+
+    return decorate
+
+
+_COMPLETION = {Kind.NODE: complete_node, Kind.NODE_LIST: complete_node, Kind.GROUP: complete_group,
+               Kind.SID_LIST: complete_sid}  # fmt: skip
+
+
+def _click_kwargs(p: Prop, adding: bool) -> dict[str, Any]:
+    kw: dict[str, Any] = {"help": f"{', '.join(p.types)}: {p.help}" if p.types else p.help}
+    if p.kind == Kind.ENUM:
+        kw["type"] = click.Choice([*p.choices, *p.aliases])
+    elif p.kind == Kind.BOOL:
+        kw["type"] = click.Choice(["0", "1"])
+    elif p.kind == Kind.UINT:
+        kw["type"] = click.IntRange(p.min, p.max)
+    if p.kind in _COMPLETION:
+        kw["shell_complete"] = _COMPLETION[p.kind]
+    if adding and p.required and not p.types:  # type-dependent requirements are the API's refusal
+        kw["required"] = True
+    return kw
+
+
+def _delete_help(schema: ConfigSchema) -> str:
+    names = ", ".join(p.name for p in schema.api_props() if p.deletable)
+    return f"Comma-separated options to reset/remove ({names})."
 
 
 def _collect(kw: Mapping[str, object]) -> dict[str, str]:
@@ -393,21 +409,22 @@ def _split(value: str | None) -> list[str]:
 
 @main.command()
 @click.argument("sid")
-@click.option("--node", required=True, shell_complete=complete_node, help="Node the resource starts on.")
-@click.option("--type", "rtype", help="Resource type for a bare id (default vm).")
-@_resource_options
+@click.option(
+    "--type", "rtype", type=click.Choice(RESOURCE_TYPES), help="Resource type for a bare id (default vm)."
+)
+@schema_options(RESOURCES, adding=True)
 @pass_ctx
-def add(c: Ctx, /, sid: str, node: str, rtype: str | None, **kw: object) -> None:
+def add(c: Ctx, /, sid: str, rtype: str | None, **kw: object) -> None:
     """Put resource SID (TYPE:NAME, or a bare VMID) under HA management."""
     if rtype is not None and ":" not in sid:
         sid = f"{rtype}:{sid}"
-    c.call("add", {"sid": sid, "options": {"node": node, **_collect(kw)}})
+    c.call("add", {"sid": sid, "options": _collect(kw)})
 
 
 @main.command("set")
 @click.argument("sid", shell_complete=complete_sid)
-@_resource_options
-@click.option("--delete", "delete", help="Comma-separated options to reset/remove.")
+@schema_options(RESOURCES, adding=False)
+@click.option("--delete", "delete", help=_delete_help(RESOURCES))
 @click.option("--digest", help="Refuse if the configuration changed since this digest was read.")
 @pass_ctx
 def set_(c: Ctx, /, sid: str, delete: str | None, digest: str | None, **kw: object) -> None:
@@ -524,19 +541,6 @@ def crm_arm(c: Ctx) -> None:
 # -- groups (legacy) ------------------------------------------------------------------------------------
 
 
-def _group_options(f: F) -> F:
-    opts = [
-        click.option("--restricted", type=click.Choice(["0", "1"]), help="Only run on the group's nodes."),
-        click.option(
-            "--nofailback", type=click.Choice(["0", "1"]), help="Do not move back to higher priority."
-        ),
-        click.option("--comment", help="Free text."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
 @main.command()
 @output_options
 @pass_ctx
@@ -559,27 +563,22 @@ def groupconfig(c: Ctx, output_format: str, noborder: bool, noheader: bool) -> N
 
 @main.command()
 @click.argument("group")
-@click.option("--nodes", required=True, help="node[:priority],... list.")
-@_group_options
+@schema_options(GROUPS, adding=True)
 @pass_ctx
-def groupadd(c: Ctx, /, group: str, nodes: str, **kw: object) -> None:
+def groupadd(c: Ctx, /, group: str, **kw: object) -> None:
     """Create HA group GROUP (legacy)."""
-    c.call("group_add", {"group": group, "options": {"nodes": nodes, **_collect(kw)}})
+    c.call("group_add", {"group": group, "options": _collect(kw)})
 
 
 @main.command()
 @click.argument("group", shell_complete=complete_group)
-@click.option("--nodes", help="node[:priority],... list.")
-@_group_options
-@click.option("--delete", help="Comma-separated options to remove.")
+@schema_options(GROUPS, adding=False)
+@click.option("--delete", help=_delete_help(GROUPS))
 @click.option("--digest", help="Refuse if groups.cfg changed since this digest was read.")
 @pass_ctx
-def groupset(
-    c: Ctx, /, group: str, nodes: str | None, delete: str | None, digest: str | None, **kw: object
-) -> None:
+def groupset(c: Ctx, /, group: str, delete: str | None, digest: str | None, **kw: object) -> None:
     """Change HA group GROUP (legacy)."""
-    opts = _collect(kw) | ({"nodes": nodes} if nodes else {})
-    args: dict[str, Any] = {"group": group, "options": opts, "delete": _split(delete)}
+    args: dict[str, Any] = {"group": group, "options": _collect(kw), "delete": _split(delete)}
     if digest:
         args["digest"] = digest
     c.call("group_set", args)
@@ -647,24 +646,10 @@ def rules_config(
     click.echo(table(rows, ["enabled", "state", "rule", "type", "resources", "comment"], noborder, noheader))
 
 
-def _rule_options(f: F) -> F:
-    opts = [
-        click.option("--resources", shell_complete=complete_sid, help="Comma-separated resource ids."),
-        click.option("--nodes", help="node-affinity: node[:priority],... list."),
-        click.option("--strict", type=click.Choice(["0", "1"]), help="node-affinity: only these nodes."),
-        click.option("--affinity", type=click.Choice(["positive", "negative"]), help="resource-affinity."),
-        click.option("--comment", help="Free text."),
-        click.option("--disable", type=click.Choice(["0", "1"]), help="Keep the rule but do not apply it."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
 @rules.command("add")
 @click.argument("rtype", metavar="TYPE", type=click.Choice(RULE_TYPES))
 @click.argument("rule")
-@_rule_options
+@schema_options(RULES, adding=True)
 @pass_ctx
 def rules_add(c: Ctx, /, rtype: str, rule: str, **kw: object) -> None:
     """Create rule RULE of TYPE."""
@@ -674,8 +659,8 @@ def rules_add(c: Ctx, /, rtype: str, rule: str, **kw: object) -> None:
 @rules.command("set")
 @click.argument("rtype", metavar="TYPE", type=click.Choice(RULE_TYPES))
 @click.argument("rule", shell_complete=complete_rule)
-@_rule_options
-@click.option("--delete", help="Comma-separated options to remove (comment, disable, strict).")
+@schema_options(RULES, adding=False)
+@click.option("--delete", help=_delete_help(RULES))
 @click.option("--digest", help="Refuse if rules.cfg changed since this digest was read.")
 @pass_ctx
 def rules_set(c: Ctx, /, rtype: str, rule: str, delete: str | None, digest: str | None, **kw: object) -> None:

@@ -119,15 +119,23 @@ def test_a_typo_keeps_the_resource_managed_until_fixed_then_the_new_reading_rule
     assert rec.RESOURCES_CFG not in rec.read_config_errors(store)
 
 
-def test_a_master_edit_is_refused_while_the_file_has_errors_and_deletes_nothing(tmp_path: Path) -> None:
+def test_a_master_edit_keeps_a_broken_section_and_refuses_a_file_it_cannot_decode(tmp_path: Path) -> None:
     store = DirStore(tmp_path)
-    bad = GOOD.replace("\tstate stopped", "\tstop_timout 5\n\tstate stopped")
+    bad = "# ours\n" + GOOD.replace("\tstate stopped", "\tstop_timout 5\n\tstate stopped")
     store.write(rec.RESOURCES_CFG, bad.encode())
     env = live_env(store)
-    with pytest.raises(ConfigError, match="while it has errors"):
-        env.update_service_config("proc:web", {"state": "stopped"}, [])
-    rec_now = store.read(rec.RESOURCES_CFG)
-    assert rec_now is not None and rec_now.data.decode() == bad
+    env.update_service_config("proc:web", {"state": "stopped"}, [])
+    now = store.read(rec.RESOURCES_CFG)
+    assert now is not None
+    text = now.data.decode()
+    assert text.startswith("# ours\n") and "\tstop_timout 5\n" in text, "comment and broken section kept"
+    assert "proc: web\n\tcmd sleep 100\n\tnode n1\n\tstate stopped\n" in text
+    undecodable = GOOD.replace("sleep 300", "sleep \xff").encode("latin-1")
+    store.write(rec.RESOURCES_CFG, undecodable)
+    with pytest.raises(ConfigError, match="not valid UTF-8"):
+        env.update_service_config("proc:web", {"state": "started"}, [])
+    after = store.read(rec.RESOURCES_CFG)
+    assert after is not None and after.data == undecodable
 
 
 def test_the_tools_refuse_a_non_utf8_file_with_one_line(tmp_path: Path) -> None:

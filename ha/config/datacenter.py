@@ -1,4 +1,7 @@
-"""The ``ha``/``crs``/``max_workers`` keys of datacenter.cfg (BEHAVIOUR.md §7.4, §9.2)."""
+"""The ``ha``/``crs``/``max_workers`` keys of datacenter.cfg (BEHAVIOUR.md §7.4, §9.2).
+
+The properties and their checks are ``schema.DATACENTER`` (docs/CONFIG.md).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ha.config import schema
 from ha.constants import DEFAULT_SHUTDOWN_POLICY
 from ha.errors import ConfigError
-from ha.states import ShutdownPolicy
 
 
 @dataclass(slots=True, frozen=True)
@@ -21,6 +24,12 @@ class DatacenterConfig:
     max_workers: int | None = None
 
 
+def _prop(name: str) -> schema.Prop:
+    prop = schema.DATACENTER.prop(name)
+    assert prop is not None
+    return prop
+
+
 def _from_mapping(data: Any, path: str, *, strict: bool) -> DatacenterConfig:
     if not isinstance(data, dict):
         raise ConfigError("expected a JSON object", path)
@@ -29,14 +38,13 @@ def _from_mapping(data: Any, path: str, *, strict: bool) -> DatacenterConfig:
     if not isinstance(ha, dict) or not isinstance(crs, dict):
         raise ConfigError("'ha' and 'crs' must be objects", path)
     policy = str(ha.get("shutdown_policy", DEFAULT_SHUTDOWN_POLICY))
-    if strict and policy not in ShutdownPolicy.__members__.values():
-        raise ConfigError(
-            f"ha: invalid shutdown_policy '{policy}' (one of {', '.join(p.value for p in ShutdownPolicy)})",
-            path,
-        )
+    if strict:
+        _prop("shutdown_policy").parse(policy, path)
     max_workers = data.get("max_workers")
-    if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 0):
-        raise ConfigError("max_workers must be a non-negative integer", path)
+    if max_workers is not None:
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool):
+            raise ConfigError("max_workers must be a non-negative integer", path)
+        _prop("max_workers").parse(max_workers, path)
     return DatacenterConfig(
         shutdown_policy=policy,
         crs_mode=str(crs.get("ha") or "basic"),
@@ -57,7 +65,7 @@ def parse_datacenter_json(text: str, path: str = "datacenter.cfg") -> Datacenter
 def parse_datacenter_cfg(text: str, path: str = "datacenter.cfg") -> DatacenterConfig:
     """The cluster's text form: ``ha: shutdown_policy=migrate``, ``crs: ha=basic``, ``max_workers: 4``."""
     data: dict[str, Any] = {}
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    for lineno, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -65,6 +73,7 @@ def parse_datacenter_cfg(text: str, path: str = "datacenter.cfg") -> DatacenterC
         if not sep:
             raise ConfigError(f"expected 'key: value', got '{line}'", path, lineno)
         key, value = key.strip(), value.strip()
+        schema.check_text(key, value, path, lineno)
         if key in ("ha", "crs"):
             sub: dict[str, str] = {}
             for item in value.split(","):

@@ -1,17 +1,11 @@
-"""groups.cfg: legacy HA groups (BEHAVIOUR.md §7.2, §5.14)."""
+"""groups.cfg: legacy HA groups (BEHAVIOUR.md §7.2, §5.14); the properties are ``schema.GROUPS``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ha.config.sectionconfig import (
-    CONFIG_ID,
-    digest_of,
-    format_node_list,
-    parse_bool,
-    parse_node_list,
-    parse_sections,
-)
+from ha.config import schema
+from ha.config.sectionconfig import digest_of, parse_sections
 from ha.errors import ConfigError
 
 
@@ -31,30 +25,28 @@ class GroupConfig:
 
 
 def parse_groups_cfg(text: str, path: str = "groups.cfg") -> tuple[GroupConfig, list[ConfigError]]:
+    gs = schema.GROUPS
     sections, errors = parse_sections(text, path)
     conf = GroupConfig(digest=digest_of(text))
     for sec in sections:
         try:
-            if sec.type != "group":
+            stype = gs.section_type(sec.type)
+            if stype is None:
                 raise ConfigError(f"unknown section type '{sec.type}'", path, sec.line)
-            if not CONFIG_ID.match(sec.id):
+            if not stype.id_pattern.match(sec.id):
                 raise ConfigError(f"invalid group id '{sec.id}'", path, sec.line)
-            props = sec.props
-            if "nodes" not in props:
-                raise ConfigError(f"group '{sec.id}': missing required property 'nodes'", path, sec.line)
-            group = Group(sec.id, parse_node_list(props["nodes"], "nodes", path, sec.prop_lines["nodes"]))
-            for key, value in props.items():
+            group = Group(sec.id, {})
+            for req in gs.props_for(sec.type):
+                if req.required and req.name not in sec.props:
+                    raise ConfigError(
+                        f"group '{sec.id}': missing required property '{req.name}'", path, sec.line
+                    )
+            for key, value in sec.props.items():
                 lno = sec.prop_lines[key]
-                if key == "nodes":
-                    continue
-                if key == "restricted":
-                    group.restricted = parse_bool(value, key, path, lno)
-                elif key == "nofailback":
-                    group.nofailback = parse_bool(value, key, path, lno)
-                elif key == "comment":
-                    group.comment = value
-                else:
+                prop = gs.prop(key, sec.type)
+                if prop is None:
                     raise ConfigError(f"group '{sec.id}': unknown property '{key}'", path, lno)
+                gs.assign(group, prop, prop.read(value, path, lno))
             if sec.id in conf.groups:
                 raise ConfigError(f"duplicate group '{sec.id}'", path, sec.line)
             conf.groups[sec.id] = group
@@ -66,14 +58,7 @@ def parse_groups_cfg(text: str, path: str = "groups.cfg") -> tuple[GroupConfig, 
 def format_groups_cfg(conf: GroupConfig) -> str:
     out: list[str] = []
     for gid in sorted(conf.groups):
-        g = conf.groups[gid]
         out.append(f"group: {gid}")
-        if g.comment is not None:
-            out.append(f"\tcomment {g.comment}")
-        out.append(f"\tnodes {format_node_list(g.nodes)}")
-        if g.nofailback:
-            out.append("\tnofailback 1")
-        if g.restricted:
-            out.append("\trestricted 1")
+        out.extend(schema.GROUPS.render_props(conf.groups[gid], "group"))
         out.append("")
     return "\n".join(out) + ("\n" if out else "")

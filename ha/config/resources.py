@@ -11,23 +11,21 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ha.config.sectionconfig import (
-    NODE_NAME,
-    digest_of,
-    parse_bool,
-    parse_sections,
-    parse_uint,
-)
+from ha.config import schema
+from ha.config.schema import MAX_VALUE_LEN, Prop, parse_sid
+from ha.config.sectionconfig import digest_of, parse_sections
 from ha.constants import DEFAULT_MAX_RELOCATE, DEFAULT_MAX_RESTART
 from ha.errors import ConfigError
 from ha.states import RequestedState
 
-MAX_COMMENT = 4096
+MAX_COMMENT = MAX_VALUE_LEN
+
+__all__ = ["RESOURCE_TYPES", "ResourceType", "parse_sid"]
 
 
 @dataclass(frozen=True, slots=True)
 class ResourceType:
-    """What the registry knows about one resource type."""
+    """What the registry knows about one resource type (derived from ``schema.RESOURCES``)."""
 
     name: str
     id_pattern: re.Pattern[str]
@@ -37,47 +35,22 @@ class ResourceType:
     live_migration: bool = False
 
 
-RESOURCE_TYPES: dict[str, ResourceType] = {
-    "vm": ResourceType("vm", re.compile(r"^[1-9][0-9]+$"), live_migration=True),
-    "ct": ResourceType("ct", re.compile(r"^[1-9][0-9]+$")),
-    "fa": ResourceType("fa", re.compile(r"^[0-9]+$")),
-    "proc": ResourceType(
-        "proc",
-        re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$"),
-        extra={
-            "cmd": True,
-            "check_tcp": False,
-            "check_cmd": False,
-            "stop_timeout": False,
-            "cwd": False,
-            "env": False,
-        },
-    ),
-    "ocf": ResourceType(
-        "ocf",
-        re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$"),
-        extra={"agent": True, "params": False, "monitor_timeout": False},
-    ),
-}
+def _registry() -> dict[str, ResourceType]:
+    s = schema.RESOURCES
+    return {
+        t.name: ResourceType(
+            t.name,
+            t.id_pattern,
+            {p.name: p.required for p in s.props_for(t.name) if p.extra},
+            t.live_migration,
+        )
+        for t in s.section_types
+    }
 
-_SID = re.compile(r"^([a-z]+):(\S+)$")
+
+RESOURCE_TYPES: dict[str, ResourceType] = _registry()
 
 STATE_VALUES = ("started", "stopped", "enabled", "disabled", "ignored")
-
-
-def parse_sid(sid: str, types: dict[str, ResourceType] | None = None) -> tuple[str, str]:
-    """Split ``type:name`` and validate against the registry."""
-    types = RESOURCE_TYPES if types is None else types
-    m = _SID.match(sid)
-    if not m:
-        raise ConfigError(f"invalid resource id '{sid}' (expected TYPE:NAME)")
-    rtype, name = m.group(1), m.group(2)
-    spec = types.get(rtype)
-    if spec is None:
-        raise ConfigError(f"unknown resource type '{rtype}' in '{sid}' (known: {', '.join(sorted(types))})")
-    if not spec.id_pattern.match(name):
-        raise ConfigError(f"invalid name '{name}' for resource type '{rtype}'")
-    return rtype, name
 
 
 @dataclass(slots=True)
@@ -138,13 +111,10 @@ class ServiceConfig:
 
 
 def normalize_state(value: str, path: str, line: int | None) -> str:
-    v = value.strip()
-    if v not in STATE_VALUES:
-        raise ConfigError(
-            f"property 'state': invalid value '{value}' (one of {', '.join(STATE_VALUES)})", path, line
-        )
-    # 'enabled' is a legacy alias of 'started' (§7.1)
-    return RequestedState.STARTED if v == "enabled" else v
+    """'enabled' is a legacy alias of 'started' (§7.1)."""
+    prop = schema.RESOURCES.prop("state")
+    assert prop is not None
+    return str(prop.parse(value, path, line))
 
 
 def parse_resources_cfg(
@@ -161,7 +131,7 @@ def parse_resources_cfg(
     for sec in sections:
         sid = f"{sec.type}:{sec.id}"
         try:
-            cd = _resource_from_props(sid, dict(sec.props), path, sec.line, sec.prop_lines)
+            cd = _resource_from_props(sid, dict(sec.props), path, sec.line, sec.prop_lines, from_file=True)
             if nodes is not None and sid in nodes:
                 cd.node = nodes[sid]
             if not cd.node:
@@ -182,46 +152,38 @@ def _resource_from_props(
     prop_lines: dict[str, int] | None = None,
     *,
     default_state: str = RequestedState.STARTED,
+    from_file: bool = False,
 ) -> ResourceConfig:
     try:
         rtype, name = parse_sid(sid)
     except ConfigError as e:
         raise ConfigError(e.message, path, line) from None
-    spec = RESOURCE_TYPES[rtype]
+    rs = schema.RESOURCES
     pl = prop_lines or {}
 
     def lno(key: str) -> int:
         return pl.get(key, line)
 
+    def value(prop: Prop, raw: object) -> object:
+        if from_file and isinstance(raw, str):
+            return prop.read(raw, path, lno(prop.name))
+        return prop.parse(raw, path, lno(prop.name))
+
+    cd = ResourceConfig(sid=sid, type=rtype, name=name, node="", state=default_state)
     node = props.pop("node", "")
-    if node and not NODE_NAME.match(str(node)):
-        raise ConfigError(f"property 'node': invalid node name '{node}'", path, lno("node"))
-    cd = ResourceConfig(sid=sid, type=rtype, name=name, node=str(node or ""), state=default_state)
-    for key, value in props.items():
-        sval = str(value)
-        if key == "state":
-            cd.state = normalize_state(sval, path, lno(key))
-        elif key == "group":
-            cd.group = sval
-        elif key == "failback":
-            cd.failback = parse_bool(sval, key, path, lno(key)) if not isinstance(value, int) else bool(value)
-        elif key == "max_restart":
-            cd.max_restart = parse_uint(value, key, path, lno(key))
-        elif key == "max_relocate":
-            cd.max_relocate = parse_uint(value, key, path, lno(key))
-        elif key == "comment":
-            if len(sval) > MAX_COMMENT:
-                raise ConfigError(f"property 'comment': longer than {MAX_COMMENT} characters", path, lno(key))
-            cd.comment = sval
-        elif key == "lock":
-            cd.lock = sval
-        elif key in spec.extra:
-            cd.extra[key] = sval
-        else:
+    if node:
+        node_prop = rs.prop("node")
+        assert node_prop is not None
+        cd.node = str(value(node_prop, node))
+    for key, raw in props.items():
+        prop = rs.prop(key, rtype)
+        if prop is None:
             raise ConfigError(f"resource '{sid}': unknown property '{key}'", path, lno(key))
-    for key, required in spec.extra.items():
-        if required and key not in cd.extra:
-            raise ConfigError(f"resource '{sid}': missing required property '{key}'", path, line)
+        rs.assign(cd, prop, value(prop, raw))
+    for prop in rs.props_for(rtype):
+        # the node may come from elsewhere (``nodes``), checked by the caller
+        if prop.required and prop.name != "node" and rs.get(cd, prop) is None:
+            raise ConfigError(f"resource '{sid}': missing required property '{prop.name}'", path, line)
     return cd
 
 
@@ -233,30 +195,15 @@ def resource_from_dict(
 
 
 def format_resources_cfg(conf: ServiceConfig) -> str:
-    """Write resources.cfg: tab indent, comment first, then sorted keys, blank line after each."""
+    """Write resources.cfg: tab indent, comment first, then sorted keys, blank line after each.
+
+    The reference derives a guest's node from where its config lives; our
+    records have no such side channel, so the node is always written.
+    """
     out: list[str] = []
     for sid in sorted(conf.services):
         cd = conf.services[sid]
         out.append(f"{cd.type}: {cd.name}")
-        if cd.comment is not None:
-            out.append(f"\tcomment {cd.comment}")
-        props: dict[str, str] = {}
-        # The reference derives a guest's node from where its config lives; our
-        # records have no such side channel, so the node is always written.
-        props["node"] = cd.node
-        if cd.state != RequestedState.STARTED:
-            props["state"] = cd.state
-        if cd.group is not None:
-            props["group"] = cd.group
-        if not cd.failback:
-            props["failback"] = "0"
-        if cd.max_restart != DEFAULT_MAX_RESTART:
-            props["max_restart"] = str(cd.max_restart)
-        if cd.max_relocate != DEFAULT_MAX_RELOCATE:
-            props["max_relocate"] = str(cd.max_relocate)
-        if cd.lock is not None:
-            props["lock"] = cd.lock
-        props.update(cd.extra)
-        out.extend(f"\t{k} {v}" for k, v in sorted(props.items()))
+        out.extend(schema.RESOURCES.render_props(cd, cd.type, cd.extra))
         out.append("")
     return "\n".join(out) + ("\n" if out else "")

@@ -2,10 +2,12 @@
 
 Format (§7.1): a header line ``{type}: {id}``, then property lines indented by
 whitespace as ``key value``; a blank line ends a section; lines starting with
-``#`` are comments. A malformed line or section is reported as a
-:class:`ConfigError` naming file and line and is skipped; the other sections
-are still read (a bad section never takes the others down silently: the
-caller receives the error list and decides).
+``#`` are comments. Lines end at ``\n`` only (``str.splitlines`` would also
+end them at U+2028, U+0085 and other separators a value must not hold). A
+malformed line or section is reported as a :class:`ConfigError` naming file
+and line and is skipped; the other sections are still read (a bad section
+never takes the others down silently: the caller receives the error list
+and decides).
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
+from ha.config.schema import (
+    CONFIG_ID,
+    NODE_NAME,
+    format_node_list,
+    parse_bool,
+    parse_node_list,
+    parse_uint,
+)
 from ha.errors import ConfigError
 
 _HEADER = re.compile(r"^(\S+):\s*(\S+)\s*$")
@@ -42,7 +52,9 @@ def parse_sections(text: str, path: str) -> tuple[list[RawSection], list[ConfigE
     sections: list[RawSection] = []
     errors: list[ConfigError] = []
     current: RawSection | None = None
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only (a trailing "\r" is a blank): a line separator or control character
+    # inside a value stays in the value, where the schema refuses it (issue #10).
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if line.startswith("#"):
             continue
         if not line.strip():
@@ -71,59 +83,87 @@ def parse_sections(text: str, path: str) -> tuple[list[RawSection], list[ConfigE
     return sections, errors
 
 
-def parse_bool(value: str, key: str, path: str, line: int | None) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "yes", "on", "true"):
-        return True
-    if v in ("0", "no", "off", "false"):
-        return False
-    raise ConfigError(f"property '{key}': invalid boolean value '{value}'", path, line)
+# the value helpers live with the schema; re-exported for the simulator's JSON config
+__all__ = [
+    "CONFIG_ID", "NODE_NAME", "RawSection", "digest_of", "format_node_list", "parse_bool", "parse_node_list",
+    "parse_sections", "parse_uint",
+]  # fmt: skip
 
 
-def parse_uint(value: object, key: str, path: str, line: int | None) -> int:
-    """Parse a non-negative integer given as int or numeric string (sim JSON allows both)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"property '{key}': expected a non-negative integer, got '{value}'", path, line)
-    if isinstance(value, int):
-        n = value
-    elif (isinstance(value, float) and value.is_integer()) or (
-        isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value)
-    ):
-        n = int(value)
-    else:
-        raise ConfigError(f"property '{key}': expected a non-negative integer, got '{value}'", path, line)
-    if n < 0:
-        raise ConfigError(f"property '{key}': must be >= 0, got {n}", path, line)
-    return n
+# -- edits that keep what they do not understand (issue #10) -----------------------------------
 
 
-NODE_NAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?$")
-CONFIG_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9_\-]+$")
+@dataclass(slots=True)
+class Chunk:
+    """A piece of a section-config file: one section (``key`` = ``type:id``) or anything else."""
+
+    key: str | None
+    text: str
+    line: int
 
 
-def parse_node_list(value: str, key: str, path: str, line: int | None) -> dict[str, int]:
-    """Parse ``node[:prio],node[:prio]`` into {node: priority} (priority default 0)."""
-    nodes: dict[str, int] = {}
-    for raw in value.split(","):
-        item = raw.strip()
-        if not item:
+def split_chunks(text: str) -> list[Chunk]:
+    """Cut ``text`` into sections and the rest, exactly as :func:`parse_sections` sees it.
+
+    A section runs from its header to the blank line that ends it (included);
+    comment lines inside belong to it. Joining the chunks gives ``text`` back.
+    """
+    chunks: list[Chunk] = []
+    current: Chunk | None = None
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        raw = line + "\n"
+        if current is not None:
+            current.text += raw
+            if not line.strip():
+                current = None
             continue
-        name, _, prio = item.partition(":")
-        if not NODE_NAME.match(name):
-            raise ConfigError(f"property '{key}': invalid node name '{name}'", path, line)
-        if prio:
-            if not re.fullmatch(r"\d+", prio):
-                raise ConfigError(
-                    f"property '{key}': invalid priority '{prio}' for node '{name}'", path, line
-                )
-            nodes[name] = int(prio)
-        else:
-            nodes[name] = 0
-    if not nodes:
-        raise ConfigError(f"property '{key}': empty node list", path, line)
-    return nodes
+        m = _HEADER.match(line) if line.strip() and not line.startswith("#") else None
+        if m is None:
+            if chunks and chunks[-1].key is None:
+                chunks[-1].text += raw
+            else:
+                chunks.append(Chunk(None, raw, lineno))
+            continue
+        current = Chunk(f"{m.group(1).lower()}:{m.group(2)}", raw, lineno)
+        chunks.append(current)
+    # the loop added a "\n" after the last piece of the split, which the text does not have
+    chunks[-1].text = chunks[-1].text[:-1]
+    if not chunks[-1].text:
+        chunks.pop()
+    return chunks
 
 
-def format_node_list(nodes: dict[str, int]) -> str:
-    """Sorted, with ``:prio`` only when non-zero (§7.3)."""
-    return ",".join(f"{n}:{p}" if p else n for n, p in sorted(nodes.items()))
+def preserve_edit(original: str, before: str, after: str, path: str) -> str:
+    """The file after an edit, keeping from ``original`` everything the edit did not change.
+
+    ``before`` and ``after`` are the writer's rendering of what was parsed
+    from ``original``, before and after the edit. Comments, stray lines,
+    sections that failed to parse and sections the edit left alone are
+    kept byte for byte; changed sections are re-rendered in place, deleted
+    ones dropped, new ones appended. An edit that would replace a section
+    which failed to parse is refused (:class:`ConfigError`).
+    """
+    if original == before:
+        return after  # nothing to keep that the writer would not write the same way
+    old = {c.key: c.text for c in split_chunks(before) if c.key is not None}
+    new = {c.key: c.text for c in split_chunks(after) if c.key is not None}
+    out: list[str] = []
+    seen: set[str] = set()
+    for c in split_chunks(original):
+        if c.key is None or c.key in seen or c.key not in old:  # not a section, or one that did not parse
+            if c.key is not None and c.key not in seen and c.key in new:
+                raise ConfigError(f"section '{c.key}' is invalid: fix or remove it first", path, c.line)
+            out.append(c.text)
+            if c.key is not None:
+                seen.add(c.key)
+            continue
+        seen.add(c.key)
+        if c.key in new:
+            out.append(c.text if old[c.key] == new[c.key] else new[c.key])
+    text = "".join(out)
+    added = [t for k, t in new.items() if k not in seen]
+    if added:
+        if text and not text.endswith("\n\n"):
+            text += "\n" if text.endswith("\n") else "\n\n"
+        text += "".join(added)
+    return text

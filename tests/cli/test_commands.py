@@ -124,7 +124,7 @@ def test_add_set_remove_round_trip(cluster: Cluster) -> None:
             2,
             "unknown property 'agent'",
         ),
-        (["add", "proc:e1", "--node", "node1", "--cmd", SLEEP, "--group", "g"], 4, "migrated to rules"),
+        (["add", "proc:e1", "--node", "node1", "--cmd", SLEEP, "--group", "g1"], 4, "migrated to rules"),
         (["set", "proc:nope", "--state", "stopped"], 3, "no such resource 'proc:nope'"),
         (["set", "proc:dup", "--state", "bogus"], 2, "'bogus' is not one of"),
         (["set", "proc:dup", "--failback", "7"], 2, "'7' is not one of"),

@@ -118,7 +118,8 @@ def test_second_daemon_for_one_node_is_refused(cluster: LiveCluster) -> None:
     )  # fmt: skip
     assert res.returncode == 1
     pid = cluster.pid("node2")
-    assert res.stderr.strip() == f"ha-node: node2 is already running, pid {pid}; not starting a second ha-node"
+    want = f"ha-node: node2 is already running, pid {pid}; not starting a second ha-node"
+    assert res.stderr.strip() == want
     assert cluster.pid("node2") is not None and pid_alive(int(cluster.pid("node2") or 0))
 
 
