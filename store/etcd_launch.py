@@ -15,18 +15,18 @@ runs its own etcd (``cli/cluster_etcd.py``: detached members with pid files).
 
 from __future__ import annotations
 
-import ctypes
-import http.client
 import json
 import shutil
 import signal
-import subprocess
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from store.etcd_url import hostport
+
+if TYPE_CHECKING:
+    import subprocess
 
 ETCD_BIN: Final = "etcd"
 CLIENT_PORT: Final = 2379
@@ -115,9 +115,16 @@ def etcd_command(
     return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when this process dies."""
+    import ctypes  # noqa: PLC0415 - test harnesses only; keeps the CLI's start-up light
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
+
+    def preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return preexec
 
 
 def launch(
@@ -127,6 +134,8 @@ def launch(
 
     ``die_with_parent``: the member gets SIGKILL when this process dies (test harnesses).
     """
+    import subprocess  # noqa: PLC0415 - see member_status
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -136,7 +145,7 @@ def launch(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=cwd,
-            preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent() if die_with_parent else None,  # noqa: PLW1509
         )
 
 
@@ -150,6 +159,8 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 def member_status(m: EtcdMember, timeout: float = 0.5) -> dict[str, Any] | None:
     """The member's ``/v3/maintenance/status`` answer, or None when it does not answer."""
+    import http.client  # noqa: PLC0415 - every CLI start imports this module (through admin.cluster)
+
     conn = http.client.HTTPConnection(m.host, m.client_port, timeout=timeout)
     try:
         conn.request("POST", "/v3/maintenance/status", body=b"{}")
