@@ -11,8 +11,8 @@ import pytest
 
 from store import StoreError, VersionConflict
 from store import etcdstore as es
-from store.etcd_harness import EtcdCluster, free_ports
 from store.etcd_gateway import prefix_end
+from store.etcd_harness import EtcdCluster, free_ports
 from store.etcd_url import parse_url
 from store.etcdstore import EtcdStore
 from tests.store.etcd_fixtures import cluster_fixture, unique_cluster_name
