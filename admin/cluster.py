@@ -27,7 +27,9 @@ from admin.timing import LeaseTiming
 from fence.procfs import cgroup2_mount
 from ha.constants import Timing as CoreTiming
 from ha.errors import ConfigError
+from store import open_store as open_store_url
 from store.base import Store
+from store.etcd_launch import EtcdMember, initial_cluster
 
 CLUSTER_FILE = "cluster.json"
 # run/<node>/<this>: why a node is stopping ("shutdown", "reboot" or "restart"), written by
@@ -40,28 +42,6 @@ STORE_DIR = "dir"
 # Every Store call of a node gives up after this long on etcd (docs/ETCD.md: "timeout=1 is a
 # good choice for the agents' renewals"); see ClusterConfig.store_problems for the bound.
 DEFAULT_ETCD_TIMEOUT = 1.0
-
-
-@dataclass(frozen=True)
-class EtcdMember:
-    """One etcd member run by ``ha-cluster`` for a node (in the node's network namespace)."""
-
-    node: str
-    host: str
-    client_port: int = 2379
-    peer_port: int = 2380
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.host}:{self.client_port}"
-
-    @property
-    def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
 
 
 @dataclass(frozen=True)
@@ -100,7 +80,7 @@ class LocalEtcd:
 
     @property
     def initial_cluster(self) -> str:
-        return ",".join(f"{n}={m.peer_url}" for n, m in sorted(self.members.items()))
+        return initial_cluster([m for _, m in sorted(self.members.items())])
 
 
 @dataclass
@@ -141,20 +121,14 @@ class ClusterConfig:
 
     def open_store(self) -> Store:
         """The cluster's store: the one way every node and tool opens it."""
-        if self.store_kind == STORE_DIR:
-            from store.dirstore import DirStore  # noqa: PLC0415 - keep this module light
-
-            return DirStore(self.store_dir)
-        from store.etcdstore import EtcdStore  # noqa: PLC0415
-
-        return EtcdStore.from_url(self.store)
+        return open_store_url(self.store_url)
 
     @property
     def store_timeout(self) -> float | None:
         """The etcd store's per-call timeout (None for ``dir``)."""
         if self.store_kind == STORE_DIR:
             return None
-        from store.etcdstore import parse_url  # noqa: PLC0415
+        from store.etcd_url import parse_url  # noqa: PLC0415
 
         return parse_url(self.store).timeout
 
@@ -193,7 +167,7 @@ class ClusterConfig:
             return []
         if not self.store.startswith("etcd://"):
             return [f"store must be 'dir' or an etcd://host:port,.../cluster URL, got {self.store!r}"]
-        from store.etcdstore import parse_url  # noqa: PLC0415
+        from store.etcd_url import parse_url  # noqa: PLC0415
 
         try:
             u = parse_url(self.store)

@@ -131,7 +131,7 @@ class LiveCluster:
 
     def etcd_leader(self) -> str | None:
         """The node whose etcd member leads, if the running members agree."""
-        from cli.ha_cluster import etcd_leader  # noqa: PLC0415
+        from cli.cluster_etcd import etcd_leader  # noqa: PLC0415
 
         return etcd_leader(self.config())
 

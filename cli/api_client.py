@@ -35,10 +35,12 @@ import zmq
 
 from admin.cluster import ClusterConfig
 from admin.errors import REASONS, ExitCode
+from bus.codec import Codec
+from bus.errors import ConfigError, ProtocolError
+from bus.messages import ApiReply, ApiRequest
 
 # Kept light on purpose (no admin.ops import: every CLI call pays the import time);
 # tests/cli check these equal the server's constants.
-PROTOCOL_VERSION = 1
 ROLE_ADMIN = "admin"
 ROLES = ("admin", "readonly")
 CLIENT_KEY_PREFIX = "client."
@@ -271,6 +273,11 @@ class ApiClient:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.conns: dict[str, _Conn] = {}
         self.ids = itertools.count(1)
+        try:
+            # the envelope is the codec's (docs/PROTOCOL.md): built and checked in one place
+            self.codec = Codec(cluster.cluster)
+        except ConfigError as e:
+            raise ApiError(f"cluster id {cluster.cluster!r}: {e}", ExitCode.USAGE) from None
         self.node: str | None = None  # the node that answered last
 
     @property
@@ -327,10 +334,12 @@ class ApiClient:
                 self._drop(n)
                 continue
             request_id = uuid.uuid4().hex
-            frame = msgpack.packb({
-                "v": PROTOCOL_VERSION, "c": self.cluster.cluster, "s": self.name, "k": "api_request",
-                "i": next(self.ids), "p": {"request_id": request_id, "op": op, "args": dict(args or {})},
-            })  # fmt: skip
+            try:
+                frame = self.codec.encode(
+                    self.name, next(self.ids), ApiRequest(request_id, op, dict(args or {}))
+                )
+            except ProtocolError as e:  # arguments msgpack cannot carry, or over the frame limit
+                raise ApiError(f"'{op}': the request cannot be sent: {e}", ExitCode.USAGE) from None
             try:
                 conn.sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
@@ -349,12 +358,11 @@ class ApiClient:
                 errors.append(f"{n}: no answer within {self.timeout:g}s")
                 continue
             self.node = n
-            if reply.get("ok"):
-                return reply.get("result")
-            raw_res = reply.get("result")
-            res: dict[str, Any] = raw_res if isinstance(raw_res, dict) else {}
+            if reply.ok:
+                return reply.result
+            res: dict[str, Any] = reply.result if isinstance(reply.result, dict) else {}
             err = ApiError(
-                str(reply.get("error") or "request failed"),
+                str(reply.error or "request failed"),
                 int(res.get("code", 1)),
                 str(res.get("reason")) if res.get("reason") else None,
                 [str(d) for d in res.get("details") or []],
@@ -373,7 +381,7 @@ class ApiClient:
             )
         raise ApiError(f"cluster unreachable ({'; '.join(errors)})", ExitCode.UNREACHABLE, "unreachable")
 
-    def _wait_reply(self, conn: _Conn, request_id: str) -> dict[str, Any] | None:
+    def _wait_reply(self, conn: _Conn, request_id: str) -> ApiReply | None:
         deadline = time.monotonic() + self.timeout
         while True:
             left = deadline - time.monotonic()
@@ -381,15 +389,12 @@ class ApiClient:
                 return None
             raw = conn.sock.recv()
             try:
-                env = msgpack.unpackb(raw, raw=False)
-            except Exception:  # not for us / garbage: keep waiting
+                body = self.codec.decode(raw).body
+            except ProtocolError:  # not for us / garbage: keep waiting
                 continue
-            if not isinstance(env, dict) or env.get("k") != "api_reply":
-                continue
-            p = env.get("p")
-            if isinstance(p, dict) and p.get("request_id") == request_id:
-                return p
-            # a late reply to an earlier, timed-out request: ignore it
+            if isinstance(body, ApiReply) and body.request_id == request_id:
+                return body
+            # another kind, or a late reply to an earlier, timed-out request: ignore it
 
     # -- events ---------------------------------------------------------------------------
     def subscribe(self, topics: tuple[str, ...] = ("",)) -> tuple[zmq.Socket[bytes], str]:

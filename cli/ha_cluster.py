@@ -22,43 +22,50 @@ started by ``init``/``up`` and stopped by ``down``/``destroy``: data in
 member off together.
 
 Exit codes: 0 ok, 1 operation failed, 2 bad input.
-"""
 
-# size: every ha-cluster subcommand plus the local etcd members that 'init --store etcd --netns' runs; not
-#   split yet (the etcd helpers could be a module of their own)
+This module holds the commands; the work is done by ``cli/cluster_init.py``
+(``init``: plan, then steps with undo), ``cli/cluster_procs.py`` (node
+processes), ``cli/cluster_etcd.py`` (the local etcd members) and
+``cli/cluster_records.py`` (export and import).
+"""
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import http.client
-import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from admin.cluster import DEFAULT_ETCD_TIMEOUT, SHUTDOWN_FILE, ClusterConfig, EtcdMember, LocalEtcd
-from admin.errors import ExitCode
-from admin.timing import LeaseTiming
-from bus.keys import generate
+from admin.cluster import DEFAULT_ETCD_TIMEOUT, ClusterConfig
+from admin.errors import AdminError, ExitCode
+from cli import cluster_init
 from cli import netns as netns_mod
-from cli.api_client import generate_client_key
-from fence.kill import NodeKiller
-from fence.procfs import pid_alive, read_pid_file
+from cli.cluster_etcd import (
+    etcd_leader,
+    etcd_log_tail,
+    etcd_pid,
+    local_etcd,
+    start_etcd,
+    stop_etcd,
+    wait_etcd_serving,
+)
+from cli.cluster_procs import (
+    check_nodes,
+    kill_tree,
+    node_pid,
+    remove_empty_cgroups,
+    request_stop,
+    running_nodes,
+    start_node,
+    wait_gone,
+    wait_quorate,
+    wait_started,
+)
+from cli.cluster_records import export_records, import_records, read_export
+from fence.procfs import read_pid_file
 from ha.errors import HaError
-from store.base import Store, check_name
-from store.records import DATACENTER_CFG, RESOURCES_CFG, read_lrm_status
-
-ETCD_BIN = "etcd"
-EXPORT_FORMAT = "pyha-records"
 
 
 def fail(msg: str, code: int = ExitCode.FAILED) -> None:
@@ -66,250 +73,36 @@ def fail(msg: str, code: int = ExitCode.FAILED) -> None:
     sys.exit(code)
 
 
-def open_store(c: ClusterConfig) -> Store:
-    return c.open_store()
+class _Group(click.Group):
+    """Every command's refusal (:class:`AdminError`) ends as one line and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AdminError as e:
+            fail(str(e), e.code)
+        except HaError as e:
+            fail(str(e))
 
 
 def load(directory: str) -> ClusterConfig:
     try:
         return ClusterConfig.load(directory)
     except HaError as e:
-        fail(str(e), ExitCode.USAGE)
-        raise AssertionError from None
+        raise AdminError(str(e), ExitCode.USAGE) from None
 
 
-def node_pid(c: ClusterConfig, node: str) -> int | None:
-    return read_pid_file(c.run_dir(node) / "ha-node.pid")
+def network_of(c: ClusterConfig) -> netns_mod.Network:
+    if c.network is None:
+        raise AdminError(
+            "this cluster has no network namespaces (create it with 'init --netns')", ExitCode.USAGE
+        )
+    return netns_mod.Network.from_dict(c.network)
 
 
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
-def check_nodes(c: ClusterConfig, nodes: Iterable[str]) -> list[str]:
-    out = list(nodes)
-    for n in out:
-        if n not in c.nodes:
-            fail(f"no such node '{n}'", ExitCode.USAGE)
-    return out
-
-
-# -- the local etcd members (init --store etcd --netns) ------------------------------------------
-
-
-def local_etcd(c: ClusterConfig) -> LocalEtcd:
-    if c.etcd is None:
-        fail("this cluster runs no etcd of its own (see 'init --store etcd --netns')", ExitCode.USAGE)
-        raise AssertionError
-    return c.etcd
-
-
-def etcd_command(c: ClusterConfig, node: str) -> list[str]:
-    e = local_etcd(c)
-    m = e.members[node]
-    data = c.etcd_data_dir(node)
-    state = "existing" if (data / "member").exists() else "new"
-    cmd = [
-        ETCD_BIN,
-        "--name", node,
-        "--data-dir", str(data),
-        "--listen-client-urls", m.client_url,
-        "--advertise-client-urls", m.client_url,
-        "--listen-peer-urls", m.peer_url,
-        "--initial-advertise-peer-urls", m.peer_url,
-        "--initial-cluster", e.initial_cluster,
-        "--initial-cluster-token", e.token,
-        "--initial-cluster-state", state,
-        "--heartbeat-interval", str(e.heartbeat_ms),
-        "--election-timeout", str(e.election_ms),
-        # a member cut off and healed must not depose a working leader (default from 3.5 on)
-        "--pre-vote=true",
-        # every lease renewal is a new revision; pyha never reads old ones
-        "--auto-compaction-mode", "revision",
-        "--auto-compaction-retention", "10000",
-        "--logger", "zap",
-        "--log-level", "warn",
-    ]  # fmt: skip
-    ns = c.netns.get(node)
-    return ["ip", "netns", "exec", ns, *cmd] if ns else cmd
-
-
-def etcd_pid(c: ClusterConfig, node: str) -> int | None:
-    """The pid of NODE's etcd member if it runs (checked against its command line)."""
-    pid = read_pid_file(c.etcd_pid_file(node))
-    if pid is None:
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    # a recycled pid is not ours: the member's command line names its data dir
-    return pid if str(c.etcd_data_dir(node)).encode() in cmdline else None
-
-
-def start_etcd(c: ClusterConfig, nodes: Iterable[str]) -> list[str]:
-    """Start the members of NODES that do not run (detached: they outlive this command)."""
-    started = []
-    for n in nodes:
-        if etcd_pid(c, n) is not None:
-            continue
-        c.etcd_data_dir(n).parent.mkdir(parents=True, exist_ok=True)
-        c.etcd_log(n).parent.mkdir(parents=True, exist_ok=True)
-        c.run_dir(n).mkdir(parents=True, exist_ok=True)
-        with open(c.etcd_log(n), "ab") as log:
-            proc = subprocess.Popen(
-                etcd_command(c, n),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=c.root,
-            )
-        c.etcd_pid_file(n).write_text(f"{proc.pid}\n")
-        started.append(n)
-    return started
-
-
-def _member_status(m: EtcdMember, timeout: float = 0.5) -> dict[str, object] | None:
-    conn = http.client.HTTPConnection(m.host, m.client_port, timeout=timeout)
-    try:
-        conn.request("POST", "/v3/maintenance/status", body=b"{}")
-        resp = conn.getresponse()
-        body = resp.read()
-        data = json.loads(body) if resp.status == 200 else None
-        return data if isinstance(data, dict) else None
-    except (OSError, http.client.HTTPException, ValueError):
-        return None
-    finally:
-        conn.close()
-
-
-def etcd_leader(c: ClusterConfig) -> str | None:
-    """The node whose member the running members name as leader, if they agree."""
-    e = local_etcd(c)
-    ids: dict[str, str] = {}
-    leaders: set[str] = set()
-    for n, m in e.members.items():
-        if etcd_pid(c, n) is None:
-            continue
-        st = _member_status(m)
-        if st is None:
-            continue
-        header = st.get("header")
-        if isinstance(header, dict):
-            ids[str(header.get("member_id"))] = n
-        leaders.add(str(st.get("leader", "0")))
-    if len(leaders) != 1:
-        return None
-    return ids.get(leaders.pop())
-
-
-def etcd_log_tail(c: ClusterConfig, node: str, lines: int = 8) -> str:
-    try:
-        return "\n".join(c.etcd_log(node).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def wait_etcd_serving(c: ClusterConfig, nodes: Iterable[str], timeout: float) -> list[str]:
-    """Wait until each member of NODES answers; the ones that did not (bounded)."""
-    e = local_etcd(c)
-    todo = list(nodes)
-    deadline = time.monotonic() + timeout
-    while todo and time.monotonic() < deadline:
-        todo = [n for n in todo if etcd_pid(c, n) is not None and _member_status(e.members[n]) is None]
-        if todo:
-            time.sleep(0.05)
-    return todo
-
-
-def wait_store(c: ClusterConfig, timeout: float) -> str | None:
-    """Wait until the cluster's store answers a read; None, or the last error (bounded)."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    store = open_store(c)
-    try:
-        while True:
-            try:
-                store.read(DATACENTER_CFG)
-                return None
-            except HaError as e:
-                last = str(e)
-            if c.etcd is not None:
-                dead = [n for n in c.etcd.members if etcd_pid(c, n) is None]
-                if len(dead) * 2 >= len(c.etcd.members):
-                    return f"etcd members not running: {', '.join(dead)}"
-            if time.monotonic() >= deadline:
-                return last
-            time.sleep(0.1)
-    finally:
-        store.close()
-
-
-def stop_etcd(c: ClusterConfig, nodes: Iterable[str] | None = None, *, graceful: bool = True) -> None:
-    """Stop members (all by default): followers first, the leader last; SIGKILL what is left."""
-    if c.etcd is None:
-        return
-    todo = [n for n in (nodes if nodes is not None else sorted(c.etcd.members)) if etcd_pid(c, n)]
-    if graceful and len(todo) > 1:
-        lead = etcd_leader(c)
-        todo = [n for n in todo if n != lead] + [n for n in todo if n == lead]
-    for i, n in enumerate(todo):
-        pid = etcd_pid(c, n)
-        if pid is None:
-            continue
-        # a leader stopped last may wait to hand over to peers that just left: short grace
-        grace = (1.0 if i == len(todo) - 1 else 5.0) if graceful else 0.0
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM if graceful else signal.SIGKILL)
-        if wait_gone([pid], grace):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            wait_gone([pid], 5)
-    for n in todo:
-        c.etcd_pid_file(n).unlink(missing_ok=True)
-
-
-# -- commands --------------------------------------------------------------------------------------
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Create and drive a local HA cluster of ha-node processes."""
-
-
-def _store_setting(
-    store_kind: str, endpoints: str | None, netns: bool, name: str, timeout: float
-) -> tuple[str, bool]:
-    """(store setting for cluster.json, run our own etcd members?)"""
-    if store_kind == "dir":
-        if endpoints:
-            fail("--endpoints needs --store etcd", ExitCode.USAGE)
-        return "dir", False
-    if endpoints:
-        url = f"etcd://{endpoints.strip()}/{name}?timeout={timeout:g}"
-        try:
-            from store.etcdstore import parse_url  # noqa: PLC0415
-
-            parse_url(url)
-        except ValueError as e:
-            fail(str(e), ExitCode.USAGE)
-        return url, False
-    if not netns:
-        fail(
-            "--store etcd needs --endpoints H:P,... (an etcd you run) or --netns"
-            " (one etcd member per node, run by ha-cluster)",
-            ExitCode.USAGE,
-        )
-    return "", True
 
 
 @main.command()
@@ -359,150 +152,23 @@ def init(
     watchdog: str,
 ) -> None:
     """Create a cluster in DIRECTORY."""
-    root = Path(directory).resolve()
-    if (root / "cluster.json").exists() and not force:
-        fail(f"{root}/cluster.json exists (use --force to overwrite)", ExitCode.USAGE)
-    overrides: dict[str, str] = {}
-    for kv in timing_kv:
-        key, eq, value = kv.partition("=")
-        if not eq:
-            fail(f"--timing expects KEY=SECONDS, got '{kv}'", ExitCode.USAGE)
-        overrides[key.strip()] = value.strip()
-    try:
-        timing = LeaseTiming.from_mapping(overrides)
-    except HaError as e:
-        fail(str(e), ExitCode.USAGE)
-        raise AssertionError from None
-    store, own_etcd = _store_setting(store_kind, endpoints, netns, name, store_timeout)
-    names = [f"node{i}" for i in range(1, count + 1)]
-    ports = [base_port + i for i in range(count)] if base_port else free_ports(count)
-    endpoints_ = {n: f"tcp://127.0.0.1:{port}" for n, port in zip(names, ports, strict=True)}
-    if own_etcd and (root / "etcd").exists():
-        if not force:
-            fail(f"{root}/etcd holds etcd data (use --force to start afresh)", ExitCode.USAGE)
-        old = _load_quietly(root)
-        if old is not None:
-            stop_etcd(old, graceful=False)
-        import shutil  # noqa: PLC0415
-
-        shutil.rmtree(root / "etcd")
-    network = None
-    if netns:
-        network = netns_mod.plan(str(root), names)
-        try:
-            netns_mod.create(network)
-        except netns_mod.NetnsError as e:
-            fail(f"cannot create network namespaces: {e}")
-        endpoints_ = {n: f"tcp://{network.nodes[n].address}:7100" for n in names}
-    etcd: LocalEtcd | None = None
-    if own_etcd:
-        assert network is not None
-        members = {n: EtcdMember(n, network.nodes[n].address) for n in names}
-        etcd = LocalEtcd(f"pyha-{uuid.uuid4().hex[:12]}", members)
-        store = f"etcd://{','.join(m.endpoint for m in members.values())}/{name}?timeout={store_timeout:g}"
-    c = ClusterConfig(
-        root=root,
-        cluster=name,
-        nodes=endpoints_,
+    p = cluster_init.plan(
+        directory,
+        count=count,
+        base_port=base_port,
         curve=not no_curve,
-        timing=timing,
+        name=name,
+        timing_kv=timing_kv,
         cgroups=not no_cgroups,
-        netns={n: v.ns for n, v in network.nodes.items()} if network else {},
-        network=network.to_dict() if network else None,
-        store=store,
-        etcd=etcd,
         watchdog=watchdog,
+        force=force,
+        netns=netns,
+        store_kind=store_kind,
+        endpoints=endpoints,
+        store_timeout=store_timeout,
     )
-    probs = c.store_problems()
-    if probs:
-        if network is not None:
-            netns_mod.destroy(network)
-        fail("; ".join(probs), ExitCode.USAGE)
-    for d in (c.keys_dir, c.state_dir, root / "logs", root / "run"):
-        d.mkdir(parents=True, exist_ok=True)
-    if c.store_kind == "dir":
-        c.store_dir.mkdir(parents=True, exist_ok=True)
-    if c.curve:
-        for n in names:
-            generate(c.keys_dir, n, force=force)
-    c.save()
-    try:
-        if c.etcd is not None:
-            start_etcd(c, names)
-            problem = wait_store(c, 30)
-            if problem is not None:
-                raise HaError(f"etcd did not come up: {problem}")
-        store_ = open_store(c)
-        try:
-            if store_.read(RESOURCES_CFG) is None:
-                store_.write(RESOURCES_CFG, b"")
-            if store_.read(DATACENTER_CFG) is None:
-                store_.write(DATACENTER_CFG, b"ha: shutdown_policy=conditional\n")
-        finally:
-            store_.close()
-    except HaError as e:
-        logs = ""
-        if c.etcd is not None:
-            logs = "".join(f"\n--- {n}:\n{etcd_log_tail(c, n)}" for n in names)
-            stop_etcd(c, graceful=False)
-        if network is not None:
-            netns_mod.destroy(network)
-        fail(f"cannot initialise the store {c.store_url}: {e}{logs}")
-    if c.curve:
-        # one client key per role, for ha-manager and other tools (docs/API.md)
-        for role in ("admin", "readonly"):
-            generate_client_key(c, role, role)
-    click.echo(f"cluster '{name}' with {count} nodes in {root} (store {c.store_url})")
-    for n, endpoint in sorted(c.nodes.items()):
-        extra = f"  etcd {c.etcd.members[n].endpoint}" if c.etcd is not None else ""
-        click.echo(f"  {n}  {endpoint}{extra}")
-
-
-def _load_quietly(root: Path) -> ClusterConfig | None:
-    try:
-        return ClusterConfig.load(root)
-    except HaError:
-        return None
-
-
-def start_node(c: ClusterConfig, node: str) -> int:
-    if node_pid(c, node) is not None:
-        raise click.ClickException(f"{node} is already running")
-    c.log_file(node).parent.mkdir(parents=True, exist_ok=True)
-    out = open(c.log_file(node).with_suffix(".out"), "ab")  # noqa: SIM115
-    cmd = [sys.executable, "-m", "cli.ha_node", "--node", node, "--cluster", str(c.root)]
-    netns = c.netns.get(node)
-    if netns:
-        cmd = ["ip", "netns", "exec", netns, *cmd]
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, cwd=c.root
-    )
-    out.close()
-    return proc.pid
-
-
-def wait_started(c: ClusterConfig, node: str, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if node_pid(c, node) is not None and c.watchdog_socket(node).exists():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def wait_quorate(c: ClusterConfig, node: str, since: float, timeout: float = 20.0) -> bool:
-    store = open_store(c)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(HaError):
-                st = read_lrm_status(store, node)
-                if st.timestamp is not None and st.timestamp >= since:
-                    return True
-            time.sleep(0.05)
-        return False
-    finally:
-        store.close()
+    for line in cluster_init.summary(cluster_init.create(p)):
+        click.echo(line)
 
 
 @main.command()
@@ -535,7 +201,7 @@ def up(
     todo = check_nodes(c, nodes) or sorted(c.nodes)
     if c.etcd is not None:
         start_etcd(c, todo)
-        problem = wait_store(c, 30)
+        problem = cluster_init.wait_store(c, cluster_init.STORE_START_TIMEOUT)
         if problem is not None:
             fail(f"the store {c.store_url} does not answer: {problem} (see {c.root}/logs/*.etcd.log)")
     t0 = time.time()
@@ -556,25 +222,6 @@ def up(
         click.echo(f"up: {' '.join(todo)} (no quorum yet: {len(running)} of {len(c.nodes)} nodes running)")
 
 
-def request_stop(c: ClusterConfig, node: str, kind: str) -> int | None:
-    pid = node_pid(c, node)
-    if pid is None:
-        return None
-    (c.run_dir(node) / SHUTDOWN_FILE).write_text(kind)
-    os.kill(pid, signal.SIGTERM)
-    return pid
-
-
-def wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = [p for p in pids if pid_alive(p)]
-        if not pids:
-            return []
-        time.sleep(0.05)
-    return [p for p in pids if pid_alive(p)]
-
-
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("node")
@@ -593,20 +240,6 @@ def stop(directory: str, node: str, kind: str, timeout: float) -> None:
     if wait_gone([pid], timeout):
         fail(f"{node} did not stop within {timeout:g}s")
     click.echo(f"{node} stopped ({kind})")
-
-
-def kill_tree(c: ClusterConfig, node: str) -> list[int]:
-    """SIGKILL everything of NODE: its cgroup (daemon, services, launches), process groups, watchdog.
-
-    The same firing path as the node's watchdog (fence/kill.py): records that do not
-    provably belong to this boot and group are left alone.
-    """
-    pids = [p for name in ("ha-node.pid", "ha-watchdog.pid") if (p := read_pid_file(c.run_dir(node) / name))]
-    cgroups = [c.cgroup_base / node] if c.cgroup_base is not None else []
-    killer = NodeKiller(cgroups, [c.state_dir / node], pids)
-    killer.fire()
-    killer.close()
-    return pids
 
 
 @main.command()
@@ -640,13 +273,6 @@ def down(directory: str, timeout: float) -> None:
     if left:
         fail(f"{len(left)} node(s) had to be killed after {timeout:g}s")
     click.echo("down")
-
-
-def network_of(c: ClusterConfig) -> netns_mod.Network:
-    if c.network is None:
-        fail("this cluster has no network namespaces (create it with 'init --netns')", ExitCode.USAGE)
-        raise AssertionError
-    return netns_mod.Network.from_dict(c.network)
 
 
 @main.command()
@@ -704,19 +330,6 @@ def etcd_start(directory: str, nodes: tuple[str, ...], timeout: float) -> None:
     click.echo(f"etcd member(s) of {' '.join(todo)} running")
 
 
-def remove_empty_cgroups(c: ClusterConfig) -> None:
-    """rmdir the empty cgroups this cluster's nodes made (<cgroup_base>/<node>/...); busy ones stay."""
-    root = c.cgroup_base
-    if root is None:
-        return
-    from agents.procutil import remove_cgroup  # noqa: PLC0415
-
-    for n in c.nodes:
-        remove_cgroup(root / n)  # depth first, only what is empty
-    with contextlib.suppress(OSError):
-        root.rmdir()
-
-
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 def destroy(directory: str) -> None:
@@ -756,13 +369,6 @@ def status(directory: str) -> None:
     click.echo(f"store: {c.store_url}")
 
 
-# -- export / import ----------------------------------------------------------------------------------
-
-
-def running_nodes(c: ClusterConfig) -> list[str]:
-    return [n for n in sorted(c.nodes) if node_pid(c, n) is not None]
-
-
 @main.command("export")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -776,43 +382,9 @@ def export_cmd(directory: str, file: str) -> None:
     c = load(directory)
     if running_nodes(c):
         click.echo("ha-cluster: warning: nodes are running, the export is not one snapshot", err=True)
-    store = open_store(c)
-    try:
-        records = []
-        for name in store.list(""):
-            rec = store.read(name)
-            if rec is not None:
-                records.append({"name": name, "data": base64.b64encode(rec.data).decode("ascii")})
-    except HaError as e:
-        fail(f"cannot read the store {c.store_url}: {e}")
-        raise AssertionError from None
-    finally:
-        store.close()
-    doc = {"format": EXPORT_FORMAT, "version": 1, "cluster": c.cluster, "store": c.store_kind,
-           "records": records}  # fmt: skip
     path = Path(file)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    click.echo(f"exported {len(records)} records from {c.store_url} to {path}")
-
-
-def read_export(file: str) -> dict[str, bytes]:
-    try:
-        doc = json.loads(Path(file).read_text())
-    except (OSError, ValueError) as e:
-        fail(f"cannot read {file}: {e}", ExitCode.USAGE)
-        raise AssertionError from None
-    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or doc.get("version") != 1:
-        fail(f"{file} is not a pyha export (format {EXPORT_FORMAT}, version 1)", ExitCode.USAGE)
-    out: dict[str, bytes] = {}
-    for r in doc.get("records") or []:
-        try:
-            name = check_name(str(r["name"]))
-            out[name] = base64.b64decode(str(r["data"]), validate=True)
-        except (KeyError, TypeError, ValueError) as e:
-            fail(f"{file}: bad record entry {r!r}: {e}", ExitCode.USAGE)
-    return out
+    n = export_records(c, path)
+    click.echo(f"exported {n} records from {c.store_url} to {path}")
 
 
 @main.command("import")
@@ -830,29 +402,9 @@ def import_cmd(directory: str, file: str, force: bool) -> None:
     records = read_export(file)
     if running_nodes(c):
         fail(f"stop the cluster first (running: {', '.join(running_nodes(c))})")
-    store = open_store(c)
-    try:
-        extra = [n for n in store.list("") if n not in records]
-        if extra and not force:
-            fail(
-                f"the cluster has records that {file} does not: {', '.join(extra[:5])}"
-                + (" ..." if len(extra) > 5 else "")
-                + " (use --force to delete them)"
-            )
-        for name in sorted(records):
-            store.write(name, records[name])
-        for name in extra:
-            store.delete(name)
-        # read back: an import must not lose anything
-        bad = [n for n in sorted(records) if (r := store.read(n)) is None or r.data != records[n]]
-        if bad:
-            fail(f"records differ after the import: {', '.join(bad[:5])}")
-    except HaError as e:
-        fail(f"cannot write the store {c.store_url}: {e}")
-    finally:
-        store.close()
+    deleted = import_records(c, records, file, force=force)
     click.echo(
-        f"imported {len(records)} records into {c.store_url}" + (f", deleted {len(extra)}" if extra else "")
+        f"imported {len(records)} records into {c.store_url}" + (f", deleted {deleted}" if deleted else "")
     )
 
 

@@ -1,7 +1,10 @@
 """store package: durable records and leases behind one Protocol (see docs/STORE.md).
 
-``open_store(url)`` picks the backend: ``dir:/path`` (or a plain path) for the
-one-host dir backend; ``etcd://…`` is reserved for the many-host backend.
+``open_store(url)`` is the one way to open a store: it picks the backend,
+``dir:/path`` (or a plain path) for the one-host dir backend
+(``store/dirstore.py``), ``etcd://h:p,.../cluster?timeout=S`` for the many-host
+etcd backend (``store/etcdstore.py``, docs/ETCD.md). A cluster's store is opened with
+``admin.cluster.ClusterConfig.open_store``, which hands its URL to this function.
 """
 
 from __future__ import annotations

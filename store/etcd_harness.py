@@ -1,4 +1,4 @@
-"""Start and stop a real local etcd cluster: for the tests, and later for ``ha-cluster``.
+"""Start and stop a real local etcd cluster of child processes, for the tests.
 
 ::
 
@@ -17,14 +17,14 @@ With ``netns=[...]`` and ``hosts=[...]`` member *i* runs as
 ``ip netns exec NS_i etcd ...`` listening on ``hosts[i]`` (default ports
 2379/2380), for partition tests on network namespaces (``cli/netns.py``):
 the host must be able to reach every member's address.
+
+The command line of a member and the status probe are ``store/etcd_launch.py``'s,
+the same ``ha-cluster`` uses for the members it runs itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import http.client
-import json
 import os
 import shutil
 import signal
@@ -37,21 +37,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final
 
-ETCD_BIN: Final = "etcd"
-CLIENT_PORT: Final = 2379
-PEER_PORT: Final = 2380
-_PR_SET_PDEATHSIG: Final = 1
+from store.etcd_launch import (
+    CLIENT_PORT,
+    ETCD_BIN,
+    LAST_MEMBER_GRACE,
+    PEER_PORT,
+    EtcdMember,
+    agreed_leader,
+    etcd_available,
+    etcd_command,
+    initial_cluster,
+    launch,
+    log_tail,
+    member_status,
+    stop_order,
+)
+
+__all__ = ["EtcdCluster", "EtcdHarnessError", "HarnessMember", "etcd_available", "free_ports"]
 
 
 class EtcdHarnessError(RuntimeError):
     """A member did not start, or the cluster did not become healthy in time."""
-
-
-def etcd_available(binary: str = ETCD_BIN) -> bool:
-    """True when the etcd server binary is on PATH (Debian: ``apt-get install etcd-server``)."""
-    return shutil.which(binary) is not None
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -68,49 +75,30 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 @dataclass
-class EtcdMember:
-    name: str
-    host: str
-    client_port: int
-    peer_port: int
+class HarnessMember:
+    """A member of an :class:`EtcdCluster`: its addresses, files, and process while it runs."""
+
+    spec: EtcdMember
     data_dir: Path
     log_path: Path
     netns: str | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    started_once: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @property
     def endpoint(self) -> str:
-        return _hostport(self.host, self.client_port)
-
-    @property
-    def client_url(self) -> str:
-        return f"http://{self.endpoint}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://{_hostport(self.host, self.peer_port)}"
+        return self.spec.endpoint
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 class EtcdCluster:
@@ -154,7 +142,7 @@ class EtcdCluster:
             base_dir = Path(shm or tempfile.gettempdir()) / f"pyha-etcd-{uuid.uuid4().hex[:12]}"
         self.base_dir = Path(base_dir)
         self.token = f"pyha-{uuid.uuid4().hex[:12]}"
-        self.members: list[EtcdMember] = []
+        self.members: list[HarnessMember] = []
         self._plan()
 
     # -- setup ----------------------------------------------------------------------------
@@ -170,57 +158,27 @@ class EtcdCluster:
             pport = self._fixed_peer[i] if self._fixed_peer is not None else default_p
             name = f"m{i}"
             self.members.append(
-                EtcdMember(
-                    name=name,
-                    host=host,
-                    client_port=cport,
-                    peer_port=pport,
+                HarnessMember(
+                    EtcdMember(name, host, cport, pport),
                     data_dir=self.base_dir / f"{name}.etcd",
                     log_path=self.base_dir / f"{name}.log",
                     netns=ns,
                 )
             )
 
-    def _command(self, m: EtcdMember, state: str) -> list[str]:
-        initial = ",".join(f"{x.name}={x.peer_url}" for x in self.members)
-        cmd = [
-            self.etcd,
-            "--name", m.name,
-            "--data-dir", str(m.data_dir),
-            "--listen-client-urls", m.client_url,
-            "--advertise-client-urls", m.client_url,
-            "--listen-peer-urls", m.peer_url,
-            "--initial-advertise-peer-urls", m.peer_url,
-            "--initial-cluster", initial,
-            "--initial-cluster-token", self.token,
-            "--initial-cluster-state", state,
-            "--heartbeat-interval", str(self.heartbeat_ms),
-            "--election-timeout", str(self.election_ms),
-            # a member cut off and healed must not depose a working leader (default from 3.5 on)
-            "--pre-vote=true",
-            # every lease renewal is a new revision; pyha never reads old ones
-            "--auto-compaction-mode", "revision",
-            "--auto-compaction-retention", "10000",
-            "--logger", "zap",
-            "--log-level", "warn",
-        ]  # fmt: skip
-        if m.netns:
-            cmd = ["ip", "netns", "exec", m.netns, *cmd]
-        return cmd
-
-    def _launch(self, m: EtcdMember) -> None:
-        state = "existing" if m.started_once else "new"
+    def _launch(self, m: HarnessMember) -> None:
         m.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        with open(m.log_path, "ab") as log:
-            m.proc = subprocess.Popen(
-                self._command(m, state),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
-            )
-        m.started_once = True
+        cmd = etcd_command(
+            m.spec,
+            data_dir=m.data_dir,
+            initial=initial_cluster([x.spec for x in self.members]),
+            token=self.token,
+            heartbeat_ms=self.heartbeat_ms,
+            election_ms=self.election_ms,
+            netns=m.netns,
+            binary=self.etcd,
+        )
+        m.proc = launch(cmd, m.log_path, die_with_parent=self.die_with_parent)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -257,15 +215,12 @@ class EtcdCluster:
             for m in self.members:
                 if m.proc is not None and m.proc.poll() is not None:  # died on its own
                     raise EtcdHarnessError(f"etcd member {m.name} exited with {m.proc.returncode}")
-            leaders = {self._leader_seen_by(m) for m in self.members if m.running}
-            ids = self._member_ids()
-            if len(leaders) == 1 and None not in leaders:
-                lid = leaders.pop()
-                if lid in ids:
-                    return ids[lid]
-                last = f"leader {lid} not among the running members"
-            else:
-                last = f"leaders seen: {sorted(str(x) for x in leaders)}"
+            statuses = self._statuses()
+            lead = agreed_leader(statuses)
+            if lead is not None:
+                return lead
+            seen = sorted({str(st.get("leader")) if st else "none" for st in statuses.values()})
+            last = f"leaders seen: {seen}"
             if time.monotonic() >= deadline:
                 raise EtcdHarnessError(f"etcd cluster not healthy within {timeout:g}s ({last})")
             time.sleep(0.05)
@@ -276,11 +231,7 @@ class EtcdCluster:
 
     def leader(self) -> int | None:
         """Index of the member the running members name as leader, if they agree."""
-        leaders = {self._leader_seen_by(m) for m in self.members if m.running}
-        if len(leaders) != 1:
-            return None
-        lid = leaders.pop()
-        return None if lid is None else self._member_ids().get(lid)
+        return agreed_leader(self._statuses())
 
     def kill(self, index: int, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
         """Send ``sig`` to member ``index`` and reap it (SIGKILL after ``timeout``)."""
@@ -297,7 +248,7 @@ class EtcdCluster:
             self._launch(m)
         deadline = time.monotonic() + timeout
         for m in todo:
-            while self._status(m) is None:
+            while member_status(m.spec) is None:
                 if m.proc is None or m.proc.poll() is not None:
                     raise EtcdHarnessError(f"etcd member {m.name} exited on restart:\n{m.log_tail()}")
                 if time.monotonic() >= deadline:
@@ -317,14 +268,10 @@ class EtcdCluster:
         if graceful:
             # One at a time, the leader last: a leader stopped together with its followers
             # tries to hand its leadership over to members that are going away (seconds).
-            lead = self.leader()
-            order = [i for i in range(self.size) if i != lead] + ([lead] if lead is not None else [])
+            order = stop_order(range(self.size), self.leader())
             for n, i in enumerate(order):
-                # The last one sometimes still tries to hand over to a peer that just left
-                # and waits for etcd's request timeout (7 s): it gets a short grace only.
-                # SIGKILL is safe for etcd: an acknowledged write is in its fsynced WAL.
-                last = n == len(order) - 1
-                self._stop_one(self.members[i], signal.SIGTERM, min(timeout, 1.0) if last else timeout)
+                grace = min(timeout, LAST_MEMBER_GRACE) if n == len(order) - 1 else timeout
+                self._stop_one(self.members[i], signal.SIGTERM, grace)
         for m in self.members:
             if m.proc is not None and m.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -333,7 +280,7 @@ class EtcdCluster:
             self._stop_one(m, signal.SIGKILL, 5.0)
 
     @staticmethod
-    def _stop_one(m: EtcdMember, sig: int, timeout: float) -> None:
+    def _stop_one(m: HarnessMember, sig: int, timeout: float) -> None:
         if m.proc is None:
             return
         if m.proc.poll() is None:
@@ -365,41 +312,12 @@ class EtcdCluster:
         return [self.members[i].endpoint for i in idx]
 
     def url(self, cluster: str = "default", indices: Sequence[int] | None = None, **options: object) -> str:
-        """An ``etcd://`` store URL for these members (``store/etcdstore.py``)."""
+        """An ``etcd://`` store URL for these members (``store/etcd_url.py``)."""
         query = "&".join(f"{k}={v}" for k, v in options.items())
         return f"etcd://{','.join(self.endpoints(indices))}/{cluster}" + (f"?{query}" if query else "")
 
     # -- probes ---------------------------------------------------------------------------
 
-    def _status(self, m: EtcdMember, timeout: float = 0.5) -> dict[str, object] | None:
-        conn = http.client.HTTPConnection(m.host, m.client_port, timeout=timeout)
-        try:
-            conn.request("POST", "/v3/maintenance/status", body=b"{}")
-            resp = conn.getresponse()
-            body = resp.read()
-            if resp.status != 200:
-                return None
-            data = json.loads(body)
-            return data if isinstance(data, dict) else None
-        except (OSError, http.client.HTTPException, ValueError):
-            return None
-        finally:
-            conn.close()
-
-    def _leader_seen_by(self, m: EtcdMember) -> str | None:
-        st = self._status(m)
-        if st is None:
-            return None
-        leader = str(st.get("leader", "0"))
-        return None if leader in ("0", "") else leader
-
-    def _member_ids(self) -> dict[str, int]:
-        ids: dict[str, int] = {}
-        for i, m in enumerate(self.members):
-            if not m.running:
-                continue
-            st = self._status(m)
-            header = st.get("header") if st else None
-            if isinstance(header, dict) and "member_id" in header:
-                ids[str(header["member_id"])] = i
-        return ids
+    def _statuses(self) -> dict[int, dict[str, object] | None]:
+        """What each running member answers to a status request, by index."""
+        return {i: member_status(m.spec) for i, m in enumerate(self.members) if m.running}

@@ -1,18 +1,11 @@
 """The ``etcd`` store backend: records and leases in an etcd v3 cluster (many hosts).
 
-URL: ``etcd://HOST:PORT[,HOST:PORT...]/CLUSTER[?timeout=SECONDS]`` (client
-endpoints of the etcd members; ``CLUSTER`` names the key prefix, so several
-pyha clusters can share one etcd). See docs/ETCD.md for the full argument.
-
-The client speaks etcd's v3 JSON gateway (``POST /v3/kv/range`` ...) over
-HTTP/1.1 with the standard library only: no gRPC, no protobuf. It keeps a
-small pool of keep-alive connections, fails over between the endpoints, and
-bounds every Store call by ``timeout`` (default 2 s) after which it raises
-:class:`StoreError`. A mutating request whose answer was lost is never
-re-sent (its outcome is unknown): the caller gets a :class:`StoreError` and
-re-reads. Every request carries the gRPC metadata ``hasleader=true``, so a
-member that has lost its leader answers "no leader" at once instead of
-queueing the request; those answers are retried until the deadline.
+Opened from an ``etcd://`` URL (``store/etcd_url.py``) by ``store.open_store``.
+It talks to etcd through ``store/etcd_gateway.py`` (the v3 JSON gateway with
+failover): every Store call is bounded by the URL's ``timeout`` (default
+2 s) after which it raises :class:`StoreError`, and a mutating request whose
+answer was lost is never re-sent (the caller gets a :class:`StoreError` and
+re-reads). See docs/ETCD.md for the full argument.
 
 Keys under ``/pyha/<cluster>/``::
 
@@ -47,22 +40,15 @@ keep-alive before renewing the key when needed, counting from the moment it
 on; on a leader change etcd only extends lease timers (docs/ETCD.md).
 """
 
-# size: one backend: the JSON-gateway client (Gateway, its failover and the unsent/lost rules) and the Store
-#   over it, whose lease argument leans on those rules; the Gateway could become a module of its own
-
 from __future__ import annotations
 
-import base64
 import builtins
 import contextlib
-import http.client
 import json
 import math
 import random
-import select
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -70,21 +56,19 @@ from typing import Any, Final
 from fence.clock import boottime
 from store.base import (
     ABSENT,
-    LEASE_NAME_RE,
     Changes,
     LeaseInfo,
     Record,
-    Store,
     StoreError,
     VersionConflict,
     check_lease_name,
     check_name,
 )
+from store.etcd_gateway import EtcdServerError, Gateway, b64, prefix_end, unb64
+from store.etcd_url import DEFAULT_CLUSTER, DEFAULT_TIMEOUT, EtcdUrl, hostport, parse_endpoint, parse_url
 
-SCHEME: Final = "etcd://"
-DEFAULT_PORT: Final = 2379
-DEFAULT_CLUSTER: Final = "default"
-DEFAULT_TIMEOUT: Final = 2.0
+__all__ = ["EtcdServerError", "EtcdStore", "EtcdUrl", "parse_url"]
+
 ROOT: Final = "/pyha"
 
 # The etcd lease bound to a lease key outlives the holder's own deadline by at least
@@ -93,265 +77,7 @@ BACKSTOP_SLACK: Final = 10
 BACKSTOP_MARGIN: Final = 5.0
 # append retries its compare-and-swap under contention for up to this many timeouts.
 CONTENTION_FACTOR: Final = 4.0
-# gRPC status messages of requests that etcd rejected before proposing them: safe to re-send.
-_REJECTED_UNSENT: Final = (
-    "etcdserver: no leader",
-    "etcdserver: not capable",
-    "etcdserver: too many requests",
-)
 _LEASE_NOT_FOUND: Final = "requested lease not found"
-
-
-@dataclass(frozen=True, slots=True)
-class EtcdUrl:
-    endpoints: tuple[tuple[str, int], ...]
-    cluster: str
-    timeout: float
-
-    def __str__(self) -> str:
-        hosts = ",".join(_hostport(h, p) for h, p in self.endpoints)
-        extra = "" if self.timeout == DEFAULT_TIMEOUT else f"?timeout={self.timeout:g}"
-        return f"{SCHEME}{hosts}/{self.cluster}{extra}"
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _parse_endpoint(text: str) -> tuple[str, int]:
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not host:
-            raise ValueError(f"bad etcd endpoint {text!r}")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"bad etcd endpoint {text!r}")
-    else:
-        host, _, port_text = text.partition(":")
-    if not host:
-        raise ValueError(f"bad etcd endpoint {text!r}")
-    try:
-        port = int(port_text) if port_text else DEFAULT_PORT
-    except ValueError:
-        raise ValueError(f"bad port in etcd endpoint {text!r}") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"bad port in etcd endpoint {text!r}")
-    return host, port
-
-
-def parse_url(url: str) -> EtcdUrl:
-    """Split ``etcd://h1:p1,h2:p2/cluster?timeout=2``; ValueError with the reason."""
-    if not url.startswith(SCHEME):
-        raise ValueError(f"not an etcd store url: {url!r}")
-    rest, _, query = url[len(SCHEME) :].partition("?")
-    hosts, _, cluster = rest.partition("/")
-    cluster = cluster.strip("/") or DEFAULT_CLUSTER
-    if not LEASE_NAME_RE.fullmatch(cluster):
-        raise ValueError(f"etcd store url {url!r}: bad cluster name {cluster!r}")
-    endpoints = tuple(_parse_endpoint(h) for h in hosts.split(",") if h.strip())
-    if not endpoints:
-        raise ValueError(f"etcd store url {url!r} names no endpoint")
-    timeout = DEFAULT_TIMEOUT
-    for key, values in urllib.parse.parse_qs(query, keep_blank_values=True).items():
-        if key != "timeout":
-            raise ValueError(f"etcd store url {url!r}: unknown option {key!r} (known: timeout)")
-        try:
-            timeout = float(values[-1])
-        except ValueError:
-            raise ValueError(f"etcd store url {url!r}: timeout {values[-1]!r} is not a number") from None
-        if not (timeout > 0 and math.isfinite(timeout)):
-            raise ValueError(f"etcd store url {url!r}: timeout must be > 0")
-    return EtcdUrl(endpoints, cluster, timeout)
-
-
-# -- the JSON gateway ----------------------------------------------------------------------------
-
-
-def _b64(data: bytes | str) -> str:
-    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode("ascii")
-
-
-def _unb64(text: object) -> bytes:
-    return base64.b64decode(text) if isinstance(text, str) and text else b""
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    """The smallest key greater than every key starting with ``prefix`` (etcd range_end)."""
-    b = bytearray(prefix)
-    while b:
-        if b[-1] < 0xFF:
-            b[-1] += 1
-            return bytes(b)
-        b.pop()
-    return b"\x00"
-
-
-class _Unsent(Exception):
-    """The request never left (no connection): safe to send elsewhere."""
-
-
-class _Lost(Exception):
-    """The request went out but no answer came back: its outcome is unknown."""
-
-
-class EtcdServerError(StoreError):
-    """etcd answered with an error (``code`` is the gRPC status code)."""
-
-    def __init__(self, message: str, code: int) -> None:
-        self.code = code
-        super().__init__(message)
-
-
-class Gateway:
-    """POST JSON to the v3 gateway of one of several members, with failover and a deadline."""
-
-    def __init__(
-        self,
-        endpoints: Sequence[tuple[str, int]],
-        *,
-        connect_timeout: float = 0.5,
-        read_try_timeout: float = 0.7,
-    ) -> None:
-        self.endpoints = list(endpoints)
-        self.connect_timeout = connect_timeout
-        # A read waits this long for one member before it asks the next (a member cut off
-        # from its peers may sit on a linearizable read); a write waits for its deadline.
-        self.read_try_timeout = read_try_timeout
-        self._pool: dict[int, list[http.client.HTTPConnection]] = {i: [] for i in range(len(endpoints))}
-        self._lock = threading.Lock()
-        self._preferred = random.randrange(len(endpoints))  # spread clients over the members
-
-    @property
-    def where(self) -> str:
-        return ",".join(_hostport(h, p) for h, p in self.endpoints)
-
-    def close(self) -> None:
-        with self._lock:
-            conns = [c for lst in self._pool.values() for c in lst]
-            for lst in self._pool.values():
-                lst.clear()
-        for c in conns:
-            c.close()
-
-    def call(self, path: str, body: dict[str, Any], *, deadline: float, mutating: bool) -> dict[str, Any]:
-        """The decoded answer; StoreError once ``deadline`` (monotonic) passes.
-
-        A ``mutating`` request is re-sent only when it surely did not take effect.
-        """
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        last: dict[int, str] = {}  # endpoint -> what went wrong there last
-        tried = 0
-        n = len(self.endpoints)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                why = "; ".join(f"{_hostport(*self.endpoints[i])} {e}" for i, e in sorted(last.items()))
-                raise StoreError(f"etcd: {path}: no answer in time ({why or 'no endpoint tried'})")
-            with self._lock:
-                idx = self._preferred
-            where = _hostport(*self.endpoints[idx])
-            try:
-                per_try = remaining if mutating else min(remaining, self.read_try_timeout)
-                status, data = self._once(idx, path, payload, per_try)
-            except _Unsent as e:
-                last[idx] = str(e)
-                self._rotate(idx)
-                tried += 1
-                if tried % n == 0:  # every member refused: pause a little before the next round
-                    time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-                continue
-            except _Lost as e:
-                self._drop(idx)  # its other idle connections may be as dead as this one
-                self._rotate(idx)
-                if mutating:
-                    raise StoreError(f"etcd {where}: {path}: no answer ({e}); outcome unknown") from None
-                last[idx] = f"no answer ({e})"
-                continue
-            if status == 200:
-                with self._lock:
-                    self._preferred = idx
-                return data
-            message = str(data.get("error") or data.get("message") or f"HTTP {status}")
-            code = int(data.get("code", 2)) if str(data.get("code", "")).isdigit() else 2
-            retry = any(m in message for m in _REJECTED_UNSENT) or (not mutating and code in (4, 8, 14))
-            if not retry:
-                raise EtcdServerError(f"etcd {where}: {path}: {message}", code)
-            last[idx] = message
-            self._rotate(idx)
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-
-    def _drop(self, idx: int) -> None:
-        with self._lock:
-            conns, self._pool[idx] = self._pool[idx], []
-        for c in conns:
-            c.close()
-
-    def _rotate(self, idx: int) -> None:
-        with self._lock:
-            if self._preferred == idx:
-                self._preferred = (idx + 1) % len(self.endpoints)
-
-    def _checkout(self, idx: int, remaining: float) -> tuple[http.client.HTTPConnection, bool]:
-        while True:
-            with self._lock:
-                conn = self._pool[idx].pop() if self._pool[idx] else None
-            if conn is None:
-                break
-            if conn.sock is not None and not _dropped(conn.sock):
-                return conn, True
-            conn.close()
-        host, port = self.endpoints[idx]
-        conn = http.client.HTTPConnection(host, port, timeout=min(remaining, self.connect_timeout))
-        try:
-            conn.connect()
-        except OSError as e:
-            conn.close()
-            raise _Unsent(str(e) or type(e).__name__) from None
-        return conn, False
-
-    def _once(self, idx: int, path: str, payload: bytes, remaining: float) -> tuple[int, dict[str, Any]]:
-        conn, _reused = self._checkout(idx, remaining)
-        try:
-            assert conn.sock is not None
-            conn.sock.settimeout(max(0.001, remaining))
-            conn.request(
-                "POST",
-                path,
-                body=payload,
-                headers={"Content-Type": "application/json", "Grpc-Metadata-hasleader": "true"},
-            )
-            resp = conn.getresponse()
-            raw = resp.read()
-            status = resp.status
-            reusable = not resp.will_close
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
-            raise _Lost(str(e) or type(e).__name__) from None
-        if reusable:
-            with self._lock:
-                self._pool[idx].append(conn)
-        else:
-            conn.close()
-        try:
-            data = json.loads(raw) if raw else {}
-        except ValueError:
-            data = {"error": f"HTTP {status}: undecodable answer {raw[:80]!r}"}
-        if not isinstance(data, dict):
-            data = {"error": f"HTTP {status}: unexpected answer {raw[:80]!r}"}
-        return status, data
-
-
-def _dropped(sock: Any) -> bool:
-    """True if an idle keep-alive connection was closed by the server (EOF or junk pending)."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
-
-
-# -- the store ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,8 +90,8 @@ class _Kv:
     @staticmethod
     def parse(d: dict[str, Any]) -> _Kv:
         return _Kv(
-            _unb64(d.get("key")),
-            _unb64(d.get("value")),
+            unb64(d.get("key")),
+            unb64(d.get("value")),
             int(d.get("mod_revision", 0)),
             int(d.get("lease", 0)),
         )
@@ -429,7 +155,7 @@ class EtcdStore:
         clock: Callable[[], float] = boottime,
     ) -> None:
         eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        parsed = tuple(_parse_endpoint(e) for e in eps)
+        parsed = tuple(parse_endpoint(e) for e in eps)
         if not parsed:
             raise ValueError("etcd store: no endpoint")
         check_lease_name(cluster)
@@ -456,7 +182,7 @@ class EtcdStore:
     @classmethod
     def from_url(cls, url: str) -> EtcdStore:
         u = parse_url(url)
-        return cls([_hostport(h, p) for h, p in u.endpoints], u.cluster, timeout=u.timeout)
+        return cls([hostport(h, p) for h, p in u.endpoints], u.cluster, timeout=u.timeout)
 
     @property
     def url(self) -> str:
@@ -484,7 +210,7 @@ class EtcdStore:
         return self._leases + check_lease_name(name).encode()
 
     def _get(self, key: bytes, deadline: float) -> tuple[_Kv | None, dict[str, Any]]:
-        resp = self._call("/v3/kv/range", {"key": _b64(key)}, deadline, mutating=False)
+        resp = self._call("/v3/kv/range", {"key": b64(key)}, deadline, mutating=False)
         kvs = _kvs(resp)
         return (kvs[0] if kvs else None), resp
 
@@ -500,21 +226,21 @@ class EtcdStore:
 
     @staticmethod
     def _put(key: bytes, value: bytes, lease: int = 0) -> dict[str, Any]:
-        req: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        req: dict[str, Any] = {"key": b64(key), "value": b64(value)}
         if lease:
             req["lease"] = str(lease)
         return {"request_put": req}
 
     @staticmethod
     def _range_op(key: bytes) -> dict[str, Any]:
-        return {"request_range": {"key": _b64(key)}}
+        return {"request_range": {"key": b64(key)}}
 
     def _version_compare(self, name: str, key: bytes, expect: str, deadline: float) -> dict[str, Any]:
         """The txn compare for ``expect_version``; VersionConflict at once if it is no version of ours."""
         if expect == ABSENT:
-            return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+            return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
         if expect.isdigit() and int(expect) > 0:
-            return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": expect}
+            return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": expect}
         cur, _ = self._get(key, deadline)
         raise VersionConflict(name, expect, None if cur is None else str(cur.mod))
 
@@ -551,12 +277,12 @@ class EtcdStore:
                 raise VersionConflict(name, ABSENT, str(cur.mod))
             return False
         if expect_version is None:
-            cmp = {"key": _b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"}
+            cmp = {"key": b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"}
         else:
             cmp = self._version_compare(name, key, expect_version, deadline)
         resp = self._txn(
             [cmp],
-            [{"request_delete_range": {"key": _b64(key)}}, self._put(self._ckey(name), b"")],
+            [{"request_delete_range": {"key": b64(key)}}, self._put(self._ckey(name), b"")],
             [self._range_op(key)],
             deadline,
         )
@@ -569,7 +295,7 @@ class EtcdStore:
 
     def list(self, prefix: str = "") -> builtins.list[str]:
         start = self._records + prefix.encode()
-        body = {"key": _b64(start), "range_end": _b64(_prefix_end(start)), "keys_only": True}
+        body = {"key": b64(start), "range_end": b64(prefix_end(start)), "keys_only": True}
         resp = self._call("/v3/kv/range", body, self._deadline(), mutating=False)
         n = len(self._records)
         return sorted(kv.key[n:].decode(errors="replace") for kv in _kvs(resp))
@@ -588,9 +314,9 @@ class EtcdStore:
             if old and not old.endswith(b"\n"):
                 old += b"\n"
             if cur is None:
-                cmp = {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+                cmp = {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
             else:
-                cmp = {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(cur.mod)}
+                cmp = {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(cur.mod)}
             resp = self._txn(
                 [cmp],
                 [self._put(key, old + line.encode() + b"\n"), self._put(self._ckey(name), b"")],
@@ -611,7 +337,7 @@ class EtcdStore:
         # One transaction: if the value is not empty, read it and empty it. (A missing key
         # fails a VALUE compare in etcd, so take never creates the record.)
         resp = self._txn(
-            [{"key": _b64(key), "target": "VALUE", "result": "NOT_EQUAL", "value": ""}],
+            [{"key": b64(key), "target": "VALUE", "result": "NOT_EQUAL", "value": ""}],
             [self._range_op(key), self._put(key, b""), self._put(self._ckey(name), b"")],
             [],
             self._deadline(),
@@ -642,13 +368,13 @@ class EtcdStore:
         t_seen = self._clock()
         for _ in range(4):
             if kv is None:
-                cmp = {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+                cmp = {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
             else:
                 if not (mine is not None and mine.holder == holder and kv.mod == mine.mod):
                     cur_holder, cur_ttl = _lease_value(kv.value)
                     if cur_holder != holder and not self._expired(name, kv.mod, cur_ttl, t_seen):
                         return False
-                cmp = {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(kv.mod)}
+                cmp = {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(kv.mod)}
             lease_id = self._backstop(name, ttl, t_send, deadline)
             value = json.dumps({"holder": holder, "ttl": ttl}).encode()
             try:
@@ -732,9 +458,9 @@ class EtcdStore:
         for _ in range(4):
             if kv is None or _lease_value(kv.value)[0] != holder:
                 return False
-            cmp = {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(kv.mod)}
+            cmp = {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(kv.mod)}
             resp = self._txn(
-                [cmp], [{"request_delete_range": {"key": _b64(key)}}], [self._range_op(key)], deadline
+                [cmp], [{"request_delete_range": {"key": b64(key)}}], [self._range_op(key)], deadline
             )
             if resp.get("succeeded"):
                 with self._lock:
@@ -776,7 +502,7 @@ class EtcdStore:
 
     def changed_since(self, token: str | None) -> Changes:
         start = self._changes
-        body: dict[str, Any] = {"key": _b64(start), "range_end": _b64(_prefix_end(start)), "keys_only": True}
+        body: dict[str, Any] = {"key": b64(start), "range_end": b64(prefix_end(start)), "keys_only": True}
         since = _parse_token(token)
         if since is None:
             body["count_only"] = True
@@ -799,10 +525,3 @@ def _parse_token(token: str | None) -> tuple[str, int] | None:
     if not sep or not rev.isdigit():
         return None
     return cluster_id, int(rev)
-
-
-def open_url(url: str) -> Store:
-    """Open any store URL (``store.open_store`` dispatches ``etcd://`` to this backend)."""
-    from store import open_store  # noqa: PLC0415 - store/__init__ imports backends lazily too
-
-    return open_store(url)

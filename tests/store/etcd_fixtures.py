@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from store.etcd_harness import EtcdCluster, etcd_available
-from tests.store.helpers import REPO
 
 
 def need_etcd() -> None:
@@ -33,16 +29,3 @@ def cluster_fixture(size: int = 3, **kwargs: object) -> Iterator[EtcdCluster]:
 
 def unique_cluster_name() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
-
-
-def etcd_worker(*args: str) -> subprocess.Popen[str]:
-    """Like ``tests.store.helpers.worker`` but able to open ``etcd://`` URLs."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.store.etcd_worker", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )

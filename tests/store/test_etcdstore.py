@@ -11,8 +11,10 @@ import pytest
 
 from store import StoreError, VersionConflict
 from store import etcdstore as es
+from store.etcd_gateway import prefix_end
 from store.etcd_harness import EtcdCluster, free_ports
-from store.etcdstore import EtcdStore, parse_url
+from store.etcd_url import parse_url
+from store.etcdstore import EtcdStore
 from tests.store.etcd_fixtures import cluster_fixture, unique_cluster_name
 from tests.store.helpers import wait_until
 
@@ -49,9 +51,9 @@ def test_parse_url_rejects(bad: str) -> None:
 
 
 def test_prefix_end() -> None:
-    assert es._prefix_end(b"/pyha/c/records/") == b"/pyha/c/records0"
-    assert es._prefix_end(b"a\xff") == b"b"
-    assert es._prefix_end(b"\xff") == b"\x00"
+    assert prefix_end(b"/pyha/c/records/") == b"/pyha/c/records0"
+    assert prefix_end(b"a\xff") == b"b"
+    assert prefix_end(b"\xff") == b"\x00"
 
 
 def test_no_server_is_a_bounded_store_error() -> None:

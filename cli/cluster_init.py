@@ -1,0 +1,287 @@
+"""``ha-cluster init``: plan a cluster, then create it step by step, undoing the steps on failure.
+
+:func:`plan` checks the input and decides everything that needs no side effect
+(node names, bus endpoints, timing, the store setting). :func:`create` then
+runs the steps: old etcd data removed (``--force``), network namespaces,
+``cluster.json``, node keys, the local etcd members, the store's first
+records, client keys. A failing step undoes what the steps before it made
+that would otherwise stay behind (namespaces, running etcd members). Refusals
+are :class:`admin.errors.AdminError` with the exit code to use.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from admin.cluster import CLUSTER_FILE, ClusterConfig, LocalEtcd
+from admin.errors import AdminError, ExitCode
+from admin.timing import LeaseTiming
+from bus.keys import generate
+from cli import netns as netns_mod
+from cli.api_client import generate_client_key
+from cli.cluster_etcd import dead_majority, etcd_log_tail, start_etcd, stop_etcd
+from ha.errors import HaError
+from store.etcd_launch import EtcdMember
+from store.etcd_url import parse_url
+from store.records import DATACENTER_CFG, RESOURCES_CFG
+
+# the bus port of every node when each has its own network namespace (and address)
+NETNS_BUS_PORT = 7100
+# the datacenter.cfg of a new cluster
+INITIAL_DATACENTER_CFG = b"ha: shutdown_policy=conditional\n"
+STORE_START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class InitPlan:
+    """What ``init`` will create; decided before anything is touched."""
+
+    root: Path
+    name: str
+    nodes: list[str]
+    endpoints: dict[str, str]  # node -> bus endpoint on the host (replaced when netns)
+    timing: LeaseTiming
+    store: str  # "dir", an etcd:// URL, or "" until the local etcd members are known
+    own_etcd: bool  # ha-cluster runs one etcd member per node (--store etcd --netns)
+    store_timeout: float
+    netns: bool
+    curve: bool
+    cgroups: bool
+    watchdog: str
+    force: bool
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def parse_timing(pairs: tuple[str, ...]) -> LeaseTiming:
+    """``KEY=SECONDS`` overrides of the lease timing (checked by its safety rule)."""
+    overrides: dict[str, str] = {}
+    for kv in pairs:
+        key, eq, value = kv.partition("=")
+        if not eq:
+            raise AdminError(f"--timing expects KEY=SECONDS, got '{kv}'", ExitCode.USAGE)
+        overrides[key.strip()] = value.strip()
+    try:
+        return LeaseTiming.from_mapping(overrides)
+    except HaError as e:
+        raise AdminError(str(e), ExitCode.USAGE) from None
+
+
+def store_setting(
+    store_kind: str, endpoints: str | None, netns: bool, name: str, timeout: float
+) -> tuple[str, bool]:
+    """(store setting for cluster.json, run our own etcd members?)"""
+    if store_kind == "dir":
+        if endpoints:
+            raise AdminError("--endpoints needs --store etcd", ExitCode.USAGE)
+        return "dir", False
+    if endpoints:
+        url = f"etcd://{endpoints.strip()}/{name}?timeout={timeout:g}"
+        try:
+            parse_url(url)
+        except ValueError as e:
+            raise AdminError(str(e), ExitCode.USAGE) from None
+        return url, False
+    if not netns:
+        raise AdminError(
+            "--store etcd needs --endpoints H:P,... (an etcd you run) or --netns"
+            " (one etcd member per node, run by ha-cluster)",
+            ExitCode.USAGE,
+        )
+    return "", True
+
+
+def plan(
+    directory: str,
+    *,
+    count: int,
+    base_port: int | None,
+    curve: bool,
+    name: str,
+    timing_kv: tuple[str, ...],
+    cgroups: bool,
+    watchdog: str,
+    force: bool,
+    netns: bool,
+    store_kind: str,
+    endpoints: str | None,
+    store_timeout: float,
+) -> InitPlan:
+    root = Path(directory).resolve()
+    if (root / CLUSTER_FILE).exists() and not force:
+        raise AdminError(f"{root}/{CLUSTER_FILE} exists (use --force to overwrite)", ExitCode.USAGE)
+    timing = parse_timing(timing_kv)
+    store, own_etcd = store_setting(store_kind, endpoints, netns, name, store_timeout)
+    if own_etcd and (root / "etcd").exists() and not force:
+        raise AdminError(f"{root}/etcd holds etcd data (use --force to start afresh)", ExitCode.USAGE)
+    names = [f"node{i}" for i in range(1, count + 1)]
+    ports = [base_port + i for i in range(count)] if base_port else free_ports(count)
+    return InitPlan(
+        root=root,
+        name=name,
+        nodes=names,
+        endpoints={n: f"tcp://127.0.0.1:{port}" for n, port in zip(names, ports, strict=True)},
+        timing=timing,
+        store=store,
+        own_etcd=own_etcd,
+        store_timeout=store_timeout,
+        netns=netns,
+        curve=curve,
+        cgroups=cgroups,
+        watchdog=watchdog,
+        force=force,
+    )
+
+
+def wait_store(c: ClusterConfig, timeout: float) -> str | None:
+    """Wait until the cluster's store answers a read; None, or the last error (bounded)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    store = c.open_store()
+    try:
+        while True:
+            try:
+                store.read(DATACENTER_CFG)
+                return None
+            except HaError as e:
+                last = str(e)
+            dead = dead_majority(c)
+            if dead is not None:
+                return f"etcd members not running: {', '.join(dead)}"
+            if time.monotonic() >= deadline:
+                return last
+            time.sleep(0.1)
+    finally:
+        store.close()
+
+
+def seed_store(c: ClusterConfig) -> None:
+    """The records every cluster has: an empty resources.cfg and a datacenter.cfg (kept if present)."""
+    store = c.open_store()
+    try:
+        if store.read(RESOURCES_CFG) is None:
+            store.write(RESOURCES_CFG, b"")
+        if store.read(DATACENTER_CFG) is None:
+            store.write(DATACENTER_CFG, INITIAL_DATACENTER_CFG)
+    finally:
+        store.close()
+
+
+def _remove_old_etcd(p: InitPlan) -> None:
+    """``--force`` over a cluster that ran its own etcd: stop its members, drop their data."""
+    try:
+        old: ClusterConfig | None = ClusterConfig.load(p.root)
+    except HaError:
+        old = None
+    if old is not None:
+        stop_etcd(old, graceful=False)
+    shutil.rmtree(p.root / "etcd")
+
+
+def _config(p: InitPlan, network: netns_mod.Network | None) -> ClusterConfig:
+    endpoints, store, etcd = p.endpoints, p.store, None
+    if network is not None:
+        endpoints = {n: f"tcp://{network.nodes[n].address}:{NETNS_BUS_PORT}" for n in p.nodes}
+    if p.own_etcd:
+        assert network is not None
+        members = {n: EtcdMember(n, network.nodes[n].address) for n in p.nodes}
+        etcd = LocalEtcd(f"pyha-{uuid.uuid4().hex[:12]}", members)
+        hosts = ",".join(m.endpoint for m in members.values())
+        store = f"etcd://{hosts}/{p.name}?timeout={p.store_timeout:g}"
+    return ClusterConfig(
+        root=p.root,
+        cluster=p.name,
+        nodes=endpoints,
+        curve=p.curve,
+        timing=p.timing,
+        cgroups=p.cgroups,
+        netns={n: v.ns for n, v in network.nodes.items()} if network else {},
+        network=network.to_dict() if network else None,
+        store=store,
+        etcd=etcd,
+        watchdog=p.watchdog,
+    )
+
+
+def create(p: InitPlan) -> ClusterConfig:
+    """Run the steps of ``init``; on a failure undo what would stay behind, raise :class:`AdminError`."""
+    if p.own_etcd and (p.root / "etcd").exists():
+        _remove_old_etcd(p)
+    undo: list[Callable[[], None]] = []
+    try:
+        network = None
+        if p.netns:
+            network = netns_mod.plan(str(p.root), p.nodes)
+            try:
+                netns_mod.create(network)
+            except netns_mod.NetnsError as e:
+                raise AdminError(f"cannot create network namespaces: {e}", ExitCode.FAILED) from None
+            undo.append(functools.partial(netns_mod.destroy, network))
+        c = _config(p, network)
+        problems = c.store_problems()
+        if problems:
+            raise AdminError("; ".join(problems), ExitCode.USAGE)
+        _write_files(c, p.force)
+        _start_store(c, undo)
+        if c.curve:
+            # one client key per role, for ha-manager and other tools (docs/API.md)
+            for role in ("admin", "readonly"):
+                generate_client_key(c, role, role)
+        return c
+    except BaseException:
+        for step in reversed(undo):
+            step()
+        raise
+
+
+def _write_files(c: ClusterConfig, force: bool) -> None:
+    for d in (c.keys_dir, c.state_dir, c.root / "logs", c.root / "run"):
+        d.mkdir(parents=True, exist_ok=True)
+    if c.store_kind == "dir":
+        c.store_dir.mkdir(parents=True, exist_ok=True)
+    if c.curve:
+        for n in sorted(c.nodes):
+            generate(c.keys_dir, n, force=force)
+    c.save()
+
+
+def _start_store(c: ClusterConfig, undo: list[Callable[[], None]]) -> None:
+    """Start the local etcd members (if any), wait for the store, write its first records."""
+    try:
+        if c.etcd is not None:
+            undo.append(lambda: stop_etcd(c, graceful=False))
+            start_etcd(c, sorted(c.nodes))
+            problem = wait_store(c, STORE_START_TIMEOUT)
+            if problem is not None:
+                raise HaError(f"etcd did not come up: {problem}")
+        seed_store(c)
+    except HaError as e:
+        logs = "".join(f"\n--- {n}:\n{etcd_log_tail(c, n)}" for n in sorted(c.nodes)) if c.etcd else ""
+        raise AdminError(f"cannot initialise the store {c.store_url}: {e}{logs}", ExitCode.FAILED) from None
+
+
+def summary(c: ClusterConfig) -> list[str]:
+    """The lines ``init`` prints."""
+    lines = [f"cluster '{c.cluster}' with {len(c.nodes)} nodes in {c.root} (store {c.store_url})"]
+    for n, endpoint in sorted(c.nodes.items()):
+        extra = f"  etcd {c.etcd.members[n].endpoint}" if c.etcd is not None else ""
+        lines.append(f"  {n}  {endpoint}{extra}")
+    return lines
