@@ -14,6 +14,7 @@ from admin.configfiles import (
     read_rules,
 )
 from admin.errors import AdminError, ExitCode
+from agents.validate import check_agent_properties
 from ha.config import schema
 from ha.config.resources import (
     ResourceConfig,
@@ -48,6 +49,14 @@ def _check_group_use(store: Store, group: str) -> None:
         raise AdminError(f"group '{group}' does not exist", ExitCode.NOT_FOUND)
 
 
+def _check_agent(rtype: str, props: Mapping[str, str]) -> None:
+    """The agent's own checks (``agents/validate.py``), before anything is written (issue #10)."""
+    try:
+        check_agent_properties(rtype, props)
+    except ValueError as e:
+        raise AdminError(str(e), ExitCode.USAGE) from None
+
+
 def add_resource(store: Store, sid: str, options: Mapping[str, str], nodes: list[str]) -> ResourceConfig:
     """``ha-manager add SID [--state ...]``: the resource must not exist; its node must.
 
@@ -62,6 +71,7 @@ def add_resource(store: Store, sid: str, options: Mapping[str, str], nodes: list
         schema.RESOURCES, rtype, options, f"resource '{sid}': unknown property '{{key}}'", adding=True
     )
     check_node(node, nodes)
+    _check_agent(rtype, options)
     try:
         cd = resource_from_dict(sid, dict(options), "command line")
     except ConfigError as e:
@@ -96,6 +106,7 @@ def set_resource(
         raise AdminError("cannot set 'node': use 'ha-manager migrate' or 'relocate'", ExitCode.USAGE)
     changes = check_options(schema.RESOURCES, rtype, options, "unknown option '{key}' for {type} resources")
     resets = check_delete(schema.RESOURCES, rtype, delete, "")
+    _check_agent(rtype, options)
     bad_delete = set(delete) & set(options)
     if bad_delete:
         raise AdminError(f"cannot set and delete '{sorted(bad_delete)[0]}' at once", ExitCode.USAGE)
