@@ -167,7 +167,7 @@ def test_a_new_resource_option_is_one_schema_entry(tmp_path: Path, monkeypatch: 
     assert ops.call("config", {"sid": "proc:web"})["resources"][0]["restart_delay"] == "2.5"
     with pytest.raises(AdminError, match="restart_delay': must be a number >= 0"):
         ops.call("set", {"sid": "proc:web", "options": {"restart_delay": "-1"}})
-    ops.call("add", {"sid": "ocf:x", "options": {"node": "node1", "agent": "a:b"}})
+    ops.call("add", {"sid": "ocf:x", "options": {"node": "node1", "agent": "heartbeat:Dummy"}})
     with pytest.raises(AdminError, match="unknown option 'restart_delay' for ocf resources"):
         ops.call("set", {"sid": "ocf:x", "options": {"restart_delay": "1"}})
     # the CLI option (flags, help) and its docs row
