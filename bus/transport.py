@@ -922,6 +922,19 @@ class Transport:
         if peer and kind in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_DISCONNECTED):
             connected = kind == zmq.EVENT_HANDSHAKE_SUCCEEDED
             logger.debug("bus {}: link to {} {}", self.node, peer, "up" if connected else "down")
+            if connected:
+                # libzmq queued the new connection's pipe for the DEALER (a
+                # "bind" command) before it emitted this event, but the DEALER
+                # takes it in only when it processes its commands, which send()
+                # does at most once per ~1 ms. A send soon after the previous one
+                # (say, a re-send on the PeerUp below, right after a heartbeat)
+                # would then find no pipe and be dropped (issue #10). ZMQ_EVENTS
+                # processes the commands unthrottled: from here on the link is
+                # usable, as PeerUp promises.
+                link = self._links[peer.encode()]
+                with link.lock:
+                    if not link.closed:
+                        link.sock.getsockopt(zmq.EVENTS)
             up = self._tracker.link(peer, connected, self._clock())
             if up is not None:
                 self._peer_up(up)
