@@ -4,7 +4,14 @@ Modules, one idea each:
 
 - :mod:`bus.messages`    typed message classes and the ``kind -> class`` registry
 - :mod:`bus.codec`       the versioned, size-limited, validated envelope
-- :mod:`bus.transport`   sockets, the I/O thread, subscriptions, heartbeats
+- :mod:`bus.transport`   the public API (send, reply, subscribe, ...) and the I/O thread
+- :mod:`bus.peers`       our DEALER to each peer, sent on by any thread under its lock
+- :mod:`bus.links`       the link monitor: heartbeats, PeerUp/PeerDown, quorum changes
+- :mod:`bus.zap`         the ZAP handler: which member or client a CURVE key belongs to
+- :mod:`bus.sockets`     every socket option (security and reachability) in one place
+- :mod:`bus.subscriptions` who gets which envelope (copy-on-write routes by kind)
+- :mod:`bus.handover`    frames other threads hand to the I/O thread, and its wake-up fd
+- :mod:`bus.config`      the transport's tunables (``TransportConfig``)
 - :mod:`bus.membership`  configured members and the up/down peer tracker
 - :mod:`bus.quorum`      the quorum rule, as a pure function
 - :mod:`bus.reliability` the outbox that re-sends UID-tagged messages until acknowledged

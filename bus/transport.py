@@ -1,4 +1,4 @@
-"""The ZeroMQ transport: one ROUTER in, one DEALER out per peer, one I/O thread.
+"""The ZeroMQ transport: its public API and the I/O thread that runs it.
 
 Topology. Every node binds one ROUTER at its membership endpoint and keeps one
 DEALER connected to each other member's ROUTER. A message from A to B travels
@@ -9,72 +9,47 @@ ROUTER and get their replies back through that ROUTER.
 Threads. ZeroMQ sockets are not thread-safe. One thread, the I/O thread,
 owns and polls the ROUTER, the ZAP handler and the socket monitors. It also
 creates, configures and in the end closes each DEALER; in between, a DEALER
-is a send-only socket that is never polled or read, used by whichever thread
-sends (the I/O thread too: heartbeats, sends from subscriber callbacks), but
-only while holding that peer's lock. libzmq allows moving a socket between
-threads given a full memory barrier, which the lock provides, so a send costs
-the caller one encode and one zmq_send, with no hop to the I/O thread. This
-deliberate exception to "one owner thread per socket" is spelled out in
-docs/PROTOCOL.md ("Threading"). Frames the I/O thread must handle itself
-(replies through the ROUTER, sends to this very node) go through a deque plus
-a wake-up fd. (Measured with bench/bus.py: handing every frame to the I/O
-thread through per-thread inproc PUSH sockets cost about half the throughput
-of this.)
+is used by whichever thread sends, under that peer's lock (:mod:`bus.peers`,
+docs/PROTOCOL.md section 12). Frames the I/O thread must send itself go
+through :mod:`bus.handover`.
 
-Delivery. Subscribers are plain callables ``deliver(envelope)``; they run on
-the I/O thread and must not block (``actor_ref.tell`` is the intended use).
-An exception in a callback is logged and counted, never fatal. Sending is
-at-most-once: a frame to an unreachable peer is dropped and counted at once
-(``IMMEDIATE``), never queued for a later, stale delivery. Reliability on top
-lives in :mod:`bus.reliability`.
-
-Membership and quorum. Every ``heartbeat_interval`` the node sends a
-Heartbeat to each peer. A peer is up once its heartbeat arrived and our own
-DEALER to it completed its handshake (both directions work), until nothing
-has been heard from it for ``peer_timeout``; the node is quorate per
-:func:`bus.quorum.quorum_view`. Changes are delivered to subscribers as
-PeerUp/PeerDown/QuorumLost/QuorumRegained envelopes sent by the node itself.
+Around this module, one idea each: :mod:`bus.peers` (a peer's DEALER and its
+lock), :mod:`bus.links` (heartbeats, PeerUp/PeerDown, quorum), :mod:`bus.zap`
+(who a CURVE key belongs to), :mod:`bus.sockets` (every socket option),
+:mod:`bus.subscriptions` (who gets which envelope), :mod:`bus.handover`,
+:mod:`bus.config`. Subscriber callbacks run on the I/O thread and must not
+block; an exception in one is logged and counted, never fatal. Sending is
+at-most-once; reliability on top lives in :mod:`bus.reliability`.
 """
-
-# size: one Transport owns the sockets and the I/O thread; its send, receive and liveness paths share
-#   per-peer state and locks (docs/PROTOCOL.md "Threading"), and the hot paths are inlined on purpose
-#   (bench/bus.py)
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import itertools
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import cast
 
 import zmq
 from loguru import logger
-from zmq.utils import z85
-from zmq.utils.monitor import recv_monitor_message
 
-from bus.codec import DEFAULT_MAX_FRAME_BYTES, Codec, Envelope, RejectReason
+from bus.codec import Codec, Envelope, RejectReason
+from bus.config import TransportConfig
 from bus.errors import BusError, ConfigError, ProtocolError, UnknownPeerError
+from bus.handover import Handover
 from bus.keys import CurveKeys
-from bus.membership import Membership, PeerTracker
-from bus.messages import (
-    ApiRequest,
-    Heartbeat,
-    Message,
-    PeerUp,
-    QuorumLost,
-    QuorumRegained,
-)
-from bus.quorum import QuorumView, quorum_view
+from bus.links import HANDSHAKE_FAILED, LINK_EVENTS, LinkMonitor
+from bus.membership import Membership
+from bus.messages import ApiRequest, Heartbeat, Message
+from bus.peers import PeerLink
+from bus.quorum import QuorumView
 from bus.ratelog import RateLimitedLog
+from bus.sockets import configure_dealer, configure_router
+from bus.subscriptions import Deliver, Routes, Subscribers, Subscription
+from bus.zap import ZapHandler
 
-Deliver = Callable[[Envelope], object]
+__all__ = ["Deliver", "Subscription", "Transport", "TransportConfig"]
 
-_ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 # Targets of frames queued for the I/O thread (see Transport._post): our own
 # name, or b"\x00" + a client's ROUTER routing id (no member name can start
 # with a NUL byte, see bus.membership.check_name).
@@ -85,66 +60,6 @@ _NOBLOCK = zmq.NOBLOCK
 _ASK_BACKOFF = 4
 # Kinds a non-member (authenticated client) may send.
 _CLIENT_KINDS = frozenset({ApiRequest.KIND})
-_HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-
-
-@dataclass(frozen=True)
-class TransportConfig:
-    """Tunables. With the defaults a dead peer is reported 1.25-1.5 s after it died
-    (its last heartbeat plus ``peer_timeout``)."""
-
-    heartbeat_interval: float = 0.25
-    peer_timeout: float = 1.5
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    # Messages a peer's outgoing pipe may hold before sends to it are
-    # dropped (and counted) instead of growing memory without bound.
-    send_hwm: int = 10_000
-    recv_hwm: int = 10_000
-    reconnect_interval: float = 0.1
-    reconnect_interval_max: float = 1.0
-    expected_votes: int | None = None
-    tie_breaker: bool = False
-    # At most one log line per (peer, reason) per this many seconds.
-    log_interval: float = 10.0
-    # Frames handled per socket per loop turn, so one busy peer cannot starve
-    # heartbeats or other sockets.
-    batch: int = 512
-
-    def __post_init__(self) -> None:
-        if not 0 < self.heartbeat_interval < self.peer_timeout:
-            raise ConfigError("need 0 < heartbeat_interval < peer_timeout")
-        if self.expected_votes is not None and self.expected_votes < 1:
-            raise ConfigError("expected_votes must be >= 1")
-
-
-class _Link:
-    """Our DEALER to one peer: usable from any thread, but only under ``lock``."""
-
-    __slots__ = ("closed", "counts", "lock", "name", "sent", "sock")
-
-    def __init__(self, name: str, sock: zmq.Socket[bytes]) -> None:
-        self.name = name
-        self.sock = sock
-        self.lock = threading.Lock()
-        self.closed = False
-        self.sent = 0  # the hot counter, a plain int; the rare ones in counts
-        self.counts: dict[str, int] = {}
-
-
-class Subscription:
-    def __init__(self, transport: Transport, deliver: Deliver, kinds: frozenset[str] | None) -> None:
-        self._transport, self.deliver, self.kinds = transport, deliver, kinds
-
-    def cancel(self) -> None:
-        self._transport._unsubscribe(self)
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
 
 
 class Transport:
@@ -185,17 +100,12 @@ class Transport:
         self._peers = tuple(p.name for p in membership.others(node))
         self._members_b = frozenset(n.encode() for n in membership.names)
         self._members = frozenset(membership.names)
-        self._tracker = PeerTracker(self._peers, self.config.peer_timeout)
-        self._quorum = self._compute_quorum(frozenset())
         self._ids = itertools.count(1)
-        self._hb_seq = itertools.count(1)
         self._rlog = RateLimitedLog(self.config.log_interval, clock)
-        # Subscriptions are copy-on-write: the I/O thread reads the current
-        # routes dict without locking; (un)subscribe swaps in a new one.
-        self._subs: tuple[Subscription, ...] = ()
-        self._routes: dict[str, tuple[Deliver, ...]] = {}
+        # The I/O thread reads the current routes without locking (bus.subscriptions).
+        self._routes: Routes = {}
         self._routes_all: tuple[Deliver, ...] = ()
-        self._sub_lock = threading.Lock()
+        self._subscribers = Subscribers(self._set_routes)
         # Counters: the I/O thread writes _io_counts alone; sender threads
         # write _tx_counts (rare drop paths only) under _tx_lock. stats()
         # merges copies.
@@ -205,31 +115,42 @@ class Transport:
         self._delivered = 0
         self._tx_counts: dict[str, int] = {}
         self._tx_lock = threading.Lock()
-        # Hand-over of outgoing frames from other threads: a deque (append and
-        # popleft are atomic) plus a wake-up fd the I/O thread polls. The fd
-        # is only written when the I/O thread said it is about to sleep, so
-        # a busy bus moves frames with no syscall and no lock at all.
-        self._outq: collections.deque[tuple[bytes, bytes]] = collections.deque()
-        self._io_idle = False
-        self._waker: _Waker | None = None
+        # Frames other threads hand to the I/O thread (bus.handover).
+        self._handover = Handover(self.config.send_hwm)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._thread: threading.Thread | None = None
         self._io_ident: int | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._running = False
-        self._closed = False
         self._endpoint = membership.endpoint(node)
         # Set up by the I/O thread in _open():
         self._router: zmq.Socket[bytes]
-        self._links: dict[bytes, _Link] = {}
-        self._links_by_name: dict[str, _Link] = {}
+        self._zap: zmq.Socket[bytes] | None = None
+        self._links: dict[bytes, PeerLink] = {}
+        self._links_by_name: dict[str, PeerLink] = {}
         self._now = clock()  # the I/O thread's clock reading for the current batch
         # Quiet sockets (by ZMQ_FD) the I/O thread must look at before sleeping.
         self._quiet_due: set[int] = set()
         # Back-off of the "more waiting?" ask in _drain_router.
         self._ask_misses = 0
         self._ask_skip = 0
+        # Heartbeats, PeerUp/PeerDown and quorum (I/O thread; see bus.links).
+        self._liveness = LinkMonitor(
+            node,
+            membership,
+            self.config,
+            self.incarnation,
+            frame=lambda msg: self.codec.encode(self.node, next(self._ids), msg),
+            emit=self._emit,
+            count=self._count,
+            rlog=self._rlog,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+        # Two per-frame liveness calls, bound once (the _on_frame hot path).
+        self._heard = self._liveness.heartbeat
+        self._traffic = self._liveness.tracker.traffic
 
     # ------------------------------------------------------------------ API
 
@@ -240,14 +161,14 @@ class Transport:
 
     @property
     def quorum(self) -> QuorumView:
-        return self._quorum
+        return self._liveness.quorum
 
     @property
     def quorate(self) -> bool:
-        return self._quorum.quorate
+        return self._liveness.quorum.quorate
 
     def peers_up(self) -> frozenset[str]:
-        return self._tracker.up()
+        return self._liveness.up()
 
     def stats(self) -> dict[str, int]:
         """Counters: sent, received, delivered, rejected.<reason>, dropped.<reason>, ..."""
@@ -258,8 +179,7 @@ class Transport:
         with self._tx_lock:
             parts.append(self._tx_counts.copy())
         for link in list(self._links_by_name.values()):
-            with link.lock:
-                parts.append({**link.counts, "sent": link.sent})
+            parts.append(link.counters())
         for part in parts:
             for k, v in part.items():
                 if v:
@@ -277,30 +197,10 @@ class Transport:
         first (in subscription order), then the catch-all ones. Callbacks
         must be quick and must not block.
         """
-        ks = None if kinds is None else frozenset(k if isinstance(k, str) else k.KIND for k in kinds)
-        sub = Subscription(self, deliver, ks)
-        with self._sub_lock:
-            self._subs = (*self._subs, sub)
-            self._rebuild_routes()
-        return sub
+        return self._subscribers.add(deliver, kinds)
 
-    def _unsubscribe(self, sub: Subscription) -> None:
-        with self._sub_lock:
-            self._subs = tuple(s for s in self._subs if s is not sub)
-            self._rebuild_routes()
-
-    def _rebuild_routes(self) -> None:
-        routes: dict[str, list[Deliver]] = {}
-        everything: list[Deliver] = []
-        for s in self._subs:
-            if s.kinds is None:
-                everything.append(s.deliver)
-            else:
-                for k in s.kinds:
-                    routes.setdefault(k, []).append(s.deliver)
-        # Callbacks keep subscription order; "all" subscribers come after kind ones.
-        self._routes = {k: (*v, *everything) for k, v in routes.items()}
-        self._routes_all = tuple(everything)
+    def _set_routes(self, routes: Routes, everything: tuple[Deliver, ...]) -> None:
+        self._routes, self._routes_all = routes, everything
 
     def send(self, node: str, msg: Message) -> bool:
         r"""Send ``msg`` to member ``node``, at most once.
@@ -316,13 +216,13 @@ class Transport:
         link = self._links_by_name.get(node)
         if link is not None:  # the hot path: a started transport, a peer
             frame = self._encode(self.node, next(self._ids), msg)
-            with link.lock:  # _send_link(link, frame), inlined: one call less per message
+            with link.lock:  # link.send(frame), inlined: one call less per message
                 if link.closed:
                     key = "dropped.closed"
                 else:
                     try:
                         link.sock.send(frame, _NOBLOCK)
-                    except zmq.Again:  # see _send_link
+                    except zmq.Again:  # see PeerLink.send
                         key = "dropped.unreachable"
                     else:
                         link.sent += 1
@@ -338,11 +238,11 @@ class Transport:
     def broadcast(self, msg: Message) -> bool:
         """Send ``msg`` to every other member (each copy at most once)."""
         frame = self.codec.encode(self.node, next(self._ids), msg)
-        if self._waker is None and not self._closed:
+        if self._handover.waker is None and not self._handover.closed:
             raise BusError("transport not started")
         ok = True
         for link in list(self._links_by_name.values()):
-            ok = self._send_link(link, frame) and ok
+            ok = link.send(frame) and ok
         return ok
 
     def reply(self, env: Envelope, msg: Message) -> bool:
@@ -360,7 +260,7 @@ class Transport:
         if self._thread is not None:
             raise BusError("transport already started")
         self._ctx = zmq.Context()
-        self._waker = _Waker()
+        self._handover.open()
         self._running = True
         self._thread = threading.Thread(target=self._run, name=f"bus-io-{self.node}")
         self._thread.start()
@@ -378,17 +278,16 @@ class Transport:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the I/O thread, close every socket, terminate the context. Idempotent."""
         thread = self._thread
-        self._closed = True
+        handover = self._handover
+        handover.closed = True
         if thread is not None and thread.is_alive():
             self._running = False
-            if self._waker is not None:
-                self._waker.wake()
+            if handover.waker is not None:
+                handover.waker.wake()
             thread.join(timeout)
             if thread.is_alive():
                 raise BusError(f"bus I/O thread of {self.node} did not stop within {timeout}s")
-        if self._waker is not None:
-            self._waker.close()
-        self._outq.clear()
+        handover.close()
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -408,25 +307,10 @@ class Transport:
     def _post(self, target: bytes, frame: bytes) -> bool:
         if threading.get_ident() == self._io_ident:
             return self._route(target, frame)
-        if self._closed:
-            self._tx_count("dropped.closed")
+        dropped = self._handover.post(target, frame)  # raises BusError before start()
+        if dropped is not None:
+            self._tx_count(dropped)
             return False
-        waker = self._waker
-        if waker is None:
-            raise BusError("transport not started")
-        limit = self.config.send_hwm
-        if limit and len(self._outq) >= limit:
-            # The I/O thread is send_hwm frames behind: shed load here rather
-            # than block an actor thread or grow without bound.
-            self._tx_count("dropped.backlog")
-            return False
-        self._outq.append((target, frame))
-        # Ordering matters: append, then read the flag. The I/O thread sets
-        # the flag, then re-checks the queue before sleeping, so one of the
-        # two always sees the other and no frame waits for a timer.
-        if self._io_idle:
-            self._io_idle = False
-            waker.wake()
         return True
 
     # ----------------------------------------------------- I/O thread
@@ -437,74 +321,27 @@ class Transport:
     def _open(self) -> None:
         assert self._ctx is not None
         ctx, cfg = self._ctx, self.config
-        if self.curve:
-            assert self._keys is not None
-            # SAFETY: the ZAP handler must be bound before the ROUTER accepts
-            # connections; libzmq lets every CURVE client in when no handler
-            # exists. ZAP_ENFORCE_DOMAIN closes that hole as a second line.
-            self._zap = ctx.socket(zmq.REP)
-            self._zap.setsockopt(zmq.LINGER, 0)
-            self._zap.bind(_ZAP_ENDPOINT)
-            self._key_names = {key: name for name, key in self._keys.authorized.items()}
         # Every socket is recorded as soon as it exists, so that _close_all()
         # can close it if a later step (say, bind) fails; an unclosed socket
         # would make Context.term() hang forever.
-        self._monitors: dict[zmq.Socket[bytes], tuple[zmq.Socket[bytes], str]] = {}
-        r = self._router = ctx.socket(zmq.ROUTER)
-        r.setsockopt(zmq.LINGER, 0)  # stop() must never hang on undeliverable replies
-        r.setsockopt(zmq.RCVHWM, cfg.recv_hwm)
-        r.setsockopt(zmq.SNDHWM, cfg.send_hwm)
-        # Replies to a client that went away raise EHOSTUNREACH (counted)
-        # instead of vanishing silently.
-        r.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # SAFETY: no handover. Nobody connects under a name: member DEALERs set
-        # no routing id (the ROUTER numbers each connection itself; ids it makes
-        # start with a zero byte, which a peer cannot choose), and who speaks is
-        # the CURVE key owner the ZAP handler vouched for. With handover (and
-        # members connecting as their name) any client key that connected as
-        # "node2" took node2's slot and cut its heartbeats off: node2 was
-        # declared down and fenced (issue #11).
-        r.setsockopt(zmq.ROUTER_HANDOVER, 0)
-        # Hard backstop far above the codec limit: libzmq drops the connection
-        # of anyone streaming huge frames before we ever buffer them. Frames
-        # between the two limits reach the codec and are counted "oversized".
-        r.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes * 4 + 1024)
-        self._set_heartbeats(r)
+        zap_handler: ZapHandler | None = None
         if self.curve:
             assert self._keys is not None
-            r.setsockopt(zmq.CURVE_SERVER, 1)
-            r.setsockopt(zmq.CURVE_SECRETKEY, self._keys.secret)
-            r.setsockopt(zmq.CURVE_PUBLICKEY, self._keys.public)
-            r.setsockopt(zmq.ZAP_DOMAIN, self.codec.cluster.encode())
-            r.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
-        self._monitors[r.get_monitor_socket(_HANDSHAKE_FAILED)] = (r, "")
+            # SAFETY: the ZAP handler is bound before the ROUTER exists
+            # (bus.sockets.configure_router).
+            zap_handler = ZapHandler(self.node, self._keys.authorized, self._count, self._rlog)
+            self._zap = zap_handler.open(ctx)
+        r = self._router = ctx.socket(zmq.ROUTER)
+        configure_router(r, cfg, self._keys if self.curve else None, self.codec.cluster)
+        self._liveness.watch(r, HANDSHAKE_FAILED)
         r.bind(self._endpoint)
         self._endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT)
         for peer in self.membership.others(self.node):
-            d = ctx.socket(zmq.DEALER)
-            link = self._links[peer.name.encode()] = _Link(peer.name, d)  # registered for cleanup
-            d.setsockopt(zmq.LINGER, 0)
-            # SAFETY (honest reachability): only queue onto a completed
-            # connection. Without IMMEDIATE, frames for a down peer pile up
-            # and arrive, stale, whenever it comes back.
-            d.setsockopt(zmq.IMMEDIATE, 1)
-            d.setsockopt(zmq.SNDHWM, cfg.send_hwm)
-            d.setsockopt(zmq.RECONNECT_IVL, _ms(cfg.reconnect_interval))
-            d.setsockopt(zmq.RECONNECT_IVL_MAX, _ms(cfg.reconnect_interval_max))
-            # A SYN into a cut link would otherwise hang for minutes of TCP
-            # retries; give up and let the reconnect loop try again.
-            d.setsockopt(zmq.CONNECT_TIMEOUT, _ms(cfg.peer_timeout))
-            self._set_heartbeats(d)
-            if self.curve:
-                assert self._keys is not None
-                # Pinning the server key means we only ever talk to the real
-                # peer, even if someone else grabs its address.
-                d.setsockopt(zmq.CURVE_SERVERKEY, self._keys.public_of(peer.name))
-                d.setsockopt(zmq.CURVE_PUBLICKEY, self._keys.public)
-                d.setsockopt(zmq.CURVE_SECRETKEY, self._keys.secret)
-            link_events = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-            self._monitors[d.get_monitor_socket(link_events)] = (d, peer.name)
-            d.connect(peer.endpoint)
+            link = PeerLink(peer.name, ctx.socket(zmq.DEALER))
+            self._links[peer.name.encode()] = link  # registered for cleanup
+            configure_dealer(link.sock, peer.name, cfg, self._keys if self.curve else None)
+            self._liveness.watch(link.sock, LINK_EVENTS, link)
+            link.sock.connect(peer.endpoint)
             # Only a fully configured socket becomes visible to sender threads,
             # and releasing the lock after all of the above is the memory
             # barrier that hands it over (a sender's first use takes the lock).
@@ -512,46 +349,29 @@ class Transport:
                 self._links_by_name[peer.name] = link
         self._poller = zmq.Poller()
         self._poller.register(r, zmq.POLLIN)
-        assert self._waker is not None
-        self._poller.register(self._waker.fd, zmq.POLLIN)
+        assert self._handover.waker is not None
+        self._poller.register(self._handover.waker.fd, zmq.POLLIN)
         # The quiet sockets (ZAP, monitors) are polled through their ZMQ_FD,
         # a plain fd: zmq_poll then costs a poll() slot for each instead of a
         # ZMQ_EVENTS round per socket per loop turn, which was about a third
         # of a turn with two peers (and grows with the membership). See
         # _service() for the edge-triggered contract that comes with it.
         self._quiet: dict[int, tuple[zmq.Socket[bytes], Callable[[zmq.Socket[bytes]], None]]] = {}
-        if self.curve:
-            self._quiet[cast(int, self._zap.getsockopt(zmq.FD))] = (self._zap, self._handle_zap)
-        for m in self._monitors:
-            self._quiet[cast(int, m.getsockopt(zmq.FD))] = (m, self._handle_monitor)
+        if zap_handler is not None:
+            assert self._zap is not None
+            self._quiet[cast(int, self._zap.getsockopt(zmq.FD))] = (self._zap, zap_handler.handle)
+        for m in self._liveness.monitor_sockets():
+            self._quiet[cast(int, m.getsockopt(zmq.FD))] = (m, self._liveness.handle_event)
         for fd in self._quiet:
             self._poller.register(fd, zmq.POLLIN)
 
-    def _set_heartbeats(self, s: zmq.Socket[bytes]) -> None:
-        # ZMTP-level heartbeats let libzmq notice a dead TCP connection (e.g.
-        # after a partition) and reconnect, instead of trusting a half-open
-        # socket until TCP gives up many minutes later.
-        s.setsockopt(zmq.HEARTBEAT_IVL, _ms(self.config.heartbeat_interval))
-        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(self.config.peer_timeout))
-        s.setsockopt(zmq.HEARTBEAT_TTL, _ms(self.config.peer_timeout))
-
     def _close_all(self) -> None:
-        # Take the DEALERs back from the sender threads first: once `closed`
-        # is set under its lock, no sender touches a DEALER again (they check
-        # it under the same lock), and taking the lock is the memory barrier
-        # after their last send. Only then may this thread disable a DEALER's
-        # monitor and close it.
+        # Take the DEALERs back from the sender threads first (PeerLink.take_back);
+        # only then may this thread disable a DEALER's monitor and close it.
         for link in self._links.values():
-            with link.lock:
-                link.closed = True
-        monitors = getattr(self, "_monitors", {})
-        for sock in [*monitors]:
-            sock.close(linger=0)
-        for owner, _ in monitors.values():
-            with contextlib.suppress(zmq.ZMQError):
-                owner.disable_monitor()
-        for name in ("_router", "_zap"):
-            owned: zmq.Socket[bytes] | None = getattr(self, name, None)
+            link.take_back()
+        self._liveness.close_monitors()
+        for owned in (getattr(self, "_router", None), self._zap):
             if owned is not None:
                 owned.close(linger=0)
         for link in self._links.values():
@@ -578,42 +398,38 @@ class Transport:
 
     def _loop(self) -> None:
         cfg = self.config
+        liveness = self._liveness
         next_hb = self._clock()
-        # No peer can expire before this (see below), so the tracker is only
-        # asked when it is due rather than on every loop turn.
+        # No peer can expire before this (LinkMonitor.expire), so the tracker
+        # is only asked when it is due rather than on every loop turn.
         next_check = next_hb
-        self._update_quorum()  # a 1-node cluster is quorate from the start
-        assert self._waker is not None
-        waker_fd, router, outq, quiet = self._waker.fd, self._router, self._outq, self._quiet
+        liveness.update_quorum()  # a 1-node cluster is quorate from the start
+        handover, waker = self._handover, self._handover.waker
+        assert waker is not None
+        waker_fd, router, outq, quiet = waker.fd, self._router, handover.queue, self._quiet
         # Whatever the quiet sockets got while they were being set up has
         # already consumed its fd signal: look at each of them once.
         self._quiet_due.update(quiet)
         while self._running:
             now = self._clock()
             if now >= next_hb:
-                self._send_heartbeats()
+                liveness.send_heartbeats(self._links.values())
                 next_hb = now + cfg.heartbeat_interval
             if now >= next_check:
-                self._expire(now)
-                # A peer expires at its last_heard + peer_timeout; last_heard
-                # only grows, and a peer that starts being tracked later gets
-                # a later expiry than now + peer_timeout. So this is never
-                # late; at worst a turn wakes early and finds nothing to do.
-                expiry = self._tracker.next_expiry()
-                next_check = expiry if expiry is not None else now + cfg.peer_timeout
+                next_check = liveness.expire(now)
             wake_at = next_hb if next_hb < next_check else next_check
             timeout_ms = max(0, int((wake_at - self._clock()) * 1000) + 1)
-            self._io_idle = True
+            handover.idle = True
             if outq or self._quiet_due:  # work slipped in after the last turn: don't sleep
                 timeout_ms = 0
             try:
                 ready = self._poller.poll(timeout_ms)
-                self._io_idle = False
+                handover.idle = False
                 for sock, _ in ready:
                     if sock is router:
                         self._drain_router()
                     elif sock == waker_fd:
-                        self._waker.clear()
+                        waker.clear()
                     else:
                         self._quiet_due.add(sock)
                 if self._quiet_due:
@@ -621,9 +437,9 @@ class Transport:
                     for fd in due:
                         self._service(fd, quiet)
                 if outq:
-                    self._drain_outq()
+                    handover.drain(self._route, cfg.batch)
             except Exception as exc:  # the I/O thread must survive anything
-                self._io_idle = False
+                handover.idle = False
                 # Whatever was interrupted is looked at again next turn: an
                 # edge-triggered fd would not signal it a second time.
                 self._quiet_due.update(quiet)
@@ -667,48 +483,6 @@ class Transport:
             return True
         self._count("dropped.unknown_peer")
         return False
-
-    def _send_link(self, link: _Link, frame: bytes) -> bool:
-        with link.lock:
-            if link.closed:
-                key = "dropped.closed"
-            else:
-                try:
-                    link.sock.send(frame, _NOBLOCK)
-                except zmq.Again:
-                    # With IMMEDIATE, Again means "no completed connection" or
-                    # "send_hwm frames already queued for a peer that does not
-                    # read": either way the peer cannot take it now. (Telling
-                    # the two apart from the link state would race with the
-                    # monitor events, so they share one counter.)
-                    key = "dropped.unreachable"
-                else:
-                    link.sent += 1
-                    return True
-            link.counts[key] = link.counts.get(key, 0) + 1
-            return False
-
-    def _drain_outq(self) -> None:
-        popleft, route = self._outq.popleft, self._route
-        # Bounded, so a flood of local sends cannot starve inbound traffic
-        # and timers; whatever is left makes the next poll non-blocking.
-        for _ in range(self.config.batch):
-            try:
-                target, frame = popleft()
-            except IndexError:
-                return
-            route(target, frame)
-
-    def _send_heartbeats(self) -> None:
-        hb = Heartbeat(self.node, self.incarnation, next(self._hb_seq), self._wall_clock())
-        frame = self.codec.encode(self.node, next(self._ids), hb)
-        for link in self._links.values():
-            with link.lock:
-                try:
-                    link.sock.send(frame, zmq.NOBLOCK)
-                except zmq.Again:
-                    # Expected while a peer is down; not a loss anyone waits for.
-                    self._count("heartbeat_unsent")
 
     # -- inbound
 
@@ -788,11 +562,9 @@ class Transport:
                 if body.node != sender:
                     self._reject(origin, RejectReason.SPOOFED_SENDER, "heartbeat for another node")
                     return
-                up = self._tracker.heartbeat(sender, body.incarnation, self._now)
-                if up is not None:
-                    self._peer_up(up)
+                self._heard(sender, body.incarnation, self._now)
             else:
-                self._tracker.traffic(sender, self._now)
+                self._traffic(sender, self._now)
         self._received += 1
         # _dispatch(env), inlined: one call less per received frame.
         delivered = 0
@@ -821,159 +593,5 @@ class Transport:
         if self._rlog.allow(("handler", env.kind)) is not None:
             logger.opt(exception=exc).error("bus {}: subscriber failed on {}", self.node, env.kind)
 
-    def _peer_up(self, up: PeerUp) -> None:
-        logger.info("bus {}: peer {} up (incarnation {})", self.node, up.node, up.incarnation)
-        self._emit(up)
-        self._update_quorum()
-
     def _emit(self, msg: Message) -> None:
         self._dispatch(Envelope(1, self.codec.cluster, self.node, msg.KIND, next(self._ids), msg))
-
-    def _expire(self, now: float) -> None:
-        downs = self._tracker.expire(now)
-        for down in downs:
-            logger.warning(
-                "bus {}: peer {} down (silent for {:.2f}s)", self.node, down.node, self.config.peer_timeout
-            )
-            self._emit(down)
-        if downs:
-            self._update_quorum()
-
-    def _compute_quorum(self, up: frozenset[str]) -> QuorumView:
-        return quorum_view(
-            self.membership.names,
-            up | {self.node},
-            expected_votes=self.config.expected_votes,
-            tie_breaker=self.config.tie_breaker,
-        )
-
-    def _update_quorum(self) -> None:
-        old, new = self._quorum, self._compute_quorum(self._tracker.up())
-        self._quorum = new
-        # The very first evaluation reports a quorate start as "regained".
-        first = not getattr(self, "_quorum_announced", False)
-        self._quorum_announced = True
-        if new.quorate == old.quorate and not (first and new.quorate):
-            return
-        if new.quorate:
-            logger.info(
-                "bus {}: quorum regained ({}/{} votes: {})",
-                self.node,
-                new.votes,
-                new.expected,
-                ",".join(new.members),
-            )
-            self._emit(QuorumRegained(self.node, new.members))
-        else:
-            logger.warning(
-                "bus {}: quorum lost ({}/{} votes: {})",
-                self.node,
-                new.votes,
-                new.expected,
-                ",".join(new.members),
-            )
-            self._emit(QuorumLost(self.node, new.members))
-
-    # -- authentication
-
-    def _handle_zap(self, zap: zmq.Socket[bytes]) -> None:
-        req = zap.recv_multipart()
-        reply_id = req[1] if len(req) > 1 else b""
-        status, text, user = b"500", b"internal error", b""
-        try:
-            status, text, user = self._authenticate(req)
-        finally:
-            # A REP socket that skips a reply is wedged for good, and every
-            # later handshake would hang: always answer, even after a bug.
-            zap.send_multipart([b"1.0", reply_id, status, text, user, b""])
-
-    def _authenticate(self, req: list[bytes]) -> tuple[bytes, bytes, bytes]:
-        if len(req) < 6 or req[0] != b"1.0":
-            return b"500", b"bad ZAP request", b""
-        address = req[3].decode("ascii", "replace")
-        if req[5] != b"CURVE" or len(req) != 7 or len(req[6]) != 32:
-            self._count("auth_denied")
-            self._rlog.warning(
-                ("zap", address),
-                "bus {}: refused {} (mechanism {})",
-                self.node,
-                address,
-                req[5].decode("ascii", "replace"),
-            )
-            return b"400", b"CURVE required", b""
-        key = z85.encode(req[6])
-        name = self._key_names.get(key)
-        if name is None:
-            self._count("auth_denied")
-            self._rlog.warning(
-                ("zap", address),
-                "bus {}: refused {}: unknown CURVE key {}",
-                self.node,
-                address,
-                key.decode("ascii"),
-            )
-            return b"400", b"unknown key", b""
-        return b"200", b"OK", name.encode()
-
-    def _handle_monitor(self, mon: zmq.Socket[bytes]) -> None:
-        event = recv_monitor_message(mon)
-        _, peer = self._monitors[mon]
-        kind = event["event"]
-        if peer and kind in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_DISCONNECTED):
-            connected = kind == zmq.EVENT_HANDSHAKE_SUCCEEDED
-            logger.debug("bus {}: link to {} {}", self.node, peer, "up" if connected else "down")
-            up = self._tracker.link(peer, connected, self._clock())
-            if up is not None:
-                self._peer_up(up)
-            return
-        self._count("handshake_failed")
-        endpoint = event.get("endpoint", b"")
-        where = endpoint.decode("ascii", "replace") if isinstance(endpoint, bytes) else str(endpoint)
-        self._rlog.warning(
-            ("handshake", peer, where),
-            "bus {}: CURVE/ZMTP handshake failed ({} {}, code {})",
-            self.node,
-            peer or "inbound",
-            where,
-            event.get("value"),
-        )
-
-
-class _Waker:
-    """A pollable fd other threads poke to wake the I/O thread.
-
-    Writes are plain syscalls, safe from any thread; ``close`` happens only
-    after the I/O thread is gone and every later ``wake`` is a no-op.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._closed = False
-        if hasattr(os, "eventfd"):
-            self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self._wfd = self.fd
-        else:  # pragma: no cover - non-Linux fallback
-            self.fd, self._wfd = os.pipe()
-            os.set_blocking(self.fd, False)
-            os.set_blocking(self._wfd, False)
-
-    def wake(self) -> None:
-        # The lock only guards against writing into a closed (and possibly
-        # re-used) fd number during stop(); it is uncontended in practice.
-        with self._lock:
-            if not self._closed:
-                # BlockingIOError: already signalled, the I/O thread wakes anyway.
-                with contextlib.suppress(BlockingIOError):
-                    os.write(self._wfd, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-
-    def clear(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.read(self.fd, 4096)
-
-    def close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                os.close(self.fd)
-                if self._wfd != self.fd:
-                    os.close(self._wfd)

@@ -1,0 +1,37 @@
+"""The transport's tunables, shared by the I/O loop, the peer links and the link monitor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bus.codec import DEFAULT_MAX_FRAME_BYTES
+from bus.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Tunables. With the defaults a dead peer is reported 1.25-1.5 s after it died
+    (its last heartbeat plus ``peer_timeout``)."""
+
+    heartbeat_interval: float = 0.25
+    peer_timeout: float = 1.5
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    # Messages a peer's outgoing pipe may hold before sends to it are
+    # dropped (and counted) instead of growing memory without bound.
+    send_hwm: int = 10_000
+    recv_hwm: int = 10_000
+    reconnect_interval: float = 0.1
+    reconnect_interval_max: float = 1.0
+    expected_votes: int | None = None
+    tie_breaker: bool = False
+    # At most one log line per (peer, reason) per this many seconds.
+    log_interval: float = 10.0
+    # Frames handled per socket per loop turn, so one busy peer cannot starve
+    # heartbeats or other sockets.
+    batch: int = 512
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_interval < self.peer_timeout:
+            raise ConfigError("need 0 < heartbeat_interval < peer_timeout")
+        if self.expected_votes is not None and self.expected_votes < 1:
+            raise ConfigError("expected_votes must be >= 1")
