@@ -64,6 +64,7 @@ from actors.watchdog import (
     WatchdogClient,
 )
 from admin.cluster import SHUTDOWN_FILE, ClusterConfig
+from admin.private import exposed
 from agents import make_registry
 from bus.codec import Envelope
 from bus.keys import CurveKeys
@@ -167,6 +168,13 @@ class NodeRuntime:
 
     def claim(self) -> None:
         """Be the only ha-node of this node on this host, with a usable watchdog (else HaError)."""
+        c = self.cluster
+        # SAFETY (issue #11): a local user who can open a lease file can block the lease
+        # (flock works on a read-only descriptor) and so get this node fenced
+        where = [c.root, c.keys_dir] + ([c.store_dir] if c.store_kind == "dir" else [])
+        problem = exposed(where)
+        if problem is not None:
+            raise HaError(f"not starting: {problem}")
         self.watchdog_driver = self._choose_driver()
         run = self.cluster.run_dir(self.node)
         run.mkdir(parents=True, exist_ok=True)
@@ -277,7 +285,7 @@ class NodeRuntime:
     def _start_watchdog_process(self) -> None:
         c = self.cluster
         args = [
-            sys.executable, "-m", "cli.watchdog", "--node", self.node,
+            sys.executable, "-P", "-m", "cli.watchdog", "--node", self.node,
             "--socket", str(c.watchdog_socket(self.node)),
             "--timeout", str(c.timing.watchdog_timeout),
             "--driver", self.watchdog_driver, "--device", c.watchdog_device,

@@ -34,10 +34,11 @@ def child(spec: dict[str, object], err_w: int) -> None:
                 f.write(str(os.getpid()))
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
-        log = os.open(str(spec["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        log = os.open(str(spec["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.dup2(log, 1)
         os.dup2(log, 2)
         os.chdir(str(spec["cwd"]))
+        os.umask(0o022)  # the service's own files: as a login shell would (ha-node runs with 077)
         argv = [str(a) for a in spec["argv"]]  # type: ignore[attr-defined]
         env = {str(k): str(v) for k, v in spec["env"].items()}  # type: ignore[attr-defined]
         os.execve(argv[0], argv, env)  # err_w is close-on-exec: EOF tells the launcher "exec'd"

@@ -147,6 +147,7 @@ def run_bounded(
         stdout=output,
         stderr=subprocess.STDOUT if output is not subprocess.DEVNULL else subprocess.DEVNULL,
         start_new_session=True,
+        umask=0o022,  # agents and checks: as a login shell would (ha-node runs with 077, admin/private.py)
     )
     try:
         return proc.wait(timeout=max(0.0, timeout))

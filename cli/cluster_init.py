@@ -22,6 +22,7 @@ from pathlib import Path
 
 from admin.cluster import CLUSTER_FILE, ClusterConfig, LocalEtcd
 from admin.errors import AdminError, ExitCode
+from admin.private import make_private
 from admin.timing import LeaseTiming
 from bus.keys import generate
 from cli import netns as netns_mod
@@ -253,6 +254,8 @@ def create(p: InitPlan) -> ClusterConfig:
 
 
 def _write_files(c: ClusterConfig, force: bool) -> None:
+    c.root.mkdir(parents=True, exist_ok=True)
+    make_private(c.root)  # issue #11: nothing below it is reachable by other users
     for d in (c.keys_dir, c.state_dir, c.root / "logs", c.root / "run"):
         d.mkdir(parents=True, exist_ok=True)
     if c.store_kind == "dir":

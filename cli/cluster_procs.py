@@ -44,7 +44,9 @@ def start_node(c: ClusterConfig, node: str) -> int:
     if node_pid(c, node) is not None:
         raise AdminError(f"{node} is already running", ExitCode.FAILED)
     c.log_file(node).parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "cli.ha_node", "--node", node, "--cluster", str(c.root)]
+    # -P: the working directory (the cluster directory, which holds a ``store/`` folder) is not
+    # put on sys.path, where it would shadow the ``store`` package (and nothing placed there runs)
+    cmd = [sys.executable, "-P", "-m", "cli.ha_node", "--node", node, "--cluster", str(c.root)]
     netns = c.netns.get(node)
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]

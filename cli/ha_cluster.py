@@ -40,6 +40,7 @@ import click
 
 from admin.cluster import DEFAULT_ETCD_TIMEOUT, ClusterConfig
 from admin.errors import AdminError, ExitCode
+from admin.private import private_umask
 from cli import cluster_init
 from cli import netns as netns_mod
 from cli.cluster_etcd import (
@@ -103,6 +104,7 @@ def network_of(c: ClusterConfig) -> netns_mod.Network:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Create and drive a local HA cluster of ha-node processes."""
+    private_umask()  # issue #11: what the cluster keeps on disk is root's alone
 
 
 @main.command()

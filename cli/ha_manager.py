@@ -28,6 +28,7 @@ from click.shell_completion import CompletionItem
 
 from admin.cluster import ClusterConfig
 from admin.errors import ExitCode
+from admin.private import private_umask
 from cli.api_client import (
     ROLES,
     ApiClient,
@@ -283,6 +284,7 @@ def main(
     offline: bool,
 ) -> None:
     """Manage HA resources: status, configuration, service and crm commands."""
+    private_umask()  # --offline edits and new keys are root's alone (issue #11)
     if ctx.obj is None:  # the shell passes its own, long-lived Ctx
         ctx.obj = Ctx(cluster_dir, node, timeout, key, role, offline)
         ctx.call_on_close(ctx.obj.close)

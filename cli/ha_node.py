@@ -20,6 +20,7 @@ from loguru import logger
 
 from actors.node import NodeRuntime
 from admin.cluster import ClusterConfig
+from admin.private import private_umask
 from ha.errors import ConfigError, HaError
 
 LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {extra[ident]: >12}: {message}"
@@ -47,6 +48,7 @@ def setup_logging(node: str, logfile: str | None, level: str) -> None:
 @click.option("--log-level", default="INFO", show_default=True)
 def main(node: str, cluster_dir: str, store_url: str | None, log_level: str) -> None:
     """Run one HA node: CRM, LRM, workers and watchdog actors over the bus."""
+    private_umask()  # issue #11: records, logs, state and sockets are root's alone
     try:
         cluster = ClusterConfig.load(cluster_dir)
         if store_url is not None:

@@ -260,6 +260,7 @@ class Watchdog:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # its socket and logs are root's alone (admin/private.py; stdlib only here)
     ap = argparse.ArgumentParser(prog="ha-watchdog", description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--node", required=True)
     ap.add_argument("--socket", required=True, help="UNIX socket path (created with mode 0600)")

@@ -95,7 +95,7 @@ class DirStore:
             self._ensure_dir(self._locks)
             self._ensure_dir(self.root / LEASE_DIR)
             with self._locked("j.journal"):
-                fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 os.close(fd)
         except OSError as e:
             raise StoreError(f"cannot open dir store at {self.root}: {e}") from e
@@ -124,7 +124,7 @@ class DirStore:
             p = p.parent
         for d in reversed(missing):
             try:
-                os.mkdir(d, 0o755)
+                os.mkdir(d, 0o700)
             except FileExistsError:
                 continue
             _fsync_dir(d.parent)
@@ -132,7 +132,7 @@ class DirStore:
     @contextlib.contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         """Exclusive flock on ``.pyha/locks/<key>``, polled up to ``lock_timeout``."""
-        fd = os.open(self._locks / key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self._locks / key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             deadline = time.monotonic() + self._lock_timeout
             pause = 0.0005
@@ -160,7 +160,7 @@ class DirStore:
         self._ensure_dir(path.parent)
         self._remove_stale_temps(path)
         tmp = path.parent / f".{path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             try:
                 view = memoryview(data)
@@ -208,7 +208,7 @@ class DirStore:
     def _note(self, name: str) -> None:
         """Append ``name`` to the change journal (a hint: not fsynced)."""
         with self._locked("j.journal"):
-            fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, name.encode() + b"\n")
                 size = os.fstat(fd).st_size

@@ -315,3 +315,14 @@ def test_the_service_environment_is_built_from_scratch(
     assert seen["PYHA_SID"] == "proc:clean" and seen["PYHA_NODE"] == "n1" and seen["HOME"] == "/"
     allowed = {"PATH", "HOME", "LANG", "ONE", "PWD", "SHLVL", "_"}  # the last three: set by /bin/sh
     assert {k for k in seen if not k.startswith("PYHA_")} <= allowed, sorted(seen)
+
+
+def test_a_service_runs_with_umask_022_whatever_the_node_has(proc: ProcPlugin, tmp_path: Path) -> None:
+    out = tmp_path / "umask"
+    old = os.umask(0o077)  # as ha-node runs (admin/private.py)
+    try:
+        start(proc, "proc:um", cmd=f"umask > {out}; exec sleep 1000")
+    finally:
+        os.umask(old)
+    wait_until(lambda: out.exists() and out.read_text().strip() != "")
+    assert out.read_text().strip() == "0022"
