@@ -16,7 +16,7 @@ from typing import Any
 from admin.cluster import ClusterConfig
 from admin.errors import AdminError, ExitCode
 from ha.errors import HaError
-from store.base import check_name
+from store.base import check_record_name
 
 EXPORT_FORMAT = "pyha-records"
 EXPORT_VERSION = 1
@@ -43,8 +43,14 @@ def export_records(c: ClusterConfig, path: Path) -> int:
     return len(records)
 
 
-def read_export(file: str) -> dict[str, bytes]:
-    """The records of an export file; :class:`AdminError` (usage) for anything else."""
+def read_export(file: str, cluster: str | None = None) -> dict[str, bytes]:
+    """The records of an export file; :class:`AdminError` (usage) for anything else.
+
+    Every entry is checked before anything is written (issue #10: no partial
+    import): a name no store accepts as a record (``locks/...``, where the dir
+    store keeps its leases) is refused, and so is an export of another cluster
+    than ``cluster`` (when given).
+    """
     try:
         doc = json.loads(Path(file).read_text())
     except (OSError, ValueError) as e:
@@ -56,10 +62,17 @@ def read_export(file: str) -> dict[str, bytes]:
         raise AdminError(
             f"{file} is not a pyha export (format {EXPORT_FORMAT}, version {EXPORT_VERSION})", ExitCode.USAGE
         )
+    source = doc.get("cluster")
+    if cluster is not None and source != cluster:
+        raise AdminError(
+            f"{file} is an export of cluster '{source}', not of '{cluster}'"
+            " (use --other-cluster to import it)",
+            ExitCode.USAGE,
+        )
     out: dict[str, bytes] = {}
     for r in doc.get("records") or []:
         try:
-            name = check_name(str(r["name"]))
+            name = check_record_name(str(r["name"]))
             out[name] = base64.b64decode(str(r["data"]), validate=True)
         except (KeyError, TypeError, ValueError) as e:
             raise AdminError(f"{file}: bad record entry {r!r}: {e}", ExitCode.USAGE) from None

@@ -393,15 +393,18 @@ def export_cmd(directory: str, file: str) -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--force", is_flag=True, help="Delete records of the cluster that FILE does not have.")
-def import_cmd(directory: str, file: str, force: bool) -> None:
+@click.option("--other-cluster", is_flag=True, help="Import an export of a cluster with another name.")
+def import_cmd(directory: str, file: str, force: bool, other_cluster: bool) -> None:
     """Replace the records of the (stopped) cluster with those in FILE (from 'export').
 
     Every record of FILE is written as it is. Records the cluster has and FILE
-    has not make it refuse, unless --force (they are deleted). Leases are not
-    part of an export: the nodes take theirs when they start.
+    has not make it refuse, unless --force (they are deleted). An export of a
+    cluster with another name is refused unless --other-cluster. Every entry is
+    checked before anything is written. Leases are not part of an export: the
+    nodes take theirs when they start.
     """
     c = load(directory)
-    records = read_export(file)
+    records = read_export(file, None if other_cluster else c.cluster)
     if running_nodes(c):
         fail(f"stop the cluster first (running: {', '.join(running_nodes(c))})")
     deleted = import_records(c, records, file, force=force)

@@ -142,10 +142,23 @@ class Store(Protocol):
         ...
 
 
+# top-level names no backend accepts as records (the dir store keeps its leases in ``locks/``);
+# an export file naming one cannot be imported into any store
+RESERVED_NAMES: Final = ("locks",)
+
+
 def check_name(name: str) -> str:
     """Validate a record name; raise ValueError with the reason."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ValueError(f"invalid record name {name!r}")
+    return name
+
+
+def check_record_name(name: str) -> str:
+    """A name every backend stores as a record: valid and not in a reserved namespace."""
+    check_name(name)
+    if name.split("/", 1)[0] in RESERVED_NAMES:
+        raise ValueError(f"record name {name!r} is in the reserved '{name.split('/', 1)[0]}/' namespace")
     return name
 
 

@@ -101,7 +101,7 @@ def test_round_trip_dir_etcd_dir_byte_for_byte(tmp_path: Path, etcd: EtcdCluster
     run("cli.ha_cluster", "export", str(a.root), str(f1))
     b = init(tmp_path / "b", "--store", "etcd", "--endpoints", ",".join(etcd.endpoints()), "--name", "rt")
     assert b.store_kind == "etcd"
-    run("cli.ha_cluster", "import", str(b.root), str(f1))
+    run("cli.ha_cluster", "import", str(b.root), str(f1), "--other-cluster")  # pyha -> rt
     b_store = b.open_store()
     try:
         assert records(b_store) == original
@@ -110,7 +110,7 @@ def test_round_trip_dir_etcd_dir_byte_for_byte(tmp_path: Path, etcd: EtcdCluster
         b_store.close()
     run("cli.ha_cluster", "export", str(b.root), str(f2))
     c = init(tmp_path / "c")
-    run("cli.ha_cluster", "import", str(c.root), str(f2))
+    run("cli.ha_cluster", "import", str(c.root), str(f2), "--other-cluster")  # rt -> pyha
     run("cli.ha_cluster", "export", str(c.root), str(f3))
 
     # the same records in all three files, and the same bytes on disk in a and c
@@ -136,8 +136,18 @@ def test_import_refuses_to_mix_or_to_run_under_live_nodes(tmp_path: Path, etcd: 
     st = b.open_store()
     st.write("notes/only-in-b", b"x")
     st.close()
-    res = run("cli.ha_cluster", "import", str(b.root), str(f), code=1)
+    # an export of another cluster is refused, naming both (issue #10)
+    res = run("cli.ha_cluster", "import", str(b.root), str(f), code=2)
+    assert f"is an export of cluster '{a.cluster}', not of 'mix'" in res.stderr
+    res = run("cli.ha_cluster", "import", str(b.root), str(f), "--other-cluster", code=1)
     assert "notes/only-in-b" in res.stderr and "--force" in res.stderr
+    # a record no store accepts (the dir store's lease namespace) is refused before any write
+    doc = json.loads(f.read_text())
+    doc["records"].append({"name": "locks/ha_manager_lock", "data": ""})
+    with_lock = tmp_path / "with-lock.json"
+    with_lock.write_text(json.dumps(doc))
+    res = run("cli.ha_cluster", "import", str(b.root), str(with_lock), "--other-cluster", "--force", code=2)
+    assert "reserved 'locks/' namespace" in res.stderr and "Traceback" not in res.stderr
     # nothing was written by the refused import
     st = b.open_store()
     assert st.read("manager_status") is None
@@ -145,10 +155,10 @@ def test_import_refuses_to_mix_or_to_run_under_live_nodes(tmp_path: Path, etcd: 
     # a running node (here: a pid file naming a live process) refuses any import
     (b.run_dir("node1")).mkdir(parents=True, exist_ok=True)
     (b.run_dir("node1") / "ha-node.pid").write_text(f"{os.getpid()}\n")
-    res = run("cli.ha_cluster", "import", str(b.root), str(f), "--force", code=1)
+    res = run("cli.ha_cluster", "import", str(b.root), str(f), "--force", "--other-cluster", code=1)
     assert "stop the cluster first" in res.stderr
     (b.run_dir("node1") / "ha-node.pid").unlink()
-    run("cli.ha_cluster", "import", str(b.root), str(f), "--force")
+    run("cli.ha_cluster", "import", str(b.root), str(f), "--force", "--other-cluster")
     st = b.open_store()
     try:
         assert st.read("notes/only-in-b") is None
