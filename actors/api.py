@@ -205,10 +205,10 @@ class ApiActor(pykka.ThreadingActor):
             reply = ApiReply(req.request_id, False, error_result(e), str(e))
         except ConfigError as e:  # a stored config file the operation cannot use (e.g. not UTF-8)
             err = AdminError(str(e), ExitCode.REFUSED)
-            reply = ApiReply(req.request_id, False, error_result(err), str(e))
+            reply = ApiReply(req.request_id, False, error_result(err), str(err))
         except HaError as e:
             err = AdminError(str(e), ExitCode.UNREACHABLE)
-            reply = ApiReply(req.request_id, False, error_result(err), str(e))
+            reply = ApiReply(req.request_id, False, error_result(err), str(err))
         except Exception as e:  # a bug must answer, not hang the client
             self.log.opt(exception=e).error(f"api operation '{req.op}' failed: {e}")
             err = AdminError(f"internal error: {e}", ExitCode.FAILED)

@@ -40,6 +40,15 @@ REASONS: dict[int, str] = {
 }
 
 
+def one_line(text: str) -> str:
+    """``text`` with every character that is not printable (line breaks, line separators,
+    control characters) written as its escape: a message that quotes a user's value stays
+    one line whatever the value held (issue #10)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class AdminError(HaError):
     """A refused operation: one-line ``message``, exit ``code``, optional detail lines."""
 
@@ -50,7 +59,7 @@ class AdminError(HaError):
         details: Sequence[str] = (),
         reason: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(one_line(message))
         self.code = code
-        self.details = list(details)
+        self.details = [one_line(d) for d in details]
         self.reason = reason or REASONS.get(code, "failed")
