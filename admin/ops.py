@@ -273,6 +273,7 @@ class ApiOps:
         lines = status_lines(
             node=self.node, quorate=quorate, ms=ms, lrm=lrm, conf=conf, now=self.clock(),
             fmt_time=time.ctime, crs_mode=self._crs_mode(), config_errors=self._config_errors(errors),
+            node_states=True,
         )  # fmt: skip
         out: dict[str, Any] = {
             "node": self.node,

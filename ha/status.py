@@ -14,7 +14,7 @@ from typing import Any
 
 from ha.config.resources import ServiceConfig
 from ha.records import LrmStatus, ManagerStatus
-from ha.states import LrmMode, LrmState, RequestedState, ServiceState
+from ha.states import LrmMode, LrmState, NodeState, RequestedState, ServiceState
 from ha.tools import count_active_services
 
 FRESH_SECONDS = 30
@@ -99,12 +99,18 @@ def status_lines(
     fmt_time: Callable[[float], str],
     crs_mode: str = "basic",
     config_errors: Mapping[str, tuple[float | None, list[str]]] | None = None,
+    node_states: bool = False,
 ) -> list[StatusLine]:
     """The status lines in the reference's order (§8).
 
     ``config_errors`` (file -> (since, errors)) adds one ``config`` line per
     config file with errors after the quorum line (ours, issue #10: the
     reference has no such line; without errors the output is the reference's).
+
+    ``node_states`` (ours, issue #13; the live API sets it): while an active
+    master counts a node as not online (``unknown``, ``fence``, ``gone``), its
+    LRM line says so at once (``node2 (node unknown - dead?, ...)``) instead of
+    showing its last status as current until the reference's 30 s mark it old.
     """
     out: list[StatusLine] = []
     if quorate:
@@ -153,6 +159,14 @@ def status_lines(
             continue
         mode = ls.mode or LrmMode.ACTIVE
         fresh = _freshness(now, ls.timestamp)
+        node_state = ms.node_status.get(n)
+        if (
+            node_states
+            and master_active
+            and fresh == "active"
+            and node_state not in (None, NodeState.ONLINE, NodeState.MAINTENANCE)
+        ):
+            fresh = f"node {node_state} - dead?"
         if fresh == "active":
             if mode != LrmMode.ACTIVE:
                 st = f"{mode} mode"

@@ -128,3 +128,22 @@ def test_perl_pretty_json() -> None:
     assert perl_pretty_json({"b": [1, {"x": None}], "a": "s", "e": {}}) == (
         '{\n   "a" : "s",\n   "b" : [\n      1,\n      {\n         "x" : null\n      }\n   ],\n   "e" : {}\n}'
     )
+
+
+def test_live_status_shows_a_node_the_master_lost_at_once() -> None:
+    """Issue #13: the LRM line of a node the master counts as not online says so within a round."""
+    ms = ManagerStatus(
+        master_node="node1", timestamp=NOW - 1,
+        node_status={"node1": "online", "node2": "unknown", "node3": "fence"},
+    )  # fmt: skip
+    lrm = {n: LrmStatus("active", "active", NOW - 2) for n in ("node1", "node2", "node3")}
+    live = lines(ms=ms, lrm=lrm, conf=ServiceConfig(), node_states=True)
+    assert live[3:] == [
+        "lrm node1 (active, watchdog active, Wed Dec 31 23:59:58 2025)",
+        "lrm node2 (node unknown - dead?, watchdog standby, Wed Dec 31 23:59:58 2025)",
+        "lrm node3 (node fence - dead?, watchdog standby, Wed Dec 31 23:59:58 2025)",
+    ]
+    # the reference's rule (and the default): the last status counts until 30 s old
+    assert lines(ms=ms, lrm=lrm, conf=ServiceConfig())[4] == (
+        "lrm node2 (active, watchdog active, Wed Dec 31 23:59:58 2025)"
+    )
