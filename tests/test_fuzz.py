@@ -1,4 +1,4 @@
-"""The fuzzer (sim/fuzz.py, ``ha-sim fuzz``): seeds pass, every checker can fail, the shrinker works.
+"""The fuzzer (sim/fuzz/, ``ha-sim fuzz``): seeds pass, every checker can fail, the shrinker works.
 
 Mutants (monkeypatched faults in the simulated stack) prove the checks catch real
 safety bugs end to end, not only hand-made states.
