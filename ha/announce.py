@@ -98,9 +98,6 @@ class Announcer:
     node: str
     announced: dict[str, tuple[str, What]] = field(default_factory=dict)  # sid -> (uid, what)
 
-    def reset(self) -> None:
-        self.announced.clear()
-
     def after_write(self, ms: ManagerStatus) -> Announcement:
         """manager_status ``ms`` was written: what to announce (and remember it as announced)."""
         current: dict[str, tuple[str, What]] = {}
@@ -184,9 +181,6 @@ class Reporter:
 
     node: str
     reported: set[str] = field(default_factory=set)
-
-    def reset(self) -> None:
-        self.reported.clear()
 
     def take_new(self, results: Mapping[str, LrmResult]) -> list[tuple[str, LrmResult]]:
         """The results not seen at the previous write (and remember these as seen)."""

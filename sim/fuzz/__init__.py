@@ -26,6 +26,9 @@ Invariants (exact formulations and why they are sound: docs/fuzzing.md):
                            leaves ``fence`` only under that lock, and a service's configured
                            node changes only when it does not run on the old node;
 ``start-under-lock``       a node starts a guest only while holding its own unexpired agent lock;
+``announce``               what the nodes would announce on the bus (ha/announce.py): the master
+                           announces every changed request exactly once and no re-check; every
+                           new LRM result goes to the master unless it answers a re-check;
 ``liveness``               after healing, every ``started`` service runs on exactly its
                            configured node and is ``started``; ``stopped``/``disabled`` ones
                            run nowhere and are ``stopped``;
@@ -38,6 +41,7 @@ from sim.fuzz.driver import LIVENESS_BOUND, FuzzSummary, RunResult, fuzz, fuzz_o
 from sim.fuzz.generate import SERVICE_STATES, Case, GroupSpec, RuleSpec, generate_case
 from sim.fuzz.heal import STUCK_SHUTDOWN, Healer, cluster_healthy
 from sim.fuzz.invariants import (
+    ANNOUNCE,
     CRASH,
     FENCE_BEFORE_RECOVERY,
     INVARIANTS,
@@ -48,20 +52,24 @@ from sim.fuzz.invariants import (
     SINGLE_MASTER,
     START_UNDER_LOCK,
     Checker,
+    Told,
     Violation,
     ViolationFound,
     agent_lock,
+    check_announcement,
     check_fence_ack,
     check_fence_exit,
     check_liveness,
     check_location_change,
     check_manager_write,
+    check_report,
     check_single_location,
     check_starts,
     requested_state,
 )
 
 __all__ = [
+    "ANNOUNCE",
     "COMMANDS",
     "CRASH",
     "DELAY_BUDGET",
@@ -85,14 +93,17 @@ __all__ = [
     "RuleSpec",
     "RunResult",
     "ScheduleGenerator",
+    "Told",
     "Violation",
     "ViolationFound",
     "agent_lock",
+    "check_announcement",
     "check_fence_ack",
     "check_fence_exit",
     "check_liveness",
     "check_location_change",
     "check_manager_write",
+    "check_report",
     "check_single_location",
     "check_starts",
     "cluster_healthy",

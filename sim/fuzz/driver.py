@@ -134,7 +134,10 @@ def run_case(
     checker = Checker(lambda: holder[0])
     try:
         sim = Simulation(
-            case.scenario(), RunOptions(), out=checker.on_line, observer=Observer(checker.after_step)
+            case.scenario(),
+            RunOptions(),
+            out=checker.on_line,
+            observer=Observer(checker.after_step, checker.on_announce, checker.on_report),
         )
     except HaError as e:  # the simulator refuses the generated world: a generator bug
         rejected = Violation(NO_FATAL_ERROR, f"scenario rejected: {e}", 0)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ha.announce import Announcement, Announcer, ResultReport, What, answers_recheck, request_of
 from ha.constants import LOCK_TIMEOUT
-from ha.records import ManagerStatus, ServiceData
-from ha.states import CrmState
+from ha.records import LrmResult, ManagerStatus, ServiceData
+from ha.states import CrmState, ServiceState
 from sim.hardware import Hardware
 
 SINGLE_LOCATION = "single-location"
@@ -25,6 +26,7 @@ LIVENESS = "liveness"
 START_UNDER_LOCK = "start-under-lock"
 NO_FATAL_ERROR = "no-fatal-error"
 CRASH = "crash"
+ANNOUNCE = "announce"
 #: fatal simulator errors that are a limitation of the (reference) simulator's model, not of the
 #: HA stack: with ``strict`` off such a run counts as *inconclusive*, not as a failure
 KNOWN_LIMITATIONS = ("watchdog expired",)
@@ -34,6 +36,7 @@ INVARIANTS = (
     FENCE_BEFORE_RECOVERY,
     LIVENESS,
     START_UNDER_LOCK,
+    ANNOUNCE,
     NO_FATAL_ERROR,
     CRASH,
 )
@@ -196,6 +199,88 @@ def check_liveness(
     return errors
 
 
+@dataclass
+class Told:
+    """What one node process announced as master: the last request per service, and every UID."""
+
+    last: dict[str, What] = field(default_factory=dict)
+    uids: set[str] = field(default_factory=set)
+
+
+def check_announcement(told: Told, ms: ManagerStatus, ann: Announcement) -> list[str]:
+    """Invariant 6a, at a manager_status write: the commands its node announces (ha/announce.py).
+
+    Every request in ``ms`` is announced exactly once by the writing process, except a
+    re-check: a ``started`` request that differs from the last one announced for the
+    service only by its UID, which is never announced. A service that leaves
+    manager_status (or loses its UID) is forgotten. ``told`` is updated.
+    """
+    errors = []
+    now: dict[str, str] = {}
+    for c in ann.commands:
+        sd = ms.service_status.get(c.sid)
+        if sd is None or sd.uid != c.uid or request_of(sd) != c.what:
+            errors.append(
+                f"{ann.node} announced {c.sid} {c.what} ({c.uid}), which manager_status does not ask"
+            )
+        if c.uid in told.uids or c.sid in now:
+            errors.append(f"{ann.node} announced {c.sid}'s request {c.uid} twice")
+        elif c.state == ServiceState.STARTED and told.last.get(c.sid) == c.what:
+            errors.append(f"{ann.node} announced a re-check of {c.sid} ({c.uid}) to {c.destination}")
+        now[c.sid] = c.uid
+    for sid in sorted(ms.service_status):
+        sd = ms.service_status[sid]
+        what = request_of(sd)
+        if what is None:
+            told.last.pop(sid, None)
+            continue
+        if now.get(sid) == sd.uid:
+            told.last[sid] = what
+            continue
+        if sd.uid in told.uids:
+            continue  # announced at an earlier write
+        if sd.state == ServiceState.STARTED and told.last.get(sid) == what:
+            continue  # a re-check: the LRM finds it at its next tick
+        errors.append(f"{ann.node} did not announce {sid}'s request {what} ({sd.uid}) to {sd.node}")
+    told.uids.update(now.values())
+    for sid in set(told.last) - set(ms.service_status):
+        del told.last[sid]
+    return errors
+
+
+def check_report(
+    node: str, new: list[tuple[str, LrmResult]], ms: ManagerStatus, report: ResultReport
+) -> list[str]:
+    """Invariant 6b, at an lrm_status write with new results: every one reaches the master.
+
+    Each new result is sent to the master of ``ms`` (or wakes the local CRM when that
+    is this node) unless it answers a re-check: a successful ``started`` result for a
+    service the master counts as running on this node is held back, and only such one.
+    """
+    errors = []
+    sent = {r.uid: r for r in report.results}
+    held = set(report.held)
+    results = dict(new)
+    for uid in sorted((set(sent) | held) - set(results)):
+        errors.append(f"{node} announced result {uid}, which is no new result")
+    for uid, r in new:
+        if (uid in sent) == (uid in held):
+            errors.append(
+                f"{node}'s result {uid} ({r.sid}) is {'both sent and held' if uid in held else 'lost'}"
+            )
+        elif uid in held and not answers_recheck(r, ms, node):
+            errors.append(
+                f"{node} held back result {uid} ({r.sid} {r.state} {r.exit_code}), no re-check's answer"
+            )
+        elif uid in sent and answers_recheck(r, ms, node):
+            errors.append(f"{node} sent result {uid} answering a re-check of {r.sid}")
+        elif uid in sent and sent[uid].destination != ms.master_node:
+            errors.append(
+                f"{node} sent result {uid} to {sent[uid].destination}, the master is {ms.master_node}"
+            )
+    return errors
+
+
 # -- the checker ------------------------------------------------------------------------------
 
 
@@ -227,6 +312,8 @@ class Checker:
         # set by the batch feed: the next step applies commands (``service add ... 1`` may mark a
         # guest running without any daemon involved)
         self.batch_applied = False
+        # per node process (its Announcer): what it announced as master (invariant 6a)
+        self.told: dict[int, tuple[Announcer, Told]] = {}
 
     def fail(self, invariant: str, errors: list[str]) -> None:
         if errors:
@@ -248,6 +335,20 @@ class Checker:
         ss = manager.ss if manager is not None else {}
         self.stats["fencings"] += 1
         self.fail(FENCE_BEFORE_RECOVERY, check_fence_ack(ack.group(1), master, hw.locks, hw.running, ss))
+
+    def on_announce(self, announcer: Announcer, ms: ManagerStatus, ann: Announcement) -> None:
+        # keyed by the Announcer (one per node process), which is kept so its id stays unique
+        _, told = self.told.setdefault(id(announcer), (announcer, Told()))
+        self.stats["commands announced"] += len(ann.commands)
+        self.stats["re-checks not announced"] += len(ann.rechecks)
+        self.fail(ANNOUNCE, check_announcement(told, ms, ann))
+
+    def on_report(
+        self, node: str, new: list[tuple[str, LrmResult]], ms: ManagerStatus, report: ResultReport
+    ) -> None:
+        self.stats["results announced"] += len(report.results)
+        self.stats["re-check answers held"] += len(report.held)
+        self.fail(ANNOUNCE, check_report(node, new, ms, report))
 
     def after_step(self, hw: Hardware) -> None:
         self.steps += 1
