@@ -84,6 +84,7 @@ from bus.transport import Transport, TransportConfig
 from fence.device import device_problem
 from fence.kill import NodeKiller
 from fence.procfs import read_pid_file
+from ha.announce import Announcer, Reporter, route_results
 from ha.env import ResourcePlugin
 from ha.errors import HaError
 from ha.records import LrmStatus, ManagerStatus
@@ -153,9 +154,8 @@ class NodeRuntime:
         self.exit_code = 0
         self._lock = threading.Lock()
         self.watchdog_proc: subprocess.Popen[bytes] | None = None
-        self.announced: dict[str, str] = {}  # sid -> uid last sent to its LRM
-        self.announced_what: dict[str, tuple[object, ...]] = {}  # sid -> (state, node, target, params)
-        self.reported: set[str] = set()  # result uids already sent to the master
+        self.announcer = Announcer(node)  # what this node announced to the LRMs (as master)
+        self.reporter = Reporter(node)  # which of its LRM's results it announced
         self.master: str | None = None
         self._told_quorate: bool | None = None
         self._told_quorate_once = False
@@ -393,69 +393,38 @@ class NodeRuntime:
 
     # -- records -> bus (written first, then announced) --------------------------------
     def _announce_commands(self, ms: ManagerStatus) -> None:
-        """After the master wrote manager_status: send each changed request to its node.
+        """After the master wrote manager_status: deliver what the core says to announce.
 
-        A ``started`` request that differs from the last one only by its UID is the
-        master's periodic re-check (it re-issues the request after every result so
-        the LRM checks the service again, §5 "started"). That one is not sent: the
-        LRM finds it in manager_status at its next tick. Sending it would make the
-        master and the LRM wake each other in a tight loop (result -> new UID ->
-        command -> result ...), one round trip after the other, instead of one
-        re-check per tick.
+        The decision (changed requests are sent, re-checks are not) is
+        :class:`ha.announce.Announcer`'s; this only delivers it.
         """
         with contextlib.suppress(pykka.ActorDeadError):
             # a snapshot: ``ms`` is the master's live object, changed by its next round
             self.api.tell(ApiStatusWritten(ms.copy()))  # exact event stream: every write, no merging
-        current: dict[str, str] = {}
-        what_now: dict[str, tuple[object, ...]] = {}
-        for sid, sd in ms.service_status.items():
-            if not sd.uid or not sd.node:
-                continue
-            current[sid] = sd.uid
-            params = {k: v for k, v in (("timeout", sd.timeout),) if v is not None}
-            what = (sd.state, sd.node, sd.target, tuple(sorted(params.items())))
-            what_now[sid] = what
-            if self.announced.get(sid) == sd.uid:
-                continue
-            cmd = ServiceCommand(sid, sd.uid, sd.state, sd.node, sd.target, params)
-            old = self.announced.get(sid)
-            if old is not None:
-                self.outbox.ack(old)  # superseded: stop re-sending it
-                if sd.state == "started" and self.announced_what.get(sid) == what:
-                    continue  # a re-check: picked up at the LRM's next tick
-            if sd.node == self.node:
-                self.lrm_waker.poke()
-            else:
-                self.outbox.put(sd.node, sd.uid, cmd)
-        self.announced = current
-        self.announced_what = what_now
+        out = self.announcer.after_write(ms)
+        for uid in out.superseded:
+            self.outbox.ack(uid)  # superseded: stop re-sending it
+        for c in out.to_send():
+            self.outbox.put(
+                c.destination, c.uid, ServiceCommand(c.sid, c.uid, c.state, c.node, c.target, dict(c.params))
+            )
+        if out.wake_lrm:
+            self.lrm_waker.poke()
 
     def _report_results(self, status: LrmStatus) -> None:
-        """After this LRM wrote lrm_status: send new results to the master.
-
-        A successful ``started`` result for a service the master already counts
-        as running is the answer to a re-check: it needs no quick reaction (the
-        master only re-issues the re-check), so it is not sent; the master reads
-        lrm_status every round anyway.
-        """
-        new = [(uid, r) for uid, r in status.results.items() if uid not in self.reported]
-        self.reported = set(status.results)
+        """After this LRM wrote lrm_status: deliver its new results (:func:`ha.announce.route_results`)."""
+        new = self.reporter.take_new(status.results)
         if not new:
             return
         ms: ManagerStatus | None = None
         with contextlib.suppress(HaError):
             ms = read_manager_status(self.store)[0]
-        ms_master = ms.master_node if ms is not None else None
-        for uid, r in new:
-            if r.state == "started" and r.exit_code == 0 and ms is not None:
-                sd = ms.service_status.get(r.sid)
-                if sd is not None and sd.running and sd.node == self.node:
-                    continue  # a re-check's answer
-            msg = CommandResult(r.sid, uid, r.exit_code)
-            if ms_master is None or ms_master == self.node:
-                self.crm_waker.poke()
-            else:
-                self.outbox.put(ms_master, uid, msg)
+        out = route_results(self.node, new, ms)
+        for r in out.to_send():
+            assert r.destination is not None
+            self.outbox.put(r.destination, r.uid, CommandResult(r.sid, r.uid, r.exit_code))
+        if out.wake_crm:
+            self.crm_waker.poke()
 
     # -- quorum ----------------------------------------------------------------------
     def quorate(self) -> bool:

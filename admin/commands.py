@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from admin.configfiles import check_node, normalize_sid, read_config, read_rules
 from admin.errors import AdminError, ExitCode
 from ha.config.crm_commands import parse_crm_command
+from ha.motion import check_motion
 from ha.records import ManagerStatus
 from ha.rules import compile_rules, transform
 from ha.states import NodeState, RequestedState, ServiceState
@@ -24,28 +25,18 @@ class Motion:
 
 
 def motion_info(store: Store, task: str, sid: str, node: str, nodes: list[str]) -> Motion:
-    """Positive partners that move along, negative partners that block ``node`` (§5.6)."""
+    """Positive partners that move along, negative partners that block ``node`` (§5.6).
+
+    The master's own checks (ha/motion.py), on the records it reads: what the CRM
+    will do with the command, said before it is queued.
+    """
     ms, _ = rec.read_manager_status(store)
     rules, _ = read_rules(store)
+    conf, _ = read_config(store)
     known = sorted(set(nodes) | set(ms.node_status))
     transform(rules, known)
-    compiled = compile_rules(rules, known)
-    motion = Motion(f"{task} {sid} {node}")
-    for csid in sorted(compiled.positive.get(sid, ())):
-        sd = ms.service_status.get(csid)
-        if sd is None or sd.state == "ignored":
-            continue
-        motion.comigrated.append(csid)
-    for csid in sorted(compiled.negative.get(sid, ())):
-        sd = ms.service_status.get(csid)
-        if sd is None or sd.state == "ignored":
-            continue
-        if sd.node and sd.node != node:
-            continue
-        if sd.target and sd.target != node:
-            continue
-        motion.blocking.append(csid)
-    return motion
+    check = check_motion(compile_rules(rules, known), ms.service_status, conf, sid, node)
+    return Motion(f"{task} {sid} {node}", check.comigrated, check.blocking)
 
 
 def _check_service_takes_commands(kind: str, sid: str, ms: ManagerStatus) -> None:

@@ -27,6 +27,7 @@ from ha.constants import (
 from ha.env import Env
 from ha.errors import HaError
 from ha.groups import add_group_rules, apply_group_failback, version_at_least
+from ha.motion import check_motion
 from ha.node_status import NodeStatus
 from ha.placement import Preference, select_service_node
 from ha.records import LrmResult, ManagerStatus, ServiceData
@@ -465,37 +466,26 @@ class Manager:
         return None
 
     def queue_resource_motion(self, line: str, task: str, sid: str, target: str) -> None:
-        """§5.6 *queue motion*: check negative affinity, comigrate positive partners."""
+        """§5.6 *queue motion*: check negative affinity, comigrate positive partners (ha/motion.py)."""
         env = self.env
-        rules = self.rules or CompiledRules()
-        for csid in sorted(rules.negative.get(sid, ())):
-            csd = self.ss.get(csid)
-            if csd is None:
-                continue
-            node_ok = bool(csd.node) and csd.node != target
-            target_ok = csd.target is not None and csd.target != target
-            if not (node_ok or target_ok):
-                env.log(
-                    "err",
-                    f"crm command '{line}' error - service '{csid}' on node '{target}' in negative "
-                    f"affinity with service '{sid}'",
-                )
-                return
+        motion = check_motion(self.rules or CompiledRules(), self.ss, self.sc, sid, target)
+        if motion.blocking:
+            csid = motion.blocking[0]
+            env.log(
+                "err",
+                f"crm command '{line}' error - service '{csid}' on node '{target}' in negative "
+                f"affinity with service '{sid}'",
+            )
+            return
         env.log("info", f"got crm command: {line}")
         self.ss[sid].cmd = [task, target]
-        for csid in sorted(rules.positive.get(sid, ())):
-            csd = self.ss.get(csid)
-            cd = self.sc.get(csid)
-            if csd is None or cd is None or cd.state == RequestedState.IGNORED:
-                continue
-            if target in (csd.node, csd.target):
-                continue
+        for csid in motion.comigrated:
             env.log(
                 "info",
                 f"crm command '{line}' - {task} service '{csid}' to node '{target}' "
                 f"(service '{csid}' in positive affinity with service '{sid}')",
             )
-            csd.cmd = [task, target]
+            self.ss[csid].cmd = [task, target]
 
     # -- state handlers (§5.7) -------------------------------------------------
 

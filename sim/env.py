@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ha.announce import Announcement, Announcer, Reporter, ResultReport, route_results
 from ha.config.datacenter import DatacenterConfig
 from ha.config.groups import GroupConfig
 from ha.config.resources import ServiceConfig
 from ha.config.rules import RulesConfig
 from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import CfsError, SimulationError
-from ha.records import LrmStatus, ManagerStatus
+from ha.records import LrmResult, LrmStatus, ManagerStatus
 from sim.logfmt import format_line
 
 if TYPE_CHECKING:
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
 
 # The reference dies when one daemon iteration "sleeps" longer than this.
 MAX_LOOP_DELAY = 300
+
+AnnounceHook = Callable[[Announcer, ManagerStatus, Announcement], None]
+ReportHook = Callable[[str, list[tuple[str, LrmResult]], ManagerStatus, ResultReport], None]
 
 
 class SimEnv:
@@ -32,6 +37,13 @@ class SimEnv:
         self.loop_delay = 0
         # set by the runner for big-cluster runs: keep going past the reference's limit
         self.loop_delay_limit: int | None = MAX_LOOP_DELAY
+        # The node's bus announcements (ha/announce.py), decided as in the runtime after every
+        # write; nothing is delivered (the daemons read the records), the hooks only check them.
+        # One per node process: the runner replaces them when the node is powered off.
+        self.announcer = Announcer(node)
+        self.reporter = Reporter(node)
+        self.on_announce: AnnounceHook | None = None
+        self.on_report: ReportHook | None = None
 
     # -- identity, time, log ------------------------------------------------
 
@@ -111,6 +123,9 @@ class SimEnv:
     def write_manager_status(self, ms: ManagerStatus) -> None:
         self._assert_cfs_rw()
         self.hardware.write_manager_status(ms)
+        announcement = self.announcer.after_write(ms)
+        if self.on_announce is not None:
+            self.on_announce(self.announcer, self.hardware.manager_status, announcement)
 
     def read_lrm_status(self, node: str) -> LrmStatus:
         self._assert_cfs_rw()
@@ -119,6 +134,12 @@ class SimEnv:
     def write_lrm_status(self, status: LrmStatus) -> None:
         self._assert_cfs_rw()
         self.hardware.write_lrm_status(self.node, status)
+        new = self.reporter.take_new(status.results)
+        if new:
+            ms = self.hardware.manager_status
+            report = route_results(self.node, new, ms)
+            if self.on_report is not None:
+                self.on_report(self.node, new, ms, report)
 
     def read_crm_commands(self) -> str:
         self._assert_cfs_rw()

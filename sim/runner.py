@@ -12,10 +12,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ha.announce import Announcer, Reporter
 from ha.crm import CRM
 from ha.errors import HaError, SimulationError
 from ha.lrm import LRM
-from sim.env import SimEnv
+from sim.env import AnnounceHook, ReportHook, SimEnv
 from sim.hardware import Hardware
 from sim.scenario import Scenario
 
@@ -40,6 +41,8 @@ class Observer:
     """Hooks for invariant checkers (the fuzzer): called after every daemon step."""
 
     after_step: Callable[[Hardware], None] | None = None
+    announced: AnnounceHook | None = None  # after every manager_status write, with what is announced
+    reported: ReportHook | None = None  # after every lrm_status write with new results
 
 
 class Simulation:
@@ -62,6 +65,10 @@ class Simulation:
         self.skip_crm = 0
         self.skip_lrm = 0
         self.observer = observer or Observer()
+        for env in self.crm_envs.values():
+            env.on_announce = self.observer.announced
+        for env in self.lrm_envs.values():
+            env.on_report = self.observer.reported
         self.rounds = 0
 
     # -- daemon control ---------------------------------------------------------
@@ -111,6 +118,9 @@ class Simulation:
                         node.lrm = None
                     hw.watchdog_reset(node.name)
                     hw.running[node.name] = {}
+                    # a new process after power-on: it has announced nothing yet
+                    self.crm_envs[node.name].announcer = Announcer(node.name)
+                    self.lrm_envs[node.name].reporter = Reporter(node.name)
             node.power = node.network = action
             node.shutdown = None
         elif cmd == "network":

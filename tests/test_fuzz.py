@@ -1,4 +1,4 @@
-"""The fuzzer (sim/fuzz.py, ``ha-sim fuzz``): seeds pass, every checker can fail, the shrinker works.
+"""The fuzzer (sim/fuzz/, ``ha-sim fuzz``): seeds pass, every checker can fail, the shrinker works.
 
 Mutants (monkeypatched faults in the simulated stack) prove the checks catch real
 safety bugs end to end, not only hand-made states.
@@ -13,13 +13,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import sim.env
 import sim.hardware
+from ha.announce import Announcement, Announcer, Command, ResultMessage, ResultReport, request_of
 from ha.crm import CRM
 from ha.manager import Manager
-from ha.records import ManagerStatus, ServiceData
+from ha.records import LrmResult, ManagerStatus, ServiceData
 from sim.cli import main
 from sim.env import SimEnv
 from sim.fuzz import (
+    ANNOUNCE,
     FENCE_BEFORE_RECOVERY,
     LIVENESS,
     NO_FATAL_ERROR,
@@ -29,12 +32,15 @@ from sim.fuzz import (
     Case,
     Checker,
     RunResult,
+    Told,
     ViolationFound,
+    check_announcement,
     check_fence_ack,
     check_fence_exit,
     check_liveness,
     check_location_change,
     check_manager_write,
+    check_report,
     check_single_location,
     check_starts,
     fuzz,
@@ -67,7 +73,16 @@ def test_schedules_exercise_fencing_recovery_and_moves() -> None:
     stats: Counter[str] = Counter()
     for seed in range(1, 41):
         stats.update(fuzz_one(seed).stats)
-    for key in ("fencings", "recoveries", "moves", "manager writes"):
+    for key in (
+        "fencings",
+        "recoveries",
+        "moves",
+        "manager writes",
+        "commands announced",
+        "re-checks not announced",
+        "results announced",
+        "re-check answers held",
+    ):
         assert stats[key] > 0, stats
 
 
@@ -167,6 +182,64 @@ def test_liveness() -> None:
     assert check_liveness(config, good_running, {**ss, "vm:2": sd("request_stop", "node2")})
 
 
+def _ms(**entries: ServiceData) -> ManagerStatus:
+    return ManagerStatus(
+        master_node="node1", service_status={k.replace("_", ":"): v for k, v in entries.items()}
+    )
+
+
+def _cmd(sid: str, s: ServiceData) -> Command:
+    what = request_of(s)
+    assert what is not None and s.uid is not None
+    return Command(sid, s.uid, *what)
+
+
+def test_announcement() -> None:
+    told = Told()
+    first = ServiceData(state="started", node="node2", uid="u1")
+    assert check_announcement(told, _ms(vm_1=first), Announcement("node1", (_cmd("vm:1", first),))) == []
+    recheck = ServiceData(state="started", node="node2", uid="u2")
+    # the re-check is not announced: fine; announced: a violation
+    assert (
+        check_announcement(Told(dict(told.last), set(told.uids)), _ms(vm_1=recheck), Announcement("node1"))
+        == []
+    )
+    errors = check_announcement(
+        Told(dict(told.last), set(told.uids)),
+        _ms(vm_1=recheck),
+        Announcement("node1", (_cmd("vm:1", recheck),)),
+    )
+    assert errors == ["node1 announced a re-check of vm:1 (u2) to node2"]
+    # a changed request must be announced, once
+    stop = ServiceData(state="request_stop", node="node2", uid="u3")
+    assert check_announcement(
+        Told(dict(told.last), set(told.uids)), _ms(vm_1=stop), Announcement("node1")
+    ) == ["node1 did not announce vm:1's request ('request_stop', 'node2', None, ()) (u3) to node2"]
+    assert check_announcement(told, _ms(vm_1=first), Announcement("node1", (_cmd("vm:1", first),))) == [
+        "node1 announced vm:1's request u1 twice"
+    ]
+    # a command manager_status does not ask for
+    assert check_announcement(Told(), _ms(), Announcement("node1", (_cmd("vm:1", first),)))
+
+
+def test_report() -> None:
+    ms = _ms(vm_1=ServiceData(state="started", node="node2", uid="u1", running=True))
+    ok = LrmResult("vm:1", "started", 0)
+    assert check_report("node2", [("r1", ok)], ms, ResultReport("node2", held=("r1",))) == []
+    assert check_report(
+        "node2", [("r1", ok)], ms, ResultReport("node2", (ResultMessage("vm:1", "r1", 0, "node1"),))
+    )
+    failed = LrmResult("vm:1", "started", 1)
+    sent = ResultReport("node2", (ResultMessage("vm:1", "r1", 1, "node1"),))
+    assert check_report("node2", [("r1", failed)], ms, sent) == []
+    assert check_report("node2", [("r1", failed)], ms, ResultReport("node2", held=("r1",)))  # held wrongly
+    assert check_report("node2", [("r1", failed)], ms, ResultReport("node2"))  # lost
+    wrong = ResultReport("node2", (ResultMessage("vm:1", "r1", 1, "node3"),))
+    assert check_report("node2", [("r1", failed)], ms, wrong) == [
+        "node2 sent result r1 to node3, the master is node1"
+    ]
+
+
 def test_checker_on_a_hardware_state() -> None:
     """The step observer itself, on a live Hardware whose running table was tampered with."""
     case = generate_case(3)
@@ -240,6 +313,52 @@ def test_mutant_never_unfreezing_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(Manager, "next_state_freeze", lambda self, sid, cd, sd, res: None)
     result = _first_failure(range(1, 60))
     assert result.violation is not None and result.violation.invariant == LIVENESS
+
+
+def test_mutant_announcing_rechecks_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A master that sends every new UID, re-checks included (the tight loop ha/announce.py avoids)."""
+    original = Announcer.after_write
+
+    def announce_all(self: Announcer, ms: ManagerStatus) -> Announcement:
+        out = original(self, ms)
+        extra = tuple(_cmd(sid, ms.service_status[sid]) for sid in out.rechecks)
+        return Announcement(out.node, out.commands + extra, out.superseded)
+
+    monkeypatch.setattr(Announcer, "after_write", announce_all)
+    result = _first_failure(range(1, 5))
+    assert result.violation is not None and result.violation.invariant == ANNOUNCE
+    assert "announced a re-check" in result.violation.message
+
+
+def test_mutant_not_waking_the_own_lrm_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Announcer.after_write
+
+    def remote_only(self: Announcer, ms: ManagerStatus) -> Announcement:
+        out = original(self, ms)
+        return Announcement(out.node, out.to_send(), out.superseded, out.rechecks)
+
+    monkeypatch.setattr(Announcer, "after_write", remote_only)
+    result = _first_failure(range(1, 5))
+    assert result.violation is not None and result.violation.invariant == ANNOUNCE
+    assert "did not announce" in result.violation.message
+
+
+def test_mutant_holding_back_started_results_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An LRM side that treats every successful start as a re-check's answer."""
+
+    def hold_started(node: str, new: list[tuple[str, LrmResult]], ms: ManagerStatus | None) -> ResultReport:
+        held = tuple(uid for uid, r in new if r.state == "started" and r.exit_code == 0)
+        sent = tuple(
+            ResultMessage(r.sid, uid, r.exit_code, ms.master_node if ms else None)
+            for uid, r in new
+            if uid not in held
+        )
+        return ResultReport(node, sent, held)
+
+    monkeypatch.setattr(sim.env, "route_results", hold_started)
+    result = _first_failure(range(1, 5))
+    assert result.violation is not None and result.violation.invariant == ANNOUNCE
+    assert "no re-check's answer" in result.violation.message
 
 
 # -- shrinking and counterexample folders ------------------------------------------------------------
