@@ -217,8 +217,8 @@ class LiveCluster:
     def partition(self, node: str) -> None:
         self.cli("cli.ha_cluster", "partition", str(self.dir), node)
 
-    def heal(self, node: str) -> None:
-        self.cli("cli.ha_cluster", "heal", str(self.dir), node)
+    def heal(self, node: str) -> str:
+        return self.cli("cli.ha_cluster", "heal", str(self.dir), node).stdout
 
     def close(self) -> None:
         if not (self.dir / "cluster.json").exists():

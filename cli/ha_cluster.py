@@ -171,6 +171,13 @@ def init(
     )
     for line in cluster_init.summary(cluster_init.create(p)):
         click.echo(line)
+    if count == 2:
+        # issue #13: a majority of 2 is 2, so losing either node stops the whole cluster
+        click.echo(
+            "warning: a 2-node cluster has no majority once one node is lost: every node fences itself;"
+            " use 3 nodes (or more) to survive a failure",
+            err=True,
+        )
 
 
 @main.command()
@@ -292,11 +299,16 @@ def partition(directory: str, node: str) -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("node")
 def heal(directory: str, node: str) -> None:
-    """Reconnect NODE."""
+    """Reconnect NODE (and say what it needs next)."""
     c = load(directory)
     check_nodes(c, [node])
     netns_mod.heal(network_of(c), node)
-    click.echo(f"{node} healed")
+    if node_pid(c, node) is None:
+        # a node cut off longer than its lease fenced itself and exited (issue #13)
+        click.echo(f"{node} reconnected; its ha-node is not running (it fenced itself): start it with"
+                   f" 'ha-cluster up {c.root} {node}'")  # fmt: skip
+    else:
+        click.echo(f"{node} reconnected and running")
 
 
 @main.command("etcd-kill")

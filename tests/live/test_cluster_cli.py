@@ -48,3 +48,10 @@ def test_ha_node_refuses_a_bad_store_override(tmp_path: Path) -> None:
     assert res.stderr.strip().splitlines() == [
         "ha-node: --store: store must be 'dir' or an etcd://host:port,.../cluster URL, got 'zk://nowhere'"
     ]
+
+
+def test_init_warns_that_two_nodes_cannot_survive_a_failure(tmp_path: Path) -> None:
+    res = run("cli.ha_cluster", "init", str(tmp_path / "two"), "--nodes", "2", "--no-curve")
+    assert "warning: a 2-node cluster has no majority once one node is lost" in res.stderr
+    res = run("cli.ha_cluster", "init", str(tmp_path / "three"), "--nodes", "3", "--no-curve")
+    assert "warning" not in res.stderr

@@ -192,7 +192,8 @@ def test_network_partition_minority_fences_itself_majority_recovers(tmp_path: Pa
         ms = c.manager_status()
         assert ms.master_node in ("node1", "node2")
         assert "quorum lost" not in c.log("node1") and "quorum lost" not in c.log("node2")
-        c.heal("node3")
+        # heal says what the fenced node needs next (issue #13)
+        assert "its ha-node is not running (it fenced itself): start it with" in c.heal("node3")
         c.up("node3")
         wait_for(lambda: c.manager_status().node_status.get("node3") == "online", 30, "node3 to rejoin")
         assert c.overlaps() == []
