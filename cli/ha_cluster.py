@@ -2,6 +2,7 @@
 
     ha-cluster init DIR --nodes 3         membership, CURVE keys, empty config, store
         [--store dir|etcd] [--endpoints H:P,...] [--netns]
+        [--etcd-ca F --etcd-cert F --etcd-key F | --insecure]   TLS to etcd (docs/ETCD.md)
     ha-cluster up DIR [NODE...]           start node processes (all by default)
     ha-cluster down DIR                   orderly shutdown of every node (and local etcd)
     ha-cluster stop DIR NODE [--kind K]   orderly stop of one node (shutdown|reboot|restart)
@@ -19,7 +20,10 @@ network namespace (peers and clients on the node's namespace address),
 started by ``init``/``up`` and stopped by ``down``/``destroy``: data in
 ``DIR/etcd/<node>.etcd``, logs in ``DIR/logs/<node>.etcd.log``, pid files in
 ``DIR/run/<node>/etcd.pid``. A partition then cuts a node and its etcd
-member off together.
+member off together. etcd is spoken to over TLS with a client certificate only:
+``init`` makes the local members' CA and certificates in ``DIR/etcd-tls``; an
+etcd the operator runs needs ``--etcd-ca/--etcd-cert/--etcd-key`` (or, plain
+http, ``--insecure``).
 
 Exit codes: 0 ok, 1 operation failed, 2 bad input.
 
@@ -136,6 +140,13 @@ def main() -> None:
     "--store-timeout", type=click.FloatRange(min=0.05), default=DEFAULT_ETCD_TIMEOUT, show_default=True,
     help="Seconds every etcd call of a node may take.",
 )  # fmt: skip
+@click.option("--etcd-ca", type=click.Path(dir_okay=False), help="CA certificate of an etcd you run (TLS).")
+@click.option("--etcd-cert", type=click.Path(dir_okay=False), help="Client certificate for that etcd.")
+@click.option("--etcd-key", type=click.Path(dir_okay=False), help="Key of the client certificate.")
+@click.option(
+    "--insecure", is_flag=True,
+    help="Talk plain http to etcd, no certificates (refused otherwise; docs/ETCD.md \"TLS\").",
+)  # fmt: skip
 def init(
     directory: str,
     count: int,
@@ -149,6 +160,10 @@ def init(
     store_kind: str,
     endpoints: str | None,
     store_timeout: float,
+    etcd_ca: str | None,
+    etcd_cert: str | None,
+    etcd_key: str | None,
+    insecure: bool,
     watchdog: str,
 ) -> None:
     """Create a cluster in DIRECTORY."""
@@ -166,6 +181,10 @@ def init(
         store_kind=store_kind,
         endpoints=endpoints,
         store_timeout=store_timeout,
+        etcd_ca=etcd_ca,
+        etcd_cert=etcd_cert,
+        etcd_key=etcd_key,
+        insecure=insecure,
     )
     for line in cluster_init.summary(cluster_init.create(p)):
         click.echo(line)
