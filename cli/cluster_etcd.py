@@ -33,7 +33,7 @@ from store.etcd_launch import (
     member_status,
     stop_order,
 )
-from store.etcd_tls import client_context
+from store.etcd_tls import TlsError, client_context, renew_cluster_pki
 
 if TYPE_CHECKING:
     import ssl
@@ -155,3 +155,22 @@ def stop_etcd(c: ClusterConfig, nodes: Iterable[str] | None = None, *, graceful:
             wait_gone([pid], 5)
     for n in todo:
         c.etcd_pid_file(n).unlink(missing_ok=True)
+
+
+def renew_certs(c: ClusterConfig) -> list[str]:
+    """New member and client certificates from the cluster's CA (docs/ETCD.md "Rotation");
+    the running members that do not answer the new client certificate (should be none).
+
+    Members load their certificate at each new connection, nodes theirs when they start; the
+    old certificates stay valid until they expire (same CA), so nothing has to restart.
+    """
+    e = local_etcd(c)
+    if not e.tls:
+        raise AdminError("this cluster's etcd members run without TLS (init --insecure)", ExitCode.USAGE)
+    try:
+        renew_cluster_pki(c.etcd_tls_dir, c.cluster, {n: m.host for n, m in e.members.items()})
+    except (TlsError, OSError) as err:
+        raise AdminError(f"cannot renew the etcd certificates: {err}", ExitCode.FAILED) from None
+    ctx = status_context(c)
+    running = [n for n in sorted(e.members) if etcd_pid(c, n) is not None]
+    return [n for n in running if member_status(e.members[n], timeout=2.0, context=ctx) is None]

@@ -9,6 +9,7 @@
     ha-cluster kill DIR NODE [--with-etcd]  SIGKILL of the node's whole process tree
     ha-cluster partition|heal DIR NODE    cut a node (and its etcd member) off / reconnect
     ha-cluster etcd-kill|etcd-start DIR NODE...   only the nodes' etcd members
+    ha-cluster etcd-renew-certs DIR       new etcd member/client certificates (same CA)
     ha-cluster export DIR FILE / import DIR FILE  every record, between dir and etcd clusters
     ha-cluster status DIR                 which node processes run
     ha-cluster destroy DIR                stop everything, remove namespaces
@@ -51,6 +52,7 @@ from cli.cluster_etcd import (
     etcd_log_tail,
     etcd_pid,
     local_etcd,
+    renew_certs,
     start_etcd,
     stop_etcd,
     wait_etcd_serving,
@@ -347,6 +349,21 @@ def etcd_start(directory: str, nodes: tuple[str, ...], timeout: float) -> None:
         tails = "".join(f"\n--- {n}:\n{etcd_log_tail(c, n)}" for n in late)
         fail(f"etcd member(s) of {' '.join(late)} not serving after {timeout:g}s{tails}")
     click.echo(f"etcd member(s) of {' '.join(todo)} running")
+
+
+@main.command("etcd-renew-certs")
+@click.argument("directory", type=click.Path(file_okay=False))
+def etcd_renew_certs(directory: str) -> None:
+    """New certificates for the cluster's etcd members and client, from its CA (nothing stops).
+
+    Members use theirs from their next connection on; nodes and tools theirs when they
+    next start. The old ones stay valid until they expire (docs/ETCD.md "Rotation").
+    """
+    c = load(directory)
+    silent = renew_certs(c)
+    if silent:
+        fail(f"renewed, but etcd member(s) of {' '.join(silent)} do not answer the new client certificate")
+    click.echo(f"etcd certificates renewed in {c.etcd_tls_dir} (CA kept)")
 
 
 @main.command()

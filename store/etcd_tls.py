@@ -142,7 +142,8 @@ def san_entries(hosts: Iterable[str]) -> list[str]:
 def issue(
     folder: Path, name: str, *, common_name: str, hosts: Iterable[str] = (), server: bool = False
 ) -> TlsFiles:
-    """``folder/<name>.pem`` and ``.key``, signed by the CA in ``folder``.
+    """``folder/<name>.pem`` and ``.key``, signed by the CA in ``folder`` (new, or replacing
+    the ones there: a renewal).
 
     ``server``: usable for both ends of a TLS connection (an etcd member: client port and
     peers), with ``hosts`` as subject alternative names; else a client certificate.
@@ -160,14 +161,18 @@ def issue(
     sans = san_entries(hosts)
     if sans:
         ext.append(f"subjectAltName={','.join(sans)}")
-    with tempfile.TemporaryDirectory(prefix="pyha-tls-") as tmp:
-        csr, extfile = Path(tmp) / "req.csr", Path(tmp) / "ext.cnf"
+    # made aside and moved in (key, then certificate): a running member reloads its certificate
+    # at every new connection (etcd >= 3.2), so renewing in place never shows it a half-written file
+    with tempfile.TemporaryDirectory(prefix=".new-", dir=folder) as tmp:
+        t = Path(tmp)
+        new = TlsFiles(ca.cert, t / files.cert.name, t / files.key.name)
+        csr, extfile = t / "req.csr", t / "ext.cnf"
         extfile.write_text("\n".join(ext) + "\n")
         _openssl(
             [
                 "req", "-new", "-nodes",
                 "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-keyout", str(files.key), "-out", str(csr), "-subj", f"/CN={_subject(common_name)}",
+                "-keyout", str(new.key), "-out", str(csr), "-subj", f"/CN={_subject(common_name)}",
             ],
             folder,
         )  # fmt: skip
@@ -175,11 +180,13 @@ def issue(
             [
                 "x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key),
                 "-set_serial", f"0x{secrets.token_hex(16)}", "-days", str(CERT_DAYS), "-sha256",
-                "-extfile", str(extfile), "-out", str(files.cert),
+                "-extfile", str(extfile), "-out", str(new.cert),
             ],
             folder,
         )  # fmt: skip
-    _finish(files.cert, files.key)
+        _finish(new.cert, new.key)
+        os.replace(new.key, files.key)
+        os.replace(new.cert, files.cert)
     return files
 
 
@@ -208,12 +215,25 @@ def client_cert_name(client: str) -> str:
     return CLUSTER_CLIENT if client == CLUSTER_CLIENT else f"client-{client}"
 
 
+def renew_cluster_pki(
+    folder: Path, cluster: str, members: Mapping[str, str], clients: Iterable[str] = (CLUSTER_CLIENT,)
+) -> ClusterPki:
+    """New member and client certificates from the CA already in ``folder`` (which stays):
+    every certificate signed by it stays valid, so nothing has to stop (docs/ETCD.md "Rotation")."""
+    return _issue_all(folder, cluster, members, clients)
+
+
 def make_cluster_pki(
     folder: Path, cluster: str, members: Mapping[str, str], clients: Iterable[str] = (CLUSTER_CLIENT,)
 ) -> ClusterPki:
     """A fresh CA in ``folder``, a server/peer certificate per member (name -> host) and a client
-    certificate per client name (common name = the name: etcd's user with ``--client-cert-auth``)."""
+    certificate per client name (common name = the name; etcd 3.4's JSON gateway cannot map it
+    to an etcd user, see docs/ETCD.md "TLS")."""
     make_ca(folder, f"pyha {cluster} etcd CA")
+    return _issue_all(folder, cluster, members, clients)
+
+
+def _issue_all(folder: Path, cluster: str, members: Mapping[str, str], clients: Iterable[str]) -> ClusterPki:
     out_members = {
         m: issue(
             folder,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import stat
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from store import StoreError, open_store
 from store.etcd_harness import EtcdCluster
-from store.etcd_tls import TlsFiles, client_context, make_cluster_pki
+from store.etcd_tls import TlsFiles, client_context, make_cluster_pki, renew_cluster_pki
 from store.etcd_url import parse_url, with_options
 from store.etcdstore import EtcdStore
 from tests.store.etcd_fixtures import cluster_fixture, unique_cluster_name
@@ -180,6 +181,36 @@ def test_the_store_refuses_a_member_it_cannot_verify_and_is_refused_without_a_ce
     st = open_store(cluster.url("c"))
     try:
         assert st.read("resources.cfg") is None  # nothing got through
+    finally:
+        st.close()
+
+
+def served_serial(cluster: EtcdCluster, context: ssl.SSLContext) -> str:
+    """The serial number of the certificate the member shows a new connection."""
+    m = cluster.members[0].spec
+    with (
+        socket.create_connection((m.host, m.client_port), timeout=3) as sock,
+        context.wrap_socket(sock, server_hostname=m.host) as tls,
+    ):
+        cert = tls.getpeercert()
+        assert cert is not None
+        return str(cert["serialNumber"])
+
+
+def test_renewed_certificates_are_used_without_a_restart(cluster: EtcdCluster) -> None:
+    assert cluster.client_tls is not None
+    old_client = client_context(cluster.client_tls)
+    before = served_serial(cluster, old_client)
+    st = open_store(cluster.url(unique_cluster_name(), timeout=1))  # holds the old client certificate
+    try:
+        renew_cluster_pki(cluster.tls_dir, cluster.token, {m.name: m.spec.host for m in cluster.members})
+        new_client = client_context(cluster.client_tls)
+        assert served_serial(cluster, new_client) != before  # the member reloaded its certificate
+        assert answered(ask(cluster, new_client))
+        # the old client certificate (same CA) still gets in: nodes renew when they restart
+        st.close()  # a new connection, with the old certificate
+        st.write("a", b"1")
+        assert answered(ask(cluster, old_client))
     finally:
         st.close()
 
