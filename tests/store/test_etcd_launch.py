@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from admin.cluster import ClusterConfig, LocalEtcd
+from admin.cluster import ClusterConfig, EtcdTlsPaths, LocalEtcd
 from cli.cluster_etcd import member_command
 from store.etcd_launch import (
     EtcdMember,
@@ -18,6 +18,7 @@ from store.etcd_launch import (
     stop_order,
 )
 from store.etcd_tls import TlsFiles
+from store.etcd_url import parse_url
 
 TLS = MemberTls(TlsFiles(Path("/t/ca.pem"), Path("/t/member-a.pem"), Path("/t/member-a.key")))
 
@@ -108,3 +109,34 @@ def test_stop_order_puts_the_leader_last() -> None:
     assert stop_order(["a", "b", "c"], "a") == ["b", "c", "a"]
     assert stop_order(["a", "b"], None) == ["a", "b"]
     assert stop_order(range(3), 1) == [0, 2, 1]
+
+
+def test_cluster_json_carries_the_etcd_certificates(tmp_path: Path) -> None:
+    nodes = {"node1": "tcp://10.1.0.1:7100"}
+    url = "etcd://10.1.0.1:2379/c?timeout=1"
+    c = ClusterConfig(root=tmp_path, cluster="c", nodes=nodes, store=url)
+    assert any("no TLS" in p for p in c.store_problems())  # plain http is not taken silently
+    c.etcd_tls = EtcdTlsPaths("etcd-tls/ca.pem", "etcd-tls/client.pem", "etcd-tls/client.key")
+    assert any("not found" in p for p in c.store_problems())
+    (tmp_path / "etcd-tls").mkdir()
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / "etcd-tls" / name).write_text("x")
+    assert c.store_problems() == []
+    u = parse_url(c.store_url)
+    assert u.tls == tuple(str(tmp_path / "etcd-tls" / n) for n in ("ca.pem", "client.pem", "client.key"))
+    assert u.timeout == 1.0 and c.store == url  # the file keeps the relative paths apart
+    c.save()
+    loaded = ClusterConfig.load(tmp_path)
+    assert loaded.etcd_tls == c.etcd_tls and loaded.store_url == c.store_url
+    # a URL that says insecure=1 is taken as it is
+    c.etcd_tls, c.store = None, url + "&insecure=1"
+    assert c.store_problems() == [] and parse_url(c.store_url).insecure
+
+
+def test_a_cluster_json_of_before_tls_runs_plain_http_members() -> None:
+    old = {"token": "t", "members": {"node1": {"host": "10.1.0.1", "client_port": 2379, "peer_port": 2380}}}
+    e = LocalEtcd.from_dict(old, "x")
+    assert not e.tls and e.members["node1"].client_url == "http://10.1.0.1:2379"
+    assert (
+        LocalEtcd.from_dict({**old, "tls": True}, "x").members["node1"].client_url == "https://10.1.0.1:2379"
+    )
