@@ -7,15 +7,17 @@ STAMP := $(VENV)/.installed
 .PHONY: venv deps test lint typecheck pytest bench demo demo-sim clean
 
 # Debian packages the tests and the demo use: OCF resource agents (agents/ocf.py),
-# iproute2 for network-namespace partition tests, etcd for the multi-host store;
+# iproute2 for network-namespace partition tests, etcd for the multi-host store and openssl
+# for its certificates (store/etcd_tls.py; Debian priority "optional", so not always there);
 # QEMU, a kernel and a static busybox for the watchdog-device guest (tests/fence/guest.py).
 OCF_DUMMY := /usr/lib/ocf/resource.d/heartbeat/Dummy
 deps:
 	@test -x $(OCF_DUMMY) && command -v ip >/dev/null && command -v etcd >/dev/null \
+	  && command -v openssl >/dev/null \
 	  && command -v qemu-system-x86_64 >/dev/null && ls /boot/vmlinuz-* >/dev/null 2>&1 \
 	  && dpkg-query -W -f='$${Status}\n' busybox-static 2>/dev/null | grep -q '^install ok installed' || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    resource-agents iproute2 etcd-server qemu-system-x86 linux-image-amd64 busybox-static >/dev/null; }
+	    resource-agents iproute2 etcd-server openssl qemu-system-x86 linux-image-amd64 busybox-static >/dev/null; }
 
 venv: $(STAMP)
 

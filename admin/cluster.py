@@ -11,6 +11,12 @@ that opens the cluster's store goes through :meth:`ClusterConfig.open_store`.
 With ``ha-cluster init --store etcd --netns`` the etcd members are run by
 ``ha-cluster`` itself, one per node in the node's network namespace; the
 ``"etcd"`` section (:class:`LocalEtcd`) describes them.
+
+etcd is reached over TLS with a client certificate (docs/ETCD.md "TLS"): the
+``"etcd_tls"`` section (:class:`EtcdTlsPaths`) names the CA certificate and the
+client certificate and key (paths relative to the cluster directory, or
+absolute), which :attr:`ClusterConfig.store_url` adds to the store URL. Plain
+http only with ``insecure=1`` in the store URL itself.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +36,13 @@ from ha.constants import Timing as CoreTiming
 from ha.errors import ConfigError
 from store import open_store as open_store_url
 from store.base import Store
-from store.etcd_launch import EtcdMember, initial_cluster
+from store.etcd_launch import EtcdMember, MemberTls, initial_cluster
+from store.etcd_tls import TlsFiles, member_cert_name
+from store.etcd_url import TLS_OPTIONS, with_options
 
 CLUSTER_FILE = "cluster.json"
+# DIR/<this>: the CA and certificates of the etcd ha-cluster runs itself (store/etcd_tls.py)
+ETCD_TLS_DIR = "etcd-tls"
 # run/<node>/<this>: why a node is stopping ("shutdown", "reboot" or "restart"), written by
 # ha-cluster stop/reboot/restart before it signals the node, read by the node on SIGTERM
 SHUTDOWN_FILE = "shutdown-request"
@@ -53,9 +64,15 @@ class LocalEtcd:
     heartbeat_ms: int = 100
     election_ms: int = 1000
 
+    @property
+    def tls(self) -> bool:
+        """The members speak https (every member alike; a cluster.json of before TLS: no)."""
+        return all(m.tls for m in self.members.values())
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "token": self.token,
+            "tls": self.tls,
             "heartbeat_ms": self.heartbeat_ms,
             "election_ms": self.election_ms,
             "members": {
@@ -67,9 +84,10 @@ class LocalEtcd:
     @classmethod
     def from_dict(cls, d: dict[str, Any], path: str) -> LocalEtcd:
         try:
+            tls = bool(d.get("tls", False))
             members = {
                 str(n): EtcdMember(str(n), str(v["host"]), int(v.get("client_port", 2379)),
-                                   int(v.get("peer_port", 2380)))
+                                   int(v.get("peer_port", 2380)), tls=tls)
                 for n, v in dict(d["members"]).items()
             }  # fmt: skip
             return cls(
@@ -81,6 +99,32 @@ class LocalEtcd:
     @property
     def initial_cluster(self) -> str:
         return initial_cluster([m for _, m in sorted(self.members.items())])
+
+
+@dataclass(frozen=True)
+class EtcdTlsPaths:
+    """The ``"etcd_tls"`` section: the CA that signed the etcd members' certificates, and the
+    client certificate and key the nodes and tools present (relative to the cluster dir)."""
+
+    ca: str
+    cert: str
+    key: str
+
+    def files(self, root: Path) -> TlsFiles:
+        return TlsFiles(*(root / p for p in (self.ca, self.cert, self.key)))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"ca": self.ca, "cert": self.cert, "key": self.key}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], path: str) -> EtcdTlsPaths:
+        try:
+            values = [d[k] for k in TLS_OPTIONS]
+        except KeyError as e:
+            raise ConfigError(f"'etcd_tls' needs ca, cert and key (missing {e})", path) from None
+        if not all(isinstance(v, str) and v for v in values):
+            raise ConfigError("'etcd_tls': ca, cert and key must be file paths", path)
+        return cls(*values)
 
 
 @dataclass
@@ -104,6 +148,8 @@ class ClusterConfig:
     store: str = STORE_DIR
     # the etcd members ha-cluster runs itself (init --store etcd --netns), else None
     etcd: LocalEtcd | None = None
+    # the certificates the nodes and tools present to etcd (docs/ETCD.md "TLS")
+    etcd_tls: EtcdTlsPaths | None = None
     # the watchdog driver (docs/RUNTIME.md): "auto" (the device where it exists, else user
     # space), "device" (refuse to start without it) or "userspace"
     watchdog: str = "auto"
@@ -117,7 +163,15 @@ class ClusterConfig:
 
     @property
     def store_url(self) -> str:
-        return f"dir:{self.store_dir}" if self.store_kind == STORE_DIR else self.store
+        """The URL :meth:`open_store` opens: ``store`` with the ``etcd_tls`` files (absolute)
+        unless ``store`` names certificates itself."""
+        if self.store_kind == STORE_DIR:
+            return f"dir:{self.store_dir}"
+        named = urllib.parse.parse_qs(self.store.partition("?")[2], keep_blank_values=True)
+        if self.etcd_tls is None or any(k in named for k in TLS_OPTIONS):
+            return self.store
+        f = self.etcd_tls.files(self.root)
+        return with_options(self.store, ca=str(f.ca), cert=str(f.cert), key=str(f.key))
 
     def open_store(self) -> Store:
         """The cluster's store: the one way every node and tool opens it."""
@@ -130,7 +184,7 @@ class ClusterConfig:
             return None
         from store.etcd_url import parse_url  # noqa: PLC0415
 
-        return parse_url(self.store).timeout
+        return parse_url(self.store_url).timeout
 
     @property
     def renew_latency_cap(self) -> float:
@@ -170,9 +224,12 @@ class ClusterConfig:
         from store.etcd_url import parse_url  # noqa: PLC0415
 
         try:
-            u = parse_url(self.store)
+            u = parse_url(self.store_url)
         except ValueError as e:
             return [str(e)]
+        missing = [p for p in u.tls or () if not Path(p).is_file()]
+        if missing:
+            return [f"etcd TLS file(s) not found: {', '.join(missing)}"]
         t = self.timing
         bound = t.lease_ttl - t.watchdog_timeout - t.renew_interval - t.margin / 2
         if u.timeout > bound:
@@ -233,6 +290,17 @@ class ClusterConfig:
     def etcd_pid_file(self, node: str) -> Path:
         return self.run_dir(node) / "etcd.pid"
 
+    @property
+    def etcd_tls_dir(self) -> Path:
+        """The CA and certificates of the locally run etcd members (0700, files 0600)."""
+        return self.root / ETCD_TLS_DIR
+
+    def etcd_member_tls(self, node: str) -> MemberTls | None:
+        """NODE's member certificate, for its command line (None for plain-http members)."""
+        if self.etcd is None or not self.etcd.members[node].tls:
+            return None
+        return MemberTls(TlsFiles.of(self.etcd_tls_dir, member_cert_name(node)))
+
     def core_timing(self) -> CoreTiming:
         """The core's timings for live rounds: ticks of ``renew_interval``, short fence delay."""
         t = self.timing
@@ -272,6 +340,7 @@ class ClusterConfig:
             "network": self.network,
             "store": self.store,
             "etcd": self.etcd.to_dict() if self.etcd is not None else None,
+            "etcd_tls": self.etcd_tls.to_dict() if self.etcd_tls is not None else None,
             "watchdog": self.watchdog,
             "watchdog_device": self.watchdog_device,
         }
@@ -320,6 +389,11 @@ class ClusterConfig:
             network=data.get("network") if isinstance(data.get("network"), dict) else None,
             store=str(data.get("store") or STORE_DIR),
             etcd=LocalEtcd.from_dict(data["etcd"], str(path)) if isinstance(data.get("etcd"), dict) else None,
+            etcd_tls=(
+                EtcdTlsPaths.from_dict(data["etcd_tls"], str(path))
+                if isinstance(data.get("etcd_tls"), dict)
+                else None
+            ),
             watchdog=str(data.get("watchdog") or "auto"),
             watchdog_device=str(data.get("watchdog_device") or "/dev/watchdog"),
         )

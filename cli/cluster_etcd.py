@@ -4,7 +4,10 @@ One member per node, inside the node's network namespace, detached from
 ``ha-cluster`` (they outlive the command): data in ``DIR/etcd/<node>.etcd``,
 log in ``DIR/logs/<node>.etcd.log``, pid in ``DIR/run/<node>/etcd.pid``
 (paths: :class:`admin.cluster.ClusterConfig`). The command line and the status
-probe are ``store/etcd_launch.py``'s, shared with the test harness.
+probe are ``store/etcd_launch.py``'s, shared with the test harness. The members
+speak TLS only and want a client certificate of the cluster's CA
+(``DIR/etcd-tls``, made by ``init``: docs/ETCD.md "TLS"); the status probe
+presents the cluster's client certificate.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from admin.cluster import ClusterConfig, LocalEtcd
 from admin.errors import AdminError, ExitCode
@@ -29,6 +33,10 @@ from store.etcd_launch import (
     member_status,
     stop_order,
 )
+from store.etcd_tls import TlsError, client_context, renew_cluster_pki
+
+if TYPE_CHECKING:
+    import ssl
 
 
 def local_etcd(c: ClusterConfig) -> LocalEtcd:
@@ -50,7 +58,18 @@ def member_command(c: ClusterConfig, node: str) -> list[str]:
         heartbeat_ms=e.heartbeat_ms,
         election_ms=e.election_ms,
         netns=c.netns.get(node),
+        tls=c.etcd_member_tls(node),
     )
+
+
+def status_context(c: ClusterConfig) -> ssl.SSLContext | None:
+    """The TLS context the status probe asks the members with (None: plain-http members)."""
+    if c.etcd is None or not c.etcd.tls or c.etcd_tls is None:
+        return None
+    try:
+        return client_context(c.etcd_tls.files(c.root))
+    except OSError as e:
+        raise AdminError(f"cannot load the etcd client certificate: {e}", ExitCode.FAILED) from None
 
 
 def etcd_pid(c: ClusterConfig, node: str) -> int | None:
@@ -83,7 +102,8 @@ def start_etcd(c: ClusterConfig, nodes: Iterable[str]) -> list[str]:
 def etcd_leader(c: ClusterConfig) -> str | None:
     """The node whose member the running members that answer name as leader, if they agree."""
     e = local_etcd(c)
-    statuses = {n: member_status(m) for n, m in e.members.items() if etcd_pid(c, n) is not None}
+    ctx = status_context(c)
+    statuses = {n: member_status(m, context=ctx) for n, m in e.members.items() if etcd_pid(c, n) is not None}
     # a member cut off (partition) does not answer: the others still name the leader
     return agreed_leader({n: st for n, st in statuses.items() if st is not None})
 
@@ -95,10 +115,13 @@ def etcd_log_tail(c: ClusterConfig, node: str, lines: int = 8) -> str:
 def wait_etcd_serving(c: ClusterConfig, nodes: Iterable[str], timeout: float) -> list[str]:
     """Wait until each member of NODES answers; the ones that did not (bounded)."""
     e = local_etcd(c)
+    ctx = status_context(c)
     todo = list(nodes)
     deadline = time.monotonic() + timeout
     while todo and time.monotonic() < deadline:
-        todo = [n for n in todo if etcd_pid(c, n) is not None and member_status(e.members[n]) is None]
+        todo = [
+            n for n in todo if etcd_pid(c, n) is not None and member_status(e.members[n], context=ctx) is None
+        ]
         if todo:
             time.sleep(0.05)
     return todo
@@ -132,3 +155,22 @@ def stop_etcd(c: ClusterConfig, nodes: Iterable[str] | None = None, *, graceful:
             wait_gone([pid], 5)
     for n in todo:
         c.etcd_pid_file(n).unlink(missing_ok=True)
+
+
+def renew_certs(c: ClusterConfig) -> list[str]:
+    """New member and client certificates from the cluster's CA (docs/ETCD.md "Rotation");
+    the running members that do not answer the new client certificate (should be none).
+
+    Members load their certificate at each new connection, nodes theirs when they start; the
+    old certificates stay valid until they expire (same CA), so nothing has to restart.
+    """
+    e = local_etcd(c)
+    if not e.tls:
+        raise AdminError("this cluster's etcd members run without TLS (init --insecure)", ExitCode.USAGE)
+    try:
+        renew_cluster_pki(c.etcd_tls_dir, c.cluster, {n: m.host for n, m in e.members.items()})
+    except (TlsError, OSError) as err:
+        raise AdminError(f"cannot renew the etcd certificates: {err}", ExitCode.FAILED) from None
+    ctx = status_context(c)
+    running = [n for n in sorted(e.members) if etcd_pid(c, n) is not None]
+    return [n for n in running if member_status(e.members[n], timeout=2.0, context=ctx) is None]

@@ -3,7 +3,8 @@
 :func:`plan` checks the input and decides everything that needs no side effect
 (node names, bus endpoints, timing, the store setting). :func:`create` then
 runs the steps: old etcd data removed (``--force``), network namespaces,
-``cluster.json``, node keys, the local etcd members, the store's first
+``cluster.json``, node keys, the CA and certificates of the local etcd members
+(``DIR/etcd-tls``, docs/ETCD.md "TLS"), the local etcd members, the store's first
 records, client keys. A failing step undoes what the steps before it made
 that would otherwise stay behind (namespaces, running etcd members). Refusals
 are :class:`admin.errors.AdminError` with the exit code to use.
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from admin.cluster import CLUSTER_FILE, ClusterConfig, LocalEtcd
+from admin.cluster import CLUSTER_FILE, ETCD_TLS_DIR, ClusterConfig, EtcdTlsPaths, LocalEtcd
 from admin.errors import AdminError, ExitCode
 from admin.private import make_private
 from admin.timing import LeaseTiming
@@ -30,7 +31,8 @@ from cli.api_client import generate_client_key
 from cli.cluster_etcd import dead_majority, etcd_log_tail, start_etcd, stop_etcd
 from ha.errors import HaError
 from store.etcd_launch import EtcdMember
-from store.etcd_url import parse_url
+from store.etcd_tls import CLUSTER_CLIENT, TlsError, TlsFiles, client_cert_name, make_cluster_pki
+from store.etcd_url import parse_url, with_options
 from store.records import DATACENTER_CFG, RESOURCES_CFG
 
 # the bus port of every node when each has its own network namespace (and address)
@@ -52,6 +54,9 @@ class InitPlan:
     store: str  # "dir", an etcd:// URL, or "" until the local etcd members are known
     own_etcd: bool  # ha-cluster runs one etcd member per node (--store etcd --netns)
     store_timeout: float
+    # (ca, cert, key) for an etcd the operator runs (absolute paths), else None
+    etcd_tls: tuple[str, str, str] | None
+    insecure: bool  # plain http to etcd (own members without TLS, or an external http etcd)
     netns: bool
     curve: bool
     cgroups: bool
@@ -86,21 +91,57 @@ def parse_timing(pairs: tuple[str, ...]) -> LeaseTiming:
         raise AdminError(str(e), ExitCode.USAGE) from None
 
 
+def etcd_tls_files(
+    ca: str | None, cert: str | None, key: str | None, insecure: bool
+) -> tuple[str, str, str] | None:
+    """The given client TLS files as absolute paths (all three or none; none with --insecure)."""
+    given = [x for x in (ca, cert, key) if x]
+    if insecure and given:
+        raise AdminError(
+            "--insecure (plain http) and --etcd-ca/--etcd-cert/--etcd-key contradict", ExitCode.USAGE
+        )
+    if not given:
+        return None
+    if len(given) != 3:
+        raise AdminError("--etcd-ca, --etcd-cert and --etcd-key go together", ExitCode.USAGE)
+    paths = tuple(str(Path(x).resolve()) for x in (ca, cert, key) if x)
+    missing = [x for x in paths if not Path(x).is_file()]
+    if missing:
+        raise AdminError(f"etcd TLS file(s) not found: {', '.join(missing)}", ExitCode.USAGE)
+    return paths[0], paths[1], paths[2]
+
+
 def store_setting(
-    store_kind: str, endpoints: str | None, netns: bool, name: str, timeout: float
+    store_kind: str,
+    endpoints: str | None,
+    netns: bool,
+    name: str,
+    timeout: float,
+    tls: tuple[str, str, str] | None = None,
+    insecure: bool = False,
 ) -> tuple[str, bool]:
     """(store setting for cluster.json, run our own etcd members?)"""
     if store_kind == "dir":
-        if endpoints:
-            raise AdminError("--endpoints needs --store etcd", ExitCode.USAGE)
+        if endpoints or tls or insecure:
+            raise AdminError(
+                "--endpoints, --etcd-ca/cert/key and --insecure need --store etcd", ExitCode.USAGE
+            )
         return "dir", False
     if endpoints:
         url = f"etcd://{endpoints.strip()}/{name}?timeout={timeout:g}"
+        if insecure:
+            url = with_options(url, insecure="1")
         try:
-            parse_url(url)
+            parse_url(with_options(url, ca=tls[0], cert=tls[1], key=tls[2]) if tls else url)
         except ValueError as e:
-            raise AdminError(str(e), ExitCode.USAGE) from None
+            hint = "" if tls or insecure else " (an etcd you run: give --etcd-ca, --etcd-cert, --etcd-key)"
+            raise AdminError(f"{e}{hint}", ExitCode.USAGE) from None
         return url, False
+    if tls:
+        raise AdminError(
+            "--etcd-ca/cert/key name an etcd you run (--endpoints); with --netns ha-cluster makes its own",
+            ExitCode.USAGE,
+        )
     if not netns:
         raise AdminError(
             "--store etcd needs --endpoints H:P,... (an etcd you run) or --netns"
@@ -125,12 +166,17 @@ def plan(
     store_kind: str,
     endpoints: str | None,
     store_timeout: float,
+    etcd_ca: str | None = None,
+    etcd_cert: str | None = None,
+    etcd_key: str | None = None,
+    insecure: bool = False,
 ) -> InitPlan:
     root = Path(directory).resolve()
     if (root / CLUSTER_FILE).exists() and not force:
         raise AdminError(f"{root}/{CLUSTER_FILE} exists (use --force to overwrite)", ExitCode.USAGE)
     timing = parse_timing(timing_kv)
-    store, own_etcd = store_setting(store_kind, endpoints, netns, name, store_timeout)
+    tls = etcd_tls_files(etcd_ca, etcd_cert, etcd_key, insecure)
+    store, own_etcd = store_setting(store_kind, endpoints, netns, name, store_timeout, tls, insecure)
     if own_etcd and (root / "etcd").exists() and not force:
         raise AdminError(f"{root}/etcd holds etcd data (use --force to start afresh)", ExitCode.USAGE)
     names = [f"node{i}" for i in range(1, count + 1)]
@@ -144,6 +190,8 @@ def plan(
         store=store,
         own_etcd=own_etcd,
         store_timeout=store_timeout,
+        etcd_tls=tls,
+        insecure=insecure,
         netns=netns,
         curve=curve,
         cgroups=cgroups,
@@ -199,14 +247,20 @@ def _remove_old_etcd(p: InitPlan) -> None:
 
 def _config(p: InitPlan, network: netns_mod.Network | None) -> ClusterConfig:
     endpoints, store, etcd = p.endpoints, p.store, None
+    tls = EtcdTlsPaths(*p.etcd_tls) if p.etcd_tls else None
     if network is not None:
         endpoints = {n: f"tcp://{network.nodes[n].address}:{NETNS_BUS_PORT}" for n in p.nodes}
     if p.own_etcd:
         assert network is not None
-        members = {n: EtcdMember(n, network.nodes[n].address) for n in p.nodes}
+        members = {n: EtcdMember(n, network.nodes[n].address, tls=not p.insecure) for n in p.nodes}
         etcd = LocalEtcd(f"pyha-{uuid.uuid4().hex[:12]}", members)
         hosts = ",".join(m.endpoint for m in members.values())
         store = f"etcd://{hosts}/{p.name}?timeout={p.store_timeout:g}"
+        if p.insecure:
+            store = with_options(store, insecure="1")
+        else:  # made by _make_etcd_pki, relative to the cluster dir
+            own = TlsFiles.of(Path(ETCD_TLS_DIR), client_cert_name(CLUSTER_CLIENT))
+            tls = EtcdTlsPaths(str(own.ca), str(own.cert), str(own.key))
     return ClusterConfig(
         root=p.root,
         cluster=p.name,
@@ -218,6 +272,7 @@ def _config(p: InitPlan, network: netns_mod.Network | None) -> ClusterConfig:
         network=network.to_dict() if network else None,
         store=store,
         etcd=etcd,
+        etcd_tls=tls,
         watchdog=p.watchdog,
     )
 
@@ -237,6 +292,7 @@ def create(p: InitPlan) -> ClusterConfig:
                 raise AdminError(f"cannot create network namespaces: {e}", ExitCode.FAILED) from None
             undo.append(functools.partial(netns_mod.destroy, network))
         c = _config(p, network)
+        _make_etcd_pki(c)
         problems = c.store_problems()
         if problems:
             raise AdminError("; ".join(problems), ExitCode.USAGE)
@@ -251,6 +307,18 @@ def create(p: InitPlan) -> ClusterConfig:
         for step in reversed(undo):
             step()
         raise
+
+
+def _make_etcd_pki(c: ClusterConfig) -> None:
+    """A fresh CA, a certificate per local etcd member, the cluster's client certificate
+    (``DIR/etcd-tls``, 0700/0600); nothing for an etcd the operator runs, or without TLS."""
+    if c.etcd is None or not c.etcd.tls:
+        return
+    shutil.rmtree(c.etcd_tls_dir, ignore_errors=True)  # --force: the old members' CA goes with them
+    try:
+        make_cluster_pki(c.etcd_tls_dir, c.cluster, {n: m.host for n, m in c.etcd.members.items()})
+    except (TlsError, OSError) as e:
+        raise AdminError(f"cannot make the etcd certificates: {e}", ExitCode.FAILED) from None
 
 
 def _write_files(c: ClusterConfig, force: bool) -> None:
@@ -283,7 +351,10 @@ def _start_store(c: ClusterConfig, undo: list[Callable[[], None]]) -> None:
 
 def summary(c: ClusterConfig) -> list[str]:
     """The lines ``init`` prints."""
-    lines = [f"cluster '{c.cluster}' with {len(c.nodes)} nodes in {c.root} (store {c.store_url})"]
+    lines = [f"cluster '{c.cluster}' with {len(c.nodes)} nodes in {c.root} (store {c.store})"]
+    if c.etcd_tls is not None:
+        t = c.etcd_tls
+        lines.append(f"  etcd over TLS: CA {t.ca}, client certificate {t.cert} (key {t.key})")
     for n, endpoint in sorted(c.nodes.items()):
         extra = f"  etcd {c.etcd.members[n].endpoint}" if c.etcd is not None else ""
         lines.append(f"  {n}  {endpoint}{extra}")

@@ -2,12 +2,14 @@
 
     ha-cluster init DIR --nodes 3         membership, CURVE keys, empty config, store
         [--store dir|etcd] [--endpoints H:P,...] [--netns]
+        [--etcd-ca F --etcd-cert F --etcd-key F | --insecure]   TLS to etcd (docs/ETCD.md)
     ha-cluster up DIR [NODE...]           start node processes (all by default)
     ha-cluster down DIR                   orderly shutdown of every node (and local etcd)
     ha-cluster stop DIR NODE [--kind K]   orderly stop of one node (shutdown|reboot|restart)
     ha-cluster kill DIR NODE [--with-etcd]  SIGKILL of the node's whole process tree
     ha-cluster partition|heal DIR NODE    cut a node (and its etcd member) off / reconnect
     ha-cluster etcd-kill|etcd-start DIR NODE...   only the nodes' etcd members
+    ha-cluster etcd-renew-certs DIR       new etcd member/client certificates (same CA)
     ha-cluster export DIR FILE / import DIR FILE  every record, between dir and etcd clusters
     ha-cluster status DIR                 which node processes run
     ha-cluster destroy DIR                stop everything, remove namespaces
@@ -19,7 +21,10 @@ network namespace (peers and clients on the node's namespace address),
 started by ``init``/``up`` and stopped by ``down``/``destroy``: data in
 ``DIR/etcd/<node>.etcd``, logs in ``DIR/logs/<node>.etcd.log``, pid files in
 ``DIR/run/<node>/etcd.pid``. A partition then cuts a node and its etcd
-member off together.
+member off together. etcd is spoken to over TLS with a client certificate only:
+``init`` makes the local members' CA and certificates in ``DIR/etcd-tls``; an
+etcd the operator runs needs ``--etcd-ca/--etcd-cert/--etcd-key`` (or, plain
+http, ``--insecure``).
 
 Exit codes: 0 ok, 1 operation failed, 2 bad input.
 
@@ -48,6 +53,7 @@ from cli.cluster_etcd import (
     etcd_log_tail,
     etcd_pid,
     local_etcd,
+    renew_certs,
     start_etcd,
     stop_etcd,
     wait_etcd_serving,
@@ -138,6 +144,13 @@ def main() -> None:
     "--store-timeout", type=click.FloatRange(min=0.05), default=DEFAULT_ETCD_TIMEOUT, show_default=True,
     help="Seconds every etcd call of a node may take.",
 )  # fmt: skip
+@click.option("--etcd-ca", type=click.Path(dir_okay=False), help="CA certificate of an etcd you run (TLS).")
+@click.option("--etcd-cert", type=click.Path(dir_okay=False), help="Client certificate for that etcd.")
+@click.option("--etcd-key", type=click.Path(dir_okay=False), help="Key of the client certificate.")
+@click.option(
+    "--insecure", is_flag=True,
+    help="Talk plain http to etcd, no certificates (refused otherwise; docs/ETCD.md \"TLS\").",
+)  # fmt: skip
 def init(
     directory: str,
     count: int,
@@ -151,6 +164,10 @@ def init(
     store_kind: str,
     endpoints: str | None,
     store_timeout: float,
+    etcd_ca: str | None,
+    etcd_cert: str | None,
+    etcd_key: str | None,
+    insecure: bool,
     watchdog: str,
 ) -> None:
     """Create a cluster in DIRECTORY."""
@@ -168,6 +185,10 @@ def init(
         store_kind=store_kind,
         endpoints=endpoints,
         store_timeout=store_timeout,
+        etcd_ca=etcd_ca,
+        etcd_cert=etcd_cert,
+        etcd_key=etcd_key,
+        insecure=insecure,
     )
     for line in cluster_init.summary(cluster_init.create(p)):
         click.echo(line)
@@ -342,6 +363,21 @@ def etcd_start(directory: str, nodes: tuple[str, ...], timeout: float) -> None:
         tails = "".join(f"\n--- {n}:\n{etcd_log_tail(c, n)}" for n in late)
         fail(f"etcd member(s) of {' '.join(late)} not serving after {timeout:g}s{tails}")
     click.echo(f"etcd member(s) of {' '.join(todo)} running")
+
+
+@main.command("etcd-renew-certs")
+@click.argument("directory", type=click.Path(file_okay=False))
+def etcd_renew_certs(directory: str) -> None:
+    """New certificates for the cluster's etcd members and client, from its CA (nothing stops).
+
+    Members use theirs from their next connection on; nodes and tools theirs when they
+    next start. The old ones stay valid until they expire (docs/ETCD.md "Rotation").
+    """
+    c = load(directory)
+    silent = renew_certs(c)
+    if silent:
+        fail(f"renewed, but etcd member(s) of {' '.join(silent)} do not answer the new client certificate")
+    click.echo(f"etcd certificates renewed in {c.etcd_tls_dir} (CA kept)")
 
 
 @main.command()

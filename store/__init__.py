@@ -2,8 +2,9 @@
 
 ``open_store(url)`` is the one way to open a store: it picks the backend,
 ``dir:/path`` (or a plain path) for the one-host dir backend
-(``store/dirstore.py``), ``etcd://h:p,.../cluster?timeout=S`` for the many-host
-etcd backend (``store/etcdstore.py``, docs/ETCD.md). A cluster's store is opened with
+(``store/dirstore.py``), ``etcd://h:p,.../cluster?timeout=S&ca=..&cert=..&key=..``
+for the many-host etcd backend (``store/etcdstore.py``, docs/ETCD.md: TLS with a
+client certificate, or plain http only with ``insecure=1``). A cluster's store is opened with
 ``admin.cluster.ClusterConfig.open_store``, which hands its URL to this function.
 """
 

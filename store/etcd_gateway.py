@@ -12,16 +12,21 @@ argument leans on (docs/ETCD.md):
 * a *mutating* request whose answer was lost (``_Lost``) is never re-sent:
   its outcome is unknown, the caller gets a :class:`StoreError` and re-reads;
 * every request carries the gRPC metadata ``hasleader=true``, so a member
-  that lost its leader answers "no leader" at once instead of queueing it.
+  that lost its leader answers "no leader" at once instead of queueing it;
+* with an ``ssl_context`` (``store/etcd_tls.py``: the cluster's CA, our client
+  certificate) every connection is TLS; without one, plain HTTP, which only an
+  ``insecure`` store URL asks for (docs/ETCD.md "TLS").
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import random
 import select
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -83,8 +88,10 @@ class Gateway:
         *,
         connect_timeout: float = 0.5,
         read_try_timeout: float = 0.7,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.endpoints = list(endpoints)
+        self.ssl_context = ssl_context
         self.connect_timeout = connect_timeout
         # A read waits this long for one member before it asks the next (a member cut off
         # from its peers may sit on a linearizable read); a write waits for its deadline.
@@ -173,7 +180,11 @@ class Gateway:
                 return conn, True
             conn.close()
         host, port = self.endpoints[idx]
-        conn = http.client.HTTPConnection(host, port, timeout=min(remaining, self.connect_timeout))
+        timeout = min(remaining, self.connect_timeout)
+        if self.ssl_context is not None:  # the TLS handshake is part of connect(), within the timeout
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
             conn.connect()
         except OSError as e:
@@ -214,9 +225,28 @@ class Gateway:
 
 
 def _dropped(sock: Any) -> bool:
-    """True if an idle keep-alive connection was closed by the server (EOF or junk pending)."""
+    """True if an idle keep-alive connection was closed by the server (EOF or junk pending).
+
+    On TLS, bytes may be pending that are no data (a TLS 1.3 session ticket): they are
+    read through the TLS layer, and only data or an end count as dropped.
+    """
     try:
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True
-    return bool(readable)
+    if not readable:
+        return False
+    if not isinstance(sock, ssl.SSLSocket):
+        return True
+    timeout = sock.gettimeout()
+    try:
+        sock.setblocking(False)
+        sock.recv(1)  # data or EOF on an idle connection: not usable either way
+        return True
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return False  # only TLS records (no application data)
+    except OSError:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)

@@ -20,6 +20,12 @@ the host must be able to reach every member's address.
 
 The command line of a member and the status probe are ``store/etcd_launch.py``'s,
 the same ``ha-cluster`` uses for the members it runs itself.
+
+TLS as in production (``tls=True``, the default): :meth:`EtcdCluster.start` makes
+a fresh CA under ``base_dir/tls`` (``store/etcd_tls.py``), a server/peer
+certificate per member and one client certificate (:attr:`EtcdCluster.client_tls`);
+:meth:`EtcdCluster.url` names them. ``tls=False`` runs plain http members (URLs
+with ``insecure=1``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -44,6 +51,7 @@ from store.etcd_launch import (
     LAST_MEMBER_GRACE,
     PEER_PORT,
     EtcdMember,
+    MemberTls,
     agreed_leader,
     etcd_available,
     etcd_command,
@@ -53,6 +61,15 @@ from store.etcd_launch import (
     member_status,
     stop_order,
 )
+from store.etcd_tls import (
+    CLUSTER_CLIENT,
+    TlsFiles,
+    client_cert_name,
+    client_context,
+    make_cluster_pki,
+    member_cert_name,
+)
+from store.etcd_url import with_options
 
 __all__ = ["EtcdCluster", "EtcdHarnessError", "HarnessMember", "etcd_available", "free_ports"]
 
@@ -118,6 +135,7 @@ class EtcdCluster:
         election_ms: int = 1000,
         start_timeout: float = 20.0,
         die_with_parent: bool = False,
+        tls: bool = True,
     ) -> None:
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
@@ -132,6 +150,8 @@ class EtcdCluster:
         self.election_ms = election_ms
         self.start_timeout = start_timeout
         self.die_with_parent = die_with_parent
+        self.tls = tls
+        self._context: ssl.SSLContext | None = None
         self._hosts = list(hosts) if hosts is not None else ["127.0.0.1"] * size
         self._netns = list(netns) if netns is not None else [None] * size
         self._fixed_client = list(client_ports) if client_ports is not None else None
@@ -159,12 +179,31 @@ class EtcdCluster:
             name = f"m{i}"
             self.members.append(
                 HarnessMember(
-                    EtcdMember(name, host, cport, pport),
+                    EtcdMember(name, host, cport, pport, tls=self.tls),
                     data_dir=self.base_dir / f"{name}.etcd",
                     log_path=self.base_dir / f"{name}.log",
                     netns=ns,
                 )
             )
+
+    @property
+    def tls_dir(self) -> Path:
+        """The CA and certificates (``tls=True``), made by :meth:`start`."""
+        return self.base_dir / "tls"
+
+    @property
+    def client_tls(self) -> TlsFiles | None:
+        """The client certificate of this cluster's CA (None with ``tls=False``)."""
+        return TlsFiles.of(self.tls_dir, client_cert_name(CLUSTER_CLIENT)) if self.tls else None
+
+    def _make_pki(self) -> None:
+        tls = self.client_tls
+        if tls is None:
+            return
+        # the members' hosts do not change when the ports are chosen again: made once
+        if tls.missing():
+            make_cluster_pki(self.tls_dir, self.token, {m.name: m.spec.host for m in self.members})
+        self._context = client_context(tls)
 
     def _launch(self, m: HarnessMember) -> None:
         m.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +216,7 @@ class EtcdCluster:
             election_ms=self.election_ms,
             netns=m.netns,
             binary=self.etcd,
+            tls=MemberTls(TlsFiles.of(self.tls_dir, member_cert_name(m.name))) if self.tls else None,
         )
         m.proc = launch(cmd, m.log_path, die_with_parent=self.die_with_parent)
 
@@ -188,6 +228,7 @@ class EtcdCluster:
             raise EtcdHarnessError(f"'{self.etcd}' not found (Debian: apt-get install etcd-server)")
         auto_ports = self._fixed_client is None and not any(self._netns)
         self.base_dir.mkdir(mode=0o700, parents=True, exist_ok=not self._own_base)
+        self._make_pki()
         for attempt in (1, 2):
             try:
                 for m in self.members:
@@ -202,6 +243,7 @@ class EtcdCluster:
                     shutil.rmtree(self.base_dir, ignore_errors=True)  # a port was taken meanwhile
                     self.base_dir.mkdir(mode=0o700, parents=True)
                     self._plan()
+                    self._make_pki()
                     continue
                 self._cleanup_dir()
                 raise EtcdHarnessError(f"{e}\n{logs}") from None
@@ -248,7 +290,7 @@ class EtcdCluster:
             self._launch(m)
         deadline = time.monotonic() + timeout
         for m in todo:
-            while member_status(m.spec) is None:
+            while self.status(m) is None:
                 if m.proc is None or m.proc.poll() is not None:
                     raise EtcdHarnessError(f"etcd member {m.name} exited on restart:\n{m.log_tail()}")
                 if time.monotonic() >= deadline:
@@ -312,12 +354,22 @@ class EtcdCluster:
         return [self.members[i].endpoint for i in idx]
 
     def url(self, cluster: str = "default", indices: Sequence[int] | None = None, **options: object) -> str:
-        """An ``etcd://`` store URL for these members (``store/etcd_url.py``)."""
-        query = "&".join(f"{k}={v}" for k, v in options.items())
-        return f"etcd://{','.join(self.endpoints(indices))}/{cluster}" + (f"?{query}" if query else "")
+        """An ``etcd://`` store URL for these members (``store/etcd_url.py``): with the
+        client certificate (``tls=True``), else ``insecure=1``; ``options`` added."""
+        url = f"etcd://{','.join(self.endpoints(indices))}/{cluster}"
+        tls = self.client_tls
+        if tls is not None:
+            url = with_options(url, ca=str(tls.ca), cert=str(tls.cert), key=str(tls.key))
+        else:
+            url = with_options(url, insecure="1")
+        return with_options(url, **{k: str(v) for k, v in options.items()})
+
+    def status(self, m: HarnessMember) -> dict[str, object] | None:
+        """Member ``m``'s status answer (asked with the client certificate), None if none."""
+        return member_status(m.spec, context=self._context)
 
     # -- probes ---------------------------------------------------------------------------
 
     def _statuses(self) -> dict[int, dict[str, object] | None]:
         """What each running member answers to a status request, by index."""
-        return {i: member_status(m.spec) for i, m in enumerate(self.members) if m.running}
+        return {i: self.status(m) for i, m in enumerate(self.members) if m.running}

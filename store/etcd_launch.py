@@ -4,9 +4,11 @@ Used by both runners of etcd members: the test harness (``store/etcd_harness.py`
 ``EtcdCluster``, members as child processes) and ``ha-cluster`` for a cluster that
 runs its own etcd (``cli/cluster_etcd.py``: detached members with pid files).
 
-* :class:`EtcdMember` names a member and its addresses;
+* :class:`EtcdMember` names a member and its addresses (``https`` unless ``tls=False``);
 * :func:`etcd_command` is its command line (under ``ip netns exec NS`` when given a
-  namespace), with the flags pyha relies on (docs/ETCD.md);
+  namespace), with the flags pyha relies on (docs/ETCD.md): with :class:`MemberTls`
+  clients and peers must present a certificate of the cluster's CA
+  (``--client-cert-auth``, ``--peer-client-cert-auth``);
 * :func:`launch` starts it detached, output to a log file;
 * :func:`member_status` asks it ``/v3/maintenance/status``; :func:`agreed_leader`
   names the member the given ones agree leads;
@@ -26,7 +28,10 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from store.etcd_url import hostport
 
 if TYPE_CHECKING:
+    import ssl
     import subprocess
+
+    from store.etcd_tls import TlsFiles
 
 ETCD_BIN: Final = "etcd"
 CLIENT_PORT: Final = 2379
@@ -49,12 +54,21 @@ def etcd_available(binary: str = ETCD_BIN) -> bool:
 
 @dataclass(frozen=True)
 class EtcdMember:
-    """One etcd member: its name (in ``--initial-cluster``) and where it listens."""
+    """One etcd member: its name (in ``--initial-cluster``) and where it listens.
+
+    ``tls``: its client and peer URLs are ``https`` (the command line then needs a
+    :class:`MemberTls`); ``False`` only for plain-http setups given ``insecure``.
+    """
 
     name: str
     host: str
     client_port: int = CLIENT_PORT
     peer_port: int = PEER_PORT
+    tls: bool = True
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def endpoint(self) -> str:
@@ -62,11 +76,28 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{self.scheme}://{self.endpoint}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{hostport(self.host, self.peer_port)}"
+        return f"{self.scheme}://{hostport(self.host, self.peer_port)}"
+
+
+@dataclass(frozen=True)
+class MemberTls:
+    """A member's certificate (for its client port and towards its peers) and the CA that
+    every client and peer certificate must be signed by."""
+
+    files: TlsFiles
+
+    def flags(self) -> list[str]:
+        f = self.files
+        return [
+            "--client-cert-auth", "--trusted-ca-file", str(f.ca),
+            "--cert-file", str(f.cert), "--key-file", str(f.key),
+            "--peer-client-cert-auth", "--peer-trusted-ca-file", str(f.ca),
+            "--peer-cert-file", str(f.cert), "--peer-key-file", str(f.key),
+        ]  # fmt: skip
 
 
 def initial_cluster(members: Sequence[EtcdMember]) -> str:
@@ -89,8 +120,16 @@ def etcd_command(
     election_ms: int = ELECTION_MS,
     netns: str | None = None,
     binary: str = ETCD_BIN,
+    tls: MemberTls | None = None,
 ) -> list[str]:
-    """The command line of member ``m`` (``initial``: see :func:`initial_cluster`)."""
+    """The command line of member ``m`` (``initial``: see :func:`initial_cluster`).
+
+    ``tls`` is required for an ``https`` member (``m.tls``) and refused for a plain one.
+    """
+    if m.tls != (tls is not None):
+        raise ValueError(
+            f"etcd member {m.name}: {m.scheme} URLs {'need' if m.tls else 'take no'} certificates"
+        )
     cmd = [
         binary,
         "--name", m.name,
@@ -111,6 +150,7 @@ def etcd_command(
         "--auto-compaction-retention", "10000",
         "--logger", "zap",
         "--log-level", "warn",
+        *(tls.flags() if tls is not None else []),
     ]  # fmt: skip
     return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
 
@@ -157,11 +197,23 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def member_status(m: EtcdMember, timeout: float = 0.5) -> dict[str, Any] | None:
-    """The member's ``/v3/maintenance/status`` answer, or None when it does not answer."""
+def member_status(
+    m: EtcdMember, timeout: float = 0.5, context: ssl.SSLContext | None = None
+) -> dict[str, Any] | None:
+    """The member's ``/v3/maintenance/status`` answer, or None when it does not answer.
+
+    An ``https`` member is asked with ``context`` (a client certificate of its cluster:
+    ``store.etcd_tls.client_context``); without one it counts as not answering.
+    """
     import http.client  # noqa: PLC0415 - every CLI start imports this module (through admin.cluster)
 
-    conn = http.client.HTTPConnection(m.host, m.client_port, timeout=timeout)
+    conn: http.client.HTTPConnection
+    if m.tls:
+        if context is None:
+            return None
+        conn = http.client.HTTPSConnection(m.host, m.client_port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(m.host, m.client_port, timeout=timeout)
     try:
         conn.request("POST", "/v3/maintenance/status", body=b"{}")
         resp = conn.getresponse()

@@ -5,7 +5,9 @@ It talks to etcd through ``store/etcd_gateway.py`` (the v3 JSON gateway with
 failover): every Store call is bounded by the URL's ``timeout`` (default
 2 s) after which it raises :class:`StoreError`, and a mutating request whose
 answer was lost is never re-sent (the caller gets a :class:`StoreError` and
-re-reads). See docs/ETCD.md for the full argument.
+re-reads). It talks TLS with a client certificate (``tls``, from the URL's
+``ca``/``cert``/``key``), or plain HTTP only when told ``insecure`` (docs/ETCD.md
+"TLS"). See docs/ETCD.md for the full argument.
 
 Keys under ``/pyha/<cluster>/``::
 
@@ -51,6 +53,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from fence.clock import boottime
@@ -65,7 +68,17 @@ from store.base import (
     check_name,
 )
 from store.etcd_gateway import EtcdServerError, Gateway, b64, prefix_end, unb64
-from store.etcd_url import DEFAULT_CLUSTER, DEFAULT_TIMEOUT, EtcdUrl, hostport, parse_endpoint, parse_url
+from store.etcd_tls import TlsFiles, client_context
+from store.etcd_url import (
+    DEFAULT_CLUSTER,
+    DEFAULT_TIMEOUT,
+    INSECURE_HINT,
+    EtcdUrl,
+    hostport,
+    parse_endpoint,
+    parse_url,
+    split_scheme,
+)
 
 __all__ = ["EtcdServerError", "EtcdStore", "EtcdUrl", "parse_url"]
 
@@ -152,16 +165,37 @@ class EtcdStore:
         cluster: str = DEFAULT_CLUSTER,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        tls: TlsFiles | None = None,
+        insecure: bool = False,
         clock: Callable[[], float] = boottime,
     ) -> None:
+        """``tls``: the CA to verify the members and our client certificate; required
+        unless ``insecure`` (plain http, refused otherwise: docs/ETCD.md "TLS")."""
         eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        parsed = tuple(parse_endpoint(e) for e in eps)
+        schemes = {split_scheme(e)[0] for e in eps}
+        parsed = tuple(parse_endpoint(split_scheme(e)[1]) for e in eps)
         if not parsed:
             raise ValueError("etcd store: no endpoint")
         check_lease_name(cluster)
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError(f"etcd store: timeout must be > 0, got {timeout}")
-        self._where = EtcdUrl(parsed, cluster, timeout)
+        if insecure and (tls is not None or "https" in schemes):
+            raise ValueError("etcd store: insecure (plain http) and TLS contradict")
+        if not insecure and (tls is None or "http" in schemes):
+            raise ValueError(f"etcd store: plain http refused; {INSECURE_HINT}")
+        # a bad or missing certificate file fails here, at once, not as a timeout later
+        try:
+            context = client_context(tls) if tls is not None else None
+        except OSError as e:  # ssl.SSLError is one
+            assert tls is not None
+            raise StoreError(
+                f"etcd store: cannot load the TLS files {tls.ca}, {tls.cert}, {tls.key}: {e}"
+            ) from None
+        self._where = EtcdUrl(parsed, cluster, timeout, insecure=insecure)
+        if tls is not None:
+            self._where = EtcdUrl(
+                parsed, cluster, timeout, ca=str(tls.ca), cert=str(tls.cert), key=str(tls.key)
+            )
         self.cluster = cluster
         self.timeout = timeout
         self._clock = clock
@@ -169,6 +203,7 @@ class EtcdStore:
             parsed,
             connect_timeout=max(0.05, min(0.5, timeout / 4)),
             read_try_timeout=max(0.2, timeout / 3),
+            ssl_context=context,
         )
         base = f"{ROOT}/{cluster}/"
         self._records = (base + "records/").encode()
@@ -182,7 +217,14 @@ class EtcdStore:
     @classmethod
     def from_url(cls, url: str) -> EtcdStore:
         u = parse_url(url)
-        return cls([hostport(h, p) for h, p in u.endpoints], u.cluster, timeout=u.timeout)
+        tls = TlsFiles(*(Path(p) for p in u.tls)) if u.tls is not None else None
+        return cls(
+            [hostport(h, p) for h, p in u.endpoints],
+            u.cluster,
+            timeout=u.timeout,
+            tls=tls,
+            insecure=u.insecure,
+        )
 
     @property
     def url(self) -> str:

@@ -67,7 +67,7 @@ def test_leases_and_deadlines_count_on_the_boot_clock(tmp_path: Path) -> None:
     from store.etcdstore import EtcdStore  # noqa: PLC0415
 
     assert DirStore(tmp_path)._clock is boottime
-    assert EtcdStore("127.0.0.1:1")._clock is boottime
+    assert EtcdStore("127.0.0.1:1", insecure=True)._clock is boottime
     assert watchdog.boottime is boottime
 
 

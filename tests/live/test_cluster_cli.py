@@ -32,6 +32,18 @@ def test_up_hosts_creates_a_namespaced_etcd_cluster_and_destroy_removes_it(tmp_p
         assert conf["store"].startswith("etcd://") and len(conf["nodes"]) == 3
         status = run("cli.ha_cluster", "status", str(d)).stdout
         assert status.count("running pid") == 3 and "(leader)" in status
+        # etcd over TLS only: the members' CA and certificates are private files of the cluster
+        tls = d / "etcd-tls"
+        assert conf["etcd"]["tls"] and conf["etcd_tls"]["ca"] == "etcd-tls/ca.pem"
+        assert (tls.stat().st_mode & 0o777) == 0o700
+        assert all((p.stat().st_mode & 0o777) == 0o600 for p in tls.iterdir())
+        old = (tls / "client.pem").read_bytes(), (tls / "member-node1.pem").read_bytes()
+        renewed = run("cli.ha_cluster", "etcd-renew-certs", str(d)).stdout
+        assert "renewed" in renewed
+        assert (
+            old[0] != (tls / "client.pem").read_bytes() and old[1] != (tls / "member-node1.pem").read_bytes()
+        )
+        assert "(leader)" in run("cli.ha_cluster", "status", str(d)).stdout  # the new client cert gets in
         assert len(namespaces() - before) == 3
         again = run("cli.ha_cluster", "up", str(d), "--hosts", "3", check=False)
         assert again.returncode == 2 and "already holds a cluster" in again.stderr

@@ -40,6 +40,14 @@ def etcd() -> Iterator[EtcdCluster]:
         c.stop(graceful=False)
 
 
+def external(etcd: EtcdCluster) -> list[str]:
+    """init's arguments for an etcd the operator runs: its endpoints and certificates (TLS)."""
+    tls = etcd.client_tls
+    assert tls is not None
+    return ["--store", "etcd", "--endpoints", ",".join(etcd.endpoints()),
+            "--etcd-ca", str(tls.ca), "--etcd-cert", str(tls.cert), "--etcd-key", str(tls.key)]  # fmt: skip
+
+
 def run(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
     res = subprocess.run([PY, "-m", *args], capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == code, f"{' '.join(args)}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
@@ -99,7 +107,7 @@ def test_round_trip_dir_etcd_dir_byte_for_byte(tmp_path: Path, etcd: EtcdCluster
 
     f1, f2, f3 = (tmp_path / f"export{i}.json" for i in (1, 2, 3))
     run("cli.ha_cluster", "export", str(a.root), str(f1))
-    b = init(tmp_path / "b", "--store", "etcd", "--endpoints", ",".join(etcd.endpoints()), "--name", "rt")
+    b = init(tmp_path / "b", *external(etcd), "--name", "rt")
     assert b.store_kind == "etcd"
     run("cli.ha_cluster", "import", str(b.root), str(f1), "--other-cluster")  # pyha -> rt
     b_store = b.open_store()
@@ -132,7 +140,11 @@ def test_import_refuses_to_mix_or_to_run_under_live_nodes(tmp_path: Path, etcd: 
     populate(a)
     f = tmp_path / "export.json"
     run("cli.ha_cluster", "export", str(a.root), str(f))
-    b = init(tmp_path / "b", "--store", "etcd", "--endpoints", ",".join(etcd.endpoints()), "--name", "mix")
+    # an etcd of one's own is reached over TLS only: without certificates init refuses
+    res = run("cli.ha_cluster", "init", str(tmp_path / "plain"), "--store", "etcd",
+              "--endpoints", ",".join(etcd.endpoints()), code=2)  # fmt: skip
+    assert "no TLS" in res.stderr and "--etcd-ca" in res.stderr
+    b = init(tmp_path / "b", *external(etcd), "--name", "mix")
     st = b.open_store()
     st.write("notes/only-in-b", b"x")
     st.close()

@@ -42,7 +42,9 @@ def test_open_store_urls(tmp_path: Path) -> None:
     assert isinstance(b, DirStore)
     from store.etcdstore import EtcdStore  # noqa: PLC0415
 
-    assert isinstance(open_store("etcd://127.0.0.1:2379/pyha"), EtcdStore)  # no connection until used
+    assert isinstance(
+        open_store("etcd://127.0.0.1:2379/pyha?insecure=1"), EtcdStore
+    )  # no connection until used
     with pytest.raises(ValueError, match="not available"):
         open_store("zk://127.0.0.1:2181/pyha")
     with pytest.raises(ValueError):

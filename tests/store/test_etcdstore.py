@@ -22,27 +22,32 @@ from tests.store.helpers import wait_until
 
 
 def test_parse_url() -> None:
-    u = parse_url("etcd://10.0.0.1:2379,10.0.0.2,[::1]:4001/prod?timeout=1.5")
+    u = parse_url("etcd://10.0.0.1:2379,10.0.0.2,[::1]:4001/prod?timeout=1.5&insecure=1")
     assert u.endpoints == (("10.0.0.1", 2379), ("10.0.0.2", 2379), ("::1", 4001))
-    assert (u.cluster, u.timeout) == ("prod", 1.5)
-    assert str(u) == "etcd://10.0.0.1:2379,10.0.0.2:2379,[::1]:4001/prod?timeout=1.5"
-    assert parse_url("etcd://h:1").cluster == "default"
-    assert str(parse_url("etcd://h:1/c")) == "etcd://h:1/c"
+    assert (u.cluster, u.timeout, u.insecure, u.tls) == ("prod", 1.5, True, None)
+    assert str(u) == "etcd://10.0.0.1:2379,10.0.0.2:2379,[::1]:4001/prod?timeout=1.5&insecure=1"
+    assert parse_url("etcd://h:1?insecure=1").cluster == "default"
+    assert str(parse_url("etcd://h:1/c?insecure=1")) == "etcd://h:1/c?insecure=1"
+    u = parse_url("etcd://https://h:1,h2/c?ca=/t/ca.pem&cert=/t/c.pem&key=/t/c.key")
+    assert u.endpoints == (("h", 1), ("h2", 2379)) and u.tls == ("/t/ca.pem", "/t/c.pem", "/t/c.key")
+    assert not u.insecure and str(u) == "etcd://h:1,h2:2379/c?ca=/t/ca.pem&cert=/t/c.pem&key=/t/c.key"
+    assert parse_url(str(u)) == u
 
 
 @pytest.mark.parametrize(
     "bad",
     [
         "dir:/x",
-        "etcd:///c",
-        "etcd://h:notaport/c",
-        "etcd://h:70000/c",
-        "etcd://h:1/a/b",
-        "etcd://h:1/.x",
-        "etcd://h:1/c?timeout=0",
-        "etcd://h:1/c?timeout=x",
-        "etcd://h:1/c?retries=3",
-        "etcd://[::1/c",
+        "etcd:///c?insecure=1",
+        "etcd://h:notaport/c?insecure=1",
+        "etcd://h:70000/c?insecure=1",
+        "etcd://h:1/a/b?insecure=1",
+        "etcd://h:1/.x?insecure=1",
+        "etcd://h:1/c?timeout=0&insecure=1",
+        "etcd://h:1/c?timeout=x&insecure=1",
+        "etcd://h:1/c?retries=3&insecure=1",
+        "etcd://[::1/c?insecure=1",
+        "etcd://h:1/c?insecure=maybe",
     ],
 )
 def test_parse_url_rejects(bad: str) -> None:
@@ -58,7 +63,7 @@ def test_prefix_end() -> None:
 
 def test_no_server_is_a_bounded_store_error() -> None:
     (port,) = free_ports(1)
-    st = EtcdStore.from_url(f"etcd://127.0.0.1:{port}/c?timeout=0.4")
+    st = EtcdStore.from_url(f"etcd://127.0.0.1:{port}/c?timeout=0.4&insecure=1")
     for op in (lambda: st.read("a"), lambda: st.write("a", b"x"), lambda: st.acquire_lease("l", "n1", 1)):
         t0 = time.monotonic()
         with pytest.raises(StoreError, match="no answer in time"):
