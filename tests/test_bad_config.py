@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.env import LiveEnv, NodeContext
+from actors.env import LiveEnv
 from ha.config.encoding import decode_config
 from ha.config.lastgood import carry_over
 from ha.config.resources import ServiceConfig
@@ -21,6 +21,7 @@ from ha.records import ManagerStatus
 from ha.status import status_lines
 from store import records as rec
 from store.dirstore import DirStore
+from tests import envstubs
 
 GOOD = (
     "proc: web\n\tcmd sleep 100\n\tnode n1\n\n"
@@ -29,31 +30,8 @@ GOOD = (
 )
 
 
-class Quorate:
-    def quorate(self) -> bool:
-        return True
-
-    def peers_up(self) -> frozenset[str]:
-        return frozenset({"n1", "n2", "n3"})
-
-
-class NoWatchdog:
-    def open(self, client: str) -> str:
-        return client
-
-    def update(self, handle: str) -> None:
-        pass
-
-    def close(self, handle: str) -> None:
-        pass
-
-
 def live_env(store: DirStore, daemon: str = "crm") -> LiveEnv:
-    ctx = NodeContext(
-        node="n1", nodes=["n1", "n2", "n3"], store=store, membership=Quorate(), watchdog=NoWatchdog(),
-        plugins={}, lease_ttl=5.0, holder="n1#t",
-    )  # fmt: skip
-    return LiveEnv(ctx, daemon)
+    return envstubs.live_env(store, daemon=daemon)
 
 
 def test_decode_blanks_exactly_the_section_with_bad_bytes() -> None:

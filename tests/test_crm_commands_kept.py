@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.env import LiveEnv, NodeContext
+from actors.env import LiveEnv
 from ha.constants import Timing
 from ha.crm import CRM
 from ha.errors import LockLost
@@ -14,33 +14,11 @@ from ha.records import ManagerStatus
 from ha.states import CrmState
 from store import records as rec
 from store.dirstore import DirStore
-
-
-class Quorate:
-    def quorate(self) -> bool:
-        return True
-
-    def peers_up(self) -> frozenset[str]:
-        return frozenset({"n1", "n2", "n3"})
-
-
-class NoWatchdog:
-    def open(self, client: str) -> str:
-        return client
-
-    def update(self, handle: str) -> None:
-        pass
-
-    def close(self, handle: str) -> None:
-        pass
+from tests import envstubs
 
 
 def master_env(store: DirStore, holder: str = "n1#a") -> LiveEnv:
-    ctx = NodeContext(
-        node="n1", nodes=["n1", "n2", "n3"], store=store, membership=Quorate(), watchdog=NoWatchdog(),
-        plugins={}, lease_ttl=5.0, holder=holder,
-    )  # fmt: skip
-    env = LiveEnv(ctx, "crm")
+    env = envstubs.live_env(store, holder=holder)
     assert env.get_ha_manager_lock()
     return env
 
@@ -87,11 +65,7 @@ def test_the_crm_leaves_the_master_state_when_its_status_write_is_refused(tmp_pa
     store = DirStore(tmp_path)
     rec.write_manager_status(store, ManagerStatus())
     store.write(rec.RESOURCES_CFG, b"proc: a\n\tcmd sleep 9\n\tnode n1\n")
-    ctx = NodeContext(
-        node="n1", nodes=["n1", "n2", "n3"], store=store, membership=Quorate(), watchdog=NoWatchdog(),
-        plugins={}, lease_ttl=5.0, holder="n1#c",
-    )  # fmt: skip
-    crm = CRM(LiveEnv(ctx, "crm"), Timing(crm_loop=0.0))
+    crm = CRM(envstubs.live_env(store, holder="n1#c"), Timing(crm_loop=0.0))
     for _ in range(5):
         crm.do_one_iteration()
         if crm.state == CrmState.MASTER and crm.manager is not None and crm.manager.ms.master_node:

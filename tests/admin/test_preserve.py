@@ -74,15 +74,10 @@ def test_chunks_join_back_to_the_text(text: str) -> None:
 
 def test_a_master_side_edit_keeps_them_too(tmp_path: Path) -> None:
     """The CRM's own edits of resources.cfg (``crm-command stop``, a node change) go the same way."""
-    from actors.env import LiveEnv, NodeContext  # noqa: PLC0415
-    from tests.fence.test_lease_safety import NoWatchdog, Quorate  # noqa: PLC0415
+    from tests.envstubs import live_env  # noqa: PLC0415
 
     store = DirStore(tmp_path / "store")
     store.write(rec.RESOURCES_CFG, (COMMENT + TYPO + GOOD + LAST).encode())
-    ctx = NodeContext(
-        node="node1", nodes=["node1", "node2"], store=store, membership=Quorate(), watchdog=NoWatchdog(),
-        plugins={}, lease_ttl=5.0, holder="node1#t",
-    )  # fmt: skip
-    LiveEnv(ctx, "crm").update_service_config("proc:web", {"state": "stopped"}, [])
+    live_env(store, "node1", "node1#t").update_service_config("proc:web", {"state": "stopped"}, [])
     text = rec.read_text(store, rec.RESOURCES_CFG)[0]
     assert text == COMMENT + TYPO + GOOD.replace("node1\n", "node1\n\tstate stopped\n") + LAST

@@ -6,37 +6,15 @@ import threading
 import time
 from pathlib import Path
 
-from actors.env import LiveEnv, NodeContext
+from actors.env import LiveEnv
 from fence.clock import boottime
 from store import records as rec
 from store.dirstore import DirStore
-
-
-class Quorate:
-    def quorate(self) -> bool:
-        return True
-
-    def peers_up(self) -> frozenset[str]:
-        return frozenset({"n1", "n2", "n3"})
-
-
-class NoWatchdog:
-    def open(self, client: str) -> str:
-        return client
-
-    def update(self, handle: str) -> None:
-        pass
-
-    def close(self, handle: str) -> None:
-        pass
+from tests import envstubs
 
 
 def env(store: DirStore, node: str, holder: str, daemon: str = "lrm") -> LiveEnv:
-    ctx = NodeContext(
-        node=node, nodes=["n1", "n2", "n3"], store=store, membership=Quorate(), watchdog=NoWatchdog(),
-        plugins={}, lease_ttl=5.0, holder=holder,
-    )  # fmt: skip
-    return LiveEnv(ctx, daemon)
+    return envstubs.live_env(store, node, holder, daemon)
 
 
 def test_two_processes_of_one_node_cannot_both_hold_its_lease(tmp_path: Path) -> None:
