@@ -30,9 +30,8 @@ from loguru import logger
 
 from fence.clock import boottime
 from ha.config.datacenter import DatacenterConfig, parse_datacenter_cfg
-from ha.config.encoding import decode_config
 from ha.config.groups import GroupConfig, format_groups_cfg, parse_groups_cfg
-from ha.config.lastgood import carry_over
+from ha.config.inforce import InForce
 from ha.config.resources import ResourceConfig, ServiceConfig, format_resources_cfg, parse_resources_cfg
 from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
 from ha.config.sectionconfig import preserve_edit
@@ -113,24 +112,15 @@ _UNKNOWN = _Unknown()
 _STALE = _Unknown()  # changed by another writer: re-read (the content, not just the version) first
 
 
-class _Cached:
-    """A parsed record, re-parsed only when its version changes."""
-
-    def __init__(self) -> None:
-        self.version: str | None = "\0never"
-        self.value: object = None
-
-
 class LiveEnv:
     def __init__(self, ctx: NodeContext, daemon: str) -> None:
         self.ctx = ctx
         self.daemon = daemon
         self.ident = f"{ctx.node}/{daemon}"
         self.log_ = logger.bind(ident=self.ident)
-        self._cache: dict[str, _Cached] = {}
         self._bad_config_logged: set[str] = set()
         self._config_errors: dict[str, list[str]] = {}  # file -> errors last recorded
-        self._carried: dict[str, list[str]] = {}  # file -> entries kept from an earlier reading
+        self._in_force: dict[str, InForce[Any]] = {}  # file -> this daemon's reading of it
         # manager_status as this daemon last read or wrote it (the CRM's CAS base)
         self._ms_version: str | _Unknown | None = _UNKNOWN
         self._store_trouble: str | None = None  # last lease-call problem logged (no repeats)
@@ -204,36 +194,22 @@ class LiveEnv:
         entries: Callable[[object], MutableMapping[str, Any]] | None,
         key_extra: str = "",
     ) -> object:
-        """A config file as in force on this node: parsed when its version changes.
+        """A config file as in force on this node (``ha.config.inforce``): never raises for its content.
 
-        Never raises for the file's content (issue #10): bytes that are not UTF-8
-        and sections that fail to parse are config errors, logged once with file
-        and line; what the last reading had and this one lacks is carried over
-        while the file has errors (``ha.config.lastgood``), and a file that cannot
-        be read as a whole (``datacenter.cfg``) keeps its last good value.
+        Config errors and what was kept from the last good reading are logged once
+        each and reported (``_config_problem``).
         """
         record = self.ctx.store.read(name)
         version = None if record is None else record.version
-        key = f"{version}|{key_extra}"
-        c = self._cache.setdefault(name, _Cached())
-        if c.version == key:
-            return c.value
-        text, errors = decode_config(b"" if record is None else record.data, name)
-        value, parse_errors = parse(text, version)
-        errors += parse_errors
-        self._carried.pop(name, None)
-        if errors and c.value is not None:
-            if entries is None:
-                value = c.value  # one value for the whole file: the last good one stays
-                self._note_kept(name, version, ["the whole file"])
-            else:
-                kept = carry_over(entries(value), entries(c.value), True)
-                self._carried[name] = kept
-                if kept:
-                    self._note_kept(name, version, kept)
-        self._report(name, errors, version)
-        c.value, c.version = value, key
-        return value
+        view = self._in_force.get(name)
+        if view is None:
+            view = self._in_force[name] = InForce(name, entries)
+        reading = view.read(None if record is None else record.data, version, parse, key_extra)
+        if reading.fresh:
+            if reading.kept:
+                self._note_kept(name, version, reading.kept)
+            self._report(name, reading.errors, version)
+        return reading.value
 
     def _report(self, name: str, errors: list[ConfigError], version: str | None) -> None:
         for e in errors:
@@ -384,7 +360,8 @@ class LiveEnv:
 
         conf = self._config(rec.RESOURCES_CFG, parse, services, repr(sorted(locations.items())))
         assert isinstance(conf, ServiceConfig)
-        for sid in self._carried.get(rec.RESOURCES_CFG, ()):  # carried over: where it is now
+        view = self._in_force.get(rec.RESOURCES_CFG)
+        for sid in view.kept if view is not None else ():  # carried over: where it is now
             cd = conf.services[sid]
             node = locations.get(sid)
             if node is not None and cd.node != node:
