@@ -30,8 +30,9 @@ from loguru import logger
 
 from fence.clock import boottime
 from ha.config.datacenter import DatacenterConfig, parse_datacenter_cfg
+from ha.config.encoding import decode_config
 from ha.config.groups import GroupConfig, format_groups_cfg, parse_groups_cfg
-from ha.config.inforce import InForce
+from ha.config.inforce import InForce, Reading
 from ha.config.resources import ResourceConfig, ServiceConfig, format_resources_cfg, parse_resources_cfg
 from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
 from ha.config.sectionconfig import preserve_edit
@@ -193,7 +194,7 @@ class LiveEnv:
         parse: Callable[[str, str | None], tuple[object, list[ConfigError]]],
         entries: Callable[[object], MutableMapping[str, Any]] | None,
         key_extra: str = "",
-    ) -> object:
+    ) -> Reading[Any]:
         """A config file as in force on this node (``ha.config.inforce``): never raises for its content.
 
         Config errors and what was kept from the last good reading are logged once
@@ -209,7 +210,7 @@ class LiveEnv:
             if reading.kept:
                 self._note_kept(name, version, reading.kept)
             self._report(name, reading.errors, version)
-        return reading.value
+        return reading
 
     def _report(self, name: str, errors: list[ConfigError], version: str | None) -> None:
         for e in errors:
@@ -358,8 +359,11 @@ class LiveEnv:
             assert isinstance(value, ServiceConfig)
             return value.services
 
-        conf = self._config(rec.RESOURCES_CFG, parse, services, repr(sorted(locations.items())))
+        reading = self._config(rec.RESOURCES_CFG, parse, services, repr(sorted(locations.items())))
+        conf = reading.value
         assert isinstance(conf, ServiceConfig)
+        if reading.fresh:
+            conf.incomplete = bool(reading.errors)  # the Manager removes nothing missing from it
         view = self._in_force.get(rec.RESOURCES_CFG)
         for sid in view.kept if view is not None else ():  # carried over: where it is now
             cd = conf.services[sid]
@@ -372,20 +376,26 @@ class LiveEnv:
         """Read-modify-write resources.cfg with compare-and-swap, retrying on conflicts.
 
         What the edit does not touch is kept byte for byte (comments, sections
-        that fail to parse); an edit that cannot keep it is refused (issue #10).
+        that fail to parse, bytes that are not UTF-8); an edit that cannot keep it
+        is refused (issue #10). So a ``crm-command stop`` still lands while some
+        other section of the file is broken.
         """
         store = self.ctx.store
         for _ in range(20):
-            # bytes that are not UTF-8: ConfigError, nothing rewritten (they could not be kept)
-            text, version = rec.read_text(store, rec.RESOURCES_CFG)
+            record = store.read(rec.RESOURCES_CFG)
+            data = b"" if record is None else record.data
+            version = None if record is None else record.version
+            # the file as it is, bad bytes included (as lone surrogates, written back unchanged) ...
+            original = data.decode("utf-8", "surrogateescape")
+            # ... and what parses of it (sections with bad bytes left out)
+            text, _ = decode_config(data, rec.RESOURCES_CFG)
             conf, _errors = parse_resources_cfg(text, rec.RESOURCES_CFG)
             before = format_resources_cfg(conf)
             edit(conf)
-            # comments and sections that do not parse are kept byte for byte (issue #10); an
-            # edit that would replace a section that does not parse is refused (ConfigError)
-            after = preserve_edit(text, before, format_resources_cfg(conf), rec.RESOURCES_CFG)
+            # an edit that would replace a section that does not parse is refused (ConfigError)
+            after = preserve_edit(original, before, format_resources_cfg(conf), rec.RESOURCES_CFG)
             try:
-                store.write(rec.RESOURCES_CFG, after.encode(), version or "")
+                store.write(rec.RESOURCES_CFG, after.encode("utf-8", "surrogateescape"), version or "")
                 return
             except VersionConflict:
                 continue
@@ -424,7 +434,7 @@ class LiveEnv:
             assert isinstance(value, GroupConfig)
             return value.groups
 
-        value = self._config(rec.GROUPS_CFG, parse, groups)
+        value = self._config(rec.GROUPS_CFG, parse, groups).value
         assert isinstance(value, GroupConfig)
         return value
 
@@ -441,7 +451,7 @@ class LiveEnv:
             assert isinstance(value, RulesConfig)
             return value.rules
 
-        value = self._config(rec.RULES_CFG, parse, rules)
+        value = self._config(rec.RULES_CFG, parse, rules).value
         assert isinstance(value, RulesConfig)
         return value
 
@@ -481,7 +491,7 @@ class LiveEnv:
             except ConfigError as e:
                 return DatacenterConfig(), [e]
 
-        value = self._config(rec.DATACENTER_CFG, parse, None)
+        value = self._config(rec.DATACENTER_CFG, parse, None).value
         assert isinstance(value, DatacenterConfig)
         return value
 

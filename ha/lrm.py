@@ -375,8 +375,14 @@ class LRM(Daemon):
         ss = self.service_status
         for sid in [s for s in self.restart_tries if s not in ss]:
             del self.restart_tries[sid]
+        sc = self.env.read_service_config()
         for sid, sd in ss.items():
             if sd.node != node or not sd.uid:
+                continue
+            if sc.incomplete and sid not in sc.services:
+                # ours (issue #10): its section cannot be read now. Run without it, the agent would
+                # fail with "missing resource configuration" and the service go to error; its
+                # request waits (a move waits with it) until the file reads again.
                 continue
             # recovery: the master finishes it first; freeze/request_start: CRM-internal
             if sd.state in (S.RECOVERY, S.FREEZE, S.REQUEST_START):

@@ -242,6 +242,10 @@ class Manager:
             repeat = False
             for sid in sorted(self.ss) if only is None else [s for s in only if s in self.ss]:
                 sd = self.ss[sid]
+                if sc.incomplete and sid not in sc.services:
+                    # SAFETY (issue #10): its section cannot be read now; taken for "disabled" it
+                    # would be stopped. It keeps its state until the file reads again.
+                    continue
                 cd = sc.get(sid) or ResourceConfig(
                     sid=sid, type=sid.split(":")[0], name="", node="", state=RequestedState.DISABLED
                 )
@@ -286,6 +290,9 @@ class Manager:
         for sid in sorted(self.ss):
             cd_or_none = sc.get(sid)
             if cd_or_none is not None and cd_or_none.state != RequestedState.IGNORED:
+                continue
+            if cd_or_none is None and sc.incomplete:
+                # ours (issue #10): a config that could not be read whole may still configure it
                 continue
             reason = "no config" if cd_or_none is None else "ignored state requested"
             self.env.log("info", f"removing stale service '{sid}' ({reason})")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ha.announce import Announcement, Announcer, Reporter, ResultReport, route_results
 from ha.config.datacenter import DatacenterConfig
 from ha.config.groups import GroupConfig
-from ha.config.resources import ServiceConfig
+from ha.config.inforce import InForce
+from ha.config.resources import ServiceConfig, parse_resources_cfg
 from ha.config.rules import RulesConfig
 from ha.env import NodeInfo, ResourcePlugin
-from ha.errors import CfsError, SimulationError
+from ha.errors import CfsError, ConfigError, SimulationError
 from ha.records import LrmResult, LrmStatus, ManagerStatus
+from sim.hardware import RESOURCES_FILE
 from sim.logfmt import format_line
 
 if TYPE_CHECKING:
@@ -23,6 +25,14 @@ MAX_LOOP_DELAY = 300
 
 AnnounceHook = Callable[[Announcer, ManagerStatus, Announcement], None]
 ReportHook = Callable[[str, list[tuple[str, LrmResult]], ManagerStatus, ResultReport], None]
+
+
+def _services(conf: ServiceConfig) -> dict[str, Any]:
+    return conf.services
+
+
+def new_resources_view() -> InForce[ServiceConfig]:
+    return InForce(RESOURCES_FILE, _services)
 
 
 class SimEnv:
@@ -42,6 +52,10 @@ class SimEnv:
         # One per node process: the runner replaces them when the node is powered off.
         self.announcer = Announcer(node)
         self.reporter = Reporter(node)
+        # this process's reading of resources.cfg (used once the fuzzer corrupts it): the
+        # runner replaces it with the daemon, like the announcer
+        self.resources_view: InForce[ServiceConfig] = new_resources_view()
+        self.config_errors_logged: set[str] = set()
         self.on_announce: AnnounceHook | None = None
         self.on_report: ReportHook | None = None
 
@@ -150,7 +164,33 @@ class SimEnv:
 
     def read_service_config(self) -> ServiceConfig:
         self._assert_cfs_rw()
-        return self.hardware.service_config()
+        conf = self.hardware.service_config()
+        raw = self.hardware.corrupt_bytes(RESOURCES_FILE)
+        if raw is None:
+            self.resources_view.accept(conf)  # the last good reading, should the file break
+            return conf
+        # ours (issue #10): the file's bytes are corrupt; read them as the live Env does
+        # (ha/config/inforce.py): broken sections carried over from the last good reading
+        # where each service is comes from the simulated guests, not from the file (as the live
+        # Env takes it from locations/<sid>): the corrupt bytes hold the nodes of their moment
+        nodes = {sid: cd.node for sid, cd in conf.services.items()}
+
+        def parse(text: str, version: str | None) -> tuple[ServiceConfig, list[ConfigError]]:
+            return parse_resources_cfg(text, RESOURCES_FILE, nodes=nodes)
+
+        reading = self.resources_view.read(raw, f"corrupt:{hash(raw)}", parse, repr(sorted(nodes.items())))
+        value = reading.value
+        for sid in self.resources_view.kept:  # carried over: where it is now
+            if sid in nodes:
+                value.services[sid].node = nodes[sid]
+        if reading.fresh:
+            value.digest = None  # the simulator's config has no digest (see Hardware.service_config)
+            value.incomplete = bool(reading.errors)
+            for e in reading.errors:
+                if str(e) not in self.config_errors_logged:  # once per error, as the live Env
+                    self.config_errors_logged.add(str(e))
+                    self.log("err", f"configuration error, section skipped: {e}")
+        return value
 
     def update_service_config(self, sid: str, changes: dict[str, object], delete: list[str]) -> None:
         self._assert_cfs_rw()

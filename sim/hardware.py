@@ -7,6 +7,7 @@ here and written out at the end of a run (``Hardware.dump``).
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from ha.config.datacenter import DatacenterConfig
 from ha.config.groups import GroupConfig, parse_groups_cfg
-from ha.config.resources import ResourceConfig, ServiceConfig
+from ha.config.resources import ResourceConfig, ServiceConfig, format_resources_cfg
 from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
 from ha.config.sectionconfig import parse_bool, parse_uint
 from ha.constants import LOCK_TIMEOUT, WATCHDOG_TIMEOUT
@@ -26,6 +27,8 @@ from ha.records import LrmStatus, ManagerStatus
 from sim.logfmt import format_line
 from sim.resources import SimResource, make_plugins
 from sim.scenario import SIM_SID, Scenario
+
+RESOURCES_FILE = "resources.cfg"
 
 DEFAULT_NODE_VERSION = "9.0.0~2"
 
@@ -82,6 +85,8 @@ class Hardware:
             sid: dict(cd) for sid, cd in scenario.service_config.items()
         }
         self._service_cache: ServiceConfig | None = None
+        # config files whose bytes are corrupt right now (file -> seed), see corrupt_config
+        self.corrupt: dict[str, int] = {}
         self.groups_text = scenario.groups_text
         self.rules_text = scenario.rules_text
         self.groups = self._parse_groups(scenario.groups_text)
@@ -119,6 +124,32 @@ class Hardware:
         if errors:
             raise SimulationError(str(errors[0]))
         return conf
+
+    # -- config corruption (ours, issue #10; the fuzzer's ``config`` command) -----------------
+    def corrupt_config(self, name: str, seed: int) -> None:
+        """``name`` holds random bytes (always one that is not UTF-8) from now on, until restored.
+
+        Edits keep landing in the readable parts, as the live Env's edits keep the bytes
+        they do not touch (``preserve_edit``): the file is the current text with the same
+        junk at the same relative place (:meth:`corrupt_bytes`).
+        """
+        if name != RESOURCES_FILE:
+            raise SimulationError(f"sim_hardware_cmd: cannot corrupt '{name}' (only {RESOURCES_FILE})")
+        self.corrupt[name] = seed
+
+    def restore_config(self, name: str) -> None:
+        self.corrupt.pop(name, None)
+
+    def corrupt_bytes(self, name: str) -> bytes | None:
+        """The bytes of a corrupt file right now; None when it is not corrupt."""
+        seed = self.corrupt.get(name)
+        if seed is None:
+            return None
+        rng = random.Random(seed)
+        junk = bytes([0xFF]) + rng.randbytes(rng.randint(0, 32))
+        text = format_resources_cfg(self.service_config()).encode()
+        at = int(rng.random() * (len(text) + 1))
+        return text[:at] + junk + text[at:]
 
     def service_config(self) -> ServiceConfig:
         """Parsed service_config with the simulator's defaults (§9.2); cached until changed.

@@ -16,7 +16,7 @@ from ha.announce import Announcer, Reporter
 from ha.crm import CRM
 from ha.errors import HaError, SimulationError
 from ha.lrm import LRM
-from sim.env import AnnounceHook, ReportHook, SimEnv
+from sim.env import AnnounceHook, ReportHook, SimEnv, new_resources_view
 from sim.hardware import Hardware
 from sim.scenario import Scenario
 
@@ -74,9 +74,13 @@ class Simulation:
     # -- daemon control ---------------------------------------------------------
 
     def _start_crm(self, node: str) -> CRM:
+        self.crm_envs[node].resources_view = new_resources_view()  # a new process reads afresh
+        self.crm_envs[node].config_errors_logged.clear()
         return CRM(self.crm_envs[node])
 
     def _start_lrm(self, node: str) -> LRM:
+        self.lrm_envs[node].resources_view = new_resources_view()
+        self.lrm_envs[node].config_errors_logged.clear()
         return LRM(self.lrm_envs[node], self.hw.startup_write)
 
     # -- commands (§9.5) ----------------------------------------------------------
@@ -88,6 +92,16 @@ class Simulation:
             raise SimulationError("sim_hardware_cmd: no node or service for command specified")
         cmd, objid, action, params = parts[0], parts[1], parts[2] if len(parts) > 2 else "", parts[3:]
         node = None
+        if cmd == "config":
+            # ours (issue #10, the fuzzer): "config resources.cfg corrupt SEED" / "... restore"
+            hw.log("info", f"execute {cmdstr}", logid)
+            if action == "corrupt" and params and params[0].isdigit():
+                hw.corrupt_config(objid, int(params[0]))
+            elif action == "restore":
+                hw.restore_config(objid)
+            else:
+                raise SimulationError(f"sim_hardware_cmd: unknown action '{action}'")
+            return
         if cmd == "service":
             if not re.match(r"^[a-z]+:\S+$", objid):
                 raise SimulationError(f"sim_hardware_cmd: invalid service id '{objid}'")

@@ -97,7 +97,7 @@ def test_a_typo_keeps_the_resource_managed_until_fixed_then_the_new_reading_rule
     assert rec.RESOURCES_CFG not in rec.read_config_errors(store)
 
 
-def test_a_master_edit_keeps_a_broken_section_and_refuses_a_file_it_cannot_decode(tmp_path: Path) -> None:
+def test_a_master_edit_keeps_broken_sections_and_bad_bytes_byte_for_byte(tmp_path: Path) -> None:
     store = DirStore(tmp_path)
     bad = "# ours\n" + GOOD.replace("\tstate stopped", "\tstop_timout 5\n\tstate stopped")
     store.write(rec.RESOURCES_CFG, bad.encode())
@@ -108,12 +108,17 @@ def test_a_master_edit_keeps_a_broken_section_and_refuses_a_file_it_cannot_decod
     text = now.data.decode()
     assert text.startswith("# ours\n") and "\tstop_timout 5\n" in text, "comment and broken section kept"
     assert "proc: web\n\tcmd sleep 100\n\tnode n1\n\tstate stopped\n" in text
+    # bytes that are not UTF-8 in another section: the edit lands, those bytes stay as they were
     undecodable = GOOD.replace("sleep 300", "sleep \xff").encode("latin-1")
     store.write(rec.RESOURCES_CFG, undecodable)
-    with pytest.raises(ConfigError, match="not valid UTF-8"):
-        env.update_service_config("proc:web", {"state": "started"}, [])
+    env.update_service_config("proc:web", {"state": "stopped"}, [])
     after = store.read(rec.RESOURCES_CFG)
-    assert after is not None and after.data == undecodable
+    assert after is not None
+    assert after.data == undecodable.replace(b"node n1\n", b"node n1\n\tstate stopped\n", 1)
+    # the section that holds them is not read, so an edit of it changes nothing
+    env.update_service_config("proc:cache", {"state": "stopped"}, [])
+    again = store.read(rec.RESOURCES_CFG)
+    assert again is not None and again.data == after.data
 
 
 def test_the_tools_refuse_a_non_utf8_file_with_one_line(tmp_path: Path) -> None:
@@ -138,3 +143,29 @@ def test_status_shows_a_config_line_only_when_a_file_has_errors() -> None:
         "config resources.cfg invalid since T5: resources.cfg:3: bad (and 1 more);"
         " the last good configuration stays in force"
     )
+
+
+def test_a_fresh_master_neither_removes_nor_stops_a_service_whose_section_it_cannot_read(
+    tmp_path: Path,
+) -> None:
+    """No earlier reading to carry over (a new master): the Manager leaves the service alone."""
+    from ha.constants import Timing  # noqa: PLC0415
+    from ha.crm import CRM  # noqa: PLC0415
+    from ha.records import ServiceData  # noqa: PLC0415
+    from ha.states import CrmState  # noqa: PLC0415
+
+    store = DirStore(tmp_path)
+    store.write(rec.RESOURCES_CFG, GOOD.replace("sleep 300", "sleep \xff").encode("latin-1"))
+    ms = ManagerStatus(
+        node_status={"n1": "online", "n2": "online", "n3": "online"},
+        service_status={"proc:cache": ServiceData("started", "n3", "u1", running=True)},
+    )
+    rec.write_manager_status(store, ms)
+    crm = CRM(live_env(store), Timing(crm_loop=0.0))
+    for _ in range(6):
+        crm.do_one_iteration()
+    assert crm.state == CrmState.MASTER
+    after = rec.read_manager_status(store)[0].service_status
+    assert "proc:cache" in after, "removed from HA management"
+    assert after["proc:cache"].state == "started", f"acted on: {after['proc:cache'].state}"
+    assert after["proc:web"].state in ("request_start", "started"), "the readable ones are managed"

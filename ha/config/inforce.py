@@ -47,6 +47,10 @@ class InForce(Generic[T]):
         self._value: T | None = None
         self.kept: list[str] = []
 
+    def accept(self, value: T) -> None:
+        """``value`` was read another way (the simulator's config objects): the last good reading."""
+        self._key, self._value, self.kept = None, value, []
+
     def read(
         self,
         data: bytes | None,

@@ -93,6 +93,9 @@ class ServiceConfig:
 
     services: dict[str, ResourceConfig] = field(default_factory=dict)
     digest: str | None = None
+    # the file had errors (a section, or bytes, that could not be read): a resource missing
+    # here may still be configured; the Manager neither removes nor acts on one (issue #10)
+    incomplete: bool = False
 
     def __contains__(self, sid: object) -> bool:
         return sid in self.services
@@ -107,7 +110,9 @@ class ServiceConfig:
         return self.services.get(sid)
 
     def copy(self) -> ServiceConfig:
-        return ServiceConfig({sid: cd.copy() for sid, cd in self.services.items()}, self.digest)
+        return ServiceConfig(
+            {sid: cd.copy() for sid, cd in self.services.items()}, self.digest, self.incomplete
+        )
 
 
 def normalize_state(value: str, path: str, line: int | None) -> str:

@@ -79,8 +79,9 @@ class CommandKind:
     """One row of the command table.
 
     ``subject`` "node": a node not yet touched in this batch, for which ``eligible``
-    holds, is drawn and marked touched; "service": a service not yet touched is
-    drawn (``render`` marks it); "none": ``render`` chooses by itself. ``render``
+    holds, is drawn and marked touched; "service": a service not yet touched, for
+    which ``eligible`` holds, is drawn (``render`` marks it); "none": when
+    ``eligible(pick, "")`` holds, ``render`` chooses by itself. ``render``
     returns the command line, or None when the draw cannot be used.
     """
 
@@ -178,6 +179,23 @@ def _add(p: Pick, _: str) -> str | None:
     return cmd
 
 
+def _config_readable(p: Pick, _: str) -> bool:
+    """Administrators' config edits wait while resources.cfg is corrupt (the live tools refuse to
+    edit a file that is not UTF-8)."""
+    return not p.hw.corrupt
+
+
+def _corrupt(p: Pick, _: str) -> str | None:
+    """Random bytes into resources.cfg (ours, issue #10), until a later ``restore``."""
+    if p.hw.corrupt:
+        return None
+    return f"config resources.cfg corrupt {p.rng.randrange(1 << 30)}"
+
+
+def _restore(p: Pick, _: str) -> str | None:
+    return "config resources.cfg restore" if p.hw.corrupt else None
+
+
 def _handover_ok(p: Pick, node: str) -> bool:
     """May HA take over a possibly running guest on ``node`` now? (see :class:`ScheduleGenerator`)"""
     sim, n = p.sim, p.node(node)
@@ -229,12 +247,14 @@ COMMANDS: tuple[CommandKind, ...] = (
     CommandKind("maint-off", 5, "none", _maintenance("disable")),
     CommandKind("skip", 3, "none", _skip),
     CommandKind("delay", 4, "none", _delay),
-    CommandKind("state", 14, "service", _state),
+    CommandKind("state", 14, "service", _state, _config_readable),
     CommandKind("migrate", 6, "service", _move("migrate")),
     CommandKind("relocate", 5, "service", _move("relocate")),
     CommandKind("stop", 4, "service", _stop),
-    CommandKind("add", 6, "none", _add),
-    CommandKind("delete", 3, "service", _delete),
+    CommandKind("add", 6, "none", _add, _config_readable),
+    CommandKind("delete", 3, "service", _delete, _config_readable),
+    CommandKind("config-corrupt", 2, "none", _corrupt),
+    CommandKind("config-restore", 4, "none", _restore),
 )  # fmt: skip
 _BY_KIND = {c.kind: c for c in COMMANDS}
 
@@ -289,8 +309,8 @@ class ScheduleGenerator:
             p.touched.add(node)
             return row.render(p, node)
         if row.subject == "service":
-            sids = [s for s in sorted(p.hw.service_raw) if s not in p.sids_touched]
+            sids = [s for s in sorted(p.hw.service_raw) if s not in p.sids_touched and row.eligible(p, s)]
             if not sids:
                 return None
             return row.render(p, rng.choice(sids))
-        return row.render(p, "")
+        return row.render(p, "") if row.eligible(p, "") else None

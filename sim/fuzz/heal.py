@@ -16,7 +16,7 @@ class Healer:
         self.pending_since: dict[str, int] = {}
 
     def batch(self, hw: Hardware) -> list[str]:
-        out: list[str] = []
+        out: list[str] = [f"config {name} restore" for name in sorted(hw.corrupt)]
         request = hw.manager_status.node_request or {}
         for name in sorted(hw.nodes):
             node = hw.nodes[name]
@@ -44,6 +44,8 @@ class Healer:
 
 
 def cluster_healthy(hw: Hardware) -> bool:
+    if hw.corrupt:
+        return False
     for node in hw.nodes.values():
         if node.power != "on" or node.network != "on" or node.crm is None or node.lrm is None:
             return False

@@ -27,6 +27,9 @@ START_UNDER_LOCK = "start-under-lock"
 NO_FATAL_ERROR = "no-fatal-error"
 CRASH = "crash"
 ANNOUNCE = "announce"
+# ours (issue #10): a config file that cannot be read (the ``config ... corrupt`` command) never
+# takes a configured service out of management nor makes an agent run without its config
+CONFIG_KEPT = "config-kept"
 #: fatal simulator errors that are a limitation of the (reference) simulator's model, not of the
 #: HA stack: with ``strict`` off such a run counts as *inconclusive*, not as a failure
 KNOWN_LIMITATIONS = ("watchdog expired",)
@@ -37,6 +40,7 @@ INVARIANTS = (
     LIVENESS,
     START_UNDER_LOCK,
     ANNOUNCE,
+    CONFIG_KEPT,
     NO_FATAL_ERROR,
     CRASH,
 )
@@ -46,6 +50,9 @@ MANAGER_LOCK = "ha_manager_lock"
 NOT_RECOVERED = frozenset({"freeze", "error"})
 
 _LOG_LINE = re.compile(r"^\S+\s+-?\d+\s+(\S+)/crm: (.*)$")
+_ANY_LINE = re.compile(r"^\S+\s+-?\d+\s+(\S+)/(crm|lrm): (.*)$")
+_REMOVED = re.compile(r"^removing stale service '([^']+)' \(no config\)$")
+_MISSING = re.compile(r"^missing resource configuration for '([^']+)'$")
 _FENCE_ACK = re.compile(r"^fencing: acknowledged - got agent lock for node '([^']+)'$")
 
 
@@ -320,6 +327,10 @@ class Checker:
             raise ViolationFound(Violation(invariant, "; ".join(errors), self._hw().time))
 
     def on_line(self, line: str) -> None:
+        if "execute config " in line and " corrupt " in line:
+            self.stats["config corruptions"] += 1
+        if "stale service" in line or "missing resource configuration" in line:
+            self._check_config_kept(line)
         if "fencing: acknowledged" not in line:
             return
         m = _LOG_LINE.match(line)
@@ -335,6 +346,22 @@ class Checker:
         ss = manager.ss if manager is not None else {}
         self.stats["fencings"] += 1
         self.fail(FENCE_BEFORE_RECOVERY, check_fence_ack(ack.group(1), master, hw.locks, hw.running, ss))
+
+    def _check_config_kept(self, line: str) -> None:
+        m = _ANY_LINE.match(line)
+        if m is None:
+            return
+        what = _REMOVED.match(m.group(3).rstrip("\n")) or _MISSING.match(m.group(3).rstrip("\n"))
+        if what is None:
+            return
+        hw = self._hw()
+        sid = what.group(1)
+        cd = hw.service_raw.get(sid)
+        configured = cd is not None and requested_state(cd) != "ignored"
+        if configured:
+            self.fail(
+                CONFIG_KEPT, [f"{m.group(1)}/{m.group(2)}: {m.group(3).strip()} while {sid} is configured"]
+            )
 
     def on_announce(self, announcer: Announcer, ms: ManagerStatus, ann: Announcement) -> None:
         # keyed by the Announcer (one per node process), which is kept so its id stays unique
