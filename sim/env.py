@@ -10,6 +10,7 @@ from ha.config.datacenter import DatacenterConfig
 from ha.config.groups import GroupConfig
 from ha.config.resources import ServiceConfig
 from ha.config.rules import RulesConfig
+from ha.crs.stats import GuestInfo, NodeStats, ServiceStats
 from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import CfsError, SimulationError
 from ha.records import LrmResult, LrmStatus, ManagerStatus
@@ -180,6 +181,15 @@ class SimEnv:
 
     def get_datacenter_settings(self) -> DatacenterConfig:
         return self.hardware.datacenter
+
+    def get_node_stats(self, mode: str) -> dict[str, NodeStats]:
+        return self.hardware.node_stats(mode)
+
+    def get_service_stats(self, mode: str) -> dict[str, ServiceStats]:
+        return self.hardware.service_stats(mode)
+
+    def get_guests(self) -> dict[str, GuestInfo]:
+        return self.hardware.guests()
 
     # -- locks and watchdog ------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
 from ha.config.sectionconfig import parse_bool, parse_uint
 from ha.constants import LOCK_TIMEOUT, WATCHDOG_TIMEOUT
 from ha.crm import CRM
+from ha.crs.stats import GuestInfo, NodeStats, ServiceStats
 from ha.env import NodeInfo
 from ha.errors import ConfigError, SimulationError
 from ha.lrm import LRM, StartupWrite
@@ -26,6 +27,7 @@ from ha.records import LrmStatus, ManagerStatus
 from sim.logfmt import format_line
 from sim.resources import SimResource, make_plugins
 from sim.scenario import SIM_SID, Scenario
+from sim.stats import SimStats, guests
 
 DEFAULT_NODE_VERSION = "9.0.0~2"
 
@@ -89,6 +91,10 @@ class Hardware:
         self.datacenter: DatacenterConfig = scenario.datacenter
         self.datacenter_raw = scenario.datacenter_raw
         self.plugins: dict[str, SimResource] = make_plugins(self)
+        self.stats = SimStats(
+            list(self.service_raw), scenario.static_service_stats, scenario.dynamic_service_stats
+        )
+        self._guests: dict[str, GuestInfo] | None = None
 
     # -- log --------------------------------------------------------------------
 
@@ -166,6 +172,26 @@ class Hardware:
 
     def _changed_services(self) -> None:
         self._service_cache = None
+        self._guests = None
+
+    # -- scheduler stats (§9.3) -------------------------------------------------------------
+
+    def _stats_warning(self, msg: str) -> None:
+        self.log("warning", msg)
+
+    def node_stats(self, mode: str) -> dict[str, NodeStats]:
+        service_nodes = {sid: str(raw["node"]) for sid, raw in self.service_raw.items()}
+        extra = {n: d.extra for n, d in self.nodes.items()}
+        return self.stats.node_stats(mode, extra, self.running, service_nodes, self._stats_warning)
+
+    def service_stats(self, mode: str) -> dict[str, ServiceStats]:
+        return self.stats.service_stats(mode, self._stats_warning)
+
+    def guests(self) -> dict[str, GuestInfo]:
+        if self._guests is None:
+            conf = self.service_config()
+            self._guests = guests({sid: (cd.node, cd.state) for sid, cd in conf.services.items()})
+        return self._guests
 
     def set_service_state(self, sid: str, state: str) -> None:
         if sid not in self.service_raw:
@@ -177,6 +203,7 @@ class Hardware:
         if sid in self.service_raw:
             raise SimulationError(f"resource ID '{sid}' already defined")
         self.service_raw[sid] = {"state": state, "node": node}
+        self.stats.service_added(sid)
         self._changed_services()
         if running:
             self.running[node][sid] = 1
@@ -185,6 +212,7 @@ class Hardware:
         if sid not in self.service_raw:
             raise SimulationError(f"no such service '{sid}'")
         del self.service_raw[sid]
+        self.stats.service_deleted(sid)
         self._changed_services()
 
     def update_service_config(self, sid: str, changes: dict[str, object], delete: list[str]) -> None:
