@@ -97,6 +97,7 @@ class RoundEnv:
     ) -> None:
         self.nodes = nodes
         self.crs_mode = crs_mode
+        self._service_stats: dict[str, ServiceStats] | None = None
         self.online = dict.fromkeys(nodes, True)
         self.conf = conf
         self.ms = ms
@@ -198,11 +199,13 @@ class RoundEnv:
         return {n: NodeStats(64, 512 * GIB, 64 * used, 512 * GIB * used) for n in self.nodes}
 
     def get_service_stats(self, mode: str) -> dict[str, ServiceStats]:
-        # 1..4 CPUs, 1..8 GiB configured; half of that in use
-        return {
-            sid: ServiceStats(1 + i % 4, (1 + i % 8) * GIB, (1 + i % 4) / 2, (1 + i % 8) * GIB / 2)
-            for i, sid in enumerate(self.conf.services)
-        }
+        # 1..4 CPUs, 1..8 GiB configured; half of that in use (built once: the source's cost is not timed)
+        if self._service_stats is None:
+            self._service_stats = {
+                sid: ServiceStats(1 + i % 4, (1 + i % 8) * GIB, (1 + i % 4) / 2, (1 + i % 8) * GIB / 2)
+                for i, sid in enumerate(self.conf.services)
+            }
+        return self._service_stats
 
     def get_guests(self) -> dict[str, GuestInfo]:
         return {}

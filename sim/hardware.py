@@ -95,6 +95,7 @@ class Hardware:
             list(self.service_raw), scenario.static_service_stats, scenario.dynamic_service_stats
         )
         self._guests: dict[str, GuestInfo] | None = None
+        self._overcommitted: dict[str, set[str]] = {"nodes": set(), "services": set()}
 
     # -- log --------------------------------------------------------------------
 
@@ -104,7 +105,7 @@ class Hardware:
             self.out(line)
 
     def log(self, level: str, msg: str, ident: str = "hardware") -> None:
-        self.emit(format_line(level, self.time, ident, msg))
+        self.emit(format_line(level, self.time, ident, msg, full_level=True))
 
     # -- configuration records ----------------------------------------------------
 
@@ -176,16 +177,26 @@ class Hardware:
 
     # -- scheduler stats (§9.3) -------------------------------------------------------------
 
-    def _stats_warning(self, msg: str) -> None:
-        self.log("warning", msg)
+    def _overcommit_warnings(self, kind: str) -> Callable[[list[str]], None]:
+        """Warn when a node or service becomes overcommitted (once, not on every read)."""
+
+        def report(msgs: list[str]) -> None:
+            now = set(msgs)
+            for msg in msgs:
+                if msg not in self._overcommitted[kind]:
+                    self.log("warning", msg)
+            self._overcommitted[kind] = now
+
+        return report
 
     def node_stats(self, mode: str) -> dict[str, NodeStats]:
         service_nodes = {sid: str(raw["node"]) for sid, raw in self.service_raw.items()}
         extra = {n: d.extra for n, d in self.nodes.items()}
-        return self.stats.node_stats(mode, extra, self.running, service_nodes, self._stats_warning)
+        warn = self._overcommit_warnings("nodes")
+        return self.stats.node_stats(mode, extra, self.running, service_nodes, warn)
 
     def service_stats(self, mode: str) -> dict[str, ServiceStats]:
-        return self.stats.service_stats(mode, self._stats_warning)
+        return self.stats.service_stats(mode, self._overcommit_warnings("services"))
 
     def guests(self) -> dict[str, GuestInfo]:
         if self._guests is None:

@@ -91,8 +91,10 @@ class SimStats:
 
     # -- what the Env reports ----------------------------------------------------------------
 
-    def service_stats(self, mode: str, warn: Callable[[str], None]) -> dict[str, ServiceStats]:
+    def service_stats(self, mode: str, warn: Callable[[list[str]], None]) -> dict[str, ServiceStats]:
+        """Every service with stats; ``warn`` gets the overcommitted ones (dynamic only)."""
         out: dict[str, ServiceStats] = {}
+        over: list[str] = []
         for sid, st in self.static.items():
             maxcpu = st.get("maxcpu", 0.0)
             maxmem = st.get("maxmem", 0.0)
@@ -103,10 +105,12 @@ class SimStats:
             cpu = dyn.get("cpu", 0.0)
             mem = dyn.get("mem", 0.0)
             if maxcpu and cpu > maxcpu:
-                warn(f"overcommitted cpu on '{sid}'")
+                over.append(f"overcommitted cpu on '{sid}'")
             if mem > maxmem:
-                warn(f"overcommitted mem on '{sid}'")
+                over.append(f"overcommitted mem on '{sid}'")
             out[sid] = ServiceStats(maxcpu, maxmem, cpu, mem)
+        if mode == DYNAMIC:
+            warn(over)
         return out
 
     @staticmethod
@@ -126,11 +130,11 @@ class SimStats:
         nodes: Mapping[str, Mapping[str, Any]],
         running: Mapping[str, Mapping[str, int]],
         service_nodes: Mapping[str, str],
-        warn: Callable[[str], None],
+        warn: Callable[[list[str]], None],
     ) -> dict[str, NodeStats]:
         if mode == STATIC:
             return {n: NodeStats(*self.node_capacity(n, extra, STATIC)) for n, extra in nodes.items()}
-        usage = self.service_stats(DYNAMIC, lambda _msg: None)
+        usage = self.service_stats(DYNAMIC, lambda _msgs: None)
         cpu = dict.fromkeys(nodes, 0.0)
         mem = dict.fromkeys(nodes, 0.0)
         for sid, node in service_nodes.items():
@@ -139,13 +143,15 @@ class SimStats:
                 cpu[node] += st.cpu
                 mem[node] += st.mem
         out = {}
+        over: list[str] = []
         for n, extra in nodes.items():
             maxcpu, maxmem = self.node_capacity(n, extra, DYNAMIC)
             if cpu[n] > maxcpu:
-                warn(f"overcommitted cpu on '{n}'")
+                over.append(f"overcommitted cpu on '{n}'")
             if mem[n] > maxmem:
-                warn(f"overcommitted mem on '{n}'")
+                over.append(f"overcommitted mem on '{n}'")
             out[n] = NodeStats(maxcpu, maxmem, cpu[n], mem[n])
+        warn(over)
         return out
 
 

@@ -18,7 +18,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ha.crs.stats import DYNAMIC, STATIC, NodeStats, ServiceStats
-from ha.crs.topsis import Alternative, alternative, imbalance, node_load, topsis_scores, trunc15
+from ha.crs.topsis import (
+    alternative,
+    alternatives_one_changed,
+    imbalance,
+    node_load,
+    topsis_scores,
+    trunc15,
+)
 from ha.errors import HaError
 from ha.states import ServiceState
 from ha.usage import used_nodes
@@ -205,14 +212,9 @@ class LoadUsage:
         maxmem = [self._maxmem[n] for n in order]
         cpu_loads = [c / m for c, m in zip(cpu, maxcpu, strict=True)]
         mem_loads = [c / m for c, m in zip(mem, maxmem, strict=True)]
-        alts: list[Alternative] = []
-        for i in range(len(order)):
-            add_cpu = float(st.maxcpu) if st.maxcpu else maxcpu[i]
-            c_loads = cpu_loads.copy()
-            m_loads = mem_loads.copy()
-            c_loads[i] = (cpu[i] + add_cpu) / maxcpu[i]
-            m_loads[i] = (mem[i] + float(st.maxmem)) / maxmem[i]
-            alts.append(alternative(c_loads, m_loads))
+        new_cpu = [(c + (float(st.maxcpu) if st.maxcpu else m)) / m for c, m in zip(cpu, maxcpu, strict=True)]
+        new_mem = [(c + float(st.maxmem)) / m for c, m in zip(mem, maxmem, strict=True)]
+        alts = alternatives_one_changed(cpu_loads, mem_loads, new_cpu, new_mem)
         scores = topsis_scores(alts)
         return {n: -s for n, s in zip(order, scores, strict=True)}
 
