@@ -8,7 +8,9 @@
    reference aborts it: more than 150 starts in one LRM round).
 2. One Manager round in isolation on an in-memory Env: a steady round (no
    state changes) and a round that recovers every service of a fenced node,
-   for 1,000 services on 10 nodes and 10,000 services on 100 nodes.
+   for 1,000 services on 10 nodes and 10,000 services on 100 nodes, with each
+   scheduler: ``basic``, ``static`` and ``dynamic`` (TOPSIS start scoring for
+   every recovered service; 64 CPUs / 512 GiB nodes, 1-4 CPUs / 1-8 GiB services).
 
 The last line is one JSON object with every number.
 """
