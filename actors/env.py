@@ -36,6 +36,7 @@ from ha.config.inforce import InForce, Reading
 from ha.config.resources import ResourceConfig, ServiceConfig, format_resources_cfg, parse_resources_cfg
 from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
 from ha.config.sectionconfig import preserve_edit
+from ha.crs.stats import GuestInfo, NodeStats, ServiceStats
 from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import ConfigError, HaError, LockLost
 from ha.records import LrmStatus, ManagerStatus
@@ -494,6 +495,17 @@ class LiveEnv:
         value = self._config(rec.DATACENTER_CFG, parse, None).value
         assert isinstance(value, DatacenterConfig)
         return value
+
+    # Scheduler stats (issue #14): live nodes do not publish capacity or usage yet, so a
+    # ``static``/``dynamic`` mode falls back to ``basic`` with the reference's warning.
+    def get_node_stats(self, mode: str) -> dict[str, NodeStats]:
+        raise HaError(f"no {mode} node stats on live nodes yet")
+
+    def get_service_stats(self, mode: str) -> dict[str, ServiceStats]:
+        return {}
+
+    def get_guests(self) -> dict[str, GuestInfo]:
+        return {}
 
     # -- locks and watchdog ------------------------------------------------------------
     def _acquire(self, lease: str) -> bool:

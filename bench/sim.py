@@ -8,7 +8,9 @@
    reference aborts it: more than 150 starts in one LRM round).
 2. One Manager round in isolation on an in-memory Env: a steady round (no
    state changes) and a round that recovers every service of a fenced node,
-   for 1,000 services on 10 nodes and 10,000 services on 100 nodes.
+   for 1,000 services on 10 nodes and 10,000 services on 100 nodes, with each
+   scheduler: ``basic``, ``static`` and ``dynamic`` (TOPSIS start scoring for
+   every recovered service; 64 CPUs / 512 GiB nodes, 1-4 CPUs / 1-8 GiB services).
 
 The last line is one JSON object with every number.
 """
@@ -29,6 +31,7 @@ from ha.config.datacenter import DatacenterConfig
 from ha.config.groups import GroupConfig
 from ha.config.resources import ResourceConfig, ServiceConfig
 from ha.config.rules import RulesConfig
+from ha.crs.stats import GuestInfo, NodeStats, ServiceStats
 from ha.env import NodeInfo, ResourcePlugin
 from ha.manager import Manager
 from ha.records import LrmResult, LrmStatus, ManagerStatus, ServiceData
@@ -38,6 +41,8 @@ from sim.scenario import Scenario
 SIZES = [(3, 30), (5, 200), (10, 1000), (20, 5000)]
 QUICK_SIZES = [(3, 30), (5, 200)]
 ROUND_SIZES = [(10, 1000), (100, 10000)]
+ROUND_MODES = ("basic", "static", "dynamic")
+GIB = 1024**3
 # the reference's own simulator on these sizes (issue #2): seconds
 REFERENCE_SECONDS = {"3/30": 0.7, "5/200": 5.0, "10/1000": 110.0}
 
@@ -89,8 +94,12 @@ def run_one(nodes: int, services: int) -> dict[str, Any]:
 class RoundEnv:
     """Just enough of the Env port to run ``Manager.manage()`` with no I/O."""
 
-    def __init__(self, nodes: list[str], conf: ServiceConfig, ms: ManagerStatus) -> None:
+    def __init__(
+        self, nodes: list[str], conf: ServiceConfig, ms: ManagerStatus, crs_mode: str = "basic"
+    ) -> None:
         self.nodes = nodes
+        self.crs_mode = crs_mode
+        self._service_stats: dict[str, ServiceStats] | None = None
         self.online = dict.fromkeys(nodes, True)
         self.conf = conf
         self.ms = ms
@@ -184,7 +193,24 @@ class RoundEnv:
         self.conf.services[sid].node = new_node
 
     def get_datacenter_settings(self) -> DatacenterConfig:
-        return DatacenterConfig()
+        return DatacenterConfig(crs_mode=self.crs_mode)
+
+    def get_node_stats(self, mode: str) -> dict[str, NodeStats]:
+        # 64 CPUs / 512 GiB per node; dynamic: a third in use
+        used = 1 / 3 if mode == "dynamic" else 0.0
+        return {n: NodeStats(64, 512 * GIB, 64 * used, 512 * GIB * used) for n in self.nodes}
+
+    def get_service_stats(self, mode: str) -> dict[str, ServiceStats]:
+        # 1..4 CPUs, 1..8 GiB configured; half of that in use (built once: the source's cost is not timed)
+        if self._service_stats is None:
+            self._service_stats = {
+                sid: ServiceStats(1 + i % 4, (1 + i % 8) * GIB, (1 + i % 4) / 2, (1 + i % 8) * GIB / 2)
+                for i, sid in enumerate(self.conf.services)
+            }
+        return self._service_stats
+
+    def get_guests(self) -> dict[str, GuestInfo]:
+        return {}
 
     def get_ha_manager_lock(self) -> bool:
         return True
@@ -214,7 +240,7 @@ class RoundEnv:
         return None
 
 
-def bench_round(nodes: int, services: int, repeat: int) -> dict[str, Any]:
+def bench_round(nodes: int, services: int, repeat: int, mode: str = "basic") -> dict[str, Any]:
     names = [f"node{i:03d}" for i in range(1, nodes + 1)]
     conf = ServiceConfig(digest="c")
     ss: dict[str, ServiceData] = {}
@@ -224,7 +250,7 @@ def bench_round(nodes: int, services: int, repeat: int) -> dict[str, Any]:
         conf.services[sid] = ResourceConfig(sid=sid, type="vm", name=str(100 + i), node=node, failback=False)
         ss[sid] = ServiceData(state="started", node=node, uid=f"u{i}", running=True)
     ms = ManagerStatus(node_status=dict.fromkeys(names, "online"), service_status=ss)
-    env = RoundEnv(names, conf, ms)
+    env = RoundEnv(names, conf, ms, mode)
     mgr = Manager(env)
     mgr.manage()  # first round compiles rules
     steady: list[float] = []
@@ -264,9 +290,11 @@ def bench_round(nodes: int, services: int, repeat: int) -> dict[str, Any]:
     recovery = time.perf_counter() - t0
     moved = sum(1 for sd in mgr.ss.values() if sd.node != failed)
     assert moved == services, "recovery round did not move every service"
+    assert mgr.crs_mode_in_use == mode, f"scheduler {mode} fell back to {mgr.crs_mode_in_use}"
     return {
         "nodes": nodes,
         "services": services,
+        "crs": mode,
         "steady_round_ms": round(statistics.median(steady) * 1000, 2),
         "result_round_ms": round(consume * 1000, 2),
         "recovery_round_ms": round(recovery * 1000, 2),
@@ -305,11 +333,13 @@ def main(argv: list[str]) -> int:
             + (f", {row['speedup_vs_reference']}x the reference" if ref else "")
         )
     rounds = []
-    for n, s in ROUND_SIZES[:1] if args.quick else ROUND_SIZES:
-        row = bench_round(n, s, repeat=5)
+    for (n, s), mode in (
+        (size, m) for size in (ROUND_SIZES[:1] if args.quick else ROUND_SIZES) for m in ROUND_MODES
+    ):
+        row = bench_round(n, s, repeat=5, mode=mode)
         rounds.append(row)
         print(
-            f"manager round {s:>5} services / {n:>3} nodes: steady {row['steady_round_ms']} ms, "
+            f"manager round {s:>5} services / {n:>3} nodes, {mode:>7}: steady {row['steady_round_ms']} ms, "
             f"consume results {row['result_round_ms']} ms, recover {row['recovered']} services "
             f"{row['recovery_round_ms']} ms"
         )

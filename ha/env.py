@@ -16,6 +16,7 @@ from ha.config.datacenter import DatacenterConfig
 from ha.config.groups import GroupConfig
 from ha.config.resources import ResourceConfig, ServiceConfig
 from ha.config.rules import RulesConfig
+from ha.crs.stats import GuestInfo, NodeStats, ServiceStats
 from ha.records import LrmStatus, ManagerStatus
 
 
@@ -112,6 +113,23 @@ class Env(Protocol):
     def steal_service(self, sid: str, current_node: str, new_node: str) -> None: ...
 
     def get_datacenter_settings(self) -> DatacenterConfig: ...
+
+    # scheduler stats (§5.10) ----------------------------------------------------
+    def get_node_stats(self, mode: str) -> dict[str, NodeStats]:
+        """Per node: capacity (``static``) or capacity and measured use (``dynamic``).
+
+        Raises :class:`ha.errors.HaError` when the stats are not available; the
+        manager then falls back to the ``basic`` scheduler for the round.
+        """
+        ...
+
+    def get_service_stats(self, mode: str) -> dict[str, ServiceStats]:
+        """Per guest: configured maxcpu/maxmem, plus measured cpu/mem for ``dynamic``."""
+        ...
+
+    def get_guests(self) -> dict[str, GuestInfo]:
+        """Every guest the stats source knows (HA-managed or not): node, requested state, running."""
+        ...
 
     # locks and watchdog ------------------------------------------------------
     def get_ha_manager_lock(self) -> bool: ...

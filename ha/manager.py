@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ha.config.crm_commands import parse_crm_command
+from ha.config.datacenter import DatacenterConfig
 from ha.config.groups import GroupConfig
 from ha.config.resources import ResourceConfig, ServiceConfig
 from ha.config.rules import RulesConfig
@@ -24,6 +25,9 @@ from ha.constants import (
     ExitCode,
     Timing,
 )
+from ha.crs.balance import stationary_bundles
+from ha.crs.stats import BASIC, DYNAMIC, STATIC
+from ha.crs.usage import LoadUsage
 from ha.env import Env
 from ha.errors import HaError
 from ha.groups import add_group_rules, apply_group_failback, version_at_least
@@ -43,7 +47,7 @@ from ha.states import (
 )
 from ha.tools import count_active_services
 from ha.uid import UidGenerator
-from ha.usage import BasicUsage
+from ha.usage import BasicUsage, Usage
 
 S = ServiceState
 
@@ -85,13 +89,16 @@ class Manager:
             self.ms.disarm = dict(old.disarm)
         self.uids = UidGenerator(env.nodename())
         self.crs_mode: str | None = None
+        self.crs = DatacenterConfig()
         self.update_crs_scheduler_mode()
+        # §5.12: rounds the imbalance has stayed above the threshold
+        self.sustained_imbalance_rounds = 0
         self.rules: CompiledRules | None = None
         self.last_rules_digest: str | None = None
         self.last_groups_digest: str | None = None
         self.last_services_digest: str | None = None
         self.group_migration_round = GROUP_MIGRATION_FIRST_ROUND
-        self.usage = BasicUsage()
+        self.usage: Usage = BasicUsage()
         self.lrm_modes: dict[str, str] = {}
         self.sc = ServiceConfig()
         # §5.15: true once every online LRM confirmed disarm (read by the CRM)
@@ -116,8 +123,9 @@ class Manager:
 
     def update_crs_scheduler_mode(self) -> None:
         dc = self.env.get_datacenter_settings()
-        new_mode = dc.crs_mode or "basic"
+        new_mode = dc.crs_mode or BASIC
         old_mode = self.crs_mode
+        self.crs = dc
         self.rebalance_on_start = dc.rebalance_on_start
         if old_mode is None:
             if new_mode != "basic":
@@ -178,13 +186,39 @@ class Manager:
         return results, modes
 
     def recompute_online_node_usage(self) -> None:
-        usage = BasicUsage()
-        for node in self.ns.list_online_nodes():
-            usage.add_node(node)
+        """§5.10: a fresh usage of the configured scheduler (``basic`` when its init fails)."""
+        env = self.env
+        online = self.ns.list_online_nodes()
+        mode = self.crs_mode or BASIC
+        usage: Usage | None = None
+        if mode in (STATIC, DYNAMIC):
+            try:
+                load = LoadUsage(mode, env.get_node_stats(mode), env.get_service_stats(mode), env.log)
+                for node in online:
+                    load.add_node(node)
+                usage = load
+            except HaError as e:
+                env.log("warning", f"fallback to 'basic' scheduler mode, init for '{mode}' failed - {e}")
+        elif mode != BASIC:
+            env.log("warning", f"got unknown scheduler mode '{mode}', using 'basic'")
+        if usage is None:
+            usage = BasicUsage()
+            for node in online:
+                usage.add_node(node)
         for sid in sorted(self.ss):
             sd = self.ss[sid]
-            usage.add_service_usage(sid, sd.state, sd.node, sd.target)
+            usage.add_service_usage(sid, sd.state, sd.node, sd.target, sd.running)
+        guests = env.get_guests()
+        for sid in sorted(guests):
+            if sid not in self.ss:
+                g = guests[sid]
+                usage.add_guest_usage(sid, g.state, g.node, g.running)
         self.usage = usage
+
+    @property
+    def crs_mode_in_use(self) -> str:
+        """The scheduler this round placed with (``basic`` after a failed init)."""
+        return self.usage.mode
 
     def select_node(self, sid: str, cd: ResourceConfig, sd: ServiceData, pref: Preference) -> str | None:
         assert self.rules is not None
@@ -236,6 +270,8 @@ class Manager:
             if deferred is None:
                 return
             only = deferred
+        else:
+            self.auto_rebalance()
         self.fully_disarmed = False
 
         while True:
@@ -471,6 +507,40 @@ class Manager:
         self.fully_disarmed = disarm.get("state") == "disarmed"
         self.flush_master_status()
         return None
+
+    # -- automatic rebalancing (§5.12) ---------------------------------------------
+
+    def auto_rebalance(self) -> None:
+        """Once per round: move one service (bundle) when the imbalance stays above the threshold."""
+        dc = self.crs
+        if not dc.auto_rebalance or self.crs_mode not in (STATIC, DYNAMIC):
+            return
+        for sd in self.ss.values():
+            if sd.state in (S.MIGRATE, S.RELOCATE) or (sd.cmd and sd.cmd[0] in ("migrate", "relocate")):
+                return  # a motion is pending: wait, without touching the counter
+        imbalance = self.usage.imbalance()
+        if imbalance <= dc.auto_rebalance_threshold:
+            self.sustained_imbalance_rounds = 0
+            return
+        self.sustained_imbalance_rounds += 1
+        if self.sustained_imbalance_rounds < dc.auto_rebalance_hold_duration:
+            return
+        self.sustained_imbalance_rounds = 0
+        candidates = stationary_bundles(self.rules or CompiledRules(), self.ss, self.usage.nodes.keys())
+        best = self.usage.select_best_balancing_migration(candidates, dc.auto_rebalance_method)
+        if best is None:
+            return
+        if (imbalance - best.imbalance) / imbalance < dc.auto_rebalance_margin:
+            return
+        cd = self.sc.get(best.sid)
+        rtype = cd.type if cd is not None else best.sid.split(":")[0]
+        task = "migrate" if rtype == "vm" else "relocate"
+        self.env.log(
+            "info",
+            f"auto rebalance - {task} {best.sid} to {best.target} "
+            f"(expected change for imbalance from {imbalance:.2f} to {best.imbalance:.2f})",
+        )
+        self.queue_resource_motion(f"{task} {best.sid} {best.target}", task, best.sid, best.target)
 
     def queue_resource_motion(self, line: str, task: str, sid: str, target: str) -> None:
         """§5.6 *queue motion*: check negative affinity, comigrate positive partners (ha/motion.py)."""

@@ -7,7 +7,7 @@ from enum import StrEnum
 from ha.config.resources import ResourceConfig
 from ha.records import ServiceData
 from ha.rules import CompiledRules, get_node_affinity, get_resource_affinity, is_allowed_on_node
-from ha.usage import BasicUsage
+from ha.usage import Usage
 
 
 class Preference(StrEnum):
@@ -18,7 +18,7 @@ class Preference(StrEnum):
 
 def select_service_node(
     rules: CompiledRules,
-    usage: BasicUsage,
+    usage: Usage,
     sid: str,
     cd: ResourceConfig,
     sd: ServiceData,

@@ -11,6 +11,7 @@ from ha.config.groups import GroupConfig
 from ha.config.inforce import InForce
 from ha.config.resources import ServiceConfig, parse_resources_cfg
 from ha.config.rules import RulesConfig
+from ha.crs.stats import GuestInfo, NodeStats, ServiceStats
 from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import CfsError, ConfigError, SimulationError
 from ha.records import LrmResult, LrmStatus, ManagerStatus
@@ -220,6 +221,15 @@ class SimEnv:
 
     def get_datacenter_settings(self) -> DatacenterConfig:
         return self.hardware.datacenter
+
+    def get_node_stats(self, mode: str) -> dict[str, NodeStats]:
+        return self.hardware.node_stats(mode)
+
+    def get_service_stats(self, mode: str) -> dict[str, ServiceStats]:
+        return self.hardware.service_stats(mode)
+
+    def get_guests(self) -> dict[str, GuestInfo]:
+        return self.hardware.guests()
 
     # -- locks and watchdog ------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
 from ha.config.sectionconfig import parse_bool, parse_uint
 from ha.constants import LOCK_TIMEOUT, WATCHDOG_TIMEOUT
 from ha.crm import CRM
+from ha.crs.stats import GuestInfo, NodeStats, ServiceStats
 from ha.env import NodeInfo
 from ha.errors import ConfigError, SimulationError
 from ha.lrm import LRM, StartupWrite
@@ -27,6 +28,7 @@ from ha.records import LrmStatus, ManagerStatus
 from sim.logfmt import format_line
 from sim.resources import SimResource, make_plugins
 from sim.scenario import SIM_SID, Scenario
+from sim.stats import SimStats, guests
 
 RESOURCES_FILE = "resources.cfg"
 
@@ -94,6 +96,11 @@ class Hardware:
         self.datacenter: DatacenterConfig = scenario.datacenter
         self.datacenter_raw = scenario.datacenter_raw
         self.plugins: dict[str, SimResource] = make_plugins(self)
+        self.stats = SimStats(
+            list(self.service_raw), scenario.static_service_stats, scenario.dynamic_service_stats
+        )
+        self._guests: dict[str, GuestInfo] | None = None
+        self._overcommitted: dict[str, set[str]] = {"nodes": set(), "services": set()}
 
     # -- log --------------------------------------------------------------------
 
@@ -103,7 +110,7 @@ class Hardware:
             self.out(line)
 
     def log(self, level: str, msg: str, ident: str = "hardware") -> None:
-        self.emit(format_line(level, self.time, ident, msg))
+        self.emit(format_line(level, self.time, ident, msg, full_level=True))
 
     # -- configuration records ----------------------------------------------------
 
@@ -197,6 +204,36 @@ class Hardware:
 
     def _changed_services(self) -> None:
         self._service_cache = None
+        self._guests = None
+
+    # -- scheduler stats (§9.3) -------------------------------------------------------------
+
+    def _overcommit_warnings(self, kind: str) -> Callable[[list[str]], None]:
+        """Warn when a node or service becomes overcommitted (once, not on every read)."""
+
+        def report(msgs: list[str]) -> None:
+            now = set(msgs)
+            for msg in msgs:
+                if msg not in self._overcommitted[kind]:
+                    self.log("warning", msg)
+            self._overcommitted[kind] = now
+
+        return report
+
+    def node_stats(self, mode: str) -> dict[str, NodeStats]:
+        service_nodes = {sid: str(raw["node"]) for sid, raw in self.service_raw.items()}
+        extra = {n: d.extra for n, d in self.nodes.items()}
+        warn = self._overcommit_warnings("nodes")
+        return self.stats.node_stats(mode, extra, self.running, service_nodes, warn)
+
+    def service_stats(self, mode: str) -> dict[str, ServiceStats]:
+        return self.stats.service_stats(mode, self._overcommit_warnings("services"))
+
+    def guests(self) -> dict[str, GuestInfo]:
+        if self._guests is None:
+            conf = self.service_config()
+            self._guests = guests({sid: (cd.node, cd.state) for sid, cd in conf.services.items()})
+        return self._guests
 
     def set_service_state(self, sid: str, state: str) -> None:
         if sid not in self.service_raw:
@@ -208,6 +245,7 @@ class Hardware:
         if sid in self.service_raw:
             raise SimulationError(f"resource ID '{sid}' already defined")
         self.service_raw[sid] = {"state": state, "node": node}
+        self.stats.service_added(sid)
         self._changed_services()
         if running:
             self.running[node][sid] = 1
@@ -216,6 +254,7 @@ class Hardware:
         if sid not in self.service_raw:
             raise SimulationError(f"no such service '{sid}'")
         del self.service_raw[sid]
+        self.stats.service_deleted(sid)
         self._changed_services()
 
     def update_service_config(self, sid: str, changes: dict[str, object], delete: list[str]) -> None:

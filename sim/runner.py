@@ -228,7 +228,7 @@ class Simulation:
                 )
             hw.update_service_config(sid, {"node": params[0]}, [])
         elif action in ("set-static-stats", "set-dynamic-stats"):
-            pass  # only the static/dynamic schedulers use stats; this implementation has 'basic' only
+            hw.stats.set_stats(sid, action.split("-")[1], params)
         else:
             raise SimulationError(f"sim_hardware_cmd: unknown service action '{action}' - not implemented")
 

@@ -40,6 +40,8 @@ class Scenario:
     datacenter: DatacenterConfig
     datacenter_raw: dict[str, Any]
     service_status: dict[str, dict[str, int]] = field(default_factory=dict)
+    static_service_stats: dict[str, dict[str, Any]] | None = None  # None: the defaults (§9.2)
+    dynamic_service_stats: dict[str, dict[str, Any]] | None = None
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -81,7 +83,10 @@ def load_scenario(path: str | Path) -> Scenario:
                 if st.get(key, "off") not in ("on", "off"):
                     raise ScenarioError(f"{hw_path}: node '{node}': {key} must be 'on' or 'off'")
     else:
-        hardware = {n: {"power": "off", "network": "off"} for n in DEFAULT_NODES}
+        hardware = {
+            n: {"power": "off", "network": "off", "maxcpu": DEFAULT_MAXCPU, "maxmem": DEFAULT_MAXMEM}
+            for n in DEFAULT_NODES
+        }
     for st in hardware.values():
         st.setdefault("power", "off")
         st.setdefault("network", "off")
@@ -127,6 +132,16 @@ def load_scenario(path: str | Path) -> Scenario:
                 raise ScenarioError(f"{p}: expected a JSON object sid -> 0/1")
             service_status[node] = {str(k): int(bool(v)) for k, v in data.items()}
 
+    stats: dict[str, dict[str, dict[str, Any]] | None] = {}
+    for name in ("static_service_stats", "dynamic_service_stats"):
+        p = root / name
+        data = _read_json(p, name) if p.exists() else None
+        if data is not None and not (
+            isinstance(data, dict) and all(isinstance(v, dict) for v in data.values())
+        ):
+            raise ScenarioError(f"{p}: expected a JSON object sid -> {{stats}}")
+        stats[name] = data
+
     return Scenario(
         path=root,
         cmdlist=cmdlist,
@@ -138,6 +153,8 @@ def load_scenario(path: str | Path) -> Scenario:
         datacenter=datacenter,
         datacenter_raw=datacenter_raw,
         service_status=service_status,
+        static_service_stats=stats["static_service_stats"],
+        dynamic_service_stats=stats["dynamic_service_stats"],
     )
 
 

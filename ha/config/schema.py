@@ -49,6 +49,7 @@ class Kind(StrEnum):
     BOOL = "boolean"  # 0|1 (also yes/no, on/off, true/false when read)
     UINT = "integer"  # 0..max
     SECONDS = "seconds"  # a non-negative number, fractions allowed
+    NUMBER = "number"  # a non-negative number, fractions allowed (not a duration)
     ENUM = "enum"
     NODE = "node"
     NODE_LIST = "node-list"  # node[:priority],...
@@ -101,11 +102,11 @@ class Prop:
             if self.kind != Kind.BOOL:
                 raise self._error(f"expected {self.kind}, got '{value}'", path, line)
             return value
-        if isinstance(value, int) and self.kind in (Kind.BOOL, Kind.UINT, Kind.SECONDS):
+        if isinstance(value, int) and self.kind in (Kind.BOOL, Kind.UINT, Kind.SECONDS, Kind.NUMBER):
             if self.kind == Kind.BOOL:
                 return bool(value)
             return self._number(value, path, line)
-        if isinstance(value, float) and self.kind == Kind.SECONDS:
+        if isinstance(value, float) and self.kind in (Kind.SECONDS, Kind.NUMBER):
             value = repr(value)
         if not isinstance(value, str):
             raise self._error(f"expected {self.kind}, got '{value}'", path, line)
@@ -137,7 +138,7 @@ class Prop:
         return ConfigError(f"property '{self.name}': {msg}", path or None, line)
 
     def _number(self, n: int, path: str, line: int | None) -> Any:
-        if self.kind == Kind.SECONDS:
+        if self.kind in (Kind.SECONDS, Kind.NUMBER):
             if n < 0:
                 raise self._error("must be >= 0", path, line)
             return str(n)
@@ -155,11 +156,12 @@ class Prop:
             if not re.fullmatch(r"\d+", v):
                 raise self._error(f"expected a non-negative integer, got '{v}'", path, line)
             return self._number(int(v), path, line)
-        if k == Kind.SECONDS:
+        if k in (Kind.SECONDS, Kind.NUMBER):
+            what = "a number of seconds" if k == Kind.SECONDS else "a number"
             try:
                 f = float(v)
             except ValueError:
-                raise self._error(f"'{v}' is not a number of seconds", path, line) from None
+                raise self._error(f"'{v}' is not {what}", path, line) from None
             if not math.isfinite(f) or f < 0:
                 raise self._error("must be a number >= 0", path, line)
             return v
@@ -475,10 +477,22 @@ DATACENTER = ConfigSchema(
         Prop("shutdown_policy", Kind.ENUM, "What a node's shutdown does to its services (§3.2.5).",
              types=("ha",), default=DEFAULT_SHUTDOWN_POLICY, choices=tuple(s.value for s in ShutdownPolicy),
              example="migrate"),
-        Prop("ha", Kind.STR, "Placement mode: basic or static (others are taken as basic).", types=("crs",),
-             default="basic", example="static"),
-        Prop("ha-rebalance-on-start", Kind.BOOL, "Place a starting service on the best node.",
+        Prop("ha", Kind.ENUM, "Placement mode (§5.10): count services (basic), configured CPU/memory of "
+             "services against node capacity (static), measured use (dynamic).", types=("crs",),
+             default="basic", choices=("basic", "static", "dynamic"), example="static"),
+        Prop("ha-rebalance-on-start", Kind.BOOL, "Place a starting service on the best node (§5.11).",
              types=("crs",), default=False, example="1"),
+        Prop("ha-auto-rebalance", Kind.BOOL, "Move services while the node imbalance stays above the "
+             "threshold (static and dynamic modes, §5.12).", types=("crs",), default=False, example="1"),
+        Prop("ha-auto-rebalance-threshold", Kind.NUMBER, "Imbalance (coefficient of variation of node loads, "
+             "a fraction) above which rebalancing starts.", types=("crs",), default="0.3", example="0.3"),
+        Prop("ha-auto-rebalance-method", Kind.ENUM, "How the best move is chosen: lowest resulting imbalance "
+             "(bruteforce) or TOPSIS over CPU and memory loads (topsis).", types=("crs",),
+             default="bruteforce", choices=("bruteforce", "topsis"), example="topsis"),
+        Prop("ha-auto-rebalance-hold-duration", Kind.UINT, "Rounds the imbalance must stay above the "
+             "threshold before a move (0: at once).", types=("crs",), default=3, max=1000, example="3"),
+        Prop("ha-auto-rebalance-margin", Kind.NUMBER, "Least relative improvement of the imbalance "
+             "(a fraction) for a move to be made.", types=("crs",), default="0.1", example="0.1"),
         Prop("max_workers", Kind.UINT, "Concurrent resource agent commands per node.",
              types=("max_workers",), example="4"),
     ),
