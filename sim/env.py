@@ -28,6 +28,8 @@ ReportHook = Callable[[str, list[tuple[str, LrmResult]], ManagerStatus, ResultRe
 class SimEnv:
     """One daemon's view of the simulated world, with its own clock."""
 
+    migrate_groups = True  # the reference's group-to-rules migration (§5.14)
+
     def __init__(self, hardware: Hardware, node: str, daemon: str) -> None:
         self.hardware = hardware
         self.node = node

@@ -82,10 +82,12 @@ def test_group_commands_while_groups_exist(legacy: Cluster) -> None:
     legacy.hm("set", "proc:g2", "--delete", "group")
     legacy.hm("groupremove", "pair")
     assert [g["group"] for g in legacy.json("groupconfig")["groups"]] == ["prefer1"]
-    # rules are for after the migration
+    # rules beside groups, but not a node-affinity rule for a resource in a group
     one_line_error(
-        legacy.hm("rules", "add", "node-affinity", "r", "--resources", "proc:g1", "--nodes", "node1", code=4),
-        "not been migrated",
+        legacy.hm(
+            "rules", "add", "node-affinity", "r1", "--resources", "proc:g1", "--nodes", "node1", code=4
+        ),
+        "in group 'prefer1'",
     )
     conf = legacy.hm("config").stdout
     assert "proc:g1\n" in conf and "\tgroup prefer1\n" in conf
