@@ -328,14 +328,28 @@ def status(
             die("--watch needs a running cluster", ExitCode.UNREACHABLE)
         sys.exit(run_watch(backend, interval=interval, duration=duration))
     res = c.call("status", {"verbose": True} if verbose else {})
+    stopped = isinstance(c.backend(), LocalBackend) and not cluster_running(c.cluster)
     if output_format != "text":
-        emit_json(res, output_format)
+        emit_json({**res, "running": False} if stopped else res, output_format)
         return
     for ln in res["lines"]:
-        click.echo(ln["text"])
+        click.echo(_stopped_line(ln) if stopped else ln["text"])
     if verbose:
         click.echo("full cluster state:")
         click.echo(res["full_text"])
+
+
+def _stopped_line(ln: Mapping[str, Any]) -> str:
+    """A status line of a stopped cluster: nothing runs, what was recorded last is stale (issue #13)."""
+    kind, status = ln["type"], str(ln["status"])
+    if kind == "quorum":
+        return "quorum none: no node of this cluster runs (ha-cluster up starts them)"
+    if kind == "fencing":
+        return "fencing none (no node runs)"
+    if kind in ("master", "lrm", "service"):
+        name, _, rest = status.partition(" (")
+        return f"{kind} {name} (not running; stale, last known: {rest.rstrip(')')})" if rest else ln["text"]
+    return str(ln["text"])
 
 
 _HIDDEN_KEYS = {"digest", "sid", "type", "errors", "name"}

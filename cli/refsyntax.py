@@ -13,10 +13,12 @@ meaning.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import click
+from click.shell_completion import BashComplete, CompletionItem, add_completion_class, split_arg_string
 
 
 def long_options(cmd: click.Command) -> set[str]:
@@ -76,3 +78,43 @@ def _takes_value(cmd: click.Command, word: str) -> bool:
 def bool_option_kwargs() -> dict[str, Any]:
     """A 0/1 option that may be given bare, meaning 1 (``-restricted``)."""
     return {"type": click.Choice(["0", "1"]), "is_flag": False, "flag_value": "1"}
+
+
+class ColonBashComplete(BashComplete):
+    """bash completion for ``TYPE:NAME`` ids: bash splits words at ``:`` (``COMP_WORDBREAKS``),
+    so ``migrate proc:g1 <Tab>`` reaches us as ``proc``, ``:``, ``g1``. The words are joined
+    again, and for a split current word the values are cut to what bash replaces (after ``:``)."""
+
+    _cut = ""  # the "TYPE:" bash does not replace in the current word
+
+    def get_completion_args(self) -> tuple[list[str], str]:
+        cwords = split_arg_string(os.environ["COMP_WORDS"])
+        cword = int(os.environ["COMP_CWORD"])
+        words: list[str] = []
+        glue = False
+        for i, w in enumerate(cwords[: cword + 1]):
+            if w == ":" and words:
+                words[-1] += w
+                glue = True
+            elif glue and i > 0:
+                words[-1] += w
+                glue = False
+            else:
+                words.append(w)
+        joined_current = cword < len(cwords) and (
+            cwords[cword] == ":" or (cword > 0 and cwords[cword - 1] == ":")
+        )
+        if cword >= len(cwords):
+            words.append("")
+        incomplete = words.pop() if words else ""
+        self._cut = incomplete.rpartition(":")[0] + ":" if joined_current and ":" in incomplete else ""
+        return words[1:], incomplete
+
+    def format_completion(self, item: CompletionItem) -> str:
+        value = str(item.value)
+        if self._cut and value.startswith(self._cut):
+            item = CompletionItem(value[len(self._cut) :], type=item.type, help=item.help)
+        return super().format_completion(item)
+
+
+add_completion_class(ColonBashComplete, "bash")

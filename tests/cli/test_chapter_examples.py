@@ -184,3 +184,15 @@ def test_every_command_of_the_chapter_on_a_live_cluster(four: Cluster) -> None:
     st = four.hm("status").stdout
     assert "service vm:501 (" in st and "service ct:102 (" in st
     assert sorted(g["group"] for g in four.json("groupconfig")["groups"]) == sorted(want)
+
+
+def test_status_after_down_says_nothing_runs(four: Cluster) -> None:
+    four.run("cli.ha_cluster", "down", str(four.dir), "--timeout", "15")
+    out = four.hm("status").stdout.splitlines()
+    assert out[0] == "quorum none: no node of this cluster runs (ha-cluster up starts them)"
+    assert out[1].startswith("master node") and "(not running; stale, last known: active, " in out[1]
+    assert "fencing none (no node runs)" in out
+    services = [ln for ln in out if ln.startswith("service ")]
+    assert services and all("(not running; stale, last known: " in ln for ln in services)
+    assert not [ln for ln in out if "armed" in ln or "No quorum on node" in ln]
+    assert four.json("status")["running"] is False

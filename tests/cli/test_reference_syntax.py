@@ -140,3 +140,23 @@ def test_installed_console_script_takes_reference_syntax(offline: Cluster) -> No
                          text=True, env=offline.env, timeout=30, check=False)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert resource(offline, "proc:dash")["state"] == "stopped"
+
+
+def complete(c: Cluster, line: str) -> list[str]:
+    """What ``ha-manager completion bash`` answers for ``line`` as bash splits it (':' breaks words)."""
+    words = line.replace(":", " : ").split()
+    cword = len(words) if line.endswith(" ") else len(words) - 1
+    env = {"COMP_WORDS": " ".join(["ha-manager", *words]), "COMP_CWORD": str(cword + 1),
+           "_HA_MANAGER_COMPLETE": "bash_complete"}  # fmt: skip
+    out = c.hm(env=env).stdout
+    return [ln.split(",", 1)[1] for ln in out.splitlines() if ln.startswith("plain,")]
+
+
+def test_bash_completion_of_type_name_ids(offline: Cluster) -> None:
+    offline.hm("add", "proc:g1", "--node", "node1", "--cmd", "sleep 600")
+    try:
+        assert complete(offline, "migrate proc:g1 ") == offline.nodes  # nodes after a TYPE:NAME id
+        assert complete(offline, "migrate proc:g") == ["g1"]  # bash replaces what follows the ':'
+        assert "proc:g1" in complete(offline, "migrate pro")
+    finally:
+        offline.hm("remove", "proc:g1")
