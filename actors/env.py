@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from loguru import logger
 
+from admin.placement import place_unplaced
 from fence.clock import boottime
 from ha.config.datacenter import DatacenterConfig, parse_datacenter_cfg
 from ha.config.encoding import decode_config
@@ -115,6 +116,13 @@ _STALE = _Unknown()  # changed by another writer: re-read (the content, not just
 
 
 class LiveEnv:
+    # Groups stay groups on a live cluster (issue #13): the master applies each group used by a
+    # resource as a node-affinity rule in memory every round (ha/groups.py ``add_group_rules``,
+    # the engine the reference's migration would have written) and never deletes groups.cfg,
+    # so groupadd/groupset/--group and rules work side by side. The simulator keeps the
+    # reference's migration (§5.14).
+    migrate_groups = False
+
     def __init__(self, ctx: NodeContext, daemon: str) -> None:
         self.ctx = ctx
         self.daemon = daemon
@@ -131,6 +139,7 @@ class LiveEnv:
         # once its watchdog is armed again
         self._unwatched_maybe = daemon == "lrm"
         self._refused_fence: dict[str, bytes] = {}  # node -> the unwatched mark already logged
+        self._placement_checked: str | _Unknown | None = _UNKNOWN  # resources.cfg version placed
 
     @property
     def holder(self) -> str:
@@ -349,6 +358,8 @@ class LiveEnv:
         return rec.any_pending_crm_command(self.ctx.store)
 
     def read_service_config(self) -> ServiceConfig:
+        if self.daemon == "crm":
+            self._place_unplaced()
         locations = rec.read_locations(self.ctx.store)
 
         def parse(text: str, version: str | None) -> tuple[object, list[ConfigError]]:
@@ -372,6 +383,21 @@ class LiveEnv:
             if node is not None and cd.node != node:
                 cd.node = node
         return conf
+
+    def _place_unplaced(self) -> None:
+        """A section written without ``node`` is placed on load (issue #13, admin/placement.py),
+        checked once per version of resources.cfg."""
+        record = self.ctx.store.read(rec.RESOURCES_CFG)
+        version = None if record is None else record.version
+        if version == self._placement_checked:
+            return
+        try:
+            for sid, node in place_unplaced(self.ctx.store, list(self.ctx.nodes), self.ctx.node).items():
+                self.log("info", f"placed resource '{sid}' (no node in resources.cfg) on node '{node}'")
+        except HaError as e:
+            self.log("warning", f"could not place resources without a node: {e}")
+            return
+        self._placement_checked = version
 
     def _edit_resources(self, edit: Callable[[ServiceConfig], None]) -> None:
         """Read-modify-write resources.cfg with compare-and-swap, retrying on conflicts.

@@ -56,11 +56,6 @@ def read_rules(store: Store) -> tuple[RulesConfig, str | None]:
     return conf, version
 
 
-def groups_migrated(store: Store) -> bool:
-    """The reference's test: groups count as migrated to rules once groups.cfg holds none (§5.14)."""
-    return not read_groups(store)[0].groups
-
-
 C = TypeVar("C")
 
 

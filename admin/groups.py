@@ -1,4 +1,11 @@
-"""``ha-manager groupadd/groupset/groupremove``: HA groups, the legacy form of node affinity (§5.14)."""
+"""``ha-manager groupadd/groupset/groupremove``: HA groups (§7.2), first-class on any cluster.
+
+A group used by a resource is applied by the master as a node-affinity rule
+named ``ha-group-<group>`` (ha/groups.py, §5.14), in memory on a live cluster
+(groups.cfg is never deleted there, actors/env.py ``LiveEnv.migrate_groups``).
+So a group's id must not clash with such a rule, and a resource follows
+either its group or a node-affinity rule, not both (admin/resources.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,6 @@ from admin.configfiles import (
     check_node,
     check_options,
     edit_file,
-    groups_migrated,
     read_config,
 )
 from admin.errors import AdminError, ExitCode
@@ -36,8 +42,6 @@ def _groups_edit(store: Store, edit: Callable[[GroupConfig], None], digest: str 
 
 
 def group_add(store: Store, group: str, options: Mapping[str, str], nodes: list[str]) -> Group:
-    if groups_migrated(store):
-        raise AdminError("cannot create group: ha groups have been migrated to rules", ExitCode.REFUSED)
     if not CONFIG_ID.match(group):
         raise AdminError(f"invalid group id '{group}'", ExitCode.USAGE)
     if not options.get("nodes"):
@@ -63,8 +67,6 @@ def group_set(
     nodes: list[str],
     digest: str | None = None,
 ) -> str:
-    if groups_migrated(store):
-        raise AdminError("cannot update group: ha groups have been migrated to rules", ExitCode.REFUSED)
     if not options and not delete:
         raise AdminError("nothing to change (give an option or --delete)", ExitCode.USAGE)
     changes = _check_group_options(options, nodes)
@@ -83,8 +85,6 @@ def group_set(
 
 
 def group_remove(store: Store, group: str) -> None:
-    if groups_migrated(store):
-        raise AdminError("cannot delete group: ha groups have been migrated to rules", ExitCode.REFUSED)
     conf, _ = read_config(store)
     users = sorted(sid for sid, cd in conf.services.items() if cd.group == group)
 

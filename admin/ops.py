@@ -11,15 +11,17 @@ directly on a stopped cluster's store. Every refusal is an
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from admin.commands import crm_command, move
-from admin.configfiles import normalize_sid, read_groups
+from admin.configfiles import check_node, normalize_sid, read_groups
 from admin.errors import AdminError, ExitCode
 from admin.groups import group_add, group_remove, group_set
+from admin.placement import place_unplaced
 from admin.resources import add_resource, remove_resource, set_resource
 from admin.rules import rule_add, rule_remove, rule_set
 from admin.views import group_to_dict, resource_to_dict, rule_to_dict, rules_view
@@ -216,7 +218,14 @@ class ApiOps:
                     ExitCode.UNREACHABLE,
                     reason="no_quorum",
                 )
+        if spec.write or not self.require_quorum or self.quorate():
+            self._place_unplaced()
         return spec.fn(checked)
+
+    def _place_unplaced(self) -> None:
+        """Resources written without a node get one before anything reads them (admin/placement.py)."""
+        with contextlib.suppress(HaError):  # a store that cannot take the write now: the master will
+            place_unplaced(self.store, self.nodes, self.node)
 
     # -- read ----------------------------------------------------------------------------
     def op_info(self, args: dict[str, Any]) -> Any:
@@ -321,7 +330,6 @@ class ApiOps:
             raise AdminError(f"no such group '{gid}'", ExitCode.NOT_FOUND)
         return {
             "digest": version or "",
-            "migrated": not groups.groups,
             "groups": [group_to_dict(g) for k, g in sorted(groups.groups.items()) if gid in (None, k)],
         }
 
@@ -331,7 +339,7 @@ class ApiOps:
 
     # -- write: resources ----------------------------------------------------------------------
     def op_add(self, args: dict[str, Any]) -> Any:
-        cd = add_resource(self.store, args["sid"], args["options"], self.nodes)
+        cd = add_resource(self.store, args["sid"], args["options"], self.nodes, local=self.node)
         return {"sid": cd.sid, "resource": resource_to_dict(cd)}
 
     def op_set(self, args: dict[str, Any]) -> Any:
@@ -376,7 +384,9 @@ class ApiOps:
                 raise AdminError(f"timeout must be >= 0, got {timeout}", ExitCode.USAGE)
             line = f"stop {normalize_sid(need('sid'))} {timeout}"
         elif cmd in ("enable-node-maintenance", "disable-node-maintenance"):
-            line = f"{cmd} {need('node')}"
+            node = need("node")
+            check_node(node, self.nodes)  # before the line is built: never echo a malformed one
+            line = f"{cmd} {node}"
         elif cmd == "disarm-ha":
             mode = need("mode")
             if mode not in ("freeze", "ignore"):

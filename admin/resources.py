@@ -14,6 +14,7 @@ from admin.configfiles import (
     read_rules,
 )
 from admin.errors import AdminError, ExitCode
+from admin.placement import choose_node
 from agents.validate import check_agent_properties
 from ha.config import schema
 from ha.config.resources import (
@@ -23,7 +24,7 @@ from ha.config.resources import (
     parse_resources_cfg,
     resource_from_dict,
 )
-from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
+from ha.config.rules import NODE_AFFINITY, RulesConfig, format_rules_cfg, parse_rules_cfg
 from ha.config.schema import parse_sid
 from ha.errors import ConfigError
 from ha.states import ServiceState
@@ -34,19 +35,32 @@ from store.base import Store
 def _edit(
     store: Store, edit: Callable[[ServiceConfig], None], digest: str | None = None, retries: int = 5
 ) -> str:
+    locations = rec.read_locations(store)  # a section without node is where it was placed
+
     def parse(text: str, path: str) -> tuple[ServiceConfig, list[ConfigError]]:
-        return parse_resources_cfg(text, path)
+        return parse_resources_cfg(text, path, nodes=locations)
 
     return edit_file(store, rec.RESOURCES_CFG, parse, format_resources_cfg, edit, digest, retries)
 
 
 def _check_group_use(store: Store, group: str) -> None:
-    """``--group`` is legacy: only while groups exist, and only an existing group (§8)."""
+    """``--group`` names an existing group (§8; groups work on any cluster, issue #13)."""
     groups, _ = read_groups(store)
-    if not groups.groups:
-        raise AdminError("cannot use group: ha groups have been migrated to rules", ExitCode.REFUSED)
     if group not in groups.groups:
         raise AdminError(f"group '{group}' does not exist", ExitCode.NOT_FOUND)
+
+
+def _check_group_not_in_rule(store: Store, sid: str) -> None:
+    """A resource follows one node affinity: its group's or a rule's, not both (§5.13.2)."""
+    conf, _ = read_rules(store)
+    for rid in sorted(conf.rules):
+        rule = conf.rules[rid]
+        if rule.type == NODE_AFFINITY and sid in rule.resources:
+            raise AdminError(
+                f"resource '{sid}' is in node-affinity rule '{rid}': a resource has a group or"
+                " a node-affinity rule, not both",
+                ExitCode.REFUSED,
+            )
 
 
 def _check_agent(rtype: str, props: Mapping[str, str]) -> None:
@@ -57,27 +71,34 @@ def _check_agent(rtype: str, props: Mapping[str, str]) -> None:
         raise AdminError(str(e), ExitCode.USAGE) from None
 
 
-def add_resource(store: Store, sid: str, options: Mapping[str, str], nodes: list[str]) -> ResourceConfig:
-    """``ha-manager add SID [--state ...]``: the resource must not exist; its node must.
+def add_resource(
+    store: Store, sid: str, options: Mapping[str, str], nodes: list[str], local: str | None = None
+) -> ResourceConfig:
+    """``ha-manager add SID [--node N] [--state ...]``: the resource must not exist; its node must.
 
-    Every option is checked against ``schema.RESOURCES`` before anything is read or written.
+    Without a node it starts where the manager would place it (admin/placement.py; the
+    node the command runs on, ``local``, among equals). Every option is checked against
+    ``schema.RESOURCES`` before anything is read or written.
     """
     sid = normalize_sid(sid)
     rtype, _ = parse_sid(sid)
-    node = options.get("node")
-    if not node:
-        raise AdminError(f"resource '{sid}': --node is required", ExitCode.USAGE)
     check_options(
         schema.RESOURCES, rtype, options, f"resource '{sid}': unknown property '{{key}}'", adding=True
     )
-    check_node(node, nodes)
+    node = options.get("node")
+    if node:
+        check_node(node, nodes)
     _check_agent(rtype, options)
+    group = options.get("group")
+    if group:
+        _check_group_use(store, group)
+        _check_group_not_in_rule(store, sid)
+    if not node:
+        node = choose_node(store, nodes, local, group or None)
     try:
-        cd = resource_from_dict(sid, dict(options), "command line")
+        cd = resource_from_dict(sid, {**options, "node": node}, "command line")
     except ConfigError as e:
         raise AdminError(e.message, ExitCode.USAGE) from None
-    if cd.group is not None:
-        _check_group_use(store, cd.group)
 
     def edit(conf: ServiceConfig) -> None:
         if sid in conf.services:
@@ -118,6 +139,7 @@ def set_resource(
         )
     if options.get("group"):
         _check_group_use(store, options["group"])
+        _check_group_not_in_rule(store, sid)
 
     def edit(conf: ServiceConfig) -> None:
         cd = conf.services.get(sid)

@@ -10,23 +10,33 @@ from admin.configfiles import (
     check_node,
     check_options,
     edit_file,
-    groups_migrated,
     read_config,
 )
 from admin.errors import AdminError, ExitCode
 from ha.config import schema
-from ha.config.rules import RULE_TYPES, Rule, RulesConfig, format_rules_cfg, parse_rules_cfg
+from ha.config.resources import ServiceConfig
+from ha.config.rules import NODE_AFFINITY, RULE_TYPES, Rule, RulesConfig, format_rules_cfg, parse_rules_cfg
 from ha.config.schema import CONFIG_ID, Kind, Prop
 from ha.rules import check_feasibility
 from store import records as rec
 from store.base import Store
 
+GROUP_RULE_PREFIX = "ha-group-"  # the rules the master makes of groups (ha/groups.py)
 
-def _check_rules_allowed(store: Store, what: str) -> None:
-    if not groups_migrated(store):
-        raise AdminError(
-            f"cannot {what} rule: ha groups have not been migrated to rules yet", ExitCode.REFUSED
-        )
+
+def _check_no_group(services: ServiceConfig, rule: Rule) -> None:
+    """A resource with a group follows its group's node affinity (a rule ``ha-group-<group>``
+    the master makes, ha/groups.py): it cannot be in a node-affinity rule too (issue #13)."""
+    if rule.type != NODE_AFFINITY or rule.disable:
+        return
+    for sid in sorted(rule.resources):
+        cd = services.services.get(sid)
+        if cd is not None and cd.group is not None:
+            raise AdminError(
+                f"resource '{sid}' is in group '{cd.group}': a resource has a group or a node-affinity"
+                f" rule, not both (ha-manager set {sid} --delete group)",
+                ExitCode.REFUSED,
+            )
 
 
 def _check_rule_options(
@@ -61,11 +71,12 @@ def _rules_edit(store: Store, edit: Callable[[RulesConfig], None], digest: str |
 
 
 def rule_add(store: Store, rtype: str, rid: str, options: Mapping[str, str], nodes: list[str]) -> Rule:
-    _check_rules_allowed(store, "create")
     if rtype not in RULE_TYPES:
         raise AdminError(f"unknown rule type '{rtype}' (one of {', '.join(RULE_TYPES)})", ExitCode.USAGE)
     if not CONFIG_ID.match(rid):
         raise AdminError(f"invalid rule id '{rid}'", ExitCode.USAGE)
+    if rid.startswith(GROUP_RULE_PREFIX):
+        raise AdminError(f"rule ids '{GROUP_RULE_PREFIX}*' are the groups' (groupadd)", ExitCode.USAGE)
     for prop in schema.RULES.props_for(rtype):
         if prop.required and not options.get(prop.name):
             raise AdminError(f"{rtype} rule: --{prop.name} is required", ExitCode.USAGE)
@@ -81,6 +92,7 @@ def rule_add(store: Store, rtype: str, rid: str, options: Mapping[str, str], nod
         for prop, value in changes:
             schema.RULES.assign(rule, prop, value)
         conf.rules[rid] = rule
+        _check_no_group(conf_r, rule)
         _check_rule_feasible(conf, rid, nodes)
         result[:] = [rule]
 
@@ -97,7 +109,6 @@ def rule_set(
     nodes: list[str],
     digest: str | None = None,
 ) -> str:
-    _check_rules_allowed(store, "update")
     if rtype not in RULE_TYPES:
         raise AdminError(f"unknown rule type '{rtype}' (one of {', '.join(RULE_TYPES)})", ExitCode.USAGE)
     if not options and not delete:
@@ -116,13 +127,13 @@ def rule_set(
             schema.RULES.assign(rule, prop, value)
         for prop in resets:
             schema.RULES.reset(rule, prop)
+        _check_no_group(conf_r, rule)
         _check_rule_feasible(conf, rid, nodes)
 
     return _rules_edit(store, edit, digest)
 
 
 def rule_remove(store: Store, rid: str) -> None:
-    _check_rules_allowed(store, "delete")
 
     def edit(conf: RulesConfig) -> None:
         if rid not in conf.rules:

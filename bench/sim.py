@@ -94,6 +94,8 @@ def run_one(nodes: int, services: int) -> dict[str, Any]:
 class RoundEnv:
     """Just enough of the Env port to run ``Manager.manage()`` with no I/O."""
 
+    migrate_groups = True  # as the simulator (§5.14)
+
     def __init__(
         self, nodes: list[str], conf: ServiceConfig, ms: ManagerStatus, crs_mode: str = "basic"
     ) -> None:

@@ -21,12 +21,13 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import click
 from click.shell_completion import CompletionItem
 
-from admin.cluster import ClusterConfig
+from admin.cluster import CLUSTER_FILE, ClusterConfig
 from admin.errors import ExitCode
 from admin.private import private_umask
 from cli.api_client import (
@@ -36,6 +37,7 @@ from cli.api_client import (
     generate_client_key,
     load_client_key,
 )
+from cli.refsyntax import RefGroup, bool_option_kwargs
 from fence.procfs import read_pid_file
 from ha.config.schema import GROUPS, RESOURCES, RULES, ConfigSchema, Kind, Prop
 from ha.errors import HaError
@@ -124,10 +126,13 @@ class Ctx:
         if self._cluster is None:
             if not self.cluster_dir:
                 die(f"no cluster given (use --cluster DIR or set ${ENV_CLUSTER})", ExitCode.USAGE)
+            if not (Path(self.cluster_dir) / CLUSTER_FILE).is_file():
+                # not "unreachable" (6, worth a retry): there is no cluster to reach
+                die(f"no cluster in '{self.cluster_dir}' (run 'ha-cluster init' first)", ExitCode.NOT_FOUND)
             try:
                 self._cluster = ClusterConfig.load(str(self.cluster_dir))
             except HaError as e:
-                die(str(e), ExitCode.UNREACHABLE)
+                die(str(e), ExitCode.USAGE)  # a malformed cluster.json: a bad value, not a retry
         return self._cluster
 
     @property
@@ -258,7 +263,7 @@ def table(rows: list[dict[str, Any]], cols: list[str], noborder: bool = False, n
 # -- the command ----------------------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=RefGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option(
     "--cluster", "cluster_dir", type=click.Path(file_okay=False), help=f"Cluster dir (or ${ENV_CLUSTER})."
 )
@@ -323,14 +328,28 @@ def status(
             die("--watch needs a running cluster", ExitCode.UNREACHABLE)
         sys.exit(run_watch(backend, interval=interval, duration=duration))
     res = c.call("status", {"verbose": True} if verbose else {})
+    stopped = isinstance(c.backend(), LocalBackend) and not cluster_running(c.cluster)
     if output_format != "text":
-        emit_json(res, output_format)
+        emit_json({**res, "running": False} if stopped else res, output_format)
         return
     for ln in res["lines"]:
-        click.echo(ln["text"])
+        click.echo(_stopped_line(ln) if stopped else ln["text"])
     if verbose:
         click.echo("full cluster state:")
         click.echo(res["full_text"])
+
+
+def _stopped_line(ln: Mapping[str, Any]) -> str:
+    """A status line of a stopped cluster: nothing runs, what was recorded last is stale (issue #13)."""
+    kind, status = ln["type"], str(ln["status"])
+    if kind == "quorum":
+        return "quorum none: no node of this cluster runs (ha-cluster up starts them)"
+    if kind == "fencing":
+        return "fencing none (no node runs)"
+    if kind in ("master", "lrm", "service"):
+        name, _, rest = status.partition(" (")
+        return f"{kind} {name} (not running; stale, last known: {rest.rstrip(')')})" if rest else ln["text"]
+    return str(ln["text"])
 
 
 _HIDDEN_KEYS = {"digest", "sid", "type", "errors", "name"}
@@ -386,7 +405,7 @@ def _click_kwargs(p: Prop, adding: bool) -> dict[str, Any]:
     if p.kind == Kind.ENUM:
         kw["type"] = click.Choice([*p.choices, *p.aliases])
     elif p.kind == Kind.BOOL:
-        kw["type"] = click.Choice(["0", "1"])
+        kw.update(bool_option_kwargs())  # bare -restricted means 1, as in the reference
     elif p.kind == Kind.UINT:
         kw["type"] = click.IntRange(p.min, p.max)
     if p.kind in _COMPLETION:
@@ -439,7 +458,7 @@ def set_(c: Ctx, /, sid: str, delete: str | None, digest: str | None, **kw: obje
 
 @main.command()
 @click.argument("sid", shell_complete=complete_sid)
-@click.option("--purge", type=click.Choice(["0", "1"]), default="1", show_default=True,
+@click.option("--purge", **bool_option_kwargs(), default="1", show_default=True,
               help="Also remove SID from rules (and delete rules left empty).")  # fmt: skip
 @pass_ctx
 def remove(c: Ctx, sid: str, purge: str) -> None:
@@ -507,9 +526,20 @@ def crm_relocate(c: Ctx, sid: str, node: str) -> None:
     _move(c, "relocate", sid, node)
 
 
-@crm_command.command("stop")
+def _timeout_arg(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        timeout = int(value)
+    except ValueError:
+        raise click.BadParameter(f"timeout must be a whole number of seconds, got '{value}'") from None
+    if timeout < 0:
+        raise click.BadParameter(f"timeout must be 0 or more seconds (0 = hard stop), got {timeout}")
+    return timeout
+
+
+# a negative number is the TIMEOUT argument (and refused as such), not an unknown option
+@crm_command.command("stop", context_settings={"ignore_unknown_options": True})
 @click.argument("sid", shell_complete=complete_sid)
-@click.argument("timeout", type=click.IntRange(0))
+@click.argument("timeout", callback=_timeout_arg)
 @pass_ctx
 def crm_stop(c: Ctx, sid: str, timeout: int) -> None:
     """Stop SID with TIMEOUT seconds (0 = hard stop)."""
@@ -540,17 +570,15 @@ def crm_arm(c: Ctx) -> None:
     c.call("crm_command", {"cmd": "arm-ha"})
 
 
-# -- groups (legacy) ------------------------------------------------------------------------------------
+# -- groups ------------------------------------------------------------------------------------
 
 
 @main.command()
 @output_options
 @pass_ctx
 def groupconfig(c: Ctx, output_format: str, noborder: bool, noheader: bool) -> None:
-    """List the HA groups (legacy; refused once groups were migrated to rules)."""
+    """List the HA groups."""
     res = c.call("groups")
-    if res.get("migrated"):
-        die("cannot list groups: ha groups have been migrated to rules", 4)
     if output_format != "text":
         emit_json(res, output_format)
         return
@@ -568,7 +596,7 @@ def groupconfig(c: Ctx, output_format: str, noborder: bool, noheader: bool) -> N
 @schema_options(GROUPS, adding=True)
 @pass_ctx
 def groupadd(c: Ctx, /, group: str, **kw: object) -> None:
-    """Create HA group GROUP (legacy)."""
+    """Create HA group GROUP (the master applies it as node-affinity rule ha-group-GROUP)."""
     c.call("group_add", {"group": group, "options": _collect(kw)})
 
 
@@ -579,7 +607,7 @@ def groupadd(c: Ctx, /, group: str, **kw: object) -> None:
 @click.option("--digest", help="Refuse if groups.cfg changed since this digest was read.")
 @pass_ctx
 def groupset(c: Ctx, /, group: str, delete: str | None, digest: str | None, **kw: object) -> None:
-    """Change HA group GROUP (legacy)."""
+    """Change HA group GROUP."""
     args: dict[str, Any] = {"group": group, "options": _collect(kw), "delete": _split(delete)}
     if digest:
         args["digest"] = digest
@@ -590,7 +618,7 @@ def groupset(c: Ctx, /, group: str, delete: str | None, digest: str | None, **kw
 @click.argument("group", shell_complete=complete_group)
 @pass_ctx
 def groupremove(c: Ctx, group: str) -> None:
-    """Delete HA group GROUP (legacy)."""
+    """Delete HA group GROUP (refused while a resource uses it)."""
     c.call("group_remove", {"group": group})
 
 
@@ -682,6 +710,37 @@ def rules_remove(c: Ctx, rule: str) -> None:
 
 
 # -- tools --------------------------------------------------------------------------------------------------
+
+
+@main.command("help")
+@click.argument("command", nargs=-1)
+@click.option("--verbose", is_flag=True, help="The full help of every command (of COMMAND's subcommands).")
+@click.pass_context
+def help_(ctx: click.Context, command: tuple[str, ...], verbose: bool) -> None:
+    """Help on COMMAND (e.g. 'help rules add'), or on every command with --verbose."""
+    cctx = ctx.find_root()
+    cmd: click.Command = cctx.command
+    for name in command:
+        sub = cmd.get_command(cctx, name) if isinstance(cmd, click.Group) else None
+        if sub is None:
+            raise click.UsageError(f"no such command '{' '.join(command)}' (see 'ha-manager help')", ctx)
+        cctx = click.Context(sub, info_name=name, parent=cctx)
+        cmd = sub
+    click.echo(cmd.get_help(cctx))
+    if verbose and isinstance(cmd, click.Group):
+        _help_all(cmd, cctx)
+
+
+def _help_all(group: click.Group, parent: click.Context) -> None:
+    for name in group.list_commands(parent):
+        sub = group.get_command(parent, name)
+        if sub is None or sub.hidden:
+            continue
+        sctx = click.Context(sub, info_name=name, parent=parent)
+        click.echo(f"\n{'-' * 78}\n")
+        click.echo(sub.get_help(sctx))
+        if isinstance(sub, click.Group):
+            _help_all(sub, sctx)
 
 
 @main.command()

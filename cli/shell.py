@@ -64,7 +64,7 @@ class ClickCompleter(Completer):  # type: ignore[misc, unused-ignore]
         if words and not text.endswith((" ", "\t")):
             incomplete = words.pop()
         if not words:
-            for name in ("exit", "help", "quit"):
+            for name in ("exit", "quit"):
                 if name.startswith(incomplete):
                     yield Completion(name, start_position=-len(incomplete))
         comp = ShellComplete(self.cli, {"obj": self.obj}, "ha-manager", "_HA_MANAGER_COMPLETE")
@@ -110,15 +110,14 @@ def run_shell(cli: click.Group, obj: ShellContext) -> int:
             continue
         if words[0] in ("exit", "quit"):
             break
-        if words[0] == "help":
-            words = [*words[1:], "--help"]
         try:
             cli.main(args=words, prog_name="ha-manager", standalone_mode=False, obj=obj)
             code = 0
         except click.exceptions.Exit as e:
             code = e.exit_code
-        except click.ClickException as e:
-            e.show()
+        except click.ClickException as e:  # one line, as ha-manager's own (cli/ha_manager.py run)
+            path = e.ctx.command_path if isinstance(e, click.UsageError) and e.ctx is not None else ""
+            click.echo(f"{path or 'ha-manager'}: {e.format_message()}", err=True)
             code = e.exit_code
         except click.exceptions.Abort:
             code = 1

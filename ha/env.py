@@ -81,6 +81,11 @@ class Env(Protocol):
 
     def get_node_version(self, node: str) -> str | None: ...
 
+    # §5.14: the master migrates HA groups to rules and deletes groups.cfg (the reference, the
+    # simulator: True), or keeps the groups, applied as node-affinity rules in memory every round
+    # (live clusters: False, so groups and rules work side by side, issue #13)
+    migrate_groups: bool
+
     # records -----------------------------------------------------------------
     def read_manager_status(self) -> ManagerStatus: ...
 

@@ -844,7 +844,7 @@ class Manager:
     def try_persistent_group_migration(self) -> None:
         env = self.env
         groups = env.read_group_config()
-        if not groups.groups:
+        if not groups.groups or not env.migrate_groups:
             return
         self.group_migration_round -= 1
         if self.group_migration_round > 0:

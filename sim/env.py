@@ -39,6 +39,8 @@ def new_resources_view() -> InForce[ServiceConfig]:
 class SimEnv:
     """One daemon's view of the simulated world, with its own clock."""
 
+    migrate_groups = True  # the reference's group-to-rules migration (§5.14)
+
     def __init__(self, hardware: Hardware, node: str, daemon: str) -> None:
         self.hardware = hardware
         self.node = node

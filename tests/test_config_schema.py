@@ -54,7 +54,8 @@ def _section(s: ConfigSchema, stype: str, prop: Prop) -> str:
     sid = "100" if stype in ("vm", "ct", "fa") else "x1"
     lines = [f"{stype}: {sid}"]
     for p in s.props_for(stype):
-        if p.required or p is prop:
+        # a resource's node is optional to add (placed), but a parsed section needs one (file or location)
+        if p.required or p is prop or (s is RESOURCES and p.name == "node"):
             lines.append(f"\t{p.name} {p.example}")
     return "\n".join(lines) + "\n"
 

@@ -394,8 +394,8 @@ RESOURCES = ConfigSchema(
         SectionType("ocf", _NAME, "an OCF resource agent (agents/ocf.py)"),
     ),
     (
-        Prop("node", Kind.NODE, "Node the resource starts on.", required=True, settable=False,
-             example="node1"),
+        Prop("node", Kind.NODE, "Node the resource starts on (default: where the manager would place it).",
+             settable=False, example="node1"),
         Prop("state", Kind.ENUM, "Requested state (`enabled` = `started`).",
              default=RequestedState.STARTED, choices=tuple(s.value for s in RequestedState),
              aliases={"enabled": "started"}, example="stopped"),

@@ -55,8 +55,8 @@ def parse_sections(text: str, path: str) -> tuple[list[RawSection], list[ConfigE
     # Lines end at "\n" only (a trailing "\r" is a blank): a line separator or control character
     # inside a value stays in the value, where the schema refuses it (issue #10).
     for lineno, line in enumerate(text.split("\n"), start=1):
-        if line.startswith("#"):
-            continue
+        if line.startswith("#") or (current is not None and line.lstrip().startswith("#")):
+            continue  # an indented comment inside a section too, as the reference's parser
         if not line.strip():
             current = None
             continue
@@ -159,7 +159,7 @@ def preserve_edit(original: str, before: str, after: str, path: str) -> str:
             continue
         seen.add(c.key)
         if c.key in new:
-            out.append(c.text if old[c.key] == new[c.key] else new[c.key])
+            out.append(c.text if old[c.key] == new[c.key] else _keep_comments(c.text, new[c.key]))
     text = "".join(out)
     added = [t for k, t in new.items() if k not in seen]
     if added:
@@ -167,3 +167,12 @@ def preserve_edit(original: str, before: str, after: str, path: str) -> str:
             text += "\n" if text.endswith("\n") else "\n\n"
         text += "".join(added)
     return text
+
+
+def _keep_comments(original: str, rendered: str) -> str:
+    """``rendered`` with the comment lines of the ``original`` section kept, after its header."""
+    comments = [ln + "\n" for ln in original.split("\n")[1:] if ln.lstrip().startswith("#")]
+    if not comments:
+        return rendered
+    header, _, rest = rendered.partition("\n")
+    return header + "\n" + "".join(comments) + rest

@@ -82,10 +82,12 @@ def test_group_commands_while_groups_exist(legacy: Cluster) -> None:
     legacy.hm("set", "proc:g2", "--delete", "group")
     legacy.hm("groupremove", "pair")
     assert [g["group"] for g in legacy.json("groupconfig")["groups"]] == ["prefer1"]
-    # rules are for after the migration
+    # rules beside groups, but not a node-affinity rule for a resource in a group
     one_line_error(
-        legacy.hm("rules", "add", "node-affinity", "r", "--resources", "proc:g1", "--nodes", "node1", code=4),
-        "not been migrated",
+        legacy.hm(
+            "rules", "add", "node-affinity", "r1", "--resources", "proc:g1", "--nodes", "node1", code=4
+        ),
+        "in group 'prefer1'",
     )
     conf = legacy.hm("config").stdout
     assert "proc:g1\n" in conf and "\tgroup prefer1\n" in conf
@@ -127,8 +129,8 @@ def test_offline_when_the_cluster_is_down(legacy: Cluster) -> None:
     legacy.hm("add", "proc:offline", "--node", "node2", "--cmd", "sleep 600", "--state", "stopped")
     assert "proc:offline" in {r["sid"] for r in legacy.json("config")["resources"]}
     out = legacy.hm("status").stdout.splitlines()
-    assert out[0].startswith("quorum No quorum on node")
-    assert any(ln == "service proc:offline (node2, queued)" for ln in out), out
+    assert out[0] == "quorum none: no node of this cluster runs (ha-cluster up starts them)"
+    assert "service proc:offline (not running; stale, last known: node2, queued)" in out, out
     one_line_error(legacy.hm("add", "proc:offline", "--node", "node9", "--cmd", "x", code=3), "unknown node")
     one_line_error(legacy.hm("status", "--watch", code=6), "needs a running cluster")
     assert json.loads(legacy.hm("--offline", "rules", "list", "--output-format", "json").stdout) == []
