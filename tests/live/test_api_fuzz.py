@@ -6,8 +6,7 @@ its own; no call is answered with an internal error. At the end every node
 still answers, no ha-node restarted or fenced, and the service that was
 running still runs (a fuzzed maintenance request may have moved it).
 
-The legacy group commands are left out (see ``OPS``). The fuzz never starts
-a service: every resource it adds is ``stopped`` or ``disabled`` and
+The fuzz never starts a service: every resource it adds is ``stopped`` or ``disabled`` and
 ``state`` is not among the options it sets (a random ``cmd`` would otherwise run).
 """
 
@@ -45,10 +44,8 @@ VALUES = st.one_of(
 )
 # proc:live (running, on node2) is the bystander: never a target, it must keep running where it runs
 SIDS = ["proc:p1", "proc:p2", "ocf:o1", "vm:100", "ct:200", "proc:bad id", "nope:1"]
-# Not the legacy groups: once groups.cfg exists the master migrates it to rules.cfg on its own
-# (§5.14), which would change config files behind the back of a refused call; their option
-# checks are the same schema code (tests/admin/test_edge_validation.py covers them).
-OPS = ["add", "set", "rule_add", "rule_set", "crm_command"]
+OPS = ["add", "set", "group_add", "group_set", "rule_add", "rule_set", "crm_command"]
+GROUP_IDS = ["g1", "gg", "g", "bad id", "x" * 80]
 DELETABLE = ["comment", "max_restart", "state", "node", "cmd", "x"]
 REASONS: list[str] = []
 FILES = (rec.RESOURCES_CFG, rec.GROUPS_CFG, rec.RULES_CFG)
@@ -92,6 +89,9 @@ def calls(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
             st.lists(st.sampled_from(["comment", "max_restart", "state", "node", "cmd", "x"]), max_size=2)
         )
         return op, {"sid": sid, "options": opts, "delete": delete}
+    if op in ("group_add", "group_set"):
+        opts = draw(options_for(schema.GROUPS, "group", adding=op == "group_add"))
+        return op, {"group": draw(st.sampled_from(GROUP_IDS)), "options": opts}
     if op in ("rule_add", "rule_set"):
         rtype = draw(st.sampled_from(["node-affinity", "resource-affinity", "other"]))
         opts = draw(options_for(schema.RULES, rtype if rtype != "other" else "node-affinity", adding=True))
