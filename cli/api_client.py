@@ -14,9 +14,9 @@ applied") instead of running twice.
 
 Client keys (CURVE). ``keys/clients/admin/<name>.key_secret`` and
 ``keys/clients/readonly/<name>.key_secret`` in the cluster dir; the nodes
-authorise the matching ``.key`` files. :func:`generate_client_key` creates
-a pair (and, until the bus loads ``keys/clients/`` itself, a flat copy of
-the public key as ``keys/client.<role>.<name>.key``).
+authorise the matching ``.key`` files, re-read when they change (a new key
+works at once, a revoked one is refused at once). :func:`generate_client_key`
+creates a pair, :func:`revoke_client_key` removes one.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from bus.messages import ApiReply, ApiRequest
 # tests/cli check these equal the server's constants.
 ROLE_ADMIN = "admin"
 ROLES = ("admin", "readonly")
-CLIENT_KEY_PREFIX = "client."
 ENV_KEY = "PYHA_KEY"
 ENV_NODE = "PYHA_NODE"
 READ_OPS = frozenset({"info", "status", "config", "groups", "rules"})
@@ -81,7 +80,7 @@ def client_keys_dir(cluster: ClusterConfig, role: str) -> Path:
 
 
 def generate_client_key(cluster: ClusterConfig, name: str, role: str, *, force: bool = False) -> Path:
-    """Create ``keys/clients/<role>/<name>.key[_secret]``; nodes accept it after their next start."""
+    """Create ``keys/clients/<role>/<name>.key[_secret]``; running nodes accept it within a second."""
     from bus.errors import KeyFileError  # noqa: PLC0415 - rare path, keep CLI start-up light
     from bus.keys import generate  # noqa: PLC0415
 
@@ -91,11 +90,38 @@ def generate_client_key(cluster: ClusterConfig, name: str, role: str, *, force: 
         pub, sec = generate(client_keys_dir(cluster, role), name, force=force)
     except (KeyFileError, ValueError) as e:
         raise ApiError(str(e), ExitCode.USAGE) from None
-    # INTERIM: the bus authorises only the flat keys/*.key files for now
-    flat = cluster.keys_dir / f"{CLIENT_KEY_PREFIX}{role}.{name}.key"
-    flat.write_bytes(pub.read_bytes())
-    flat.chmod(0o644)
+    del pub
     return sec
+
+
+def revoke_client_key(cluster: ClusterConfig, name: str, role: str | None = None) -> list[Path]:
+    """Remove client key ``name`` (of ``role``, else of any role); returns the files removed.
+
+    Every node re-reads the key directory within a second (bus.keys.KeyRing):
+    from then on the key's handshakes are refused and whatever its open
+    connections send is dropped (docs/SECURITY.md).
+    """
+    from bus.keys import LEGACY_CLIENT_PREFIX  # noqa: PLC0415 - rare path, keep CLI start-up light
+
+    if "/" in name or name.startswith(".") or not name:
+        raise ApiError(f"invalid key name {name!r}", ExitCode.USAGE)
+    removed: list[Path] = []
+    for r in (role,) if role else ROLES:
+        d = client_keys_dir(cluster, r)
+        # the public key first: from that moment on the nodes refuse it
+        for p in (
+            d / f"{name}.key",
+            d / f"{name}.key_secret",
+            cluster.keys_dir / f"{LEGACY_CLIENT_PREFIX}{r}.{name}.key",
+        ):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(p)
+    if not removed:
+        raise ApiError(f"no client key '{name}' in {cluster.keys_dir / 'clients'}", ExitCode.NOT_FOUND)
+    return removed
 
 
 def load_client_key(cluster: ClusterConfig, key: str | None = None, role: str | None = None) -> ClientKey:
@@ -376,7 +402,7 @@ class ApiClient:
         if auth_failed and len(auth_failed) == len(nodes):
             who = self.key.path if self.key is not None else "?"
             raise ApiError(
-                f"the cluster refused the client key {who} (nodes load client keys when they start)",
+                f"the cluster refused the client key {who} (unknown or revoked)",
                 ExitCode.FORBIDDEN,
             )
         raise ApiError(f"cluster unreachable ({'; '.join(errors)})", ExitCode.UNREACHABLE, "unreachable")
