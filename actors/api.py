@@ -17,6 +17,7 @@ every other key read-only. Without CURVE (tests only) every caller is an admin.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,68 @@ def role_of(user: str | None, members: frozenset[str], curve: bool) -> str:
     return ROLE_ADMIN if user.startswith(ROLE_ADMIN + "/") else ROLE_READONLY
 
 
+# -- admission (docs/API.md "Busy") ------------------------------------------------------------
+
+BUSY_REASON = "busy"
+
+
+class ApiQueue:
+    """The API actor's bounded mailbox: at most ``per_client`` requests pending per client, ``total`` in all.
+
+    The node's bus subscriber (``actors/node.py``) asks :meth:`admit` before it
+    hands a request to the actor, on the bus I/O thread; the actor calls
+    :meth:`done` when the request is answered. A client is its key's owner
+    (``Envelope.user``), or without CURVE the sender name it gives.
+    """
+
+    def __init__(self, per_client: int = 32, total: int = 256) -> None:
+        self.per_client, self.total = per_client, total
+        self._lock = threading.Lock()
+        self._pending: dict[str, int] = {}
+        self._all = 0
+        self.refused = 0
+
+    @staticmethod
+    def client(env: Envelope) -> str:
+        return env.user if env.user is not None else env.sender
+
+    def admit(self, env: Envelope) -> str | None:
+        """None if ``env`` may be queued (and count it), else why not (one line)."""
+        who = self.client(env)
+        with self._lock:
+            mine = self._pending.get(who, 0)
+            if mine >= self.per_client:
+                why = f"{mine} requests of this client are pending (at most {self.per_client})"
+            elif self._all >= self.total:
+                why = f"{self._all} requests are pending (at most {self.total})"
+            else:
+                self._pending[who] = mine + 1
+                self._all += 1
+                return None
+            self.refused += 1
+            return why
+
+    def done(self, env: Envelope) -> None:
+        who = self.client(env)
+        with self._lock:
+            left = self._pending.get(who, 0) - 1
+            if left < 0:
+                return
+            self._all -= 1
+            if left:
+                self._pending[who] = left
+            else:
+                del self._pending[who]
+
+
+def busy_reply(node: str, env: Envelope, why: str) -> ApiReply | None:
+    """The answer to a request refused by :meth:`ApiQueue.admit`: code 6, reason ``busy``."""
+    if not isinstance(env.body, ApiRequest):
+        return None
+    err = AdminError(f"{node} is busy: {why}; try again later", ExitCode.UNREACHABLE, reason=BUSY_REASON)
+    return ApiReply(env.body.request_id, False, error_result(err), str(err))
+
+
 # -- the actor --------------------------------------------------------------------------------
 
 
@@ -72,8 +135,10 @@ class ApiActor(pykka.ThreadingActor):
         quorate: Callable[[], bool],
         reply: Callable[[Envelope, ApiReply], object],
         cluster: ClusterConfig,
+        queue: ApiQueue | None = None,
     ) -> None:
         super().__init__()
+        self.queue = queue
         self.node = node
         self.nodes = nodes
         self.store = store
@@ -125,15 +190,21 @@ class ApiActor(pykka.ThreadingActor):
         try:
             self._receive(message)
         except Exception as e:
-            self.log.opt(exception=e).error(f"api actor: unexpected error, still serving: {e}")
-            if isinstance(message, Request) and isinstance(message.env.body, ApiRequest):
-                err = AdminError(f"internal error: {e}", ExitCode.FAILED)
-                try:
-                    self.reply(
-                        message.env, ApiReply(message.env.body.request_id, False, error_result(err), str(err))
-                    )
-                except Exception as e2:
-                    self.log.error(f"api actor: the internal-error reply was not sent either: {e2}")
+            self._failed(message, e)
+        finally:
+            if self.queue is not None and isinstance(message, Request):
+                self.queue.done(message.env)
+
+    def _failed(self, message: object, e: Exception) -> None:
+        self.log.opt(exception=e).error(f"api actor: unexpected error, still serving: {e}")
+        if isinstance(message, Request) and isinstance(message.env.body, ApiRequest):
+            err = AdminError(f"internal error: {e}", ExitCode.FAILED)
+            try:
+                self.reply(
+                    message.env, ApiReply(message.env.body.request_id, False, error_result(err), str(err))
+                )
+            except Exception as e2:
+                self.log.error(f"api actor: the internal-error reply was not sent either: {e2}")
 
     def _receive(self, message: object) -> None:
         if isinstance(message, StatusWritten):

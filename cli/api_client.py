@@ -348,6 +348,7 @@ class ApiClient:
         write = op not in READ_OPS
         errors: list[str] = []
         no_quorum: ApiError | None = None
+        busy: ApiError | None = None
         auth_failed: list[str] = []
         nodes = [node] if node is not None else list(self._candidates())
         for n in nodes:
@@ -396,7 +397,13 @@ class ApiClient:
             if err.reason == "no_quorum" and node is None:
                 no_quorum = err  # nothing was applied: another node may be quorate
                 continue
+            if err.reason == "busy":  # not run (docs/API.md "Busy"): another node may have room
+                busy = err
+                if node is None:
+                    continue
             raise err
+        if busy is not None:
+            raise busy
         if no_quorum is not None:
             raise ApiError(f"no quorum: {no_quorum.message}", ExitCode.UNREACHABLE, "no_quorum")
         if auth_failed and len(auth_failed) == len(nodes):
