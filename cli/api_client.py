@@ -45,6 +45,8 @@ ROLE_ADMIN = "admin"
 ROLES = ("admin", "readonly")
 ENV_KEY = "PYHA_KEY"
 ENV_NODE = "PYHA_NODE"
+# what a node may send us in one message (the codec's 1 MiB frame limit, plus headroom)
+MAX_IN_BYTES = 4 * (1 << 20) + 1024
 READ_OPS = frozenset({"info", "status", "config", "groups", "rules"})
 _HANDSHAKE_FAIL = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -215,6 +217,8 @@ class _Conn:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        # a reply is one frame within the codec's limit; libzmq drops a connection sending more
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_IN_BYTES)
         if curve is not None:
             srv, key = curve
             self.sock.setsockopt(zmq.CURVE_SERVERKEY, srv)
@@ -439,6 +443,7 @@ class ApiClient:
             raise ApiError(f"node {node} publishes no events", ExitCode.UNREACHABLE)
         sub: zmq.Socket[bytes] = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.MAXMSGSIZE, MAX_IN_BYTES)
         if self.cluster.curve:
             assert self.key is not None
             sub.setsockopt(zmq.CURVE_SERVERKEY, server_key(self.cluster, node))
