@@ -8,11 +8,11 @@ decides the caller's role and turns the outcome into a reply: the
 operations themselves are :class:`admin.ops.ApiOps`. It also owns the node's
 event stream (:class:`actors.events.EventPublisher`).
 
-Roles. A client key's owner name (the ZAP User-Id, i.e. the key file's name)
-says its role: keys in ``keys/clients/admin/`` are ``admin/<name>``, keys in
-``keys/clients/readonly/`` are ``readonly/<name>`` (the interim flat copies
-``keys/client.<role>.<name>.key`` map the same way). Members are admins.
-Without CURVE (tests only) every caller is an admin.
+Roles. A client key's owner name (the ZAP User-Id, which the bus puts on
+each envelope as ``Envelope.user``, :mod:`bus.zap`) says its role: keys in
+``keys/clients/admin/`` are ``admin/<name>``, keys in
+``keys/clients/readonly/`` are ``readonly/<name>``. Members are admins,
+every other key read-only. Without CURVE (tests only) every caller is an admin.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pykka
 import zmq
@@ -29,7 +28,7 @@ from loguru import logger
 from actors.events import EventPublisher
 from admin.cluster import ClusterConfig
 from admin.errors import AdminError, ExitCode
-from admin.ops import CLIENT_KEY_PREFIX, ROLE_ADMIN, ROLE_READONLY, ApiOps, error_result
+from admin.ops import ROLE_ADMIN, ROLE_READONLY, ApiOps, error_result
 from bus.codec import Envelope
 from bus.messages import ApiReply, ApiRequest
 from ha.errors import ConfigError, HaError
@@ -47,51 +46,69 @@ def role_of(user: str | None, members: frozenset[str], curve: bool) -> str:
         return ROLE_READONLY  # cannot tell: least privilege
     if user in members:
         return ROLE_ADMIN
-    if user.startswith(CLIENT_KEY_PREFIX):
-        role = user[len(CLIENT_KEY_PREFIX) :].partition(".")[0]
-    else:
-        role = user.partition("/")[0] if "/" in user else ""
-    return ROLE_ADMIN if role == ROLE_ADMIN else ROLE_READONLY
+    return ROLE_ADMIN if user.startswith(ROLE_ADMIN + "/") else ROLE_READONLY
 
 
-class _UserTap:
-    """INTERIM, until the bus carries the key owner on the envelope (``Envelope.user``).
+# -- admission (docs/API.md "Busy") ------------------------------------------------------------
 
-    The transport learns each frame's ZAP User-Id but does not hand it on.
-    This wraps its frame handler to remember the User-Id while that frame is
-    dispatched, and a kind subscriber (which runs before the node's catch-all
-    subscriber that forwards the request to the ApiActor) binds it to that
-    very envelope object. Exact per frame: no routing-id guessing.
+BUSY_REASON = "busy"
+
+
+class ApiQueue:
+    """The API actor's bounded mailbox: at most ``per_client`` requests pending per client, ``total`` in all.
+
+    The node's bus subscriber (``actors/node.py``) asks :meth:`admit` before it
+    hands a request to the actor, on the bus I/O thread; the actor calls
+    :meth:`done` when the request is answered. A client is its key's owner
+    (``Envelope.user``), or without CURVE the sender name it gives.
     """
 
-    MAX_PENDING = 10_000
-
-    def __init__(self, transport: Any) -> None:
-        self._current: str | None = None  # only read and written on the bus I/O thread
+    def __init__(self, per_client: int = 32, total: int = 256) -> None:
+        self.per_client, self.total = per_client, total
         self._lock = threading.Lock()
-        self._by_env: dict[int, tuple[Envelope, str | None]] = {}
-        orig = transport._on_frame
+        self._pending: dict[str, int] = {}
+        self._all = 0
+        self.refused = 0
 
-        def on_frame(origin: bytes, data: bytes, user: str | None, *, local: bool = False) -> None:
-            self._current = None if local else user
-            try:
-                orig(origin, data, user, local=local)
-            finally:
-                self._current = None
+    @staticmethod
+    def client(env: Envelope) -> str:
+        return env.user if env.user is not None else env.sender
 
-        transport._on_frame = on_frame
-        transport.subscribe(self._seen, [ApiRequest])
-
-    def _seen(self, env: Envelope) -> None:
+    def admit(self, env: Envelope) -> str | None:
+        """None if ``env`` may be queued (and count it), else why not (one line)."""
+        who = self.client(env)
         with self._lock:
-            if len(self._by_env) >= self.MAX_PENDING:
-                self._by_env.clear()
-            self._by_env[id(env)] = (env, self._current)
+            mine = self._pending.get(who, 0)
+            if mine >= self.per_client:
+                why = f"{mine} requests of this client are pending (at most {self.per_client})"
+            elif self._all >= self.total:
+                why = f"{self._all} requests are pending (at most {self.total})"
+            else:
+                self._pending[who] = mine + 1
+                self._all += 1
+                return None
+            self.refused += 1
+            return why
 
-    def user_of(self, env: Envelope) -> str | None:
+    def done(self, env: Envelope) -> None:
+        who = self.client(env)
         with self._lock:
-            entry = self._by_env.pop(id(env), None)
-        return entry[1] if entry is not None and entry[0] is env else None
+            left = self._pending.get(who, 0) - 1
+            if left < 0:
+                return
+            self._all -= 1
+            if left:
+                self._pending[who] = left
+            else:
+                del self._pending[who]
+
+
+def busy_reply(node: str, env: Envelope, why: str) -> ApiReply | None:
+    """The answer to a request refused by :meth:`ApiQueue.admit`: code 6, reason ``busy``."""
+    if not isinstance(env.body, ApiRequest):
+        return None
+    err = AdminError(f"{node} is busy: {why}; try again later", ExitCode.UNREACHABLE, reason=BUSY_REASON)
+    return ApiReply(env.body.request_id, False, error_result(err), str(err))
 
 
 # -- the actor --------------------------------------------------------------------------------
@@ -118,8 +135,10 @@ class ApiActor(pykka.ThreadingActor):
         quorate: Callable[[], bool],
         reply: Callable[[Envelope, ApiReply], object],
         cluster: ClusterConfig,
+        queue: ApiQueue | None = None,
     ) -> None:
         super().__init__()
+        self.queue = queue
         self.node = node
         self.nodes = nodes
         self.store = store
@@ -139,11 +158,6 @@ class ApiActor(pykka.ThreadingActor):
             endpoints=cluster.nodes,
             events_endpoint=lambda: self.publisher.endpoint if self.publisher is not None else None,
         )
-        # the key owner of each request: from the envelope once the bus carries it, else the tap
-        self.tap: _UserTap | None = None
-        transport = getattr(reply, "__self__", None)
-        if self.curve and "user" not in Envelope._fields and hasattr(transport, "_on_frame"):
-            self.tap = _UserTap(transport)
 
     def on_start(self) -> None:
         if self.publisher is not None:
@@ -163,10 +177,8 @@ class ApiActor(pykka.ThreadingActor):
         self.on_stop()
 
     def user_of(self, env: Envelope) -> str | None:
-        if "user" in Envelope._fields:
-            user = getattr(env, "user", None)
-            return user if isinstance(user, str) else None
-        return self.tap.user_of(env) if self.tap is not None else None
+        """The owner of the key the request came with (the bus sets it, ``Envelope.user``)."""
+        return env.user
 
     def on_receive(self, message: object) -> None:
         """Never lets an exception stop the actor (issue #10): it is logged, a request answered.
@@ -178,15 +190,21 @@ class ApiActor(pykka.ThreadingActor):
         try:
             self._receive(message)
         except Exception as e:
-            self.log.opt(exception=e).error(f"api actor: unexpected error, still serving: {e}")
-            if isinstance(message, Request) and isinstance(message.env.body, ApiRequest):
-                err = AdminError(f"internal error: {e}", ExitCode.FAILED)
-                try:
-                    self.reply(
-                        message.env, ApiReply(message.env.body.request_id, False, error_result(err), str(err))
-                    )
-                except Exception as e2:
-                    self.log.error(f"api actor: the internal-error reply was not sent either: {e2}")
+            self._failed(message, e)
+        finally:
+            if self.queue is not None and isinstance(message, Request):
+                self.queue.done(message.env)
+
+    def _failed(self, message: object, e: Exception) -> None:
+        self.log.opt(exception=e).error(f"api actor: unexpected error, still serving: {e}")
+        if isinstance(message, Request) and isinstance(message.env.body, ApiRequest):
+            err = AdminError(f"internal error: {e}", ExitCode.FAILED)
+            try:
+                self.reply(
+                    message.env, ApiReply(message.env.body.request_id, False, error_result(err), str(err))
+                )
+            except Exception as e2:
+                self.log.error(f"api actor: the internal-error reply was not sent either: {e2}")
 
     def _receive(self, message: object) -> None:
         if isinstance(message, StatusWritten):

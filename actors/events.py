@@ -14,17 +14,20 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import zmq
 from loguru import logger
-from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
 from admin.cluster import ClusterConfig
-from admin.ops import API_VERSION, CLIENT_KEY_PREFIX, ROLES
-from bus.keys import CurveKeys
+from admin.ops import API_VERSION
+from bus.config import TransportConfig
+from bus.guard import GUARD_EVENTS, InboundGuard
+from bus.keys import CurveKeys, KeyRing
+from bus.ratelog import RateLimitedLog
+from bus.zap import ZapHandler
 from ha.errors import HaError
 from ha.records import ManagerStatus
 from store import records as rec
@@ -32,17 +35,8 @@ from store.base import Store
 
 # while fed by this node's master (StatusWritten), manager_status changes come from the feed only
 FEED_HOLD = 2.0
-
-
-def client_key_files(keys_dir: Path) -> dict[str, Path]:
-    """Client public keys and their owner names: ``<role>/<name>`` (plus interim flat copies)."""
-    out: dict[str, Path] = {}
-    for role in ROLES:
-        for p in sorted((keys_dir / "clients" / role).glob("*.key")):
-            out[f"{role}/{p.name[: -len('.key')]}"] = p
-    for p in sorted(keys_dir.glob(f"{CLIENT_KEY_PREFIX}*.key")):
-        out[p.name[: -len(".key")]] = p
-    return out
+# what a subscriber may send: subscriptions (a topic prefix) and its handshake, nothing larger
+MAX_SUBSCRIPTION_BYTES = 4096  # above the CURVE handshake commands (INITIATE carries metadata)
 
 
 def diff_events(
@@ -123,6 +117,13 @@ class EventPublisher:
         self._seq = 0
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        # the bus's key ring, ZAP handler and connection guard, on the publisher's own thread
+        self.counts: dict[str, int] = {}
+        self._rlog = RateLimitedLog()
+        self._keys: CurveKeys | None = None
+        self._zap: ZapHandler | None = None
+        self._guard: InboundGuard | None = None
+        self._mon: zmq.Socket[bytes] | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"events-{self.node}", daemon=True)
@@ -136,37 +137,77 @@ class EventPublisher:
         if self._thread is not None:
             self._thread.join(5)
 
-    def _open(self) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes] | None, dict[bytes, str]]:
+    def _count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def _open(self) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes] | None]:
         self._ctx = ctx = zmq.Context()
-        authorized: dict[bytes, str] = {}
         zap: zmq.Socket[bytes] | None = None
-        pub = ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        pub.setsockopt(zmq.SNDHWM, 1000)
         if self.cluster.curve:
-            keys = CurveKeys.load(self.cluster.keys_dir, self.node)
-            for name, key in keys.authorized.items():
-                authorized[key] = name
-            for name, path in client_key_files(self.cluster.keys_dir).items():
-                with contextlib.suppress(HaError, ValueError):
-                    authorized[_public_key(path)] = name
+            # the bus's ZAP handler and key ring (bus.zap, bus.keys): one of each in the code base
+            self._keys = keys = CurveKeys.load(self.cluster.keys_dir, self.node)
+            self._zap = ZapHandler(self.node, KeyRing.of(keys, self.cluster.nodes), self._count, self._rlog)
             # SAFETY: the ZAP handler exists before the socket binds, else libzmq admits any key
-            zap = ctx.socket(zmq.REP)
-            zap.setsockopt(zmq.LINGER, 0)
-            zap.bind("inproc://zeromq.zap.01")
-            pub.setsockopt(zmq.CURVE_SERVER, 1)
-            pub.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
-            pub.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
-            pub.setsockopt(zmq.ZAP_DOMAIN, self.cluster.cluster.encode())
-            pub.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+            zap = self._zap.open(ctx)
         host = self.cluster.nodes[self.node].removeprefix("tcp://").rpartition(":")[0] or "127.0.0.1"
-        pub.bind(f"tcp://{host}:*")
-        self.endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        return pub, zap, authorized
+        try:
+            return self._bind(f"tcp://{host}:*"), zap
+        except BaseException:
+            if zap is not None:
+                zap.close(linger=0)
+            raise
+
+    def _bind(self, endpoint: str) -> zmq.Socket[bytes]:
+        """A new PUB socket bound at ``endpoint``, its connections guarded like the bus's (bus.guard)."""
+        assert self._ctx is not None
+        cfg = TransportConfig()
+        pub = self._ctx.socket(zmq.PUB)
+        try:
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.setsockopt(zmq.SNDHWM, 1000)
+            pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+            pub.setsockopt(zmq.HANDSHAKE_IVL, max(1, int(cfg.handshake_timeout * 1000)))
+            if self._keys is not None:
+                pub.setsockopt(zmq.CURVE_SERVER, 1)
+                pub.setsockopt(zmq.CURVE_SECRETKEY, self._keys.secret)
+                pub.setsockopt(zmq.CURVE_PUBLICKEY, self._keys.public)
+                pub.setsockopt(zmq.ZAP_DOMAIN, self.cluster.cluster.encode())
+                pub.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+            self._guard = InboundGuard.of(self.node, cfg, self._count, self._rlog)
+            self._mon = pub.get_monitor_socket(GUARD_EVENTS)
+            for attempt in range(20):  # the old socket's port may take a moment to be free again
+                try:
+                    pub.bind(endpoint)
+                    break
+                except zmq.ZMQError as e:
+                    if e.errno != zmq.EADDRINUSE or attempt == 19:
+                        raise
+                    time.sleep(0.05)
+        except BaseException:
+            self._close_pub(pub)
+            raise
+        self.endpoint = self._guard.bound(pub.getsockopt_string(zmq.LAST_ENDPOINT))
+        return pub
+
+    def _close_pub(self, pub: zmq.Socket[bytes]) -> None:
+        if self._mon is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                pub.disable_monitor()
+            self._mon.close(linger=0)
+            self._mon = None
+        pub.close(linger=0)
+
+    def _revoke(self, pub: zmq.Socket[bytes]) -> zmq.Socket[bytes]:
+        """A key was revoked: drop every subscriber (a PUB cannot drop one); the others reconnect."""
+        assert self.endpoint is not None
+        self.log.warning("a client key was revoked: event subscribers reconnect")
+        endpoint = self.endpoint
+        self._close_pub(pub)
+        return self._bind(endpoint)
 
     def _run(self) -> None:
         try:
-            pub, zap, authorized = self._open()
+            pub, zap = self._open()
         except BaseException as e:
             self._error = e
             self._ready.set()
@@ -174,9 +215,7 @@ class EventPublisher:
             return
         self._ready.set()
         self.log.info(f"events published on {self.endpoint}")
-        poller = zmq.Poller()
-        if zap is not None:
-            poller.register(zap, zmq.POLLIN)
+        next_keys = 0.0
         token: str | None = None
         ms: ManagerStatus | None = None
         lrm: dict[str, tuple[str | None, str | None]] = {}
@@ -184,9 +223,20 @@ class EventPublisher:
         next_hb = 0.0
         try:
             while not self._stop.is_set():
+                poller = zmq.Poller()
+                for s in (zap, self._mon):
+                    if s is not None:
+                        poller.register(s, zmq.POLLIN)
                 for sock, _ in poller.poll(int(self.interval * 1000)):
-                    if sock is zap and zap is not None:
-                        _answer_zap(zap, authorized)
+                    if zap is not None and sock is zap and self._zap is not None:
+                        self._zap.handle(zap)
+                    elif self._mon is not None and sock is self._mon and self._guard is not None:
+                        event = recv_monitor_message(self._mon)
+                        self._guard.event(event["event"], int(event["value"]))
+                if self._zap is not None and time.monotonic() >= next_keys:
+                    next_keys = time.monotonic() + 1.0
+                    if self._zap.ring.refresh():
+                        pub = self._revoke(pub)
                 while self._fed:
                     fed = self._fed.popleft()
                     if ms is not None and _newer(fed, ms):
@@ -225,7 +275,8 @@ class EventPublisher:
                     master = ms.master_node if ms is not None else None
                     self._publish(pub, {"type": "heartbeat", "quorate": q, "master": master})
         finally:
-            self._close(pub, zap)
+            self._close_pub(pub)
+            self._close(zap)
 
     def feed(self, ms: ManagerStatus) -> None:
         """Every manager status the master writes (from any thread): no transition is folded."""
@@ -254,22 +305,3 @@ class EventPublisher:
 def _newer(a: ManagerStatus, b: ManagerStatus) -> bool:
     """Is ``a`` a later write than ``b``? (the master stamps every write)"""
     return a.timestamp is not None and (b.timestamp is None or a.timestamp > b.timestamp)
-
-
-def _public_key(path: Path) -> bytes:
-    for line in path.read_text(encoding="ascii").splitlines():
-        key, eq, value = line.strip().partition("=")
-        if eq and key.strip() == "public-key":
-            return value.strip().strip('"').encode("ascii")
-    raise ValueError(f"{path}: no public-key line")
-
-
-def _answer_zap(zap: zmq.Socket[bytes], authorized: Mapping[bytes, str]) -> None:
-    req = zap.recv_multipart()
-    reply_id = req[1] if len(req) > 1 else b""
-    status, text, user = b"400", b"refused", b""
-    if len(req) == 7 and req[0] == b"1.0" and req[5] == b"CURVE" and len(req[6]) == 32:
-        name = authorized.get(z85.encode(req[6]))
-        if name is not None:
-            status, text, user = b"200", b"OK", name.encode()
-    zap.send_multipart([b"1.0", reply_id, status, text, user, b""])

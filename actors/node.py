@@ -46,7 +46,7 @@ from collections.abc import Callable
 import pykka
 from loguru import logger
 
-from actors.api import ApiActor
+from actors.api import ApiActor, ApiQueue, busy_reply
 from actors.api import Request as ApiCall
 from actors.api import StatusWritten as ApiStatusWritten
 from actors.crm_master import CrmActor
@@ -67,6 +67,7 @@ from admin.cluster import SHUTDOWN_FILE, ClusterConfig
 from admin.private import exposed
 from agents import make_registry
 from bus.codec import Envelope
+from bus.guard import raise_fd_limit
 from bus.keys import CurveKeys
 from bus.membership import Membership
 from bus.messages import (
@@ -191,6 +192,10 @@ class NodeRuntime:
     # -- start --------------------------------------------------------------------
     def start(self) -> None:
         c = self.cluster
+        # as many descriptors as allowed: a connection flood must not starve the store and the
+        # watchdog (the bus's guard keeps a reserve below this limit, bus.guard)
+        soft, hard = raise_fd_limit()
+        self.log.info(f"open files limit {soft} (hard {hard})")
         if self._lock_fd is None:
             self.claim()
         run = c.run_dir(self.node)
@@ -376,8 +381,18 @@ class NodeRuntime:
         # the records were written before these were sent: acknowledge (the LRM
         # acts at most once per UID anyway) and wake the daemon that reads them
         if isinstance(msg, ApiRequest):
-            with contextlib.suppress(pykka.ActorDeadError):
+            # a bounded mailbox: over a client's share it is answered "busy" here, on the bus thread
+            queue = self.api_queue
+            why = queue.admit(env)
+            if why is not None:
+                reply = busy_reply(self.node, env, why)
+                if reply is not None:
+                    self.bus.reply(env, reply)
+                return
+            try:
                 self.api.tell(ApiCall(env))
+            except pykka.ActorDeadError:
+                queue.done(env)
         elif isinstance(msg, ServiceCommand):
             self.bus.send(env.sender, Ack(msg.uid))
             self.lrm_waker.poke()
@@ -453,7 +468,17 @@ class NodeRuntime:
     # -- timers and supervision ---------------------------------------------------------
     def _start_api(self) -> pykka.ActorRef[ApiActor]:
         c = self.cluster
-        return ApiActor.start(self.node, sorted(c.nodes), self.store, self.quorate, self.bus.reply, cluster=c)
+        # a new actor starts with an empty mailbox: the new queue counts what it holds
+        self.api_queue = ApiQueue()
+        return ApiActor.start(
+            self.node,
+            sorted(c.nodes),
+            self.store,
+            self.quorate,
+            self.bus.reply,
+            cluster=c,
+            queue=self.api_queue,
+        )
 
     @property
     def api(self) -> pykka.ActorRef[ApiActor]:

@@ -40,7 +40,6 @@ API_VERSION = 1
 ROLE_ADMIN = "admin"
 ROLE_READONLY = "readonly"
 ROLES = (ROLE_ADMIN, ROLE_READONLY)
-CLIENT_KEY_PREFIX = "client."  # interim flat key files: keys/client.<role>.<name>.key
 
 # -- argument checking ---------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ class RejectReason(StrEnum):
     BAD_FRAMING = "bad_framing"
     SPOOFED_SENDER = "spoofed_sender"
     NOT_A_MEMBER = "not_a_member"
+    REVOKED_KEY = "revoked_key"
 
 
 class Envelope(NamedTuple):
@@ -69,6 +70,10 @@ class Envelope(NamedTuple):
 
     ``origin`` is the ZeroMQ routing id the frame arrived on; it is not part
     of the wire format and only serves :meth:`bus.transport.Transport.reply`.
+    ``user`` is not on the wire either: the owner of the CURVE key the
+    frame's connection authenticated with (the ZAP User-Id, :mod:`bus.zap`),
+    set by the transport on receipt; None for local events, without CURVE,
+    and for envelopes not received from a connection.
     (A NamedTuple rather than a frozen dataclass: one is built per received
     frame, and this is several times cheaper to construct.)
     """
@@ -80,6 +85,7 @@ class Envelope(NamedTuple):
     msg_id: int
     body: Message
     origin: bytes = b""
+    user: str | None = None
 
 
 def _no_ext(code: int, data: Any) -> NoReturn:
@@ -208,7 +214,7 @@ class Codec:
         )
         return frame
 
-    def decode(self, frame: bytes, origin: bytes = b"") -> Envelope:
+    def decode(self, frame: bytes, origin: bytes = b"", user: str | None = None) -> Envelope:
         if len(frame) > self.max_frame_bytes:
             raise ProtocolError(RejectReason.OVERSIZED, f"{len(frame)} > {self.max_frame_bytes} bytes")
         try:
@@ -226,12 +232,12 @@ class Codec:
                     if not plain_keyed(getattr(body, name)):
                         break
                 else:
-                    return _new_envelope(Envelope, (w.v, w.c, w.s, w.k, w.i, body, origin))
+                    return _new_envelope(Envelope, (w.v, w.c, w.s, w.k, w.i, body, origin, user))
         except Exception:  # any doubt: the reference path decides, and names the reason
             pass
-        return self.decode_reference(frame, origin)
+        return self.decode_reference(frame, origin, user)
 
-    def decode_reference(self, frame: bytes, origin: bytes = b"") -> Envelope:
+    def decode_reference(self, frame: bytes, origin: bytes = b"", user: str | None = None) -> Envelope:
         """Decode with msgpack-python and the Python checks: slower, same verdict, exact reason."""
         if len(frame) > self.max_frame_bytes:
             raise ProtocolError(RejectReason.OVERSIZED, f"{len(frame)} > {self.max_frame_bytes} bytes")
@@ -244,7 +250,7 @@ class Codec:
             obj = msgpack.unpackb(frame, ext_hook=_no_ext)
         except Exception as exc:  # any decoder failure is "malformed", by design
             raise ProtocolError(RejectReason.MALFORMED, f"{type(exc).__name__}: {str(exc)[:80]}") from None
-        return self.validate(obj, origin)
+        return self.validate(obj, origin, user)
 
     def decode_stream(self, chunks: list[bytes]) -> list[Envelope]:
         """Decode back-to-back envelopes (e.g. a capture file) with the same limits.
@@ -271,7 +277,7 @@ class Codec:
             raise ProtocolError(RejectReason.MALFORMED, f"{type(exc).__name__}") from None
         return out
 
-    def validate(self, obj: Any, origin: bytes = b"") -> Envelope:
+    def validate(self, obj: Any, origin: bytes = b"", user: str | None = None) -> Envelope:
         """Check a decoded msgpack object and turn it into an :class:`Envelope`."""
         # Six entries and all six names present means exactly our keys.
         if type(obj) is not dict or len(obj) != len(_ENVELOPE_KEYS) or not _ENVELOPE_KEYS.issubset(obj):
@@ -293,4 +299,4 @@ class Codec:
         if type(msg_id) is not int or not 0 <= msg_id <= MAX_MSG_ID:
             raise ProtocolError(RejectReason.BAD_ENVELOPE, "i is not a uint64")
         body = from_payload(kind, obj["p"], wire=True)  # unknown_kind / local_kind / bad_payload
-        return Envelope(version, cluster, sender, kind, msg_id, body, origin)
+        return Envelope(version, cluster, sender, kind, msg_id, body, origin, user)

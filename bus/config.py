@@ -29,9 +29,20 @@ class TransportConfig:
     # Frames handled per socket per loop turn, so one busy peer cannot starve
     # heartbeats or other sockets.
     batch: int = 512
+    # Limits against floods (docs/PROTOCOL.md section 2 "Limits", bus.guard):
+    # an inbound connection that has not finished its handshake after this
+    # long is closed (ZMQ_HANDSHAKE_IVL); at most so many inbound connections
+    # at once, in total and from one address; and so many file descriptors
+    # kept free for the store and the watchdog.
+    handshake_timeout: float = 3.0
+    max_connections: int = 1024
+    max_connections_per_source: int = 256
+    fd_reserve: int = 128
 
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_interval < self.peer_timeout:
             raise ConfigError("need 0 < heartbeat_interval < peer_timeout")
+        if self.handshake_timeout <= 0 or min(self.max_connections, self.max_connections_per_source) < 1:
+            raise ConfigError("need handshake_timeout > 0 and connection limits >= 1")
         if self.expected_votes is not None and self.expected_votes < 1:
             raise ConfigError("expected_votes must be >= 1")

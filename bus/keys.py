@@ -6,9 +6,13 @@ certificates, so ``zmq.auth.load_certificate`` reads them too)::
     DIR/<node>.key          public key only            (mode 0644)
     DIR/<node>.key_secret   public and secret key      (mode 0600)
 
+    DIR/clients/<role>/<name>.key   a client's public key (owner name ``<role>/<name>``)
+
 A node needs its own ``.key_secret`` plus the ``.key`` of every member it
 connects to; the public keys it accepts are exactly the ``.key`` files of the
-directory (members, plus any CLI clients given a key pair the same way).
+directory and of ``clients/*/`` (members, plus clients). :class:`KeyRing`
+re-reads them when the directory changes, so a client key is accepted or
+revoked without restarting a node (docs/PROTOCOL.md section 2).
 
 Command line::
 
@@ -28,11 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
+from loguru import logger
 
 from bus.errors import ConfigError, KeyFileError
 from bus.membership import check_name
 
 _KEY_RE = re.compile(r'^\s*(public|secret)-key\s*=\s*"([0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40})"\s*$')
+LEGACY_CLIENT_PREFIX = "client."
+# How often a node re-reads a changed key directory (at most; KeyRing.tick).
+RELOAD_INTERVAL = 1.0
 _BANNER = "#   ZeroMQ CURVE {kind} certificate for bus node {node}\n#   Keep {what}\n"
 
 
@@ -44,6 +52,8 @@ class CurveKeys:
     public: bytes
     secret: bytes = field(repr=False)
     authorized: Mapping[str, bytes]
+    # Where they were loaded from (None: built in memory), for KeyRing reloads.
+    directory: Path | None = None
 
     def public_of(self, name: str) -> bytes:
         try:
@@ -66,14 +76,99 @@ class CurveKeys:
         """
         d = Path(directory)
         public, secret = load_secret(d, node)
-        authorized = {p.name[: -len(".key")]: _read(p)[0] for p in sorted(d.glob("*.key"))}
+        authorized = public_keys(d)
         for name in required:
             if name not in authorized:
                 raise KeyFileError(f"{d}: missing public key file {name}.key")
         if authorized.get(node, public) != public:
             raise KeyFileError(f"{d}: {node}.key does not match {node}.key_secret")
         authorized[node] = public
-        return cls(node, public, secret, authorized)
+        return cls(node, public, secret, authorized, d)
+
+
+def public_keys(directory: Path) -> dict[str, bytes]:
+    """Every accepted public key of a key directory: ``<name>.key`` as ``name``,
+    ``clients/<role>/<name>.key`` as ``<role>/<name>`` (``/`` is never in a member name).
+
+    Flat ``client.*.key`` files (copies an earlier version made of client keys)
+    are not read: a client key lives in ``clients/`` alone, so removing it there
+    revokes it.
+    """
+    found = {
+        p.name[: -len(".key")]: _read(p)[0]
+        for p in sorted(directory.glob("*.key"))
+        if not p.name.startswith(LEGACY_CLIENT_PREFIX)
+    }
+    for p in sorted(directory.glob("clients/*/*.key")):
+        found[f"{p.parent.name}/{p.name[: -len('.key')]}"] = _read(p)[0]
+    return found
+
+
+def _signature(directory: Path) -> tuple[int, ...]:
+    """Changes whenever a key file is added, removed or replaced (all writes are renames)."""
+    out: list[int] = []
+    for d in (directory, directory / "clients", *sorted((directory / "clients").glob("*/"))):
+        try:
+            out.append(d.stat().st_mtime_ns)
+        except OSError:
+            out.append(-1)
+    return tuple(out)
+
+
+class KeyRing:
+    """The public keys a node accepts now: its start-up set, re-read when the directory changes.
+
+    Members' keys stay what they were at start (a member is never cut off by
+    an edit of the directory); every other name (clients) comes and goes
+    with its ``.key`` file, so removing one revokes that key on a running node.
+    :meth:`refresh` is cheap (a few ``stat`` calls) and is called by the ZAP
+    handler before each handshake and by the transport about every second.
+    ``names`` and ``by_key`` are replaced, never changed in place: other
+    threads may read them without a lock.
+    """
+
+    def __init__(self, authorized: Mapping[str, bytes], directory: Path | None = None,
+                 members: Iterable[str] = ()) -> None:  # fmt: skip
+        self.directory = directory
+        self._pinned = {n: authorized[n] for n in members if n in authorized}
+        self._sig: tuple[int, ...] | None = _signature(directory) if directory is not None else None
+        self.by_key: dict[bytes, str] = {}
+        self.names: frozenset[str] = frozenset()
+        self._set(authorized)
+
+    @classmethod
+    def of(cls, keys: CurveKeys, members: Iterable[str]) -> KeyRing:
+        return cls(keys.authorized, keys.directory, members)
+
+    def _set(self, authorized: Mapping[str, bytes]) -> None:
+        merged = {**authorized, **self._pinned}
+        self.by_key = {key: name for name, key in merged.items()}
+        self.names = frozenset(self.by_key.values())
+
+    def name_of(self, public: bytes) -> str | None:
+        return self.by_key.get(public)
+
+    def tick(self, node: str) -> float:
+        """The transport's periodic check: refresh, log what was revoked; seconds until the next."""
+        if revoked := self.refresh():
+            logger.warning("bus {}: keys no longer accepted: {}", node, ", ".join(sorted(revoked)))
+        return RELOAD_INTERVAL
+
+    def refresh(self) -> frozenset[str]:
+        """Re-read the directory if it changed; returns the names no longer accepted."""
+        if self.directory is None:
+            return frozenset()
+        sig = _signature(self.directory)
+        if sig == self._sig:
+            return frozenset()
+        try:
+            found = public_keys(self.directory)
+        except KeyFileError:
+            return frozenset()  # half-written? keep the old set, retry on the next change or turn
+        self._sig = sig
+        old = self.names
+        self._set(found)
+        return old - self.names
 
 
 def _read(path: Path) -> tuple[bytes, bytes | None]:

@@ -26,6 +26,7 @@ from loguru import logger
 from zmq.utils.monitor import recv_monitor_message
 
 from bus.config import TransportConfig
+from bus.guard import GUARD_EVENTS, InboundGuard
 from bus.membership import Membership, PeerTracker
 from bus.messages import Heartbeat, Message, PeerUp, QuorumLost, QuorumRegained
 from bus.peers import PeerLink
@@ -74,14 +75,26 @@ class LinkMonitor:
         self._hb_seq = itertools.count(1)
         # monitor socket -> (the socket it watches, the peer's link or None for the ROUTER)
         self._monitors: dict[zmq.Socket[bytes], tuple[zmq.Socket[bytes], PeerLink | None]] = {}
+        self._guard: InboundGuard | None = None  # of the ROUTER's inbound connections
 
     def up(self) -> frozenset[str]:
         return self.tracker.up()
 
     # -- socket monitors
 
-    def watch(self, sock: zmq.Socket[bytes], events: int, link: PeerLink | None = None) -> None:
-        """Monitor ``sock`` (our DEALER of ``link``, or the ROUTER when None)."""
+    def watch(
+        self,
+        sock: zmq.Socket[bytes],
+        events: int,
+        link: PeerLink | None = None,
+        guard: InboundGuard | None = None,
+    ) -> None:
+        """Monitor ``sock`` (our DEALER of ``link``, or the ROUTER when None, with its ``guard``).
+
+        (libzmq allows one monitor per socket: the ROUTER's also feeds its guard.)
+        """
+        if guard is not None:
+            self._guard, events = guard, events | GUARD_EVENTS
         self._monitors[sock.get_monitor_socket(events)] = (sock, link)
 
     def monitor_sockets(self) -> list[zmq.Socket[bytes]]:
@@ -100,6 +113,10 @@ class LinkMonitor:
         _, link = self._monitors[mon]
         peer = link.name if link is not None else ""
         kind = event["event"]
+        if link is None and kind & GUARD_EVENTS:
+            if self._guard is not None:
+                self._guard.event(kind, int(event["value"]))
+            return
         if link is not None and kind in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_DISCONNECTED):
             connected = kind == zmq.EVENT_HANDSHAKE_SUCCEEDED
             logger.debug("bus {}: link to {} {}", self.node, peer, "up" if connected else "down")

@@ -55,6 +55,9 @@ def configure_router(
     # of anyone streaming huge frames before we ever buffer them. Frames
     # between the two limits reach the codec and are counted "oversized".
     r.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes * 4 + 1024)
+    # A connection that has not completed its (CURVE) handshake in time is
+    # closed: idle connections cannot pile up (bus.guard, issue #11).
+    r.setsockopt(zmq.HANDSHAKE_IVL, ms(cfg.handshake_timeout))
     set_zmtp_heartbeats(r, cfg)
     if keys is not None:
         r.setsockopt(zmq.CURVE_SERVER, 1)
@@ -77,6 +80,9 @@ def configure_dealer(d: zmq.Socket[bytes], peer: str, cfg: TransportConfig, keys
     # and arrive, stale, whenever it comes back.
     d.setsockopt(zmq.IMMEDIATE, 1)
     d.setsockopt(zmq.SNDHWM, cfg.send_hwm)
+    # Never read: a peer that sends on it anyway cannot make it buffer much.
+    d.setsockopt(zmq.RCVHWM, 1)
+    d.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes * 4 + 1024)
     d.setsockopt(zmq.RECONNECT_IVL, ms(cfg.reconnect_interval))
     d.setsockopt(zmq.RECONNECT_IVL_MAX, ms(cfg.reconnect_interval_max))
     # A SYN into a cut link would otherwise hang for minutes of TCP

@@ -36,8 +36,9 @@ from loguru import logger
 from bus.codec import Codec, Envelope, RejectReason
 from bus.config import TransportConfig
 from bus.errors import BusError, ConfigError, ProtocolError, UnknownPeerError
+from bus.guard import InboundGuard
 from bus.handover import Handover
-from bus.keys import CurveKeys
+from bus.keys import CurveKeys, KeyRing
 from bus.links import HANDSHAKE_FAILED, LINK_EVENTS, LinkMonitor
 from bus.membership import Membership
 from bus.messages import ApiRequest, Heartbeat, Message
@@ -93,6 +94,8 @@ class Transport:
             for peer in membership.others(node):
                 keys.public_of(peer.name)  # fail now, not at first connect
         self._keys = keys
+        # The keys accepted now; frames of a connection whose key left it are dropped.
+        self._ring = KeyRing.of(keys, membership.names) if curve and keys is not None else None
         self._clock = clock
         self._wall_clock = wall_clock
         self.incarnation = time.time_ns()
@@ -106,9 +109,8 @@ class Transport:
         self._routes: Routes = {}
         self._routes_all: tuple[Deliver, ...] = ()
         self._subscribers = Subscribers(self._set_routes)
-        # Counters: the I/O thread writes _io_counts alone; sender threads
-        # write _tx_counts (rare drop paths only) under _tx_lock. stats()
-        # merges copies.
+        # Counters: the I/O thread writes _io_counts alone; sender threads write
+        # _tx_counts (rare drop paths) under _tx_lock. stats() merges copies.
         self._io_counts: dict[str, int] = {}
         # The two per-frame I/O-thread counters, as plain ints (cheaper).
         self._received = 0
@@ -172,8 +174,7 @@ class Transport:
 
     def stats(self) -> dict[str, int]:
         """Counters: sent, received, delivered, rejected.<reason>, dropped.<reason>, ..."""
-        # dict.copy() is a single C call, atomic under the GIL, so this never
-        # sees a dict that changes size under it.
+        # dict.copy() is one C call, atomic under the GIL: never a dict changing size under it.
         io = self._io_counts.copy()
         parts = [{"received": self._received, "delivered": self._delivered}]
         with self._tx_lock:
@@ -329,13 +330,15 @@ class Transport:
             assert self._keys is not None
             # SAFETY: the ZAP handler is bound before the ROUTER exists
             # (bus.sockets.configure_router).
-            zap_handler = ZapHandler(self.node, self._keys.authorized, self._count, self._rlog)
+            assert self._ring is not None
+            zap_handler = ZapHandler(self.node, self._ring, self._count, self._rlog)
             self._zap = zap_handler.open(ctx)
         r = self._router = ctx.socket(zmq.ROUTER)
         configure_router(r, cfg, self._keys if self.curve else None, self.codec.cluster)
-        self._liveness.watch(r, HANDSHAKE_FAILED)
+        self.guard = InboundGuard.of(self.node, cfg, self._count, self._rlog)
+        self._liveness.watch(r, HANDSHAKE_FAILED, guard=self.guard)
         r.bind(self._endpoint)
-        self._endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._endpoint = self.guard.bound(r.getsockopt_string(zmq.LAST_ENDPOINT))
         for peer in self.membership.others(self.node):
             link = PeerLink(peer.name, ctx.socket(zmq.DEALER))
             self._links[peer.name.encode()] = link  # registered for cleanup
@@ -351,11 +354,9 @@ class Transport:
         self._poller.register(r, zmq.POLLIN)
         assert self._handover.waker is not None
         self._poller.register(self._handover.waker.fd, zmq.POLLIN)
-        # The quiet sockets (ZAP, monitors) are polled through their ZMQ_FD,
-        # a plain fd: zmq_poll then costs a poll() slot for each instead of a
-        # ZMQ_EVENTS round per socket per loop turn, which was about a third
-        # of a turn with two peers (and grows with the membership). See
-        # _service() for the edge-triggered contract that comes with it.
+        # The quiet sockets (ZAP, monitors) are polled through their ZMQ_FD: a
+        # poll() slot each instead of a ZMQ_EVENTS round per socket per turn
+        # (a third of a turn with two peers). See _service() for the contract.
         self._quiet: dict[int, tuple[zmq.Socket[bytes], Callable[[zmq.Socket[bytes]], None]]] = {}
         if zap_handler is not None:
             assert self._zap is not None
@@ -399,7 +400,7 @@ class Transport:
     def _loop(self) -> None:
         cfg = self.config
         liveness = self._liveness
-        next_hb = self._clock()
+        next_hb = next_keys = self._clock()
         # No peer can expire before this (LinkMonitor.expire), so the tracker
         # is only asked when it is due rather than on every loop turn.
         next_check = next_hb
@@ -415,6 +416,8 @@ class Transport:
             if now >= next_hb:
                 liveness.send_heartbeats(self._links.values())
                 next_hb = now + cfg.heartbeat_interval
+                if self._ring is not None and now >= next_keys:  # checked at least once a heartbeat
+                    next_keys = now + self._ring.tick(self.node)
             if now >= next_check:
                 next_check = liveness.expire(now)
             wake_at = next_hb if next_hb < next_check else next_check
@@ -490,16 +493,11 @@ class Transport:
         r, on_frame = self._router, self._on_frame
         self._now = self._clock()  # one clock read per batch is plenty for liveness
         for n in range(self.config.batch):
-            # Before the second read of a batch, ask rather than try: a failed
-            # non-blocking recv costs several times a ZMQ_EVENTS query. Once a
-            # burst shows up, read blindly until it is drained. In
-            # request/response traffic the answer is "nothing" turn after
-            # turn, and everything this thread does before it sleeps again
-            # delays the frame it just sent (libzmq's I/O thread shares the
-            # CPU with it), so after each such answer the next 1, 3, 7, then
-            # 15 turns do not ask and go straight back to zmq_poll, which is
-            # level-triggered: nothing left waiting is ever missed, a burst
-            # only costs a few extra turns until the next ask finds it.
+            # Before the second read of a batch, ask rather than try (a failed
+            # recv costs several ZMQ_EVENTS queries); in a burst, read blindly.
+            # After each "nothing" answer the next 1, 3, 7, then 15 turns do
+            # not ask: everything done before sleeping delays the frame just
+            # sent, and zmq_poll is level-triggered, so nothing is missed.
             if n == 1:
                 if self._ask_skip:
                     self._ask_skip -= 1
@@ -538,9 +536,14 @@ class Transport:
         )
 
     def _on_frame(self, origin: bytes, data: bytes, user: str | None, *, local: bool = False) -> None:
-        # The one entry point per inbound frame (actors/api.py wraps it).
+        ring = self._ring
+        if ring is not None and not local and user not in ring.names:
+            # SAFETY: a key revoked while its connection stays open (libzmq cannot
+            # close one peer of a ROUTER): nothing it sends reaches any state.
+            self._reject(origin, RejectReason.REVOKED_KEY, f"key of {user!r} no longer accepted")
+            return
         try:
-            env = self._decode(data, origin)
+            env = self._decode(data, origin, user)
         except ProtocolError as exc:
             self._reject(origin, exc.reason, exc.detail)
             return

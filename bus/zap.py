@@ -1,13 +1,25 @@
-"""Who a CURVE client is: the ZAP handler of a node's ROUTER.
+"""Who a CURVE client is: the ZAP handler of a node's CURVE server sockets.
 
 libzmq asks the handler bound at :data:`ZAP_ENDPOINT` (in the socket's
 context) about every CURVE handshake and admits the client only on a "200".
 The answer's User-Id is the name whose public key the client proved it owns;
 libzmq stamps it on every frame of that connection, and that, not a routing
 id, is what makes a frame a member's (docs/PROTOCOL.md, section 2 "Authentication (CURVE)").
+The transport puts it on each envelope (``Envelope.user``), so the API reads
+the caller's role from there.
 
-The handler's socket is one of the I/O thread's quiet sockets
-(:mod:`bus.transport`): only that thread reads and answers it.
+The keys come from a :class:`bus.keys.KeyRing`, refreshed before every
+handshake: a key removed from the key directory is refused from the next
+handshake on (revocation without a restart).
+
+Used by the bus ROUTER (one of the I/O thread's quiet sockets,
+:mod:`bus.transport`) and by the event stream's PUB socket
+(:mod:`actors.events`); each socket's thread alone reads and answers its handler.
+
+Why not ``zmq.auth``: its authenticators run their own thread (or asyncio
+loop) and keep a static set of allowed keys per domain; ours answers inside
+the I/O thread's poll loop (no extra thread, no lock), maps a key to its
+owner's name for the User-Id, and re-reads the key directory on change.
 """
 
 from __future__ import annotations
@@ -17,23 +29,29 @@ from collections.abc import Callable, Mapping
 import zmq
 from zmq.utils import z85
 
+from bus.keys import KeyRing
 from bus.ratelog import RateLimitedLog
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
 
 class ZapHandler:
-    """Answers ZAP requests: CURVE only, and only the keys in ``authorized``.
+    """Answers ZAP requests: CURVE only, and only the keys of ``authorized``.
 
-    ``authorized`` maps each name to its Z85 public key (``CurveKeys.authorized``);
-    ``count`` receives ``auth_denied`` for each refusal.
+    ``authorized`` is a :class:`KeyRing` (refreshed before each answer) or a
+    fixed map of each name to its Z85 public key; ``count`` receives
+    ``auth_denied`` for each refusal.
     """
 
     def __init__(
-        self, node: str, authorized: Mapping[str, bytes], count: Callable[[str], None], rlog: RateLimitedLog
+        self,
+        node: str,
+        authorized: KeyRing | Mapping[str, bytes],
+        count: Callable[[str], None],
+        rlog: RateLimitedLog,
     ) -> None:
         self.node = node
-        self._key_names = {key: name for name, key in authorized.items()}
+        self.ring = authorized if isinstance(authorized, KeyRing) else KeyRing(authorized)
         self._count = count
         self._rlog = rlog
 
@@ -78,7 +96,8 @@ class ZapHandler:
             )
             return b"400", b"CURVE required", b""
         key = z85.encode(req[6])
-        name = self._key_names.get(key)
+        self.ring.refresh()  # a key revoked a moment ago is refused now
+        name = self.ring.name_of(key)
         if name is None:
             self._count("auth_denied")
             self._rlog.warning(

@@ -14,9 +14,9 @@ applied") instead of running twice.
 
 Client keys (CURVE). ``keys/clients/admin/<name>.key_secret`` and
 ``keys/clients/readonly/<name>.key_secret`` in the cluster dir; the nodes
-authorise the matching ``.key`` files. :func:`generate_client_key` creates
-a pair (and, until the bus loads ``keys/clients/`` itself, a flat copy of
-the public key as ``keys/client.<role>.<name>.key``).
+authorise the matching ``.key`` files, re-read when they change (a new key
+works at once, a revoked one is refused at once). :func:`generate_client_key`
+creates a pair, :func:`revoke_client_key` removes one.
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ from bus.messages import ApiReply, ApiRequest
 # tests/cli check these equal the server's constants.
 ROLE_ADMIN = "admin"
 ROLES = ("admin", "readonly")
-CLIENT_KEY_PREFIX = "client."
 ENV_KEY = "PYHA_KEY"
 ENV_NODE = "PYHA_NODE"
+# what a node may send us in one message (the codec's 1 MiB frame limit, plus headroom)
+MAX_IN_BYTES = 4 * (1 << 20) + 1024
 READ_OPS = frozenset({"info", "status", "config", "groups", "rules"})
 _HANDSHAKE_FAIL = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -81,7 +82,7 @@ def client_keys_dir(cluster: ClusterConfig, role: str) -> Path:
 
 
 def generate_client_key(cluster: ClusterConfig, name: str, role: str, *, force: bool = False) -> Path:
-    """Create ``keys/clients/<role>/<name>.key[_secret]``; nodes accept it after their next start."""
+    """Create ``keys/clients/<role>/<name>.key[_secret]``; running nodes accept it within a second."""
     from bus.errors import KeyFileError  # noqa: PLC0415 - rare path, keep CLI start-up light
     from bus.keys import generate  # noqa: PLC0415
 
@@ -91,11 +92,38 @@ def generate_client_key(cluster: ClusterConfig, name: str, role: str, *, force: 
         pub, sec = generate(client_keys_dir(cluster, role), name, force=force)
     except (KeyFileError, ValueError) as e:
         raise ApiError(str(e), ExitCode.USAGE) from None
-    # INTERIM: the bus authorises only the flat keys/*.key files for now
-    flat = cluster.keys_dir / f"{CLIENT_KEY_PREFIX}{role}.{name}.key"
-    flat.write_bytes(pub.read_bytes())
-    flat.chmod(0o644)
+    del pub
     return sec
+
+
+def revoke_client_key(cluster: ClusterConfig, name: str, role: str | None = None) -> list[Path]:
+    """Remove client key ``name`` (of ``role``, else of any role); returns the files removed.
+
+    Every node re-reads the key directory within a second (bus.keys.KeyRing):
+    from then on the key's handshakes are refused and whatever its open
+    connections send is dropped (docs/SECURITY.md).
+    """
+    from bus.keys import LEGACY_CLIENT_PREFIX  # noqa: PLC0415 - rare path, keep CLI start-up light
+
+    if "/" in name or name.startswith(".") or not name:
+        raise ApiError(f"invalid key name {name!r}", ExitCode.USAGE)
+    removed: list[Path] = []
+    for r in (role,) if role else ROLES:
+        d = client_keys_dir(cluster, r)
+        # the public key first: from that moment on the nodes refuse it
+        for p in (
+            d / f"{name}.key",
+            d / f"{name}.key_secret",
+            cluster.keys_dir / f"{LEGACY_CLIENT_PREFIX}{r}.{name}.key",
+        ):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(p)
+    if not removed:
+        raise ApiError(f"no client key '{name}' in {cluster.keys_dir / 'clients'}", ExitCode.NOT_FOUND)
+    return removed
 
 
 def load_client_key(cluster: ClusterConfig, key: str | None = None, role: str | None = None) -> ClientKey:
@@ -189,6 +217,8 @@ class _Conn:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        # a reply is one frame within the codec's limit; libzmq drops a connection sending more
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_IN_BYTES)
         if curve is not None:
             srv, key = curve
             self.sock.setsockopt(zmq.CURVE_SERVERKEY, srv)
@@ -322,6 +352,7 @@ class ApiClient:
         write = op not in READ_OPS
         errors: list[str] = []
         no_quorum: ApiError | None = None
+        busy: ApiError | None = None
         auth_failed: list[str] = []
         nodes = [node] if node is not None else list(self._candidates())
         for n in nodes:
@@ -370,13 +401,19 @@ class ApiClient:
             if err.reason == "no_quorum" and node is None:
                 no_quorum = err  # nothing was applied: another node may be quorate
                 continue
+            if err.reason == "busy":  # not run (docs/API.md "Busy"): another node may have room
+                busy = err
+                if node is None:
+                    continue
             raise err
+        if busy is not None:
+            raise busy
         if no_quorum is not None:
             raise ApiError(f"no quorum: {no_quorum.message}", ExitCode.UNREACHABLE, "no_quorum")
         if auth_failed and len(auth_failed) == len(nodes):
             who = self.key.path if self.key is not None else "?"
             raise ApiError(
-                f"the cluster refused the client key {who} (nodes load client keys when they start)",
+                f"the cluster refused the client key {who} (unknown or revoked)",
                 ExitCode.FORBIDDEN,
             )
         raise ApiError(f"cluster unreachable ({'; '.join(errors)})", ExitCode.UNREACHABLE, "unreachable")
@@ -406,6 +443,7 @@ class ApiClient:
             raise ApiError(f"node {node} publishes no events", ExitCode.UNREACHABLE)
         sub: zmq.Socket[bytes] = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.MAXMSGSIZE, MAX_IN_BYTES)
         if self.cluster.curve:
             assert self.key is not None
             sub.setsockopt(zmq.CURVE_SERVERKEY, server_key(self.cluster, node))

@@ -36,6 +36,7 @@ from cli.api_client import (
     ApiError,
     generate_client_key,
     load_client_key,
+    revoke_client_key,
 )
 from cli.refsyntax import RefGroup, bool_option_kwargs
 from fence.procfs import read_pid_file
@@ -774,14 +775,26 @@ def completion(shell_name: str) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing key.")
 @pass_ctx
 def keygen(c: Ctx, name: str, key_role: str, force: bool) -> None:
-    """Create client key NAME (admin or readonly); nodes accept it from their next start."""
+    """Create client key NAME (admin or readonly); running nodes accept it within a second."""
     try:
         path = generate_client_key(c.cluster, name, key_role, force=force)
     except ApiError as e:
         die(e.message, e.code)
     click.echo(f"{path}")
-    if cluster_running(c.cluster):
-        click.echo("note: running nodes accept the new key after their next start", err=True)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--role", "key_role", type=click.Choice(ROLES), help="Only the key of this role.")
+@pass_ctx
+def keyrevoke(c: Ctx, name: str, key_role: str | None) -> None:
+    """Remove client key NAME; every node refuses it within a second, open connections too."""
+    try:
+        removed = revoke_client_key(c.cluster, name, key_role)
+    except ApiError as e:
+        die(e.message, e.code)
+    for p in removed:
+        click.echo(f"removed {p}")
 
 
 def run(argv: Sequence[str] | None = None) -> None:
