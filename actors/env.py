@@ -134,6 +134,7 @@ class LiveEnv:
         # manager_status as this daemon last read or wrote it (the CRM's CAS base)
         self._ms_version: str | _Unknown | None = _UNKNOWN
         self._store_trouble: str | None = None  # last lease-call problem logged (no repeats)
+        self._manager_lease_held = False  # the last get_ha_manager_lock succeeded
         self._to_drain: bytes | None = None  # crm_commands read this round, drained after manager_status
         # the LRM may have left an unwatched mark (an earlier process, or its own release): clear it
         # once its watchdog is armed again
@@ -499,6 +500,10 @@ class LiveEnv:
         if node is None:
             cd = self.read_service_config().get(sid)
             node = cd.node if cd is not None else None
+        if node == new_node:
+            # already moved: an earlier round of this master did it, and its manager_status
+            # write did not land (the round is redone from the record)
+            return
         if node != current_node:
             raise HaError(f"service '{sid}' is on node '{node}', not on '{current_node}'")
         try:
@@ -582,9 +587,16 @@ class LiveEnv:
             return False
 
     def get_ha_manager_lock(self) -> bool:
-        return self._acquire(rec.MANAGER_LEASE)
+        ok = self._acquire(rec.MANAGER_LEASE)
+        if ok and not self._manager_lease_held:
+            # a new term: the compare-and-swap base is the record as this master reads it next,
+            # not what this process read (or wrote) before, as a slave or in an earlier term
+            self._ms_version = _UNKNOWN
+        self._manager_lease_held = ok
+        return ok
 
     def release_ha_manager_lock(self) -> bool:
+        self._manager_lease_held = False
         return self._release(rec.MANAGER_LEASE)
 
     def get_ha_agent_lock(self, node: str | None = None) -> bool:

@@ -80,3 +80,31 @@ def test_the_crm_leaves_the_master_state_when_its_status_write_is_refused(tmp_pa
         if crm.state == CrmState.MASTER:
             break
     assert crm.state == CrmState.MASTER and crm.manager is not old_manager, "a new Manager, from the record"
+
+
+def test_a_slave_that_read_early_writes_as_the_new_master(tmp_path: Path) -> None:
+    """A new term rebases the compare-and-swap on the record as the new master reads it."""
+    store = DirStore(tmp_path)
+    slave = envstubs.live_env(store, "n2", "n2#s")
+    slave.read_manager_status()  # as a slave: nothing written yet
+    old = envstubs.live_env(store, "n1", "n1#m")
+    assert old.get_ha_manager_lock()
+    old.read_manager_status()
+    old.write_manager_status(ManagerStatus(master_node="n1"))
+    slave.read_manager_status()  # health checks go on meanwhile
+    assert store.release_lease(rec.MANAGER_LEASE, "n1#m")
+    assert slave.get_ha_manager_lock()
+    ms = slave.read_manager_status()
+    assert ms.master_node == "n1"
+    ms.master_node = "n2"
+    slave.write_manager_status(ms)  # raised LockLost (a conflict with the old master's write) before
+    assert rec.read_manager_status(store)[0].master_node == "n2"
+
+
+def test_a_recovery_redone_after_a_lost_status_write_finds_its_move_done(tmp_path: Path) -> None:
+    store = DirStore(tmp_path)
+    rec.write_location(store, "proc:a", "n2")
+    master = envstubs.live_env(store)
+    master.steal_service("proc:a", "n2", "n1")
+    master.steal_service("proc:a", "n2", "n1")  # the same round again: already done, no error
+    assert rec.read_location(store, "proc:a")[0] == "n1"
