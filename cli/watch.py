@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -109,37 +110,68 @@ def run_watch(
     sub = connect_events()
     refresh()
     last_beat = time.monotonic()
-    try:
-        with Live(
-            render(client.cluster.cluster, client.node, status, error, list(events)),
-            console=console, refresh_per_second=8, transient=False,
-        ) as live:  # fmt: skip
-            next_refresh = time.monotonic() + interval
-            while end is None or time.monotonic() < end:
-                now = time.monotonic()
-                timeout = max(0.0, min(next_refresh, end or next_refresh) - now)
-                changed = False
-                if sub is not None and sub.poll(int(timeout * 1000)):
-                    while sub.poll(0):
-                        ev = decode_event(sub.recv_multipart())
-                        if ev is None:
-                            continue
-                        last_beat = time.monotonic()
-                        if ev.get("type") != "heartbeat":
-                            events.append(format_event(ev))
-                            changed = True
-                elif sub is None:
-                    time.sleep(timeout)
-                if sub is not None and time.monotonic() - last_beat > 3.0:
-                    # the publishing node went silent: follow another node
-                    sub.close(linger=0)
-                    events.append(f"{time.strftime('%H:%M:%S')} event stream silent, reconnecting")
-                    sub = connect_events()
+    tty = console.is_terminal
+    printed: list[str] = []  # no terminal: the last block written, a new one only on a change
+    printed_events: set[str] = set()
+
+    def show_lines() -> None:
+        """No terminal (a pipe, a log): plain lines, one block per change (issue #13)."""
+        nonlocal printed
+        block = [ln["text"] for ln in (status or {}).get("lines", [])]
+        if error:
+            block.insert(0, f"error: {error}")
+        fresh = [e for e in events if e not in printed_events]
+        if block == printed and not fresh:
+            return
+        head = f"-- {time.strftime('%H:%M:%S')} cluster {client.cluster.cluster} via {client.node or '-'}"
+        for line in [head, *block, *(f"event {e}" for e in fresh)]:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        printed = block
+        printed_events.update(fresh)
+
+    def loop(update: Callable[[], None]) -> None:
+        nonlocal sub, last_beat
+        next_refresh = time.monotonic() + interval
+        while end is None or time.monotonic() < end:
+            now = time.monotonic()
+            timeout = max(0.0, min(next_refresh, end or next_refresh) - now)
+            changed = False
+            if sub is not None and sub.poll(int(timeout * 1000)):
+                while sub.poll(0):
+                    ev = decode_event(sub.recv_multipart())
+                    if ev is None:
+                        continue
                     last_beat = time.monotonic()
-                if changed or time.monotonic() >= next_refresh:
-                    refresh()
-                    next_refresh = time.monotonic() + interval
-                    live.update(render(client.cluster.cluster, client.node, status, error, list(events)))
+                    if ev.get("type") != "heartbeat":
+                        events.append(format_event(ev))
+                        changed = True
+            elif sub is None:
+                time.sleep(timeout)
+            if sub is not None and time.monotonic() - last_beat > 3.0:
+                # the publishing node went silent: follow another node
+                sub.close(linger=0)
+                events.append(f"{time.strftime('%H:%M:%S')} event stream silent, reconnecting")
+                sub = connect_events()
+                last_beat = time.monotonic()
+            if changed or time.monotonic() >= next_refresh:
+                refresh()
+                next_refresh = time.monotonic() + interval
+                update()
+
+    try:
+        if tty:
+            with Live(
+                render(client.cluster.cluster, client.node, status, error, list(events)),
+                console=console, refresh_per_second=8, transient=False,
+            ) as live:  # fmt: skip
+                loop(
+                    lambda: live.update(
+                        render(client.cluster.cluster, client.node, status, error, list(events))
+                    )
+                )
+        else:
+            show_lines()
+            loop(show_lines)
     except KeyboardInterrupt:
         pass
     finally:

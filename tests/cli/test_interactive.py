@@ -114,3 +114,14 @@ def test_watch_view_renders_tables_and_events(cluster: Cluster) -> None:
         child.close(force=True)
     assert child.exitstatus == 0
     cluster.hm("remove", sid)
+
+
+def test_watch_without_a_terminal_prints_plain_blocks_on_change(cluster: Cluster) -> None:
+    """Issue #13: piped into a file or another program, --watch prints lines, not screen updates."""
+    res = cluster.hm("status", "--watch", "--interval", "0.3", "--duration", "3", timeout=30)
+    lines = res.stdout.splitlines()
+    assert lines and lines[0].startswith("-- ") and "\x1b[" not in res.stdout
+    assert "quorum OK" in lines
+    blocks = [ln for ln in lines if ln.startswith("-- ")]
+    # one block at start, more only on a change: far fewer than one per 0.3 s refresh
+    assert 1 <= len(blocks) < 8, blocks
