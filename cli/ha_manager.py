@@ -41,7 +41,7 @@ from cli.api_client import (
 from cli.refsyntax import RefGroup, bool_option_kwargs
 from fence.procfs import read_pid_file
 from ha.config.schema import GROUPS, RESOURCES, RULES, ConfigSchema, Kind, Prop
-from ha.errors import HaError
+from ha.errors import ConfigError, HaError
 
 ENV_CLUSTER = "PYHA_CLUSTER"
 ENV_OFFLINE = "PYHA_OFFLINE"
@@ -373,9 +373,26 @@ def config(c: Ctx, rtype: str | None, output_format: str, noborder: bool, nohead
     for r in res["resources"]:
         click.echo(r["sid"])
         for k in sorted(r):
-            if k not in _HIDDEN_KEYS:
+            if k not in _HIDDEN_KEYS and not _is_default(str(r.get("type", "")), k, r[k]):
                 click.echo(f"\t{k} {r[k]}")
         click.echo("")
+
+
+def _is_default(rtype: str, key: str, value: object) -> bool:
+    """As the reference's ``config``: only the keys set (JSON output keeps every value).
+
+    ``node`` is left out too: the reference derives it (where the guest is) and
+    ``status`` shows it.
+    """
+    if key == "node":
+        return True
+    prop = RESOURCES.prop(key, rtype)
+    if prop is None or prop.required or prop.default is None:
+        return False
+    try:
+        return bool(prop.parse(value) == prop.default)
+    except ConfigError:
+        return False
 
 
 # -- resources --------------------------------------------------------------------------------------
