@@ -45,7 +45,7 @@ from ha.errors import ConfigError, HaError
 
 ENV_CLUSTER = "PYHA_CLUSTER"
 ENV_OFFLINE = "PYHA_OFFLINE"
-OUTPUT_FORMATS = ("text", "json", "json-pretty")
+OUTPUT_FORMATS = ("text", "json", "json-pretty", "yaml")
 RULE_TYPES = tuple(t.name for t in RULES.section_types)
 RESOURCE_TYPES = tuple(t.name for t in RESOURCES.section_types)
 
@@ -229,6 +229,13 @@ def output_options(f: F) -> F:
 
 
 def emit_json(data: Any, fmt: str) -> None:
+    """A read command's result as JSON, pretty JSON or YAML (the reference's ``--output-format``)."""
+    if fmt == "yaml":
+        import yaml  # noqa: PLC0415 - PyYAML, only for this format
+
+        text = yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True)
+        click.echo(text, nl=False)
+        return
     if fmt == "json-pretty":
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:

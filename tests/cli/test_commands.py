@@ -87,6 +87,10 @@ def test_add_set_remove_round_trip(cluster: Cluster) -> None:
         "max_restart": 2, "max_relocate": 1, "failback": 1, "comment": "web front", "cmd": SLEEP,
     }  # fmt: skip
     assert all(r["type"] == "proc" for r in conf["resources"])
+    import yaml  # noqa: PLC0415
+
+    as_yaml = cluster.hm("config", "--type", "proc", "--output-format", "yaml").stdout
+    assert yaml.safe_load(as_yaml) == conf  # the reference's yaml output format (issue #13)
     assert cluster.json("config", "--type", "vm")["resources"] == []
 
     digest = conf["digest"]
