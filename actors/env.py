@@ -37,13 +37,14 @@ from ha.config.inforce import InForce, Reading
 from ha.config.resources import ResourceConfig, ServiceConfig, format_resources_cfg, parse_resources_cfg
 from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
 from ha.config.sectionconfig import preserve_edit
-from ha.crs.stats import GuestInfo, NodeStats, ServiceStats
+from ha.crs.stats import STATIC, GuestInfo, NodeStats, ServiceStats
 from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import ConfigError, HaError, LockLost
 from ha.records import LrmStatus, ManagerStatus
 from store import records as rec
 from store.base import ABSENT, Store, StoreError, VersionConflict
 
+MIB = 1024 * 1024
 NODE_VERSION = "9.1.0"  # satisfies the group-to-rules migration's minimum (§5.14)
 
 _LEVELS = {
@@ -530,10 +531,28 @@ class LiveEnv:
     # Scheduler stats (issue #14): live nodes do not publish capacity or usage yet, so a
     # ``static``/``dynamic`` mode falls back to ``basic`` with the reference's warning.
     def get_node_stats(self, mode: str) -> dict[str, NodeStats]:
-        raise HaError(f"no {mode} node stats on live nodes yet")
+        """``static``: each node's capacity as its ha-node published it at start (``nodes/<n>/capacity``)."""
+        if mode != STATIC:
+            raise HaError(f"no {mode} node stats on live nodes yet (only static)")
+        out: dict[str, NodeStats] = {}
+        for node in self.ctx.nodes:
+            cap = rec.read_capacity(self.ctx.store, node)
+            if cap is not None:
+                out[node] = NodeStats(maxcpu=cap[0], maxmem=cap[1])
+        if not out:
+            raise HaError("no node has published its capacity")
+        return out
 
     def get_service_stats(self, mode: str) -> dict[str, ServiceStats]:
-        return {}
+        """``static``: the resources' ``maxcpu`` (CPUs) and ``maxmem`` (MiB) properties, 0 when unset."""
+        if mode != STATIC:
+            return {}
+        return {
+            sid: ServiceStats(
+                maxcpu=float(cd.extra.get("maxcpu") or 0), maxmem=float(cd.extra.get("maxmem") or 0) * MIB
+            )
+            for sid, cd in self.read_service_config().services.items()
+        }
 
     def get_guests(self) -> dict[str, GuestInfo]:
         return {}

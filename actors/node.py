@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pykka
 from loguru import logger
@@ -100,6 +101,7 @@ from store.records import (
     RULES_CFG,
     agent_lease,
     read_manager_status,
+    write_capacity,
 )
 
 DAEMON_CGROUP = "_daemon"  # <cgroup_base>/<node>/_daemon: this process (no service name starts with "_")
@@ -167,6 +169,23 @@ class NodeRuntime:
         self.killer: NodeKiller | None = None
         self.watchdog_driver = "userspace"
 
+    def _publish_capacity(self) -> None:
+        """This node's CPUs and memory for the ``static`` scheduler (``nodes/<node>/capacity``).
+
+        Nodes that share a host (the local clusters) each report the whole host.
+        A failed write is logged: the scheduler then falls back to ``basic``.
+        """
+        cpus = float(len(os.sched_getaffinity(0)))
+        mem = 0.0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemTotal:"):
+                    mem = float(line.split()[1]) * 1024
+        try:
+            write_capacity(self.store, self.node, cpus, mem)
+        except HaError as e:
+            self.log.warning(f"capacity not published (static scheduler falls back to basic): {e}")
+
     def claim(self) -> None:
         """Be the only ha-node of this node on this host, with a usable watchdog (else HaError)."""
         c = self.cluster
@@ -202,6 +221,7 @@ class NodeRuntime:
         (run / SHUTDOWN_FILE).unlink(missing_ok=True)
         (run / "ha-node.pid").write_text(f"{os.getpid()}\n")
         self.store = c.open_store()
+        self._publish_capacity()
         self.health = StoreHealth(c.store_quorum_window)
         # first probe before anything acts: quorate from the start when the store answers
         first = self.health.probe(self.store, None)

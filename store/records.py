@@ -78,6 +78,30 @@ def write_lrm_status(store: Store, node: str, status: LrmStatus) -> str:
     return store.write(lrm_status_name(node), encode_json(status.to_dict()))
 
 
+def capacity_name(node: str) -> str:
+    """``nodes/<node>/capacity``: the node's CPUs and memory, written by its ha-node at start.
+
+    The ``static`` scheduler's node stats on live nodes (BEHAVIOUR.md §5.10).
+    """
+    return f"nodes/{node}/capacity"
+
+
+def write_capacity(store: Store, node: str, maxcpu: float, maxmem: float) -> None:
+    store.write(capacity_name(node), encode_json({"maxcpu": maxcpu, "maxmem": maxmem}))
+
+
+def read_capacity(store: Store, node: str) -> tuple[float, float] | None:
+    """(maxcpu, maxmem in bytes) as the node published them; None when it has not (yet)."""
+    rec = store.read(capacity_name(node))
+    if rec is None:
+        return None
+    try:
+        value = decode_json(capacity_name(node), rec.data)
+        return float(value["maxcpu"]), float(value["maxmem"])
+    except (ProtocolError, KeyError, TypeError, ValueError):
+        return None
+
+
 def unwatched_name(node: str) -> str:
     """``nodes/<node>/unwatched``: the node gave up its lease and watchdog while services ran.
 
