@@ -263,6 +263,7 @@ class NodeRuntime:
             self._exited,
             self.lrm_waker,
             lrm_env.settle_unwatched,
+            recheck_interval=c.recheck_interval,
         )
         self.crm = CrmActor.start(self.node, LiveEnv(self.ctx, "crm"), timing, self._exited, self.crm_waker)
         self.bus.subscribe(self._on_bus)

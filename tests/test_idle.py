@@ -1,0 +1,175 @@
+"""A node at rest writes nothing and re-checks its services only every re-check interval (issue #17)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import actors.env as live_env
+from actors.env import LiveEnv, NodeContext
+from actors.lrm import PacedLRM
+from ha.config.resources import ResourceConfig, ServiceConfig
+from ha.constants import REFERENCE_TIMING
+from ha.records import LrmResult, LrmStatus, ManagerStatus, ServiceData
+from store import records as rec
+from store.dirstore import DirStore
+from tests.test_crm_commands_kept import NoWatchdog, Quorate
+from tests.test_lrm_pool import FakePool, PoolEnv
+
+# -- re-checks paced (actors/lrm.py PacedLRM) ------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def paced(interval: float = 10.0) -> tuple[PoolEnv, FakePool, PacedLRM, Clock]:
+    conf = ServiceConfig({"vm:100": ResourceConfig(sid="vm:100", type="vm", name="100", node="node1")})
+    ms = ManagerStatus(
+        node_status={"node1": "online"}, service_status={"vm:100": ServiceData("started", "node1", "u1")}
+    )
+    env = PoolEnv(ms, conf)
+    pool, clock = FakePool(), Clock()
+    return env, pool, PacedLRM(env, pool, REFERENCE_TIMING, interval, clock), clock
+
+
+def set_request(env: PoolEnv, state: str, uid: str, node: str = "node1") -> None:
+    env.ms = ManagerStatus(
+        node_status={"node1": "online"}, service_status={"vm:100": ServiceData(state, node, uid)}
+    )
+
+
+def ran(pool: FakePool) -> list[tuple[str | None, str]]:
+    return [(j.uid, j.state) for j in pool.started]
+
+
+def test_a_recheck_waits_for_the_next_round_and_anything_else_runs_at_once() -> None:
+    env, pool, lrm, clock = paced(10.0)
+    lrm.do_one_iteration()
+    assert ran(pool) == [("u1", "started")]  # the first start: at once
+    pool.finished.append(("vm:100", 0))
+    lrm.do_one_iteration()
+    assert lrm.results["u1"].exit_code == 0
+    set_request(env, "started", "u2")  # the master's re-check
+    for _ in range(5):
+        clock.now += 1.0
+        lrm.do_one_iteration()
+    assert ran(pool) == [("u1", "started")]  # not yet
+    clock.now += 5.0
+    lrm.do_one_iteration()
+    assert ran(pool) == [("u1", "started"), ("u2", "started")]  # the re-check round came
+    pool.finished.append(("vm:100", 0))
+    lrm.do_one_iteration()
+    set_request(env, "request_stop", "u3")  # not a re-check: at once
+    clock.now += 0.5
+    lrm.do_one_iteration()
+    assert ran(pool)[-1] == ("u3", "request_stop")
+
+
+def test_a_failed_check_is_followed_at_once() -> None:
+    env, pool, lrm, clock = paced(10.0)
+    lrm.do_one_iteration()
+    pool.finished.append(("vm:100", 0))
+    lrm.do_one_iteration()
+    set_request(env, "started", "u2")
+    clock.now += 10.0
+    lrm.do_one_iteration()
+    assert ran(pool)[-1] == ("u2", "started")
+    pool.finished.append(("vm:100", 1 << 8))  # the check found it dead and could not start it
+    lrm.do_one_iteration()
+    set_request(env, "started", "u3")  # the master's answer: try again
+    clock.now += 0.5
+    lrm.do_one_iteration()
+    assert ran(pool)[-1] == ("u3", "started")
+
+
+def test_a_done_stop_is_repeated_only_every_round() -> None:
+    env, pool, lrm, clock = paced(10.0)
+    lrm.do_one_iteration()  # active, with a started service
+    pool.finished.append(("vm:100", 0))
+    lrm.do_one_iteration()
+    set_request(env, "stopped", "s1")
+    clock.now += 0.5
+    lrm.do_one_iteration()
+    assert ran(pool)[-1] == ("s1", "stopped")  # at once
+    pool.finished.append(("vm:100", 0))
+    lrm.do_one_iteration()
+    n = len(pool.started)
+    for _ in range(5):
+        clock.now += 1.0
+        lrm.do_one_iteration()
+    assert len(pool.started) == n
+    clock.now += 5.0
+    lrm.do_one_iteration()
+    assert ran(pool)[-1] == ("s1", "stopped")
+
+
+# -- no status write unless something changed (actors/env.py) ---------------------------------
+
+
+class CountingStore(DirStore):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.writes: list[str] = []
+
+    def write(self, name: str, data: bytes, expect_version: str | None = None) -> str:
+        self.writes.append(name)
+        return super().write(name, data, expect_version)
+
+
+def ctx(store: DirStore, seen: list[object]) -> NodeContext:
+    return NodeContext(
+        node="n1", nodes=["n1", "n2", "n3"], store=store, membership=Quorate(), watchdog=NoWatchdog(),
+        plugins={}, lease_ttl=5.0, holder="n1#a", on_lrm_status=seen.append, on_manager_status=seen.append,
+    )  # fmt: skip
+
+
+def test_lrm_status_is_written_on_change_or_to_refresh_its_timestamp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live_env, "STATUS_REFRESH", 0.5)
+    store, seen = CountingStore(tmp_path), list[object]()
+    env = LiveEnv(ctx(store, seen), "lrm")
+    results = {"u1": LrmResult("vm:100", "started", 0)}
+    for i in range(10):
+        env.write_lrm_status(LrmStatus("active", "active", 1000.0 + i, dict(results)))
+    assert store.writes == [rec.lrm_status_name("n1")]
+    assert len(seen) == 1
+    results["u2"] = LrmResult("vm:100", "started", 0)
+    env.write_lrm_status(LrmStatus("active", "active", 2000.0, dict(results)))
+    assert len(store.writes) == 2  # a change: at once
+    time.sleep(0.6)
+    env.write_lrm_status(LrmStatus("active", "active", 3000.0, dict(results)))
+    assert len(store.writes) == 3  # unchanged but old: the timestamp is refreshed
+    assert rec.read_lrm_status(store, "n1").timestamp == 3000.0
+
+
+def test_manager_status_is_written_on_change_and_never_over_someone_elses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live_env, "STATUS_REFRESH", 0.5)
+    store, seen = CountingStore(tmp_path), list[object]()
+    env = LiveEnv(ctx(store, seen), "crm")
+    assert env.get_ha_manager_lock()
+    ms = env.read_manager_status()
+    ms.master_node = "n1"
+    ms.service_status = {"vm:100": ServiceData("started", "n1", "u1")}
+    for i in range(10):
+        ms.timestamp = 1000.0 + i
+        env.write_manager_status(ms)
+    assert store.writes.count(rec.MANAGER_STATUS) == 1
+    assert len(seen) == 1
+    ms.service_status["vm:100"].uid = "u2"
+    env.write_manager_status(ms)
+    assert store.writes.count(rec.MANAGER_STATUS) == 2
+    time.sleep(0.6)
+    ms.timestamp = 5000.0
+    env.write_manager_status(ms)
+    assert store.writes.count(rec.MANAGER_STATUS) == 3
+    assert rec.read_manager_status(store)[0].timestamp == 5000.0
