@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -10,11 +11,12 @@ import pytest
 import actors.env as live_env
 from actors.env import LiveEnv, NodeContext
 from actors.lrm import PacedLRM
+from actors.notify import DirWatch
 from ha.config.resources import ResourceConfig, ServiceConfig
 from ha.constants import REFERENCE_TIMING
 from ha.records import LrmResult, LrmStatus, ManagerStatus, ServiceData
 from store import records as rec
-from store.dirstore import DirStore
+from store.dirstore import INTERNAL, DirStore
 from tests.test_crm_commands_kept import NoWatchdog, Quorate
 from tests.test_lrm_pool import FakePool, PoolEnv
 
@@ -173,3 +175,29 @@ def test_manager_status_is_written_on_change_and_never_over_someone_elses(
     env.write_manager_status(ms)
     assert store.writes.count(rec.MANAGER_STATUS) == 3
     assert rec.read_manager_status(store)[0].timestamp == 5000.0
+
+
+# -- the store watcher sleeps until the journal moves (actors/notify.py) -----------------------
+
+
+def test_dir_watch_wakes_on_a_store_write_and_sleeps_otherwise(tmp_path: Path) -> None:
+    store = DirStore(tmp_path)
+    watch = DirWatch.open(tmp_path / INTERNAL)
+    assert watch is not None, "inotify not available"
+    try:
+        t0 = time.monotonic()
+        assert not watch.wait(0.3)  # nothing written: sleeps the whole timeout
+        assert time.monotonic() - t0 >= 0.25
+        store.read(rec.MANAGER_STATUS)
+        store.changed_since(None)  # reads do not wake it
+        assert not watch.wait(0.1)
+        threading.Timer(0.2, lambda: store.write("resources.cfg", b"x")).start()
+        t0 = time.monotonic()
+        assert watch.wait(5.0)
+        assert time.monotonic() - t0 < 2.0
+        while watch.wait(0.2):  # the rest of that write's events, if any
+            pass
+        assert store.acquire_lease(rec.MANAGER_LEASE, "n1#a", 5.0)  # leases are not in the journal
+        assert not watch.wait(0.1)
+    finally:
+        watch.close()
