@@ -147,6 +147,7 @@ class LiveEnv:
         # what this daemon last wrote (without its timestamp), when, and the version written
         self._lrm_written: tuple[dict[str, Any], float] | None = None
         self._ms_written: tuple[dict[str, Any], float, str] | None = None
+        self._ms_parsed: tuple[str, ManagerStatus] | None = None  # the LRM's last read, by version
 
     @property
     def holder(self) -> str:
@@ -279,9 +280,27 @@ class LiveEnv:
         health checks (every iteration) must not move it, or a change by another
         writer would be adopted without the Manager ever seeing it (issue #10).
         """
+        if self.daemon == "lrm":
+            return self._lrm_read_manager_status()
         ms, version = rec.read_manager_status(self.ctx.store)
         if isinstance(self._ms_version, _Unknown):  # first read, unknown outcome, or stale
             self._ms_version = version
+        return ms
+
+    def _lrm_read_manager_status(self) -> ManagerStatus:
+        """The LRM's read, every tick: parsed again only when the record changed.
+
+        The LRM only reads what it gets (ha/lrm.py ``update_service_status`` even
+        recognises the same object again), so an unchanged record is the same object.
+        """
+        record = self.ctx.store.read(rec.MANAGER_STATUS)
+        if record is None:
+            self._ms_parsed = None
+            return ManagerStatus()
+        if self._ms_parsed is not None and self._ms_parsed[0] == record.version:
+            return self._ms_parsed[1]
+        ms = ManagerStatus.from_dict(rec.decode_json(rec.MANAGER_STATUS, record.data))
+        self._ms_parsed = (record.version, ms)
         return ms
 
     def write_manager_status(self, ms: ManagerStatus) -> None:
