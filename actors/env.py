@@ -148,6 +148,7 @@ class LiveEnv:
         self._lrm_written: tuple[dict[str, Any], float] | None = None
         self._ms_written: tuple[dict[str, Any], float, str] | None = None
         self._ms_parsed: tuple[str, ManagerStatus] | None = None  # the LRM's last read, by version
+        self._manager_lease_held = False  # the last manager-lease call succeeded
 
     @property
     def holder(self) -> str:
@@ -536,6 +537,10 @@ class LiveEnv:
         if node is None:
             cd = self.read_service_config().get(sid)
             node = cd.node if cd is not None else None
+        if node == new_node and node != current_node:
+            # already moved: a master stole it, then its manager_status write failed, and the
+            # round that retries the recovery (from the record) moves it again, to the same node
+            return
         if node != current_node:
             raise HaError(f"service '{sid}' is on node '{node}', not on '{current_node}'")
         try:
@@ -608,9 +613,17 @@ class LiveEnv:
             return False
 
     def get_ha_manager_lock(self) -> bool:
-        return self._acquire(rec.MANAGER_LEASE)
+        held = self._acquire(rec.MANAGER_LEASE)
+        if held and not self._manager_lease_held:
+            # A new term: the CRM now creates a Manager, whose read of manager_status is the
+            # next one. That read, not one from before the lease was ours (as a slave), is the
+            # compare-and-swap base; a stale base made every take-over's first write conflict.
+            self._ms_version = _UNKNOWN
+        self._manager_lease_held = held
+        return held
 
     def release_ha_manager_lock(self) -> bool:
+        self._manager_lease_held = False
         return self._release(rec.MANAGER_LEASE)
 
     def get_ha_agent_lock(self, node: str | None = None) -> bool:
