@@ -19,6 +19,8 @@ from ha.env import Env
 from ha.lrm import LRM, WorkerPool
 from ha.states import ServiceState as S
 
+RECHECK_HOLD = 5.0  # s: the longest a re-check round holds back the lrm_status write
+
 
 class PacedLRM(LRM):
     """The core LRM with re-checks of running services paced to ``recheck_interval``.
@@ -55,6 +57,9 @@ class PacedLRM(LRM):
         self.confirmed: dict[str, tuple[tuple[str, Any], ...]] = {}  # sid -> params of its last good start
         self.next_recheck = -float("inf")
         self._recheck_now = True
+        self.rechecks: set[str] = set()  # UIDs of this round's re-checks
+        # the last lrm_status written: result UIDs, state, mode, when
+        self.written: tuple[set[str], str, str, float] = (set(), "", "", -float("inf"))
 
     def manage_resources(self) -> int:
         now = self.clock()
@@ -82,11 +87,47 @@ class PacedLRM(LRM):
             and self.confirmed.get(sid) == key
         ):
             return  # a re-check: at the next re-check round
+        if (
+            state == S.STARTED
+            and uid is not None
+            and uid not in self.results
+            and self.confirmed.get(sid) == key
+        ):
+            self.rechecks.add(uid)
         if state == S.STOPPED and not self._recheck_now and uid is not None:
             done = self.results.get(uid)
             if done is not None and done.exit_code == 0 and sid not in self.workers:
                 return  # the core re-runs a done stop every round: here every re-check round
         super().queue_resource_command(sid, uid, state, params)
+
+    def update_lrm_status(self) -> bool:
+        """Write lrm_status, but not between the answers of one re-check round.
+
+        The pool runs a round's re-checks a few at a time; each batch would be one
+        more write. While re-checks of the round are still running and nothing
+        else is new (no other result, no failed check, same state and mode; the
+        last write younger than ``RECHECK_HOLD``), the write waits for the last
+        of them: one write per round.
+        """
+        if self._hold_for_rechecks():
+            return True
+        ok = super().update_lrm_status()
+        if ok:
+            self.written = (set(self.results), self.state, self.mode, self.clock())
+        return ok
+
+    def _hold_for_rechecks(self) -> bool:
+        if not self.rechecks:
+            return False
+        if not any(j.uid in self.rechecks for j in self.workers.values()):
+            self.rechecks.clear()  # the round is over: write what it found
+            return False
+        uids, state, mode, at = self.written
+        if state != self.state or mode != self.mode or self.clock() - at > RECHECK_HOLD:
+            return False
+        return all(
+            uid in uids or (uid in self.rechecks and r.exit_code == 0) for uid, r in self.results.items()
+        )
 
     def command_finished(self, sid: str, status: int) -> None:
         job = self.workers.get(sid)

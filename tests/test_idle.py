@@ -201,3 +201,64 @@ def test_dir_watch_wakes_on_a_store_write_and_sleeps_otherwise(tmp_path: Path) -
         assert not watch.wait(0.1)
     finally:
         watch.close()
+
+
+def test_a_recheck_round_is_written_once() -> None:
+    sids = [f"vm:{i}" for i in range(1, 4)]
+    conf = ServiceConfig({s: ResourceConfig(sid=s, type="vm", name=s[3:], node="node1") for s in sids})
+    env = PoolEnv(ManagerStatus(node_status={"node1": "online"}), conf)
+    pool, clock = FakePool(), Clock()
+    lrm = PacedLRM(env, pool, REFERENCE_TIMING, 10.0, clock)
+
+    def request(tag: str) -> None:
+        env.ms = ManagerStatus(
+            node_status={"node1": "online"},
+            service_status={s: ServiceData("started", "node1", f"{tag}{s}") for s in sids},
+        )
+
+    request("a")
+    lrm.do_one_iteration()
+    for s in sids:
+        pool.finished.append((s, 0))
+    lrm.do_one_iteration()
+    request("b")  # the master's re-checks
+    clock.now += 10.0
+    lrm.do_one_iteration()
+    assert len([j for j in pool.started if j.uid and j.uid.startswith("b")]) == 3
+    before = len(env.written)
+    for s in sids[:2]:  # two answers come in, the third is still running
+        pool.finished.append((s, 0))
+        clock.now += 0.1
+        lrm.do_one_iteration()
+    assert len(env.written) == before  # held back
+    pool.finished.append((sids[2], 0))
+    clock.now += 0.1
+    lrm.do_one_iteration()
+    assert len(env.written) == before + 1
+    assert sorted(env.written[-1].results) == [f"b{s}" for s in sids]
+
+
+def test_a_failed_recheck_is_written_at_once() -> None:
+    env, pool, lrm, clock = paced(10.0)
+    env.conf.services["vm:200"] = ResourceConfig(sid="vm:200", type="vm", name="200", node="node1")
+    env.conf.services["vm:100"].max_restart = 0  # a failed start is a result at once, no retry
+
+    def request(tag: str) -> None:
+        env.ms = ManagerStatus(
+            node_status={"node1": "online"},
+            service_status={s: ServiceData("started", "node1", f"{tag}{s}") for s in ("vm:100", "vm:200")},
+        )
+
+    request("a")
+    lrm.do_one_iteration()
+    pool.finished.extend([("vm:100", 0), ("vm:200", 0)])
+    lrm.do_one_iteration()
+    request("b")
+    clock.now += 10.0
+    lrm.do_one_iteration()
+    before = len(env.written)
+    pool.finished.append(("vm:100", 1 << 8))  # found dead, could not start it
+    clock.now += 0.1
+    lrm.do_one_iteration()
+    assert len(env.written) == before + 1
+    assert env.written[-1].results["bvm:100"].exit_code == 1
