@@ -135,8 +135,15 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
         wait_for(lambda: all_started(c, sids), 60 + args.services, "every service started", step=0.5)
         if args.kind == "http":
             deadline = time.monotonic() + 120 + 2 * args.services
-            for sid in sids:
-                c.wait_serving(sid, max(1.0, deadline - time.monotonic()))
+            try:
+                for sid in sids:
+                    c.wait_serving(sid, max(1.0, deadline - time.monotonic()))
+            except AssertionError:
+                ss = c.manager_status().service_status
+                silent = [
+                    f"{s} ({ss[s].state} on {ss[s].node})" for s in sids if s in ss and c.ask(s) is None
+                ]
+                raise RuntimeError(f"not answering: {', '.join(silent[:20])}") from None
         ready_s = time.monotonic() - t_up
         print(f"{args.services} services running on {args.nodes} nodes after {ready_s:.1f} s; "
               f"settling {args.settle:g} s")  # fmt: skip
