@@ -34,6 +34,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from admin.resources import add_resource
@@ -97,12 +98,12 @@ def etcd_revision(c: LiveCluster) -> int:
         store.close()
 
 
-def build(c: LiveCluster, services: int, kind: str) -> list[str]:
+def build(c: LiveCluster, services: int, kind: str, first: int = 0) -> list[str]:
     """Write S proc services into resources.cfg (in-process: one tool call each would take minutes)."""
     sids = []
     store = c.open_store()
     try:
-        for i in range(services):
+        for i in range(first, first + services):
             sid = f"proc:idle{i + 1}"
             node = c.nodes[i % len(c.nodes)]
             opts = {"node": node}
@@ -129,10 +130,16 @@ def all_started(c: LiveCluster, sids: list[str]) -> bool:
 def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
     c = LiveCluster(root, nodes=args.nodes, store=args.store)
     try:
-        sids = build(c, args.services, args.kind)
+        batch = args.batch or args.services
+        sids = build(c, min(batch, args.services), args.kind)
         t_up = time.monotonic()
         c.up()
         wait_for(lambda: all_started(c, sids), 60 + args.services, "every service started", step=0.5)
+        while len(sids) < args.services:  # --batch: the rest a batch at a time, once the last one runs
+            time.sleep(args.batch_pause)
+            sids += build(c, min(batch, args.services - len(sids)), args.kind, first=len(sids))
+            wait_for(partial(all_started, c, list(sids)), 60 + batch, "a batch started", step=0.5)
+            print(f"{len(sids)} services added")
         if args.kind == "http":
             deadline = time.monotonic() + 120 + 2 * args.services
             try:
@@ -228,6 +235,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--store", choices=["dir", "etcd"], default="dir")
     ap.add_argument("--kind", choices=["http", "sleep"], default="http",
                     help="http: the demo HTTP service with a TCP check; sleep: a bare process")  # fmt: skip
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="add the services this many at a time (a big cluster starting everything at once "
+        "can starve its own watchdog pets on a small machine)",
+    )
+    ap.add_argument("--batch-pause", type=float, default=5.0, help="seconds between two batches")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.nodes < 1 or args.services < 0 or args.seconds <= 0:
