@@ -42,7 +42,7 @@ from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import ConfigError, HaError, LockLost
 from ha.records import LrmStatus, ManagerStatus
 from store import records as rec
-from store.base import ABSENT, Store, StoreError, VersionConflict
+from store.base import ABSENT, Record, Store, StoreError, VersionConflict
 
 MIB = 1024 * 1024
 NODE_VERSION = "9.1.0"  # satisfies the group-to-rules migration's minimum (§5.14)
@@ -113,6 +113,11 @@ class _Unknown:
 
 
 _UNKNOWN = _Unknown()
+
+# An unchanged lrm_status or manager_status is written again after this many seconds, only to
+# refresh its timestamp: `ha-manager status` reads a timestamp older than 30 s as "dead?"
+# (ha/status.py). Every change is written at once (docs/RUNTIME.md, "At rest").
+STATUS_REFRESH = 10.0
 _STALE = _Unknown()  # changed by another writer: re-read (the content, not just the version) first
 
 
@@ -142,6 +147,10 @@ class LiveEnv:
         self._unwatched_maybe = daemon == "lrm"
         self._refused_fence: dict[str, bytes] = {}  # node -> the unwatched mark already logged
         self._placement_checked: str | _Unknown | None = _UNKNOWN  # resources.cfg version placed
+        # what this daemon last wrote (without its timestamp), when, and the version written
+        self._lrm_written: tuple[dict[str, Any], float] | None = None
+        self._ms_written: tuple[dict[str, Any], float, str] | None = None
+        self._ms_parsed: tuple[str, ManagerStatus] | None = None  # the LRM's last read, by version
 
     @property
     def holder(self) -> str:
@@ -260,9 +269,27 @@ class LiveEnv:
         health checks (every iteration) must not move it, or a change by another
         writer would be adopted without the Manager ever seeing it (issue #10).
         """
+        if self.daemon == "lrm":
+            return self._lrm_read_manager_status()
         ms, version = rec.read_manager_status(self.ctx.store)
         if isinstance(self._ms_version, _Unknown):  # first read, unknown outcome, or stale
             self._ms_version = version
+        return ms
+
+    def _lrm_read_manager_status(self) -> ManagerStatus:
+        """The LRM's read, every tick: parsed again only when the record changed.
+
+        The LRM only reads what it gets (ha/lrm.py ``update_service_status`` even
+        recognises the same object again), so an unchanged record is the same object.
+        """
+        record = self.ctx.store.read(rec.MANAGER_STATUS)
+        if record is None:
+            self._ms_parsed = None
+            return ManagerStatus()
+        if self._ms_parsed is not None and self._ms_parsed[0] == record.version:
+            return self._ms_parsed[1]
+        ms = ManagerStatus.from_dict(rec.decode_json(rec.MANAGER_STATUS, record.data))
+        self._ms_parsed = (record.version, ms)
         return ms
 
     def write_manager_status(self, ms: ManagerStatus) -> None:
@@ -281,6 +308,20 @@ class LiveEnv:
         if isinstance(self._ms_version, _Unknown):
             rec_now = store.read(rec.MANAGER_STATUS)
             self._ms_version = None if rec_now is None else rec_now.version
+        content = _without_timestamp(ms.to_dict())
+        last = self._ms_written
+        if (
+            last is not None
+            and last[0] == content
+            and time.monotonic() - last[1] < STATUS_REFRESH
+            and self._ms_version == last[2]
+            and _version(store.read(rec.MANAGER_STATUS)) == last[2]
+        ):
+            # Nothing changed and the record is still our own last write (a read, not a write:
+            # a write by anyone else must still end in the conflict below): no write, no
+            # announcement; commands applied without effect leave the queue.
+            self._drain_quietly()
+            return
         expect = ABSENT if self._ms_version is None else self._ms_version
         try:
             self._ms_version = rec.write_manager_status(store, ms, expect)
@@ -297,12 +338,16 @@ class LiveEnv:
         except StoreError:
             self._ms_version = _UNKNOWN  # it may still land: re-read before the next write
             raise
+        self._ms_written = (content, time.monotonic(), self._ms_version)
+        self._drain_quietly()
+        if self.ctx.on_manager_status is not None:
+            self.ctx.on_manager_status(ms)
+
+    def _drain_quietly(self) -> None:
         try:
             self._drain_applied()
         except StoreError as e:
             self.log("warning", f"applied crm commands not taken off the queue yet: {e}")
-        if self.ctx.on_manager_status is not None:
-            self.ctx.on_manager_status(ms)
 
     def read_lrm_status(self, node: str) -> LrmStatus:
         st = rec.read_lrm_status(self.ctx.store, node)
@@ -311,10 +356,16 @@ class LiveEnv:
         return st
 
     def write_lrm_status(self, status: LrmStatus) -> None:
-        # Only this LRM writes its lrm_status and every tick writes all of it: after a
-        # failed write (outcome unknown included) the next tick simply replaces it, and
-        # the results it carries are announced only after a write that succeeded.
+        # Only this LRM writes its lrm_status, all of it, whenever it changed (and every
+        # STATUS_REFRESH s to refresh its timestamp): after a failed write (outcome unknown
+        # included) the next tick writes again, and the results it carries are announced
+        # only after a write that succeeded.
+        content = _without_timestamp(status.to_dict())
+        last = self._lrm_written
+        if last is not None and last[0] == content and time.monotonic() - last[1] < STATUS_REFRESH:
+            return
         rec.write_lrm_status(self.ctx.store, self.ctx.node, status)
+        self._lrm_written = (content, time.monotonic())
         if self.ctx.on_lrm_status is not None:
             self.ctx.on_lrm_status(status)
 
@@ -501,9 +552,9 @@ class LiveEnv:
         if node is None:
             cd = self.read_service_config().get(sid)
             node = cd.node if cd is not None else None
-        if node == new_node:
-            # already moved: an earlier round of this master did it, and its manager_status
-            # write did not land (the round is redone from the record)
+        if node == new_node and node != current_node:
+            # already moved: a master stole it, then its manager_status write failed, and the
+            # round that retries the recovery (from the record) moves it again, to the same node
             return
         if node != current_node:
             raise HaError(f"service '{sid}' is on node '{node}', not on '{current_node}'")
@@ -788,3 +839,11 @@ class MovingPlugin:
 
     def remove_locks(self, env: object, sid: str, locks: list[str]) -> str | None:
         return self.agent.remove_locks(env, sid, locks)  # type: ignore[arg-type]
+
+
+def _without_timestamp(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != "timestamp"}
+
+
+def _version(record: Record | None) -> str | None:
+    return None if record is None else record.version

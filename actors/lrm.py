@@ -8,13 +8,135 @@ them to the master (``CommandResult``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
 from actors.daemon import DaemonActor, Exited, Waker
 from actors.worker import ActorWorkerPool, WorkerDone
 from ha.constants import Timing
 from ha.env import Env
-from ha.lrm import LRM
+from ha.lrm import LRM, WorkerPool
+from ha.states import ServiceState as S
+
+RECHECK_HOLD = 5.0  # s: the longest a re-check round holds back the lrm_status write
+
+
+class PacedLRM(LRM):
+    """The core LRM with re-checks of running services paced to ``recheck_interval``.
+
+    The master answers every result of a ``started`` service with a new UID, so
+    that the LRM checks the service again (BEHAVIOUR.md §5 "started": the
+    reference does so once per 10 s round). The live LRM iterates every
+    ``renew_interval``; running every such re-check at once would check each
+    service, write lrm_status and make the master write manager_status twice a
+    second. Here a re-check (a ``started`` request for a service whose last
+    command here was a successful ``started`` with the same parameters) waits
+    for the node's next re-check round, every ``recheck_interval`` seconds, for
+    all services at once. Anything else (a first start, a retry after a failure,
+    a stop, a migration, a request after this LRM restarted) runs at once. The
+    core repeats a successful ``stopped`` request every round (to stop a copy
+    started behind its back); here every re-check round.
+
+    Failure detection of a *node* does not depend on this: it goes by bus
+    membership and leases. A service that dies on a live node is noticed at the
+    next re-check round (at most ``recheck_interval`` later, as in the reference).
+    """
+
+    def __init__(
+        self,
+        env: Env,
+        pool: WorkerPool | None,
+        timing: Timing,
+        recheck_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(env, pool=pool, timing=timing)
+        self.recheck_interval = recheck_interval
+        self.clock = clock
+        self.confirmed: dict[str, tuple[tuple[str, Any], ...]] = {}  # sid -> params of its last good start
+        self.next_recheck = -float("inf")
+        self._recheck_now = True
+        self.rechecks: set[str] = set()  # UIDs of this round's re-checks
+        # the last lrm_status written: result UIDs, state, mode, when
+        self.written: tuple[set[str], str, str, float] = (set(), "", "", -float("inf"))
+
+    def manage_resources(self) -> int:
+        now = self.clock()
+        self._recheck_now = now >= self.next_recheck
+        if self._recheck_now:
+            self.next_recheck = now + self.recheck_interval
+        node = self.env.nodename()
+        for sid in list(self.confirmed):
+            sd = self.service_status.get(sid)
+            if sd is None or sd.node != node or sd.state != S.STARTED:
+                del self.confirmed[sid]  # it left "started" here meanwhile: its next request runs at once
+        return super().manage_resources()
+
+    def queue_resource_command(
+        self, sid: str, uid: str | None, state: str, params: dict[str, Any] | None = None
+    ) -> None:
+        key = tuple(sorted((params or {}).items()))
+        if state != S.STARTED:
+            self.confirmed.pop(sid, None)
+        elif (
+            not self._recheck_now
+            and uid is not None
+            and uid not in self.results
+            and sid not in self.workers
+            and self.confirmed.get(sid) == key
+        ):
+            return  # a re-check: at the next re-check round
+        if (
+            state == S.STARTED
+            and uid is not None
+            and uid not in self.results
+            and self.confirmed.get(sid) == key
+        ):
+            self.rechecks.add(uid)
+        if state == S.STOPPED and not self._recheck_now and uid is not None:
+            done = self.results.get(uid)
+            if done is not None and done.exit_code == 0 and sid not in self.workers:
+                return  # the core re-runs a done stop every round: here every re-check round
+        super().queue_resource_command(sid, uid, state, params)
+
+    def update_lrm_status(self) -> bool:
+        """Write lrm_status, but not between the answers of one re-check round.
+
+        The pool runs a round's re-checks a few at a time; each batch would be one
+        more write. While re-checks of the round are still running and nothing
+        else is new (no other result, no failed check, same state and mode; the
+        last write younger than ``RECHECK_HOLD``), the write waits for the last
+        of them: one write per round.
+        """
+        if self._hold_for_rechecks():
+            return True
+        ok = super().update_lrm_status()
+        if ok:
+            self.written = (set(self.results), self.state, self.mode, self.clock())
+        return ok
+
+    def _hold_for_rechecks(self) -> bool:
+        if not self.rechecks:
+            return False
+        if not any(j.uid in self.rechecks for j in self.workers.values()):
+            self.rechecks.clear()  # the round is over: write what it found
+            return False
+        uids, state, mode, at = self.written
+        if state != self.state or mode != self.mode or self.clock() - at > RECHECK_HOLD:
+            return False
+        return all(
+            uid in uids or (uid in self.rechecks and r.exit_code == 0) for uid, r in self.results.items()
+        )
+
+    def command_finished(self, sid: str, status: int) -> None:
+        job = self.workers.get(sid)
+        if job is not None and job.uid is not None:
+            if job.state == S.STARTED and status == 0:
+                self.confirmed[sid] = tuple(sorted(job.params.items()))
+            else:
+                self.confirmed.pop(sid, None)
+        super().command_finished(sid, status)
 
 
 class LrmActor(DaemonActor):
@@ -31,11 +153,12 @@ class LrmActor(DaemonActor):
         on_exit: Callable[[Exited], None],
         waker: Waker | None = None,
         pre_iterate: Callable[[], None] | None = None,
+        recheck_interval: float = 0.0,
     ) -> None:
         super().__init__(node, on_exit, waker)
         self.pre_iterate = pre_iterate
         self.pool = ActorWorkerPool(max_workers, make_worker_env, self._worker_done, command_timeout)
-        self.lrm = LRM(env, pool=self.pool, timing=timing)
+        self.lrm = PacedLRM(env, self.pool, timing, recheck_interval)
 
     def _worker_done(self, msg: WorkerDone) -> None:
         # called on a worker's thread: hand over to this actor's thread

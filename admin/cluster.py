@@ -139,6 +139,9 @@ class ClusterConfig:
     pet_interval: float = 0.1
     # seconds a worker may run one agent command before it is declared hung
     command_timeout: float = 60.0
+    # seconds between two status checks of a running service (the reference's 10 s round);
+    # failure detection of a node does not depend on it (docs/RUNTIME.md, "At rest")
+    recheck_interval: float = 10.0
     cgroups: bool = True
     # node name -> network namespace the node runs in (partition tests), optional
     netns: dict[str, str] = field(default_factory=dict)
@@ -335,6 +338,7 @@ class ClusterConfig:
             },
             "max_workers": self.max_workers,
             "command_timeout": self.command_timeout,
+            "recheck_interval": self.recheck_interval,
             "cgroups": self.cgroups,
             "netns": dict(self.netns),
             "network": self.network,
@@ -384,6 +388,7 @@ class ClusterConfig:
             timing=timing,
             max_workers=int(data.get("max_workers", 4)),
             command_timeout=float(data.get("command_timeout", 60.0)),
+            recheck_interval=float(data.get("recheck_interval", 10.0)),
             cgroups=bool(data.get("cgroups", True)),
             netns={str(k): str(v) for k, v in (data.get("netns") or {}).items()},
             network=data.get("network") if isinstance(data.get("network"), dict) else None,
@@ -403,6 +408,8 @@ class ClusterConfig:
             )
         if cfg.max_workers < 1:
             raise ConfigError("max_workers must be >= 1", str(path))
+        if not 0 < cfg.recheck_interval <= 3600:
+            raise ConfigError("recheck_interval must be > 0 and <= 3600 seconds", str(path))
         probs = cfg.store_problems()
         if probs:
             raise ConfigError("; ".join(probs), str(path))

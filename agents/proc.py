@@ -17,8 +17,11 @@ are kept in ``<state_dir>/<node>/proc/<name>.json``, so any later process
 (a fresh LRM) can check and stop it. Output goes to ``<name>.log`` beside it.
 
 ``check_running`` answers "is any process of the service alive" (process
-group members and cgroup members, zombies excluded). It does NOT include the
-health check. SAFETY: a stop must never be skipped because a health check
+group members and cgroup members, zombies excluded). While the service runs
+that costs O(1): its cgroup's ``populated`` flag, else its leader's
+``/proc/<pid>/stat``; the scan of every process in ``/proc`` for its process
+group runs only when neither shows a live process (:meth:`ProcPlugin.any_alive`).
+It does NOT include the health check. SAFETY: a stop must never be skipped because a health check
 failed while processes still run, or a relocated service would run twice.
 The health check gates ``start`` (bounded by ``start_timeout``; a service
 that does not become healthy in time is killed and the start fails) and is
@@ -199,15 +202,40 @@ class ProcPlugin:
 
     # -- the plugin protocol ---------------------------------------------------------------------
 
+    def any_alive(self, st: ProcState) -> bool:
+        """Is any process of the service alive? O(1) while it runs; a /proc scan only when in doubt.
+
+        1. Its cgroup is populated (``cgroup.events``: a live process in it or below).
+        2. Its leader (pid = pgid, same start time) is alive.
+        Either is proof that the service runs. Only when neither holds (the service
+        died, or there is no cgroup and the leader exited) does the full
+        :meth:`live_pids` scan of the process group run. SAFETY: so "not running" is
+        always the answer of the full scan: a child that outlived the leader, or
+        left the cgroup, still counts (a relocated service must never run twice).
+        """
+        if st.boot_id != self.boot_id:
+            return False  # started before a reboot: long gone
+        if st.cgroup and procutil.cgroup_populated(Path(st.cgroup)):
+            return True
+        leader = procutil.read_stat(st.pgid)
+        if (
+            leader is not None
+            and leader.alive
+            and leader.pgrp == st.pgid
+            and leader.starttime == st.starttime
+        ):
+            return True
+        return bool(self.live_pids(st))
+
     def check_running(self, env: Env, sid: str, conf: ResourceConfig) -> bool:
         st = self.current(env.nodename(), conf.name)
-        return st is not None and bool(self.live_pids(st))
+        return st is not None and self.any_alive(st)
 
     def start(self, env: Env, sid: str, conf: ResourceConfig) -> None:
         node, name = env.nodename(), conf.name
         old = self.current(node, name)
         if old is not None:
-            if self.live_pids(old):
+            if self.any_alive(old):
                 return  # already running: nothing to do
             self._forget(node, name, old)
         try:
@@ -291,10 +319,10 @@ class ProcPlugin:
         if tcp is None and check_cmd is None:
             deadline = time.monotonic() + self.settle
             while time.monotonic() < deadline:
-                if not self.live_pids(st):
+                if not self.any_alive(st):
                     break
                 time.sleep(0.02)
-            if self.live_pids(st):
+            if self.any_alive(st):
                 return
             env.log("err", f"service {sid} exited right after start{self._log_tail(node, conf.name)}")
             self._forget(node, conf.name, st)
@@ -303,7 +331,7 @@ class ProcPlugin:
         deadline = time.monotonic() + self.start_timeout
         pause = 0.02
         while True:
-            if not self.live_pids(st):
+            if not self.any_alive(st):
                 env.log("err", f"service {sid} exited during start{self._log_tail(node, conf.name)}")
                 self._forget(node, conf.name, st)
                 return
@@ -394,16 +422,16 @@ class ProcPlugin:
 
     def _terminate(self, env: Env, sid: str, node: str, name: str, st: ProcState, grace: float) -> None:
         """SIGTERM, wait ``grace`` s, then SIGKILL (cgroup.kill); forget the service once gone."""
-        if grace > 0 and self.live_pids(st):
+        if grace > 0 and self.any_alive(st):
             self._signal(st, signal.SIGTERM)
-            if procutil.poll_until(lambda: not self.live_pids(st), grace):
+            if procutil.poll_until(lambda: not self.any_alive(st), grace):
                 self._forget(node, name, st)
                 return
             env.log("warning", f"service {sid} still running {grace:g}s after SIGTERM, killing it")
         if st.cgroup:
             procutil.cgroup_kill(Path(st.cgroup))
         self._signal(st, signal.SIGKILL)
-        if procutil.poll_until(lambda: not self.live_pids(st), self.kill_wait):
+        if procutil.poll_until(lambda: not self.any_alive(st), self.kill_wait):
             # Killed processes are re-parented to init, which reaps them (late, if PID 1 is lazy);
             # until then they are zombies, which we do not count as running.
             self._forget(node, name, st)

@@ -32,6 +32,7 @@ __all__ = [
     "ProcStat",
     "cgroup2_mount",
     "cgroup_kill",
+    "cgroup_populated",
     "cgroup_procs",
     "fencing_env",
     "is_cgroup_dir",
@@ -98,6 +99,24 @@ def cgroup_kill(path: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def cgroup_populated(path: Path) -> bool | None:
+    """``populated`` of the cgroup's ``cgroup.events``: does a live process run in it or below?
+
+    One small read, whatever the number of processes on the host. The kernel takes a
+    process out of this count when it exits (before it is a zombie). None when the
+    file cannot be read (no such cgroup, not cgroup v2).
+    """
+    try:
+        with open(path / "cgroup.events", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == "populated":
+                    return value.strip() == "1"
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def remove_cgroup(path: Path) -> bool:

@@ -9,7 +9,7 @@ import pytest
 from actors.env import LiveEnv
 from ha.constants import Timing
 from ha.crm import CRM
-from ha.errors import LockLost
+from ha.errors import HaError, LockLost
 from ha.records import ManagerStatus
 from ha.states import CrmState
 from store import records as rec
@@ -82,29 +82,36 @@ def test_the_crm_leaves_the_master_state_when_its_status_write_is_refused(tmp_pa
     assert crm.state == CrmState.MASTER and crm.manager is not old_manager, "a new Manager, from the record"
 
 
-def test_a_slave_that_read_early_writes_as_the_new_master(tmp_path: Path) -> None:
-    """A new term rebases the compare-and-swap on the record as the new master reads it."""
+def test_a_new_master_writes_over_what_it_read_after_taking_the_lease(tmp_path: Path) -> None:
+    # issue #17 (found by bench failover): a slave's first read used to stay the CAS base, so
+    # a take-over's first write always conflicted; with a recovery in that round the services
+    # were moved (locations) but manager_status was not, and the retry failed for good
     store = DirStore(tmp_path)
-    slave = envstubs.live_env(store, "n2", "n2#s")
-    slave.read_manager_status()  # as a slave: nothing written yet
-    old = envstubs.live_env(store, "n1", "n1#m")
-    assert old.get_ha_manager_lock()
-    old.read_manager_status()
-    old.write_manager_status(ManagerStatus(master_node="n1"))
-    slave.read_manager_status()  # health checks go on meanwhile
-    assert store.release_lease(rec.MANAGER_LEASE, "n1#m")
-    assert slave.get_ha_manager_lock()
-    ms = slave.read_manager_status()
-    assert ms.master_node == "n1"
-    ms.master_node = "n2"
-    slave.write_manager_status(ms)  # raised LockLost (a conflict with the old master's write) before
-    assert rec.read_manager_status(store)[0].master_node == "n2"
+    rec.write_manager_status(store, ManagerStatus(master_node="n2"))
+    env = envstubs.live_env(store, holder="n1#d")
+    env.read_manager_status()  # as a slave (health check)
+    rec.write_manager_status(store, ManagerStatus(master_node="n2", node_status={"n3": "online"}))
+    assert env.get_ha_manager_lock()
+    ms = env.read_manager_status()  # the new Manager's read
+    assert ms.node_status == {"n3": "online"}
+    ms.master_node = "n1"
+    env.write_manager_status(ms)  # no conflict
+    assert rec.read_manager_status(store)[0].master_node == "n1"
+    # while it holds the lease, its base stays its own last write (a foreign write conflicts)
+    rec.write_manager_status(store, ManagerStatus(master_node="n3"))
+    assert env.get_ha_manager_lock()
+    env.read_manager_status()
+    with pytest.raises(LockLost):
+        env.write_manager_status(ms)
 
 
-def test_a_recovery_redone_after_a_lost_status_write_finds_its_move_done(tmp_path: Path) -> None:
+def test_a_recovery_retried_after_a_lost_status_write_finds_the_service_moved(tmp_path: Path) -> None:
     store = DirStore(tmp_path)
-    rec.write_location(store, "proc:a", "n2")
-    master = envstubs.live_env(store)
-    master.steal_service("proc:a", "n2", "n1")
-    master.steal_service("proc:a", "n2", "n1")  # the same round again: already done, no error
+    store.write(rec.RESOURCES_CFG, b"proc: a\n\tcmd sleep 9\n\tnode n2\n")
+    env = master_env(store)
+    env.steal_service("proc:a", "n2", "n1")
+    assert rec.read_location(store, "proc:a")[0] == "n1"
+    env.steal_service("proc:a", "n2", "n1")  # the same move again: done already
+    with pytest.raises(HaError):
+        env.steal_service("proc:a", "n2", "n3")  # another move from where it no longer is
     assert rec.read_location(store, "proc:a")[0] == "n1"

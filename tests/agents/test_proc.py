@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -326,3 +327,92 @@ def test_a_service_runs_with_umask_022_whatever_the_node_has(proc: ProcPlugin, t
         os.umask(old)
     wait_until(lambda: out.exists() and out.read_text().strip() != "")
     assert out.read_text().strip() == "0022"
+
+
+# -- O(1) status checks (issue #17) ------------------------------------------------------------
+
+
+class _ScanCounter:
+    """Counts (and can forbid) the scans of every process in /proc for a process group."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.allowed = False
+        real = procutil.pgroup_members
+
+        def counted(pgid: int) -> list[int]:
+            self.calls += 1
+            assert self.allowed, "check_running scanned /proc while the service runs"
+            return real(pgid)
+
+        monkeypatch.setattr(procutil, "pgroup_members", counted)
+
+
+@pytest.mark.parametrize("cgroups", [True, False])
+def test_check_running_of_a_running_service_scans_no_proc(
+    proc: ProcPlugin, proc_nocg: ProcPlugin, monkeypatch: pytest.MonkeyPatch, cgroups: bool
+) -> None:
+    plugin = proc if cgroups else proc_nocg
+    env = start(plugin, "proc:cheap", cmd=SLEEP)
+    st = plugin.load_state("n1", "cheap")
+    assert st is not None
+    assert (st.cgroup is not None) == cgroups
+    scans = _ScanCounter(monkeypatch)
+    cd = conf("proc:cheap", cmd=SLEEP)
+    for _ in range(20):
+        assert plugin.check_running(env.env, "proc:cheap", cd)
+    assert scans.calls == 0
+    # once the service is dead, "not running" is the full scan's answer
+    scans.allowed = True
+    os.kill(st.pid, signal.SIGKILL)
+    wait_until(lambda: not plugin.check_running(env.env, "proc:cheap", cd))
+    assert scans.calls >= 1
+
+
+def test_child_outliving_the_leader_counts_as_running_without_cgroup(
+    proc_nocg: ProcPlugin, tmp_path: Path
+) -> None:
+    # SAFETY: the leader's death alone must not make the service "not running"
+    kid = tmp_path / "kid.pid"
+    cmd = f"sh -c 'echo $$ > {kid}; exec sleep 1000' & sleep 0.3; exit 0"
+    env = start(proc_nocg, "proc:orphan", cmd=cmd)
+    st = proc_nocg.load_state("n1", "orphan")
+    assert st is not None
+    wait_until(lambda: not procutil.pid_alive(st.pid))  # the leader exited
+    wait_until(lambda: kid.exists() and kid.read_text().strip() != "")
+    pid = int(kid.read_text())
+    assert procutil.pid_alive(pid)
+    cd = conf("proc:orphan", cmd=cmd)
+    assert proc_nocg.check_running(env.env, "proc:orphan", cd)
+    assert stop(env, "proc:orphan", stop_timeout="1", cmd=cmd) == 0
+    assert not procutil.pid_alive(pid)
+    assert not proc_nocg.check_running(env.env, "proc:orphan", cd)
+
+
+def test_process_that_left_group_and_cgroup_still_counts(
+    proc: ProcPlugin, tmp_path: Path, cgroup_base: Path
+) -> None:
+    # SAFETY: a process of the service moved out of its cgroup, with the leader gone,
+    # is still found (by the scan of its process group)
+    kid = tmp_path / "kid.pid"
+    cmd = f"sh -c 'echo $$ > {kid}; exec sleep 1000' & sleep 0.5; exit 0"
+    env = start(proc, "proc:mover", cmd=cmd)
+    st = proc.load_state("n1", "mover")
+    assert st is not None and st.cgroup is not None
+    wait_until(lambda: kid.exists() and kid.read_text().strip() != "")
+    pid = int(kid.read_text())
+    other = cgroup_base / "elsewhere"
+    other.mkdir()
+    try:
+        (other / "cgroup.procs").write_text(str(pid))
+        wait_until(lambda: not procutil.pid_alive(st.pid))
+        assert procutil.cgroup_populated(Path(st.cgroup)) is False
+        cd = conf("proc:mover", cmd=cmd)
+        assert proc.check_running(env.env, "proc:mover", cd)
+        assert stop(env, "proc:mover", stop_timeout="1", cmd=cmd) == 0
+        assert not procutil.pid_alive(pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not procutil.pid_alive(pid))
+        procutil.remove_cgroup(other)

@@ -1,0 +1,258 @@
+"""What a node costs at rest: ``python -m bench idle --nodes N --services S --seconds T [--json]``.
+
+A fresh local cluster of N nodes with S ``proc`` services spread round-robin
+over them (node1, node2, ...). Once every service runs (and answers, for the
+default HTTP services) and the cluster had ``--settle`` seconds to calm down,
+nothing is changed for T seconds, and we measure:
+
+* CPU per node: utime+stime (plus cutime+cstime: helpers it started and
+  reaped, e.g. service launches) of the node's ``ha-node`` and ``ha-watchdog``
+  from ``/proc/<pid>/stat``, as a percentage of one core; and the sum over
+  all nodes. The services themselves are not counted.
+* Store writes per second. dir store: the lines appended to the store's
+  change journal (``.pyha/journal``: one per record write or delete, by
+  record name); lease renewals are not journalled, so they are NOT in this
+  count (each node renews its agent lease, the master also the manager
+  lease, every ``renew_interval``). etcd store: the growth of the etcd
+  revision, which counts every mutation (lease records included).
+* Read syscalls per second of the ``ha-node`` processes (``syscr`` of
+  ``/proc/<pid>/io``): an upper bound for store reads, not a count of them
+  (bus and wake-up reads are in it too); the store is not instrumented.
+
+Bus messages are not counted (the transport keeps counters, but inside the
+node process, with no cheap way out).
+
+``--kind sleep`` runs ``sleep`` services without a health check instead of
+the HTTP demo service (for large S: a demo service is a Python process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+from admin.resources import add_resource
+from bench.livecluster import LiveCluster, free_port, wait_for
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """utime+stime+cutime+cstime of PID in clock ticks (None when gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    f = raw[raw.rindex(b")") + 2 :].split()
+    return int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+
+
+def read_syscalls(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("syscr:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class JournalCounter:
+    """Counts the lines appended to a dir store's change journal (follows its rotation)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.counts: dict[str, int] = {}
+        st = path.stat()
+        self.ino, self.off = st.st_ino, st.st_size
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                ino = os.fstat(f.fileno()).st_ino
+                if ino != self.ino:  # rotated: the new file holds only new lines
+                    self.ino, self.off = ino, 0
+                f.seek(self.off)
+                chunk = f.read()
+        except OSError:
+            return
+        end = chunk.rfind(b"\n") + 1
+        self.off += end
+        for name in chunk[:end].split(b"\n"):
+            if name:
+                key = name.decode(errors="replace")
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+
+def etcd_revision(c: LiveCluster) -> int:
+    store = c.open_store()
+    try:
+        return int(store.changed_since(None).token.rpartition(":")[2])
+    finally:
+        store.close()
+
+
+def build(c: LiveCluster, services: int, kind: str, first: int = 0) -> list[str]:
+    """Write S proc services into resources.cfg (in-process: one tool call each would take minutes)."""
+    sids = []
+    store = c.open_store()
+    try:
+        for i in range(first, first + services):
+            sid = f"proc:idle{i + 1}"
+            node = c.nodes[i % len(c.nodes)]
+            opts = {"node": node}
+            if kind == "http":
+                port = free_port()
+                c.ports[sid] = port
+                bind = "0.0.0.0" if c.netns else "127.0.0.1"
+                opts["cmd"] = f"{sys.executable} -m agents.demo_service --port {port} --bind {bind}"
+                opts["check_tcp"] = f"127.0.0.1:{port}"
+            else:
+                opts["cmd"] = "exec sleep 100000"
+            add_resource(store, sid, opts, c.nodes)
+            sids.append(sid)
+    finally:
+        store.close()
+    return sids
+
+
+def all_started(c: LiveCluster, sids: list[str]) -> bool:
+    ss = c.manager_status().service_status
+    return all(sid in ss and ss[sid].state == "started" for sid in sids)
+
+
+def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
+    c = LiveCluster(root, nodes=args.nodes, store=args.store)
+    try:
+        batch = args.batch or args.services
+        sids = build(c, min(batch, args.services), args.kind)
+        t_up = time.monotonic()
+        c.up()
+        wait_for(lambda: all_started(c, sids), 60 + args.services, "every service started", step=0.5)
+        while len(sids) < args.services:  # --batch: the rest a batch at a time, once the last one runs
+            time.sleep(args.batch_pause)
+            sids += build(c, min(batch, args.services - len(sids)), args.kind, first=len(sids))
+            wait_for(partial(all_started, c, list(sids)), 60 + batch, "a batch started", step=0.5)
+            print(f"{len(sids)} services added")
+        if args.kind == "http":
+            deadline = time.monotonic() + 120 + 2 * args.services
+            try:
+                for sid in sids:
+                    c.wait_serving(sid, max(1.0, deadline - time.monotonic()))
+            except AssertionError:
+                ss = c.manager_status().service_status
+                silent = [
+                    f"{s} ({ss[s].state} on {ss[s].node})" for s in sids if s in ss and c.ask(s) is None
+                ]
+                raise RuntimeError(f"not answering: {', '.join(silent[:20])}") from None
+        ready_s = time.monotonic() - t_up
+        print(f"{args.services} services running on {args.nodes} nodes after {ready_s:.1f} s; "
+              f"settling {args.settle:g} s")  # fmt: skip
+        time.sleep(args.settle)
+
+        pids = {n: {w: c.running_pid(n, w) for w in ("ha-node", "ha-watchdog")} for n in c.nodes}
+        for n, p in pids.items():
+            if None in p.values():
+                raise RuntimeError(f"{n} is not running: {p}")
+        journal = JournalCounter(c.dir / "store" / ".pyha" / "journal") if args.store == "dir" else None
+        rev0 = etcd_revision(c) if args.store == "etcd" else 0
+        cpu0 = {n: {w: cpu_ticks(p) or 0 for w, p in ws.items() if p} for n, ws in pids.items()}
+        io0 = {n: read_syscalls(ws["ha-node"] or 0) or 0 for n, ws in pids.items()}
+        t0 = time.monotonic()
+        deadline = t0 + args.seconds
+        while (now := time.monotonic()) < deadline:
+            if journal is not None:
+                journal.poll()
+            time.sleep(min(0.5, deadline - now))
+        cpu1 = {n: {w: cpu_ticks(p) or 0 for w, p in ws.items() if p} for n, ws in pids.items()}
+        io1 = {n: read_syscalls(ws["ha-node"] or 0) or 0 for n, ws in pids.items()}
+        if journal is not None:
+            journal.poll()
+        rev1 = etcd_revision(c) if args.store == "etcd" else 0
+        elapsed = time.monotonic() - t0
+        for n, ws in pids.items():
+            for w, wp in ws.items():
+                if wp is None or c.running_pid(n, w) != wp:
+                    raise RuntimeError(f"{n}'s {w} (pid {wp}) did not survive the measurement")
+
+        def pct(ticks: int) -> float:
+            return round(100.0 * ticks / CLK_TCK / elapsed, 2)
+
+        per_node: dict[str, dict[str, float]] = {}
+        total = 0
+        for n in c.nodes:
+            d = {w: cpu1[n][w] - cpu0[n][w] for w in cpu0[n]}
+            per_node[n] = {w: pct(v) for w, v in d.items()}
+            per_node[n]["total"] = pct(sum(d.values()))
+            total += sum(d.values())
+        node_totals = [v["total"] for v in per_node.values()]
+        result: dict[str, object] = {
+            "nodes": args.nodes,
+            "services": args.services,
+            "kind": args.kind,
+            "store": args.store,
+            "seconds": round(elapsed, 2),
+            "cpu_total_pct": pct(total),
+            "cpu_per_node_mean_pct": round(sum(node_totals) / len(node_totals), 2),
+            "cpu_per_node_max_pct": max(node_totals),
+            "cpu_per_node_pct": per_node,
+            "read_syscalls_per_s": round(sum(io1[n] - io0[n] for n in c.nodes) / elapsed, 1),
+        }
+        if journal is not None:
+            writes = sum(journal.counts.values())
+            result["store_writes_per_s"] = round(writes / elapsed, 2)
+            by_kind: dict[str, int] = {}
+            for name, k in journal.counts.items():
+                key = (
+                    name.split("/", 1)[0]
+                    if not name.startswith("nodes/")
+                    else "nodes/*/" + name.rsplit("/", 1)[-1]
+                )
+                by_kind[key] = by_kind.get(key, 0) + k
+            result["store_writes_by_record_per_s"] = {
+                k: round(v / elapsed, 2) for k, v in sorted(by_kind.items())
+            }
+            result["store_writes_note"] = "record writes from the journal; lease renewals not included"
+        else:
+            result["store_revisions_per_s"] = round((rev1 - rev0) / elapsed, 2)
+        return result
+    finally:
+        c.close()
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench idle")
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--services", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--settle", type=float, default=5.0, help="seconds of rest before measuring")
+    ap.add_argument("--store", choices=["dir", "etcd"], default="dir")
+    ap.add_argument("--kind", choices=["http", "sleep"], default="http",
+                    help="http: the demo HTTP service with a TCP check; sleep: a bare process")  # fmt: skip
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="add the services this many at a time (a big cluster starting everything at once "
+        "can starve its own watchdog pets on a small machine)",
+    )
+    ap.add_argument("--batch-pause", type=float, default=5.0, help="seconds between two batches")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.nodes < 1 or args.services < 0 or args.seconds <= 0:
+        ap.error("need --nodes >= 1, --services >= 0, --seconds > 0")
+    with tempfile.TemporaryDirectory(prefix="pyha-bench-") as tmp:
+        r = measure(args, Path(tmp))
+    print(f"at rest over {r['seconds']} s: CPU {r['cpu_total_pct']}% of one core in total, "
+          f"{r['cpu_per_node_mean_pct']}% per node (max {r['cpu_per_node_max_pct']}%); "
+          f"store writes {r.get('store_writes_per_s', r.get('store_revisions_per_s'))}/s; "
+          f"read syscalls {r['read_syscalls_per_s']}/s")  # fmt: skip
+    if args.json:
+        print(json.dumps(r))
+    return 0
