@@ -17,7 +17,7 @@ from ha.constants import REFERENCE_TIMING
 from ha.records import LrmResult, LrmStatus, ManagerStatus, ServiceData
 from store import records as rec
 from store.dirstore import INTERNAL, DirStore
-from tests.test_crm_commands_kept import NoWatchdog, Quorate
+from tests.envstubs import NoWatchdog, Quorate
 from tests.test_lrm_pool import FakePool, PoolEnv
 
 # -- re-checks paced (actors/lrm.py PacedLRM) ------------------------------------------------
