@@ -18,11 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from actors.env import STATUS_REFRESH
 from bench.chaos.observe import Incident, Poller, double_run_events, log
 from bench.livecluster import LiveCluster
 from ha.errors import HaError
 from store.base import Store
-from store.records import read_lrm_status
+from store.records import read_lrm_status, read_manager_status
 
 HEAL_TIMEOUT_S: Final = 45.0  # per node: bring it back (SIGCONT, up, quorate)
 UNWATCHED_GRACE_S: Final = 10.0  # ha-node alive without its watchdog for this long: an anomaly
@@ -151,9 +152,9 @@ class Healer:
                     self.note(f"{node}'s ha-watchdog (pid {wd}) outlived its ha-node by 10 s; killing it")
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(wd, signal.SIGKILL)
+                since = time.time()  # its first lrm_status write comes after this
                 if not self.cli(f"up {node}", lambda: self.c.up(node)):
                     self.sleep(1)
-                since = time.time()
                 continue
             if wd is None:
                 # SAFETY: a daemon without its watchdog must take itself down (and its services)
@@ -169,7 +170,7 @@ class Healer:
                     self.sleep(0.1)
                 continue
             unwatched = None
-            if self.lrm_fresh(node, since):
+            if self.lrm_fresh(node, since) or (self.healthy(node) and self.master_counts_online(node)):
                 return True
             self.sleep(0.1)
         self.note(f"{node} not back (running and quorate) {HEAL_TIMEOUT_S:g} s after the heal began")
@@ -189,11 +190,21 @@ class Healer:
             self.etcd_down.clear()
         return [n for n in self.c.nodes if not self.healthy(n) and not self.heal_node(n)]
 
+    def master_counts_online(self, node: str) -> bool:
+        """The master's manager_status has NODE online (it writes that on a change at once)."""
+        if self.store is None:
+            self.store = self.c.open_store()
+        try:
+            return read_manager_status(self.store)[0].node_status.get(node) == "online"
+        except (HaError, OSError):
+            return False
+
     def healthy(self, node: str) -> bool:
+        # an LRM at rest writes its status on a change or every STATUS_REFRESH seconds
         return (
             self.c.running_pid(node, "ha-node") is not None
             and self.c.running_pid(node, "ha-watchdog") is not None
-            and self.lrm_fresh(node, time.time() - 3)
+            and self.lrm_fresh(node, time.time() - STATUS_REFRESH - 3)
         )
 
     # -- checks -------------------------------------------------------------------------------
