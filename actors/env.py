@@ -31,12 +31,11 @@ from loguru import logger
 from admin.placement import place_unplaced
 from fence.clock import boottime
 from ha.config.datacenter import DatacenterConfig, parse_datacenter_cfg
-from ha.config.encoding import decode_config
 from ha.config.groups import GroupConfig, format_groups_cfg, parse_groups_cfg
 from ha.config.inforce import InForce, Reading
 from ha.config.resources import ResourceConfig, ServiceConfig, format_resources_cfg, parse_resources_cfg
 from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
-from ha.config.sectionconfig import preserve_edit
+from ha.config.sectionconfig import edit_config
 from ha.crs.stats import STATIC, GuestInfo, NodeStats, ServiceStats
 from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import ConfigError, HaError, LockLost
@@ -463,19 +462,14 @@ class LiveEnv:
         store = self.ctx.store
         for _ in range(20):
             record = store.read(rec.RESOURCES_CFG)
-            data = b"" if record is None else record.data
             version = None if record is None else record.version
-            # the file as it is, bad bytes included (as lone surrogates, written back unchanged) ...
-            original = data.decode("utf-8", "surrogateescape")
-            # ... and what parses of it (sections with bad bytes left out)
-            text, _ = decode_config(data, rec.RESOURCES_CFG)
-            conf, _errors = parse_resources_cfg(text, rec.RESOURCES_CFG)
-            before = format_resources_cfg(conf)
-            edit(conf)
             # an edit that would replace a section that does not parse is refused (ConfigError)
-            after = preserve_edit(original, before, format_resources_cfg(conf), rec.RESOURCES_CFG)
+            after = edit_config(
+                b"" if record is None else record.data, rec.RESOURCES_CFG, parse_resources_cfg,
+                format_resources_cfg, edit,
+            )  # fmt: skip
             try:
-                store.write(rec.RESOURCES_CFG, after.encode("utf-8", "surrogateescape"), version or "")
+                store.write(rec.RESOURCES_CFG, after, version or "")
                 return
             except VersionConflict:
                 continue

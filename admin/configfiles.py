@@ -25,7 +25,7 @@ from ha.config.groups import GroupConfig, parse_groups_cfg
 from ha.config.resources import ServiceConfig, parse_resources_cfg
 from ha.config.rules import RulesConfig, parse_rules_cfg
 from ha.config.schema import ConfigSchema, Prop, parse_sid
-from ha.config.sectionconfig import preserve_edit
+from ha.config.sectionconfig import BrokenSectionError, edit_config
 from ha.errors import ConfigError
 from store import records as rec
 from store.base import Store, VersionConflict
@@ -75,17 +75,12 @@ def edit_file(
             raise AdminError(
                 f"{name} was changed by someone else (digest mismatch), re-read it", ExitCode.CONFLICT
             )
-        conf, _errors = parse(text, name)  # what did not parse is kept as it is (preserve_edit)
-        try:
-            before = fmt(conf)
-            edit(conf)
-            after = fmt(conf)
+        try:  # what did not parse is kept as it is (edit_config)
+            data = edit_config(text.encode(), name, parse, fmt, edit)
+        except BrokenSectionError as e:
+            raise AdminError(str(e), ExitCode.CONFLICT) from None
         except ConfigError as e:  # a value the file cannot hold: refused, nothing written
             raise AdminError(e.message, ExitCode.USAGE) from None
-        try:
-            data = preserve_edit(text, before, after, name).encode()
-        except ConfigError as e:
-            raise AdminError(str(e), ExitCode.CONFLICT) from None
         try:
             return store.write(name, data, version or "")
         except VersionConflict:

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from ha.config.encoding import decode_config
 from ha.config.schema import (
     CONFIG_ID,
     NODE_NAME,
@@ -25,6 +28,8 @@ from ha.config.schema import (
     parse_uint,
 )
 from ha.errors import ConfigError
+
+C = TypeVar("C")
 
 _HEADER = re.compile(r"^(\S+):\s*(\S+)\s*$")
 _PROPERTY = re.compile(r"^\s+(\S+)(?:\s+(.*\S))?\s*$")
@@ -133,6 +138,34 @@ def split_chunks(text: str) -> list[Chunk]:
     return chunks
 
 
+class BrokenSectionError(ConfigError):
+    """An edit would replace a section that does not parse (:func:`preserve_edit`)."""
+
+
+def edit_config(
+    data: bytes,
+    name: str,
+    parse: Callable[[str, str], tuple[C, list[ConfigError]]],
+    fmt: Callable[[C], str],
+    edit: Callable[[C], None],
+) -> bytes:
+    """Config file ``data`` after ``edit``: what the edit does not change is kept byte for byte.
+
+    Comments, stray lines, sections that fail to parse and bytes that are not
+    UTF-8 (read with ``surrogateescape``, written back unchanged) survive; the
+    edit sees what parses (sections holding bad bytes left out, ``ha.config.encoding``).
+    Raises :class:`BrokenSectionError` for an edit that would replace a section
+    that does not parse, and whatever ``edit``/``fmt`` raise for a value the file
+    cannot hold.
+    """
+    original = data.decode("utf-8", "surrogateescape")
+    text, _ = decode_config(data, name)
+    conf, _errors = parse(text, name)
+    before = fmt(conf)
+    edit(conf)
+    return preserve_edit(original, before, fmt(conf), name).encode("utf-8", "surrogateescape")
+
+
 def preserve_edit(original: str, before: str, after: str, path: str) -> str:
     """The file after an edit, keeping from ``original`` everything the edit did not change.
 
@@ -152,7 +185,9 @@ def preserve_edit(original: str, before: str, after: str, path: str) -> str:
     for c in split_chunks(original):
         if c.key is None or c.key in seen or c.key not in old:  # not a section, or one that did not parse
             if c.key is not None and c.key not in seen and c.key in new:
-                raise ConfigError(f"section '{c.key}' is invalid: fix or remove it first", path, c.line)
+                raise BrokenSectionError(
+                    f"section '{c.key}' is invalid: fix or remove it first", path, c.line
+                )
             out.append(c.text)
             if c.key is not None:
                 seen.add(c.key)
