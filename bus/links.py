@@ -101,11 +101,15 @@ class LinkMonitor:
         return list(self._monitors)
 
     def close_monitors(self) -> None:
-        for sock in [*self._monitors]:
-            sock.close(linger=0)
+        # Disable first, close our reading ends after: libzmq sends a monitor event
+        # blocking, under the watched socket's monitor lock, so an event sent after our
+        # end is closed never completes, and disable_monitor() (which waits for that
+        # lock, holding the GIL) would hang the whole process (tests/bus/test_links_close.py).
         for owner, _ in self._monitors.values():
             with contextlib.suppress(zmq.ZMQError):
                 owner.disable_monitor()
+        for sock in [*self._monitors]:
+            sock.close(linger=0)
 
     def handle_event(self, mon: zmq.Socket[bytes]) -> None:
         """Read one event from a monitor socket."""

@@ -103,6 +103,15 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
     return [p for p in pids if pid_alive(p)]
 
 
+def dump_stacks(pids: list[int]) -> None:
+    """Ask each of PIDS (ha-node processes) to write every thread's stack to its log (SIGUSR2)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR2)
+    if pids:
+        time.sleep(0.3)
+
+
 def kill_tree(c: ClusterConfig, node: str) -> list[int]:
     """SIGKILL everything of NODE: its cgroup (daemon, services, launches), process groups, watchdog.
 

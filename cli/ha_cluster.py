@@ -60,6 +60,7 @@ from cli.cluster_etcd import (
 )
 from cli.cluster_procs import (
     check_nodes,
+    dump_stacks,
     kill_tree,
     node_pid,
     remove_empty_cgroups,
@@ -268,7 +269,8 @@ def stop(directory: str, node: str, kind: str, timeout: float) -> None:
         fail(f"{node} is not running")
         return
     if wait_gone([pid], timeout):
-        fail(f"{node} did not stop within {timeout:g}s")
+        dump_stacks([pid])
+        fail(f"{node} did not stop within {timeout:g}s (its threads' stacks are in its log)")
     click.echo(f"{node} stopped ({kind})")
 
 
@@ -296,12 +298,13 @@ def down(directory: str, timeout: float) -> None:
     c = load(directory)
     pids = [p for n in sorted(c.nodes) if (p := request_stop(c, n, "shutdown")) is not None]
     left = wait_gone(pids, timeout)
+    dump_stacks(left)
     for n in sorted(c.nodes):
         kill_tree(c, n)
     stop_etcd(c)
     remove_empty_cgroups(c)
     if left:
-        fail(f"{len(left)} node(s) had to be killed after {timeout:g}s")
+        fail(f"{len(left)} node(s) had to be killed after {timeout:g}s (their stacks: in their logs)")
     click.echo("down")
 
 

@@ -10,6 +10,7 @@ fenced itself because its watchdog could not.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -69,6 +70,9 @@ def main(node: str, cluster_dir: str, store_url: str | None, log_level: str) -> 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # `kill -USR2` (ha-cluster down/stop do it before killing a node that did not stop):
+    # every thread's stack into the node's log, to tell where it hung
+    faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
     try:
         runtime.start()
     except Exception as e:
