@@ -270,7 +270,7 @@ def stop(directory: str, node: str, kind: str, timeout: float) -> None:
         return
     if wait_gone([pid], timeout):
         dump_stacks([pid])
-        fail(f"{node} did not stop within {timeout:g}s (its threads' stacks are in its log)")
+        fail(f"{node} did not stop within {timeout:g}s (stacks in logs/{node}.out)")
     click.echo(f"{node} stopped ({kind})")
 
 
@@ -304,7 +304,7 @@ def down(directory: str, timeout: float) -> None:
     stop_etcd(c)
     remove_empty_cgroups(c)
     if left:
-        fail(f"{len(left)} node(s) had to be killed after {timeout:g}s (their stacks: in their logs)")
+        fail(f"{len(left)} node(s) had to be killed after {timeout:g}s (stacks in logs/NODE.out)")
     click.echo("down")
 
 
