@@ -11,6 +11,7 @@ from admin.configfiles import (
     check_options,
     edit_file,
     read_config,
+    read_groups,
 )
 from admin.errors import AdminError, ExitCode
 from ha.config import schema
@@ -116,11 +117,12 @@ def rule_set(
     conf_r, _ = read_config(store)
     changes = _check_rule_options(rtype, options, nodes, set(conf_r.services))
     resets = check_delete(schema.RULES, rtype, delete, "rule ")
+    missing = _no_such_rule(store, rid)
 
     def edit(conf: RulesConfig) -> None:
         rule = conf.rules.get(rid)
         if rule is None:
-            raise AdminError(f"no such rule '{rid}'", ExitCode.NOT_FOUND)
+            raise missing
         if rule.type != rtype:
             raise AdminError(f"rule '{rid}' is a {rule.type} rule, not {rtype}", ExitCode.USAGE)
         for prop, value in changes:
@@ -133,11 +135,25 @@ def rule_set(
     return _rules_edit(store, edit, digest)
 
 
+def _no_such_rule(store: Store, rid: str) -> AdminError:
+    """Not in rules.cfg: maybe a rule the master makes of a group (rules list shows those)."""
+    gid = rid.removeprefix(GROUP_RULE_PREFIX)
+    used = {cd.group for cd in read_config(store)[0].services.values()}
+    if rid.startswith(GROUP_RULE_PREFIX) and gid in used and gid in read_groups(store)[0].groups:
+        return AdminError(
+            f"rule '{rid}' is made from group '{gid}': change the group (ha-manager groupset {gid}),"
+            f" or take its resources out of it (ha-manager set SID --delete group)",
+            ExitCode.REFUSED,
+        )
+    return AdminError(f"no such rule '{rid}'", ExitCode.NOT_FOUND)
+
+
 def rule_remove(store: Store, rid: str) -> None:
+    missing = _no_such_rule(store, rid)
 
     def edit(conf: RulesConfig) -> None:
         if rid not in conf.rules:
-            raise AdminError(f"no such rule '{rid}'", ExitCode.NOT_FOUND)
+            raise missing
         del conf.rules[rid]
 
     _rules_edit(store, edit)

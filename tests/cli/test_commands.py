@@ -310,6 +310,10 @@ def test_groups_work_on_a_running_cluster_beside_rules(cluster: Cluster) -> None
     cluster.wait_service("proc:grp", "started", "node2")  # the master applies the group as a rule
     time.sleep(3)  # many CRM rounds later the group is still there: never migrated away
     assert cluster.hm("groupconfig").stdout == "group: prefer3\n\tnodes node2:2,node3\n\n"
+    # the rule the master makes of it is listed beside the others, with its source
+    rows = {r["rule"]: r for r in cluster.json("rules", "list")}
+    assert rows["ha-group-prefer3"]["state"] == "in use (group prefer3)"
+    assert "ha-group-prefer3" in cluster.hm("rules", "list").stdout
     # rules beside groups; a resource follows its group or a node-affinity rule, not both
     one_line_error(cluster.hm("rules", "add", "node-affinity", "r-grp", "--resources", "proc:grp",
                               "--nodes", "node1", code=4), "in group 'prefer3'")  # fmt: skip
