@@ -28,7 +28,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from admin.timing import LeaseTiming
 from fence.procfs import cgroup2_mount
@@ -36,9 +36,10 @@ from ha.constants import Timing as CoreTiming
 from ha.errors import ConfigError
 from store import open_store as open_store_url
 from store.base import Store
-from store.etcd_launch import EtcdMember, MemberTls, initial_cluster
-from store.etcd_tls import TlsFiles, member_cert_name
-from store.etcd_url import TLS_OPTIONS, with_options
+
+if TYPE_CHECKING:  # the etcd modules load only where a cluster uses etcd (ha-manager start-up time)
+    from store.etcd_launch import EtcdMember, MemberTls
+    from store.etcd_tls import TlsFiles
 
 CLUSTER_FILE = "cluster.json"
 # DIR/<this>: the CA and certificates of the etcd ha-cluster runs itself (store/etcd_tls.py)
@@ -83,6 +84,8 @@ class LocalEtcd:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], path: str) -> LocalEtcd:
+        from store.etcd_launch import EtcdMember  # noqa: PLC0415 - see TYPE_CHECKING above
+
         try:
             tls = bool(d.get("tls", False))
             members = {
@@ -98,6 +101,8 @@ class LocalEtcd:
 
     @property
     def initial_cluster(self) -> str:
+        from store.etcd_launch import initial_cluster  # noqa: PLC0415 - see TYPE_CHECKING above
+
         return initial_cluster([m for _, m in sorted(self.members.items())])
 
 
@@ -111,6 +116,8 @@ class EtcdTlsPaths:
     key: str
 
     def files(self, root: Path) -> TlsFiles:
+        from store.etcd_tls import TlsFiles  # noqa: PLC0415 - see TYPE_CHECKING above
+
         return TlsFiles(*(root / p for p in (self.ca, self.cert, self.key)))
 
     def to_dict(self) -> dict[str, str]:
@@ -119,7 +126,7 @@ class EtcdTlsPaths:
     @classmethod
     def from_dict(cls, d: dict[str, Any], path: str) -> EtcdTlsPaths:
         try:
-            values = [d[k] for k in TLS_OPTIONS]
+            values = [d[k] for k in ("ca", "cert", "key")]
         except KeyError as e:
             raise ConfigError(f"'etcd_tls' needs ca, cert and key (missing {e})", path) from None
         if not all(isinstance(v, str) and v for v in values):
@@ -170,6 +177,8 @@ class ClusterConfig:
         unless ``store`` names certificates itself."""
         if self.store_kind == STORE_DIR:
             return f"dir:{self.store_dir}"
+        from store.etcd_url import TLS_OPTIONS, with_options  # noqa: PLC0415 - see TYPE_CHECKING above
+
         named = urllib.parse.parse_qs(self.store.partition("?")[2], keep_blank_values=True)
         if self.etcd_tls is None or any(k in named for k in TLS_OPTIONS):
             return self.store
@@ -302,6 +311,9 @@ class ClusterConfig:
         """NODE's member certificate, for its command line (None for plain-http members)."""
         if self.etcd is None or not self.etcd.members[node].tls:
             return None
+        from store.etcd_launch import MemberTls  # noqa: PLC0415 - see TYPE_CHECKING above
+        from store.etcd_tls import TlsFiles, member_cert_name  # noqa: PLC0415
+
         return MemberTls(TlsFiles.of(self.etcd_tls_dir, member_cert_name(node)))
 
     def core_timing(self) -> CoreTiming:
