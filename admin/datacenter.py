@@ -225,6 +225,15 @@ def _edit_line(f: DcFile, line: str, edit: Edit) -> None:
             items = _items(line, current.value, NAME, current.index + 1)
         except ConfigError as e:
             raise AdminError(f"{e}; fix the line or replace it whole (--{line})", ExitCode.CONFLICT) from None
+    names = [name for name, _ in items]
+    # a property written twice: which one would the edit change? (the master reads the last)
+    twice = next((n for n in (*sets, *dels) if names.count(n) > 1), None)
+    if twice is not None and current is not None:
+        raise AdminError(
+            f"{NAME}:{current.index + 1}: {line}: property '{twice}' written twice;"
+            f" fix the line or replace it whole (--{line})",
+            ExitCode.CONFLICT,
+        )
     out: list[tuple[str, str]] = []
     for name, v in items:
         if name in dels:
@@ -280,9 +289,13 @@ def datacenter_view(store: Store) -> dict[str, Any]:
     """
     record = store.read(NAME)
     version = None if record is None else record.version
-    text = "" if record is None else record.data.decode("utf-8", "replace")
-    f = DcFile.read(text)
     errors: list[str] = []
+    try:
+        text, _ = rec.read_text(store, NAME)
+    except ConfigError as e:  # not UTF-8: said, and what reads is shown
+        errors.append(str(e))
+        text = "" if record is None else record.data.decode("utf-8", "replace")
+    f = DcFile.read(text)
     values: dict[str, str | None] = {k: _default(p) for k, p in DATACENTER_KEYS.items()}
     set_keys: list[str] = []
     lines: dict[str, str | None] = dict.fromkeys(DATACENTER_LINES)

@@ -183,6 +183,14 @@ def test_two_lines_of_one_key_are_refused_when_edited(store: DirStore) -> None:
     assert "ha: shutdown_policy=freeze\n" in text(store)
 
 
+def test_a_property_written_twice_in_a_line_is_not_edited_in_part(store: DirStore) -> None:
+    store.write(rec.DATACENTER_CFG, b"crs: ha=static,ha-auto-rebalance=1,ha=basic\n")
+    refused(store, ExitCode.CONFLICT, "property 'ha' written twice", options={"crs.ha": "dynamic"})
+    refused(store, ExitCode.CONFLICT, "property 'ha' written twice", delete=["crs.ha"])
+    dc_set(store, options={"crs.ha-auto-rebalance": "0"})  # another property of the line: fine
+    assert text(store) == "crs: ha=static,ha-auto-rebalance=0,ha=basic\n"
+
+
 def test_properties_not_ours_in_the_ha_line_are_kept(store: DirStore) -> None:
     store.write(rec.DATACENTER_CFG, b"ha: shutdown_policy=freeze,future=1\n")
     dc_set(store, options={"ha.shutdown_policy": "failover"})
@@ -193,6 +201,7 @@ def test_properties_not_ours_in_the_ha_line_are_kept(store: DirStore) -> None:
 def test_a_file_that_is_not_utf8_is_not_edited(store: DirStore) -> None:
     store.write(rec.DATACENTER_CFG, b"keyboard: \xff\xfe\n")
     refused(store, ExitCode.REFUSED, "UTF-8", options={"crs.ha": "static"})
+    assert "UTF-8" in ops(store).call("datacenter", {})["errors"][0]
 
 
 def test_the_view_shows_defaults_and_what_is_set(store: DirStore) -> None:
