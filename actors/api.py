@@ -231,7 +231,7 @@ class ApiActor(pykka.ThreadingActor):
             self.log.opt(exception=e).error(f"api operation '{req.op}' failed: {e}")
             err = AdminError(f"internal error: {e}", ExitCode.FAILED)
             reply = ApiReply(req.request_id, False, error_result(err), str(err))
-        if req.op not in ("info", "status", "config", "groups", "rules"):
+        if req.op not in ("info", "status", "config", "groups", "rules", "datacenter"):
             outcome = "ok" if reply.ok else f"refused: {reply.error}"
             self.log.info(f"api {req.op} by {user or message.env.sender} ({role}): {outcome}")
         try:

@@ -19,6 +19,7 @@ from typing import Any
 
 from admin.commands import crm_command, move
 from admin.configfiles import check_node, normalize_sid, read_groups
+from admin.datacenter import datacenter_view, set_datacenter
 from admin.errors import AdminError, ExitCode
 from admin.groups import group_add, group_remove, group_set
 from admin.placement import place_unplaced
@@ -142,6 +143,7 @@ class ApiOps:
             "config": OpSpec(self.op_config, {"type": (s, False), "sid": (s, False)}, False),
             "groups": OpSpec(self.op_groups, {"group": (s, False)}, False),
             "rules": OpSpec(self.op_rules, {"type": (s, False), "resource": (s, False)}, False),
+            "datacenter": OpSpec(self.op_datacenter, {}, False),
             # write: resources
             "add": OpSpec(self.op_add, {"sid": (s, True), "options": (m, True)}, True, schema.RESOURCES),
             "set": OpSpec(
@@ -195,6 +197,12 @@ class ApiOps:
                 schema.RULES,
             ),
             "rule_remove": OpSpec(self.op_rule_remove, {"rule": (s, True)}, True),
+            # write: datacenter.cfg (its options are checked by admin/datacenter.py: LINE.NAME keys)
+            "datacenter_set": OpSpec(
+                self.op_datacenter_set,
+                {"options": (m, False), "delete": (lst, False), "digest": (s, False)},
+                True,
+            ),
         }
 
     def call(self, op: str, args: Mapping[str, Any], role: str = ROLE_ADMIN) -> Any:
@@ -263,12 +271,13 @@ class ApiOps:
             out[rec.RESOURCES_CFG] = (None, resources_errors)  # not (yet) seen by a master
         return out
 
-    def _crs_mode(self) -> str:
-        text, _ = rec.read_text(self.store, rec.DATACENTER_CFG)
+    def _crs_mode(self) -> str | None:
+        """The configured scheduler mode; None when datacenter.cfg does not read (see its config line)."""
         try:
+            text, _ = rec.read_text(self.store, rec.DATACENTER_CFG)
             return parse_datacenter_cfg(text).crs_mode
         except HaError:
-            return "basic"
+            return None
 
     def op_status(self, args: dict[str, Any]) -> Any:
         ms, _ = rec.read_manager_status(self.store)
@@ -335,6 +344,9 @@ class ApiOps:
     def op_rules(self, args: dict[str, Any]) -> Any:
         rules, version = rules_view(self.store, self.nodes, args.get("type"), args.get("resource"))
         return {"digest": version or "", "rules": rules}
+
+    def op_datacenter(self, args: dict[str, Any]) -> Any:
+        return datacenter_view(self.store)
 
     # -- write: resources ----------------------------------------------------------------------
     def op_add(self, args: dict[str, Any]) -> Any:
@@ -432,6 +444,13 @@ class ApiOps:
     def op_rule_remove(self, args: dict[str, Any]) -> Any:
         rule_remove(self.store, args["rule"])
         return {"rule": args["rule"]}
+
+    # -- write: datacenter.cfg -------------------------------------------------------------------
+    def op_datacenter_set(self, args: dict[str, Any]) -> Any:
+        options = dict(args.get("options") or {})
+        delete = list(args.get("delete") or [])
+        digest = set_datacenter(self.store, options, delete, args.get("digest"))
+        return {"digest": digest}
 
 
 def full_cluster_state(

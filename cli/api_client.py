@@ -47,7 +47,7 @@ ENV_KEY = "PYHA_KEY"
 ENV_NODE = "PYHA_NODE"
 # what a node may send us in one message (the codec's 1 MiB frame limit, plus headroom)
 MAX_IN_BYTES = 4 * (1 << 20) + 1024
-READ_OPS = frozenset({"info", "status", "config", "groups", "rules"})
+READ_OPS = frozenset({"info", "status", "config", "groups", "rules", "datacenter"})
 _HANDSHAKE_FAIL = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL

@@ -40,7 +40,16 @@ from cli.api_client import (
 )
 from cli.refsyntax import RefGroup, bool_option_kwargs
 from fence.procfs import read_pid_file
-from ha.config.schema import GROUPS, RESOURCES, RULES, ConfigSchema, Kind, Prop
+from ha.config.schema import (
+    DATACENTER_KEYS,
+    DATACENTER_LINES,
+    GROUPS,
+    RESOURCES,
+    RULES,
+    ConfigSchema,
+    Kind,
+    Prop,
+)
 from ha.errors import ConfigError, HaError
 
 ENV_CLUSTER = "PYHA_CLUSTER"
@@ -356,7 +365,8 @@ def _stopped_line(ln: Mapping[str, Any]) -> str:
         return "fencing none (no node runs)"
     if kind in ("master", "lrm", "service"):
         name, _, rest = status.partition(" (")
-        return f"{kind} {name} (not running; stale, last known: {rest.rstrip(')')})" if rest else ln["text"]
+        inner, _, tail = rest.partition(")")  # the master line goes on after it (" - static load CRS")
+        return f"{kind} {name} (not running; stale, last known: {inner}){tail}" if rest else ln["text"]
     return str(ln["text"])
 
 
@@ -732,6 +742,116 @@ def rules_set(c: Ctx, /, rtype: str, rule: str, delete: str | None, digest: str 
 def rules_remove(c: Ctx, rule: str) -> None:
     """Delete rule RULE."""
     c.call("rule_remove", {"rule": rule})
+
+
+# -- datacenter.cfg ---------------------------------------------------------------------------------------
+
+DC_KEYS = (*DATACENTER_LINES, *DATACENTER_KEYS)
+_MAX_WORKERS = DATACENTER_KEYS["max_workers"]
+
+
+def _complete_dc_key(assign: bool) -> Callable[[click.Context, click.Parameter, str], list[Any]]:
+    """datacenter.cfg keys (static: no cluster needed); ``set`` offers ``KEY=``."""
+
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        return [CompletionItem(k + "=" if assign else k) for k in DC_KEYS if k.startswith(incomplete)]
+
+    return complete
+
+
+@main.group()
+def datacenter() -> None:
+    """datacenter.cfg's HA options: crs (the scheduler) and ha (the shutdown policy)."""
+
+
+@datacenter.command("get")
+@click.argument("key", required=False, shell_complete=_complete_dc_key(False))
+@output_options
+@pass_ctx
+def datacenter_get(c: Ctx, key: str | None, output_format: str, noborder: bool, noheader: bool) -> None:
+    """Show every option (defaults marked), or the value of KEY (crs.ha, crs, ha.shutdown_policy, ...)."""
+    if key is not None and key not in DC_KEYS:
+        die(f"unknown datacenter option '{key}' (one of {', '.join(DC_KEYS)})", ExitCode.USAGE)
+    res = c.call("datacenter")
+    for e in res.get("errors", []):
+        click.echo(f"error: {e}", err=True)
+    if key is not None:
+        value = res["lines"][key] if key in DATACENTER_LINES else res["options"][key]
+        if output_format != "text":
+            default = key not in res["set"] and key not in DATACENTER_LINES
+            emit_json(
+                {"digest": res["digest"], "key": key, "value": value, "default": default}, output_format
+            )
+        elif value is not None:
+            click.echo(value)
+        return
+    if output_format != "text":
+        emit_json(res, output_format)
+        return
+    for k, v in res["options"].items():
+        if k in res["set"]:
+            click.echo(f"{k} {v}")
+        else:
+            click.echo(f"{k} {'-' if v is None else v} (default)")
+
+
+def _assignments(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for a in values:
+        k, eq, v = a.partition("=")
+        if not eq or not k:
+            die(f"expected KEY=VALUE, got '{a}'", ExitCode.USAGE)
+        if k in out:
+            die(f"'{k}' given twice", ExitCode.USAGE)
+        out[k] = v
+    return out
+
+
+@datacenter.command("set")
+@click.argument("assignments", metavar="[KEY=VALUE]...", nargs=-1, shell_complete=_complete_dc_key(True))
+@click.option(
+    "--crs",
+    metavar="LINE",
+    help=f"The whole crs line, replaced: ha={'|'.join(DATACENTER_KEYS['crs.ha'].choices)}"
+    "[,ha-rebalance-on-start=0|1,...].",
+)
+@click.option(
+    "--ha",
+    "ha_line",
+    metavar="LINE",
+    help="The whole ha line, replaced: shutdown_policy="
+    f"{'|'.join(DATACENTER_KEYS['ha.shutdown_policy'].choices)}.",
+)
+@click.option(
+    *_MAX_WORKERS.flags,
+    "max_workers",
+    type=click.IntRange(_MAX_WORKERS.min, _MAX_WORKERS.max),
+    help=_MAX_WORKERS.help,
+)
+@click.option(
+    "--delete", metavar="KEYS", help=f"Comma-separated options or lines to remove ({', '.join(DC_KEYS)})."
+)
+@click.option("--digest", help="Refuse if datacenter.cfg changed since this digest was read.")
+@pass_ctx
+def datacenter_set(
+    c: Ctx, assignments: tuple[str, ...], crs: str | None, ha_line: str | None, max_workers: int | None,
+    delete: str | None, digest: str | None,
+) -> None:  # fmt: skip
+    """Change datacenter.cfg options: KEY=VALUE (crs.ha=static, ha.shutdown_policy=migrate), or whole lines.
+
+    Every key and value is checked first (an unknown scheduler mode is refused);
+    lines and properties not named, comments and other keys are kept.
+    """
+    options = _assignments(assignments)
+    for k, v in (("crs", crs), ("ha", ha_line), ("max_workers", max_workers)):
+        if v is not None:
+            if k in options:
+                die(f"'{k}' given twice", ExitCode.USAGE)
+            options[k] = str(v)
+    args: dict[str, Any] = {"options": options, "delete": _split(delete)}
+    if digest:
+        args["digest"] = digest
+    c.call("datacenter_set", args)
 
 
 # -- tools --------------------------------------------------------------------------------------------------

@@ -99,6 +99,7 @@ class Manager:
         self.last_services_digest: str | None = None
         self.group_migration_round = GROUP_MIGRATION_FIRST_ROUND
         self.usage: Usage = BasicUsage()
+        self.crs_error: str | None = None  # why this round does not use the configured scheduler
         self.lrm_modes: dict[str, str] = {}
         self.sc = ServiceConfig()
         # §5.15: true once every online LRM confirmed disarm (read by the CRM)
@@ -169,6 +170,7 @@ class Manager:
         self.env.log("info", f"service '{sid}': state changed from '{old_state}' to '{new_state}'{suffix}")
 
     def flush_master_status(self) -> None:
+        self.ms.crs = self.crs_record()
         self.ms.node_status = self.ns.status
         self.ms.service_status = self.ss
         self.ms.timestamp = self.env.get_time()
@@ -191,6 +193,7 @@ class Manager:
         online = self.ns.list_online_nodes()
         mode = self.crs_mode or BASIC
         usage: Usage | None = None
+        self.crs_error = None
         if mode in (STATIC, DYNAMIC):
             try:
                 load = LoadUsage(mode, env.get_node_stats(mode), env.get_service_stats(mode), env.log)
@@ -199,8 +202,10 @@ class Manager:
                 usage = load
             except HaError as e:
                 env.log("warning", f"fallback to 'basic' scheduler mode, init for '{mode}' failed - {e}")
+                self.crs_error = str(e)
         elif mode != BASIC:
             env.log("warning", f"got unknown scheduler mode '{mode}', using 'basic'")
+            self.crs_error = f"unknown scheduler mode '{mode}'"
         if usage is None:
             usage = BasicUsage()
             for node in online:
@@ -219,6 +224,21 @@ class Manager:
     def crs_mode_in_use(self) -> str:
         """The scheduler this round placed with (``basic`` after a failed init)."""
         return self.usage.mode
+
+    def crs_record(self) -> dict[str, str] | None:
+        """``manager_status.crs`` (ours, issue #14): what ``ha-manager status`` shows as the CRS in use.
+
+        None while both the configured and the used mode are ``basic``: the status then
+        holds the reference's fields only (§7.5).
+        """
+        configured = self.crs_mode or BASIC
+        used = self.crs_mode_in_use
+        if configured == BASIC and used == BASIC:
+            return None
+        out = {"mode": used, "configured": configured}
+        if self.crs_error is not None and used != configured:
+            out["error"] = self.crs_error
+        return out
 
     def select_node(self, sid: str, cd: ResourceConfig, sd: ServiceData, pref: Preference) -> str | None:
         assert self.rules is not None

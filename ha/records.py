@@ -95,6 +95,10 @@ class ManagerStatus:
     node_request: dict[str, dict[str, Any]] | None = None
     disarm: dict[str, str] | None = None
     service_status: dict[str, ServiceData] = field(default_factory=dict)
+    # Ours (issue #14): the scheduler the master's last round placed with, ``{"mode": used,
+    # "configured": mode, "error"?: why not the configured one}``; written only when either mode
+    # is not ``basic`` (a basic cluster's status keeps the reference's fields alone).
+    crs: dict[str, str] | None = None
 
     def to_dict(self) -> JsonDict:
         d: JsonDict = {}
@@ -108,6 +112,8 @@ class ManagerStatus:
         if self.disarm is not None:
             d["disarm"] = dict(self.disarm)
         d["service_status"] = {sid: sd.to_dict() for sid, sd in self.service_status.items()}
+        if self.crs is not None:
+            d["crs"] = dict(self.crs)
         return d
 
     def copy(self) -> ManagerStatus:
@@ -121,6 +127,7 @@ class ManagerStatus:
             else None,
             disarm=dict(self.disarm) if self.disarm is not None else None,
             service_status={sid: sd.copy() for sid, sd in self.service_status.items()},
+            crs=dict(self.crs) if self.crs is not None else None,
         )
 
     @classmethod
@@ -136,6 +143,7 @@ class ManagerStatus:
         req = d.get("node_request")
         disarm = d.get("disarm")
         ts = d.get("timestamp")
+        crs = d.get("crs")
         return cls(
             master_node=_opt_str(d.get("master_node")),
             timestamp=float(ts) if isinstance(ts, int | float) else None,
@@ -143,6 +151,7 @@ class ManagerStatus:
             node_request={str(k): dict(v) for k, v in req.items()} if isinstance(req, dict) else None,
             disarm={str(k): str(v) for k, v in disarm.items()} if isinstance(disarm, dict) else None,
             service_status={str(sid): ServiceData.from_dict(sid, sd) for sid, sd in ss_raw.items()},
+            crs={str(k): str(v) for k, v in crs.items()} if isinstance(crs, dict) else None,
         )
 
 

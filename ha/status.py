@@ -33,6 +33,8 @@ class StatusLine:
     state: str | None = None
     crm_state: str | None = None
     request_state: str | None = None
+    crs: str | None = None  # master line: the scheduler mode in use
+    crs_configured: str | None = None  # master line: the mode datacenter.cfg configures
 
     def text(self) -> str:
         return f"{self.type} {self.status}"
@@ -41,6 +43,7 @@ class StatusLine:
         return {k: v for k, v in {
             "id": self.id, "type": self.type, "status": self.status, "node": self.node, "sid": self.sid,
             "state": self.state, "crm_state": self.crm_state, "request_state": self.request_state,
+            "crs": self.crs, "crs_configured": self.crs_configured,
         }.items() if v is not None}  # fmt: skip
 
 
@@ -53,6 +56,32 @@ def _freshness(now: float, ts: float | None) -> str:
     if diff < -DRIFT_SECONDS:
         return "detected time drift!"
     return "active"
+
+
+def crs_in_use(ms: ManagerStatus) -> tuple[str, str]:
+    """(mode used, mode configured) in the master's last round; ``basic`` when it recorded none."""
+    crs = ms.crs or {}
+    return crs.get("mode", "basic"), crs.get("configured", "basic")
+
+
+def crs_suffix(ms: ManagerStatus, configured: str | None) -> str:
+    """The master line's CRS part: the mode the master's last round placed with (§8 rule 2, ours).
+
+    The reference prints `` - {mode} load CRS`` for the configured mode when it
+    is not ``basic``. Ours names the mode in use, and says why when that is not
+    the configured one: the master fell back to ``basic`` (§5.10: its stats were
+    missing; ``instead of dynamic: <why>``), or it has not read the new mode yet
+    (``configured static: not applied yet``). Same text as the reference's when
+    the two agree.
+    """
+    used, master_configured = crs_in_use(ms)
+    text = f" - {used} load CRS" if used != "basic" else ""
+    if configured is not None and configured != master_configured:
+        return f" - {used} load CRS, configured {configured}: not applied yet"
+    if used != master_configured:
+        why = (ms.crs or {}).get("error")
+        return f" - {used} load CRS instead of {master_configured}" + (f": {why}" if why else "")
+    return text
 
 
 def service_verbose_state(sid: str, ms: ManagerStatus, conf: ServiceConfig) -> tuple[str | None, str]:
@@ -97,7 +126,7 @@ def status_lines(
     conf: ServiceConfig,
     now: float,
     fmt_time: Callable[[float], str],
-    crs_mode: str = "basic",
+    crs_mode: str | None = "basic",
     config_errors: Mapping[str, tuple[float | None, list[str]]] | None = None,
     node_states: bool = False,
 ) -> list[StatusLine]:
@@ -111,6 +140,11 @@ def status_lines(
     master counts a node as not online (``unknown``, ``fence``, ``gone``), its
     LRM line says so at once (``node2 (node unknown - dead?, ...)``) instead of
     showing its last status as current until the reference's 30 s mark it old.
+
+    ``crs_mode`` is the scheduler mode datacenter.cfg configures now (None: the
+    file does not read). The master line names the mode the master's last round
+    used (``manager_status.crs``, ours, issue #14), which may differ: see
+    :func:`crs_suffix`.
     """
     out: list[StatusLine] = []
     if quorate:
@@ -136,10 +170,11 @@ def status_lines(
         extra = ""
         if disarm is not None:
             extra += f" - {disarm.get('state')}, resource mode: {disarm.get('mode')}"
-        if crs_mode != "basic":
-            extra += f" - {crs_mode} load CRS"
+        extra += crs_suffix(ms, crs_mode)
+        used, _ = crs_in_use(ms)
+        text = f"{ms.master_node} ({st}, {when}){extra}"
         out.append(
-            StatusLine("master", "master", f"{ms.master_node} ({st}, {when}){extra}", node=ms.master_node)
+            StatusLine("master", "master", text, node=ms.master_node, crs=used, crs_configured=crs_mode)
         )
 
     if disarm is not None:

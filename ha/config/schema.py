@@ -470,7 +470,8 @@ RULES = ConfigSchema(
 )
 
 # datacenter.cfg: ``ha: shutdown_policy=...``, ``crs: ha=...,ha-rebalance-on-start=...``, ``max_workers: N``;
-# the section type is the line's key. Read only (the administrator edits the file).
+# the section type is the line's key. ``ha-manager datacenter get|set`` names a property ``LINE.NAME``
+# (``crs.ha``, ``ha.shutdown_policy``) or ``max_workers`` (:func:`datacenter_key`, admin/datacenter.py).
 DATACENTER = ConfigSchema(
     "datacenter.cfg",
     (
@@ -505,6 +506,18 @@ DATACENTER = ConfigSchema(
 
 # fmt: on
 
+# the datacenter.cfg lines whose value is a list of ``name=value`` properties
+DATACENTER_LINES = ("ha", "crs")
+
+
+def datacenter_key(p: Prop) -> str:
+    """The name ``ha-manager datacenter`` gives a datacenter.cfg property: ``crs.ha``, ``max_workers``."""
+    line = p.types[0]
+    return f"{line}.{p.name}" if line in DATACENTER_LINES else p.name
+
+
+DATACENTER_KEYS: dict[str, Prop] = {datacenter_key(p): p for p in DATACENTER.props}
+
 SCHEMAS: dict[str, ConfigSchema] = {s.file: s for s in (RESOURCES, GROUPS, RULES, DATACENTER)}
 
 
@@ -538,7 +551,10 @@ def markdown_table(schema: ConfigSchema) -> str:
             default = ""
         else:
             default = f"`{p.render(p.default)}`"
-        flags = " ".join(f"`{f}`" for f in p.flags) if p.api and schema is not DATACENTER else ""
+        if schema is DATACENTER:
+            flags = f"`{datacenter_key(p)}`"  # ha-manager datacenter get|set KEY
+        else:
+            flags = " ".join(f"`{f}`" for f in p.flags) if p.api else ""
         if p.api and not p.settable and flags:
             flags += " (add only)"
         rows.append(f"| `{p.name}` | {types} | {_cell(kind)} | {default} | {flags} | {_cell(p.help)} |")
