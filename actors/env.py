@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from loguru import logger
 
 from admin.placement import place_unplaced
-from agents.usage import Usage, UsageSampler, significant
+from agents.usage import Usage, UsageSampler
 from fence.clock import boottime
 from ha.config.datacenter import DatacenterConfig, parse_datacenter_cfg
 from ha.config.groups import GroupConfig, format_groups_cfg, parse_groups_cfg
@@ -41,6 +41,7 @@ from ha.crs.stats import DYNAMIC, STATIC, GuestInfo, NodeStats, ServiceStats
 from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import ConfigError, HaError, LockLost
 from ha.records import LrmStatus, ManagerStatus
+from ha.states import RequestedState
 from store import records as rec
 from store.base import ABSENT, Record, Store, StoreError, VersionConflict
 
@@ -155,9 +156,11 @@ class LiveEnv:
         self._placement_checked: str | _Unknown | None = _UNKNOWN  # resources.cfg version placed
         # what this daemon last wrote (without its timestamp), when, and the version written
         self._lrm_written: tuple[dict[str, Any], float] | None = None
-        self._usage_written: Usage | None = None  # the measured usage that write carried
+        self._usage_written: Usage | None = None  # the measured usage the last write carried
         # node -> (its measured usage, its lrm_status timestamp) as this daemon last read them
         self._usage_seen: dict[str, tuple[rec.NodeUsage | None, float | None]] = {}
+        # sid -> (its last measured (cpu, mem), when): bridges a move until the new node measured it
+        self._last_measured: dict[str, tuple[tuple[float, float], float]] = {}
         self._ms_written: tuple[dict[str, Any], float, str] | None = None
         self._ms_parsed: tuple[str, ManagerStatus] | None = None  # the LRM's last read, by version
 
@@ -370,18 +373,20 @@ class LiveEnv:
         # STATUS_REFRESH s to refresh its timestamp): after a failed write (outcome unknown
         # included) the next tick writes again, and the results it carries are announced
         # only after a write that succeeded.
-        # The measured usage (issue #14) rides along: a sample is due every few seconds (or
-        # now, when the status changed), and only a significant change of the usage is a
-        # reason to write on its own (agents/usage.py ``significant``).
+        # The measured usage (issue #14) rides along with these writes: it is never a reason
+        # to write, but for the node's first measurement (one write per LRM start), so that
+        # the master need not wait a refresh to use the dynamic scheduler. A sample is due
+        # every few seconds, or now when the status changed (agents/usage.py).
         content = _without_timestamp(status.to_dict())
         last = self._lrm_written
         changed = last is None or last[0] != content
         usage = self._sample_usage(force=changed)
+        first_usage = usage is not None and self._usage_written is None
         if (
             last is not None
             and not changed
             and time.monotonic() - last[1] < STATUS_REFRESH
-            and not significant(self._usage_written, usage)
+            and not first_usage
         ):
             return
         record = None if usage is None else rec.NodeUsage(usage.cpu, usage.mem, dict(usage.services))
@@ -651,7 +656,9 @@ class LiveEnv:
         """(node -> (cpu, mem), sid -> (cpu, mem)) from the nodes' recent lrm_status ``usage``.
 
         A service's use is what the node it is located on (``locations/<sid>``) measured,
-        else what another node still reports (a move that node has not written since).
+        else what another node still reports (a move that node has not written since),
+        else, while it is requested ``started``, its last measurement of the past
+        ``USAGE_MAX_AGE`` seconds (moved, and not measured on its new node yet).
         A node's use is what it measured besides its services (ha-node itself, actions in
         flight) plus the use of every measured service located on it: the moment a service
         is moved its load counts on its new node, as the simulator counts it (sim/stats.py),
@@ -667,17 +674,28 @@ class LiveEnv:
             usage, ts = seen
             if usage is not None and ts is not None and now - ts <= USAGE_MAX_AGE:
                 reports[node] = usage
-        where = {sid: cd.node for sid, cd in self.read_service_config().services.items()}
+        conf = self.read_service_config().services
+        where = {sid: cd.node for sid, cd in conf.items()}
         services: dict[str, tuple[float, float]] = {}
         for sid, node in sorted(where.items()):
-            own = reports.get(node)
-            if own is not None and sid in own.services:
-                services[sid] = own.services[sid]
+            found = [
+                reports[n].services[sid]
+                for n in (node, *sorted(reports))
+                if sid in reports.get(n, _NONE).services
+            ]
+            if found:
+                services[sid] = found[0]
+                self._last_measured[sid] = (found[0], now)
                 continue
-            for other in sorted(reports):
-                if sid in reports[other].services:
-                    services[sid] = reports[other].services[sid]
-                    break
+            last = self._last_measured.get(sid)
+            if (
+                last is not None
+                and now - last[1] <= USAGE_MAX_AGE
+                and conf[sid].state == RequestedState.STARTED
+            ):
+                services[sid] = last[0]
+        for sid in [s for s in self._last_measured if s not in conf]:
+            del self._last_measured[sid]
         nodes: dict[str, tuple[float, float]] = {}
         for node, u in reports.items():
             cpu = max(0.0, u.cpu - sum(c for c, _ in u.services.values()))
@@ -924,6 +942,9 @@ class MovingPlugin:
 
     def remove_locks(self, env: object, sid: str, locks: list[str]) -> str | None:
         return self.agent.remove_locks(env, sid, locks)  # type: ignore[arg-type]
+
+
+_NONE = rec.NodeUsage(0.0, 0.0)
 
 
 def _without_timestamp(d: dict[str, Any]) -> dict[str, Any]:

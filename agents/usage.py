@@ -7,8 +7,8 @@ itself. :class:`UsageSampler` reads, per sample:
 
 * CPU: ``usage_usec`` of each cgroup's ``cpu.stat`` (cgroup v2 keeps it in
   every cgroup, no controller needed); the delta over the elapsed time is the
-  number of cores in use. The node's own ``cpu.stat`` counts everything in it
-  (services, ha-node, actions in flight).
+  number of cores in use. The node's is the sum over its cgroups (services,
+  ha-node, actions in flight): a service that left no longer counts at once.
 * Memory: ``memory.current`` where the memory controller is enabled for the
   cgroup; otherwise (a hybrid host whose memory controller is on cgroup v1) the
   resident set of the cgroup's processes (``cgroup.procs``, ``/proc/<pid>/statm``).
@@ -18,12 +18,12 @@ Without a node cgroup (no cgroup v2) the node is the whole host (``/proc/stat``,
 ``MemTotal - MemAvailable`` of ``/proc/meminfo``) and no service is measured.
 
 Values are smoothed with an exponentially weighted moving average (time constant
-``smoothing`` seconds; a service's first measurement is taken as it is). A
-sample costs a handful of small reads per service, O(services), never a scan
-of ``/proc``; it is taken at most every ``interval`` seconds (issue #17: a node
-at rest stays cheap). :meth:`UsageSampler.snapshot` rounds the values
-(0.01 core, 1 MiB) and :func:`significant` tells whether a change is worth an
-``lrm_status`` write of its own (docs/RUNTIME.md, "Measured load").
+``smoothing`` seconds; a cgroup's first rate is taken as it is). A sample costs
+a handful of small reads per cgroup, O(services), never a scan of ``/proc``; it
+is taken at most every ``interval`` seconds (issue #17: a node at rest stays
+cheap). :meth:`UsageSampler.snapshot` rounds the values (0.01 core, 1 MiB): the
+LRM carries them in the ``lrm_status`` writes it makes anyway (docs/RUNTIME.md,
+"Measured load").
 """
 
 from __future__ import annotations
@@ -40,12 +40,7 @@ from fence.procfs import cgroup_procs
 MIB = 1024 * 1024
 SAMPLE_INTERVAL = 2.0  # s between two samples
 SMOOTHING = 4.0  # s: the EWMA's time constant
-MIN_GAP = 0.5  # s: a forced sample closer than this to the last one is not taken (noisy delta)
-# a change is significant (worth a write of its own) when it is at least this large
-CPU_STEP = 0.1  # cores
-CPU_REL = 0.2
-MEM_STEP = 32 * MIB
-MEM_REL = 0.1
+MIN_GAP = 0.25  # s: a forced sample closer than this to the last one is not taken (noisy delta)
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -173,109 +168,98 @@ class UsageSampler:
         self._proc_stat = proc_stat
         self._meminfo = meminfo
         self._last: float | None = None
-        self._node: _Rate | None = None
+        self._host: _Rate | None = None  # the host's CPU (no node cgroup)
+        self._node_cpu: float | None = None
         self._node_mem = 0.0
-        self._services: dict[str, tuple[_Rate, float]] = {}  # sid -> (cpu rate, memory)
+        self._children: dict[str, tuple[_Rate, float]] = {}  # cgroup name -> (cpu rate, memory)
         self.samples = 0  # how many were taken (tests, benchmarks)
 
     def due(self) -> bool:
-        return self._last is None or self.clock() - self._last >= self.interval
+        return self._last is None or self.clock() - self._last >= self._interval(False)
+
+    def _interval(self, force: bool) -> float:
+        # until the node has a rate, the next sample is due as soon as it means something
+        return MIN_GAP if force or self._node_cpu is None else self.interval
 
     def sample(self, force: bool = False) -> bool:
-        """Take a sample when one is due (``force``: unless the last is under ``MIN_GAP`` old)."""
+        """Take a sample when one is due (``force``, or no rate yet: unless the last is under
+        ``MIN_GAP`` old)."""
         now = self.clock()
-        if self._last is not None and now - self._last < (MIN_GAP if force else self.interval):
+        if self._last is not None and now - self._last < self._interval(force):
             return False
+        first = self._last is None
         self._last = now
         self.samples += 1
         cg = self.node_cgroup
         if cg is not None and (cg / "cpu.stat").exists():
-            self._sample_cgroups(cg, now)
+            self._sample_cgroups(cg, now, first)
         else:
-            self._services.clear()
-            self._update_node(host_cpu_usec(self._proc_stat), host_memory(self._meminfo), now)
+            self._children.clear()
+            self._sample_host(now)
         return True
 
-    def _update_node(self, usec: int | None, mem: int | None, now: float) -> None:
+    def _sample_host(self, now: float) -> None:
+        usec = host_cpu_usec(self._proc_stat)
         if usec is None:
-            self._node = None
-        elif self._node is None:
-            self._node = _Rate(usec, now)
+            self._host = None
+        elif self._host is None:
+            self._host = _Rate(usec, now)
         else:
-            self._node.update(usec, now, self.smoothing)
-        self._node_mem = float(mem or 0)
+            self._host.update(usec, now, self.smoothing)
+        self._node_cpu = None if self._host is None else self._host.value
+        self._node_mem = float(host_memory(self._meminfo) or 0)
 
-    def _sample_cgroups(self, cg: Path, now: float) -> None:
+    def _sample_cgroups(self, cg: Path, now: float, first: bool) -> None:
+        """Every cgroup of the node: its services, ha-node's ``_daemon``, anything else in it.
+
+        The node's CPU is the sum of its cgroups' rates, so the load of a service
+        that left is gone from it at once (the node cgroup's own smoothed counter
+        would keep it for a while).
+        """
         seen: dict[str, tuple[_Rate, float]] = {}
-        children_mem = 0
         try:
             entries = [e for e in os.scandir(cg) if e.is_dir(follow_symlinks=False)]
         except OSError:
             entries = []
         for entry in entries:
             path = Path(entry.path)
-            mem = read_memory(path) or 0
-            children_mem += mem
-            sid = service_id(entry.name)
-            usec = read_cpu_usec(path) if sid is not None else None
-            if sid is None or usec is None:
+            usec = read_cpu_usec(path)
+            if usec is None:
                 continue
-            old = self._services.get(sid)
+            mem = float(read_memory(path) or 0)
+            old = self._children.get(entry.name)
             if old is None:
-                rate = _Rate(usec, now)
+                seen[entry.name] = (_Rate(usec, now), mem)
             else:
-                rate = old[0]
-                rate.update(usec, now, self.smoothing)
-            seen[sid] = (rate, float(mem))
-        self._services = seen  # a service whose cgroup is gone is forgotten at once
-        node_mem: int | None
+                old[0].update(usec, now, self.smoothing)
+                seen[entry.name] = (old[0], mem)
+        self._children = seen  # a cgroup that is gone is forgotten at once
         try:
             with open(cg / "memory.current", encoding="ascii") as f:
-                node_mem = int(f.read())
+                self._node_mem = float(int(f.read()))
         except (OSError, ValueError):
-            node_mem = children_mem
-        self._update_node(read_cpu_usec(cg), node_mem, now)
+            self._node_mem = sum(mem for _, mem in seen.values())
+        self._node_cpu = None if first else sum(r.value or 0.0 for r, _ in seen.values())
 
     def snapshot(self) -> Usage | None:
         """The rounded smoothed values; None until the node's CPU has two readings.
 
-        A service appears once its own CPU has two readings and something runs in
-        it (memory in use or CPU time spent).
+        A service appears once its CPU has a rate (two readings) and something runs
+        in it (memory in use or CPU time spent).
         """
-        if self._node is None or self._node.value is None:
+        if self._node_cpu is None:
             return None
         services = {}
-        for sid, (rate, mem) in sorted(self._services.items()):
-            if rate.value is None:
+        for name, (rate, mem) in sorted(self._children.items()):
+            sid = service_id(name)
+            if sid is None or rate.value is None:
                 continue
             cpu = round(rate.value, 2)
             if mem <= 0 and cpu <= 0:
                 continue  # an empty cgroup (a service stopping, an action's leftover)
             services[sid] = (cpu, _round_mem(mem))
-        return Usage(round(self._node.value, 2), _round_mem(self._node_mem), services)
+        return Usage(round(self._node_cpu, 2), _round_mem(self._node_mem), services)
 
 
 def _round_mem(mem: float) -> float:
     return float(round(mem / MIB) * MIB)
-
-
-def _changed(old: float, new: float, step: float, rel: float) -> bool:
-    return abs(new - old) >= max(step, rel * max(old, new))
-
-
-def significant(old: Usage | None, new: Usage | None) -> bool:
-    """Does ``new`` differ enough from ``old`` (what was last written) to be written on its own?
-
-    Yes when one of them is missing, a service appeared or left, or a CPU value
-    moved by ``CPU_STEP`` cores and ``CPU_REL`` of itself, or a memory value by
-    ``MEM_STEP`` and ``MEM_REL``. Smaller changes ride along with the next write.
-    """
-    if old is None or new is None:
-        return old is not new
-    if old.services.keys() != new.services.keys():
-        return True
-    pairs = [((old.cpu, old.mem), (new.cpu, new.mem))]
-    pairs += [(old.services[sid], new.services[sid]) for sid in new.services]
-    return any(
-        _changed(o[0], n[0], CPU_STEP, CPU_REL) or _changed(o[1], n[1], MEM_STEP, MEM_REL) for o, n in pairs
-    )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import actors.env as live_env
-from admin.resources import add_resource
+from admin.resources import add_resource, set_resource
 from agents.usage import MIB, UsageSampler
 from ha.crs.stats import NodeStats, ServiceStats
 from ha.crs.usage import LoadUsage
@@ -89,12 +89,13 @@ def test_malformed_service_entries_are_left_out() -> None:
 # -- the LRM side: usage rides along, a significant change is written -------------------------------------
 
 
-def test_the_lrm_writes_usage_only_when_it_changed_significantly(
+def test_usage_rides_along_with_the_writes_the_lrm_makes_anyway(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = CountingStore(tmp_path / "store")
     node_cg = tmp_path / "cg" / "n1"
-    set_cpu(node_cg, 0, GIB)
+    set_cpu(node_cg, 0, GIB)  # memory.current: the node's memory
+    set_cpu(node_cg / "_daemon", 0, 0)
     set_cpu(node_cg / "web", 0, 100 * MIB)
     clock = Clock()
     sampler = UsageSampler(node_cg, interval=2.0, smoothing=4.0, clock=clock)
@@ -109,38 +110,37 @@ def test_the_lrm_writes_usage_only_when_it_changed_significantly(
     def tick(seconds: float, node_usec: int, web_usec: int) -> None:
         clock.now += seconds
         mono[0] += seconds
-        set_cpu(node_cg, node_usec, GIB)
+        set_cpu(node_cg / "_daemon", node_usec - web_usec, 0)  # the node: the sum of its cgroups
         set_cpu(node_cg / "web", web_usec, 100 * MIB)
         env.write_lrm_status(status)
 
     env.write_lrm_status(status)  # the first write: no rate yet
     assert store.writes == [name] and rec.read_lrm_status_and_usage(store, "n1")[1] is None
-    tick(2.0, 2_000_000, 1_000_000)  # the first rate: significant (none before)
+    tick(0.1, 0, 0)  # under MIN_GAP: no sample, no write
+    assert store.writes == [name] and sampler.samples == 1
+    tick(0.5, 500_000, 250_000)  # the node's first measurement: written at once, once
     assert store.writes == [name] * 2
     assert rec.read_lrm_status_and_usage(store, "n1")[1] == rec.NodeUsage(
-        1.0, GIB, {"proc:web": (0.5, 100 * MIB)}
+        0.83, GIB, {"proc:web": (0.42, 100 * MIB)}
     )
-    for i in range(3):  # the same load, sampled again: nothing to write
-        tick(2.0, 2_000_000 * (i + 2), 1_000_000 * (i + 2))
-    tick(0.5, 2_000_000 * 4 + 500_000, 1_000_000 * 4 + 250_000)  # not even sampled
-    assert store.writes == [name] * 2
-    # the service doubles its load: written at the next sample
-    tick(1.5, 2_000_000 * 5 + 500_000, 1_000_000 * 5 + 2_000_000)
-    assert store.writes == [name] * 3
-    written = rec.read_lrm_status_and_usage(store, "n1")[1]
-    assert written is not None and written.services["proc:web"][0] > 0.6
-    # a change of the status itself is written at once, with a fresh sample
-    mono[0] += 0.6
-    clock.now += 0.6
+    # the load changes, sampled every 2 s, but nothing else changed: no write of its own
+    for i in range(1, 5):
+        tick(2.0, 500_000 + 4_000_000 * i, 250_000 + 3_000_000 * i)
+    assert store.writes == [name] * 2 and sampler.samples == 6
+    # the status changes: written at once, with a fresh sample
+    mono[0] += 0.5
+    clock.now += 0.5
     status = LrmStatus("active", "active", 2.0, {"u1": LrmResult("proc:web", "started", 0)})
-    samples = sampler.samples
     env.write_lrm_status(status)
-    assert store.writes == [name] * 4 and sampler.samples == samples + 1
-    # the refresh after STATUS_REFRESH carries the latest small changes
-    mono[0] += live_env.STATUS_REFRESH
-    clock.now += live_env.STATUS_REFRESH
-    env.write_lrm_status(status)
-    assert store.writes == [name] * 5
+    assert store.writes == [name] * 3 and sampler.samples == 7
+    written = rec.read_lrm_status_and_usage(store, "n1")[1]
+    assert written is not None and written.services["proc:web"][0] > 1.0 and written.cpu > 1.4
+    # the refresh after STATUS_REFRESH carries the latest values
+    for _ in range(int(live_env.STATUS_REFRESH // 2)):
+        tick(2.0, 500_000 + 4_000_000 * 4, 250_000 + 3_000_000 * 4)  # idle now
+    assert store.writes == [name] * 4
+    written = rec.read_lrm_status_and_usage(store, "n1")[1]
+    assert written is not None and written.services["proc:web"][0] < 0.5
 
 
 def test_a_node_without_a_sampler_writes_no_usage(tmp_path: Path) -> None:
@@ -194,6 +194,64 @@ def test_node_stats_count_each_service_where_it_is_located(tmp_path: Path) -> No
     env.read_lrm_status("n3")
     assert env.get_service_stats("dynamic")["proc:b"] == ServiceStats(1, 0, 0.8, 300 * MIB)
     assert env.get_node_stats("dynamic")["n3"] == NodeStats(2, 8 * GIB, pytest.approx(0.9), GIB)
+
+
+def test_a_moved_service_keeps_its_last_measurement_until_its_new_node_measured_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = DirStore(tmp_path)
+    add_resource(store, "proc:a", {"node": "n1", "cmd": "sleep 9"}, envstubs.NODES)
+    add_resource(store, "proc:b", {"node": "n1", "cmd": "sleep 9"}, envstubs.NODES)
+    for n in envstubs.NODES:
+        rec.write_capacity(store, n, 2, 8 * GIB)
+    env = envstubs.live_env(store)
+
+    def round_() -> dict[str, NodeStats]:
+        for n in envstubs.NODES:
+            env.read_lrm_status(n)
+        return env.get_node_stats("dynamic")
+
+    both = {"proc:a": (0.5, 100 * MIB), "proc:b": (0.5, 100 * MIB)}
+    report(store, "n1", rec.NodeUsage(1.1, 300 * MIB, both))
+    report(store, "n2", rec.NodeUsage(0.1, 100 * MIB, {}))
+    report(store, "n3", rec.NodeUsage(0.1, 100 * MIB, {}))
+    assert round_()["n1"].cpu == pytest.approx(1.1)
+    # proc:a moved to n2: n1 already wrote without it, n2 has not measured it yet
+    rec.write_location(store, "proc:a", "n2")
+    report(store, "n1", rec.NodeUsage(0.6, 200 * MIB, {"proc:b": (0.5, 100 * MIB)}))
+    nodes = round_()
+    assert nodes["n1"].cpu == pytest.approx(0.6)
+    assert nodes["n2"] == NodeStats(2, 8 * GIB, pytest.approx(0.6), pytest.approx(200 * MIB))
+    assert env.get_service_stats("dynamic")["proc:a"] == ServiceStats(0, 0, 0.5, 100 * MIB)
+    # not for ever: USAGE_MAX_AGE later it no longer counts (n2 still has not measured it)
+    later = time.time() + live_env.USAGE_MAX_AGE + 1
+    for n in envstubs.NODES:
+        report(
+            store,
+            n,
+            rec.read_lrm_status_and_usage(store, n)[1] or rec.NodeUsage(0, 0),
+            age=-(later - time.time()),
+        )
+    monkeypatch.setattr(live_env.time, "time", lambda: later)
+    assert round_()["n2"].cpu == pytest.approx(0.1)
+    assert env.get_service_stats("dynamic")["proc:a"] == ServiceStats(0, 0, 0.0, 0.0)
+
+
+def test_a_service_requested_stopped_keeps_no_last_measurement(tmp_path: Path) -> None:
+    store = DirStore(tmp_path)
+    add_resource(store, "proc:a", {"node": "n1", "cmd": "sleep 9"}, envstubs.NODES)
+    for n in envstubs.NODES:
+        rec.write_capacity(store, n, 2, 8 * GIB)
+        report(store, n, rec.NodeUsage(0.1, 100 * MIB, {}))
+    report(store, "n1", rec.NodeUsage(0.6, 200 * MIB, {"proc:a": (0.5, 100 * MIB)}))
+    env = envstubs.live_env(store)
+    for n in envstubs.NODES:
+        env.read_lrm_status(n)
+    assert env.get_node_stats("dynamic")["n1"].cpu == pytest.approx(0.6)
+    set_resource(store, "proc:a", {"state": "stopped"}, [])
+    report(store, "n1", rec.NodeUsage(0.1, 100 * MIB, {}))  # it stopped: its cgroup is gone
+    env.read_lrm_status("n1")
+    assert env.get_node_stats("dynamic")["n1"].cpu == pytest.approx(0.1)
 
 
 def test_measured_stats_drive_a_balancing_migration(tmp_path: Path) -> None:

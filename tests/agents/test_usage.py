@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agents import usage as u
-from agents.usage import MIB, Usage, UsageSampler, significant
+from agents.usage import MIB, Usage, UsageSampler
 from tests.agents.helpers import wait_until
 
 
@@ -95,43 +95,66 @@ def test_a_busy_service_is_measured_in_its_own_cgroup(cgroup_base: Path) -> None
 def test_rates_are_smoothed_and_a_new_service_starts_at_its_first_rate(tmp_path: Path) -> None:
     node = tmp_path / "node1"
     clock = Clock()
-    fake_cgroup(node, 0, 100 * MIB)
+    fake_cgroup(node, 0)
+    fake_cgroup(node / "_daemon", 0, 60 * MIB)
     fake_cgroup(node / "web", 0, 40 * MIB)
     sampler = UsageSampler(node, interval=2.0, smoothing=4.0, clock=clock)
     assert sampler.sample() and sampler.snapshot() is None
     clock.now += 2.0
-    fake_cgroup(node, 2_000_000, 100 * MIB)  # 1 core over 2 s
+    fake_cgroup(node / "_daemon", 1_000_000, 60 * MIB)  # half a core over 2 s
     fake_cgroup(node / "web", 1_000_000, 40 * MIB)  # half a core
     assert sampler.sample()
+    # the node: the sum of its cgroups (ha-node's included), memory too (no memory.current)
     assert sampler.snapshot() == Usage(1.0, 100 * MIB, {"proc:web": (0.5, 40 * MIB)})
     clock.now += 2.0
-    fake_cgroup(node, 2_000_000 + 6_000_000, 100 * MIB)  # now 3 cores
+    fake_cgroup(node / "_daemon", 1_000_000 + 5_000_000, 60 * MIB)  # now 2.5 cores
     fake_cgroup(node / "web", 1_000_000, 40 * MIB)  # idle now
     fake_cgroup(node / "db", 0, 10 * MIB)  # new: no rate yet
     assert sampler.sample()
     alpha = 1.0 - math.exp(-2.0 / 4.0)
     snap = sampler.snapshot()
     assert snap is not None
-    assert snap.cpu == round(1.0 + alpha * (3.0 - 1.0), 2)
+    assert snap.cpu == round(0.5 + alpha * 2.0 + 0.5 - alpha * 0.5, 2)
     assert snap.services == {"proc:web": (round(0.5 - alpha * 0.5, 2), 40 * MIB)}
     clock.now += 2.0
     fake_cgroup(node / "db", 500_000, 10 * MIB)  # a quarter core, taken as it is
     assert sampler.sample()
     snap = sampler.snapshot()
     assert snap is not None and snap.services["proc:db"] == (0.25, 10 * MIB)
+    # web leaves: gone from the services and from the node's CPU at once
+    for f in (node / "web").iterdir():
+        f.unlink()
+    (node / "web").rmdir()
+    clock.now += 2.0
+    assert sampler.sample()
+    snap = sampler.snapshot()
+    assert snap is not None and set(snap.services) == {"proc:db"}
+    # both left idle since: ha-node's and db's rates decay, web's counts no more
+    assert snap.cpu == round((0.5 + alpha * 2.0) * (1 - alpha) ** 2 + 0.25 * (1 - alpha), 2)
+    (node / "memory.current").write_text(f"{300 * MIB}\n")  # with the memory controller: the node's own
+    clock.now += 2.0
+    assert sampler.sample()
+    snap = sampler.snapshot()
+    assert snap is not None and snap.mem == 300 * MIB
 
 
 def test_samples_are_paced_and_a_forced_one_keeps_a_minimum_gap(tmp_path: Path) -> None:
     clock = Clock()
     sampler = UsageSampler(fake_cgroup(tmp_path / "n", 0, 0), interval=5.0, clock=clock)
     assert sampler.due() and sampler.sample()
-    clock.now += 0.2
+    clock.now += 0.1
     assert not sampler.due() and not sampler.sample() and not sampler.sample(force=True)
+    # no rate yet: the second sample is due after MIN_GAP already
     clock.now += u.MIN_GAP
-    assert not sampler.sample() and sampler.sample(force=True)
+    assert sampler.due() and sampler.sample() and sampler.snapshot() is not None
+    # then every interval, or forced after MIN_GAP
+    clock.now += 0.1
+    assert not sampler.sample(force=True)
+    clock.now += u.MIN_GAP
+    assert not sampler.due() and not sampler.sample() and sampler.sample(force=True)
     clock.now += 5.0
     assert sampler.due() and sampler.sample()
-    assert sampler.samples == 3
+    assert sampler.samples == 4
 
 
 def test_memory_falls_back_to_the_resident_set_of_the_cgroups_processes(tmp_path: Path) -> None:
@@ -170,17 +193,3 @@ def test_service_ids_of_cgroup_names() -> None:
     assert u.service_id("ocf:db") == "ocf:db"
     assert u.service_id("_daemon") is None
     assert u.service_id(".hidden") is None
-
-
-def test_only_a_significant_change_is_worth_a_write_of_its_own() -> None:
-    base = Usage(1.0, 1024 * MIB, {"proc:a": (0.5, 100 * MIB)})
-    assert not significant(None, None)
-    assert significant(None, base) and significant(base, None)
-    assert not significant(base, base)
-    # noise: a few hundredths of a core, a few MiB
-    assert not significant(base, Usage(1.05, 1030 * MIB, {"proc:a": (0.46, 104 * MIB)}))
-    assert significant(base, Usage(1.3, 1024 * MIB, {"proc:a": (0.5, 100 * MIB)}))  # node CPU
-    assert significant(base, Usage(1.0, 1024 * MIB, {"proc:a": (0.7, 100 * MIB)}))  # service CPU
-    assert significant(base, Usage(1.0, 1024 * MIB, {"proc:a": (0.5, 150 * MIB)}))  # service memory
-    assert significant(base, Usage(1.0, 1024 * MIB, {}))  # a service left
-    assert significant(base, Usage(1.0, 1024 * MIB, {"proc:a": (0.5, 100 * MIB), "proc:b": (0, MIB)}))
