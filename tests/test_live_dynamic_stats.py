@@ -1,8 +1,9 @@
 """The ``dynamic`` scheduler's stats on live nodes (issue #14): measured usage in lrm_status.
 
-The LRM's Env carries what its node's sampler measured in ``lrm_status`` (no write
-of its own unless the change is significant); the master's Env turns the nodes'
-reports into ``NodeStats``/``ServiceStats`` (actors/env.py ``_measured``).
+The LRM's Env carries what its node's sampler measured in the ``lrm_status`` writes
+it makes anyway (a write of its own only for the node's first measurement); the
+master's Env turns the nodes' reports into ``NodeStats``/``ServiceStats``
+(actors/env.py ``_measured``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def test_malformed_service_entries_are_left_out() -> None:
     assert got == rec.NodeUsage(1.0, 2.0, {"a": (1.0, 2.0)})
 
 
-# -- the LRM side: usage rides along, a significant change is written -------------------------------------
+# -- the LRM side: usage rides along with the writes it makes anyway ----------------------------------------
 
 
 def test_usage_rides_along_with_the_writes_the_lrm_makes_anyway(
