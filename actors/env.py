@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from loguru import logger
 
 from admin.placement import place_unplaced
+from agents.usage import Usage, UsageSampler
 from fence.clock import boottime
 from ha.config.datacenter import DatacenterConfig, parse_datacenter_cfg
 from ha.config.groups import GroupConfig, format_groups_cfg, parse_groups_cfg
@@ -36,10 +37,11 @@ from ha.config.inforce import InForce, Reading
 from ha.config.resources import ResourceConfig, ServiceConfig, format_resources_cfg, parse_resources_cfg
 from ha.config.rules import RulesConfig, format_rules_cfg, parse_rules_cfg
 from ha.config.sectionconfig import edit_config
-from ha.crs.stats import STATIC, GuestInfo, NodeStats, ServiceStats
+from ha.crs.stats import DYNAMIC, STATIC, GuestInfo, NodeStats, ServiceStats
 from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import ConfigError, HaError, LockLost
 from ha.records import LrmStatus, ManagerStatus
+from ha.states import RequestedState
 from store import records as rec
 from store.base import ABSENT, Record, Store, StoreError, VersionConflict
 
@@ -104,6 +106,9 @@ class NodeContext:
     watchdog_confirmed: Callable[[], bool] = lambda: True
     # the cluster's name (services see it as PYHA_CLUSTER)
     cluster: str = ""
+    # measures the node's and its services' CPU and memory (the ``dynamic`` scheduler's stats);
+    # only the LRM samples it, when it writes lrm_status
+    usage: UsageSampler | None = None
     _parse_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -117,6 +122,9 @@ _UNKNOWN = _Unknown()
 # refresh its timestamp: `ha-manager status` reads a timestamp older than 30 s as "dead?"
 # (ha/status.py). Every change is written at once (docs/RUNTIME.md, "At rest").
 STATUS_REFRESH = 10.0
+# The measured usage of an lrm_status older than this is not used (a node that stopped writing:
+# `ha-manager status` calls it "dead?" after 30 s too).
+USAGE_MAX_AGE = 30.0
 _STALE = _Unknown()  # changed by another writer: re-read (the content, not just the version) first
 
 
@@ -148,6 +156,11 @@ class LiveEnv:
         self._placement_checked: str | _Unknown | None = _UNKNOWN  # resources.cfg version placed
         # what this daemon last wrote (without its timestamp), when, and the version written
         self._lrm_written: tuple[dict[str, Any], float] | None = None
+        self._usage_written: Usage | None = None  # the measured usage the last write carried
+        # node -> (its measured usage, its lrm_status timestamp) as this daemon last read them
+        self._usage_seen: dict[str, tuple[rec.NodeUsage | None, float | None]] = {}
+        # sid -> (its last measured (cpu, mem), when): bridges a move until the new node measured it
+        self._last_measured: dict[str, tuple[tuple[float, float], float]] = {}
         self._ms_written: tuple[dict[str, Any], float, str] | None = None
         self._ms_parsed: tuple[str, ManagerStatus] | None = None  # the LRM's last read, by version
 
@@ -349,7 +362,8 @@ class LiveEnv:
             self.log("warning", f"applied crm commands not taken off the queue yet: {e}")
 
     def read_lrm_status(self, node: str) -> LrmStatus:
-        st = rec.read_lrm_status(self.ctx.store, node)
+        st, usage = rec.read_lrm_status_and_usage(self.ctx.store, node)
+        self._usage_seen[node] = (usage, st.timestamp)
         if st.mode is None and st.state is None:
             st.mode = "unknown"  # the real environment's answer for a missing file (§6.1)
         return st
@@ -359,14 +373,38 @@ class LiveEnv:
         # STATUS_REFRESH s to refresh its timestamp): after a failed write (outcome unknown
         # included) the next tick writes again, and the results it carries are announced
         # only after a write that succeeded.
+        # The measured usage (issue #14) rides along with these writes: it is never a reason
+        # to write, but for the node's first measurement (one write per LRM start), so that
+        # the master need not wait a refresh to use the dynamic scheduler. A sample is due
+        # every few seconds, or now when the status changed (agents/usage.py).
         content = _without_timestamp(status.to_dict())
         last = self._lrm_written
-        if last is not None and last[0] == content and time.monotonic() - last[1] < STATUS_REFRESH:
+        changed = last is None or last[0] != content
+        usage = self._sample_usage(force=changed)
+        first_usage = usage is not None and self._usage_written is None
+        if (
+            last is not None
+            and not changed
+            and time.monotonic() - last[1] < STATUS_REFRESH
+            and not first_usage
+        ):
             return
-        rec.write_lrm_status(self.ctx.store, self.ctx.node, status)
+        record = None if usage is None else rec.NodeUsage(usage.cpu, usage.mem, dict(usage.services))
+        rec.write_lrm_status(self.ctx.store, self.ctx.node, status, record)
         self._lrm_written = (content, time.monotonic())
+        self._usage_written = usage
         if self.ctx.on_lrm_status is not None:
             self.ctx.on_lrm_status(status)
+
+    def _sample_usage(self, force: bool) -> Usage | None:
+        sampler = self.ctx.usage
+        if sampler is None:
+            return None
+        try:
+            sampler.sample(force)
+        except OSError as e:  # the readers answer None for what they cannot read: unexpected
+            self.log("warning", f"could not measure the node's usage: {e}")
+        return sampler.snapshot()
 
     def read_crm_commands(self) -> str:
         """The queued commands; they leave the queue only once this round's manager_status is written.
@@ -573,31 +611,102 @@ class LiveEnv:
         assert isinstance(value, DatacenterConfig)
         return value
 
-    # Scheduler stats (issue #14): live nodes do not publish capacity or usage yet, so a
-    # ``static``/``dynamic`` mode falls back to ``basic`` with the reference's warning.
+    # Scheduler stats (issue #14, BEHAVIOUR.md §5.10; docs/RUNTIME.md "Measured load").
     def get_node_stats(self, mode: str) -> dict[str, NodeStats]:
-        """``static``: each node's capacity as its ha-node published it at start (``nodes/<n>/capacity``)."""
-        if mode != STATIC:
-            raise HaError(f"no {mode} node stats on live nodes yet (only static)")
+        """Each node's capacity as its ha-node published it at start (``nodes/<n>/capacity``),
+        with, for ``dynamic``, the CPU and memory in use (:meth:`_measured`).
+
+        A node missing here makes the scheduler fall back to ``basic`` when it is online.
+        """
+        if mode not in (STATIC, DYNAMIC):
+            raise HaError(f"no {mode} node stats on live nodes")
+        measured = self._measured()[0] if mode == DYNAMIC else {}
         out: dict[str, NodeStats] = {}
         for node in self.ctx.nodes:
             cap = rec.read_capacity(self.ctx.store, node)
-            if cap is not None:
+            if cap is None:
+                continue
+            if mode == STATIC:
                 out[node] = NodeStats(maxcpu=cap[0], maxmem=cap[1])
+            elif node in measured:
+                cpu, mem = measured[node]
+                out[node] = NodeStats(maxcpu=cap[0], maxmem=cap[1], cpu=cpu, mem=mem)
         if not out:
-            raise HaError("no node has published its capacity")
+            raise HaError(f"no node has published its capacity{' and usage' if mode == DYNAMIC else ''}")
         return out
 
     def get_service_stats(self, mode: str) -> dict[str, ServiceStats]:
-        """``static``: the resources' ``maxcpu`` (CPUs) and ``maxmem`` (MiB) properties, 0 when unset."""
-        if mode != STATIC:
+        """The resources' ``maxcpu`` (CPUs) and ``maxmem`` (MiB) properties, 0 when unset; for
+        ``dynamic`` also the measured ``cpu`` (cores) and ``mem`` (bytes), 0 when not measured."""
+        if mode not in (STATIC, DYNAMIC):
             return {}
-        return {
-            sid: ServiceStats(
-                maxcpu=float(cd.extra.get("maxcpu") or 0), maxmem=float(cd.extra.get("maxmem") or 0) * MIB
+        measured = self._measured()[1] if mode == DYNAMIC else {}
+        out = {}
+        for sid, cd in self.read_service_config().services.items():
+            cpu, mem = measured.get(sid, (0.0, 0.0))
+            out[sid] = ServiceStats(
+                maxcpu=float(cd.extra.get("maxcpu") or 0),
+                maxmem=float(cd.extra.get("maxmem") or 0) * MIB,
+                cpu=cpu,
+                mem=mem,
             )
-            for sid, cd in self.read_service_config().services.items()
-        }
+        return out
+
+    def _measured(self) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
+        """(node -> (cpu, mem), sid -> (cpu, mem)) from the nodes' recent lrm_status ``usage``.
+
+        A service's use is what the node it is located on (``locations/<sid>``) measured,
+        else what another node still reports (a move that node has not written since),
+        else, while it is requested ``started``, its last measurement of the past
+        ``USAGE_MAX_AGE`` seconds (moved, and not measured on its new node yet).
+        A node's use is what it measured besides its services (ha-node itself, actions in
+        flight) plus the use of every measured service located on it: the moment a service
+        is moved its load counts on its new node, as the simulator counts it (sim/stats.py),
+        so a rebalancing round never acts on a source node's use from before a move.
+        """
+        now = time.time()
+        reports: dict[str, rec.NodeUsage] = {}
+        for node in self.ctx.nodes:
+            seen = self._usage_seen.get(node)
+            if seen is None:
+                st, usage = rec.read_lrm_status_and_usage(self.ctx.store, node)
+                seen = self._usage_seen[node] = (usage, st.timestamp)
+            usage, ts = seen
+            if usage is not None and ts is not None and now - ts <= USAGE_MAX_AGE:
+                reports[node] = usage
+        conf = self.read_service_config().services
+        where = {sid: cd.node for sid, cd in conf.items()}
+        services: dict[str, tuple[float, float]] = {}
+        for sid, node in sorted(where.items()):
+            found = [
+                reports[n].services[sid]
+                for n in (node, *sorted(reports))
+                if sid in reports.get(n, _NONE).services
+            ]
+            if found:
+                services[sid] = found[0]
+                self._last_measured[sid] = (found[0], now)
+                continue
+            last = self._last_measured.get(sid)
+            if (
+                last is not None
+                and now - last[1] <= USAGE_MAX_AGE
+                and conf[sid].state == RequestedState.STARTED
+            ):
+                services[sid] = last[0]
+        for sid in [s for s in self._last_measured if s not in conf]:
+            del self._last_measured[sid]
+        nodes: dict[str, tuple[float, float]] = {}
+        for node, u in reports.items():
+            cpu = max(0.0, u.cpu - sum(c for c, _ in u.services.values()))
+            mem = max(0.0, u.mem - sum(m for _, m in u.services.values()))
+            nodes[node] = (cpu, mem)
+        for sid, (cpu, mem) in services.items():
+            node = where[sid]
+            if node in nodes:
+                ncpu, nmem = nodes[node]
+                nodes[node] = (ncpu + cpu, nmem + mem)
+        return nodes, services
 
     def get_guests(self) -> dict[str, GuestInfo]:
         return {}
@@ -833,6 +942,9 @@ class MovingPlugin:
 
     def remove_locks(self, env: object, sid: str, locks: list[str]) -> str | None:
         return self.agent.remove_locks(env, sid, locks)  # type: ignore[arg-type]
+
+
+_NONE = rec.NodeUsage(0.0, 0.0)
 
 
 def _without_timestamp(d: dict[str, Any]) -> dict[str, Any]:

@@ -68,6 +68,7 @@ from actors.watchdog import (
 from admin.cluster import SHUTDOWN_FILE, ClusterConfig
 from admin.private import exposed
 from agents import make_registry
+from agents.usage import UsageSampler
 from bus.codec import Envelope
 from bus.guard import raise_fd_limit
 from bus.keys import CurveKeys
@@ -259,6 +260,8 @@ class NodeRuntime:
         )
 
         agents = make_registry(c.state_dir, cgroup_base=c.cgroup_base)
+        usage = UsageSampler(node_cg[0] if node_cg else None)
+        usage.sample()  # the first reading: the LRM's first writes can carry a rate
         plugins: dict[str, ResourcePlugin] = {k: MovingPlugin(v) for k, v in agents.items()}
         self.ctx = NodeContext(
             node=self.node,
@@ -277,6 +280,7 @@ class NodeRuntime:
             holder=self.holder,
             fenced=self.fenced,
             watchdog_confirmed=lambda: driver.confirmed,
+            usage=usage,
         )
         timing = c.core_timing()
         # the API first: the master's status hook (_announce_commands) tells it every write

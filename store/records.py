@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ha.config.encoding import decode_config
@@ -68,14 +70,66 @@ def write_manager_status(store: Store, ms: ManagerStatus, expect_version: str | 
     return store.write(MANAGER_STATUS, encode_json(ms.to_dict()), expect_version)
 
 
+@dataclass(frozen=True, slots=True)
+class NodeUsage:
+    """The ``usage`` entry of ``lrm_status``: what the node's LRM measured (agents/usage.py).
+
+    ``cpu`` in cores, ``mem`` in bytes, for the node and per service (sid -> (cpu, mem)).
+    The ``dynamic`` scheduler's measured stats on live nodes (BEHAVIOUR.md §5.10; the
+    core's own reading of lrm_status ignores the entry).
+    """
+
+    cpu: float
+    mem: float
+    services: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cpu": round(self.cpu, 2),
+            "mem": int(self.mem),
+            "services": {sid: [round(c, 2), int(m)] for sid, (c, m) in sorted(self.services.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> NodeUsage | None:
+        """None when absent or malformed (a service entry that is malformed is left out)."""
+        if not isinstance(d, dict):
+            return None
+        cpu, mem = d.get("cpu"), d.get("mem")
+        if not _number(cpu) or not _number(mem):
+            return None
+        assert isinstance(cpu, int | float) and isinstance(mem, int | float)
+        services: dict[str, tuple[float, float]] = {}
+        raw = d.get("services")
+        for sid, v in (raw if isinstance(raw, dict) else {}).items():
+            if isinstance(v, list) and len(v) == 2 and _number(v[0]) and _number(v[1]):
+                services[str(sid)] = (float(v[0]), float(v[1]))
+        return cls(float(cpu), float(mem), services)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
 def read_lrm_status(store: Store, node: str) -> LrmStatus:
+    return read_lrm_status_and_usage(store, node)[0]
+
+
+def read_lrm_status_and_usage(store: Store, node: str) -> tuple[LrmStatus, NodeUsage | None]:
+    """The node's lrm_status and the usage its LRM measured (None when it carries none)."""
     name = lrm_status_name(node)
     rec = store.read(name)
-    return LrmStatus() if rec is None else LrmStatus.from_dict(decode_json(name, rec.data))
+    if rec is None:
+        return LrmStatus(), None
+    d = decode_json(name, rec.data)
+    return LrmStatus.from_dict(d), NodeUsage.from_dict(d.get("usage") if isinstance(d, dict) else None)
 
 
-def write_lrm_status(store: Store, node: str, status: LrmStatus) -> str:
-    return store.write(lrm_status_name(node), encode_json(status.to_dict()))
+def write_lrm_status(store: Store, node: str, status: LrmStatus, usage: NodeUsage | None = None) -> str:
+    d = status.to_dict()
+    if usage is not None:
+        d["usage"] = usage.to_dict()
+    return store.write(lrm_status_name(node), encode_json(d))
 
 
 def capacity_name(node: str) -> str:
