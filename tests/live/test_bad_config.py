@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from admin.timing import LeaseTiming
 from bench.livecluster import LiveCluster, wait_for
 from store import records as rec
 
@@ -22,13 +25,13 @@ def test_a_non_utf8_byte_in_resources_cfg_fences_nothing(cluster: LiveCluster) -
     assert record is not None
     good = record.data
     store.write(rec.RESOURCES_CFG, good + b"\n# caf\xe9\nproc: c\xff\n\tcmd sleep 1\n\tnode node3\n")
-    # several CRM rounds (the old code failed 5 in a row, then fenced) with the bad file in place
-    for _ in range(3):
-        rounds = cluster.manager_status().timestamp
-        wait_for(lambda r=rounds: cluster.manager_status().timestamp != r, 20, "a manager round")
-    assert {n: cluster.pid(n) for n in pids} == pids, "no ha-node restarted or fenced"
-    # the master reports it, the tools show it in one line
+    # the master reports it (so it read the bad file), then several CRM rounds with the bad file in
+    # place (the old code failed 5 rounds in a row, then fenced; a round is a lease renewal interval:
+    # manager_status itself is only rewritten on a change or every 10 s, so it cannot count them)
     wait_for(lambda: rec.RESOURCES_CFG in rec.read_config_errors(store), 20, "the master to record the error")
+    time.sleep(10 * LeaseTiming().renew_interval)  # the cluster's default timing
+    assert {n: cluster.pid(n) for n in pids} == pids, "no ha-node restarted or fenced"
+    # the tools show it in one line
     status = cluster.manager("status").stdout
     assert "config resources.cfg invalid since" in status and "not valid UTF-8" in status
     assert "Traceback" not in status
