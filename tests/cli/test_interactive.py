@@ -109,6 +109,7 @@ def test_watch_view_renders_tables_and_events(cluster: Cluster) -> None:
         )
         if first == 0:
             child.expect(rf"service {sid}: request_stop -> stopped \(node3\)", timeout=15)
+        child.sendintr()  # Ctrl-C ends the view (cleanly: exit 0); --duration is the upper bound
         child.expect(pexpect.EOF, timeout=30)
     finally:
         child.close(force=True)
