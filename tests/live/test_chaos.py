@@ -77,18 +77,21 @@ def check(result: dict[str, object], err: str, kinds: list[str], root: Path) -> 
 # The seeds are chosen so that the first round through the kinds (what --cover guarantees) holds
 # its faults long enough to matter: the watchdog and daemon faults outlast the lease (5 s), so the
 # cluster fences and recovers while the faulted node's services may still run.
+# The dir-store run takes the kinds no other chaos run has (about 10 s each); node_kill, daemon_stop,
+# watchdog_kill, partition and migrate are in the etcd run below, and on the dir store in their own
+# tests (tests/live/test_e2e.py, test_fencing.py). `python -m bench chaos` runs every kind for as
+# long as one likes (README, "Numbers": 30 minutes per store).
 DIR_KINDS = [
-    "node_kill", "daemon_kill", "daemon_stop", "watchdog_kill", "watchdog_stop", "both_kill",
-    "both_stop", "service_kill", "partition", "lrm_restart", "migrate", "config_corrupt",
+    "daemon_kill", "watchdog_stop", "both_kill", "both_stop", "service_kill", "lrm_restart", "config_corrupt",
 ]  # fmt: skip
 
 
-def test_chaos_dir_store_every_kind(tmp_path: Path) -> None:
-    """About 2 minutes, 3 nodes, dir store (namespaces for the partitions), every dir-store kind."""
+def test_chaos_dir_store_own_kinds(tmp_path: Path) -> None:
+    """About 1 minute, 3 nodes, dir store, the kinds of no other chaos run."""
     _need_tools()
     result, err = run_chaos(
         tmp_path / "chaos", 250,
-        "--minutes", "1.5", "--seed", "251", "--cover", "--settle", "40", "--kinds", ",".join(DIR_KINDS),
+        "--minutes", "1.0", "--seed", "251", "--cover", "--settle", "40", "--kinds", ",".join(DIR_KINDS),
     )  # fmt: skip
     check(result, err, DIR_KINDS, tmp_path)
     assert result["gaps"] == {"both_kill_gap_s": 0.5, "both_stop_gap_s": 2.0}
