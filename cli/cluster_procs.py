@@ -57,16 +57,30 @@ def start_node(c: ClusterConfig, node: str) -> int:
     return proc.pid
 
 
-def wait_started(c: ClusterConfig, node: str, timeout: float = 20.0) -> bool:
+START_TIMEOUT = 60.0  # seconds; a loaded host can take long to start Python: success ends the wait at once
+
+
+def wait_started(c: ClusterConfig, node: str, pid: int | None = None, timeout: float = START_TIMEOUT) -> bool:
+    """NODE wrote its pid file and its ha-watchdog listens; False at once if PID (ours) exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if node_pid(c, node) is not None and c.watchdog_socket(node).exists():
             return True
+        if pid is not None and _exited(pid):
+            return False
         time.sleep(0.05)
     return False
 
 
-def wait_quorate(c: ClusterConfig, node: str, since: float, timeout: float = 20.0) -> bool:
+def _exited(pid: int) -> bool:
+    """Our child PID has exited (and is reaped now)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:  # not our child, or reaped already
+        return not pid_alive(pid)
+
+
+def wait_quorate(c: ClusterConfig, node: str, since: float, timeout: float = START_TIMEOUT) -> bool:
     """Wait until NODE's LRM wrote its lrm_status after ``since`` (it does only while quorate, §1.4)."""
     store = c.open_store()
     try:

@@ -59,6 +59,7 @@ from cli.cluster_etcd import (
     wait_etcd_serving,
 )
 from cli.cluster_procs import (
+    START_TIMEOUT,
     check_nodes,
     dump_stacks,
     kill_tree,
@@ -236,10 +237,8 @@ def up(
         if problem is not None:
             fail(f"the store {c.store_url} does not answer: {problem} (see {c.root}/logs/*.etcd.log)")
     t0 = time.time()
-    for n in todo:
-        if node_pid(c, n) is None:
-            start_node(c, n)
-    bad = [n for n in todo if not wait_started(c, n)]
+    spawned = {n: start_node(c, n) for n in todo if node_pid(c, n) is None}
+    bad = [n for n in todo if not wait_started(c, n, spawned.get(n))]
     if bad:
         fail(f"did not come up: {', '.join(bad)} (see {c.root}/logs)")
     running = [n for n in c.nodes if node_pid(c, n) is not None]
@@ -247,7 +246,7 @@ def up(
         # usable = quorate: a node's LRM writes its lrm_status only while it is (§1.4)
         late = [n for n in todo if not wait_quorate(c, n, t0)]
         if late:
-            fail(f"up, but without quorum after 20 s: {', '.join(late)} (see {c.root}/logs)")
+            fail(f"up, but without quorum after {START_TIMEOUT:g} s: {', '.join(late)} (see {c.root}/logs)")
         click.echo(f"up: {' '.join(todo)} (quorate)")
     else:
         click.echo(f"up: {' '.join(todo)} (no quorum yet: {len(running)} of {len(c.nodes)} nodes running)")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bench.livecluster import LiveCluster
+from cli.cluster_procs import START_TIMEOUT
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,3 +73,20 @@ def test_ha_node_refuses_to_start_when_the_cluster_directory_is_exposed(cluster:
         f" chmod go-rwx {cluster.dir}"
     )
     os.chmod(cluster.dir, 0o700)
+
+
+def test_up_reports_a_node_that_exits_at_start_at_once(cluster: LiveCluster) -> None:
+    """`ha-cluster up` waits up to START_TIMEOUT (60 s) for a slow start on a loaded host, but a
+    node process that has already exited is reported at once."""
+    os.chmod(cluster.dir, 0o755)  # every ha-node refuses to start (see above)
+    try:
+        t0 = time.monotonic()
+        res = subprocess.run(
+            [sys.executable, "-m", "cli.ha_cluster", "up", str(cluster.dir)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        took = time.monotonic() - t0
+    finally:
+        os.chmod(cluster.dir, 0o700)
+    assert res.returncode == 1 and "did not come up: node1, node2, node3" in res.stderr, res.stderr
+    assert took < START_TIMEOUT / 2, f"took {took:.1f}s"
