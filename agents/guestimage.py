@@ -7,11 +7,12 @@ with its modules in ``/lib/modules/<ver>``) and a small initramfs built here:
 host), an ``/init`` script and any extra files. Nothing is downloaded.
 
 Built images are cached per kernel version under ``$PYHA_GUEST_CACHE``
-(default ``<tmp>/pyha-guest``), keyed by a hash of their recipe; writes go
-through a temporary file and a rename, so several nodes of one host may build
-the same image at once. Decompressing the kernel (xz on Debian) costs about
-3.5 s under TCG, so :func:`boot_kernel` extracts the uncompressed ``vmlinux``
-once when it carries a PVH entry note (QEMU then boots it directly).
+(default ``<tmp>/pyha-guest``), keyed by a hash of their recipe; each writer
+has its own temporary file, renamed over the image, so several nodes of one
+host (and several starts on one node) may build the same image at once.
+Decompressing the kernel (xz on Debian) costs about 3.5 s under TCG, so
+:func:`boot_kernel` extracts the uncompressed ``vmlinux`` once when it carries
+a PVH entry note (QEMU then boots it directly).
 
 Two users: ``agents/vm.py`` boots :func:`default_vm_guest` (its ``/init``
 answers the health check over a virtio-serial port and powers off on an ACPI
@@ -230,10 +231,25 @@ def boot_kernel(kver: str, cache_root: Path | None = None) -> Path:
     if elf is None or not _has_pvh_entry(elf):
         marker.write_text(str(bz.stat().st_mtime_ns))
         return bz
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(elf)
-    tmp.replace(out)
+    write_atomic(out, elf)
     return out
+
+
+def write_atomic(out: Path, data: bytes) -> None:
+    """``out`` appears whole or not at all, even with several writers (threads of one node, nodes of a host).
+
+    Each writer has its own temporary file (mkstemp) in the same folder, renamed over ``out``.
+    """
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def cache_root_dir(cache_root: Path | None) -> Path:
@@ -333,9 +349,7 @@ def build_image(
     for path, (data, mode) in sorted(extra.items()):
         cpio.file(path, data, mode)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(cpio.bytes())
-    tmp.replace(out)
+    write_atomic(out, cpio.bytes())
     return out
 
 
