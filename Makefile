@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests and the demo use: OCF resource agents (agents/ocf.py),
 # iproute2 for network-namespace partition tests, etcd for the multi-host store and openssl
 # for its certificates (store/etcd_tls.py; Debian priority "optional", so not always there);
-# QEMU, a kernel and a static busybox for the watchdog-device guest (tests/fence/guest.py).
+# QEMU, a kernel and a static busybox for the guests (agents/guestimage.py): vm: services
+# (agents/vm.py) and the watchdog-device test guest (tests/fence/guest.py).
 OCF_DUMMY := /usr/lib/ocf/resource.d/heartbeat/Dummy
 deps:
 	@test -x $(OCF_DUMMY) && command -v ip >/dev/null && command -v etcd >/dev/null \

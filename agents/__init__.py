@@ -14,9 +14,10 @@ from typing import Literal
 
 from agents.ocf import DEFAULT_OCF_ROOT, OcfPlugin
 from agents.proc import ProcPlugin
+from agents.vm import VmPlugin
 from ha.env import ResourcePlugin
 
-AGENT_TYPES: tuple[str, ...] = ("proc", "ocf")
+AGENT_TYPES: tuple[str, ...] = ("proc", "ocf", "vm")
 
 
 def make_registry(
@@ -29,7 +30,8 @@ def make_registry(
     return {
         "proc": ProcPlugin(state_dir, cgroup_base=cgroup_base),
         "ocf": OcfPlugin(state_dir, ocf_root=ocf_root, cgroup_base=cgroup_base),
+        "vm": VmPlugin(state_dir, cgroup_base=cgroup_base),
     }
 
 
-__all__ = ["AGENT_TYPES", "OcfPlugin", "ProcPlugin", "make_registry"]
+__all__ = ["AGENT_TYPES", "OcfPlugin", "ProcPlugin", "VmPlugin", "make_registry"]

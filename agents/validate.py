@@ -5,9 +5,10 @@ starts, and then the reason ends up in a node log while the service goes to
 ``error``. These are the same checks (the agents' own parsers), run before
 anything is written, so the user gets the agent's message at once.
 
-``cwd`` and an OCF ``agent`` are looked up on the node that takes the
-request: every node of a cluster is expected to have the same directories and
-agents (as the reference expects the same storage on every node).
+``cwd``, an OCF ``agent`` and a VM's ``kernel``/``initrd``/``disk`` are looked
+up on the node that takes the request: every node of a cluster is expected to
+have the same directories, agents and images (as the reference expects the
+same storage on every node).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from agents.ocf import DEFAULT_OCF_ROOT, OcfConfigError, parse_agent, parse_params
 from agents.proc import ProcConfigError, parse_env, parse_seconds, parse_tcp
+from agents.vm import VmConfigError, VmSpec, check_files, vm_uint
 
 
 def _proc(props: Mapping[str, str]) -> None:
@@ -53,6 +55,20 @@ def _ocf(props: Mapping[str, str], ocf_root: Path) -> None:
             raise OcfConfigError(str(e)) from None
 
 
+def _vm(props: Mapping[str, str]) -> None:
+    """Each property on its own (a ``set`` names only some; the agent checks the whole at start)."""
+    files = {k: props[k].strip() for k in ("kernel", "initrd", "disk") if props.get(k, "").strip()}
+    for key, path in files.items():
+        if not os.path.isabs(path):
+            raise VmConfigError(f"property '{key}': '{path}' is not an absolute path")
+    check_files(VmSpec(kernel=files.get("kernel"), initrd=files.get("initrd"), disk=files.get("disk")))
+    for key, (low, high) in (("memory", (16, 1 << 20)), ("cores", (1, 256))):
+        if key in props:
+            vm_uint(props, key, low, high)
+    if "stop_timeout" in props:
+        parse_seconds(props["stop_timeout"], "stop_timeout")
+
+
 def check_agent_properties(rtype: str, props: Mapping[str, str], *, ocf_root: Path | None = None) -> None:
     """Raise ``ValueError`` (the agent's message) when the agent of ``rtype`` would refuse ``props``.
 
@@ -63,3 +79,5 @@ def check_agent_properties(rtype: str, props: Mapping[str, str], *, ocf_root: Pa
         _proc(props)
     elif rtype == "ocf":
         _ocf(props, ocf_root or DEFAULT_OCF_ROOT)
+    elif rtype == "vm":
+        _vm(props)

@@ -138,7 +138,8 @@ def test_every_resource_option_travels_through_the_api(tmp_path: Path, prop: Pro
     opts["node"] = "node1"
     if prop.kind == Kind.GROUP:  # --group needs an existing legacy group
         ops.store.write("groups.cfg", f"group: {prop.example}\n\tnodes node1\n".encode())
-    sid = f"{stype}:web"
+    spec = RESOURCES.section_type(stype)
+    sid = f"{stype}:web" if spec is None or spec.id_pattern.match("web") else f"{stype}:100"  # vm: numbers
     ops.call("add", {"sid": sid, "options": opts})
     (res,) = ops.call("config", {"sid": sid})["resources"]
     expected = prop.parse(prop.example)

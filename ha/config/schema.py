@@ -387,7 +387,7 @@ _HOST_PORT = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):" + _PORT
 RESOURCES = ConfigSchema(
     "resources.cfg",
     (
-        SectionType("vm", _VMID, "a virtual machine (reference; simulator)", live_migration=True),
+        SectionType("vm", _VMID, "a QEMU virtual machine (agents/vm.py; simulator)", live_migration=True),
         SectionType("ct", _VMID, "a container (reference; simulator)"),
         SectionType("fa", re.compile(r"^[0-9]+$"), "the simulator's failing resource (§9.6)"),
         SectionType("proc", _NAME, "a supervised process (agents/proc.py)"),
@@ -419,8 +419,9 @@ RESOURCES = ConfigSchema(
              pattern=_HOST_PORT, pattern_help="HOST:PORT", example="127.0.0.1:8080"),
         Prop("check_cmd", Kind.STR, "Health check command (exit 0 = healthy).", types=("proc",),
              extra=True, example="true"),
-        Prop("stop_timeout", Kind.SECONDS, "Seconds between SIGTERM and SIGKILL.", types=("proc",),
-             extra=True, example="10"),
+        Prop("stop_timeout", Kind.SECONDS, "Seconds a stop waits before killing: proc, from SIGTERM "
+             "(default 10); vm, from the ACPI power-down request (default 45; 0 = hard stop).",
+             types=("proc", "vm"), extra=True, example="10"),
         Prop("cwd", Kind.STR, "Working directory (absolute).", types=("proc",), extra=True,
              pattern=r"/.*", pattern_help="an absolute path", example="/srv"),
         Prop("env", Kind.STR, "Environment: KEY=VALUE pairs separated by spaces.", types=("proc",),
@@ -432,6 +433,26 @@ RESOURCES = ConfigSchema(
              types=("ocf",), extra=True, example="state=/run/x"),
         Prop("monitor_timeout", Kind.SECONDS, "Seconds a monitor call may take.", types=("ocf",),
              extra=True, example="20"),
+        # vm (agents/vm.py): a QEMU guest; without kernel and disk, the project's default guest. The
+        # path examples are files every host has: `ha-manager add` checks that images exist (validate.py)
+        Prop("memory", Kind.STR, "Guest memory in MiB, 16..1048576 (default 256).", types=("vm",),
+             extra=True, pattern=r"[1-9][0-9]*", pattern_help="a positive integer", example="512"),
+        Prop("cores", Kind.STR, "Guest CPUs, 1..256 (default 1).", types=("vm",), extra=True,
+             pattern=r"[1-9][0-9]*", pattern_help="a positive integer", example="2"),
+        Prop("kernel", Kind.STR, "Kernel image to boot directly (default: the built-in guest's).",
+             types=("vm",), extra=True, pattern=r"/.*", pattern_help="an absolute path",
+             example="/etc/os-release"),
+        Prop("initrd", Kind.STR, "Initramfs of `kernel`.", types=("vm",), extra=True, pattern=r"/.*",
+             pattern_help="an absolute path", example="/etc/os-release"),
+        Prop("append", Kind.STR, "Kernel command line of `kernel` (default: serial console, quiet).",
+             types=("vm",), extra=True, example="console=ttyS0 root=/dev/vda"),
+        Prop("disk", Kind.STR, "Disk image (virtio; .qcow2 or raw); without `kernel` the guest boots "
+             "from it.", types=("vm",), extra=True, pattern=r"/.*", pattern_help="an absolute path",
+             example="/etc/os-release"),
+        Prop("health", Kind.ENUM, "Health check: `guest` (the guest answers on the virtio-serial port "
+             "org.pyha.health, as the built-in guest does) or `none` (QMP status only). Default: `guest` "
+             "for the built-in guest, else `none`.", types=("vm",), extra=True, choices=("guest", "none"),
+             example="none"),
     ),
 )
 

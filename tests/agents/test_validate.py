@@ -51,4 +51,4 @@ def test_ocf_agent_must_exist_and_params_parse(tmp_path: Path) -> None:
 
 
 def test_types_without_an_agent_here_pass() -> None:
-    check_agent_properties("vm", {"anything": "goes"})
+    check_agent_properties("ct", {"anything": "goes"})

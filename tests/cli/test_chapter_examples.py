@@ -11,9 +11,10 @@ its listing blocks and its ``.Configuration Example`` files. A 4-node cluster
 - running, every command line is run as written and must exit 0; the
   resulting configuration is the chapter's.
 
-What cannot work as in the reference: ``vm:``/``ct:`` are the simulator's
-guest types, there is no guest behind them on a live node, so these
-resources are configured (and placed) but never run (their start fails).
+What cannot work as in the reference: ``ct:`` is only the simulator's guest
+type, there is no container behind it on a live node, so it is configured
+(and placed) but never runs (its start fails); a ``vm:`` boots the built-in
+QEMU guest (agents/vm.py).
 ``ha-manager set vm:100 --state disabled`` needs a ``vm:100``, which the
 chapter assumes exists (a service in error); it is added first.
 ``ha-manager set SID -state REQUEST_STATE`` is a template: run with

@@ -1,8 +1,8 @@
 """A throw-away QEMU guest with a real (emulated) watchdog device, for tests.
 
 The guest runs the host's Debian kernel (``/boot/vmlinuz-<ver>``) with a tiny
-initramfs built here and cached per kernel version: ``busybox-static``, the
-kernel modules it needs (virtio-pci, 9p over virtio, the watchdog core, the
+initramfs built by ``agents/guestimage.py`` and cached per kernel version:
+``busybox-static``, the kernel modules it needs (virtio-pci, 9p over virtio, the watchdog core, the
 ``i6300esb`` and ``softdog`` drivers; dependencies from ``modules.dep``,
 compressed ``.ko.xz``/``.ko.zst``/``.ko.gz`` unpacked on the host) and an
 ``/init`` script. The host's root directory is shared read-only over 9p
@@ -33,30 +33,34 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gzip
-import hashlib
 import json
-import lzma
 import os
 import re
 import shlex
 import shutil
 import signal
 import socket
-import stat
-import struct
 import subprocess
 import tempfile
 import threading
 import time
-import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-QEMU = "qemu-system-x86_64"
-BUSYBOX = Path("/bin/busybox")  # Debian busybox-static
+from agents.guestimage import (
+    QEMU,
+    Cpio,
+    GuestError,
+    boot_kernel,
+    build_image,
+    check_host,
+    resolve_modules,
+)
+
+__all__ = ["QEMU", "Guest", "GuestError", "Line", "boot_kernel", "build_initramfs", "check_host"]
+
 # loaded at boot, in this order (dependencies first, from modules.dep)
 BASE_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 WATCHDOG_MODULES = ("watchdog", "i6300esb", "softdog")
@@ -92,269 +96,17 @@ sleep 10
 """
 
 
-class GuestError(Exception):
-    """The host cannot run the guest (missing QEMU, kernel, busybox, module...) or the guest misbehaved."""
-
-
-# --- host checks ----------------------------------------------------------------------------------------
-
-
-def kernel_version() -> str:
-    """The newest kernel with /boot/vmlinuz-<ver> and /lib/modules/<ver> (override: PYHA_GUEST_KERNEL)."""
-    forced = os.environ.get("PYHA_GUEST_KERNEL")
-    candidates = (
-        [forced] if forced else [p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*")]
-    )
-    usable = [
-        v for v in candidates if Path(f"/boot/vmlinuz-{v}").is_file() and Path(f"/lib/modules/{v}").is_dir()
-    ]
-    if not usable:
-        raise GuestError(
-            "no kernel with /boot/vmlinuz-<ver> and /lib/modules/<ver> (apt-get install linux-image-amd64)"
-        )
-    return max(usable, key=_version_key)
-
-
-def _version_key(v: str) -> list[tuple[int, str]]:
-    return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.\-+]", v)]
-
-
-def check_host() -> str:
-    """Raise GuestError unless QEMU, a kernel and busybox-static are there; return the kernel version."""
-    if shutil.which(QEMU) is None:
-        raise GuestError(f"{QEMU} not found (apt-get install qemu-system-x86)")
-    if not BUSYBOX.is_file():
-        raise GuestError(f"{BUSYBOX} not found (apt-get install busybox-static)")
-    if _elf_has_segment(BUSYBOX.read_bytes(), _PT_INTERP):
-        raise GuestError(f"{BUSYBOX} is dynamically linked (apt-get install busybox-static)")
-    return kernel_version()
-
-
-_PT_INTERP = 3
-_PT_NOTE = 4
-
-
-def _elf_segments(elf: bytes, p_type: int) -> list[tuple[int, int]]:
-    """(offset, size) of the program headers of type ``p_type`` of a 64-bit little-endian ELF image."""
-    if elf[:4] != b"\x7fELF" or elf[4] != 2:
-        return []
-    (phoff,) = struct.unpack_from("<Q", elf, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
-    out = []
-    for i in range(phnum):
-        typ, _, offset, _, _, filesz = struct.unpack_from("<IIQQQQ", elf, phoff + i * phentsize)
-        if typ == p_type:
-            out.append((offset, filesz))
-    return out
-
-
-def _elf_has_segment(elf: bytes, p_type: int) -> bool:
-    return bool(_elf_segments(elf, p_type))
-
-
-# --- modules -------------------------------------------------------------------------------------------
-
-
-def _modules_dep(kver: str) -> dict[str, tuple[str, list[str]]]:
-    """module name -> (relative path, dependency paths) from modules.dep."""
-    deps: dict[str, tuple[str, list[str]]] = {}
-    for line in Path(f"/lib/modules/{kver}/modules.dep").read_text().splitlines():
-        if ":" not in line:
-            continue
-        path, rest = line.split(":", 1)
-        deps[_mod_name(path)] = (path, rest.split())
-    return deps
-
-
-def _mod_name(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".xz", ".zst", ".gz"):
-        name = name.removesuffix(suffix)
-    return name.removesuffix(".ko").replace("-", "_")
-
-
-def _builtin(kver: str) -> set[str]:
-    f = Path(f"/lib/modules/{kver}/modules.builtin")
-    return {_mod_name(line) for line in f.read_text().split()} if f.exists() else set()
-
-
-def resolve_modules(kver: str, names: Iterable[str]) -> list[tuple[str, str]]:
-    """(name, relative path) of ``names`` and their dependencies, dependencies first; built-ins left out."""
-    deps = _modules_dep(kver)
-    builtin = _builtin(kver)
-    out: list[tuple[str, str]] = []
-    seen: set[str] = set()
-
-    def visit(name: str) -> None:
-        name = name.replace("-", "_")
-        if name in seen:
-            return
-        seen.add(name)
-        if name not in deps:
-            if name in builtin:
-                return
-            raise GuestError(f"kernel {kver} has no module {name} (neither in modules.dep nor built in)")
-        path, needs = deps[name]
-        for dep in needs:
-            visit(_mod_name(dep))
-        out.append((name, path))
-
-    for n in names:
-        visit(n)
-    return out
-
-
-def _module_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
-    if path.name.endswith(".xz"):
-        return lzma.decompress(data)
-    if path.name.endswith(".gz"):
-        return gzip.decompress(data)
-    if path.name.endswith(".zst"):
-        if shutil.which("zstd") is None:
-            raise GuestError(
-                f"{path} is zstd-compressed and the zstd command is missing (apt-get install zstd)"
-            )
-        return subprocess.run(["zstd", "-dc", str(path)], check=True, capture_output=True, timeout=60).stdout
-    return data
-
-
-# --- the kernel image ---------------------------------------------------------------------------------------
-
-_XEN_ELFNOTE_PHYS32_ENTRY = 18
-_PAYLOADS = ((b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\x1f\x8b\x08\x00", "gzip"))
-
-
-def _has_pvh_entry(elf: bytes) -> bool:
-    """True if the ELF image carries a XEN_ELFNOTE_PHYS32_ENTRY note (QEMU can boot it directly, PVH)."""
-    for p_offset, p_filesz in _elf_segments(elf, _PT_NOTE):
-        pos, end = p_offset, p_offset + p_filesz
-        while pos + 12 <= end:
-            namesz, descsz, ntype = struct.unpack_from("<III", elf, pos)
-            name = elf[pos + 12 : pos + 12 + namesz].rstrip(b"\0")
-            if name == b"Xen" and ntype == _XEN_ELFNOTE_PHYS32_ENTRY:
-                return True
-            pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
-    return False
-
-
-def _extract_vmlinux(bzimage: bytes) -> bytes | None:
-    for magic, kind in _PAYLOADS:
-        start = bzimage.find(magic)
-        while start >= 0:
-            with contextlib.suppress(Exception):
-                if kind == "xz":
-                    out = lzma.LZMADecompressor().decompress(bzimage[start:])
-                elif kind == "gzip":
-                    out = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(bzimage[start:])
-                elif shutil.which("zstd"):
-                    out = subprocess.run(
-                        ["zstd", "-dc"], input=bzimage[start:], capture_output=True, timeout=60, check=False
-                    ).stdout
-                else:
-                    out = b""
-                if out[:4] == b"\x7fELF":
-                    return out
-            start = bzimage.find(magic, start + 1)
-    return None
-
-
-def boot_kernel(kver: str, cache_root: Path | None = None) -> Path:
-    """The kernel image to boot: the uncompressed vmlinux when it supports PVH, else the bzImage.
-
-    Decompressing the kernel (xz on Debian) takes ~3.5 s under TCG; QEMU boots
-    an ELF vmlinux with a PVH entry note directly, so it is extracted once from
-    the bzImage and cached.
-    """
-    bz = Path(f"/boot/vmlinuz-{kver}")
-    out = _cache_root(cache_root) / kver / "vmlinux"
-    marker = out.with_suffix(".none")
-    if out.exists():
-        return out
-    if marker.exists() and marker.read_text() == str(bz.stat().st_mtime_ns):
-        return bz
-    elf = _extract_vmlinux(bz.read_bytes())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if elf is None or not _has_pvh_entry(elf):
-        marker.write_text(str(bz.stat().st_mtime_ns))
-        return bz
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(elf)
-    tmp.replace(out)
-    return out
-
-
-def _cache_root(cache_root: Path | None) -> Path:
-    return cache_root or Path(os.environ.get("PYHA_GUEST_CACHE", Path(tempfile.gettempdir()) / "pyha-guest"))
-
-
-# --- cpio (newc) -----------------------------------------------------------------------------------------
-
-
-class Cpio:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.ino = 1000
-        self.dirs: set[str] = set()
-
-    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
-        self.ino += 1
-        nameb = name.encode() + b"\0"
-        fields = [self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(nameb), 0]
-        head = b"070701" + b"".join(b"%08X" % f for f in fields)
-        self.parts.append(head + nameb + b"\0" * (-(len(head) + len(nameb)) % 4))
-        self.parts.append(data + b"\0" * (-len(data) % 4))
-
-    def dir(self, name: str) -> None:
-        parts = name.strip("/").split("/")
-        for i in range(1, len(parts) + 1):
-            d = "/".join(parts[:i])
-            if d not in self.dirs:
-                self.dirs.add(d)
-                self._entry(d, stat.S_IFDIR | 0o755)
-
-    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        name = name.strip("/")
-        if "/" in name:
-            self.dir(name.rsplit("/", 1)[0])
-        self._entry(name, stat.S_IFREG | mode, data)
-
-    def chardev(self, name: str, major: int, minor: int) -> None:
-        self._entry(name.strip("/"), stat.S_IFCHR | 0o600, rdev=(major, minor))
-
-    def bytes(self) -> bytes:
-        self._entry("TRAILER!!!", 0)
-        out = b"".join(self.parts)
-        return out + b"\0" * (-len(out) % 512)
-
-
 def build_initramfs(kver: str, cache_root: Path | None = None) -> Path:
     """The base initramfs for kernel ``kver``, built once and cached (keyed by kernel and recipe)."""
-    modules = resolve_modules(kver, (*BASE_MODULES, *WATCHDOG_MODULES))
-    boot = [name for name, _ in resolve_modules(kver, BASE_MODULES)]
-    recipe = json.dumps([kver, INIT, modules, boot, BUSYBOX.stat().st_mtime_ns]).encode()
-    key = hashlib.sha256(recipe).hexdigest()[:16]
-    out = _cache_root(cache_root) / kver / f"initramfs-{key}.cpio"
-    for stale in out.parent.glob("initramfs-*.cpio"):  # older recipes
-        if stale != out:
-            stale.unlink(missing_ok=True)
-    if out.exists():
-        return out
-    cpio = Cpio()
-    for d in ("bin", "dev", "proc", "sys", "mnt", "tmp", "run", "lib/modules", "job"):
-        cpio.dir(d)
-    cpio.chardev("dev/console", 5, 1)
-    cpio.chardev("dev/null", 1, 3)
-    cpio.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
-    cpio.file("init", INIT.encode(), 0o755)
-    for name, rel in modules:
-        cpio.file(f"lib/modules/{name}.ko", _module_bytes(Path(f"/lib/modules/{kver}") / rel))
-    cpio.file("modules.boot", ("\n".join(boot) + "\n").encode())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(cpio.bytes())
-    tmp.replace(out)
-    return out
+    return build_image(
+        kver,
+        name="initramfs",
+        init=INIT,
+        modules=(*BASE_MODULES, *WATCHDOG_MODULES),
+        boot_modules=BASE_MODULES,
+        dirs=("job",),
+        cache_root=cache_root,
+    )
 
 
 def job_archive(run_sh: str, files: Mapping[str, bytes | str], modules: Sequence[str]) -> bytes:
