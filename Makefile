@@ -35,8 +35,12 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy ha sim bench cli actors store agents fence admin
 
+# Two workers, a test file each at a time (module and package fixtures stay per worker): most
+# of the suite's time is live clusters waiting on leases and timeouts, not CPU. PYTEST_WORKERS=0
+# runs it in one process.
+PYTEST_WORKERS ?= 2
 pytest: venv deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 # The whole suite: lint, types, tests. CI runs exactly this (.ci/run).
 test: lint typecheck pytest
