@@ -41,6 +41,7 @@ import pykka
 from loguru import logger
 
 from fence.clock import boottime
+from fence.unixpath import reachable
 
 MIRROR_GRACE = 0.25  # s past the watchdog's own deadline before the guard concludes it failed to fire
 
@@ -79,7 +80,8 @@ class SocketDriver:
         while True:
             try:
                 self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(str(path))
+                with reachable(path) as name:  # any length (fence/unixpath.py)
+                    self.sock.connect(name)
                 break
             except OSError as e:
                 self.sock.close()

@@ -59,6 +59,7 @@ from fence.clock import boottime
 from fence.device import DeviceError, WatchdogDevice, device_problem
 from fence.hardening import harden
 from fence.kill import NodeKiller
+from fence.unixpath import reachable
 
 EXIT_FIRED = 3
 EXIT_USAGE = 1
@@ -165,7 +166,8 @@ class Watchdog:
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            srv.bind(str(path))
+            with reachable(path) as name:  # any length (fence/unixpath.py)
+                srv.bind(name)
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)

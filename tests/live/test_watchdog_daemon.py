@@ -304,3 +304,27 @@ def test_hardening_is_applied_and_reported(tmp_path: Path) -> None:
     assert ("oom_score_adj -1000" in err) == (oom == "-1000"), err
     assert ("SCHED_RR" in err) == (policy == os.SCHED_RR), err
     assert "oom_score_adj" in err and ("SCHED_RR" in err or "nice" in err), err
+
+
+def test_a_socket_path_longer_than_sun_path_works(tmp_path: Path) -> None:
+    """A deep cluster directory: run/<node>/watchdog.sock over 107 bytes (fence/unixpath.py).
+    It made every ha-watchdog fail with "AF_UNIX path too long", so no node of a cluster in a
+    deep directory could start (found under pytest-xdist's longer temporary paths)."""
+    from actors.watchdog import SocketDriver  # noqa: PLC0415
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert len(str(deep / "wd.sock")) > 107
+    proc, sock = start_watchdog(deep, "--exit-on-disarm", timeout=5)
+    lost: list[str] = []
+    try:
+        drv = SocketDriver(sock, lost.append, guard_timeout=1.0, watchdog_timeout=5.0)
+        drv.pet()
+        assert wait_for(lambda: drv.confirmed, 5), "ha-watchdog never confirmed the pet over the long path"
+        drv.disarm()
+        drv.close()
+        assert proc.wait(timeout=10) == 0 and lost == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
