@@ -39,6 +39,19 @@ class TransportConfig:
     max_connections_per_source: int = 256
     fd_reserve: int = 128
 
+    # ZMTP PINGs (libzmq's own heartbeats, bus.sockets): they only close
+    # connections that died half-open, so they need not come as often as the
+    # heartbeats above; each costs a PING and a PONG per connection.
+    @property
+    def dealer_ping_interval(self) -> float:
+        """How often our DEALER to a peer pings: a dead connection is closed within this + peer_timeout."""
+        return self.peer_timeout / 2
+
+    @property
+    def router_ping_interval(self) -> float:
+        """How often the ROUTER pings its inbound connections (a member's own DEALER pings it anyway)."""
+        return self.peer_timeout
+
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_interval < self.peer_timeout:
             raise ConfigError("need 0 < heartbeat_interval < peer_timeout")
