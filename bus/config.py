@@ -39,17 +39,14 @@ class TransportConfig:
     max_connections_per_source: int = 256
     fd_reserve: int = 128
 
-    # ZMTP PINGs (libzmq's own heartbeats, bus.sockets): they only close
-    # connections that died half-open, so they need not come as often as the
-    # heartbeats above; each costs a PING and a PONG per connection.
     @property
-    def dealer_ping_interval(self) -> float:
-        """How often our DEALER to a peer pings: a dead connection is closed within this + peer_timeout."""
-        return self.peer_timeout / 2
+    def zmtp_ping_interval(self) -> float:
+        """How often libzmq pings on each connection (bus.sockets): ``peer_timeout``.
 
-    @property
-    def router_ping_interval(self) -> float:
-        """How often the ROUTER pings its inbound connections (a member's own DEALER pings it anyway)."""
+        ZMTP PINGs only close connections that died half-open, so they need not
+        come as often as the heartbeats above; each costs a PING and a PONG, and
+        wake-ups, per connection (issue #17).
+        """
         return self.peer_timeout
 
     def __post_init__(self) -> None:
