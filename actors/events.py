@@ -248,6 +248,7 @@ class EventPublisher:
         waker = self._waker
         assert waker is not None
         next_keys = next_probe = next_quorum = next_hb = 0.0
+        last_read = -self.interval
         token: str | None = None
         ms: ManagerStatus | None = None
         lrm: dict[str, tuple[str | None, str | None]] = {}
@@ -282,9 +283,14 @@ class EventPublisher:
                         for ev in diff_events(ms, fed, lrm, lrm):
                             self._publish(pub, ev)
                         ms = fed
-                if store_written or soon >= next_probe:
+                if store_written and now < last_read + self.interval:
+                    # a busy store (a cluster starting) is read at most every `interval`, as
+                    # when this polled: the rest of the node (watchdog pets) needs the GIL
+                    next_probe = min(next_probe, last_read + self.interval)
+                elif store_written or soon >= next_probe:
                     if soon >= next_probe:  # a read for a write does not move the probe: in step
                         next_probe = now + probe_every
+                    last_read = now
                     token, ms, lrm = self._follow_store(pub, token, ms, lrm)
                 if soon >= next_quorum:
                     next_quorum = now + QUORUM_CHECK

@@ -143,6 +143,13 @@ def test_publisher_sleeps_at_rest_and_wakes_on_a_store_write(tmp_path: Path) -> 
         assert sub.poll(5000)
         ev = msgpack.unpackb(sub.recv_multipart()[1])
         assert (ev["type"], ev["node"], ev["state"], ev["mode"]) == ("lrm", "n1", "active", "active")
+        # a busy store (a cluster starting) is read at most every `interval`, as when it polled
+        before, t0 = CountingStore.looks, time.monotonic()
+        for i in range(300):
+            write_lrm_status(store, "n1", LrmStatus(state="active", mode="active", timestamp=4 + i))
+            time.sleep(0.002)
+        spent = time.monotonic() - t0
+        assert CountingStore.looks - before <= spent / 0.02 + 3, (CountingStore.looks - before, spent)
     finally:
         sub.close(linger=0)
         ctx.term()
