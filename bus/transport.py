@@ -415,7 +415,7 @@ class Transport:
             now = self._clock()
             if now >= next_hb:
                 liveness.send_heartbeats(self._links.values())
-                next_hb = now + self._next_heartbeat_in()
+                next_hb = now + liveness.next_heartbeat_in()
                 if self._ring is not None and now >= next_keys:  # checked at least once a heartbeat
                     next_keys = now + self._ring.tick(self.node)
             if now >= next_check:
@@ -449,21 +449,6 @@ class Transport:
                 self._count("io_error")
                 if self._rlog.allow(("io", type(exc).__name__)) is not None:
                     logger.opt(exception=exc).error("bus {}: unexpected I/O error", self.node)
-
-    def _next_heartbeat_in(self) -> float:
-        """Seconds to the next heartbeat: the next multiple of the interval in wall-clock time.
-
-        Every node sends at the same instants (to within their clocks'
-        agreement), so a node's peers' heartbeats arrive together and are read
-        in one or a few wake-ups of this thread instead of one each (issue #17).
-        SAFETY: never more than ``heartbeat_interval`` after the previous one,
-        whatever the wall clock does (a step only moves one send earlier), so a
-        peer hears us at least as often as before and peer-down detection
-        (``peer_timeout``) is unchanged.
-        """
-        interval = self.config.heartbeat_interval
-        left = interval - self._wall_clock() % interval
-        return left if 0 < left <= interval else interval
 
     def _service(
         self,

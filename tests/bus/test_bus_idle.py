@@ -12,7 +12,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from bus.messages import ApiReply, ApiRequest, Heartbeat
 from bus.transport import TransportConfig
-from tests.bus.conftest import FAST, Cluster, wait_until
+from tests.bus.conftest import Cluster, wait_until
 from tests.bus.test_bus_transport import client_socket
 
 MakeCluster = Callable[..., Cluster]
@@ -34,14 +34,15 @@ def test_heartbeats_go_out_on_the_wall_clock_grid(make_cluster: MakeCluster) -> 
     assert statistics.median(phases) < interval / 5, phases
     # SAFETY: never a longer gap than the interval (plus the loop's scheduling slack)
     gaps = [b - a for a, b in itertools.pairwise(sent)]
-    assert max(gaps) < interval + 0.05, gaps
+    assert max(gaps) < interval + 0.15, gaps  # slack for a loaded machine
 
 
 def test_a_client_that_never_pings_keeps_its_connection(make_cluster: MakeCluster) -> None:
     # The ROUTER pings rarely (every peer_timeout); the TTL in its PINGs must
     # outlast the gap between two of them, or a client that sends nothing would
     # be disconnected between two PINGs.
-    c = make_cluster(2, config=FAST)
+    cfg = TransportConfig(heartbeat_interval=0.1, peer_timeout=0.5)  # ROUTER pings every 0.5 s
+    c = make_cluster(2, config=cfg)
     c.start()
     a = c.nodes["a"]
     a.subscribe(lambda env: a.reply(env, ApiReply(env.body.request_id, True, {})), [ApiRequest])  # type: ignore[attr-defined]
@@ -50,7 +51,7 @@ def test_a_client_that_never_pings_keeps_its_connection(make_cluster: MakeCluste
         s = client_socket(ctx, c, "cli", "a", b"cli-1")
         mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         events: list[int] = []
-        deadline = time.monotonic() + 8 * FAST.peer_timeout
+        deadline = time.monotonic() + 6 * cfg.peer_timeout
         while time.monotonic() < deadline:
             if mon.poll(50):
                 events.append(recv_monitor_message(mon)["event"])
