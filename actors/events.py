@@ -283,11 +283,12 @@ class EventPublisher:
                         for ev in diff_events(ms, fed, lrm, lrm):
                             self._publish(pub, ev)
                         ms = fed
-                if store_written and now < last_read + self.interval:
+                read = store_written or soon >= next_probe
+                if read and now < last_read + self.interval:
                     # a busy store (a cluster starting) is read at most every `interval`, as
                     # when this polled: the rest of the node (watchdog pets) needs the GIL
-                    next_probe = min(next_probe, last_read + self.interval)
-                elif store_written or soon >= next_probe:
+                    next_probe = last_read + self.interval
+                elif read:
                     if soon >= next_probe:  # a read for a write does not move the probe: in step
                         next_probe = now + probe_every
                     last_read = now
