@@ -21,10 +21,12 @@ import zmq
 from loguru import logger
 from zmq.utils.monitor import recv_monitor_message
 
+from actors.notify import DirWatch
 from admin.cluster import ClusterConfig
 from admin.ops import API_VERSION
 from bus.config import TransportConfig
 from bus.guard import GUARD_EVENTS, InboundGuard
+from bus.handover import Waker
 from bus.keys import CurveKeys, KeyRing
 from bus.ratelog import RateLimitedLog
 from bus.zap import ZapHandler
@@ -32,11 +34,20 @@ from ha.errors import HaError
 from ha.records import ManagerStatus
 from store import records as rec
 from store.base import Store
+from store.dirstore import INTERNAL, DirStore
 
 # while fed by this node's master (StatusWritten), manager_status changes come from the feed only
 FEED_HOLD = 2.0
 # what a subscriber may send: subscriptions (a topic prefix) and its handshake, nothing larger
 MAX_SUBSCRIPTION_BYTES = 4096  # above the CURVE handshake commands (INITIATE carries metadata)
+# Issue #17, a node at rest: with a dir store the publisher sleeps on inotify (the store's
+# change journal) and reads the store when it was written, or at the latest every
+# STORE_PROBE s; it looks at this node's quorum every QUORUM_CHECK s. Every wake-up
+# costs about 0.1 ms of CPU on its own, so the timers run in step: each is re-armed
+# from the same clock reading, and a timer due within TIMER_SLACK runs with the others.
+STORE_PROBE = 1.0
+QUORUM_CHECK = 0.5
+TIMER_SLACK = 0.05
 
 
 def diff_events(
@@ -89,6 +100,12 @@ class EventPublisher:
     A ``heartbeat`` every ``heartbeat`` seconds lets subscribers notice a
     silent publisher. The endpoint (an ephemeral port on the node's bus host)
     is announced by the API's ``info`` operation.
+
+    At rest its thread sleeps: it wakes for a fed status (:meth:`feed`), a
+    write to a dir store (inotify on its journal, :class:`actors.notify.DirWatch`),
+    a subscriber connecting, and its timers (heartbeat, key refresh, quorum
+    check, store probe). Without inotify (the etcd store) it reads the store
+    every ``interval`` s as before.
     """
 
     def __init__(
@@ -124,18 +141,29 @@ class EventPublisher:
         self._zap: ZapHandler | None = None
         self._guard: InboundGuard | None = None
         self._mon: zmq.Socket[bytes] | None = None
+        self._waker: Waker | None = None  # feed() and stop() wake the thread through it
 
     def start(self) -> None:
+        self._waker = Waker()
         self._thread = threading.Thread(target=self._run, name=f"events-{self.node}", daemon=True)
         self._thread.start()
         self._ready.wait(10)
         if self._error is not None:
+            self._waker.close()
             raise self._error
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake()
         if self._thread is not None:
             self._thread.join(5)
+        if self._waker is not None and (self._thread is None or not self._thread.is_alive()):
+            self._waker.close()
+
+    def _wake(self) -> None:
+        waker = self._waker
+        if waker is not None:
+            waker.wake()  # a no-op once closed
 
     def _count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
@@ -215,73 +243,126 @@ class EventPublisher:
             return
         self._ready.set()
         self.log.info(f"events published on {self.endpoint}")
-        next_keys = 0.0
+        watch = DirWatch.open(self.store.root / INTERNAL) if isinstance(self.store, DirStore) else None
+        probe_every = STORE_PROBE if watch is not None else self.interval
+        waker = self._waker
+        assert waker is not None
+        next_keys = next_probe = next_quorum = next_hb = 0.0
+        last_read = -self.interval
         token: str | None = None
         ms: ManagerStatus | None = None
         lrm: dict[str, tuple[str | None, str | None]] = {}
         quorate: bool | None = None
-        next_hb = 0.0
+        poller = self._poller(zap, waker, watch)
         try:
             while not self._stop.is_set():
-                poller = zmq.Poller()
-                for s in (zap, self._mon):
-                    if s is not None:
-                        poller.register(s, zmq.POLLIN)
-                for sock, _ in poller.poll(int(self.interval * 1000)):
+                due = min(next_probe, next_quorum, next_hb, next_keys if self._zap is not None else next_hb)
+                timeout = max(0, int((due - time.monotonic()) * 1000) + 1)
+                store_written = False
+                for sock, _ in poller.poll(timeout):
                     if zap is not None and sock is zap and self._zap is not None:
                         self._zap.handle(zap)
                     elif self._mon is not None and sock is self._mon and self._guard is not None:
                         event = recv_monitor_message(self._mon)
                         self._guard.event(event["event"], int(event["value"]))
-                if self._zap is not None and time.monotonic() >= next_keys:
-                    next_keys = time.monotonic() + 1.0
+                    elif sock == waker.fd:
+                        waker.clear()
+                    elif watch is not None and sock == watch.fd:
+                        watch.wait(0)  # drain: one read of the store for a burst of writes
+                        store_written = True
+                now = time.monotonic()
+                soon = now + TIMER_SLACK  # timers due within it run now: one wake-up for several
+                if self._zap is not None and soon >= next_keys:
+                    next_keys = now + 1.0
                     if self._zap.ring.refresh():
                         pub = self._revoke(pub)
+                        poller = self._poller(zap, waker, watch)  # the new socket's monitor
                 while self._fed:
                     fed = self._fed.popleft()
                     if ms is not None and _newer(fed, ms):
                         for ev in diff_events(ms, fed, lrm, lrm):
                             self._publish(pub, ev)
                         ms = fed
-                try:
-                    changes = self.store.changed_since(token)
-                    token = changes.token
-                    names = changes.names
-                    if (
-                        ms is None
-                        or names is None
-                        or any(n == rec.MANAGER_STATUS or n.endswith("/lrm_status") for n in names)
-                    ):
-                        new_ms, _ = rec.read_manager_status(self.store)
-                        if ms is not None and (self._fed_recently() or _newer(ms, new_ms)):
-                            # this node's master feeds every write: the store could only fold them
-                            new_ms = ms
-                        new_lrm = {}
-                        for n in sorted(set(self.cluster.nodes) | set(new_ms.node_status)):
-                            st = rec.read_lrm_status(self.store, n)
-                            new_lrm[n] = (st.state, st.mode)
-                        for ev in diff_events(ms, new_ms, lrm, new_lrm):
-                            self._publish(pub, ev)
-                        ms, lrm = new_ms, new_lrm
-                except HaError as e:
-                    self.log.warning(f"cannot read the records: {e}")
-                q = self.quorate()
-                if quorate is not None and q != quorate:
-                    self._publish(pub, {"type": "quorum", "quorate": q})
-                quorate = q
-                now = time.monotonic()
-                if now >= next_hb:
+                read = store_written or soon >= next_probe
+                if read and now < last_read + self.interval:
+                    # a busy store (a cluster starting) is read at most every `interval`, as
+                    # when this polled: the rest of the node (watchdog pets) needs the GIL
+                    next_probe = last_read + self.interval
+                elif read:
+                    if soon >= next_probe:  # a read for a write does not move the probe: in step
+                        next_probe = now + probe_every
+                    last_read = now
+                    token, ms, lrm = self._follow_store(pub, token, ms, lrm)
+                if soon >= next_quorum:
+                    next_quorum = now + QUORUM_CHECK
+                    q = self.quorate()
+                    if quorate is not None and q != quorate:
+                        self._publish(pub, {"type": "quorum", "quorate": q})
+                    quorate = q
+                if soon >= next_hb:
                     next_hb = now + self.heartbeat
                     master = ms.master_node if ms is not None else None
-                    self._publish(pub, {"type": "heartbeat", "quorate": q, "master": master})
+                    self._publish(pub, {"type": "heartbeat", "quorate": quorate, "master": master})
         finally:
+            if watch is not None:
+                watch.close()
             self._close_pub(pub)
             self._close(zap)
+
+    def _poller(self, zap: zmq.Socket[bytes] | None, waker: Waker, watch: DirWatch | None) -> zmq.Poller:
+        poller = zmq.Poller()
+        for s in (zap, self._mon):
+            if s is not None:
+                poller.register(s, zmq.POLLIN)
+        poller.register(waker.fd, zmq.POLLIN)
+        if watch is not None:
+            poller.register(watch.fd, zmq.POLLIN)
+        return poller
+
+    def _follow_store(
+        self,
+        pub: zmq.Socket[bytes],
+        token: str | None,
+        ms: ManagerStatus | None,
+        lrm: dict[str, tuple[str | None, str | None]],
+    ) -> tuple[str | None, ManagerStatus | None, dict[str, tuple[str | None, str | None]]]:
+        """Publish what changed in the store's records since ``token``; the new (token, ms, lrm)."""
+        try:
+            changes = self.store.changed_since(token)
+            token = changes.token
+            names = changes.names
+            everything = ms is None or names is None  # the first look, or the journal was rotated
+            if not everything and names is not None and rec.MANAGER_STATUS not in names:
+                # only what was written is read again (issue #17: at rest, one LRM's status)
+                nodes = [
+                    n for n in sorted(set(self.cluster.nodes) | set(lrm)) if rec.lrm_status_name(n) in names
+                ]
+                if not nodes:
+                    return token, ms, lrm
+                new_ms = ms
+            else:
+                new_ms, _ = rec.read_manager_status(self.store)
+                if ms is not None and (self._fed_recently() or _newer(ms, new_ms)):
+                    # this node's master feeds every write: the store could only fold them
+                    new_ms = ms
+                nodes = sorted(set(self.cluster.nodes) | set(new_ms.node_status))
+            assert new_ms is not None
+            new_lrm = dict(lrm)
+            for n in nodes:
+                st = rec.read_lrm_status(self.store, n)
+                new_lrm[n] = (st.state, st.mode)
+            for ev in diff_events(ms, new_ms, lrm, new_lrm):
+                self._publish(pub, ev)
+            ms, lrm = new_ms, new_lrm
+        except HaError as e:
+            self.log.warning(f"cannot read the records: {e}")
+        return token, ms, lrm
 
     def feed(self, ms: ManagerStatus) -> None:
         """Every manager status the master writes (from any thread): no transition is folded."""
         self._last_feed = time.monotonic()
         self._fed.append(ms)
+        self._wake()
 
     def _fed_recently(self) -> bool:
         return time.monotonic() - self._last_feed < FEED_HOLD

@@ -39,6 +39,16 @@ class TransportConfig:
     max_connections_per_source: int = 256
     fd_reserve: int = 128
 
+    @property
+    def zmtp_ping_interval(self) -> float:
+        """How often libzmq pings on each connection (bus.sockets): ``peer_timeout``.
+
+        ZMTP PINGs only close connections that died half-open, so they need not
+        come as often as the heartbeats above; each costs a PING and a PONG, and
+        wake-ups, per connection (issue #17).
+        """
+        return self.peer_timeout
+
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_interval < self.peer_timeout:
             raise ConfigError("need 0 < heartbeat_interval < peer_timeout")

@@ -113,7 +113,11 @@ class Outbox:
         elif isinstance(body, PeerUp):
             self.resend(body.node)
         elif isinstance(body, Heartbeat):
-            self.resend(env.sender, only_due=True)
+            # Nothing pending, the usual case at rest: no lock, no scan (36 heartbeats a
+            # second at 10 nodes). Unlocked, but a put() racing with this sends itself,
+            # and anything it leaves pending is looked at on the next heartbeat.
+            if self._pending:
+                self.resend(env.sender, only_due=True)
 
     def attach(self, subscribe: Callable[..., object]) -> object:
         """Wire into a transport: ``outbox.attach(transport.subscribe)``."""

@@ -415,7 +415,7 @@ class Transport:
             now = self._clock()
             if now >= next_hb:
                 liveness.send_heartbeats(self._links.values())
-                next_hb = now + cfg.heartbeat_interval
+                next_hb = now + liveness.next_heartbeat_in()
                 if self._ring is not None and now >= next_keys:  # checked at least once a heartbeat
                     next_keys = now + self._ring.tick(self.node)
             if now >= next_check:

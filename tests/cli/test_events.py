@@ -12,9 +12,10 @@ import zmq
 
 from actors.events import EventPublisher, diff_events
 from admin.cluster import ClusterConfig
-from ha.records import ManagerStatus, ServiceData
+from ha.records import LrmStatus, ManagerStatus, ServiceData
+from store.base import Changes
 from store.dirstore import DirStore
-from store.records import write_manager_status
+from store.records import write_lrm_status, write_manager_status
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -94,6 +95,61 @@ def test_publisher_streams_store_changes_and_fed_writes(tmp_path: Path) -> None:
         # a late feed of an older status is ignored (no flapping back)
         pub.feed(end)
         assert next_events(1, ("master", "service"), wait=0.5) == []
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+        pub.stop()
+        store.close()
+
+
+class CountingStore(DirStore):
+    """A dir store that counts the publisher's looks at its change journal."""
+
+    looks = 0
+
+    def changed_since(self, token: str | None) -> Changes:
+        CountingStore.looks += 1
+        return super().changed_since(token)
+
+
+def test_publisher_sleeps_at_rest_and_wakes_on_a_store_write(tmp_path: Path) -> None:
+    # issue #17: it polled the store every `interval` (50 ms); on a dir store it now
+    # sleeps on inotify until the journal is written (or STORE_PROBE passed)
+    cluster = ClusterConfig(root=tmp_path, cluster="t", nodes={"n1": "tcp://127.0.0.1:1"}, curve=False)
+    store = CountingStore(tmp_path / "store")
+    write_manager_status(store, ms(1, "n1", {"n1": "online"}, {"vm:100": ("started", "n1")}))
+    pub = EventPublisher("n1", cluster, store, lambda: True, interval=0.02, heartbeat=0.2)
+    pub.start()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    try:
+        assert pub.endpoint is not None
+        sub.setsockopt(zmq.SUBSCRIBE, b"master")
+        sub.connect(pub.endpoint)
+        time.sleep(0.5)  # the first look, the subscription
+        before = CountingStore.looks
+        time.sleep(1.5)
+        assert CountingStore.looks - before <= 3  # polling every 20 ms: about 75
+        t0 = time.monotonic()
+        write_manager_status(store, ms(2, "n2", {"n1": "online"}, {"vm:100": ("started", "n1")}))
+        assert sub.poll(5000)
+        assert time.monotonic() - t0 < 0.5  # the write woke it, not the next probe
+        ev = msgpack.unpackb(sub.recv_multipart()[1])
+        assert (ev["old"], ev["new"]) == ("n1", "n2")
+        # an LRM's status alone: only that record is read again, and still announced
+        sub.setsockopt(zmq.SUBSCRIBE, b"lrm")
+        time.sleep(0.2)
+        write_lrm_status(store, "n1", LrmStatus(state="active", mode="active", timestamp=3))
+        assert sub.poll(5000)
+        ev = msgpack.unpackb(sub.recv_multipart()[1])
+        assert (ev["type"], ev["node"], ev["state"], ev["mode"]) == ("lrm", "n1", "active", "active")
+        # a busy store (a cluster starting) is read at most every `interval`, as when it polled
+        before, t0 = CountingStore.looks, time.monotonic()
+        for i in range(300):
+            write_lrm_status(store, "n1", LrmStatus(state="active", mode="active", timestamp=4 + i))
+            time.sleep(0.002)
+        spent = time.monotonic() - t0
+        assert CountingStore.looks - before <= spent / 0.02 + 3, (CountingStore.looks - before, spent)
     finally:
         sub.close(linger=0)
         ctx.term()
