@@ -210,9 +210,7 @@ class Manager:
             usage = BasicUsage()
             for node in online:
                 usage.add_node(node)
-        for sid in sorted(self.ss):
-            sd = self.ss[sid]
-            usage.add_service_usage(sid, sd.state, sd.node, sd.target, sd.running)
+        usage.add_services(self.ss)
         guests = env.get_guests()
         for sid in sorted(guests):
             if sid not in self.ss:

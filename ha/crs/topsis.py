@@ -8,8 +8,9 @@ columns in that order.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import reduce
+from itertools import accumulate
 from operator import add
 
 # criteria, all minimised: average CPU, highest CPU, average memory, highest memory
@@ -37,70 +38,89 @@ def alternative(cpu_loads: Sequence[float], mem_loads: Sequence[float]) -> Alter
     return (1.0 + math.sqrt(sq_cpu / n), 1.0 + max_cpu, 1.0 + math.sqrt(sq_mem / n), 1.0 + max_mem)
 
 
+def _sequential_sum_builtin() -> bool:
+    """Whether ``sum`` of floats adds left to right, rounding each step (CPython up to 3.11).
+
+    From 3.12 ``sum`` compensates rounding errors (Neumaier), which gives other floats
+    than the sequential sums the scores must reproduce; then :func:`seqsum` uses ``reduce``.
+    """
+    return sum([1e100, 1.0, -1e100, 1.0, 1.0], 0.0) == 2.0
+
+
+def _reduce_sum(values: Iterable[float], start: float) -> float:
+    return reduce(add, values, start)
+
+
+# start + values[0] + values[1] + ..., each addition rounded, left to right
+seqsum: Callable[[Iterable[float], float], float] = sum if _sequential_sum_builtin() else _reduce_sum
+
+
 def alternatives_one_changed(
-    cpu_loads: list[float], mem_loads: list[float], new_cpu: Sequence[float], new_mem: Sequence[float]
+    cpu_loads: Sequence[float], mem_loads: Sequence[float], new_cpu: Sequence[float], new_mem: Sequence[float]
 ) -> list[Alternative]:
     """``alternative`` for each i of the loads with entry i replaced by ``new_cpu[i]``/``new_mem[i]``.
 
-    Same values as calling :func:`alternative` n times (the same left-to-right
-    sums, done by ``reduce`` in C rather than a Python loop: O(n) calls of C
-    code instead of O(n^2) interpreted steps).
+    Same floats as calling :func:`alternative` n times: each sum of squares is the
+    shared left-to-right prefix before entry i (``accumulate``), then the new square,
+    then the rest added in order (:func:`seqsum`, C code); the maxima come from
+    prefix/suffix maxima (order does not change a maximum).
     """
     n = len(cpu_loads)
     if n == 0:
         return []
     cpu_sq = [c * c for c in cpu_loads]
     mem_sq = [m * m for m in mem_loads]
+    cpu_pre = list(accumulate(cpu_sq, initial=0.0))
+    mem_pre = list(accumulate(mem_sq, initial=0.0))
+    cpu_premax, cpu_sufmax = _prefix_suffix_max(cpu_loads)
+    mem_premax, mem_sufmax = _prefix_suffix_max(mem_loads)
+    sqrt = math.sqrt
     out: list[Alternative] = []
     for i in range(n):
         c, m = new_cpu[i], new_mem[i]
-        csq = cpu_sq.copy()
-        csq[i] = c * c
-        msq = mem_sq.copy()
-        msq[i] = m * m
-        cl = cpu_loads.copy()
-        cl[i] = c
-        ml = mem_loads.copy()
-        ml[i] = m
         out.append(
             (
-                1.0 + math.sqrt(reduce(add, csq, 0.0) / n),
-                1.0 + max(0.0, *cl),
-                1.0 + math.sqrt(reduce(add, msq, 0.0) / n),
-                1.0 + max(0.0, *ml),
+                1.0 + sqrt(seqsum(cpu_sq[i + 1 :], cpu_pre[i] + c * c) / n),
+                1.0 + max(cpu_premax[i], c, cpu_sufmax[i + 1]),
+                1.0 + sqrt(seqsum(mem_sq[i + 1 :], mem_pre[i] + m * m) / n),
+                1.0 + max(mem_premax[i], m, mem_sufmax[i + 1]),
             )
         )
     return out
 
 
+def _prefix_suffix_max(values: Sequence[float]) -> tuple[list[float], list[float]]:
+    """``pre[i] = max(0.0, *values[:i])``, ``suf[i] = max(0.0, *values[i:])`` (n + 1 entries each)."""
+    pre = list(accumulate(values, max, initial=0.0))
+    suf = list(accumulate(reversed(values), max, initial=0.0))
+    suf.reverse()
+    return pre, suf
+
+
 def topsis_scores(alternatives: Sequence[Alternative]) -> list[float]:
-    """Closeness to the ideal (higher is better), one per alternative, in the given order."""
+    """Closeness to the ideal (higher is better), one per alternative, in the given order.
+
+    Computed column by column; every sum runs in the same order as the plain
+    definition (norms over the alternatives in order, distances over the criteria in order).
+    """
     if not alternatives:
         return []
-    cols = len(WEIGHTS)
-    norms = []
-    for j in range(cols):
-        s = 0.0
-        for a in alternatives:
-            s += a[j] * a[j]
-        norms.append(math.sqrt(s))
-    weighted = [
-        tuple((a[j] / norms[j] if norms[j] != 0.0 else a[j]) * WEIGHTS[j] for j in range(cols))
-        for a in alternatives
-    ]
-    best = [min(w[j] for w in weighted) for j in range(cols)]
-    worst = [max(w[j] for w in weighted) for j in range(cols)]
+    n = len(alternatives)
+    d_best = [0.0] * n
+    d_worst = [0.0] * n
+    for col, weight in zip(zip(*alternatives, strict=True), WEIGHTS, strict=True):
+        norm = math.sqrt(seqsum([x * x for x in col], 0.0))
+        weighted = [x / norm * weight for x in col] if norm != 0.0 else [x * weight for x in col]
+        best = min(weighted)
+        worst = max(weighted)
+        d_best = [d + (w - best) ** 2 for d, w in zip(d_best, weighted, strict=True)]
+        d_worst = [d + (w - worst) ** 2 for d, w in zip(d_worst, weighted, strict=True)]
     scores = []
-    for w in weighted:
-        d_best = 0.0
-        d_worst = 0.0
-        for j in range(cols):
-            d_best += (w[j] - best[j]) ** 2
-            d_worst += (w[j] - worst[j]) ** 2
-        d_best = math.sqrt(d_best)
-        d_worst = math.sqrt(d_worst)
-        total = d_best + d_worst
-        scores.append(d_worst / total if total != 0.0 else 0.0)
+    for sq_best, sq_worst in zip(d_best, d_worst, strict=True):
+        to_best = math.sqrt(sq_best)
+        to_worst = math.sqrt(sq_worst)
+        total = to_best + to_worst
+        scores.append(to_worst / total if total != 0.0 else 0.0)
     return scores
 
 
