@@ -303,14 +303,14 @@ class Manager:
             self.auto_rebalance()
         self.fully_disarmed = False
 
-        # the passes change states, never which services there are: sort once
+        # the passes change services' states, never which services there are: sort once
         sids = sorted(self.ss) if only is None else [s for s in only if s in self.ss]
+        entries = [(sid, self.ss[sid]) for sid in sids]
         services = sc.services
         handlers = self._handlers
         while True:
             repeat = False
-            for sid in sids:
-                sd = self.ss[sid]
+            for sid, sd in entries:
                 cd = services.get(sid)
                 if cd is None:
                     if sc.incomplete:
@@ -351,9 +351,7 @@ class Manager:
 
     def add_and_remove_services(self, sc: ServiceConfig) -> None:
         """§5.4."""
-        for sid in sorted(sc.services):
-            if sid in self.ss:
-                continue
+        for sid in sorted(sid for sid in sc.services if sid not in self.ss):
             cd = sc.services[sid]
             if cd.state == RequestedState.IGNORED:
                 continue
@@ -361,10 +359,9 @@ class Manager:
             # assume it is running, so a running guest is not relocated when added
             state = S.REQUEST_START if cd.state == RequestedState.STARTED else S.REQUEST_STOP
             self.ss[sid] = ServiceData(state=state, node=cd.node, uid=self.new_uid(state))
-        for sid in sorted(self.ss):
+        ignored, services = RequestedState.IGNORED, sc.services
+        for sid in sorted(sid for sid in self.ss if sid not in services or services[sid].state == ignored):
             cd_or_none = sc.get(sid)
-            if cd_or_none is not None and cd_or_none.state != RequestedState.IGNORED:
-                continue
             if cd_or_none is None and sc.incomplete:
                 # ours (issue #10): a config that could not be read whole may still configure it
                 continue
@@ -376,10 +373,8 @@ class Manager:
         """§5.2 step 14b / §6.3. Returns True when something changed."""
         changed = False
         fenced: dict[str, bool] = {}
-        for sid in sorted(self.ss):
+        for sid in sorted(sid for sid, sd in self.ss.items() if sd.state == _FENCE):
             sd = self.ss[sid]
-            if sd.state != S.FENCE:
-                continue
             if sd.node not in fenced:
                 fenced[sd.node] = self.ns.fence_node(sd.node)
             if not fenced[sd.node]:

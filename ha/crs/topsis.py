@@ -60,68 +60,87 @@ def alternatives_one_changed(
 ) -> list[Alternative]:
     """``alternative`` for each i of the loads with entry i replaced by ``new_cpu[i]``/``new_mem[i]``.
 
-    Same floats as calling :func:`alternative` n times: each sum of squares is the
-    shared left-to-right prefix before entry i (``accumulate``), then the new square,
-    then the rest added in order (:func:`seqsum`, C code); the maxima come from
-    prefix/suffix maxima (order does not change a maximum).
+    Same floats as calling :func:`alternative` n times (see :func:`_one_changed_columns`).
     """
-    n = len(cpu_loads)
-    if n == 0:
+    avg_cpu, max_cpu, avg_mem, max_mem = _one_changed_columns(cpu_loads, mem_loads, new_cpu, new_mem)
+    return list(zip(avg_cpu, max_cpu, avg_mem, max_mem, strict=True))
+
+
+def start_scores(
+    cpu_loads: Sequence[float], mem_loads: Sequence[float], new_cpu: Sequence[float], new_mem: Sequence[float]
+) -> list[float]:
+    """``topsis_scores(alternatives_one_changed(...))``: TOPSIS start scoring of each node (§5.10)."""
+    if not cpu_loads:
         return []
-    cpu_sq = [c * c for c in cpu_loads]
-    mem_sq = [m * m for m in mem_loads]
-    cpu_pre = list(accumulate(cpu_sq, initial=0.0))
-    mem_pre = list(accumulate(mem_sq, initial=0.0))
-    cpu_premax, cpu_sufmax = _prefix_suffix_max(cpu_loads)
-    mem_premax, mem_sufmax = _prefix_suffix_max(mem_loads)
-    sqrt = math.sqrt
-    out: list[Alternative] = []
-    for i in range(n):
-        c, m = new_cpu[i], new_mem[i]
-        out.append(
-            (
-                1.0 + sqrt(seqsum(cpu_sq[i + 1 :], cpu_pre[i] + c * c) / n),
-                1.0 + max(cpu_premax[i], c, cpu_sufmax[i + 1]),
-                1.0 + sqrt(seqsum(mem_sq[i + 1 :], mem_pre[i] + m * m) / n),
-                1.0 + max(mem_premax[i], m, mem_sufmax[i + 1]),
-            )
-        )
-    return out
+    return _column_scores(_one_changed_columns(cpu_loads, mem_loads, new_cpu, new_mem))
 
 
-def _prefix_suffix_max(values: Sequence[float]) -> tuple[list[float], list[float]]:
-    """``pre[i] = max(0.0, *values[:i])``, ``suf[i] = max(0.0, *values[i:])`` (n + 1 entries each)."""
-    pre = list(accumulate(values, max, initial=0.0))
-    suf = list(accumulate(reversed(values), max, initial=0.0))
-    suf.reverse()
-    return pre, suf
+def _one_changed_columns(
+    cpu_loads: Sequence[float], mem_loads: Sequence[float], new_cpu: Sequence[float], new_mem: Sequence[float]
+) -> list[list[float]]:
+    """The four criteria columns of ``alternatives_one_changed``, one entry per i.
+
+    Each sum of squares is the shared left-to-right prefix before entry i
+    (``accumulate``), then the new square, then the rest added in order
+    (:func:`seqsum`, C code): the floats of a plain left-to-right loop. The maxima
+    come from prefix/suffix maxima (order does not change a maximum).
+    """
+    return [
+        _rms_column(cpu_loads, new_cpu),
+        _max_column(cpu_loads, new_cpu),
+        _rms_column(mem_loads, new_mem),
+        _max_column(mem_loads, new_mem),
+    ]
+
+
+def _rms_column(loads: Sequence[float], new: Sequence[float]) -> list[float]:
+    """``1 + sqrt(mean of the squared loads)`` with load i replaced by ``new[i]``, for each i."""
+    n = len(loads)
+    sq = [x * x for x in loads]
+    prefix = accumulate(sq, initial=0.0)  # prefix i: the sum of the squares before entry i
+    starts = [p + x * x for p, x in zip(prefix, new, strict=False)]
+    sums = map(seqsum, [sq[i + 1 :] for i in range(n)], starts)
+    return [1.0 + math.sqrt(s / n) for s in sums]
+
+
+def _max_column(loads: Sequence[float], new: Sequence[float]) -> list[float]:
+    """``1 + max(0, loads)`` with load i replaced by ``new[i]``, for each i."""
+    before = accumulate(loads, max, initial=0.0)  # entry i: max(0.0, *loads[:i])
+    after = list(accumulate(reversed(loads), max, initial=0.0))  # entry j: max(0.0, *loads[n - j:])
+    after.reverse()  # now entry i: max(0.0, *loads[i:])
+    return [1.0 + max(b, x, a) for b, x, a in zip(before, new, after[1:], strict=False)]
 
 
 def topsis_scores(alternatives: Sequence[Alternative]) -> list[float]:
-    """Closeness to the ideal (higher is better), one per alternative, in the given order.
+    """Closeness to the ideal (higher is better), one per alternative, in the given order."""
+    if not alternatives:
+        return []
+    return _column_scores([list(col) for col in zip(*alternatives, strict=True)])
+
+
+def _column_scores(columns: Sequence[Sequence[float]]) -> list[float]:
+    """``topsis_scores`` of alternatives given as criteria columns.
 
     Computed column by column; every sum runs in the same order as the plain
     definition (norms over the alternatives in order, distances over the criteria in order).
     """
-    if not alternatives:
-        return []
-    n = len(alternatives)
+    n = len(columns[0])
     d_best = [0.0] * n
     d_worst = [0.0] * n
-    for col, weight in zip(zip(*alternatives, strict=True), WEIGHTS, strict=True):
+    for col, weight in zip(columns, WEIGHTS, strict=True):
         norm = math.sqrt(seqsum([x * x for x in col], 0.0))
         weighted = [x / norm * weight for x in col] if norm != 0.0 else [x * weight for x in col]
         best = min(weighted)
         worst = max(weighted)
         d_best = [d + (w - best) ** 2 for d, w in zip(d_best, weighted, strict=True)]
         d_worst = [d + (w - worst) ** 2 for d, w in zip(d_worst, weighted, strict=True)]
-    scores = []
-    for sq_best, sq_worst in zip(d_best, d_worst, strict=True):
-        to_best = math.sqrt(sq_best)
-        to_worst = math.sqrt(sq_worst)
-        total = to_best + to_worst
-        scores.append(to_worst / total if total != 0.0 else 0.0)
-    return scores
+    sqrt = math.sqrt
+    return [_closeness(sqrt(b), sqrt(w)) for b, w in zip(d_best, d_worst, strict=True)]
+
+
+def _closeness(to_best: float, to_worst: float) -> float:
+    total = to_best + to_worst
+    return to_worst / total if total != 0.0 else 0.0
 
 
 def node_load(cpu: float, maxcpu: float, mem: float, maxmem: float) -> float:

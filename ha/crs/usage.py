@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from ha.crs.stats import DYNAMIC, STATIC, NodeStats, ServiceStats
 from ha.crs.topsis import (
     alternative,
-    alternatives_one_changed,
     imbalance,
     node_load,
+    start_scores,
     topsis_scores,
     trunc15,
 )
@@ -260,8 +260,7 @@ class LoadUsage:
         mem_loads = [c / m for c, m in zip(mem, maxmem, strict=True)]
         new_cpu = [(c + (float(st.maxcpu) if st.maxcpu else m)) / m for c, m in zip(cpu, maxcpu, strict=True)]
         new_mem = [(c + float(st.maxmem)) / m for c, m in zip(mem, maxmem, strict=True)]
-        alts = alternatives_one_changed(cpu_loads, mem_loads, new_cpu, new_mem)
-        scores = topsis_scores(alts)
+        scores = start_scores(cpu_loads, mem_loads, new_cpu, new_mem)
         return {n: -s for n, s in zip(order, scores, strict=True)}
 
     # -- imbalance and balancing (§5.12) --------------------------------------------------
