@@ -32,10 +32,10 @@ def select_service_node(
 ) -> str | None:
     """Pick the node a service should run on, or ``None`` when no node is possible."""
     current = sd.node
-    online = usage.nodes.keys()
+    usage_nodes = usage.nodes  # online node -> its services
     if (
         preference == _NONE
-        and current in online
+        and current in usage_nodes
         and sid not in rules.node_affinity
         and sid not in rules.positive
         and sid not in rules.negative
@@ -45,10 +45,11 @@ def select_service_node(
         # online, nothing together or apart; step 4 keeps the node without failback,
         # else step 7 (a maintenance node) or step 8 (stay)
         fallback = sd.maintenance_node
-        if cd.failback and fallback is not None and fallback in online:
+        if cd.failback and fallback is not None and fallback in usage_nodes:
             return fallback
         return current
 
+    online = usage_nodes.keys()
     allowed, top = get_node_affinity(rules, sid, online)
     if not top:
         return None

@@ -135,12 +135,11 @@ def _column_scores(columns: Sequence[Sequence[float]]) -> list[float]:
         d_best = [d + (w - best) ** 2 for d, w in zip(d_best, weighted, strict=True)]
         d_worst = [d + (w - worst) ** 2 for d, w in zip(d_worst, weighted, strict=True)]
     sqrt = math.sqrt
-    return [_closeness(sqrt(b), sqrt(w)) for b, w in zip(d_best, d_worst, strict=True)]
-
-
-def _closeness(to_best: float, to_worst: float) -> float:
-    total = to_best + to_worst
-    return to_worst / total if total != 0.0 else 0.0
+    # closeness: to_worst / (to_best + to_worst), 0 when both are 0
+    return [
+        to_worst / total if (total := to_best + to_worst) != 0.0 else 0.0
+        for to_best, to_worst in zip(map(sqrt, d_best), map(sqrt, d_worst), strict=True)
+    ]
 
 
 def node_load(cpu: float, maxcpu: float, mem: float, maxmem: float) -> float:

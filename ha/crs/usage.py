@@ -252,14 +252,21 @@ class LoadUsage:
     def _topsis_start_scores(self, sid: str) -> dict[str, float]:
         st = self._stats(sid)
         order = self._order
-        cpu = [self._cpu[n] + self._start_cpu[n] for n in order]
-        mem = [self._mem[n] + self._start_mem[n] for n in order]
+        base_cpu, start_cpu, base_mem, start_mem = self._cpu, self._start_cpu, self._mem, self._start_mem
+        cpu = [base_cpu[n] + start_cpu[n] for n in order]
+        mem = [base_mem[n] + start_mem[n] for n in order]
         maxcpu = [self._maxcpu[n] for n in order]
         maxmem = [self._maxmem[n] for n in order]
         cpu_loads = [c / m for c, m in zip(cpu, maxcpu, strict=True)]
         mem_loads = [c / m for c, m in zip(mem, maxmem, strict=True)]
-        new_cpu = [(c + (float(st.maxcpu) if st.maxcpu else m)) / m for c, m in zip(cpu, maxcpu, strict=True)]
-        new_mem = [(c + float(st.maxmem)) / m for c, m in zip(mem, maxmem, strict=True)]
+        # the service "as started" on each node: its maxcpu (the node's when 0), its maxmem
+        if st.maxcpu:
+            add_cpu = float(st.maxcpu)
+            new_cpu = [(c + add_cpu) / m for c, m in zip(cpu, maxcpu, strict=True)]
+        else:
+            new_cpu = [(c + m) / m for c, m in zip(cpu, maxcpu, strict=True)]
+        add_mem = float(st.maxmem)
+        new_mem = [(c + add_mem) / m for c, m in zip(mem, maxmem, strict=True)]
         scores = start_scores(cpu_loads, mem_loads, new_cpu, new_mem)
         return {n: -s for n, s in zip(order, scores, strict=True)}
 
