@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from functools import reduce
 from itertools import accumulate
-from operator import add
+from operator import add, mul
 
 # criteria, all minimised: average CPU, highest CPU, average memory, highest memory
 _RAW_WEIGHTS = (1.0, 2.0, 5.0, 10.0)
@@ -119,27 +119,27 @@ def topsis_scores(alternatives: Sequence[Alternative]) -> list[float]:
 
 
 def _column_scores(columns: Sequence[Sequence[float]]) -> list[float]:
-    """``topsis_scores`` of alternatives given as criteria columns.
+    """``topsis_scores`` of alternatives given as their four criteria columns.
 
-    Computed column by column; every sum runs in the same order as the plain
-    definition (norms over the alternatives in order, distances over the criteria in order).
+    Every sum runs in the order of the plain definition: a column's norm over the
+    alternatives in order, an alternative's distances over the criteria in order.
     """
-    n = len(columns[0])
-    d_best = [0.0] * n
-    d_worst = [0.0] * n
+    weighted = []
     for col, weight in zip(columns, WEIGHTS, strict=True):
-        norm = math.sqrt(seqsum([x * x for x in col], 0.0))
-        weighted = [x / norm * weight for x in col] if norm != 0.0 else [x * weight for x in col]
-        best = min(weighted)
-        worst = max(weighted)
-        d_best = [d + (w - best) ** 2 for d, w in zip(d_best, weighted, strict=True)]
-        d_worst = [d + (w - worst) ** 2 for d, w in zip(d_worst, weighted, strict=True)]
+        norm = math.sqrt(seqsum(map(mul, col, col), 0.0))
+        weighted.append([x / norm * weight for x in col] if norm != 0.0 else [x * weight for x in col])
+    best0, best1, best2, best3 = map(min, weighted)  # the ideal: every criterion is minimised
+    worst0, worst1, worst2, worst3 = map(max, weighted)
     sqrt = math.sqrt
-    # closeness: to_worst / (to_best + to_worst), 0 when both are 0
-    return [
-        to_worst / total if (total := to_best + to_worst) != 0.0 else 0.0
-        for to_best, to_worst in zip(map(sqrt, d_best), map(sqrt, d_worst), strict=True)
-    ]
+    scores = []
+    for c0, c1, c2, c3 in zip(*weighted, strict=True):
+        to_best = sqrt(0.0 + (c0 - best0) ** 2 + (c1 - best1) ** 2 + (c2 - best2) ** 2 + (c3 - best3) ** 2)
+        to_worst = sqrt(
+            0.0 + (c0 - worst0) ** 2 + (c1 - worst1) ** 2 + (c2 - worst2) ** 2 + (c3 - worst3) ** 2
+        )
+        total = to_best + to_worst
+        scores.append(to_worst / total if total != 0.0 else 0.0)
+    return scores
 
 
 def node_load(cpu: float, maxcpu: float, mem: float, maxmem: float) -> float:
