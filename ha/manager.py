@@ -308,6 +308,7 @@ class Manager:
         entries = [(sid, self.ss[sid]) for sid in sids]
         services = sc.services
         handlers = self._handlers
+        restarting = {node for node, mode in lrm_modes.items() if node and mode == _LRM_RESTART}
         while True:
             repeat = False
             for sid, sd in entries:
@@ -327,7 +328,7 @@ class Manager:
                     if handler is None:
                         raise HaError(f"unknown service state '{last_state}'")
                     handler(sid, cd, sd, lrm_res)
-                if sd.node and lrm_modes.get(sd.node) == _LRM_RESTART and sd.state in _FREEZABLE:
+                if restarting and sd.node in restarting and sd.state in _FREEZABLE:
                     self.change_service_state(sid, S.FREEZE)
                 if sd.state != last_state:
                     repeat = True

@@ -91,7 +91,7 @@ def select_service_node(
         return current
 
     scores = usage.score_nodes_to_start_service(sid)
-    nodes = sorted(pri, key=lambda n: (scores.get(n, 0.0), n))
+    nodes = [n for _, n in sorted((scores.get(n, 0.0), n) for n in pri)]  # by (score, name)
     if not nodes:
         return None
     if preference == _TRY_NEXT and current in nodes:

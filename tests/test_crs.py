@@ -3,6 +3,7 @@ and the simulator's stats (§9.2, §9.5)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from pathlib import Path
@@ -124,6 +125,20 @@ def test_fast_scoring_gives_the_same_floats_as_the_plain_definition(
             plain.append(alternative(c, m))
         assert fast == plain
         assert topsis_scores(fast) == _plain_topsis(plain)
+
+
+def test_highest_load_criterion_with_ties_zeros_and_nan() -> None:
+    # the one-changed maximum is the overall one except where a load holds it alone
+    nan = float("nan")
+    values = [0.0, -0.0, 0.5, 1.0, nan, 0.25]
+    for loads in itertools.product(values, repeat=3):
+        for new in itertools.product(values, repeat=3):
+            fast = alternatives_one_changed(list(loads), list(loads), list(new), list(new))
+            for i in range(3):
+                changed = list(loads)
+                changed[i] = new[i]
+                plain = alternative(changed, changed)
+                assert (fast[i][1], fast[i][3]) == (plain[1], plain[3])  # the max criteria: never NaN
 
 
 def test_seqsum_adds_left_to_right() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from functools import reduce
-from itertools import accumulate
+from itertools import accumulate, chain
 from operator import add, mul
 
 # criteria, all minimised: average CPU, highest CPU, average memory, highest memory
@@ -104,11 +104,19 @@ def _rms_column(loads: Sequence[float], new: Sequence[float]) -> list[float]:
 
 
 def _max_column(loads: Sequence[float], new: Sequence[float]) -> list[float]:
-    """``1 + max(0, loads)`` with load i replaced by ``new[i]``, for each i."""
-    before = accumulate(loads, max, initial=0.0)  # entry i: max(0.0, *loads[:i])
-    after = list(accumulate(reversed(loads), max, initial=0.0))  # entry j: max(0.0, *loads[n - j:])
-    after.reverse()  # now entry i: max(0.0, *loads[i:])
-    return [1.0 + max(b, x, a) for b, x, a in zip(before, new, after[1:], strict=False)]
+    """``1 + max(0, loads)`` with load i replaced by ``new[i]``, for each i.
+
+    The maximum of the other loads is the overall maximum ``top``, except at the
+    one index that holds ``top`` alone (there: the maximum of the rest). NaN loads
+    are passed over, as ``max`` starting at 0 passes them over.
+    """
+    top = max(chain((0.0,), loads))
+    out = [1.0 + (x if x > top else top) for x in new]
+    if loads.count(top) == 1:
+        k = loads.index(top)
+        rest = max(chain((0.0,), loads[:k], loads[k + 1 :]))
+        out[k] = 1.0 + (new[k] if new[k] > rest else rest)
+    return out
 
 
 def topsis_scores(alternatives: Sequence[Alternative]) -> list[float]:
