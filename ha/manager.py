@@ -305,13 +305,13 @@ class Manager:
 
         # the passes change services' states, never which services there are: sort once
         sids = sorted(self.ss) if only is None else [s for s in only if s in self.ss]
-        entries = [(sid, self.ss[sid]) for sid in sids]
-        services = sc.services
+        ss, services = self.ss, sc.services
         handlers = self._handlers
         restarting = {node for node, mode in lrm_modes.items() if node and mode == _LRM_RESTART}
         while True:
             repeat = False
-            for sid, sd in entries:
+            for sid in sids:
+                sd = ss[sid]
                 cd = services.get(sid)
                 if cd is None:
                     if sc.incomplete:
