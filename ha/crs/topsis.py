@@ -82,8 +82,8 @@ def _one_changed_columns(
 
     Each sum of squares is the shared left-to-right prefix before entry i
     (``accumulate``), then the new square, then the rest added in order
-    (:func:`seqsum`, C code): the floats of a plain left-to-right loop. The maxima
-    come from prefix/suffix maxima (order does not change a maximum).
+    (:func:`seqsum`, C code): the floats of a plain left-to-right loop. A maximum
+    does not depend on the order: see :func:`_max_column`.
     """
     return [
         _rms_column(cpu_loads, new_cpu),
