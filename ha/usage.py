@@ -5,9 +5,10 @@ The ``static`` and ``dynamic`` schedulers are ``ha.crs.usage.LoadUsage``.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from typing import TYPE_CHECKING, Protocol
 
+from ha.records import ServiceData
 from ha.states import ServiceState
 
 if TYPE_CHECKING:
@@ -18,6 +19,8 @@ _CURRENT_USED = frozenset(
     {S.STARTED, S.REQUEST_STOP, S.FENCE, S.FREEZE, S.ERROR, S.RECOVERY, S.MIGRATE, S.RELOCATE}
 )
 _TARGET_USED = frozenset({S.MIGRATE, S.RELOCATE, S.REQUEST_START_BALANCE})
+# states that occupy the current node only (a ``started`` service, most of a round's services)
+CURRENT_ONLY = _CURRENT_USED - _TARGET_USED
 
 
 def used_nodes(
@@ -47,6 +50,10 @@ class Usage(Protocol):
         self, sid: str, state: str, node: str | None, target: str | None, running: bool = False
     ) -> None: ...
 
+    def add_services(self, ss: Mapping[str, ServiceData]) -> None:
+        """``add_service_usage`` of every service of ``ss``, in sorted sid order."""
+        ...
+
     def add_guest_usage(self, sid: str, state: str, node: str, running: bool) -> None: ...
 
     def remove_service_usage(self, sid: str) -> None: ...
@@ -67,10 +74,13 @@ class BasicUsage:
 
     def __init__(self) -> None:
         self.nodes: dict[str, set[str]] = {}
-        self._where: dict[str, set[str]] = {}
+        # sid -> the nodes it is on; one-node sets are shared per node (no allocation per service)
+        self._where: dict[str, frozenset[str]] = {}
+        self._one_set: dict[str, frozenset[str]] = {}
 
     def add_node(self, node: str) -> None:
         self.nodes.setdefault(node, set())
+        self._one_set.setdefault(node, frozenset((node,)))
 
     def contains_node(self, node: str | None) -> bool:
         return node is not None and node in self.nodes
@@ -83,7 +93,11 @@ class BasicUsage:
         if sids is None:
             return False
         sids.add(sid)
-        self._where.setdefault(sid, set()).add(node)
+        where = self._where.get(sid)
+        if where is None:
+            self._where[sid] = self._one_set[node]
+        elif node not in where:
+            self._where[sid] = where | self._one_set[node]
         return True
 
     def add_service_usage(
@@ -94,6 +108,18 @@ class BasicUsage:
             self.add_service_usage_to_node(current, sid)
         if tgt is not None:
             self.add_service_usage_to_node(tgt, sid)
+
+    def add_services(self, ss: Mapping[str, ServiceData]) -> None:
+        # the common case inlined (a service on one online node): a round adds every service
+        nodes, where, one_set = self.nodes, self._where, self._one_set
+        for sid in sorted(ss):
+            sd = ss[sid]
+            node = sd.node
+            if sd.state in CURRENT_ONLY and node in nodes and sid not in where:
+                nodes[node].add(sid)
+                where[sid] = one_set[node]
+            else:
+                self.add_service_usage(sid, sd.state, node, sd.target, sd.running)
 
     def add_guest_usage(self, sid: str, state: str, node: str, running: bool) -> None:
         self.add_service_usage(sid, state, node, None, running)

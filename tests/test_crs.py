@@ -3,16 +3,19 @@ and the simulator's stats (§9.2, §9.5)."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 from pathlib import Path
 
 import pytest
 
 from ha.config.datacenter import parse_datacenter_cfg, parse_datacenter_json
 from ha.config.rules import parse_rules_cfg
+from ha.crs import topsis
 from ha.crs.balance import stationary_bundles
 from ha.crs.stats import NodeStats, ServiceStats
-from ha.crs.topsis import alternative, alternatives_one_changed, imbalance, topsis_scores, trunc15
+from ha.crs.topsis import WEIGHTS, alternative, alternatives_one_changed, imbalance, topsis_scores, trunc15
 from ha.crs.usage import BalanceCandidate, LoadUsage
 from ha.errors import ConfigError
 from ha.records import ServiceData
@@ -72,6 +75,78 @@ def test_fast_alternatives_equal_the_plain_ones() -> None:
         assert fast[i] == alternative(c, m)  # exactly: same left-to-right sums
 
 
+def _plain_topsis(alternatives: list[tuple[float, float, float, float]]) -> list[float]:
+    """TOPSIS as §5.10 words it: one alternative at a time, every sum left to right."""
+    norms = []
+    for j in range(4):
+        s = 0.0
+        for a in alternatives:
+            s += a[j] * a[j]
+        norms.append(math.sqrt(s))
+    weighted = [
+        tuple((a[j] / norms[j] if norms[j] != 0.0 else a[j]) * WEIGHTS[j] for j in range(4))
+        for a in alternatives
+    ]
+    best = [min(w[j] for w in weighted) for j in range(4)]
+    worst = [max(w[j] for w in weighted) for j in range(4)]
+    out = []
+    for w in weighted:
+        d_best = 0.0
+        d_worst = 0.0
+        for j in range(4):
+            d_best += (w[j] - best[j]) ** 2
+            d_worst += (w[j] - worst[j]) ** 2
+        total = math.sqrt(d_best) + math.sqrt(d_worst)
+        out.append(math.sqrt(d_worst) / total if total != 0.0 else 0.0)
+    return out
+
+
+@pytest.mark.parametrize("summing", ["builtin", "reduce"])
+def test_fast_scoring_gives_the_same_floats_as_the_plain_definition(
+    summing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # magnitudes far apart make every rounding step show: any other summation order differs
+    if summing == "reduce":
+        monkeypatch.setattr(topsis, "seqsum", topsis._reduce_sum)
+    rng = random.Random(14)
+
+    def value() -> float:
+        return rng.choice([0.0, 1 / 3, 0.1, 1e-9 * rng.random(), 1e9 * rng.random(), rng.random()])
+
+    for _ in range(300):
+        n = rng.randint(1, 30)
+        cpu, mem = [value() for _ in range(n)], [value() for _ in range(n)]
+        new_cpu, new_mem = [c + value() for c in cpu], [m + value() for m in mem]
+        fast = alternatives_one_changed(cpu, mem, new_cpu, new_mem)
+        plain = []
+        for i in range(n):
+            c, m = cpu.copy(), mem.copy()
+            c[i], m[i] = new_cpu[i], new_mem[i]
+            plain.append(alternative(c, m))
+        assert fast == plain
+        assert topsis_scores(fast) == _plain_topsis(plain)
+
+
+def test_highest_load_criterion_with_ties_zeros_and_nan() -> None:
+    # the one-changed maximum is the overall one except where a load holds it alone
+    nan = float("nan")
+    values = [0.0, -0.0, 0.5, 1.0, nan, 0.25]
+    for loads in itertools.product(values, repeat=3):
+        for new in itertools.product(values, repeat=3):
+            fast = alternatives_one_changed(list(loads), list(loads), list(new), list(new))
+            for i in range(3):
+                changed = list(loads)
+                changed[i] = new[i]
+                plain = alternative(changed, changed)
+                assert (fast[i][1], fast[i][3]) == (plain[1], plain[3])  # the max criteria: never NaN
+
+
+def test_seqsum_adds_left_to_right() -> None:
+    # 1e100 + 1.0 rounds back to 1e100: only a left-to-right sum loses both ones before the -1e100
+    assert topsis.seqsum([1e100, 1.0, -1e100, 1.0], 0.0) == 1.0
+    assert topsis._reduce_sum([1e100, 1.0, -1e100, 1.0], 0.0) == 1.0
+
+
 # -- usage ------------------------------------------------------------------------------------
 
 
@@ -126,6 +201,61 @@ def test_missing_stats_are_logged_and_scoring_falls_back_to_counting() -> None:
         "unable to score nodes according to static usage for service 'vm:3' - "
         "no static service stats for 'vm:3'",
     )
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_adding_all_services_at_once_equals_adding_them_one_by_one(mode: str) -> None:
+    rng = random.Random(7)
+    nodes = {f"n{i}": NodeStats(8 + i, (16 + i) * G, i / 3, i * G / 7) for i in range(5)}
+    services = {f"vm:{i}": ServiceStats(i % 3, (i % 5) * G / 3, i / 11, i * G / 13) for i in range(60)}
+    states = [
+        "started",
+        "started",
+        "stopped",
+        "migrate",
+        "relocate",
+        "request_start_balance",
+        "fence",
+        "freeze",
+    ]
+    ss = {
+        f"vm:{i}": ServiceData(
+            state=rng.choice(states),
+            node=rng.choice([*nodes, "gone"]),
+            target=rng.choice([None, *nodes, "gone"]),
+            running=rng.random() < 0.5,
+        )
+        for i in range(70)  # vm:60.. have no stats
+    }
+    one_by_one = LoadUsage(mode, nodes, services, Log())
+    at_once = LoadUsage(mode, nodes, services, Log())
+    for n in sorted(nodes):
+        one_by_one.add_node(n)
+        at_once.add_node(n)
+    for sid in sorted(ss):
+        sd = ss[sid]
+        one_by_one.add_service_usage(sid, sd.state, sd.node, sd.target, sd.running)
+    at_once.add_services(ss)
+    assert at_once.nodes == one_by_one.nodes
+    assert at_once.imbalance() == one_by_one.imbalance()
+    for sid in ("vm:1", "vm:2", "vm:3"):
+        assert at_once.score_nodes_to_start_service(sid) == one_by_one.score_nodes_to_start_service(sid)
+    for sid in sorted(ss):
+        at_once.remove_service_usage(sid)
+        one_by_one.remove_service_usage(sid)
+    assert at_once.score_nodes_to_start_service("vm:1") == one_by_one.score_nodes_to_start_service("vm:1")
+
+
+def test_remove_undoes_every_charge_of_a_service_placed_twice_on_its_node() -> None:
+    u = _static({"a": NodeStats(4, 4 * G), "b": NodeStats(4, 4 * G)}, {"vm:1": ServiceStats(1, G)}, Log())
+    u.add_service_usage("vm:1", "started", "a", None)
+    assert u.add_service_usage_to_node("a", "vm:1")
+    assert u.add_service_usage_to_node("b", "vm:1")
+    assert u.nodes == {"a": {"vm:1"}, "b": {"vm:1"}}
+    assert u.imbalance() == pytest.approx(1 / 3)  # a carries 2 CPUs / 2 GiB, b 1 / 1
+    u.remove_service_usage("vm:1")
+    assert u.nodes == {"a": set(), "b": set()}
+    assert u.imbalance() == 0.0  # both charges on a undone, not one
 
 
 def test_node_without_stats_fails_the_init() -> None:

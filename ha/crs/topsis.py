@@ -8,9 +8,10 @@ columns in that order.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import reduce
-from operator import add
+from itertools import accumulate, chain
+from operator import add, mul
 
 # criteria, all minimised: average CPU, highest CPU, average memory, highest memory
 _RAW_WEIGHTS = (1.0, 2.0, 5.0, 10.0)
@@ -37,39 +38,84 @@ def alternative(cpu_loads: Sequence[float], mem_loads: Sequence[float]) -> Alter
     return (1.0 + math.sqrt(sq_cpu / n), 1.0 + max_cpu, 1.0 + math.sqrt(sq_mem / n), 1.0 + max_mem)
 
 
+def _sequential_sum_builtin() -> bool:
+    """Whether ``sum`` of floats adds left to right, rounding each step (CPython up to 3.11).
+
+    From 3.12 ``sum`` compensates rounding errors (Neumaier), which gives other floats
+    than the sequential sums the scores must reproduce; then :func:`seqsum` uses ``reduce``.
+    """
+    return sum([1e100, 1.0, -1e100, 1.0, 1.0], 0.0) == 2.0
+
+
+def _reduce_sum(values: Iterable[float], start: float) -> float:
+    return reduce(add, values, start)
+
+
+# start + values[0] + values[1] + ..., each addition rounded, left to right
+seqsum: Callable[[Iterable[float], float], float] = sum if _sequential_sum_builtin() else _reduce_sum
+
+
 def alternatives_one_changed(
-    cpu_loads: list[float], mem_loads: list[float], new_cpu: Sequence[float], new_mem: Sequence[float]
+    cpu_loads: Sequence[float], mem_loads: Sequence[float], new_cpu: Sequence[float], new_mem: Sequence[float]
 ) -> list[Alternative]:
     """``alternative`` for each i of the loads with entry i replaced by ``new_cpu[i]``/``new_mem[i]``.
 
-    Same values as calling :func:`alternative` n times (the same left-to-right
-    sums, done by ``reduce`` in C rather than a Python loop: O(n) calls of C
-    code instead of O(n^2) interpreted steps).
+    Same floats as calling :func:`alternative` n times (see :func:`_one_changed_columns`).
     """
-    n = len(cpu_loads)
-    if n == 0:
+    avg_cpu, max_cpu, avg_mem, max_mem = _one_changed_columns(cpu_loads, mem_loads, new_cpu, new_mem)
+    return list(zip(avg_cpu, max_cpu, avg_mem, max_mem, strict=True))
+
+
+def start_scores(
+    cpu_loads: Sequence[float], mem_loads: Sequence[float], new_cpu: Sequence[float], new_mem: Sequence[float]
+) -> list[float]:
+    """``topsis_scores(alternatives_one_changed(...))``: TOPSIS start scoring of each node (§5.10)."""
+    if not cpu_loads:
         return []
-    cpu_sq = [c * c for c in cpu_loads]
-    mem_sq = [m * m for m in mem_loads]
-    out: list[Alternative] = []
-    for i in range(n):
-        c, m = new_cpu[i], new_mem[i]
-        csq = cpu_sq.copy()
-        csq[i] = c * c
-        msq = mem_sq.copy()
-        msq[i] = m * m
-        cl = cpu_loads.copy()
-        cl[i] = c
-        ml = mem_loads.copy()
-        ml[i] = m
-        out.append(
-            (
-                1.0 + math.sqrt(reduce(add, csq, 0.0) / n),
-                1.0 + max(0.0, *cl),
-                1.0 + math.sqrt(reduce(add, msq, 0.0) / n),
-                1.0 + max(0.0, *ml),
-            )
-        )
+    return _column_scores(_one_changed_columns(cpu_loads, mem_loads, new_cpu, new_mem))
+
+
+def _one_changed_columns(
+    cpu_loads: Sequence[float], mem_loads: Sequence[float], new_cpu: Sequence[float], new_mem: Sequence[float]
+) -> list[list[float]]:
+    """The four criteria columns of ``alternatives_one_changed``, one entry per i.
+
+    Each sum of squares is the shared left-to-right prefix before entry i
+    (``accumulate``), then the new square, then the rest added in order
+    (:func:`seqsum`, C code): the floats of a plain left-to-right loop. A maximum
+    does not depend on the order: see :func:`_max_column`.
+    """
+    return [
+        _rms_column(cpu_loads, new_cpu),
+        _max_column(cpu_loads, new_cpu),
+        _rms_column(mem_loads, new_mem),
+        _max_column(mem_loads, new_mem),
+    ]
+
+
+def _rms_column(loads: Sequence[float], new: Sequence[float]) -> list[float]:
+    """``1 + sqrt(mean of the squared loads)`` with load i replaced by ``new[i]``, for each i."""
+    n = len(loads)
+    sq = [x * x for x in loads]
+    prefix = accumulate(sq, initial=0.0)  # prefix i: the sum of the squares before entry i
+    starts = [p + x * x for p, x in zip(prefix, new, strict=False)]
+    sums = map(seqsum, [sq[i + 1 :] for i in range(n)], starts)
+    return [1.0 + math.sqrt(s / n) for s in sums]
+
+
+def _max_column(loads: Sequence[float], new: Sequence[float]) -> list[float]:
+    """``1 + max(0, loads)`` with load i replaced by ``new[i]``, for each i.
+
+    The maximum of the other loads is the overall maximum ``top``, except at the
+    one index that holds ``top`` alone (there: the maximum of the rest). NaN loads
+    are passed over, as ``max`` starting at 0 passes them over.
+    """
+    top = max(chain((0.0,), loads))
+    out = [1.0 + (x if x > top else top) for x in new]
+    if loads.count(top) == 1:
+        k = loads.index(top)
+        rest = max(chain((0.0,), loads[:k], loads[k + 1 :]))
+        out[k] = 1.0 + (new[k] if new[k] > rest else rest)
     return out
 
 
@@ -77,30 +123,30 @@ def topsis_scores(alternatives: Sequence[Alternative]) -> list[float]:
     """Closeness to the ideal (higher is better), one per alternative, in the given order."""
     if not alternatives:
         return []
-    cols = len(WEIGHTS)
-    norms = []
-    for j in range(cols):
-        s = 0.0
-        for a in alternatives:
-            s += a[j] * a[j]
-        norms.append(math.sqrt(s))
-    weighted = [
-        tuple((a[j] / norms[j] if norms[j] != 0.0 else a[j]) * WEIGHTS[j] for j in range(cols))
-        for a in alternatives
-    ]
-    best = [min(w[j] for w in weighted) for j in range(cols)]
-    worst = [max(w[j] for w in weighted) for j in range(cols)]
+    return _column_scores([list(col) for col in zip(*alternatives, strict=True)])
+
+
+def _column_scores(columns: Sequence[Sequence[float]]) -> list[float]:
+    """``topsis_scores`` of alternatives given as their four criteria columns.
+
+    Every sum runs in the order of the plain definition: a column's norm over the
+    alternatives in order, an alternative's distances over the criteria in order.
+    """
+    weighted = []
+    for col, weight in zip(columns, WEIGHTS, strict=True):
+        norm = math.sqrt(seqsum(map(mul, col, col), 0.0))
+        weighted.append([x / norm * weight for x in col] if norm != 0.0 else [x * weight for x in col])
+    best0, best1, best2, best3 = map(min, weighted)  # the ideal: every criterion is minimised
+    worst0, worst1, worst2, worst3 = map(max, weighted)
+    sqrt = math.sqrt
     scores = []
-    for w in weighted:
-        d_best = 0.0
-        d_worst = 0.0
-        for j in range(cols):
-            d_best += (w[j] - best[j]) ** 2
-            d_worst += (w[j] - worst[j]) ** 2
-        d_best = math.sqrt(d_best)
-        d_worst = math.sqrt(d_worst)
-        total = d_best + d_worst
-        scores.append(d_worst / total if total != 0.0 else 0.0)
+    for c0, c1, c2, c3 in zip(*weighted, strict=True):
+        to_best = sqrt(0.0 + (c0 - best0) ** 2 + (c1 - best1) ** 2 + (c2 - best2) ** 2 + (c3 - best3) ** 2)
+        to_worst = sqrt(
+            0.0 + (c0 - worst0) ** 2 + (c1 - worst1) ** 2 + (c2 - worst2) ** 2 + (c3 - worst3) ** 2
+        )
+        total = to_best + to_worst
+        scores.append(to_worst / total if total != 0.0 else 0.0)
     return scores
 
 

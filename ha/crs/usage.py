@@ -20,15 +20,16 @@ from dataclasses import dataclass
 from ha.crs.stats import DYNAMIC, STATIC, NodeStats, ServiceStats
 from ha.crs.topsis import (
     alternative,
-    alternatives_one_changed,
     imbalance,
     node_load,
+    start_scores,
     topsis_scores,
     trunc15,
 )
 from ha.errors import HaError
+from ha.records import ServiceData
 from ha.states import ServiceState
-from ha.usage import used_nodes
+from ha.usage import CURRENT_ONLY, used_nodes
 
 S = ServiceState
 Log = Callable[[str, str], None]
@@ -70,7 +71,8 @@ class LoadUsage:
             raise UsageError(f"unknown load scheduler mode '{mode}'")
         self.mode = mode
         self._node_stats = node_stats
-        self._service_stats = service_stats
+        # a snapshot: a charge is undone by recomputing it from these stats (see _charge_of)
+        self._service_stats = dict(service_stats)
         self._log = log
         self.nodes: dict[str, set[str]] = {}
         self._order: list[str] = []
@@ -82,9 +84,13 @@ class LoadUsage:
         # dynamic only: what starting services add for start scoring
         self._start_cpu: dict[str, float] = {}
         self._start_mem: dict[str, float] = {}
-        # sid -> [(node, cpu, mem)] as charged (to undo it exactly)
-        self._charged: dict[str, list[tuple[str, float, float]]] = {}
-        self._where: dict[str, set[str]] = {}
+        # sid -> the nodes it is assigned to, and the nodes it is charged on in charge
+        # order (a node may repeat). One-node values are shared per node (_one_set,
+        # _one_tuple): recomputing the usage allocates nothing per service.
+        self._where: dict[str, frozenset[str]] = {}
+        self._charged: dict[str, tuple[str, ...]] = {}
+        self._one_set: dict[str, frozenset[str]] = {}
+        self._one_tuple: dict[str, tuple[str]] = {}
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -104,6 +110,8 @@ class LoadUsage:
         self._mem[node] = float(st.mem) if self.mode == DYNAMIC else 0.0
         self._start_cpu[node] = 0.0
         self._start_mem[node] = 0.0
+        self._one_set[node] = frozenset((node,))
+        self._one_tuple[node] = (node,)
 
     def contains_node(self, node: str | None) -> bool:
         return node is not None and node in self.nodes
@@ -119,20 +127,29 @@ class LoadUsage:
             raise UsageError(f"no {self.mode} service stats for '{sid}'")
         return st
 
-    def _charge(self, sid: str, node: str, st: ServiceStats) -> None:
-        cpu = float(st.maxcpu) if st.maxcpu else self._maxcpu[node]
-        mem = float(st.maxmem)
+    def _charge_of(self, node: str, st: ServiceStats) -> tuple[float, float]:
+        """(cpu, mem) a service adds "as started" to ``node``: its maxcpu (the node's when 0), its maxmem."""
+        return (float(st.maxcpu) if st.maxcpu else self._maxcpu[node]), float(st.maxmem)
+
+    def _assign(self, sid: str, node: str, st: ServiceStats, charge: bool) -> None:
+        """Put ``sid`` on ``node``; with ``charge`` count it as started there (§5.10)."""
+        self.nodes[node].add(sid)
+        where = self._where.get(sid)
+        if where is None:
+            self._where[sid] = self._one_set[node]
+        elif node not in where:
+            self._where[sid] = where | self._one_set[node]
+        if not charge:
+            return
+        cpu, mem = self._charge_of(node, st)
         if self.mode == STATIC:
             self._cpu[node] += cpu
             self._mem[node] += mem
         else:
             self._start_cpu[node] += cpu
             self._start_mem[node] += mem
-        self._charged.setdefault(sid, []).append((node, cpu, mem))
-
-    def _assign(self, sid: str, node: str) -> None:
-        self.nodes[node].add(sid)
-        self._where.setdefault(sid, set()).add(node)
+        charged = self._charged.get(sid)
+        self._charged[sid] = self._one_tuple[node] if charged is None else (*charged, node)
 
     def add_service_usage_to_node(self, node: str, sid: str) -> bool:
         """Count ``sid`` as started on ``node`` (a placement decided this round)."""
@@ -143,9 +160,8 @@ class LoadUsage:
         except UsageError as e:
             self._log("warning", f"unable to add service '{sid}' - {e}")
             return False
-        self._assign(sid, node)
         # dynamic: a service moved to a node is not running there yet
-        self._charge(sid, node, st)
+        self._assign(sid, node, st, True)
         return True
 
     def add_service_usage(
@@ -164,11 +180,36 @@ class LoadUsage:
         except UsageError as e:
             self._log("warning", f"unable to add service '{sid}' - {e}")
             return
-        assigned = [current] if tgt is None else [current, tgt]
-        for n in assigned:
-            self._assign(sid, n)
-            if self.mode == STATIC or not is_running:
-                self._charge(sid, n, st)
+        charge = self.mode == STATIC or not is_running
+        self._assign(sid, current, st, charge)
+        if tgt is not None:
+            self._assign(sid, tgt, st, charge)
+
+    def add_services(self, ss: Mapping[str, ServiceData]) -> None:
+        """``add_service_usage`` of every service of ``ss``, in sorted sid order (the columns'
+        sums run in that order).
+
+        The common case is inlined, same steps as ``_assign``: a service with stats on one
+        online node (``started`` and the other current-only states). A round adds every service.
+        """
+        nodes, where, charged = self.nodes, self._where, self._charged
+        one_set, one_tuple, maxcpu, stats = self._one_set, self._one_tuple, self._maxcpu, self._service_stats
+        static = self.mode == STATIC
+        cpu_col, mem_col = (self._cpu, self._mem) if static else (self._start_cpu, self._start_mem)
+        for sid in sorted(ss):
+            sd = ss[sid]
+            state, node = sd.state, sd.node
+            st = stats.get(sid)
+            if state not in CURRENT_ONLY or node not in nodes or st is None or sid in where:
+                self.add_service_usage(sid, state, node, sd.target, sd.running)
+                continue
+            nodes[node].add(sid)
+            where[sid] = one_set[node]
+            # §5.10: only a started service can be not running; dynamic charges only those
+            if static or (state == S.STARTED and not sd.running):
+                cpu_col[node] += float(st.maxcpu) if st.maxcpu else maxcpu[node]
+                mem_col[node] += float(st.maxmem)
+                charged[sid] = one_tuple[node]
 
     def add_guest_usage(self, sid: str, state: str, node: str, running: bool) -> None:
         """A guest the HA stack does not manage (from the stats source), as it is."""
@@ -177,7 +218,12 @@ class LoadUsage:
     def remove_service_usage(self, sid: str) -> None:
         for n in self._where.pop(sid, ()):
             self.nodes[n].discard(sid)
-        for n, cpu, mem in self._charged.pop(sid, ()):
+        charged = self._charged.pop(sid, ())
+        if not charged:
+            return
+        st = self._service_stats[sid]  # it was charged: it has stats
+        for n in charged:
+            cpu, mem = self._charge_of(n, st)
             if self.mode == STATIC:
                 self._cpu[n] -= cpu
                 self._mem[n] -= mem
@@ -206,16 +252,22 @@ class LoadUsage:
     def _topsis_start_scores(self, sid: str) -> dict[str, float]:
         st = self._stats(sid)
         order = self._order
-        cpu = [self._cpu[n] + self._start_cpu[n] for n in order]
-        mem = [self._mem[n] + self._start_mem[n] for n in order]
+        base_cpu, start_cpu, base_mem, start_mem = self._cpu, self._start_cpu, self._mem, self._start_mem
+        cpu = [base_cpu[n] + start_cpu[n] for n in order]
+        mem = [base_mem[n] + start_mem[n] for n in order]
         maxcpu = [self._maxcpu[n] for n in order]
         maxmem = [self._maxmem[n] for n in order]
         cpu_loads = [c / m for c, m in zip(cpu, maxcpu, strict=True)]
         mem_loads = [c / m for c, m in zip(mem, maxmem, strict=True)]
-        new_cpu = [(c + (float(st.maxcpu) if st.maxcpu else m)) / m for c, m in zip(cpu, maxcpu, strict=True)]
-        new_mem = [(c + float(st.maxmem)) / m for c, m in zip(mem, maxmem, strict=True)]
-        alts = alternatives_one_changed(cpu_loads, mem_loads, new_cpu, new_mem)
-        scores = topsis_scores(alts)
+        # the service "as started" on each node: its maxcpu (the node's when 0), its maxmem
+        if st.maxcpu:
+            add_cpu = float(st.maxcpu)
+            new_cpu = [(c + add_cpu) / m for c, m in zip(cpu, maxcpu, strict=True)]
+        else:
+            new_cpu = [(c + m) / m for c, m in zip(cpu, maxcpu, strict=True)]
+        add_mem = float(st.maxmem)
+        new_mem = [(c + add_mem) / m for c, m in zip(mem, maxmem, strict=True)]
+        scores = start_scores(cpu_loads, mem_loads, new_cpu, new_mem)
         return {n: -s for n, s in zip(order, scores, strict=True)}
 
     # -- imbalance and balancing (§5.12) --------------------------------------------------
@@ -243,9 +295,8 @@ class LoadUsage:
     def _move_stats(self, sid: str, source: str) -> tuple[float, float]:
         if self.mode == STATIC:
             # what the service was charged on its node (its maxcpu, or the node's when it is 0)
-            for n, cpu, mem in self._charged.get(sid, ()):
-                if n == source:
-                    return cpu, mem
+            if source in self._charged.get(sid, ()):
+                return self._charge_of(source, self._service_stats[sid])
             raise UsageError(f"service '{sid}' is not counted on node '{source}'")
         st = self._stats(sid)
         return float(st.cpu), float(st.mem)
