@@ -93,7 +93,7 @@ class NodeMetrics:
         self.master = Gauge("pyha_is_master", "This node's CRM is the master", registry=r)
         info = Gauge("pyha_node_info", "This node (value 1)", ["node", "cluster"], registry=r)
         info.labels(node, cluster).set(1)
-        self._view = _View()
+        self._view = _View(node)
         r.register(self._view)
         # for failover durations: node -> when it was lost (wall time), as the master saw it
         self._lost_at: dict[str, float] = {}
@@ -154,7 +154,8 @@ class NodeMetrics:
 class _View(Collector):
     """Gauges read at scrape time from what the runtime and the last manager_status say."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: str) -> None:
+        self.node = node
         self.runtime: tuple[Any, ...] | None = None
         self.status: tuple[dict[str, int], dict[str, int], dict[str, str], str | None] | None = None
 
@@ -167,12 +168,13 @@ class _View(Collector):
             yield _gauge("pyha_quorate", "This node is quorate (bus majority and store reachable)", quorate())
             yield _gauge("pyha_bus_quorate", "The bus sees a majority of the members", bus_quorate())
             yield _gauge("pyha_store_healthy", "A store round trip succeeded recently", store_healthy())
-            up = set(peers_up())
-            yield _gauge("pyha_bus_peers_up", "Members the bus hears (this node included)", len(up))
-            yield _gauge("pyha_cluster_members", "Members in cluster.json", len(members))
-            per = GaugeMetricFamily("pyha_bus_peer_up", "The bus hears this member", labels=["peer"])
+            up = set(peers_up()) - {self.node}
+            yield _gauge("pyha_bus_peers_up", "Other members the bus hears", len(up))
+            yield _gauge("pyha_cluster_members", "Members in cluster.json (this node included)", len(members))
+            per = GaugeMetricFamily("pyha_bus_peer_up", "The bus hears this other member", labels=["peer"])
             for m in members:
-                per.add_metric([m], 1.0 if m in up else 0.0)
+                if m != self.node:
+                    per.add_metric([m], 1.0 if m in up else 0.0)
             yield per
         if self.status is not None:
             states, here, nodes, _master = self.status

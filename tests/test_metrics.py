@@ -48,7 +48,7 @@ def test_scrape_over_http_reads_runtime_and_status() -> None:
         quorate=lambda: True,
         bus_quorate=lambda: True,
         store_healthy=lambda: False,
-        peers_up=lambda: {"n1", "n3"},
+        peers_up=lambda: {"n3"},
         members=["n1", "n2", "n3"],
     )
     m.saw_manager_status(
@@ -69,7 +69,9 @@ def test_scrape_over_http_reads_runtime_and_status() -> None:
     }
     assert got[("pyha_quorate", ())] == 1
     assert got[("pyha_store_healthy", ())] == 0
-    assert got[("pyha_bus_peers_up", ())] == 2
+    assert got[("pyha_bus_peers_up", ())] == 1
+    assert got[("pyha_cluster_members", ())] == 3
+    assert ("pyha_bus_peer_up", (("peer", "n1"),)) not in got  # only the other members
     assert got[("pyha_bus_peer_up", (("peer", "n2"),))] == 0
     assert got[("pyha_services", (("state", "started"),))] == 1
     assert got[("pyha_services", (("state", "fence"),))] == 1
