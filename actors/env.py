@@ -28,6 +28,9 @@ from typing import Any, Protocol
 
 from loguru import logger
 
+from actors.metrics import NodeMetrics
+from actors.notifier import Notifier
+from actors.observe import MasterObserver
 from admin.placement import place_unplaced
 from agents.usage import Usage, UsageSampler
 from fence.clock import boottime
@@ -109,6 +112,9 @@ class NodeContext:
     # measures the node's and its services' CPU and memory (the ``dynamic`` scheduler's stats);
     # only the LRM samples it, when it writes lrm_status
     usage: UsageSampler | None = None
+    # the node's Prometheus metrics and the master's notification targets (docs/OPERATIONS.md)
+    metrics: NodeMetrics | None = None
+    notifier: Notifier | None = None
     _parse_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -163,6 +169,12 @@ class LiveEnv:
         self._last_measured: dict[str, tuple[tuple[float, float], float]] = {}
         self._ms_written: tuple[dict[str, Any], float, str] | None = None
         self._ms_parsed: tuple[str, ManagerStatus] | None = None  # the LRM's last read, by version
+        # the master's metrics and notifications, from what the core writes (actors/observe.py)
+        self.observer = (
+            MasterObserver(ctx.metrics, ctx.notifier, ctx.last_seen)
+            if daemon == "crm" and ctx.metrics is not None
+            else None
+        )
 
     @property
     def holder(self) -> str:
@@ -185,6 +197,8 @@ class LiveEnv:
 
     def send_notification(self, prefix: str, text: str, node: str) -> None:
         self.log_.warning(f"{prefix}: {text}")
+        if self.observer is not None:
+            self.observer.notification(prefix, text, node)
 
     def sleep(self, seconds: float) -> None:
         pass  # the actor's next tick is the sleep
@@ -286,6 +300,8 @@ class LiveEnv:
         ms, version = rec.read_manager_status(self.ctx.store)
         if isinstance(self._ms_version, _Unknown):  # first read, unknown outcome, or stale
             self._ms_version = version
+        if self.observer is not None and self._manager_lease_held and self.observer.needs_baseline:
+            self.observer.baseline(ms)  # a new term: report only what changes under this master
         return ms
 
     def _lrm_read_manager_status(self) -> ManagerStatus:
@@ -302,6 +318,8 @@ class LiveEnv:
             return self._ms_parsed[1]
         ms = ManagerStatus.from_dict(rec.decode_json(rec.MANAGER_STATUS, record.data))
         self._ms_parsed = (record.version, ms)
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.saw_manager_status(ms)
         return ms
 
     def write_manager_status(self, ms: ManagerStatus) -> None:
@@ -352,6 +370,8 @@ class LiveEnv:
             raise
         self._ms_written = (content, time.monotonic(), self._ms_version)
         self._drain_quietly()
+        if self.observer is not None:
+            self.observer.written(ms)
         if self.ctx.on_manager_status is not None:
             self.ctx.on_manager_status(ms)
 
@@ -729,9 +749,11 @@ class LiveEnv:
         try:
             ok = self.ctx.store.acquire_lease(lease, self.holder, self.ctx.lease_ttl)
         except StoreError as e:
+            self._lease_timed(lease, boottime() - t0, "error")
             self._trouble(f"{lease}:error", f"lease {lease}: store unavailable, not renewed: {e}")
             return False
         took = boottime() - t0
+        self._lease_timed(lease, took, "ok" if ok else "held")
         if ok and took > self.ctx.renew_latency_cap:
             self._trouble(
                 f"{lease}:slow",
@@ -745,6 +767,15 @@ class LiveEnv:
             self.log("info", f"lease {lease}: store usable again")
             self._store_trouble = None
         return ok
+
+    def _lease_timed(self, lease: str, took: float, result: str) -> None:
+        """``pyha_lease_renewal_seconds``: manager, agent (this node's own) or fence (another's)."""
+        if self.ctx.metrics is None:
+            return
+        kind = "manager" if lease == rec.MANAGER_LEASE else "agent"
+        if kind == "agent" and lease != rec.agent_lease(self.ctx.node):
+            kind = "fence"
+        self.ctx.metrics.lease_renewal.labels(kind, result).observe(took)
 
     def _trouble(self, key: str, msg: str) -> None:
         """Log a lease-call problem once per kind, until a call succeeds again."""
@@ -765,6 +796,8 @@ class LiveEnv:
             # a new term: the compare-and-swap base is the record as this master reads it next,
             # not what this process read (or wrote) before, as a slave or in an earlier term
             self._ms_version = _UNKNOWN
+            if self.observer is not None:
+                self.observer.new_term()
         self._manager_lease_held = ok
         return ok
 

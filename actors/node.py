@@ -54,6 +54,8 @@ from actors.crm_master import CrmActor
 from actors.daemon import Exited, Shutdown, Tick, Waker
 from actors.env import LiveEnv, MovingPlugin, NodeContext
 from actors.lrm import LrmActor
+from actors.metrics import NodeMetrics, TimedStore
+from actors.notifier import Notifier
 from actors.notify import DirWatch
 from actors.supervise import Supervised
 from actors.watchdog import (
@@ -226,7 +228,8 @@ class NodeRuntime:
         run = c.run_dir(self.node)
         (run / SHUTDOWN_FILE).unlink(missing_ok=True)
         (run / "ha-node.pid").write_text(f"{os.getpid()}\n")
-        self.store = c.open_store()
+        self.metrics = NodeMetrics(self.node, c.cluster)
+        self.store = TimedStore(c.open_store(), self.metrics)
         self._publish_capacity()
         self.health = StoreHealth(c.store_quorum_window)
         # first probe before anything acts: quorate from the start when the store answers
@@ -238,6 +241,7 @@ class NodeRuntime:
             self.node, membership, cluster=c.cluster, curve=c.curve, keys=keys, config=TransportConfig()
         )
         self.bus.start()
+        self._serve_metrics()
         # results and commands are re-sent until acknowledged (on PeerUp and heartbeats)
         self.outbox = Outbox(self.bus.send)
         self.outbox.attach(self.bus.subscribe)
@@ -281,6 +285,12 @@ class NodeRuntime:
             fenced=self.fenced,
             watchdog_confirmed=lambda: driver.confirmed,
             usage=usage,
+            metrics=self.metrics,
+            notifier=(
+                Notifier(c.notify, cluster=c.cluster, node=self.node, metrics=self.metrics)
+                if c.notify is not None and c.notify.targets
+                else None
+            ),
         )
         timing = c.core_timing()
         # the API first: the master's status hook (_announce_commands) tells it every write
@@ -299,13 +309,36 @@ class NodeRuntime:
             lrm_env.settle_unwatched,
             recheck_interval=c.recheck_interval,
         )
-        self.crm = CrmActor.start(self.node, LiveEnv(self.ctx, "crm"), timing, self._exited, self.crm_waker)
+        self.crm = CrmActor.start(
+            self.node, LiveEnv(self.ctx, "crm"), timing, self._exited, self.crm_waker, self.metrics
+        )
         self.bus.subscribe(self._on_bus)
         self.ticker = threading.Thread(target=self._tick_loop, name=f"ticker-{self.node}")
         self.ticker.start()
         self.watcher = threading.Thread(target=self._watch_loop, name=f"store-watch-{self.node}")
         self.watcher.start()
         self.log.info(f"node started (bus {self.bus.endpoint}, store {c.store_url})")
+
+    def _serve_metrics(self) -> None:
+        """Prometheus metrics on the bus address and ``metrics_port`` (docs/OPERATIONS.md); a
+        port that cannot be bound is logged, the node runs on without metrics."""
+        m, c = self.metrics, self.cluster
+        m.watch_runtime(
+            quorate=self.quorate,
+            bus_quorate=lambda: self.bus.quorate,
+            store_healthy=self.health.healthy,
+            peers_up=self.bus.peers_up,
+            members=c.nodes,
+        )
+        where = c.metrics_address(self.node)
+        if where is None:
+            return
+        try:
+            m.serve(*where)
+        except OSError as e:
+            self.log.warning(f"metrics not served on {where[0]}:{where[1]}: {e}")
+            return
+        self.log.info(f"metrics on http://{where[0]}:{where[1]}/metrics")
 
     def _choose_driver(self) -> str:
         """The watchdog driver of cluster.json (auto/device/userspace); HaError when unusable."""
@@ -652,6 +685,11 @@ class NodeRuntime:
             self.bus.stop()
         with contextlib.suppress(Exception):
             self.store.close()
+        with contextlib.suppress(Exception):
+            if self.ctx.notifier is not None:
+                self.ctx.notifier.close(timeout=2)
+        with contextlib.suppress(Exception):
+            self.metrics.close()
         if self.watchdog_proc is not None and orderly:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.watchdog_proc.wait(timeout=5)

@@ -17,6 +17,10 @@ etcd is reached over TLS with a client certificate (docs/ETCD.md "TLS"): the
 client certificate and key (paths relative to the cluster directory, or
 absolute), which :attr:`ClusterConfig.store_url` adds to the store URL. Plain
 http only with ``insecure=1`` in the store URL itself.
+
+Operations (docs/OPERATIONS.md): a node entry may name a ``metrics_port``, where
+the node serves Prometheus metrics on its bus address; the ``"notify"`` section
+(:class:`NotifyConfig`) names where fence, recovery and error events go.
 """
 
 from __future__ import annotations
@@ -134,6 +138,90 @@ class EtcdTlsPaths:
         return cls(*values)
 
 
+NOTIFY_EVENTS = ("fence", "fenced", "recovery", "error")
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """The ``"notify"`` section: where the master sends fence, recovery and error events.
+
+    ``hook``: an executable (absolute path, run without a shell; the event as JSON on
+    stdin and ``PYHA_*`` variables); ``webhook``: an http(s) URL (a JSON POST);
+    ``smtp``: ``host:port`` of a mail relay, with ``mail_to`` (and ``mail_from``);
+    ``events``: which events (default all of :data:`NOTIFY_EVENTS`); ``timeout``: the
+    seconds one delivery may take.
+    """
+
+    hook: str | None = None
+    webhook: str | None = None
+    smtp: str | None = None
+    mail_to: tuple[str, ...] = ()
+    mail_from: str = "pyha@localhost"
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    timeout: float = 5.0
+
+    @property
+    def targets(self) -> list[str]:
+        return [t for t in ("hook", "webhook", "smtp") if getattr(self, t)]
+
+    @property
+    def smtp_address(self) -> tuple[str, int]:
+        assert self.smtp is not None
+        host, _, port = self.smtp.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {k: getattr(self, k) for k in ("hook", "webhook", "smtp") if getattr(self, k)}
+        if self.mail_to:
+            d["mail_to"] = list(self.mail_to)
+            d["mail_from"] = self.mail_from
+        d["events"] = list(self.events)
+        d["timeout"] = self.timeout
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], path: str) -> NotifyConfig:
+        def text(key: str) -> str | None:
+            v = d.get(key)
+            if v is not None and (not isinstance(v, str) or not v):
+                raise ConfigError(f"'notify': {key} must be a non-empty string", path)
+            return v
+
+        mail_to = d.get("mail_to") or []
+        if isinstance(mail_to, str):
+            mail_to = [mail_to]
+        events = d.get("events", list(NOTIFY_EVENTS))
+        try:
+            cfg = cls(
+                hook=text("hook"),
+                webhook=text("webhook"),
+                smtp=text("smtp"),
+                mail_to=tuple(str(m) for m in mail_to),
+                mail_from=text("mail_from") or "pyha@localhost",
+                events=tuple(str(e) for e in events),
+                timeout=float(d.get("timeout", 5.0)),
+            )
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"bad 'notify' section: {e}", path) from None
+        if cfg.hook is not None and not cfg.hook.startswith("/"):
+            raise ConfigError("'notify': hook must be an absolute path", path)
+        if cfg.webhook is not None and not cfg.webhook.startswith(("http://", "https://")):
+            raise ConfigError("'notify': webhook must be an http:// or https:// URL", path)
+        if cfg.smtp is not None:
+            try:
+                cfg.smtp_address  # noqa: B018 - validates host:port
+            except ValueError:
+                raise ConfigError("'notify': smtp must be HOST:PORT", path) from None
+            if not cfg.mail_to:
+                raise ConfigError("'notify': smtp needs mail_to", path)
+        unknown = sorted(set(cfg.events) - set(NOTIFY_EVENTS))
+        if unknown:
+            raise ConfigError(f"'notify': unknown events {unknown} (known: {', '.join(NOTIFY_EVENTS)})", path)
+        if not 0 < cfg.timeout <= 60:
+            raise ConfigError("'notify': timeout must be > 0 and <= 60 seconds", path)
+        return cfg
+
+
 @dataclass
 class ClusterConfig:
     root: Path
@@ -164,6 +252,11 @@ class ClusterConfig:
     # space), "device" (refuse to start without it) or "userspace"
     watchdog: str = "auto"
     watchdog_device: str = "/dev/watchdog"
+    # node name -> the TCP port its Prometheus metrics are served on (its bus address); a node
+    # without one serves none (docs/OPERATIONS.md)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    # where the master sends fence, recovery and error events (None: nowhere)
+    notify: NotifyConfig | None = None
 
     # -- store ----------------------------------------------------------------
     @property
@@ -289,6 +382,14 @@ class ClusterConfig:
         tag = hashlib.sha1(str(self.root).encode()).hexdigest()[:8]
         return mount / "pyha" / f"{self.cluster}-{tag}"
 
+    def metrics_address(self, node: str) -> tuple[str, int] | None:
+        """Where NODE serves its metrics: its bus host and its ``metrics_port`` (None: no metrics)."""
+        port = self.metrics_ports.get(node)
+        if port is None:
+            return None
+        host = urllib.parse.urlsplit(self.nodes[node]).hostname or "127.0.0.1"
+        return host, port
+
     def watchdog_socket(self, node: str) -> Path:
         return self.run_dir(node) / "watchdog.sock"
 
@@ -339,7 +440,7 @@ class ClusterConfig:
         t = self.timing
         return {
             "cluster": self.cluster,
-            "nodes": {n: {"endpoint": e} for n, e in sorted(self.nodes.items())},
+            "nodes": {n: self._node_dict(n) for n in sorted(self.nodes)},
             "curve": self.curve,
             "timing": {
                 "lease_ttl": t.lease_ttl,
@@ -359,7 +460,14 @@ class ClusterConfig:
             "etcd_tls": self.etcd_tls.to_dict() if self.etcd_tls is not None else None,
             "watchdog": self.watchdog,
             "watchdog_device": self.watchdog_device,
+            "notify": self.notify.to_dict() if self.notify is not None else None,
         }
+
+    def _node_dict(self, node: str) -> dict[str, Any]:
+        d: dict[str, Any] = {"endpoint": self.nodes[node]}
+        if node in self.metrics_ports:
+            d["metrics_port"] = self.metrics_ports[node]
+        return d
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -384,6 +492,7 @@ class ClusterConfig:
         if not isinstance(nodes_raw, dict) or not nodes_raw:
             raise ConfigError("'nodes' must map node names to {endpoint}", str(path))
         nodes: dict[str, str] = {}
+        metrics_ports: dict[str, int] = {}
         for name, spec in nodes_raw.items():
             if not _NAME.match(name):
                 raise ConfigError(f"invalid node name '{name}'", str(path))
@@ -391,6 +500,11 @@ class ClusterConfig:
             if not isinstance(endpoint, str) or not endpoint.startswith("tcp://"):
                 raise ConfigError(f"node '{name}': endpoint must be tcp://HOST:PORT", str(path))
             nodes[name] = endpoint
+            port = spec.get("metrics_port")
+            if port is not None:
+                if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+                    raise ConfigError(f"node '{name}': metrics_port must be a TCP port number", str(path))
+                metrics_ports[name] = port
         timing = LeaseTiming.from_mapping(data.get("timing") or {}, str(path))
         cfg = cls(
             root=root,
@@ -413,6 +527,12 @@ class ClusterConfig:
             ),
             watchdog=str(data.get("watchdog") or "auto"),
             watchdog_device=str(data.get("watchdog_device") or "/dev/watchdog"),
+            metrics_ports=metrics_ports,
+            notify=(
+                NotifyConfig.from_dict(data["notify"], str(path))
+                if isinstance(data.get("notify"), dict)
+                else None
+            ),
         )
         if cfg.watchdog not in WATCHDOG_DRIVERS:
             raise ConfigError(

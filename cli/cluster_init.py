@@ -37,6 +37,8 @@ from store.records import DATACENTER_CFG, RESOURCES_CFG
 
 # the bus port of every node when each has its own network namespace (and address)
 NETNS_BUS_PORT = 7100
+# the Prometheus metrics port of every node when each has its own address (docs/OPERATIONS.md)
+NETNS_METRICS_PORT = 9464
 # the datacenter.cfg of a new cluster
 INITIAL_DATACENTER_CFG = b"ha: shutdown_policy=conditional\n"
 STORE_START_TIMEOUT = 30.0
@@ -50,6 +52,7 @@ class InitPlan:
     name: str
     nodes: list[str]
     endpoints: dict[str, str]  # node -> bus endpoint on the host (replaced when netns)
+    metrics_ports: dict[str, int]  # node -> metrics port on the host (replaced when netns)
     timing: LeaseTiming
     store: str  # "dir", an etcd:// URL, or "" until the local etcd members are known
     own_etcd: bool  # ha-cluster runs one etcd member per node (--store etcd --netns)
@@ -180,12 +183,18 @@ def plan(
     if own_etcd and (root / "etcd").exists() and not force:
         raise AdminError(f"{root}/etcd holds etcd data (use --force to start afresh)", ExitCode.USAGE)
     names = [f"node{i}" for i in range(1, count + 1)]
-    ports = [base_port + i for i in range(count)] if base_port else free_ports(count)
+    if base_port:
+        ports = [base_port + i for i in range(count)]
+        metrics = [p for p in free_ports(2 * count) if p not in ports][:count]
+    else:
+        both = free_ports(2 * count)  # one call: no port handed out twice
+        ports, metrics = both[:count], both[count:]
     return InitPlan(
         root=root,
         name=name,
         nodes=names,
         endpoints={n: f"tcp://127.0.0.1:{port}" for n, port in zip(names, ports, strict=True)},
+        metrics_ports=dict(zip(names, metrics, strict=True)),
         timing=timing,
         store=store,
         own_etcd=own_etcd,
@@ -246,10 +255,11 @@ def _remove_old_etcd(p: InitPlan) -> None:
 
 
 def _config(p: InitPlan, network: netns_mod.Network | None) -> ClusterConfig:
-    endpoints, store, etcd = p.endpoints, p.store, None
+    endpoints, store, etcd, metrics = p.endpoints, p.store, None, p.metrics_ports
     tls = EtcdTlsPaths(*p.etcd_tls) if p.etcd_tls else None
     if network is not None:
         endpoints = {n: f"tcp://{network.nodes[n].address}:{NETNS_BUS_PORT}" for n in p.nodes}
+        metrics = dict.fromkeys(p.nodes, NETNS_METRICS_PORT)
     if p.own_etcd:
         assert network is not None
         members = {n: EtcdMember(n, network.nodes[n].address, tls=not p.insecure) for n in p.nodes}
@@ -274,6 +284,7 @@ def _config(p: InitPlan, network: netns_mod.Network | None) -> ClusterConfig:
         etcd=etcd,
         etcd_tls=tls,
         watchdog=p.watchdog,
+        metrics_ports=metrics,
     )
 
 
@@ -357,5 +368,8 @@ def summary(c: ClusterConfig) -> list[str]:
         lines.append(f"  etcd over TLS: CA {t.ca}, client certificate {t.cert} (key {t.key})")
     for n, endpoint in sorted(c.nodes.items()):
         extra = f"  etcd {c.etcd.members[n].endpoint}" if c.etcd is not None else ""
+        where = c.metrics_address(n)
+        if where is not None:
+            extra += f"  metrics http://{where[0]}:{where[1]}/metrics"
         lines.append(f"  {n}  {endpoint}{extra}")
     return lines
