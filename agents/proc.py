@@ -250,10 +250,20 @@ class ProcPlugin:
             return
 
         self._dir(node).mkdir(parents=True, exist_ok=True)
+        st = self._launch(env, sid, node, name, ["/bin/sh", "-c", cmd], cwd, extra_env, cmd)
+        if st is not None:
+            self._await_ready(env, sid, conf, st, tcp, cwd, extra_env)
+
+    def _launch(
+        self, env: Env, sid: str, node: str, name: str, argv: list[str], cwd: str, extra_env: dict[str, str],
+        shown: str,
+    ) -> ProcState | None:  # fmt: skip
+        """Start ARGV through the launcher in the service's own cgroup; its recorded state, or None
+        (logged) when it did not start. ``shown`` is the command line the state records."""
         cgroup = self._make_cgroup(env, node, name)
         cg_str = str(cgroup) if cgroup is not None else None
         spec = {
-            "argv": ["/bin/sh", "-c", cmd],
+            "argv": argv,
             "cwd": cwd,
             "env": procutil.service_env(env, sid, node, extra_env),
             "cgroup": cg_str,
@@ -271,15 +281,15 @@ class ProcPlugin:
         except (subprocess.TimeoutExpired, ValueError, OSError) as e:
             env.log("err", f"service {sid}: launcher failed: {e}")
             self._drop_cgroup(cgroup)
-            return
+            return None
         if "pid" not in out:
             env.log("err", f"service {sid}: cannot start: {out.get('error') or res.stderr.strip()}")
             self._drop_cgroup(cgroup)
-            return
+            return None
         pid = int(out["pid"])
-        st = ProcState(pid, pid, int(out["starttime"]), self.boot_id, cg_str, cmd, time.time())
+        st = ProcState(pid, pid, int(out["starttime"]), self.boot_id, cg_str, shown, time.time())
         self._save_state(node, name, st)
-        self._await_ready(env, sid, conf, st, tcp, cwd, extra_env)
+        return st
 
     def _make_cgroup(self, env: Env, node: str, name: str) -> Path | None:
         cg = self.cgroup_path(node, name)

@@ -51,14 +51,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import secrets
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -70,7 +67,7 @@ from qemu.qmp import QMPClient, QMPError
 
 from agents import procutil
 from agents.guestimage import HEALTH_PORT, QEMU, VM_APPEND, GuestError, default_vm_guest
-from agents.proc import LAUNCHER, ProcConfigError, ProcPlugin, ProcState, parse_seconds
+from agents.proc import ProcConfigError, ProcPlugin, ProcState, parse_seconds
 from ha.config.resources import ResourceConfig
 from ha.env import Env
 
@@ -358,35 +355,9 @@ class VmPlugin(ProcPlugin):
             env.log("err", f"service {sid}: {e}")
             return
 
-        cgroup = self._make_cgroup(env, node, name)
-        cg_str = str(cgroup) if cgroup is not None else None
-        launch = {
-            "argv": argv,
-            "cwd": "/",
-            "env": procutil.service_env(env, sid, node, {}),
-            "cgroup": cg_str,
-            "log": str(self.log_path(node, name)),
-        }
-        try:
-            res = subprocess.run(
-                [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(launch)],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-            out = json.loads(res.stdout or "{}")
-        except (subprocess.TimeoutExpired, ValueError, OSError) as e:
-            env.log("err", f"service {sid}: launcher failed: {e}")
-            self._drop_cgroup(cgroup)
+        st = self._launch(env, sid, node, name, argv, "/", {}, " ".join(argv))
+        if st is None:
             return
-        if "pid" not in out:
-            env.log("err", f"service {sid}: cannot start QEMU: {out.get('error') or res.stderr.strip()}")
-            self._drop_cgroup(cgroup)
-            return
-        pid = int(out["pid"])
-        st = ProcState(pid, pid, int(out["starttime"]), self.boot_id, cg_str, " ".join(argv), time.time())
-        self._save_state(node, name, st)
         self._await_boot(env, sid, node, name, spec, st)
 
     def _await_boot(self, env: Env, sid: str, node: str, name: str, spec: VmSpec, st: ProcState) -> None:
