@@ -188,6 +188,10 @@ def test_every_command_of_the_chapter_on_a_live_cluster(four: Cluster) -> None:
 
 
 def test_status_after_down_says_nothing_runs(four: Cluster) -> None:
+    if four.pid("node1") is None:  # run alone: a cluster that ran, with a master and a service
+        four.hm("add", "proc:seed", "--node", "node4", "--cmd", "sleep 600", code=None)
+        four.up()
+        four.wait_ready()
     four.run("cli.ha_cluster", "down", str(four.dir), "--timeout", "15")
     out = four.hm("status").stdout.splitlines()
     assert out[0] == "quorum none: no node of this cluster runs (ha-cluster up starts them)"
