@@ -163,3 +163,14 @@ def test_own_rootfs_runs_its_init(ct: CtPlugin) -> None:
     assert ct.healthy(env.env, "ct:107", cd)
     assert exec_resource_agent(env.env, "ct:107", cd, "stopped", {}) == ExitCode.SUCCESS, env.text()
     assert "killing" not in env.text()
+
+
+def test_migrate_is_a_relocation(ct: CtPlugin) -> None:
+    """BEHAVIOUR.md §9.6: a running container cannot migrate live: stopped here, the target starts it."""
+    env = AgentEnv("n1", {"ct": ct})
+    cd = conf("ct:108")
+    assert exec_resource_agent(env.env, "ct:108", cd, "started", {}) == ExitCode.SUCCESS, env.text()
+    assert ct.migrate(env.env, "ct:108", cd, "n2", True)
+    assert ("warning", "unable to live migrate running container, fallback to relocate") in env.lines
+    assert ("info", "stopping service ct:108 (relocate to node 'n2')") in env.lines
+    assert not ct.check_running(env.env, "ct:108", cd) and ct.crun_state("n1", "108") is None
