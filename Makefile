@@ -10,15 +10,17 @@ STAMP := $(VENV)/.installed
 # iproute2 for network-namespace partition tests, etcd for the multi-host store and openssl
 # for its certificates (store/etcd_tls.py; Debian priority "optional", so not always there);
 # QEMU, a kernel and a static busybox for the guests (agents/guestimage.py): vm: services
-# (agents/vm.py) and the watchdog-device test guest (tests/fence/guest.py).
+# (agents/vm.py) and the watchdog-device test guest (tests/fence/guest.py); crun for ct: services
+# (agents/ct.py, whose root filesystem is built from the same busybox: agents/rootfs.py).
 OCF_DUMMY := /usr/lib/ocf/resource.d/heartbeat/Dummy
 deps:
 	@test -x $(OCF_DUMMY) && command -v ip >/dev/null && command -v etcd >/dev/null \
 	  && command -v openssl >/dev/null \
 	  && command -v qemu-system-x86_64 >/dev/null && ls /boot/vmlinuz-* >/dev/null 2>&1 \
+	  && command -v crun >/dev/null \
 	  && dpkg-query -W -f='$${Status}\n' busybox-static 2>/dev/null | grep -q '^install ok installed' || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    resource-agents iproute2 etcd-server openssl qemu-system-x86 linux-image-amd64 busybox-static >/dev/null; }
+	    resource-agents iproute2 etcd-server openssl qemu-system-x86 linux-image-amd64 busybox-static crun >/dev/null; }
 
 venv: $(STAMP)
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from agents.ct import CtPlugin
 from agents.ocf import DEFAULT_OCF_ROOT, OcfPlugin
 from agents.proc import ProcPlugin
 from agents.vm import VmPlugin
 from ha.env import ResourcePlugin
 
-AGENT_TYPES: tuple[str, ...] = ("proc", "ocf", "vm")
+AGENT_TYPES: tuple[str, ...] = ("proc", "ocf", "vm", "ct")
 
 
 def make_registry(
@@ -31,7 +32,8 @@ def make_registry(
         "proc": ProcPlugin(state_dir, cgroup_base=cgroup_base),
         "ocf": OcfPlugin(state_dir, ocf_root=ocf_root, cgroup_base=cgroup_base),
         "vm": VmPlugin(state_dir, cgroup_base=cgroup_base),
+        "ct": CtPlugin(state_dir, cgroup_base=cgroup_base),
     }
 
 
-__all__ = ["AGENT_TYPES", "OcfPlugin", "ProcPlugin", "VmPlugin", "make_registry"]
+__all__ = ["AGENT_TYPES", "CtPlugin", "OcfPlugin", "ProcPlugin", "VmPlugin", "make_registry"]

@@ -5,10 +5,10 @@ starts, and then the reason ends up in a node log while the service goes to
 ``error``. These are the same checks (the agents' own parsers), run before
 anything is written, so the user gets the agent's message at once.
 
-``cwd``, an OCF ``agent`` and a VM's ``kernel``/``initrd``/``disk`` are looked
-up on the node that takes the request: every node of a cluster is expected to
-have the same directories, agents and images (as the reference expects the
-same storage on every node).
+``cwd``, an OCF ``agent``, a VM's ``kernel``/``initrd``/``disk`` and a
+container's ``rootfs`` are looked up on the node that takes the request:
+every node of a cluster is expected to have the same directories, agents and
+images (as the reference expects the same storage on every node).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from agents.ct import CtConfigError, check_rootfs, parse_spec
 from agents.ocf import DEFAULT_OCF_ROOT, OcfConfigError, parse_agent, parse_params
 from agents.proc import ProcConfigError, parse_env, parse_seconds, parse_tcp
 from agents.vm import VmConfigError, VmSpec, check_files, vm_uint
@@ -69,11 +70,22 @@ def _vm(props: Mapping[str, str]) -> None:
         parse_seconds(props["stop_timeout"], "stop_timeout")
 
 
+def _ct(props: Mapping[str, str]) -> None:
+    """The container's properties (``parse_spec``'s checks) and its ``rootfs`` on this node."""
+    spec = parse_spec(props)
+    if spec.rootfs is not None:
+        check_rootfs(spec.rootfs)
+    if "init" in props and not props["init"].strip():
+        raise CtConfigError("property 'init' is empty")
+    if "stop_timeout" in props:
+        parse_seconds(props["stop_timeout"], "stop_timeout")
+
+
 def check_agent_properties(rtype: str, props: Mapping[str, str], *, ocf_root: Path | None = None) -> None:
     """Raise ``ValueError`` (the agent's message) when the agent of ``rtype`` would refuse ``props``.
 
     ``props`` are the properties being set (all of them for an add); types
-    without an agent here (``vm``, ``ct``, ``fa``) pass.
+    without an agent here (``fa``) pass.
     """
     if rtype == "proc":
         _proc(props)
@@ -81,3 +93,5 @@ def check_agent_properties(rtype: str, props: Mapping[str, str], *, ocf_root: Pa
         _ocf(props, ocf_root or DEFAULT_OCF_ROOT)
     elif rtype == "vm":
         _vm(props)
+    elif rtype == "ct":
+        _ct(props)

@@ -388,7 +388,7 @@ RESOURCES = ConfigSchema(
     "resources.cfg",
     (
         SectionType("vm", _VMID, "a QEMU virtual machine (agents/vm.py; simulator)", live_migration=True),
-        SectionType("ct", _VMID, "a container (reference; simulator)"),
+        SectionType("ct", _VMID, "a Linux container run by crun (agents/ct.py; simulator)"),
         SectionType("fa", re.compile(r"^[0-9]+$"), "the simulator's failing resource (§9.6)"),
         SectionType("proc", _NAME, "a supervised process (agents/proc.py)"),
         SectionType("ocf", _NAME, "an OCF resource agent (agents/ocf.py)"),
@@ -420,8 +420,9 @@ RESOURCES = ConfigSchema(
         Prop("check_cmd", Kind.STR, "Health check command (exit 0 = healthy).", types=("proc",),
              extra=True, example="true"),
         Prop("stop_timeout", Kind.SECONDS, "Seconds a stop waits before killing: proc, from SIGTERM "
-             "(default 10); vm, from the ACPI power-down request (default 45; 0 = hard stop).",
-             types=("proc", "vm"), extra=True, example="10"),
+             "(default 10); vm, from the ACPI power-down request (default 45; 0 = hard stop); ct, from "
+             "SIGTERM of the container's init (default 45; 0 = hard stop).",
+             types=("proc", "vm", "ct"), extra=True, example="10"),
         Prop("cwd", Kind.STR, "Working directory (absolute).", types=("proc",), extra=True,
              pattern=r"/.*", pattern_help="an absolute path", example="/srv"),
         Prop("env", Kind.STR, "Environment: KEY=VALUE pairs separated by spaces.", types=("proc",),
@@ -449,10 +450,21 @@ RESOURCES = ConfigSchema(
         Prop("disk", Kind.STR, "Disk image (virtio; .qcow2 or raw); without `kernel` the guest boots "
              "from it.", types=("vm",), extra=True, pattern=r"/.*", pattern_help="an absolute path",
              example="/etc/os-release"),
-        Prop("health", Kind.ENUM, "Health check: `guest` (the guest answers on the virtio-serial port "
-             "org.pyha.health, as the built-in guest does) or `none` (QMP status only). Default: `guest` "
-             "for the built-in guest, else `none`.", types=("vm",), extra=True, choices=("guest", "none"),
-             example="none"),
+        Prop("health", Kind.ENUM, "Health check: `guest` (vm: the guest answers on the virtio-serial port "
+             "org.pyha.health, as the built-in guest does; ct: the init answers on /run/pyha/ping, as the "
+             "built-in init does) or `none` (QMP status, `crun state`, only). Default: `guest` for the "
+             "built-in guest or init, else `none`.", types=("vm", "ct"), extra=True,
+             choices=("guest", "none"), example="none"),
+        # ct (agents/ct.py): a crun container; without rootfs, the project's busybox tree
+        Prop("rootfs", Kind.STR, "Root filesystem directory, mounted read-only (default: the built-in "
+             "busybox tree).", types=("ct",), extra=True, pattern=r"/.*", pattern_help="an absolute path",
+             example="/"),
+        Prop("init", Kind.STR, "The container's first process, a /bin/sh -c command line run inside it "
+             "(default: the built-in health responder; /sbin/init with your own rootfs).", types=("ct",),
+             extra=True, example="sleep 600"),
+        Prop("hostname", Kind.STR, "The container's host name (default ct<vmid>).", types=("ct",),
+             extra=True, pattern=r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?", pattern_help="a host name",
+             example="web1"),
     ),
 )
 

@@ -249,4 +249,4 @@ def test_registry(tmp_path: Path) -> None:
     from agents import AGENT_TYPES, make_registry  # noqa: PLC0415
 
     reg = make_registry(tmp_path, cgroup_base=None)
-    assert set(reg) == set(AGENT_TYPES) == {"proc", "ocf", "vm"}
+    assert set(reg) == set(AGENT_TYPES) == {"proc", "ocf", "vm", "ct"}

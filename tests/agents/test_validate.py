@@ -51,4 +51,20 @@ def test_ocf_agent_must_exist_and_params_parse(tmp_path: Path) -> None:
 
 
 def test_types_without_an_agent_here_pass() -> None:
-    check_agent_properties("ct", {"anything": "goes"})
+    check_agent_properties("fa", {"anything": "goes"})
+
+
+def test_ct_values_the_agent_would_refuse_are_refused_up_front(tmp_path: Path) -> None:
+    check_agent_properties("ct", {"hostname": "web1", "health": "none", "stop_timeout": "5", "rootfs": "/"})
+    with pytest.raises(ValueError, match="property 'rootfs': no directory"):
+        check_agent_properties("ct", {"rootfs": str(tmp_path / "nosuch")})
+    with pytest.raises(ValueError, match="has no /bin/sh"):
+        check_agent_properties("ct", {"rootfs": str(tmp_path)})
+    with pytest.raises(ValueError, match="is not an absolute path"):
+        check_agent_properties("ct", {"rootfs": "rel/dir"})
+    with pytest.raises(ValueError, match="is not a host name"):
+        check_agent_properties("ct", {"hostname": "-bad-"})
+    with pytest.raises(ValueError, match="is not one of guest, none"):
+        check_agent_properties("ct", {"health": "ping"})
+    with pytest.raises(ValueError, match="must be >= 0"):
+        check_agent_properties("ct", {"stop_timeout": "-1"})

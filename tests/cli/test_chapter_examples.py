@@ -11,10 +11,9 @@ its listing blocks and its ``.Configuration Example`` files. A 4-node cluster
 - running, every command line is run as written and must exit 0; the
   resulting configuration is the chapter's.
 
-What cannot work as in the reference: ``ct:`` is only the simulator's guest
-type, there is no container behind it on a live node, so it is configured
-(and placed) but never runs (its start fails); a ``vm:`` boots the built-in
-QEMU guest (agents/vm.py).
+Guests are real: the chapter's ``ct:102`` runs as a crun container with the
+built-in busybox tree (agents/ct.py; its init answers the health ping on the
+node it was placed on), a ``vm:`` boots the built-in QEMU guest (agents/vm.py).
 ``ha-manager set vm:100 --state disabled`` needs a ``vm:100``, which the
 chapter assumes exists (a service in error); it is added first.
 ``ha-manager set SID -state REQUEST_STATE`` is a template: run with
@@ -34,6 +33,8 @@ from typing import Any
 
 import pytest
 
+from admin.cluster import ClusterConfig
+from agents.ct import CtPlugin, ping_container
 from ha.config.groups import parse_groups_cfg
 from store.dirstore import DirStore
 from tests.cli.conftest import Cluster
@@ -184,6 +185,12 @@ def test_every_command_of_the_chapter_on_a_live_cluster(four: Cluster) -> None:
     # and they stay groups on a running cluster whose nodes are all online (no migration)
     st = four.hm("status").stdout
     assert "service vm:501 (" in st and "service ct:102 (" in st
+    # the container really runs where it was placed: its init answers (pid 1 of its own namespace)
+    node = res["ct:102"]["node"]
+    four.wait_service("ct:102", "started", node=node, timeout=30)
+    io = CtPlugin(ClusterConfig.load(four.dir).state_dir, cgroup_base=None).io_dir(node, "102")
+    answer = ping_container(io, timeout=5.0)
+    assert answer is not None and (answer.pid, answer.hostname) == (1, "ct102"), answer
     assert sorted(g["group"] for g in four.json("groupconfig")["groups"]) == sorted(want)
 
 
