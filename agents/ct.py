@@ -64,7 +64,7 @@ from typing import Final, Literal
 
 from agents import procutil
 from agents.guestimage import GuestError
-from agents.proc import ProcConfigError, ProcPlugin, ProcState, parse_seconds
+from agents.proc import ProcConfigError, ProcPlugin, ProcState
 from agents.rootfs import HEALTH_DIR, INIT_PATH, default_ct_rootfs
 from ha.config.resources import ResourceConfig
 from ha.env import Env
@@ -432,15 +432,7 @@ class CtPlugin(ProcPlugin):
         st = self.current(node, name)
         if st is None:
             return
-        if timeout is not None:
-            grace = float(timeout)
-        else:
-            try:
-                grace_opt = parse_seconds(conf.extra.get("stop_timeout"), "stop_timeout")
-            except ProcConfigError as e:
-                env.log("warning", f"service {sid}: {e}; using {self.default_stop_timeout:g}s")
-                grace_opt = None
-            grace = self.default_stop_timeout if grace_opt is None else grace_opt
+        grace = self._grace(env, sid, conf, timeout)
         if grace > 0 and self.any_alive(st):
             res = self._crun(node, "kill", self.container_id(name), "TERM", timeout=5.0)
             if res is None or res.returncode != 0:

@@ -403,20 +403,24 @@ class ProcPlugin:
             return ""
         return f": {tail.splitlines()[-1]}" if tail else ""
 
+    def _grace(self, env: Env, sid: str, conf: ResourceConfig, timeout: int | None) -> float:
+        """Seconds a stop waits after SIGTERM: the command's timeout, else the service's
+        ``stop_timeout``, else the default (a bad ``stop_timeout`` is logged)."""
+        if timeout is not None:
+            return float(timeout)
+        try:
+            grace = parse_seconds(conf.extra.get("stop_timeout"), "stop_timeout")
+        except ProcConfigError as e:
+            env.log("warning", f"service {sid}: {e}; using {self.default_stop_timeout:g}s")
+            grace = None
+        return self.default_stop_timeout if grace is None else grace
+
     def shutdown(self, env: Env, sid: str, conf: ResourceConfig, timeout: int | None) -> None:
         node, name = env.nodename(), conf.name
         st = self.current(node, name)
         if st is None:
             return
-        if timeout is not None:
-            grace = float(timeout)
-        else:
-            try:
-                grace_opt = parse_seconds(conf.extra.get("stop_timeout"), "stop_timeout")
-            except ProcConfigError as e:
-                env.log("warning", f"service {sid}: {e}; using {self.default_stop_timeout:g}s")
-                grace_opt = None
-            grace = self.default_stop_timeout if grace_opt is None else grace_opt
+        grace = self._grace(env, sid, conf, timeout)
         self._terminate(env, sid, node, name, st, grace)
 
     def _signal(self, st: ProcState, sig: int) -> None:

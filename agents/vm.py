@@ -67,7 +67,7 @@ from qemu.qmp import QMPClient, QMPError
 
 from agents import procutil
 from agents.guestimage import HEALTH_PORT, QEMU, VM_APPEND, GuestError, default_vm_guest
-from agents.proc import ProcConfigError, ProcPlugin, ProcState, parse_seconds
+from agents.proc import ProcConfigError, ProcPlugin, ProcState
 from ha.config.resources import ResourceConfig
 from ha.env import Env
 
@@ -419,15 +419,7 @@ class VmPlugin(ProcPlugin):
         st = self.current(node, name)
         if st is None:
             return
-        if timeout is not None:
-            grace = float(timeout)
-        else:
-            try:
-                grace_opt = parse_seconds(conf.extra.get("stop_timeout"), "stop_timeout")
-            except ProcConfigError as e:
-                env.log("warning", f"service {sid}: {e}; using {self.default_stop_timeout:g}s")
-                grace_opt = None
-            grace = self.default_stop_timeout if grace_opt is None else grace_opt
+        grace = self._grace(env, sid, conf, timeout)
         if grace > 0 and self.any_alive(st):
             qmp_sock = self.qmp_path(node, name)
             try:
