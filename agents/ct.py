@@ -190,6 +190,7 @@ class CtPlugin(ProcPlugin):
     """:class:`ha.env.ResourcePlugin` for ``ct:<vmid>`` services (processes handled as ``proc`` does)."""
 
     type_name = "ct"
+    cgroup_prefix = "ct:"
 
     def __init__(
         self,
@@ -211,13 +212,6 @@ class CtPlugin(ProcPlugin):
         self.rootfs_cache = rootfs_cache
 
     # -- paths ---------------------------------------------------------------------------------------
-
-    def _dir(self, node: str) -> Path:
-        return self.state_dir / node / "ct"
-
-    def cgroup_path(self, node: str, name: str) -> Path | None:
-        # a child of the node's cgroup, as vm's "vm:<name>" (proc names cannot contain ':')
-        return None if self.cgroup_base is None else self.cgroup_base / node / f"ct:{name}"
 
     def crun_root(self, node: str) -> Path:
         return self._dir(node) / "crun"
@@ -358,11 +352,8 @@ class CtPlugin(ProcPlugin):
 
     def start(self, env: Env, sid: str, conf: ResourceConfig) -> None:
         node, name = env.nodename(), conf.name
-        old = self.current(node, name)
-        if old is not None:
-            if self.any_alive(old):
-                return  # already running: nothing to do
-            self._forget(node, name, old)
+        if self._running_or_forgotten(node, name):
+            return  # already running: nothing to do
         try:
             spec = parse_spec(conf.extra)
             self._dir(node).mkdir(parents=True, exist_ok=True)

@@ -99,6 +99,7 @@ class ProcPlugin:
     """:class:`ha.env.ResourcePlugin` for ``proc:<name>`` services."""
 
     type_name = "proc"
+    cgroup_prefix = ""  # of the service's cgroup name below the node's (cgroup_path)
 
     def __init__(
         self,
@@ -128,7 +129,7 @@ class ProcPlugin:
     # -- paths and state -------------------------------------------------------------------
 
     def _dir(self, node: str) -> Path:
-        return self.state_dir / node / "proc"
+        return self.state_dir / node / self.type_name
 
     def state_path(self, node: str, name: str) -> Path:
         return self._dir(node) / f"{name}.json"
@@ -137,7 +138,8 @@ class ProcPlugin:
         return self._dir(node) / f"{name}.log"
 
     def cgroup_path(self, node: str, name: str) -> Path | None:
-        return None if self.cgroup_base is None else self.cgroup_base / node / name
+        # guests are "<type>:<name>", as ocf's "ocf:<name>" (proc names cannot contain ':')
+        return None if self.cgroup_base is None else self.cgroup_base / node / f"{self.cgroup_prefix}{name}"
 
     def load_state(self, node: str, name: str) -> ProcState | None:
         try:
@@ -231,13 +233,20 @@ class ProcPlugin:
         st = self.current(env.nodename(), conf.name)
         return st is not None and self.any_alive(st)
 
+    def _running_or_forgotten(self, node: str, name: str) -> bool:
+        """True when the service's recorded process still runs; a dead record is forgotten."""
+        old = self.current(node, name)
+        if old is None:
+            return False
+        if self.any_alive(old):
+            return True
+        self._forget(node, name, old)
+        return False
+
     def start(self, env: Env, sid: str, conf: ResourceConfig) -> None:
         node, name = env.nodename(), conf.name
-        old = self.current(node, name)
-        if old is not None:
-            if self.any_alive(old):
-                return  # already running: nothing to do
-            self._forget(node, name, old)
+        if self._running_or_forgotten(node, name):
+            return  # already running: nothing to do
         try:
             cmd = conf.extra.get("cmd", "").strip()
             if not cmd:

@@ -240,6 +240,7 @@ class VmPlugin(ProcPlugin):
     """:class:`ha.env.ResourcePlugin` for ``vm:<vmid>`` services (processes handled as ``proc`` does)."""
 
     type_name = "vm"
+    cgroup_prefix = "vm:"
 
     def __init__(
         self,
@@ -261,13 +262,6 @@ class VmPlugin(ProcPlugin):
         self.guest_cache = guest_cache
 
     # -- paths ---------------------------------------------------------------------------------------
-
-    def _dir(self, node: str) -> Path:
-        return self.state_dir / node / "vm"
-
-    def cgroup_path(self, node: str, name: str) -> Path | None:
-        # a child of the node's cgroup, as ocf's "ocf:<name>" (proc names cannot contain ':')
-        return None if self.cgroup_base is None else self.cgroup_base / node / f"vm:{name}"
 
     def socket_dir(self, node: str) -> Path:
         """Where the VM's sockets live: its state folder, or a short per-folder one under the temp dir.
@@ -339,11 +333,8 @@ class VmPlugin(ProcPlugin):
 
     def start(self, env: Env, sid: str, conf: ResourceConfig) -> None:
         node, name = env.nodename(), conf.name
-        old = self.current(node, name)
-        if old is not None:
-            if self.any_alive(old):
-                return  # already running: nothing to do
-            self._forget(node, name, old)
+        if self._running_or_forgotten(node, name):
+            return  # already running: nothing to do
         try:
             spec = parse_spec(conf.extra)
             check_files(spec)
