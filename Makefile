@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv deps test lint typecheck pytest bench demo demo-sim clean
+.PHONY: venv deps test lint typecheck pytest bench demo demo-vm demo-sim clean
 
 # Debian packages the tests and the demo use: OCF resource agents (agents/ocf.py),
 # iproute2 for network-namespace partition tests, etcd for the multi-host store and openssl
@@ -53,6 +53,10 @@ bench: venv
 # a real 3-node cluster on loopback: services, a node killed, failover timed
 demo: venv
 	$(BIN)/python -m cli.demo
+
+# the same with QEMU guests (vm: services, the built-in guest): a node killed, its guest recovered
+demo-vm: venv deps
+	$(BIN)/python -m cli.demo_vm
 
 # the same story in the simulator, with the reference's timing
 demo-sim: venv
