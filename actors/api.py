@@ -18,7 +18,7 @@ every other key read-only. Without CURVE (tests only) every caller is an admin.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pykka
@@ -136,6 +136,7 @@ class ApiActor(pykka.ThreadingActor):
         reply: Callable[[Envelope, ApiReply], object],
         cluster: ClusterConfig,
         queue: ApiQueue | None = None,
+        last_seen: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.queue = queue
@@ -157,6 +158,8 @@ class ApiActor(pykka.ThreadingActor):
             cluster=cluster.cluster,
             endpoints=cluster.nodes,
             events_endpoint=lambda: self.publisher.endpoint if self.publisher is not None else None,
+            lease_ttl=cluster.timing.lease_ttl,
+            last_seen=last_seen,
         )
 
     def on_start(self) -> None:

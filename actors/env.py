@@ -45,6 +45,7 @@ from ha.env import NodeInfo, ResourcePlugin
 from ha.errors import ConfigError, HaError, LockLost
 from ha.records import LrmStatus, ManagerStatus
 from ha.states import RequestedState
+from ha.status import crs_in_use
 from store import records as rec
 from store.base import ABSENT, Record, Store, StoreError, VersionConflict
 
@@ -124,12 +125,14 @@ class _Unknown:
 
 _UNKNOWN = _Unknown()
 
-# An unchanged lrm_status or manager_status is written again after this many seconds, only to
-# refresh its timestamp: `ha-manager status` reads a timestamp older than 30 s as "dead?"
-# (ha/status.py). Every change is written at once (docs/RUNTIME.md, "At rest").
-STATUS_REFRESH = 10.0
-# The measured usage of an lrm_status older than this is not used (a node that stopped writing:
-# `ha-manager status` calls it "dead?" after 30 s too).
+# lrm_status and manager_status are written on a change only, never to refresh their timestamps
+# (issue #17; docs/RUNTIME.md, "At rest"): `ha-manager status` takes a daemon's proof of life from
+# its lease or the bus (admin/liveness.py), not from the record's age. The one exception: under
+# the dynamic scheduler an LRM writes its measured usage when it moved (agents/usage.py
+# ``Usage.moved_from``), at most every USAGE_REFRESH seconds.
+USAGE_REFRESH = 10.0
+# The measured usage of a node the bus does not count up, and whose lrm_status is older than
+# this, is not used (a node that stopped: `ha-manager status` calls it "dead?" after 30 s too).
 USAGE_MAX_AGE = 30.0
 _STALE = _Unknown()  # changed by another writer: re-read (the content, not just the version) first
 
@@ -343,7 +346,6 @@ class LiveEnv:
         if (
             last is not None
             and last[0] == content
-            and time.monotonic() - last[1] < STATUS_REFRESH
             and self._ms_version == last[2]
             and _version(store.read(rec.MANAGER_STATUS)) == last[2]
         ):
@@ -389,25 +391,20 @@ class LiveEnv:
         return st
 
     def write_lrm_status(self, status: LrmStatus) -> None:
-        # Only this LRM writes its lrm_status, all of it, whenever it changed (and every
-        # STATUS_REFRESH s to refresh its timestamp): after a failed write (outcome unknown
-        # included) the next tick writes again, and the results it carries are announced
-        # only after a write that succeeded.
-        # The measured usage (issue #14) rides along with these writes: it is never a reason
-        # to write, but for the node's first measurement (one write per LRM start), so that
-        # the master need not wait a refresh to use the dynamic scheduler. A sample is due
-        # every few seconds, or now when the status changed (agents/usage.py).
+        # Only this LRM writes its lrm_status, all of it, whenever it changed, and only then
+        # (issue #17: no timestamp refreshes): after a failed write (outcome unknown included)
+        # the next tick writes again, and the results it carries are announced only after a
+        # write that succeeded.
+        # The measured usage (issue #14) rides along with these writes. On its own it is a
+        # reason to write only for the node's first measurement (so that the master need not
+        # wait to use the dynamic scheduler), and while the master places by measured usage
+        # (``dynamic``), when it moved (``Usage.moved_from``), at most every USAGE_REFRESH s.
+        # A sample is due every few seconds, or now when the status changed (agents/usage.py).
         content = _without_timestamp(status.to_dict())
         last = self._lrm_written
         changed = last is None or last[0] != content
         usage = self._sample_usage(force=changed)
-        first_usage = usage is not None and self._usage_written is None
-        if (
-            last is not None
-            and not changed
-            and time.monotonic() - last[1] < STATUS_REFRESH
-            and not first_usage
-        ):
+        if not changed and not self._usage_due(usage, last):
             return
         record = None if usage is None else rec.NodeUsage(usage.cpu, usage.mem, dict(usage.services))
         rec.write_lrm_status(self.ctx.store, self.ctx.node, status, record)
@@ -415,6 +412,17 @@ class LiveEnv:
         self._usage_written = usage
         if self.ctx.on_lrm_status is not None:
             self.ctx.on_lrm_status(status)
+
+    def _usage_due(self, usage: Usage | None, last: tuple[dict[str, Any], float] | None) -> bool:
+        """Is the measured usage alone worth a write of an unchanged lrm_status? (see above)"""
+        if usage is None:
+            return False
+        if self._usage_written is None:
+            return True  # the first measurement
+        if last is not None and time.monotonic() - last[1] < USAGE_REFRESH:
+            return False
+        ms = self._ms_parsed[1] if self._ms_parsed is not None else None
+        return ms is not None and crs_in_use(ms)[0] == "dynamic" and usage.moved_from(self._usage_written)
 
     def _sample_usage(self, force: bool) -> Usage | None:
         sampler = self.ctx.usage
@@ -685,6 +693,7 @@ class LiveEnv:
         so a rebalancing round never acts on a source node's use from before a move.
         """
         now = time.time()
+        alive = {self.ctx.node, *self.ctx.membership.peers_up()}
         reports: dict[str, rec.NodeUsage] = {}
         for node in self.ctx.nodes:
             seen = self._usage_seen.get(node)
@@ -692,7 +701,11 @@ class LiveEnv:
                 st, usage = rec.read_lrm_status_and_usage(self.ctx.store, node)
                 seen = self._usage_seen[node] = (usage, st.timestamp)
             usage, ts = seen
-            if usage is not None and ts is not None and now - ts <= USAGE_MAX_AGE:
+            # an unchanged lrm_status is not written again (issue #17): its report is current
+            # while the node is up on the bus, else for USAGE_MAX_AGE seconds after its write
+            if usage is not None and (
+                node in alive or (ts is not None and now - ts <= USAGE_MAX_AGE)
+            ):
                 reports[node] = usage
         conf = self.read_service_config().services
         where = {sid: cd.node for sid, cd in conf.items()}

@@ -17,6 +17,7 @@ from actors.worker import ActorWorkerPool, WorkerDone
 from ha.constants import Timing
 from ha.env import Env
 from ha.lrm import LRM, WorkerPool
+from ha.records import LrmResult
 from ha.states import ServiceState as S
 
 RECHECK_HOLD = 5.0  # s: the longest a re-check round holds back the lrm_status write
@@ -41,6 +42,16 @@ class PacedLRM(LRM):
     Failure detection of a *node* does not depend on this: it goes by bus
     membership and leases. A service that dies on a live node is noticed at the
     next re-check round (at most ``recheck_interval`` later, as in the reference).
+
+    Quiet re-checks (issue #17, ours): a re-check that succeeded changes nothing
+    the master acts on (§4: its only effect is a new UID, rule (c), which asks for
+    the next re-check). Such a result is kept here but not published in
+    lrm_status (:meth:`published_results`), so the master renews nothing and
+    writes nothing; instead this LRM re-runs the quiet request itself at each of
+    its re-check rounds. A re-check that fails (or a request that is not a
+    re-check) is published at once, exactly as before. At rest a node therefore
+    writes neither lrm_status nor causes manager_status writes; the services are
+    still checked every ``recheck_interval``.
     """
 
     def __init__(
@@ -58,6 +69,7 @@ class PacedLRM(LRM):
         self.next_recheck = -float("inf")
         self._recheck_now = True
         self.rechecks: set[str] = set()  # UIDs of this round's re-checks
+        self.quiet: set[str] = set()  # UIDs whose result is a successful re-check: not published
         # the last lrm_status written: result UIDs, state, mode, when
         self.written: tuple[set[str], str, str, float] = (set(), "", "", -float("inf"))
 
@@ -71,7 +83,27 @@ class PacedLRM(LRM):
             sd = self.service_status.get(sid)
             if sd is None or sd.node != node or sd.state != S.STARTED:
                 del self.confirmed[sid]  # it left "started" here meanwhile: its next request runs at once
+        if self.quiet:
+            self._rerun_quiet(node)
         return super().manage_resources()
+
+    def _rerun_quiet(self, node: str) -> None:
+        """Forget the quiet results still requested, at a re-check round: the core runs them again."""
+        for uid in list(self.quiet):
+            r = self.results.get(uid)
+            sd = None if r is None else self.service_status.get(r.sid)
+            if r is None or sd is None or sd.uid != uid or sd.node != node or sd.state != S.STARTED:
+                self.quiet.discard(uid)  # superseded, pruned or moved: nothing to re-run
+            elif self._recheck_now and r.sid not in self.workers:
+                # SAFETY: the request is the master's current one for this node (same UID, still
+                # ``started`` here): re-running it is what the reference's UID renewal asks for.
+                del self.results[uid]
+
+    def published_results(self) -> dict[str, LrmResult]:
+        """The results without the quiet ones (successful re-checks): see the class docstring."""
+        if not self.quiet:
+            return self.results
+        return {uid: r for uid, r in self.results.items() if uid not in self.quiet}
 
     def queue_resource_command(
         self, sid: str, uid: str | None, state: str, params: dict[str, Any] | None = None
@@ -137,6 +169,13 @@ class PacedLRM(LRM):
             else:
                 self.confirmed.pop(sid, None)
         super().command_finished(sid, status)
+        if job is None or job.uid is None:
+            return
+        r = self.results.get(job.uid)
+        if r is not None and r.exit_code == 0 and job.uid in self.rechecks:
+            self.quiet.add(job.uid)
+        else:
+            self.quiet.discard(job.uid)  # a failed re-check (or any other result) is published
 
 
 class LrmActor(DaemonActor):

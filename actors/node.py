@@ -541,6 +541,7 @@ class NodeRuntime:
             self.bus.reply,
             cluster=c,
             queue=self.api_queue,
+            last_seen=self.ctx.last_seen,
         )
 
     @property

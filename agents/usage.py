@@ -54,6 +54,32 @@ class Usage:
     mem: float
     services: dict[str, tuple[float, float]] = field(default_factory=dict)
 
+    def moved_from(self, old: Usage | None) -> bool:
+        """A change the dynamic scheduler would care about: worth an lrm_status write (issue #17).
+
+        A new or gone service, or a value (the node's or a service's) that moved by
+        more than :data:`MOVE_SHARE` of itself and more than :data:`MOVE_CPU` cores
+        or :data:`MOVE_MEM` bytes. The rounding noise of a steady load is not a change.
+        """
+        if old is None or old.services.keys() != self.services.keys():
+            return True
+        pairs = [((old.cpu, old.mem), (self.cpu, self.mem))]
+        pairs += [(old.services[sid], use) for sid, use in self.services.items()]
+        return any(
+            _moved(a_cpu, b_cpu, MOVE_CPU) or _moved(a_mem, b_mem, MOVE_MEM)
+            for (a_cpu, a_mem), (b_cpu, b_mem) in pairs
+        )
+
+
+MOVE_SHARE = 0.1  # of the larger value
+MOVE_CPU = 0.05  # cores
+MOVE_MEM = 16 * MIB
+
+
+def _moved(a: float, b: float, floor: float) -> bool:
+    diff = abs(a - b)
+    return diff > floor and diff > MOVE_SHARE * max(abs(a), abs(b))
+
 
 def read_cpu_usec(cgroup: Path) -> int | None:
     """``usage_usec`` of the cgroup's ``cpu.stat`` (None when it cannot be read)."""

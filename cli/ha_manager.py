@@ -88,6 +88,7 @@ class LocalBackend:
         self.ops = ApiOps(
             os.uname().nodename, sorted(cluster.nodes), self.store, lambda: False,
             cluster=cluster.cluster, endpoints=cluster.nodes, require_quorum=False,
+            lease_ttl=cluster.timing.lease_ttl,
         )  # fmt: skip
 
     def call(self, op: str, args: Mapping[str, Any] | None = None) -> Any:

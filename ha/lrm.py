@@ -99,13 +99,19 @@ class LRM(Daemon):
         env = self.env
         if not env.quorate():
             return False
-        status = LrmStatus(state=self.state, mode=self.mode, timestamp=env.get_time(), results=self.results)
+        status = LrmStatus(
+            state=self.state, mode=self.mode, timestamp=env.get_time(), results=self.published_results()
+        )
         try:
             env.write_lrm_status(status)
         except HaError as e:
             env.log("err", f"unable to write lrm status file - {e}")
             return False
         return True
+
+    def published_results(self) -> dict[str, LrmResult]:
+        """The results lrm_status carries: all of them (§4 *Reporting*); the live LRM holds some back."""
+        return self.results
 
     def update_service_status(self) -> bool:
         """§3.2.2: read manager_status and derive this node's mode."""

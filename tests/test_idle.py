@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from actors.lrm import PacedLRM
 from actors.notify import DirWatch
 from ha.config.resources import ResourceConfig, ServiceConfig
 from ha.constants import REFERENCE_TIMING
+from ha.errors import LockLost
 from ha.records import LrmResult, LrmStatus, ManagerStatus, ServiceData
 from store import records as rec
 from store.dirstore import INTERNAL, DirStore
@@ -112,6 +114,60 @@ def test_a_done_stop_is_repeated_only_every_round() -> None:
     assert ran(pool)[-1] == ("s1", "stopped")
 
 
+def test_a_successful_recheck_is_not_published_and_is_run_again_here_every_round() -> None:
+    env, pool, lrm, clock = paced(10.0)
+    env.conf.services["vm:100"].max_restart = 0  # a failed start is a result at once, no retry
+    lrm.do_one_iteration()
+    pool.finished.append(("vm:100", 0))
+    lrm.do_one_iteration()
+    assert env.written[-1].results == {"u1": LrmResult("vm:100", "started", 0)}  # a first start: published
+    set_request(env, "started", "u2")  # the master consumed u1 and asks for a re-check (§4 rule (c))
+    clock.now += 10.0
+    lrm.do_one_iteration()
+    pool.finished.append(("vm:100", 0))
+    lrm.do_one_iteration()
+    assert "u2" not in env.written[-1].results  # quiet: the master sees nothing to renew
+    for round_ in range(3):  # the master's request stays u2; this LRM re-checks on its own
+        n = len(pool.started)
+        clock.now += 5.0
+        lrm.do_one_iteration()
+        assert len(pool.started) == n  # not before the round
+        clock.now += 5.0
+        lrm.do_one_iteration()
+        assert ran(pool)[n:] == [("u2", "started")], round_
+        pool.finished.append(("vm:100", 0))
+        lrm.do_one_iteration()
+        assert all("u2" not in w.results for w in env.written)
+    clock.now += 10.0
+    lrm.do_one_iteration()
+    pool.finished.append(("vm:100", 1 << 8))  # this round's check found it dead and could not start it
+    lrm.do_one_iteration()
+    assert env.written[-1].results["u2"].exit_code == 1  # a failure is published at once
+    set_request(env, "started", "u3")  # the master's answer: try again, at once
+    clock.now += 0.5
+    lrm.do_one_iteration()
+    assert ran(pool)[-1] == ("u3", "started")
+
+
+def test_a_quiet_result_is_dropped_when_the_request_changes() -> None:
+    env, pool, lrm, clock = paced(10.0)
+    lrm.do_one_iteration()
+    pool.finished.append(("vm:100", 0))
+    lrm.do_one_iteration()
+    set_request(env, "started", "u2")
+    clock.now += 10.0
+    lrm.do_one_iteration()
+    pool.finished.append(("vm:100", 0))
+    lrm.do_one_iteration()
+    assert lrm.quiet == {"u2"}
+    set_request(env, "request_stop", "u3")
+    clock.now += 10.0  # a re-check round: u2 must not run again, the stop runs
+    lrm.do_one_iteration()
+    assert ran(pool)[-1] == ("u3", "request_stop")
+    assert ("u2", "started") not in ran(pool)[-1:]
+    assert lrm.quiet == set()
+
+
 # -- no status write unless something changed (actors/env.py) ---------------------------------
 
 
@@ -132,10 +188,7 @@ def ctx(store: DirStore, seen: list[object]) -> NodeContext:
     )  # fmt: skip
 
 
-def test_lrm_status_is_written_on_change_or_to_refresh_its_timestamp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(live_env, "STATUS_REFRESH", 0.5)
+def test_lrm_status_is_written_on_change_only(tmp_path: Path) -> None:
     store, seen = CountingStore(tmp_path), list[object]()
     env = LiveEnv(ctx(store, seen), "lrm")
     results = {"u1": LrmResult("vm:100", "started", 0)}
@@ -148,14 +201,11 @@ def test_lrm_status_is_written_on_change_or_to_refresh_its_timestamp(
     assert len(store.writes) == 2  # a change: at once
     time.sleep(0.6)
     env.write_lrm_status(LrmStatus("active", "active", 3000.0, dict(results)))
-    assert len(store.writes) == 3  # unchanged but old: the timestamp is refreshed
-    assert rec.read_lrm_status(store, "n1").timestamp == 3000.0
+    assert len(store.writes) == 2  # unchanged: never written again for its timestamp (issue #17)
+    assert rec.read_lrm_status(store, "n1").timestamp == 2000.0
 
 
-def test_manager_status_is_written_on_change_and_never_over_someone_elses(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(live_env, "STATUS_REFRESH", 0.5)
+def test_manager_status_is_written_on_change_and_never_over_someone_elses(tmp_path: Path) -> None:
     store, seen = CountingStore(tmp_path), list[object]()
     env = LiveEnv(ctx(store, seen), "crm")
     assert env.get_ha_manager_lock()
@@ -173,8 +223,13 @@ def test_manager_status_is_written_on_change_and_never_over_someone_elses(
     time.sleep(0.6)
     ms.timestamp = 5000.0
     env.write_manager_status(ms)
-    assert store.writes.count(rec.MANAGER_STATUS) == 3
-    assert rec.read_manager_status(store)[0].timestamp == 5000.0
+    assert store.writes.count(rec.MANAGER_STATUS) == 2  # unchanged: not written for its timestamp
+    assert rec.read_manager_status(store)[0].timestamp == 1009.0
+    other = ManagerStatus(master_node="n2", service_status={"vm:100": ServiceData("started", "n2", "x")})
+    store.write(rec.MANAGER_STATUS, json.dumps(other.to_dict()).encode())  # somebody else's write
+    ms.timestamp = 6000.0
+    with pytest.raises(LockLost):
+        env.write_manager_status(ms)  # SAFETY: unchanged content does not hide a foreign write
 
 
 # -- the store watcher sleeps until the journal moves (actors/notify.py) -----------------------
@@ -235,7 +290,9 @@ def test_a_recheck_round_is_written_once() -> None:
     clock.now += 0.1
     lrm.do_one_iteration()
     assert len(env.written) == before + 1
-    assert sorted(env.written[-1].results) == [f"b{s}" for s in sids]
+    # the answers are successful re-checks: kept, not published (the first starts' are pruned)
+    assert env.written[-1].results == {}
+    assert sorted(lrm.results) == [f"b{s}" for s in sids]
 
 
 def test_a_failed_recheck_is_written_at_once() -> None:

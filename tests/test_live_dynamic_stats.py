@@ -20,7 +20,7 @@ from agents.usage import MIB, UsageSampler
 from ha.crs.stats import NodeStats, ServiceStats
 from ha.crs.usage import LoadUsage
 from ha.errors import HaError
-from ha.records import LrmResult, LrmStatus
+from ha.records import LrmResult, LrmStatus, ManagerStatus
 from store import records as rec
 from store.dirstore import DirStore
 from tests import envstubs
@@ -136,12 +136,21 @@ def test_usage_rides_along_with_the_writes_the_lrm_makes_anyway(
     assert store.writes == [name] * 3 and sampler.samples == 7
     written = rec.read_lrm_status_and_usage(store, "n1")[1]
     assert written is not None and written.services["proc:web"][0] > 1.0 and written.cpu > 1.4
-    # the refresh after STATUS_REFRESH carries the latest values
-    for _ in range(int(live_env.STATUS_REFRESH // 2)):
+    # the load drops while nothing else changes: under the basic scheduler, no write (issue #17)
+    for _ in range(int(live_env.USAGE_REFRESH)):
         tick(2.0, 500_000 + 4_000_000 * 4, 250_000 + 3_000_000 * 4)  # idle now
-    assert store.writes == [name] * 4
+    assert store.writes == [name] * 3
+    # the master places by measured usage: the moved usage is written, at most every USAGE_REFRESH s
+    ms = ManagerStatus(master_node="n2", crs={"mode": "dynamic", "configured": "dynamic"})
+    store.write(rec.MANAGER_STATUS, json.dumps(ms.to_dict()).encode())
+    env.read_manager_status()
+    tick(2.0, 500_000 + 4_000_000 * 4, 250_000 + 3_000_000 * 4)
+    assert store.writes == [name] * 3 + [rec.MANAGER_STATUS, name]
     written = rec.read_lrm_status_and_usage(store, "n1")[1]
     assert written is not None and written.services["proc:web"][0] < 0.5
+    for _ in range(int(live_env.USAGE_REFRESH)):  # steady now: no more writes
+        tick(2.0, 500_000 + 4_000_000 * 4, 250_000 + 3_000_000 * 4)
+    assert store.writes == [name] * 3 + [rec.MANAGER_STATUS, name]
 
 
 def test_a_node_without_a_sampler_writes_no_usage(tmp_path: Path) -> None:
@@ -152,6 +161,31 @@ def test_a_node_without_a_sampler_writes_no_usage(tmp_path: Path) -> None:
 
 
 # -- the master side: NodeStats and ServiceStats ----------------------------------------------------------
+
+
+class PeersDown(envstubs.Quorate):
+    def __init__(self, down: set[str]) -> None:
+        self.down = frozenset(down)
+
+    def peers_up(self) -> frozenset[str]:
+        return frozenset(envstubs.NODES) - self.down
+
+
+def test_an_old_report_of_a_node_up_on_the_bus_is_current(tmp_path: Path) -> None:
+    """An unchanged lrm_status is not written again (issue #17): its age says nothing of a live node."""
+    store = DirStore(tmp_path)
+    add_resource(store, "proc:a", {"node": "n2", "cmd": "sleep 9"}, envstubs.NODES)
+    for n in envstubs.NODES:
+        rec.write_capacity(store, n, 2, 8 * GIB)
+        report(store, n, rec.NodeUsage(0.2, GIB, {}), age=live_env.USAGE_MAX_AGE + 60)
+    report(store, "n2", rec.NodeUsage(0.7, GIB, {"proc:a": (0.5, 100 * MIB)}), age=live_env.USAGE_MAX_AGE + 60)
+    env = envstubs.live_env(store)
+    env.ctx.membership = PeersDown({"n3"})
+    for n in envstubs.NODES:
+        env.read_lrm_status(n)
+    nodes = env.get_node_stats("dynamic")
+    assert set(nodes) == {"n1", "n2"}  # n3 is down on the bus and its report old: not used
+    assert nodes["n2"].cpu == pytest.approx(0.7)
 
 
 def report(store: DirStore, node: str, usage: rec.NodeUsage, age: float = 0.0) -> None:
@@ -165,6 +199,7 @@ def test_node_stats_count_each_service_where_it_is_located(tmp_path: Path) -> No
     for n in envstubs.NODES:
         rec.write_capacity(store, n, 2, 8 * GIB)
     env = envstubs.live_env(store)
+    env.ctx.membership = PeersDown({"n3"})
     with pytest.raises(HaError, match="capacity and usage"):
         env.get_node_stats("dynamic")  # nobody measured anything yet
     report(store, "n1", rec.NodeUsage(1.3, 2 * GIB, {"proc:a": (0.6, 512 * MIB), "proc:b": (0.6, 512 * MIB)}))
@@ -173,7 +208,8 @@ def test_node_stats_count_each_service_where_it_is_located(tmp_path: Path) -> No
     for n in envstubs.NODES:
         env.read_lrm_status(n)  # the master's round reads every lrm_status first
     nodes = env.get_node_stats("dynamic")
-    assert set(nodes) == {"n1", "n2"}  # n3's report is too old: missing (the manager falls back)
+    # n3's report is too old and n3 is not up on the bus: missing (the manager falls back)
+    assert set(nodes) == {"n1", "n2"}
     assert nodes["n1"] == NodeStats(2, 8 * GIB, pytest.approx(1.3), 2 * GIB)
     assert nodes["n2"] == NodeStats(2, 8 * GIB, pytest.approx(0.5), GIB)
     assert env.get_service_stats("dynamic") == {

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from actors.env import STATUS_REFRESH
 from bench.chaos.observe import Incident, Poller, double_run_events, log
 from bench.livecluster import LiveCluster
 from ha.errors import HaError
@@ -200,11 +199,12 @@ class Healer:
             return False
 
     def healthy(self, node: str) -> bool:
-        # an LRM at rest writes its status on a change or every STATUS_REFRESH seconds
+        # an LRM at rest writes its status on a change only (issue #17): a node is well when its
+        # processes run and the master counts it online (it is up on the bus, in the majority)
         return (
             self.c.running_pid(node, "ha-node") is not None
             and self.c.running_pid(node, "ha-watchdog") is not None
-            and self.lrm_fresh(node, time.time() - STATUS_REFRESH - 3)
+            and self.master_counts_online(node)
         )
 
     # -- checks -------------------------------------------------------------------------------
