@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ha.records import ManagerStatus
@@ -107,9 +107,11 @@ class NodeMetrics:
         store_healthy: Callable[[], bool],
         peers_up: Callable[[], Iterable[str]],
         members: Iterable[str],
+        bus_stats: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
-        """Gauges the node runtime answers when scraped."""
+        """Gauges (and the bus's own counters) the node runtime answers when scraped."""
         self._view.runtime = (quorate, bus_quorate, store_healthy, peers_up, sorted(members))
+        self._view.bus_stats = bus_stats
 
     def saw_manager_status(self, ms: ManagerStatus) -> None:
         """The last manager_status this node read or wrote: its service and node states."""
@@ -158,11 +160,22 @@ class _View(Collector):
         self.node = node
         self.runtime: tuple[Any, ...] | None = None
         self.status: tuple[dict[str, int], dict[str, int], dict[str, str], str | None] | None = None
+        self.bus_stats: Callable[[], Mapping[str, int]] | None = None
 
     def describe(self) -> Iterable[Any]:
         return []  # collected on demand (auto_describe does not call collect for an empty answer)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        if self.bus_stats is not None:
+            stats = self.bus_stats()
+            frames = CounterMetricFamily(
+                "pyha_bus_frames",
+                "Bus frames this node sent and received (heartbeats included; issue #17)",
+                labels=["direction"],
+            )
+            frames.add_metric(["sent"], float(stats.get("sent", 0)))
+            frames.add_metric(["received"], float(stats.get("received", 0)))
+            yield frames
         if self.runtime is not None:
             quorate, bus_quorate, store_healthy, peers_up, members = self.runtime
             yield _gauge("pyha_quorate", "This node is quorate (bus majority and store reachable)", quorate())

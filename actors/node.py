@@ -329,6 +329,7 @@ class NodeRuntime:
             store_healthy=self.health.healthy,
             peers_up=self.bus.peers_up,
             members=c.nodes,
+            bus_stats=self.bus.stats,
         )
         where = c.metrics_address(self.node)
         if where is None:

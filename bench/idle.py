@@ -19,8 +19,8 @@ nothing is changed for T seconds, and we measure:
   ``/proc/<pid>/io``): an upper bound for store reads, not a count of them
   (bus and wake-up reads are in it too); the store is not instrumented.
 
-Bus messages are not counted (the transport keeps counters, but inside the
-node process, with no cheap way out).
+Bus messages per second: the frames every node's bus sent (heartbeats
+included), from each node's Prometheus metrics (``pyha_bus_frames_total``).
 
 ``--kind sleep`` runs ``sleep`` services without a health check instead of
 the HTTP demo service (for large S: a demo service is a Python process).
@@ -34,6 +34,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.request
 from functools import partial
 from pathlib import Path
 
@@ -96,6 +97,28 @@ def etcd_revision(c: LiveCluster) -> int:
         return int(store.changed_since(None).token.rpartition(":")[2])
     finally:
         store.close()
+
+
+def bus_frames(c: LiveCluster) -> int | None:
+    """Bus frames sent by all nodes so far (heartbeats included), from their Prometheus metrics.
+
+    None when a node serves no metrics (``metrics_port``) or does not answer.
+    """
+    conf = c.config()
+    total = 0
+    for n in c.nodes:
+        where = conf.metrics_address(n)
+        if where is None:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://{where[0]}:{where[1]}/metrics", timeout=2.0) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith('pyha_bus_frames_total{direction="sent"}'):
+                total += int(float(line.rsplit(" ", 1)[1]))
+    return total
 
 
 def build(c: LiveCluster, services: int, kind: str, first: int = 0) -> list[str]:
@@ -164,6 +187,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
         rev0 = etcd_revision(c) if args.store == "etcd" else 0
         cpu0 = {n: {w: cpu_ticks(p) or 0 for w, p in ws.items() if p} for n, ws in pids.items()}
         io0 = {n: read_syscalls(ws["ha-node"] or 0) or 0 for n, ws in pids.items()}
+        frames0 = bus_frames(c)
         t0 = time.monotonic()
         deadline = t0 + args.seconds
         while (now := time.monotonic()) < deadline:
@@ -172,6 +196,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
             time.sleep(min(0.5, deadline - now))
         cpu1 = {n: {w: cpu_ticks(p) or 0 for w, p in ws.items() if p} for n, ws in pids.items()}
         io1 = {n: read_syscalls(ws["ha-node"] or 0) or 0 for n, ws in pids.items()}
+        frames1 = bus_frames(c)
         if journal is not None:
             journal.poll()
         rev1 = etcd_revision(c) if args.store == "etcd" else 0
@@ -204,6 +229,10 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
             "cpu_per_node_pct": per_node,
             "read_syscalls_per_s": round(sum(io1[n] - io0[n] for n in c.nodes) / elapsed, 1),
         }
+        if frames0 is not None and frames1 is not None:
+            # every frame sent is one bus message (heartbeats, pings of the ZMTP layer excluded)
+            result["bus_messages_per_s"] = round((frames1 - frames0) / elapsed, 1)
+            result["bus_messages_per_node_per_s"] = round((frames1 - frames0) / elapsed / len(c.nodes), 1)
         if journal is not None:
             writes = sum(journal.counts.values())
             result["store_writes_per_s"] = round(writes / elapsed, 2)
@@ -252,7 +281,8 @@ def main(argv: list[str]) -> int:
     print(f"at rest over {r['seconds']} s: CPU {r['cpu_total_pct']}% of one core in total, "
           f"{r['cpu_per_node_mean_pct']}% per node (max {r['cpu_per_node_max_pct']}%); "
           f"store writes {r.get('store_writes_per_s', r.get('store_revisions_per_s'))}/s; "
-          f"read syscalls {r['read_syscalls_per_s']}/s")  # fmt: skip
+          f"read syscalls {r['read_syscalls_per_s']}/s; "
+          f"bus messages {r.get('bus_messages_per_s', 'not measured')}/s")  # fmt: skip
     if args.json:
         print(json.dumps(r))
     return 0

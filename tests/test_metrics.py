@@ -50,6 +50,7 @@ def test_scrape_over_http_reads_runtime_and_status() -> None:
         store_healthy=lambda: False,
         peers_up=lambda: {"n3"},
         members=["n1", "n2", "n3"],
+        bus_stats=lambda: {"sent": 40, "received": 38, "rejected.bad_payload": 1},
     )
     m.saw_manager_status(
         status(
@@ -79,6 +80,8 @@ def test_scrape_over_http_reads_runtime_and_status() -> None:
     assert got[("pyha_node_services", (("state", "fence"),))] == 0
     assert got[("pyha_node_state", (("node", "n2"), ("state", "fence")))] == 1
     assert got[("pyha_node_info", (("cluster", "c1"), ("node", "n1")))] == 1
+    assert got[("pyha_bus_frames_total", (("direction", "sent"),))] == 40  # bench idle's bus messages
+    assert got[("pyha_bus_frames_total", (("direction", "received"),))] == 38
 
 
 def test_timed_store_counts_calls_and_errors(tmp_path: Path) -> None:
