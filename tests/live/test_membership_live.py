@@ -34,7 +34,7 @@ def test_add_a_fourth_node_migrate_to_it_then_remove_it_with_services(cluster: L
     assert (conf.keys_dir / "node4.key_secret").exists()
     for n in three:
         assert "membership version 2: 4 members, node4 added (quorum needs 3)" in c.log(n)
-    wait_for(lambda: c.manager_status().node_status.get("node4") == "online", 15, "node4 online for the master")
+    wait_for(lambda: c.manager_status().node_status.get("node4") == "online", 15, "node4 online (master)")
 
     c.manager("migrate", "proc:a", "node4")
     c.wait_serving("proc:a", 30, on="node4")
