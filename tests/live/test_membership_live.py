@@ -10,6 +10,7 @@ markers) and no member loses quorum.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from bench.livecluster import LiveCluster, wait_for
 
@@ -19,7 +20,9 @@ def _quorum_losses(c: LiveCluster, nodes: list[str]) -> list[str]:
             if "quorum lost" in line or "not quorate" in line]  # fmt: skip
 
 
-def test_add_a_fourth_node_migrate_to_it_then_remove_it_with_services(cluster: LiveCluster) -> None:
+def test_add_a_fourth_node_migrate_to_it_then_remove_it_with_services(
+    cluster: LiveCluster, tmp_path: Path
+) -> None:
     c = cluster
     three = ["node1", "node2", "node3"]
     c.add_service("proc:a", "node3")
@@ -43,6 +46,12 @@ def test_add_a_fourth_node_migrate_to_it_then_remove_it_with_services(cluster: L
     c.add_service("proc:b", "node4", "--state", "stopped")
     c.wait_state("proc:b", "stopped", 15, node="node4")
 
+    # node4's key is a member's (an admin's); a copy kept elsewhere must stop working once it left
+    kept = tmp_path / "node4.key_secret"
+    kept.write_bytes((conf.keys_dir / "node4.key_secret").read_bytes())
+    kept.chmod(0o600)
+    c.manager("--key", str(kept), "--timeout", "2", "status")
+
     out = c.cli("cli.ha_cluster", "remove-node", str(c.dir), "node4", "--timeout", "30").stdout
     assert "node4: maintenance enabled" in out and "node4 stopped" in out
     # the service left node4 before node4 stopped: it answers elsewhere right away
@@ -62,3 +71,5 @@ def test_add_a_fourth_node_migrate_to_it_then_remove_it_with_services(cluster: L
     assert fenced == [], f"node4 was fenced: {fenced}"
     assert _quorum_losses(c, three) == []
     assert c.cli("cli.ha_cluster", "status", str(c.dir)).stdout.count("running pid") == 3
+    refused = c.manager("--key", str(kept), "--timeout", "1", "status", check=False)
+    assert refused.returncode == 7 and "refused the client key" in refused.stderr, refused.stderr
