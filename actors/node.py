@@ -619,9 +619,7 @@ class NodeRuntime:
     def _follow_membership(self) -> None:
         """A changed cluster.json (ha-cluster add-node/remove-node): follow it (actors/members.py)."""
         try:
-            self.members.check()
-            if self._published_version != self.cluster.config_version:
-                self._publish_member_version()
+            self.members.check()  # reads two small files; the store write is the watcher's
         except Exception as e:  # the ticker pets the watchdog: it must not die of this
             self.log.opt(exception=e).error(f"membership change failed: {e}")
 
@@ -651,6 +649,8 @@ class NodeRuntime:
                 elif self.stopping.wait(interval):
                     return
                 changes = self.health.probe(self.store, token)
+                if self._published_version != c.config_version:
+                    self._publish_member_version()  # a new membership, or a failed write
                 if etcd and time.monotonic() >= next_observe:
                     next_observe = time.monotonic() + c.timing.renew_interval
                     self._observe_leases()
