@@ -11,7 +11,7 @@
     ha-cluster etcd-kill|etcd-start DIR NODE...   only the nodes' etcd members
     ha-cluster etcd-renew-certs DIR       new etcd member/client certificates (same CA)
     ha-cluster export DIR FILE / import DIR FILE  every record, between dir and etcd clusters
-    ha-cluster status DIR                 which node processes run
+    ha-cluster status DIR                 which node processes run, the membership version
     ha-cluster add-node DIR [NAME] [--endpoint tcp://H:P]   one member more, on a running cluster
     ha-cluster remove-node DIR NODE       empty NODE (maintenance), stop it, drop it from the members
     ha-cluster destroy DIR                stop everything, remove namespaces
@@ -445,6 +445,7 @@ def status(directory: str) -> None:
             line += f", {state}"
         click.echo(line)
     click.echo(f"store: {c.store_url}")
+    click.echo(f"membership: version {c.config_version}, {len(c.nodes)} members")
 
 
 @main.command("export")

@@ -70,6 +70,7 @@ def test_add_a_fourth_node_migrate_to_it_then_remove_it_with_services(
     fenced = [n for n in three if re.search(r"node 'node4'.*'fence'|fence.*node4", c.log(n))]
     assert fenced == [], f"node4 was fenced: {fenced}"
     assert _quorum_losses(c, three) == []
-    assert c.cli("cli.ha_cluster", "status", str(c.dir)).stdout.count("running pid") == 3
+    status = c.cli("cli.ha_cluster", "status", str(c.dir)).stdout
+    assert status.count("running pid") == 3 and "membership: version 3, 3 members" in status
     refused = c.manager("--key", str(kept), "--timeout", "1", "status", check=False)
     assert refused.returncode == 7 and "refused the client key" in refused.stderr, refused.stderr
