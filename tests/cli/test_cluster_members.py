@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
+import zmq
 from click.testing import CliRunner
 
+from actors.events import EventPublisher
 from actors.members import MembershipFollower
 from admin.cluster import ClusterConfig
 from bus.keys import CurveKeys, generate
@@ -134,3 +137,42 @@ def test_the_follower_waits_for_a_new_members_key(tmp_path: Path) -> None:
     assert f.check() is True
     _, membership, keys = applied[0]
     assert keys is not None and "node4" in keys.authorized and "node4" in membership
+
+
+def test_the_event_stream_stops_accepting_a_removed_members_key(tmp_path: Path) -> None:
+    """actors/events.py pins the members' keys; a member that left is unpinned (issue #15)."""
+    assert ha_cluster("init", str(tmp_path / "c"), "--nodes", "3")[0] == 0
+    conf = ClusterConfig.load(tmp_path / "c")
+    store = conf.open_store()
+    pub = EventPublisher("node1", conf, store, lambda: True, interval=0.02, heartbeat=0.1)
+    pub.start()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    node3 = CurveKeys.load(conf.keys_dir, "node3")
+    socks: list[zmq.Socket[bytes]] = []
+
+    def heard(wait: float) -> bool:
+        """A fresh subscriber with node3's key gets a heartbeat within ``wait`` seconds."""
+        sub = ctx.socket(zmq.SUB)
+        socks.append(sub)
+        sub.setsockopt(zmq.CURVE_SERVERKEY, node3.public_of("node1"))
+        sub.setsockopt(zmq.CURVE_PUBLICKEY, node3.public)
+        sub.setsockopt(zmq.CURVE_SECRETKEY, node3.secret)
+        sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+        assert pub.endpoint is not None
+        sub.connect(pub.endpoint)
+        return bool(sub.poll(int(wait * 1000)))
+
+    try:
+        assert heard(5)
+        (conf.keys_dir / "node3.key").unlink()
+        time.sleep(1.5)
+        assert heard(5), "a member's key stays accepted while it is a member"
+        conf.nodes = {n: e for n, e in conf.nodes.items() if n != "node3"}  # as actors/node.py does
+        time.sleep(1.5)
+        assert not heard(1.5), "the key of a member that left is refused"
+    finally:
+        for s in socks:
+            s.close(linger=0)
+        ctx.term()
+        pub.stop()
+        store.close()
