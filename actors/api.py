@@ -115,6 +115,13 @@ def busy_reply(node: str, env: Envelope, why: str) -> ApiReply | None:
 
 
 @dataclass(frozen=True)
+class Members:
+    """The cluster's members changed (``ha-cluster add-node``/``remove-node``; actors/members.py)."""
+
+    endpoints: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Request:
     env: Envelope
 
@@ -210,6 +217,11 @@ class ApiActor(pykka.ThreadingActor):
                 self.log.error(f"api actor: the internal-error reply was not sent either: {e2}")
 
     def _receive(self, message: object) -> None:
+        if isinstance(message, Members):
+            self.nodes = sorted(message.endpoints)
+            self.members = frozenset(message.endpoints)
+            self.api.nodes, self.api.endpoints = list(self.nodes), dict(message.endpoints)
+            return
         if isinstance(message, StatusWritten):
             if self.publisher is not None:
                 self.publisher.feed(message.ms)

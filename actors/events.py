@@ -139,6 +139,7 @@ class EventPublisher:
         self._rlog = RateLimitedLog()
         self._keys: CurveKeys | None = None
         self._zap: ZapHandler | None = None
+        self._pinned_for: dict[str, str] | None = None  # the members whose keys the ring pins
         self._guard: InboundGuard | None = None
         self._mon: zmq.Socket[bytes] | None = None
         self._waker: Waker | None = None  # feed() and stop() wake the thread through it
@@ -174,6 +175,7 @@ class EventPublisher:
         if self.cluster.curve:
             # the bus's ZAP handler and key ring (bus.zap, bus.keys): one of each in the code base
             self._keys = keys = CurveKeys.load(self.cluster.keys_dir, self.node)
+            self._pinned_for = self.cluster.nodes
             self._zap = ZapHandler(self.node, KeyRing.of(keys, self.cluster.nodes), self._count, self._rlog)
             # SAFETY: the ZAP handler exists before the socket binds, else libzmq admits any key
             zap = self._zap.open(ctx)
@@ -184,6 +186,20 @@ class EventPublisher:
             if zap is not None:
                 zap.close(linger=0)
             raise
+
+    def _follow_members(self, zap: ZapHandler) -> frozenset[str]:
+        """The members changed (actors/members.py replaces ``cluster.nodes``): pin the new
+        members' keys, unpin the one that left (refused once its key file is gone); the
+        names no longer accepted."""
+        members = self.cluster.nodes
+        if members is self._pinned_for:
+            return frozenset()
+        self._pinned_for = members
+        try:
+            found = CurveKeys.load(self.cluster.keys_dir, self.node).authorized
+        except HaError:
+            return frozenset()
+        return zap.ring.pin({n: found[n] for n in members if n in found})
 
     def _bind(self, endpoint: str) -> zmq.Socket[bytes]:
         """A new PUB socket bound at ``endpoint``, its connections guarded like the bus's (bus.guard)."""
@@ -274,7 +290,7 @@ class EventPublisher:
                 soon = now + TIMER_SLACK  # timers due within it run now: one wake-up for several
                 if self._zap is not None and soon >= next_keys:
                     next_keys = now + 1.0
-                    if self._zap.ring.refresh():
+                    if self._zap.ring.refresh() | self._follow_members(self._zap):
                         pub = self._revoke(pub)
                         poller = self._poller(zap, waker, watch)  # the new socket's monitor
                 while self._fed:

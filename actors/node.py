@@ -47,13 +47,14 @@ from pathlib import Path
 import pykka
 from loguru import logger
 
-from actors.api import ApiActor, ApiQueue, busy_reply
+from actors.api import ApiActor, ApiQueue, Members, busy_reply
 from actors.api import Request as ApiCall
 from actors.api import StatusWritten as ApiStatusWritten
 from actors.crm_master import CrmActor
 from actors.daemon import Exited, Shutdown, Tick, Waker
 from actors.env import LiveEnv, MovingPlugin, NodeContext
 from actors.lrm import LrmActor
+from actors.members import MembershipFollower
 from actors.metrics import NodeMetrics, TimedStore
 from actors.notifier import Notifier
 from actors.notify import DirWatch
@@ -67,7 +68,7 @@ from actors.watchdog import (
     WatchdogActor,
     WatchdogClient,
 )
-from admin.cluster import SHUTDOWN_FILE, ClusterConfig
+from admin.cluster import SHUTDOWN_FILE, ClusterConfig, publish_member_version
 from admin.private import exposed
 from agents import make_registry
 from agents.usage import UsageSampler
@@ -176,6 +177,7 @@ class NodeRuntime:
         self.holder = f"{node}#{secrets.token_hex(6)}"
         self.killer: NodeKiller | None = None
         self.watchdog_driver = "userspace"
+        self._published_version = 0  # the membership version written to nodes/<node>/membership
 
     def _publish_capacity(self) -> None:
         """This node's CPUs and memory for the ``static`` scheduler (``nodes/<node>/capacity``).
@@ -313,24 +315,69 @@ class NodeRuntime:
             self.node, LiveEnv(self.ctx, "crm"), timing, self._exited, self.crm_waker, self.metrics
         )
         self.bus.subscribe(self._on_bus)
+        self.members = MembershipFollower(c, self.node, self._apply_membership)
+        self._publish_member_version()
         self.ticker = threading.Thread(target=self._tick_loop, name=f"ticker-{self.node}")
         self.ticker.start()
         self.watcher = threading.Thread(target=self._watch_loop, name=f"store-watch-{self.node}")
         self.watcher.start()
         self.log.info(f"node started (bus {self.bus.endpoint}, store {c.store_url})")
 
-    def _serve_metrics(self) -> None:
-        """Prometheus metrics on the bus address and ``metrics_port`` (docs/OPERATIONS.md); a
-        port that cannot be bound is logged, the node runs on without metrics."""
-        m, c = self.metrics, self.cluster
-        m.watch_runtime(
+    def _watch_runtime(self) -> None:
+        self.metrics.watch_runtime(
             quorate=self.quorate,
             bus_quorate=lambda: self.bus.quorate,
             store_healthy=self.health.healthy,
             peers_up=self.bus.peers_up,
-            members=c.nodes,
+            members=self.cluster.nodes,
             bus_stats=self.bus.stats,
         )
+
+    def _publish_member_version(self) -> None:
+        """``nodes/<node>/membership``: ha-cluster add-node/remove-node wait for it (next tick again
+        after a failed write)."""
+        c = self.cluster
+        try:
+            publish_member_version(self.store, self.node, c.config_version, sorted(c.nodes))
+        except HaError as e:
+            self.log.warning(f"membership version not published: {e}")
+            return
+        self._published_version = c.config_version
+
+    def _apply_membership(self, new: ClusterConfig, membership: Membership, keys: CurveKeys | None) -> None:
+        """cluster.json lists one member more or fewer (actors/members.py): follow it.
+
+        SAFETY: the bus counts votes by the new list from its next heartbeat on; one
+        member at a time keeps every majority of the old list overlapping every
+        majority of the new one (bus.membership.one_member_change). A member that
+        left is dropped from the node list, not fenced: the master's node status
+        turns it ``gone`` (BEHAVIOUR.md §6.1), and it runs nothing (it was emptied
+        and stopped first).
+        """
+        c = self.cluster
+        added = sorted(set(new.nodes) - set(c.nodes))
+        removed = sorted(set(c.nodes) - set(new.nodes))
+        self.bus.set_membership(membership, keys)
+        # replaced, never changed in place: other threads iterate the old dicts and lists
+        c.nodes, c.metrics_ports = dict(new.nodes), dict(new.metrics_ports)
+        c.config_version = new.config_version
+        self.ctx.nodes = sorted(new.nodes)
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.api.tell(Members(dict(new.nodes)))
+        self._watch_runtime()
+        self.log.info(
+            f"membership version {new.config_version}: {len(new.nodes)} members"
+            + (f", {' '.join(added)} added" if added else "")
+            + (f", {' '.join(removed)} removed" if removed else "")
+            + f" (quorum needs {len(new.nodes) // 2 + 1})"
+        )
+        self.crm_waker.poke()
+
+    def _serve_metrics(self) -> None:
+        """Prometheus metrics on the bus address and ``metrics_port`` (docs/OPERATIONS.md); a
+        port that cannot be bound is logged, the node runs on without metrics."""
+        m, c = self.metrics, self.cluster
+        self._watch_runtime()
         where = c.metrics_address(self.node)
         if where is None:
             return
@@ -561,6 +608,7 @@ class NodeRuntime:
                 next_tick = now + c.timing.renew_interval
                 if not self.stopping.is_set():
                     self.api_sup.check()  # issue #10: a dead API actor is restarted, not silent
+                    self._follow_membership()
                 for ref in (self.crm, self.lrm):
                     with contextlib.suppress(pykka.ActorDeadError):
                         ref.tell(Tick())
@@ -569,6 +617,13 @@ class NodeRuntime:
                 self.self_fence(f"ha-watchdog exited ({self.watchdog_proc.returncode})")
                 return
             self.stopping.wait(c.pet_interval)
+
+    def _follow_membership(self) -> None:
+        """A changed cluster.json (ha-cluster add-node/remove-node): follow it (actors/members.py)."""
+        try:
+            self.members.check()  # reads two small files; the store write is the watcher's
+        except Exception as e:  # the ticker pets the watchdog: it must not die of this
+            self.log.opt(exception=e).error(f"membership change failed: {e}")
 
     # records an administrator changes: the CRM acts on them at once, not at its next tick.
     # (Only these: status records change every tick and are announced on the bus.)
@@ -596,6 +651,8 @@ class NodeRuntime:
                 elif self.stopping.wait(interval):
                     return
                 changes = self.health.probe(self.store, token)
+                if self._published_version != c.config_version:
+                    self._publish_member_version()  # a new membership, or a failed write
                 if etcd and time.monotonic() >= next_observe:
                     next_observe = time.monotonic() + c.timing.renew_interval
                     self._observe_leases()

@@ -222,6 +222,45 @@ class NotifyConfig:
         return cfg
 
 
+def _version(value: object, path: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError("config_version must be a whole number >= 1", path)
+    return value
+
+
+# The store's copy of the membership (``ha-cluster add-node``/``remove-node`` write it) and each
+# node's word on which version it runs by (``nodes/<node>/membership``, written by the node).
+MEMBERSHIP_RECORD = "membership"
+
+
+def member_version_record(node: str) -> str:
+    return f"nodes/{node}/membership"
+
+
+def publish_member_version(store: Store, node: str, version: int, members: list[str]) -> None:
+    """``nodes/<node>/membership``: the membership version NODE runs by (written by the node)."""
+    data = json.dumps({"version": version, "members": sorted(members)}).encode()
+    store.write(member_version_record(node), data)
+
+
+def read_member_version(store: Store, node: str) -> int | None:
+    """The membership version NODE said it runs by; None before it said any."""
+    rec = store.read(member_version_record(node))
+    if rec is None:
+        return None
+    try:
+        v = json.loads(rec.data)["version"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def publish_membership(store: Store, c: ClusterConfig) -> None:
+    """The store's copy of the membership (``membership``): version and members with endpoints."""
+    data = {"version": c.config_version, "nodes": dict(sorted(c.nodes.items()))}
+    store.write(MEMBERSHIP_RECORD, json.dumps(data).encode())
+
+
 @dataclass
 class ClusterConfig:
     root: Path
@@ -259,6 +298,9 @@ class ClusterConfig:
     metrics_ports: dict[str, int] = field(default_factory=dict)
     # where the master sends fence, recovery and error events (None: nowhere)
     notify: NotifyConfig | None = None
+    # the membership's version: ``ha-cluster add-node``/``remove-node`` raise it by one with
+    # each change of ``nodes`` (one member at a time; running nodes follow, docs/OPERATIONS.md)
+    config_version: int = 1
 
     # -- store ----------------------------------------------------------------
     @property
@@ -442,6 +484,7 @@ class ClusterConfig:
         t = self.timing
         return {
             "cluster": self.cluster,
+            "config_version": self.config_version,
             "nodes": {n: self._node_dict(n) for n in sorted(self.nodes)},
             "curve": self.curve,
             "timing": {
@@ -530,6 +573,7 @@ class ClusterConfig:
             watchdog=str(data.get("watchdog") or "auto"),
             watchdog_device=str(data.get("watchdog_device") or "/dev/watchdog"),
             metrics_ports=metrics_ports,
+            config_version=_version(data.get("config_version", 1), str(path)),
             notify=(
                 NotifyConfig.from_dict(data["notify"], str(path))
                 if isinstance(data.get("notify"), dict)

@@ -148,6 +148,24 @@ class KeyRing:
     def name_of(self, public: bytes) -> str | None:
         return self.by_key.get(public)
 
+    def pin(self, members: Mapping[str, bytes]) -> frozenset[str]:
+        """The membership changed: pin exactly these members' keys, re-read the rest.
+
+        A member that left is unpinned: its key is accepted from then on only while
+        its ``.key`` file is still in the directory (``ha-cluster remove-node``
+        deletes it). Returns the names no longer accepted.
+        """
+        old = self.names
+        self._pinned = dict(members)
+        if self.directory is None:
+            self._set({n: k for k, n in self.by_key.items() if n in members or "/" in n})
+            return old - self.names
+        self._sig = None  # re-read now, even if the directory looks unchanged
+        self.refresh()
+        if self._sig is None:  # a half-written key file: keep the others, pinned ones first
+            self._set({n: k for k, n in self.by_key.items()})
+        return old - self.names
+
     def tick(self, node: str) -> float:
         """The transport's periodic check: refresh, log what was revoked; seconds until the next."""
         if revoked := self.refresh():

@@ -88,14 +88,43 @@ class LinkMonitor:
         events: int,
         link: PeerLink | None = None,
         guard: InboundGuard | None = None,
-    ) -> None:
-        """Monitor ``sock`` (our DEALER of ``link``, or the ROUTER when None, with its ``guard``).
+    ) -> zmq.Socket[bytes]:
+        """Monitor ``sock`` (our DEALER of ``link``, or the ROUTER when None, with its ``guard``);
+        returns the monitor socket to poll.
 
         (libzmq allows one monitor per socket: the ROUTER's also feeds its guard.)
         """
         if guard is not None:
             self._guard, events = guard, events | GUARD_EVENTS
-        self._monitors[sock.get_monitor_socket(events)] = (sock, link)
+        mon = sock.get_monitor_socket(events)
+        self._monitors[mon] = (sock, link)
+        return mon
+
+    def unwatch(self, sock: zmq.Socket[bytes]) -> zmq.Socket[bytes] | None:
+        """Stop monitoring ``sock`` (a DEALER about to be closed); its monitor socket, for the
+        caller to unregister and close (disabled first, see :meth:`close_monitors`)."""
+        for mon, (owner, _) in list(self._monitors.items()):
+            if owner is sock:
+                with contextlib.suppress(zmq.ZMQError):
+                    owner.disable_monitor()
+                del self._monitors[mon]
+                return mon
+        return None
+
+    def set_membership(self, membership: Membership) -> None:
+        """The members changed (one at a time, :func:`bus.membership.one_member_change`):
+        track the new one, forget the one that left, and count votes by the new list."""
+        old = set(self.membership.names)
+        self.membership = membership
+        for name in sorted(old - set(membership.names)):
+            down = self.tracker.remove(name)
+            if down is not None:
+                logger.info("bus {}: peer {} left the membership", self.node, name)
+                self._emit(down)
+        for peer in membership.others(self.node):
+            if peer.name not in old:
+                self.tracker.add(peer.name)
+        self.update_quorum()
 
     def monitor_sockets(self) -> list[zmq.Socket[bytes]]:
         return list(self._monitors)

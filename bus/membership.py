@@ -8,7 +8,7 @@ clock itself, so tests drive it with plain numbers.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from bus.errors import ConfigError, UnknownPeerError
@@ -76,6 +76,29 @@ class Membership:
         return tuple(p for p in self.peers if p.name != name)
 
 
+def one_member_change(old: Collection[str], new: Collection[str]) -> tuple[str | None, str | None]:
+    """``(added, removed)`` between two member sets; :class:`ConfigError` unless they differ by
+    at most one member, added *or* removed (``(None, None)``: the same members).
+
+    SAFETY: the rule etcd and corosync follow for a running cluster. Any majority of
+    the old members (``n // 2 + 1`` of ``n``) and any majority of the new ones share
+    a node: with one member added (``m = n + 1`` nodes in all) the two sizes add up to
+    ``n + 2 > m``, with one removed (``n`` in all) to ``n + 1 > n``. So while the
+    change spreads, some nodes counting by the old list and some by the new, two
+    partitions can never both be quorate. Two members at once break it: from
+    ``{a,b,c}`` to ``{a,b,c,d,e}``, ``{a,b}`` is a majority of the old list and
+    ``{c,d,e}`` one of the new; a swap (``{a,b,c}`` to ``{a,b,d}``) too: ``{b,c}`` and ``{a,d}``.
+    """
+    before, after = set(old), set(new)
+    added, removed = sorted(after - before), sorted(before - after)
+    if len(added) + len(removed) > 1:
+        raise ConfigError(
+            f"membership may change by one member at a time (adding {added or 'none'},"
+            f" removing {removed or 'none'})"
+        )
+    return (added[0] if added else None), (removed[0] if removed else None)
+
+
 @dataclass(slots=True)
 class _PeerState:
     up: bool = False
@@ -103,6 +126,15 @@ class PeerTracker:
             raise ConfigError("peer timeout must be > 0")
         self.timeout = timeout
         self._peers = {name: _PeerState() for name in peers}
+
+    def add(self, node: str) -> None:
+        """Track a new member (down until its heartbeat and our link both arrive)."""
+        self._peers.setdefault(node, _PeerState())
+
+    def remove(self, node: str) -> PeerDown | None:
+        """Stop tracking a member that left the membership; a PeerDown if it was up."""
+        st = self._peers.pop(node, None)
+        return PeerDown(node) if st is not None and st.up else None
 
     def _maybe_up(self, node: str, st: _PeerState) -> PeerUp | None:
         if not st.linked or st.incarnation is None or st.incarnation == st.announced:

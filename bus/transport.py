@@ -22,6 +22,9 @@ block; an exception in one is logged and counted, never fatal. Sending is
 at-most-once; reliability on top lives in :mod:`bus.reliability`.
 """
 
+# size: the transport's API and its I/O thread share one socket set and its state; the per-peer,
+#   liveness, ZAP and socket-option parts already live in their own modules
+
 from __future__ import annotations
 
 import itertools
@@ -40,7 +43,7 @@ from bus.guard import InboundGuard
 from bus.handover import Handover
 from bus.keys import CurveKeys, KeyRing
 from bus.links import HANDSHAKE_FAILED, LINK_EVENTS, LinkMonitor
-from bus.membership import Membership
+from bus.membership import Membership, PeerSpec, one_member_change
 from bus.messages import ApiRequest, Heartbeat, Message
 from bus.peers import PeerLink
 from bus.quorum import QuorumView
@@ -126,6 +129,8 @@ class Transport:
         self._start_error: BaseException | None = None
         self._running = False
         self._endpoint = membership.endpoint(node)
+        # A membership change waiting for the I/O thread (set_membership).
+        self._pending: tuple[Membership, CurveKeys | None] | None = None
         # Set up by the I/O thread in _open():
         self._router: zmq.Socket[bytes]
         self._zap: zmq.Socket[bytes] | None = None
@@ -246,6 +251,30 @@ class Transport:
             ok = link.send(frame) and ok
         return ok
 
+    def set_membership(self, membership: Membership, keys: CurveKeys | None = None) -> None:
+        """Change the members of a running transport: one member added or removed.
+
+        ``keys`` (with CURVE) must hold every new member's public key. The I/O
+        thread applies the change within a heartbeat interval: it connects to a new
+        member, closes its link to one that left, and from then on counts votes by
+        the new list (SAFETY: :func:`bus.membership.one_member_change`).
+        """
+        if self.node not in membership:
+            raise ConfigError(f"node {self.node!r} is not in the membership {membership.names}")
+        base = self._pending[0] if self._pending is not None else self.membership
+        one_member_change(base.names, membership.names)
+        for p in membership.others(self.node):
+            if p.name in base and base.endpoint(p.name) != p.endpoint:
+                raise ConfigError(f"the endpoint of member {p.name} cannot change while it is a member")
+        if self.curve:
+            if keys is None or keys.node != self.node:
+                raise ConfigError("curve=True needs this node's keys with the new members' public keys")
+            for peer in membership.others(self.node):
+                keys.public_of(peer.name)
+        if self._thread is None:
+            raise BusError("transport not started")
+        self._pending = (membership, keys)
+
     def reply(self, env: Envelope, msg: Message) -> bool:
         """Answer ``env``: to its sender if a member, else back through the ROUTER to the client.
 
@@ -340,16 +369,7 @@ class Transport:
         r.bind(self._endpoint)
         self._endpoint = self.guard.bound(r.getsockopt_string(zmq.LAST_ENDPOINT))
         for peer in self.membership.others(self.node):
-            link = PeerLink(peer.name, ctx.socket(zmq.DEALER))
-            self._links[peer.name.encode()] = link  # registered for cleanup
-            configure_dealer(link.sock, peer.name, cfg, self._keys if self.curve else None)
-            self._liveness.watch(link.sock, LINK_EVENTS, link)
-            link.sock.connect(peer.endpoint)
-            # Only a fully configured socket becomes visible to sender threads,
-            # and releasing the lock after all of the above is the memory
-            # barrier that hands it over (a sender's first use takes the lock).
-            with link.lock:
-                self._links_by_name[peer.name] = link
+            self._open_link(peer)
         self._poller = zmq.Poller()
         self._poller.register(r, zmq.POLLIN)
         assert self._handover.waker is not None
@@ -365,6 +385,62 @@ class Transport:
             self._quiet[cast(int, m.getsockopt(zmq.FD))] = (m, self._liveness.handle_event)
         for fd in self._quiet:
             self._poller.register(fd, zmq.POLLIN)
+
+    def _open_link(self, peer: PeerSpec) -> zmq.Socket[bytes]:
+        """Our DEALER to ``peer``, connected and visible to senders; returns its monitor socket."""
+        assert self._ctx is not None
+        link = PeerLink(peer.name, self._ctx.socket(zmq.DEALER))
+        self._links[peer.name.encode()] = link  # registered for cleanup
+        configure_dealer(link.sock, peer.name, self.config, self._keys if self.curve else None)
+        mon = self._liveness.watch(link.sock, LINK_EVENTS, link)
+        link.sock.connect(peer.endpoint)
+        # Only a fully configured socket becomes visible to sender threads,
+        # and releasing the lock after all of the above is the memory
+        # barrier that hands it over (a sender's first use takes the lock).
+        with link.lock:
+            self._links_by_name[peer.name] = link
+        return mon
+
+    def _apply_membership(self) -> None:
+        """I/O thread: apply what :meth:`set_membership` left (one member more or fewer)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        membership, keys = pending
+        old = self.membership
+        if keys is not None:
+            self._keys = keys
+            if self._ring is not None:
+                self._ring.pin({n: keys.authorized[n] for n in membership.names if n in keys.authorized})
+        for name in [n for n in old.names if n not in membership and n != self.node]:
+            link = self._links_by_name.pop(name)
+            del self._links[name.encode()]
+            link.take_back()  # no sender thread touches the DEALER from here on
+            mon = self._liveness.unwatch(link.sock)
+            if mon is not None:
+                fd = cast(int, mon.getsockopt(zmq.FD))
+                self._poller.unregister(fd)
+                self._quiet.pop(fd, None)
+                self._quiet_due.discard(fd)
+                mon.close(linger=0)
+            link.sock.close(linger=0)
+        self.membership = membership
+        self._peers = tuple(p.name for p in membership.others(self.node))
+        self._members_b = frozenset(n.encode() for n in membership.names)
+        self._members = frozenset(membership.names)
+        for peer in membership.others(self.node):
+            if peer.name not in old:
+                mon = self._open_link(peer)
+                fd = cast(int, mon.getsockopt(zmq.FD))
+                self._quiet[fd] = (mon, self._liveness.handle_event)
+                self._poller.register(fd, zmq.POLLIN)
+                self._quiet_due.add(fd)
+        self._liveness.set_membership(membership)
+        q = self._liveness.quorum
+        logger.info(
+            "bus {}: members now {} ({}/{} votes, {} needed)",
+            self.node, ",".join(membership.names), q.votes, q.expected, q.needed,
+        )  # fmt: skip
 
     def _close_all(self) -> None:
         # Take the DEALERs back from the sender threads first (PeerLink.take_back);
@@ -414,6 +490,8 @@ class Transport:
         while self._running:
             now = self._clock()
             if now >= next_hb:
+                if self._pending is not None:
+                    self._apply_membership()
                 liveness.send_heartbeats(self._links.values())
                 next_hb = now + liveness.next_heartbeat_in()
                 if self._ring is not None and now >= next_keys:  # checked at least once a heartbeat

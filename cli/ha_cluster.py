@@ -11,7 +11,9 @@
     ha-cluster etcd-kill|etcd-start DIR NODE...   only the nodes' etcd members
     ha-cluster etcd-renew-certs DIR       new etcd member/client certificates (same CA)
     ha-cluster export DIR FILE / import DIR FILE  every record, between dir and etcd clusters
-    ha-cluster status DIR                 which node processes run
+    ha-cluster status DIR                 which node processes run, the membership version
+    ha-cluster add-node DIR [NAME] [--endpoint tcp://H:P]   one member more, on a running cluster
+    ha-cluster remove-node DIR NODE       empty NODE (maintenance), stop it, drop it from the members
     ha-cluster destroy DIR                stop everything, remove namespaces
 
 Stores: ``--store dir`` (default) keeps the records in ``DIR/store`` (one
@@ -31,7 +33,8 @@ Exit codes: 0 ok, 1 operation failed, 2 bad input.
 This module holds the commands; the work is done by ``cli/cluster_init.py``
 (``init``: plan, then steps with undo), ``cli/cluster_procs.py`` (node
 processes), ``cli/cluster_etcd.py`` (the local etcd members) and
-``cli/cluster_records.py`` (export and import).
+``cli/cluster_records.py`` (export and import) and ``cli/cluster_members.py``
+(membership changes online, one member at a time).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import click
 from admin.cluster import DEFAULT_ETCD_TIMEOUT, ClusterConfig
 from admin.errors import AdminError, ExitCode
 from admin.private import private_umask
-from cli import cluster_init
+from cli import cluster_init, cluster_members
 from cli import netns as netns_mod
 from cli.cluster_etcd import (
     etcd_leader,
@@ -334,6 +337,29 @@ def heal(directory: str, node: str) -> None:
         click.echo(f"{node} reconnected and running")
 
 
+@main.command("add-node")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("name", required=False)
+@click.option("--endpoint", help="Bus endpoint of the new node (default: a free port on 127.0.0.1).")
+def add_node(directory: str, name: str | None, endpoint: str | None) -> None:
+    """Add one node to a running cluster: keys, endpoint, every member follows, then it starts.
+
+    Refused unless the running members alone hold a majority of the new member list.
+    """
+    cluster_members.add_node(load(directory), name, endpoint, click.echo)
+
+
+@main.command("remove-node")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("node")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds for its services to move away, and for it to stop.")  # fmt: skip
+def remove_node(directory: str, node: str, timeout: float) -> None:
+    """Remove NODE from a running cluster: maintenance moves its services away, it stops, the
+    members drop it (it is not fenced) and its keys are deleted."""
+    cluster_members.remove_node(load(directory), node, timeout, click.echo)
+
+
 @main.command("etcd-kill")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("nodes", nargs=-1, required=True)
@@ -419,6 +445,7 @@ def status(directory: str) -> None:
             line += f", {state}"
         click.echo(line)
     click.echo(f"store: {c.store_url}")
+    click.echo(f"membership: version {c.config_version}, {len(c.nodes)} members")
 
 
 @main.command("export")
