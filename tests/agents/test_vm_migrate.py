@@ -37,7 +37,8 @@ class Nodes:
 
     def __init__(self, state: Path, cgroup_base: Path, disk: str) -> None:
         self.plugins = {
-            n: VmPlugin(state, cgroup_base=cgroup_base, start_timeout=20.0, kill_wait=3.0) for n in ("n1", "n2")
+            n: VmPlugin(state, cgroup_base=cgroup_base, start_timeout=20.0, kill_wait=3.0)
+            for n in ("n1", "n2")
         }
         self.envs = {n: AgentEnv(n, {"vm": p}) for n, p in self.plugins.items()}
         self.disk = disk
