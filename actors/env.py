@@ -967,10 +967,23 @@ class MovingPlugin:
 
     def migrate(self, env: object, sid: str, conf: ResourceConfig, target: str, online: bool) -> bool:
         assert isinstance(env, LiveEnv)
-        if not self.agent.migrate(env, sid, conf, target, online):
+        moved: list[bool] = []
+
+        def commit() -> None:
+            env.steal_service(sid, env.nodename(), target)
+            env.log("info", f"service {sid} - moved to node '{target}'")
+            moved.append(True)
+
+        live = getattr(self.agent, "migrate_live", None)
+        if online and callable(live):
+            # a live migration moves the location itself, at the one safe moment of its hand-over
+            # (agents/vm.py VmPlugin.migrate_live: both copies paused, before the target's runs)
+            if not live(env, sid, conf, target, commit):
+                return False
+        elif not self.agent.migrate(env, sid, conf, target, online):
             return False
-        env.steal_service(sid, env.nodename(), target)
-        env.log("info", f"service {sid} - moved to node '{target}'")
+        if not moved:
+            commit()
         return True
 
     def remove_locks(self, env: object, sid: str, locks: list[str]) -> str | None:
