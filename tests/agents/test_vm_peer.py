@@ -87,7 +87,7 @@ def test_peer_calls_wait_for_their_reply() -> None:
         if reply is not None:  # answered from another thread, as the bus does
             r = ApiReply(msg.request_id, reply.ok, reply.result, reply.error)
             threading.Timer(0.05, peers.deliver, (r,)).start()
-        return msg.args["action"] != "unsent"
+        return bool(msg.args["action"] != "unsent")
 
     peers = PeerCalls("n1", send)
     answer["listen"] = ApiReply("", True, {"uri": "tcp:h:1"})
@@ -95,7 +95,7 @@ def test_peer_calls_wait_for_their_reply() -> None:
     assert peers.call("n2", "vm_incoming", {"action": "listen"}, 5.0) == {"uri": "tcp:h:1"}
     with pytest.raises(PeerError, match="n2: 'vm:1' is on node 'n1': not resuming it here"):
         peers.call("n2", "vm_incoming", {"action": "resume"}, 5.0)
-    with pytest.raises(PeerError, match="no answer from n2 to 'vm_incoming' within 0.2s"):
+    with pytest.raises(PeerError, match=r"no answer from n2 to .vm_incoming. within 0\.2s"):
         peers.call("n2", "vm_incoming", {"action": "abort"}, 0.2)
     with pytest.raises(PeerError, match="not sent to n2"):
         peers.call("n2", "vm_incoming", {"action": "unsent"}, 1.0)
