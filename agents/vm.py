@@ -388,6 +388,7 @@ class VmPlugin(ProcPlugin):
             env.log("err", f"service {sid}: node '{target}' cannot take the live migration: {e}")
             self._abort_target(env, sid, target, peer)
             return False
+        ready_ms = (time.monotonic() - t0) * 1000
         res = vmqmp.migrate(self.qmp_path(node, name), uri, self.migrate_timeout)
         if not res.completed:
             env.log("err", f"service {sid}: live migration to node '{target}' {res.status}: {res.error}")
@@ -417,6 +418,7 @@ class VmPlugin(ProcPlugin):
                 f"service {sid}: the guest did not resume on node '{target}' ({e}); it boots there again",
             )
         paused_ms = (time.monotonic() - t_done) * 1000 + (res.downtime_ms or 0)
+        t_resumed = time.monotonic()
         if procutil.poll_until(lambda: not self.any_alive(st), 5.0, cap=0.05):
             self._forget(node, name, st)
         else:
@@ -425,7 +427,8 @@ class VmPlugin(ProcPlugin):
             "info",
             f"service {sid}: live migration to {target} done in {res.total_ms} ms, "
             f"downtime {res.downtime_ms} ms (QEMU); guest paused {paused_ms:.0f} ms, "
-            f"{(time.monotonic() - t0) * 1000:.0f} ms in all",
+            f"{(t_resumed - t0) * 1000:.0f} ms in all (target QEMU ready after {ready_ms:.0f} ms; "
+            f"source QEMU gone {(time.monotonic() - t_resumed) * 1000:.0f} ms after the resume)",
         )
         return True
 

@@ -12,13 +12,15 @@ process so that no Python start-up is timed) and measures:
 * ``paused_ms``: the guest's whole pause as the agent saw it: QEMU's downtime
   plus the hand-over (location move, source quit, target resume);
 * ``agent_ms``: the agent's whole migrate step, from asking the target to
-  launch its ``-incoming`` QEMU to the target's guest running;
+  launch its ``-incoming`` QEMU to the target's guest running; of it
+  ``target_ready_ms`` until the target's QEMU listened; after it
+  ``source_gone_ms`` until the source's QEMU had exited (then the agent returns);
 * ``command_to_started_ms``: from the API call to the service in state
   ``started`` on the target in the manager status;
 * ``overhead_ms`` = ``command_to_started_ms - total_ms`` (the issue's
   "control-plane overhead": everything but QEMU's own migration, the target
   QEMU's launch included) and ``cluster_ms`` = ``command_to_started_ms -
-  agent_ms`` (the master and LRM rounds alone).
+  agent_ms - source_gone_ms`` (the master and LRM rounds alone).
 
 Every run checks that the guest kept its boot id and that its uptime grew,
 and that one QEMU of the service is left, on the target.
@@ -44,7 +46,8 @@ SID = "vm:100"
 NAME = "100"
 DONE = re.compile(
     r"service vm:100: live migration to (\S+) done in (\d+) ms, downtime (\d+) ms \(QEMU\); "
-    r"guest paused (\d+) ms, (\d+) ms in all"
+    r"guest paused (\d+) ms, (\d+) ms in all \(target QEMU ready after (\d+) ms; "
+    r"source QEMU gone (\d+) ms after the resume\)"
 )
 GOAL_DOWNTIME_MS = 300
 GOAL_OVERHEAD_MS = 50
@@ -97,22 +100,25 @@ def run(root: Path, runs: int) -> dict[str, object]:
                 m = wait_for(partial(_done_line, c, source, seen[source]), 10, "the source's log line")
                 assert isinstance(m, re.Match) and m.group(1) == target
                 seen[source] += 1
-                total, down, paused, agent = (float(m.group(k)) for k in (2, 3, 4, 5))
+                total, down, paused, agent, ready, gone = (float(m.group(k)) for k in (2, 3, 4, 5, 6, 7))
                 row = {
                     "total_ms": total,
                     "downtime_ms": down,
                     "paused_ms": paused,
                     "agent_ms": agent,
+                    "target_ready_ms": ready,
+                    "source_gone_ms": gone,
                     "command_to_started_ms": round(took_ms, 1),
                     "overhead_ms": round(took_ms - total, 1),
-                    "cluster_ms": round(took_ms - agent, 1),
+                    "cluster_ms": round(took_ms - agent - gone, 1),
                 }
                 rows.append(row)
                 print(
                     f"run {i + 1}/{runs}: {source} -> {target}: QEMU {total:.0f} ms "
                     f"(downtime {down:.0f} ms), "
                     f"guest paused {paused:.0f} ms, command -> started {took_ms:.0f} ms "
-                    f"(overhead {row['overhead_ms']:.0f} ms, of it master/LRM {row['cluster_ms']:.0f} ms)"
+                    f"(overhead {row['overhead_ms']:.0f} ms: target QEMU launch {ready:.0f} ms, "
+                    f"master/LRM {row['cluster_ms']:.0f} ms)"
                 )
         qemus = [n for n in c.nodes if paths.load_state(n, NAME) is not None]
         if qemus != [c.nodes[runs % 3]]:

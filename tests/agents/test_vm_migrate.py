@@ -126,6 +126,7 @@ def test_live_migration_hands_the_running_guest_over(nodes: Nodes) -> None:
     assert not nodes.plugins["n2"].incoming_path("n2", NAME).exists()
     done = [m for lvl, m in env1.lines if "live migration to n2 done in" in m]
     assert len(done) == 1 and " ms, downtime " in done[0] and "(QEMU)" in done[0], env1.text()
+    print("\n" + done[0])
 
     # the target's LRM, told `started`, adopts the running QEMU instead of booting a second one
     env2 = nodes.envs["n2"]
