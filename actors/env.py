@@ -946,7 +946,9 @@ class MovingPlugin:
 
     (The reference's plugins move the guest config themselves; our agents only
     act on the local node, so the location record is moved here, by the
-    source node, with compare-and-swap.)
+    source node, with compare-and-swap.) An agent with ``migrate_live`` (the
+    vm agent) gets the move as its commit step for an online migrate and runs
+    it at the safe moment of its hand-over (docs/AGENTS.md "Live migration").
     """
 
     def __init__(self, agent: ResourcePlugin) -> None:
