@@ -366,9 +366,11 @@ class VmPlugin(ProcPlugin):
         kills the target's copy (request ``abort``; its node also kills an
         incoming QEMU never resumed within ``incoming_deadline``, and a start
         there never adopts one) and leaves the guest running here: False, the
-        service stays here (BEHAVIOUR.md §3.3.3: a failed migration keeps the
-        service on its node). After 3 the target owns the service: True, even if
-        step 5 failed (the target's LRM then boots the guest afresh).
+        service stays here (BEHAVIOUR.md §3.3.3 and §2.2: a failed migrate is
+        ERROR, the service goes back to ``started`` on its node; success is "the
+        guest's config no longer on the source", our step 3). After 3 the target
+        owns the service: True, even if step 5 failed (the target's LRM then
+        boots the guest afresh).
         """
         node, name = env.nodename(), conf.name
         st = self.current(node, name)
