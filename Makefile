@@ -54,7 +54,7 @@ bench: venv
 demo: venv
 	$(BIN)/python -m cli.demo
 
-# the same with QEMU guests (vm: services, the built-in guest): a node killed, its guest recovered
+# the same with QEMU guests (vm: services, the built-in guest): one live migration timed, a node killed, its guest recovered
 demo-vm: venv deps
 	$(BIN)/python -m cli.demo_vm
 

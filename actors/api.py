@@ -13,6 +13,8 @@ each envelope as ``Envelope.user``, :mod:`bus.zap`) says its role: keys in
 ``keys/clients/admin/`` are ``admin/<name>``, keys in
 ``keys/clients/readonly/`` are ``readonly/<name>``. Members are admins,
 every other key read-only. Without CURVE (tests only) every caller is an admin.
+The operations between members (:data:`actors.peer.MEMBER_OPS`, e.g. live
+migration's ``vm_incoming``) are refused to every client key, admin or not.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pykka
 import zmq
 from loguru import logger
 
 from actors.events import EventPublisher
+from actors.peer import MEMBER_OPS
 from admin.cluster import ClusterConfig
 from admin.errors import AdminError, ExitCode
 from admin.ops import ROLE_ADMIN, ROLE_READONLY, ApiOps, error_result
@@ -144,9 +148,11 @@ class ApiActor(pykka.ThreadingActor):
         cluster: ClusterConfig,
         queue: ApiQueue | None = None,
         last_seen: Mapping[str, float] | None = None,
+        member_ops: Mapping[str, Callable[[str, Mapping[str, Any]], Any]] | None = None,
     ) -> None:
         super().__init__()
         self.queue = queue
+        self.member_ops = dict(member_ops or {})
         self.node = node
         self.nodes = nodes
         self.store = store
@@ -216,6 +222,18 @@ class ApiActor(pykka.ThreadingActor):
             except Exception as e2:
                 self.log.error(f"api actor: the internal-error reply was not sent either: {e2}")
 
+    def _member_call(self, env: Envelope, req: ApiRequest, user: str | None) -> Any:
+        """An operation between members (docs/API.md "Between members"): refused to any client key."""
+        who = user if self.curve else env.sender  # with CURVE: the member whose key signed the request
+        if who is None or who not in self.members or who == self.node:
+            raise AdminError(
+                f"permission denied: operation '{req.op}' is for cluster members only", ExitCode.FORBIDDEN
+            )
+        fn = self.member_ops.get(req.op)
+        if fn is None:
+            raise AdminError(f"operation '{req.op}' is not served by node '{self.node}'", ExitCode.REFUSED)
+        return fn(who, dict(req.args))
+
     def _receive(self, message: object) -> None:
         if isinstance(message, Members):
             self.nodes = sorted(message.endpoints)
@@ -233,7 +251,11 @@ class ApiActor(pykka.ThreadingActor):
         user = self.user_of(message.env)
         role = role_of(user, self.members, self.curve)
         try:
-            reply = ApiReply(req.request_id, True, self.api.call(req.op, dict(req.args), role))
+            if req.op in MEMBER_OPS:
+                result = self._member_call(message.env, req, user)
+            else:
+                result = self.api.call(req.op, dict(req.args), role)
+            reply = ApiReply(req.request_id, True, result)
         except AdminError as e:
             reply = ApiReply(req.request_id, False, error_result(e), str(e))
         except ConfigError as e:  # a stored config file the operation cannot use (e.g. not UTF-8)

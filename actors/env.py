@@ -703,9 +703,7 @@ class LiveEnv:
             usage, ts = seen
             # an unchanged lrm_status is not written again (issue #17): its report is current
             # while the node is up on the bus, else for USAGE_MAX_AGE seconds after its write
-            if usage is not None and (
-                node in alive or (ts is not None and now - ts <= USAGE_MAX_AGE)
-            ):
+            if usage is not None and (node in alive or (ts is not None and now - ts <= USAGE_MAX_AGE)):
                 reports[node] = usage
         conf = self.read_service_config().services
         where = {sid: cd.node for sid, cd in conf.items()}
@@ -959,7 +957,9 @@ class MovingPlugin:
 
     (The reference's plugins move the guest config themselves; our agents only
     act on the local node, so the location record is moved here, by the
-    source node, with compare-and-swap.)
+    source node, with compare-and-swap.) An agent with ``migrate_live`` (the
+    vm agent) gets the move as its commit step for an online migrate and runs
+    it at the safe moment of its hand-over (docs/AGENTS.md "Live migration").
     """
 
     def __init__(self, agent: ResourcePlugin) -> None:
@@ -980,10 +980,23 @@ class MovingPlugin:
 
     def migrate(self, env: object, sid: str, conf: ResourceConfig, target: str, online: bool) -> bool:
         assert isinstance(env, LiveEnv)
-        if not self.agent.migrate(env, sid, conf, target, online):
+        moved: list[bool] = []
+
+        def commit() -> None:
+            env.steal_service(sid, env.nodename(), target)
+            env.log("info", f"service {sid} - moved to node '{target}'")
+            moved.append(True)
+
+        live = getattr(self.agent, "migrate_live", None)
+        if online and callable(live):
+            # a live migration moves the location itself, at the one safe moment of its hand-over
+            # (agents/vm.py VmPlugin.migrate_live: both copies paused, before the target's runs)
+            if not live(env, sid, conf, target, commit):
+                return False
+        elif not self.agent.migrate(env, sid, conf, target, online):
             return False
-        env.steal_service(sid, env.nodename(), target)
-        env.log("info", f"service {sid} - moved to node '{target}'")
+        if not moved:
+            commit()
         return True
 
     def remove_locks(self, env: object, sid: str, locks: list[str]) -> str | None:

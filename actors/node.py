@@ -41,8 +41,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pykka
 from loguru import logger
@@ -58,6 +60,7 @@ from actors.members import MembershipFollower
 from actors.metrics import NodeMetrics, TimedStore
 from actors.notifier import Notifier
 from actors.notify import DirWatch
+from actors.peer import PeerCalls, VmIncoming
 from actors.supervise import Supervised
 from actors.watchdog import (
     Disarm,
@@ -72,12 +75,14 @@ from admin.cluster import SHUTDOWN_FILE, ClusterConfig, publish_member_version
 from admin.private import exposed
 from agents import make_registry
 from agents.usage import UsageSampler
+from agents.vm import VmPlugin
 from bus.codec import Envelope
 from bus.guard import raise_fd_limit
 from bus.keys import CurveKeys
 from bus.membership import Membership
 from bus.messages import (
     Ack,
+    ApiReply,
     ApiRequest,
     CommandResult,
     PeerDown,
@@ -247,6 +252,7 @@ class NodeRuntime:
         # results and commands are re-sent until acknowledged (on PeerUp and heartbeats)
         self.outbox = Outbox(self.bus.send)
         self.outbox.attach(self.bus.subscribe)
+        self.peers = PeerCalls(self.node, self.bus.send)  # requests to other members (actors/peer.py)
 
         if self.spawn_watchdog:
             self._start_watchdog_process()
@@ -294,6 +300,13 @@ class NodeRuntime:
                 else None
             ),
         )
+        # live migration: this node as the target (an API operation between members), as the source (the peer)
+        self.vm_incoming = VmIncoming(
+            self.ctx, urllib.parse.urlsplit(c.nodes[self.node]).hostname or "127.0.0.1"
+        )
+        vm = agents.get("vm")
+        if isinstance(vm, VmPlugin):
+            vm.peer = self._vm_peer
         timing = c.core_timing()
         # the API first: the master's status hook (_announce_commands) tells it every write
         self.api_sup = Supervised("API", self._start_api, f"{self.node}/node")
@@ -504,6 +517,8 @@ class NodeRuntime:
                 self.api.tell(ApiCall(env))
             except pykka.ActorDeadError:
                 queue.done(env)
+        elif isinstance(msg, ApiReply):
+            self.peers.deliver(msg)  # the answer to one of this node's requests to a member
         elif isinstance(msg, ServiceCommand):
             self.bus.send(env.sender, Ack(msg.uid))
             self.lrm_waker.poke()
@@ -590,7 +605,13 @@ class NodeRuntime:
             cluster=c,
             queue=self.api_queue,
             last_seen=self.ctx.last_seen,
+            member_ops={"vm_incoming": self.vm_incoming},
         )
+
+    def _vm_peer(self, node: str, args: Mapping[str, Any], timeout: float) -> Mapping[str, Any]:
+        """The vm agent's way to the target of a live migration (:data:`agents.vmqmp.Peer`)."""
+        result = self.peers.call(node, "vm_incoming", args, timeout)
+        return result if isinstance(result, dict) else {}
 
     @property
     def api(self) -> pykka.ActorRef[ApiActor]:

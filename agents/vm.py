@@ -40,125 +40,58 @@ never picked on its own).
   power-down (QMP ``system_powerdown``), wait up to ``timeout`` (the request's,
   else ``stop_timeout``, else 45 s; 0 = hard stop), then QMP ``quit`` and the
   ``proc`` kill (``cgroup.kill``, SIGKILL of the group).
-* ``migrate``: this slice relocates (stop here; the target starts it, a new
-  boot). Live migration is not implemented yet.
+* ``migrate`` (online): a QEMU live migration to the target node
+  (:meth:`VmPlugin.migrate_live`, the QMP driver in ``agents/vmqmp.py``);
+  the guest keeps running (same boot id, its uptime goes on). A migration that
+  fails leaves the guest running here. ``relocate`` (and ``migrate`` without a
+  way to reach the target) stops it here; the target boots it again.
 * :meth:`VmPlugin.status`: QMP ``query-status`` plus the guest's answer (boot id,
   uptime); :meth:`VmPlugin.healthy` for monitors.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
 import os
-import secrets
 import shutil
-import socket
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import QMPError
 
-from agents import procutil
+from agents import procutil, vmqmp
 from agents.guestimage import HEALTH_PORT, QEMU, VM_APPEND, GuestError, default_vm_guest
-from agents.proc import ProcConfigError, ProcPlugin, ProcState
+from agents.proc import ProcPlugin, ProcState
+from agents.vmqmp import INCOMING_ARGS, GuestAnswer, MigrationError, Peer, PeerError, ping_guest, qmp
+from agents.vmspec import (
+    DEFAULT_CORES,
+    DEFAULT_MEMORY_MB,
+    HEALTH_CHOICES,
+    VmConfigError,
+    VmSpec,
+    check_files,
+    parse_spec,
+    vm_uint,
+)
 from ha.config.resources import ResourceConfig
 from ha.env import Env
 
-DEFAULT_MEMORY_MB: Final = 256
-DEFAULT_CORES: Final = 1
 # The reference's VM shutdown waits 60 s (BEHAVIOUR.md §3.3.3); ours stays below the node's 60 s
 # command timeout so that a guest ignoring the power button is killed by us, not abandoned as hung.
 DEFAULT_VM_STOP_TIMEOUT: Final = 45.0
 DEFAULT_VM_START_TIMEOUT: Final = 45.0
-HEALTH_CHOICES: Final = ("guest", "none")
 _SUN_PATH_MAX: Final = 100  # sockaddr_un.sun_path is 108 bytes on Linux; keep a margin
 
 # qemu.qmp logs every refused connection at ERROR (each poll while QEMU boots); what matters is
 # reported through env.log by this agent instead.
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
-
-
-class VmConfigError(ProcConfigError):
-    """A vm property is malformed; the start is refused with this message."""
-
-
-@dataclass(frozen=True, slots=True)
-class VmSpec:
-    """What one VM is made of (its resources.cfg properties, checked)."""
-
-    memory_mb: int = DEFAULT_MEMORY_MB
-    cores: int = DEFAULT_CORES
-    kernel: str | None = None
-    initrd: str | None = None
-    append: str | None = None
-    disk: str | None = None
-    health: str = "guest"
-
-    @property
-    def default_guest(self) -> bool:
-        return self.kernel is None and self.disk is None
-
-
-def vm_uint(props: Mapping[str, str], key: str, low: int, high: int, default: int = 0) -> int:
-    """An integer property in low..high (``default`` when absent); VmConfigError when not."""
-    raw = (props.get(key) or "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise VmConfigError(f"property '{key}': '{raw}' is not an integer in {low}..{high}")
-    return int(raw)
-
-
-def _path(props: Mapping[str, str], key: str) -> str | None:
-    raw = (props.get(key) or "").strip()
-    if not raw:
-        return None
-    if not os.path.isabs(raw):
-        raise VmConfigError(f"property '{key}': '{raw}' is not an absolute path")
-    return raw
-
-
-def parse_spec(props: Mapping[str, str]) -> VmSpec:
-    """The VM of a resource's extra properties; VmConfigError when malformed."""
-    kernel, initrd, disk = _path(props, "kernel"), _path(props, "initrd"), _path(props, "disk")
-    append = (props.get("append") or "").strip() or None
-    if kernel is None and (initrd is not None or append is not None):
-        raise VmConfigError("properties 'initrd' and 'append' need 'kernel'")
-    health = (props.get("health") or "").strip() or ("guest" if kernel is None and disk is None else "none")
-    if health not in HEALTH_CHOICES:
-        raise VmConfigError(f"property 'health': '{health}' is not one of {', '.join(HEALTH_CHOICES)}")
-    return VmSpec(
-        memory_mb=vm_uint(props, "memory", 16, 1 << 20, DEFAULT_MEMORY_MB),
-        cores=vm_uint(props, "cores", 1, 256, DEFAULT_CORES),
-        kernel=kernel,
-        initrd=initrd,
-        append=append,
-        disk=disk,
-        health=health,
-    )
-
-
-def check_files(spec: VmSpec) -> None:
-    """VmConfigError unless the spec's kernel, initrd and disk are readable files here."""
-    for key in ("kernel", "initrd", "disk"):
-        path = getattr(spec, key)
-        if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
-            raise VmConfigError(f"property '{key}': no readable file '{path}' (on this node)")
-
-
-@dataclass(frozen=True, slots=True)
-class GuestAnswer:
-    """The default guest's answer to a health check."""
-
-    boot_id: str
-    uptime: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,61 +105,6 @@ class VmStatus:
     @property
     def healthy(self) -> bool:
         return self.running and self.qmp_status == "running"
-
-
-# -- QMP and the health port ----------------------------------------------------------------------
-
-
-async def _qmp_async(path: Path, commands: tuple[str, ...], timeout: float) -> list[object]:
-    client = QMPClient("pyha-vm")
-    try:
-        await asyncio.wait_for(client.connect(str(path)), timeout)
-        out = []
-        for cmd in commands:
-            out.append(await asyncio.wait_for(client.execute(cmd), timeout))
-        return out
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.disconnect(), timeout)
-
-
-def qmp(path: Path, *commands: str, timeout: float = 5.0) -> list[object]:
-    """Run QMP ``commands`` (no arguments) one after the other; their return values.
-
-    Raises OSError, QMPError or TimeoutError when QEMU does not answer (each step
-    bounded by ``timeout``). Blocking: it runs its own event loop (agents run in
-    worker threads without one).
-    """
-    return asyncio.run(_qmp_async(path, commands, timeout))
-
-
-def ping_guest(path: Path, timeout: float = 3.0) -> GuestAnswer | None:
-    """The default guest's answer on its health port (``ping NONCE`` -> ``pong NONCE BOOT_ID UPTIME``)."""
-    nonce = secrets.token_hex(6)
-    deadline = time.monotonic() + timeout
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            s.sendall(f"ping {nonce}\n".encode())
-            buf = b""
-            while True:
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    parts = line.decode(errors="replace").split()
-                    # an answer meant for an earlier client that hung up comes first: skip it
-                    if len(parts) == 4 and parts[0] == "pong" and parts[1] == nonce:
-                        return GuestAnswer(parts[2], float(parts[3]))
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                s.settimeout(left)
-                chunk = s.recv(4096)
-                if not chunk:
-                    return None
-                buf += chunk
-    except (OSError, ValueError):
-        return None
 
 
 def kvm_requested() -> bool:
@@ -251,6 +129,8 @@ class VmPlugin(ProcPlugin):
         kill_wait: float = 5.0,
         default_stop_timeout: float = DEFAULT_VM_STOP_TIMEOUT,
         guest_cache: Path | None = None,
+        migrate_timeout: float = vmqmp.DEFAULT_MIGRATE_TIMEOUT,
+        incoming_deadline: float = vmqmp.INCOMING_DEADLINE,
     ) -> None:
         super().__init__(
             state_dir,
@@ -260,6 +140,11 @@ class VmPlugin(ProcPlugin):
             default_stop_timeout=default_stop_timeout,
         )
         self.guest_cache = guest_cache
+        self.migrate_timeout = migrate_timeout
+        self.incoming_deadline = incoming_deadline
+        # how this node reaches the target of a live migration (the live runtime sets it); None: relocate
+        self.peer: Peer | None = None
+        self._incoming_lock = threading.Lock()  # resume, abort and the reaper of one node's incoming QEMUs
 
     # -- paths ---------------------------------------------------------------------------------------
 
@@ -284,6 +169,10 @@ class VmPlugin(ProcPlugin):
         for p in (self.qmp_path(node, name), self.health_path(node, name)):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+    def incoming_path(self, node: str, name: str) -> Path:
+        """Marks a QEMU of the service launched for an incoming migration and not yet resumed."""
+        return self._dir(node) / f"{name}.incoming"
 
     def _forget(self, node: str, name: str, st: ProcState | None) -> None:
         super()._forget(node, name, st)
@@ -331,17 +220,29 @@ class VmPlugin(ProcPlugin):
 
     # -- the plugin protocol -------------------------------------------------------------------------
 
+    def check_running(self, env: Env, sid: str, conf: ResourceConfig) -> bool:
+        # SAFETY: an incoming QEMU that was never resumed is not the service (see _drop_incoming):
+        # "not running" makes a start kill it and boot the guest afresh instead of adopting it
+        if self.incoming_path(env.nodename(), conf.name).exists():
+            return False
+        return super().check_running(env, sid, conf)
+
+    def _prepare(self, sid: str, node: str, name: str, conf: ResourceConfig) -> tuple[VmSpec, list[str]]:
+        spec = parse_spec(conf.extra)
+        check_files(spec)
+        self._dir(node).mkdir(parents=True, exist_ok=True)
+        self.socket_dir(node).mkdir(parents=True, exist_ok=True)
+        self._remove_sockets(node, name)  # left by a QEMU that was killed
+        return spec, self.command(sid, node, name, spec)
+
     def start(self, env: Env, sid: str, conf: ResourceConfig) -> None:
         node, name = env.nodename(), conf.name
+        with self._incoming_lock:
+            self._drop_incoming(env, sid, node, name)
         if self._running_or_forgotten(node, name):
             return  # already running: nothing to do
         try:
-            spec = parse_spec(conf.extra)
-            check_files(spec)
-            self._dir(node).mkdir(parents=True, exist_ok=True)
-            self.socket_dir(node).mkdir(parents=True, exist_ok=True)
-            self._remove_sockets(node, name)  # left by a QEMU that was killed
-            argv = self.command(sid, node, name, spec)
+            spec, argv = self._prepare(sid, node, name, conf)
         except (VmConfigError, GuestError, OSError) as e:
             env.log("err", f"service {sid}: {e}")
             return
@@ -429,10 +330,230 @@ class VmPlugin(ProcPlugin):
         self._terminate(env, sid, node, name, st, 0)  # cgroup.kill + SIGKILL of the group
 
     def migrate(self, env: Env, sid: str, conf: ResourceConfig, target: str, online: bool) -> bool:
-        """Relocate (stop here; the target starts a fresh boot). Live migration: not yet (issue #12)."""
+        """``migrate``: live (:meth:`migrate_live`); ``relocate``: stop here, the target boots it again."""
         if online:
-            env.log("info", f"service {sid}: live migration not implemented yet, relocating instead")
+            return self.migrate_live(env, sid, conf, target)
+        return self._relocate(env, sid, conf, target)
+
+    def _relocate(self, env: Env, sid: str, conf: ResourceConfig, target: str) -> bool:
         if self.check_running(env, sid, conf):
             env.log("info", f"stopping service {sid} (relocate to node '{target}')")
             self.shutdown(env, sid, conf, None)
         return not self.check_running(env, sid, conf)
+
+    # -- live migration: the source (issue #12; the QMP driver is agents/vmqmp.py) ----------------
+
+    def migrate_live(
+        self, env: Env, sid: str, conf: ResourceConfig, target: str, commit: Callable[[], None] | None = None
+    ) -> bool:
+        """Live-migrate the guest to ``target``; True once the target holds it (and runs it).
+
+        ``commit`` moves the service's location to the target (the live runtime's
+        :class:`actors.env.MovingPlugin` passes it; it raises when the move failed).
+
+        The order, and why (SAFETY: never two running copies of the guest):
+
+        1. the target launches its QEMU ``-incoming defer -S`` (request ``listen``);
+        2. QMP ``migrate`` here; QEMU pauses this copy (``postmigrate``) before it
+           reports ``completed``, and the target's copy stays paused (``-S``):
+           from here on neither copy runs;
+        3. ``commit``: the location names the target;
+        4. QMP ``quit`` here: this copy can never be resumed again;
+        5. only then the target resumes its copy (request ``resume``; it checks
+           that the location names it).
+
+        Any failure before 3 (no answer, QEMU failed, time-out: ``migrate_cancel``)
+        kills the target's copy (request ``abort``; its node also kills an
+        incoming QEMU never resumed within ``incoming_deadline``, and a start
+        there never adopts one) and leaves the guest running here: False, the
+        service stays here (BEHAVIOUR.md §3.3.3 and §2.2: a failed migrate is
+        ERROR, the service goes back to ``started`` on its node; success is "the
+        guest's config no longer on the source", our step 3). After 3 the target
+        owns the service: True, even if step 5 failed (the target's LRM then
+        boots the guest afresh).
+        """
+        node, name = env.nodename(), conf.name
+        st = self.current(node, name)
+        if st is None or not self.any_alive(st):
+            return True  # nothing runs here: the target starts it, as after a relocation
+        peer = self.peer
+        if peer is None:
+            env.log(
+                "info", f"service {sid}: no way to reach node '{target}' for a live migration, relocating"
+            )
+            return self._relocate(env, sid, conf, target)
+        env.log("info", f"service {sid}: live migration to node '{target}'")
+        t0 = time.monotonic()
+        try:
+            uri = str(peer(target, {"sid": sid, "action": "listen"}, 20.0)["uri"])
+        except (PeerError, KeyError, TypeError) as e:
+            env.log("err", f"service {sid}: node '{target}' cannot take the live migration: {e}")
+            self._abort_target(env, sid, target, peer)
+            return False
+        ready_ms = (time.monotonic() - t0) * 1000
+        res = vmqmp.migrate(self.qmp_path(node, name), uri, self.migrate_timeout)
+        if not res.completed:
+            env.log("err", f"service {sid}: live migration to node '{target}' {res.status}: {res.error}")
+            self._abort_target(env, sid, target, peer)  # SAFETY: first gone there, then running here
+            self._resume_here(env, sid, node, name)
+            return False
+        t_done = time.monotonic()
+        # SAFETY: both copies are paused now (source postmigrate, target -S)
+        if commit is not None:
+            try:
+                commit()
+            except Exception as e:  # the location did not move: the guest stays here
+                env.log(
+                    "err", f"service {sid}: migrated, but its location did not move ({e}); resuming it here"
+                )
+                self._abort_target(env, sid, target, peer)
+                self._resume_here(env, sid, node, name)
+                return False
+        # SAFETY: this copy quits before the target's may run (a postmigrate QEMU resumes only on `cont`)
+        with contextlib.suppress(OSError, QMPError, TimeoutError):
+            qmp(self.qmp_path(node, name), "quit", timeout=2.0)
+        try:
+            peer(target, {"sid": sid, "action": "resume"}, 10.0)
+        except PeerError as e:
+            env.log(
+                "err",
+                f"service {sid}: the guest did not resume on node '{target}' ({e}); it boots there again",
+            )
+        paused_ms = (time.monotonic() - t_done) * 1000 + (res.downtime_ms or 0)
+        t_resumed = time.monotonic()
+        if procutil.poll_until(lambda: not self.any_alive(st), 5.0, cap=0.05):
+            self._forget(node, name, st)
+        else:
+            self._terminate(env, sid, node, name, st, 0)
+        env.log(
+            "info",
+            f"service {sid}: live migration to {target} done in {res.total_ms} ms, "
+            f"downtime {res.downtime_ms} ms (QEMU); guest paused {paused_ms:.0f} ms, "
+            f"{(t_resumed - t0) * 1000:.0f} ms in all (target QEMU ready after {ready_ms:.0f} ms; "
+            f"source QEMU gone {(time.monotonic() - t_resumed) * 1000:.0f} ms after the resume)",
+        )
+        return True
+
+    def _abort_target(self, env: Env, sid: str, target: str, peer: Peer) -> None:
+        try:
+            peer(target, {"sid": sid, "action": "abort"}, 10.0)
+        except PeerError as e:  # it kills the incoming QEMU itself after incoming_deadline
+            env.log(
+                "warning", f"service {sid}: node '{target}' did not confirm killing its incoming QEMU: {e}"
+            )
+
+    def _resume_here(self, env: Env, sid: str, node: str, name: str) -> None:
+        """The guest runs here again after a failed migration (QEMU resumes it itself unless it completed).
+
+        SAFETY: only called while the target's copy was never resumed (it never is before the commit)."""
+        path = self.qmp_path(node, name)
+        status = self._qmp_status(node, name, 5.0)
+        if status in ("postmigrate", "paused", "finish-migrate"):
+            with contextlib.suppress(MigrationError):
+                vmqmp.qmp_calls(path, ("cont", None))
+            status = self._qmp_status(node, name, 5.0)
+        env.log(
+            "info" if status == "running" else "err", f"service {sid}: guest {status or 'not answering'} here"
+        )
+
+    # -- live migration: the target ------------------------------------------------------------------
+
+    def _drop_incoming(self, env: Env, sid: str, node: str, name: str) -> bool:
+        """Kill the service's incoming QEMU that was never resumed (caller holds _incoming_lock).
+
+        SAFETY: such a copy was never handed over (its migration failed, or its
+        source died first): it must never run, and a start never adopts it.
+        True if there was one."""
+        marker = self.incoming_path(node, name)
+        if not marker.exists():
+            return False
+        st = self.current(node, name)
+        if st is not None:
+            env.log("info", f"service {sid}: killing its incoming QEMU (never resumed)")
+            self._terminate(env, sid, node, name, st, 0)
+        if st is None or not self.any_alive(st):
+            marker.unlink(missing_ok=True)
+        return True
+
+    def incoming_listen(self, env: Env, sid: str, conf: ResourceConfig, host: str) -> str:
+        """Launch the service's QEMU ``-incoming defer -S`` here, listening on ``host``; the URI.
+
+        The same command line and cgroup as a start (so this node's fencing kills
+        it), plus :data:`agents.vmqmp.INCOMING_ARGS`. Raises MigrationError."""
+        node, name = env.nodename(), conf.name
+        with self._incoming_lock:
+            self._drop_incoming(env, sid, node, name)
+            if self._running_or_forgotten(node, name):
+                # SAFETY: a copy of the guest runs here already: never a second one
+                raise MigrationError(f"service {sid} already runs on node '{node}'")
+            try:
+                _, argv = self._prepare(sid, node, name, conf)
+                # SAFETY: marked before the launch, so no crash leaves an unmarked incoming QEMU
+                self.incoming_path(node, name).write_text(f"{time.time()}\n")
+            except (VmConfigError, GuestError, OSError) as e:
+                raise MigrationError(str(e)) from e
+            argv += INCOMING_ARGS
+            st = self._launch(env, sid, node, name, argv, "/", {}, " ".join(argv))
+            if st is None:
+                self.incoming_path(node, name).unlink(missing_ok=True)
+                raise MigrationError("QEMU did not start (see this node's log)")
+        deadline = time.monotonic() + 15.0
+        while True:
+            try:
+                uri = vmqmp.listen(self.qmp_path(node, name), host, timeout=2.0)
+                break
+            except MigrationError as e:
+                if not self.any_alive(st) or time.monotonic() > deadline:
+                    with self._incoming_lock:
+                        self._drop_incoming(env, sid, node, name)
+                    raise MigrationError(f"{e}{self._log_tail(node, name)}") from e
+                time.sleep(0.02)
+        reaper = threading.Timer(self.incoming_deadline, self._reap, (env, sid, node, name, st.pid))
+        reaper.daemon = True
+        reaper.start()
+        env.log("info", f"service {sid}: QEMU waiting for a live migration on {uri}")
+        return uri
+
+    def _reap(self, env: Env, sid: str, node: str, name: str, pid: int) -> None:
+        with self._incoming_lock:
+            st = self.current(node, name)
+            if st is not None and st.pid == pid and self.incoming_path(node, name).exists():
+                env.log(
+                    "warning", f"service {sid}: incoming migration not resumed in {self.incoming_deadline:g}s"
+                )
+                self._drop_incoming(env, sid, node, name)
+
+    def incoming_resume(self, env: Env, sid: str, conf: ResourceConfig) -> None:
+        """Run the guest that came in (after the source's commit); idempotent. Raises MigrationError."""
+        node, name = env.nodename(), conf.name
+        with self._incoming_lock:
+            if not self.incoming_path(node, name).exists():
+                if self._qmp_status(node, name, 3.0) == "running":
+                    return  # resumed already (a repeated request)
+                raise MigrationError(f"no incoming QEMU of {sid} on node '{node}'")
+            vmqmp.resume_incoming(self.qmp_path(node, name))
+            self.incoming_path(node, name).unlink()  # an ordinary running VM from now on
+        env.log("info", f"service {sid}: guest resumed here after its live migration")
+
+    def incoming_abort(self, env: Env, sid: str, conf: ResourceConfig) -> bool:
+        """Kill the service's incoming QEMU (never a resumed one); False if there was none."""
+        with self._incoming_lock:
+            return self._drop_incoming(env, sid, env.nodename(), conf.name)
+
+
+__all__ = [
+    "DEFAULT_CORES",
+    "DEFAULT_MEMORY_MB",
+    "HEALTH_CHOICES",
+    "GuestAnswer",
+    "VmConfigError",
+    "VmPlugin",
+    "VmSpec",
+    "VmStatus",
+    "check_files",
+    "kvm_requested",
+    "parse_spec",
+    "ping_guest",
+    "qmp",
+    "vm_uint",
+]

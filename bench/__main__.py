@@ -15,7 +15,9 @@ import bench
 
 
 def _available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+    # a module vm_migrate is the benchmark vm-migrate
+    mods = pkgutil.iter_modules(bench.__path__)
+    return sorted(m.name.replace("_", "-") for m in mods if not m.name.startswith("_"))
 
 
 def main(argv: list[str]) -> int:
@@ -27,7 +29,7 @@ def main(argv: list[str]) -> int:
     if name not in names:
         print(f"bench: unknown benchmark '{name}' (available: {', '.join(names)})", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"bench.{name}")
+    module = importlib.import_module(f"bench.{name.replace('-', '_')}")
     return int(module.main(rest))
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import actors.env as live_env
 from actors.env import LiveEnv, NodeContext
 from actors.lrm import PacedLRM
 from actors.notify import DirWatch

@@ -178,7 +178,8 @@ def test_an_old_report_of_a_node_up_on_the_bus_is_current(tmp_path: Path) -> Non
     for n in envstubs.NODES:
         rec.write_capacity(store, n, 2, 8 * GIB)
         report(store, n, rec.NodeUsage(0.2, GIB, {}), age=live_env.USAGE_MAX_AGE + 60)
-    report(store, "n2", rec.NodeUsage(0.7, GIB, {"proc:a": (0.5, 100 * MIB)}), age=live_env.USAGE_MAX_AGE + 60)
+    old = live_env.USAGE_MAX_AGE + 60
+    report(store, "n2", rec.NodeUsage(0.7, GIB, {"proc:a": (0.5, 100 * MIB)}), age=old)
     env = envstubs.live_env(store)
     env.ctx.membership = PeersDown({"n3"})
     for n in envstubs.NODES:

@@ -30,7 +30,10 @@ def setup(tmp_path: Path) -> tuple[DirStore, float]:
         master_node="n1",
         timestamp=then,
         node_status={n: "online" for n in NODES},
-        service_status={"vm:100": ServiceData("started", "n2", "u1"), "vm:101": ServiceData("started", "n3", "u2")},
+        service_status={
+            "vm:100": ServiceData("started", "n2", "u1"),
+            "vm:101": ServiceData("started", "n3", "u2"),
+        },
     )
     store.write(rec.MANAGER_STATUS, json.dumps(ms.to_dict()).encode())
     rec.write_lrm_status(store, "n1", LrmStatus("wait_for_agent_lock", "active", then, {}))

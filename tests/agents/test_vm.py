@@ -201,8 +201,16 @@ def test_relocate_stops_here(vm: VmPlugin, blank_disk: str) -> None:
     env = AgentEnv("n1", {"vm": vm})
     cd = conf(sid, disk=blank_disk, memory="32", stop_timeout="0")
     assert exec_resource_agent(env.env, sid, cd, "started", {}) == ExitCode.SUCCESS, env.text()
+    assert exec_resource_agent(env.env, sid, cd, "relocate", {"target": "n2"}) == ExitCode.SUCCESS
+    assert ("info", f"stopping service {sid} (relocate to node 'n2')") in env.lines, env.text()
+    assert not vm.check_running(env.env, sid, cd)
+
+    # a migrate without a way to reach the target (no peer: not in a live cluster) relocates too
+    env.lines.clear()
+    assert exec_resource_agent(env.env, sid, cd, "started", {}) == ExitCode.SUCCESS, env.text()
+    assert vm.peer is None
     assert exec_resource_agent(env.env, sid, cd, "migrate", {"target": "n2"}) == ExitCode.SUCCESS
-    assert ("info", f"service {sid}: live migration not implemented yet, relocating instead") in env.lines
+    assert ("info", f"service {sid}: no way to reach node 'n2' for a live migration, relocating") in env.lines
     assert not vm.check_running(env.env, sid, cd)
 
 

@@ -4,9 +4,12 @@
 initramfs, TCG), the cluster boots it on node1 inside node1's service cgroup,
 its health check answers with the guest's boot id; ``ha-manager relocate``
 moves it to node2: the source's QEMU is gone, node2's answers with a NEW boot
-id (a relocation is a restart; live migration is the next slice), and at no
-moment did two QEMU processes of the VM run (sampled every 50 ms over the
-whole move). Two boots of the guest in all.
+id (a relocation is a restart), and at no moment did two QEMU processes of
+the VM run (sampled every 50 ms over the whole move). Then ``ha-manager
+migrate`` to node3 is a QEMU live migration: node3's QEMU answers with the
+SAME boot id and a longer uptime, node3 booted nothing (it adopted the QEMU
+that came in), and two QEMU processes existed only during the hand-over.
+Two boots of the guest in all.
 """
 
 from __future__ import annotations
@@ -110,4 +113,34 @@ def test_vm_service_boots_and_relocates_with_a_new_boot(cluster: LiveCluster) ->
     assert "still running" not in node1_log and "killing" not in node1_log, node1_log[-2000:]
     # never two copies at once over the whole move
     assert sampler.samples > 20 and sampler.most == 1, (sampler.samples, sampler.most)
-    print(f"\nvm:100 booted and healthy {booted:.1f}s after add; relocated (new boot) in {moved:.1f}s")
+
+    # live migration node2 -> node3 (issue #12): the same boot goes on, node3 boots nothing
+    sampler = Sampler(SID)
+    sampler.start()
+    try:
+        t2 = time.monotonic()
+        cluster.manager("migrate", SID, "node3")
+        cluster.wait_state(SID, "started", node="node3", timeout=60)
+        migrated = time.monotonic() - t2
+        third = wait_for(lambda: answer("node3"), 30, "vm:100 answering on node3")
+    finally:
+        sampler.halt.set()
+        sampler.join(5)
+    assert isinstance(third, GuestAnswer)
+    assert third.boot_id == second.boot_id and third.uptime > second.uptime, (second, third)
+    copies = qemu_copies(SID)
+    assert len(copies) == 1 and next(iter(copies.values())).endswith("/node3/vm:100"), copies
+    assert paths.load_state("node2", "100") is None and answer("node2") is None
+    assert not paths.incoming_path("node3", "100").exists()
+    # two processes only while the guest was handed over (the target's waits paused, -incoming -S)
+    assert sampler.samples > 5 and sampler.most <= 2, (sampler.samples, sampler.most)
+    node2_log, node3_log = cluster.log("node2"), cluster.log("node3")
+    done = [ln for ln in node2_log.splitlines() if "service vm:100: live migration to node3 done in" in ln]
+    assert len(done) == 1 and "downtime" in done[0], node2_log[-3000:]
+    assert "QEMU waiting for a live migration" in node3_log
+    assert "guest resumed here after its live migration" in node3_log
+    assert "starting service vm:100" not in node3_log, node3_log[-3000:]  # adopted, not booted
+    print(
+        f"\nvm:100 booted and healthy {booted:.1f}s after add; relocated (new boot) in {moved:.1f}s; "
+        f"live-migrated (same boot) in {migrated:.1f}s from the command: {done[0].split('live migration')[1]}"
+    )

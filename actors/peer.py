@@ -1,0 +1,124 @@
+"""Requests between members (docs/API.md "Between members"): live migration's ``vm_incoming``.
+
+A node asks another member with the API's own envelope, an ``ApiRequest``
+sent on its peer link (:class:`PeerCalls`); the other node's API actor
+answers it with an ``ApiReply`` on the same link, which ``actors/node.py``
+hands back here. Only members may call these operations (:data:`MEMBER_OPS`;
+``actors/api.py`` refuses every client key, admin keys included, code 7).
+
+``vm_incoming`` (:class:`VmIncoming`) is the target's side of a live
+migration (``agents/vm.py`` :meth:`~agents.vm.VmPlugin.migrate_live` is the
+source's): ``listen`` launches the VM's QEMU ``-incoming`` in this node's
+service cgroup, ``resume`` runs the guest that came in, ``abort`` kills an
+incoming QEMU that was never resumed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from actors.env import LiveEnv, NodeContext
+from admin.errors import AdminError, ExitCode
+from agents.vm import VmPlugin
+from agents.vmqmp import MigrationError, PeerError
+from bus.messages import ApiReply, ApiRequest, Message
+from ha.errors import HaError
+from store import records as rec
+
+MEMBER_OPS = frozenset({"vm_incoming"})
+VM_ACTIONS = ("listen", "resume", "abort")
+
+
+class PeerCalls:
+    """This node's requests to other members, each waiting for its ``ApiReply`` (thread-safe)."""
+
+    def __init__(self, node: str, send: Callable[[str, Message], bool]) -> None:
+        self.node = node
+        self.send = send
+        self._lock = threading.Lock()
+        self._waiting: dict[str, tuple[threading.Event, list[ApiReply]]] = {}
+        self._ids = itertools.count(1)
+        self._prefix = f"{node}-{secrets.token_hex(4)}-"
+
+    def call(self, node: str, op: str, args: Mapping[str, Any], timeout: float) -> Any:
+        """Run ``op`` on member ``node``; its result. PeerError when refused, unsent or unanswered."""
+        rid = f"{self._prefix}{next(self._ids)}"
+        slot: tuple[threading.Event, list[ApiReply]] = (threading.Event(), [])
+        with self._lock:
+            self._waiting[rid] = slot
+        try:
+            try:
+                sent = self.send(node, ApiRequest(rid, op, dict(args)))
+            except HaError as e:
+                raise PeerError(f"'{op}' not sent to {node}: {e}") from e
+            if not sent:
+                raise PeerError(f"'{op}' not sent to {node} (no connection)")
+            if not slot[0].wait(timeout):
+                raise PeerError(f"no answer from {node} to '{op}' within {timeout:g}s")
+            reply = slot[1][0]
+        finally:
+            with self._lock:
+                self._waiting.pop(rid, None)
+        if not reply.ok:
+            raise PeerError(f"{node}: {reply.error}")
+        return reply.result
+
+    def deliver(self, reply: ApiReply) -> bool:
+        """An ``ApiReply`` from a member: True if it answered one of our calls (late ones are dropped)."""
+        with self._lock:
+            slot = self._waiting.get(reply.request_id)
+        if slot is None:
+            return False
+        slot[1].append(reply)
+        slot[0].set()
+        return True
+
+
+class VmIncoming:
+    """The ``vm_incoming`` operation of one node (run by its API actor, for members only)."""
+
+    def __init__(self, ctx: NodeContext, host: str) -> None:
+        self.ctx = ctx
+        self.host = host  # the migration stream's address: the node's bus host
+        self.env = LiveEnv(ctx, "api")
+
+    def _plugin(self) -> VmPlugin:
+        plugin: object = self.ctx.plugins.get("vm")
+        agent = getattr(plugin, "agent", plugin)  # the MovingPlugin's wrapped agent
+        if not isinstance(agent, VmPlugin):
+            raise AdminError("this node runs no vm agent", ExitCode.REFUSED)
+        return agent
+
+    def __call__(self, sender: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        sid, action = args.get("sid"), args.get("action")
+        if not isinstance(sid, str) or not sid.startswith("vm:") or action not in VM_ACTIONS:
+            want = "|".join(VM_ACTIONS)
+            raise AdminError(f"vm_incoming: needs sid 'vm:...' and action {want}", ExitCode.USAGE)
+        plugin = self._plugin()
+        conf = self.env.read_service_config().services.get(sid)
+        if conf is None:
+            raise AdminError(f"no such resource '{sid}'", ExitCode.NOT_FOUND)
+        node = self.ctx.node
+        try:
+            if action == "abort":  # always allowed: it only ever kills a copy that never ran
+                return {"killed": plugin.incoming_abort(self.env, sid, conf)}
+            if self.ctx.fenced.is_set():
+                # SAFETY: a node that is fencing itself starts nothing
+                raise AdminError(f"node '{node}' is fencing itself", ExitCode.REFUSED)
+            where, _ = rec.read_location(self.ctx.store, sid)
+            where = where or conf.node
+            if action == "listen":
+                if where != sender:
+                    raise AdminError(f"'{sid}' is on node '{where}', not on '{sender}'", ExitCode.REFUSED)
+                return {"uri": plugin.incoming_listen(self.env, sid, conf, self.host)}
+            # SAFETY: the guest runs here only once its location names this node (the source's commit)
+            if where != node:
+                raise AdminError(f"'{sid}' is on node '{where}': not resuming it here", ExitCode.REFUSED)
+            plugin.incoming_resume(self.env, sid, conf)
+            return {"resumed": True}
+        except MigrationError as e:
+            raise AdminError(str(e), ExitCode.FAILED) from e

@@ -1,0 +1,295 @@
+"""QMP and the guest's health port: the vm agent's drivers (agents/vm.py), live migration's included.
+
+:func:`qmp` runs argument-less QMP commands, :func:`qmp_calls` any; :func:`ping_guest`
+asks the default guest for its boot id and uptime (its virtio-serial health port).
+
+Live migration of a ``vm:`` service (issue #12): the QMP driver of both ends.
+
+A live migration has two QEMU processes of one guest, one per node:
+
+* the TARGET node launches QEMU with the service's own command line plus
+  ``-incoming defer -S`` (:data:`INCOMING_ARGS`), in its own service cgroup and
+  state folder (a normal start in every other respect), and opens the
+  migration port with QMP ``migrate-incoming tcp:<its bus host>:0``
+  (:func:`listen`; QEMU picks the port, ``query-migrate`` tells it);
+* the SOURCE node runs :func:`migrate`: QMP ``migrate-set-parameters``
+  (``downtime-limit``, ``max-bandwidth``), ``migrate``, then ``query-migrate``
+  every few ms until ``completed``, ``failed`` or a timeout (then
+  ``migrate_cancel``). Its :class:`MigrationResult` carries QEMU's own total
+  time and downtime.
+
+SAFETY (never two running copies): ``-S`` keeps the target's guest paused
+after the migration completed (QMP status ``inmigrate`` while it comes in,
+``paused`` once complete); QEMU has paused the source (``postmigrate``)
+before it completes. Only an explicit resume (QMP ``cont``), which the
+source asks for after the service's location moved to the target, lets it
+run: see :meth:`agents.vm.VmPlugin.migrate_live` for the whole order.
+
+How nodes reach each other is not this module's business: the source gets a
+:data:`Peer` (the live runtime's is a member-only API request ``vm_incoming``,
+docs/API.md; the tests' calls a second plugin directly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from qemu.qmp import QMPClient, QMPError
+
+# the target's QEMU waits for the stream, and its guest stays paused after it (see the module doc)
+INCOMING_ARGS: Final = ("-incoming", "defer", "-S")
+# QEMU stops the source when what is left to copy fits in this (its own default too)
+DOWNTIME_LIMIT_MS: Final = 300
+MAX_BANDWIDTH: Final = 10 << 30  # bytes/s: QEMU's default (32 MiB/s) would slow every migration
+DEFAULT_MIGRATE_TIMEOUT: Final = 40.0  # below the node's 60 s command timeout
+# an incoming QEMU not resumed by then is killed by its node (the source died or gave up)
+INCOMING_DEADLINE: Final = DEFAULT_MIGRATE_TIMEOUT + 30.0
+_POLL: Final = 0.01
+
+# qemu.qmp logs every refused connection at ERROR (each poll while QEMU starts); what matters is
+# reported through env.log by the agent instead.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+_DONE: Final = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class GuestAnswer:
+    """The default guest's answer to a health check."""
+
+    boot_id: str
+    uptime: float
+
+
+# -- QMP and the health port ----------------------------------------------------------------------
+
+
+async def _qmp_async(path: Path, commands: tuple[str, ...], timeout: float) -> list[object]:
+    client = QMPClient("pyha-vm")
+    try:
+        await asyncio.wait_for(client.connect(str(path)), timeout)
+        out = []
+        for cmd in commands:
+            out.append(await asyncio.wait_for(client.execute(cmd), timeout))
+        return out
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), timeout)
+
+
+def qmp(path: Path, *commands: str, timeout: float = 5.0) -> list[object]:
+    """Run QMP ``commands`` (no arguments) one after the other; their return values.
+
+    Raises OSError, QMPError or TimeoutError when QEMU does not answer (each step
+    bounded by ``timeout``). Blocking: it runs its own event loop (agents run in
+    worker threads without one).
+    """
+    return asyncio.run(_qmp_async(path, commands, timeout))
+
+
+def ping_guest(path: Path, timeout: float = 3.0) -> GuestAnswer | None:
+    """The default guest's answer on its health port (``ping NONCE`` -> ``pong NONCE BOOT_ID UPTIME``)."""
+    nonce = secrets.token_hex(6)
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(f"ping {nonce}\n".encode())
+            buf = b""
+            while True:
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    parts = line.decode(errors="replace").split()
+                    # an answer meant for an earlier client that hung up comes first: skip it
+                    if len(parts) == 4 and parts[0] == "pong" and parts[1] == nonce:
+                        return GuestAnswer(parts[2], float(parts[3]))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                s.settimeout(left)
+                chunk = s.recv(4096)
+                if not chunk:
+                    return None
+                buf += chunk
+    except (OSError, ValueError):
+        return None
+
+
+# ``Peer(node, args, timeout)``: run ``vm_incoming`` with ``args`` on member ``node``; its result.
+# Raises PeerError when the node refused or did not answer in time.
+Peer = Callable[[str, Mapping[str, Any], float], Mapping[str, Any]]
+
+
+class PeerError(Exception):
+    """The other node refused a ``vm_incoming`` request or did not answer it."""
+
+
+class MigrationError(Exception):
+    """A QEMU of the migration did not do what was asked (QMP error, no answer, bad reply)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationResult:
+    """The outcome of :func:`migrate`, with QEMU's own figures (``query-migrate``)."""
+
+    status: str  # completed | failed | cancelled | timeout | error
+    total_ms: int | None = None
+    downtime_ms: int | None = None
+    setup_ms: int | None = None
+    transferred: int | None = None  # bytes of RAM sent
+    error: str | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+async def _session(path: Path, timeout: float) -> QMPClient:
+    client = QMPClient("pyha-vm-migrate")
+    await asyncio.wait_for(client.connect(str(path)), timeout)
+    return client
+
+
+async def _close(client: QMPClient) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.disconnect(), 2.0)
+
+
+async def _listen(path: Path, host: str, timeout: float) -> str:
+    client = await _session(path, timeout)
+    try:
+        await asyncio.wait_for(client.execute("migrate-incoming", {"uri": f"tcp:{host}:0"}), timeout)
+        info = await asyncio.wait_for(client.execute("query-migrate"), timeout)
+        addrs = info.get("socket-address") if isinstance(info, dict) else None
+        if not addrs or not isinstance(addrs, list) or "port" not in addrs[0]:
+            raise MigrationError(f"QEMU did not say which port it listens on: {info!r}")
+        port = int(addrs[0]["port"])
+        return f"tcp:{_uri_host(host)}:{port}"
+    finally:
+        await _close(client)
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def listen(path: Path, host: str, timeout: float = 10.0) -> str:
+    """Target side: open the migration port of an ``-incoming defer`` QEMU on ``host``; its URI.
+
+    Raises :class:`MigrationError` (also for OSError, QMPError and time-outs)."""
+    try:
+        return asyncio.run(_listen(path, host, timeout))
+    except (OSError, QMPError, TimeoutError, ValueError) as e:
+        raise MigrationError(f"opening the migration port failed: {e!r}") from e
+
+
+def _result(info: Mapping[str, Any], status: str | None = None, error: str | None = None) -> MigrationResult:
+    ram = info.get("ram") if isinstance(info.get("ram"), dict) else {}
+    assert isinstance(ram, dict)
+
+    def num(v: object) -> int | None:
+        return int(v) if isinstance(v, int | float) else None
+
+    return MigrationResult(
+        status=status or str(info.get("status")),
+        total_ms=num(info.get("total-time")),
+        downtime_ms=num(info.get("downtime")),
+        setup_ms=num(info.get("setup-time")),
+        transferred=num(ram.get("transferred")),
+        error=error or (str(info["error-desc"]) if info.get("error-desc") else None),
+    )
+
+
+async def _migrate(path: Path, uri: str, timeout: float, downtime_ms: int) -> MigrationResult:
+    client = await _session(path, min(timeout, 5.0))
+    try:
+        step = min(timeout, 5.0)
+        await asyncio.wait_for(
+            client.execute(
+                "migrate-set-parameters", {"downtime-limit": downtime_ms, "max-bandwidth": MAX_BANDWIDTH}
+            ),
+            step,
+        )
+        await asyncio.wait_for(client.execute("migrate", {"uri": uri}), step)
+        deadline = time.monotonic() + timeout
+        info: Mapping[str, Any] = {}
+        while time.monotonic() < deadline:
+            got = await asyncio.wait_for(client.execute("query-migrate"), step)
+            info = got if isinstance(got, dict) else {}
+            if info.get("status") in _DONE:
+                return _result(info)
+            await asyncio.sleep(_POLL)
+        # out of time: cancel, and learn how it ended (it may still have completed meanwhile)
+        with contextlib.suppress(QMPError):
+            await asyncio.wait_for(client.execute("migrate_cancel"), step)
+        end = time.monotonic() + step
+        while time.monotonic() < end:
+            got = await asyncio.wait_for(client.execute("query-migrate"), step)
+            info = got if isinstance(got, dict) else {}
+            if info.get("status") in _DONE:
+                break
+            await asyncio.sleep(_POLL)
+        if info.get("status") == "completed":
+            return _result(info)
+        return _result(info, "timeout", f"not completed within {timeout:g}s")
+    finally:
+        await _close(client)
+
+
+def migrate(
+    path: Path, uri: str, timeout: float = DEFAULT_MIGRATE_TIMEOUT, downtime_ms: int = DOWNTIME_LIMIT_MS
+) -> MigrationResult:
+    """Source side: migrate the QEMU behind QMP socket ``path`` to ``uri``; how it ended.
+
+    Never raises for a QMP or socket problem: that is status ``error``. A
+    migration that is not ``completed`` was cancelled (or failed) and the
+    source QEMU still holds the guest."""
+    try:
+        return asyncio.run(_migrate(path, uri, timeout, downtime_ms))
+    except (OSError, QMPError, TimeoutError, ValueError) as e:
+        return MigrationResult("error", error=repr(e))
+
+
+async def _calls(
+    path: Path, commands: tuple[tuple[str, Mapping[str, Any] | None], ...], timeout: float
+) -> list[Any]:
+    client = await _session(path, timeout)
+    try:
+        return [
+            await asyncio.wait_for(client.execute(c, dict(a) if a else None), timeout) for c, a in commands
+        ]
+    finally:
+        await _close(client)
+
+
+def qmp_calls(path: Path, *commands: tuple[str, Mapping[str, Any] | None], timeout: float = 5.0) -> list[Any]:
+    """QMP commands with arguments, one after the other; their return values.
+
+    Raises :class:`MigrationError` when QEMU refuses or does not answer."""
+    try:
+        return asyncio.run(_calls(path, commands, timeout))
+    except (OSError, QMPError, TimeoutError) as e:
+        raise MigrationError(f"QMP {[c for c, _ in commands]} failed: {e!r}") from e
+
+
+def resume_incoming(path: Path, timeout: float = 5.0) -> None:
+    """Target side: run the guest that came in (``cont``), only once its migration COMPLETED.
+
+    SAFETY: an incoming QEMU whose migration did not complete holds no whole
+    guest; it is never resumed (:class:`MigrationError`)."""
+    info, status = qmp_calls(path, ("query-migrate", None), ("query-status", None), timeout=timeout)
+    mig = info.get("status") if isinstance(info, dict) else None
+    run = status.get("status") if isinstance(status, dict) else None
+    if mig != "completed" or run not in ("paused", "running"):
+        raise MigrationError(f"not resuming: incoming migration {mig!r}, QEMU {run!r}")
+    if run == "paused":
+        qmp_calls(path, ("cont", None), timeout=timeout)

@@ -1,0 +1,159 @@
+"""Live-migration benchmark: ``python -m bench vm-migrate --runs N [--json]`` (issue #12).
+
+One fresh 3-node local cluster with one ``vm:`` service, the default guest
+(agents/guestimage.py, TCG unless ``PYHA_VM_ACCEL=kvm``), started on node1.
+Each run live-migrates it to the next node (node1 -> node2 -> node3 -> node1 ...)
+with the API's ``migrate`` (what ``ha-manager migrate`` sends, here from this
+process so that no Python start-up is timed) and measures:
+
+* ``total_ms``, ``downtime_ms``: QEMU's own figures (``query-migrate`` on the
+  source: the whole migration, and the time the guest was stopped in it), from
+  the source node's log line ``live migration to <node> done in ...``;
+* ``paused_ms``: the guest's whole pause as the agent saw it: QEMU's downtime
+  plus the hand-over (location move, source quit, target resume);
+* ``agent_ms``: the agent's whole migrate step, from asking the target to
+  launch its ``-incoming`` QEMU to the target's guest running; of it
+  ``target_ready_ms`` until the target's QEMU listened; after it
+  ``source_gone_ms`` until the source's QEMU had exited (then the agent returns);
+* ``command_to_started_ms``: from the API call to the service in state
+  ``started`` on the target in the manager status;
+* ``overhead_ms`` = ``command_to_started_ms - total_ms`` (the issue's
+  "control-plane overhead": everything but QEMU's own migration, the target
+  QEMU's launch included) and ``cluster_ms`` = ``command_to_started_ms -
+  agent_ms - source_gone_ms`` (the master and LRM rounds alone).
+
+Every run checks that the guest kept its boot id and that its uptime grew,
+and that one QEMU of the service is left, on the target.
+Goals (issue #12): downtime p50 <= 300 ms, overhead <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+from agents.vm import GuestAnswer, VmPlugin, kvm_requested, ping_guest
+from bench.livecluster import LiveCluster, wait_for
+from cli.api_client import ApiClient
+
+SID = "vm:100"
+NAME = "100"
+DONE = re.compile(
+    r"service vm:100: live migration to (\S+) done in (\d+) ms, downtime (\d+) ms \(QEMU\); "
+    r"guest paused (\d+) ms, (\d+) ms in all \(target QEMU ready after (\d+) ms; "
+    r"source QEMU gone (\d+) ms after the resume\)"
+)
+GOAL_DOWNTIME_MS = 300
+GOAL_OVERHEAD_MS = 50
+
+
+def percentile(values: list[float], p: float) -> float:
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def _answer(paths: VmPlugin, node: str) -> GuestAnswer | None:
+    return ping_guest(paths.health_path(node, NAME), timeout=1.0)
+
+
+def _done_line(c: LiveCluster, node: str, seen: int) -> re.Match[str] | None:
+    """The source's next "live migration ... done" log line (after the ``seen`` earlier ones)."""
+    found = list(DONE.finditer(c.log(node)))
+    return found[seen] if len(found) > seen else None
+
+
+def run(root: Path, runs: int) -> dict[str, object]:
+    c = LiveCluster(root)
+    try:
+        c.manager("add", SID, "--node", "node1", "--memory", "256")
+        c.up()
+        paths = VmPlugin(c.config().state_dir, cgroup_base=None)
+        first = wait_for(lambda: _answer(paths, "node1"), 120, "vm:100 answering on node1")
+        assert isinstance(first, GuestAnswer)
+        c.wait_state(SID, "started", node="node1")
+        rows: list[dict[str, float]] = []
+        seen = {n: 0 for n in c.nodes}
+        prev = first
+        with ApiClient(c.config(), timeout=10.0) as api:
+            for i in range(runs):
+                source, target = c.nodes[i % 3], c.nodes[(i + 1) % 3]
+                time.sleep(1.0)  # let the previous move settle (LRM results, status writes)
+                t0 = time.monotonic()
+                api.call("migrate", {"sid": SID, "node": target})
+                while c.service_state(SID) != ("started", target):
+                    if time.monotonic() - t0 > 90:
+                        raise RuntimeError(f"run {i + 1}: {SID} not started on {target} within 90 s")
+                    time.sleep(0.005)
+                took_ms = (time.monotonic() - t0) * 1000
+                ans = wait_for(partial(_answer, paths, target), 30, f"vm:100 answering on {target}")
+                assert isinstance(ans, GuestAnswer)
+                if ans.boot_id != first.boot_id or ans.uptime <= prev.uptime:
+                    raise RuntimeError(f"run {i + 1}: the guest was not migrated live: {prev} -> {ans}")
+                prev = ans
+                m = wait_for(partial(_done_line, c, source, seen[source]), 10, "the source's log line")
+                assert isinstance(m, re.Match) and m.group(1) == target
+                seen[source] += 1
+                total, down, paused, agent, ready, gone = (float(m.group(k)) for k in (2, 3, 4, 5, 6, 7))
+                row = {
+                    "total_ms": total,
+                    "downtime_ms": down,
+                    "paused_ms": paused,
+                    "agent_ms": agent,
+                    "target_ready_ms": ready,
+                    "source_gone_ms": gone,
+                    "command_to_started_ms": round(took_ms, 1),
+                    "overhead_ms": round(took_ms - total, 1),
+                    "cluster_ms": round(took_ms - agent - gone, 1),
+                }
+                rows.append(row)
+                print(
+                    f"run {i + 1}/{runs}: {source} -> {target}: QEMU {total:.0f} ms "
+                    f"(downtime {down:.0f} ms), "
+                    f"guest paused {paused:.0f} ms, command -> started {took_ms:.0f} ms "
+                    f"(overhead {row['overhead_ms']:.0f} ms: target QEMU launch {ready:.0f} ms, "
+                    f"master/LRM {row['cluster_ms']:.0f} ms)"
+                )
+        qemus = [n for n in c.nodes if paths.load_state(n, NAME) is not None]
+        if qemus != [c.nodes[runs % 3]]:
+            raise RuntimeError(f"QEMU state left on {qemus}, expected only {c.nodes[runs % 3]}")
+    finally:
+        c.close()
+
+    def stat(key: str) -> dict[str, float]:
+        vals = [r[key] for r in rows]
+        return {"p50": round(statistics.median(vals), 1), "p95": round(percentile(vals, 95), 1)}
+
+    out: dict[str, object] = {
+        "runs": runs,
+        "accel": "kvm" if kvm_requested() else "tcg",
+        "guest_memory_mb": 256,
+        **{k: stat(k) for k in rows[0]},
+        "per_run": rows,
+        "goals": {"downtime_p50_ms": GOAL_DOWNTIME_MS, "overhead_ms": GOAL_OVERHEAD_MS},
+    }
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench vm-migrate")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="pyha-bench-") as tmp:
+        result = run(Path(tmp), max(1, args.runs))
+    down, over = result["downtime_ms"], result["overhead_ms"]
+    assert isinstance(down, dict) and isinstance(over, dict)
+    print(
+        f"downtime p50 {down['p50']} ms (goal <= {GOAL_DOWNTIME_MS}), p95 {down['p95']} ms; "
+        f"overhead p50 {over['p50']} ms (goal <= {GOAL_OVERHEAD_MS}), p95 {over['p95']} ms"
+    )
+    if args.json:
+        print(json.dumps(result))
+    return 0

@@ -1,0 +1,221 @@
+"""Live migration of a ``vm:`` service between two nodes of one host (agents/vm.py, agents/vmqmp.py).
+
+Two plugins, ``n1`` and ``n2``, on one state folder and one test cgroup, as two
+nodes of a local cluster are. The "peer" (how the source reaches the target;
+in a live cluster a member-only API request, docs/API.md ``vm_incoming``) calls
+the target plugin directly. The guests are firmware-only VMs (an empty raw
+disk: the firmware idles, no kernel boots), so each QEMU costs well under a
+second; the default guest's migration (boot id and uptime kept) is
+tests/live/test_vm_live.py's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents import procutil
+from agents.vm import VmPlugin
+from agents.vmqmp import MigrationError, PeerError, qmp_calls
+from ha.agent import exec_resource_agent
+from ha.config.resources import ResourceConfig
+from ha.constants import ExitCode
+from tests.agents.helpers import AgentEnv, conf, free_port, kill_everything, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+SID = "vm:200"
+NAME = "200"
+
+
+class Nodes:
+    """Two nodes' plugins and envs, and the peer between them (it records each request)."""
+
+    def __init__(self, state: Path, cgroup_base: Path, disk: str) -> None:
+        self.plugins = {
+            n: VmPlugin(state, cgroup_base=cgroup_base, start_timeout=20.0, kill_wait=3.0)
+            for n in ("n1", "n2")
+        }
+        self.envs = {n: AgentEnv(n, {"vm": p}) for n, p in self.plugins.items()}
+        self.disk = disk
+        self.requests: list[tuple[str, str]] = []
+        self.uri_override: str | None = None
+        self.refuse: str | None = None  # the target's answer to every request
+        for p in self.plugins.values():
+            p.peer = self.call
+
+    def conf(self, node: str) -> ResourceConfig:
+        return conf(SID, node=node, disk=self.disk, memory="32", stop_timeout="0")
+
+    def call(self, node: str, args: Mapping[str, Any], timeout: float) -> Mapping[str, Any]:
+        action, sid = str(args["action"]), str(args["sid"])
+        self.requests.append((node, action))
+        if self.refuse is not None:
+            raise PeerError(self.refuse)
+        p, env, cd = self.plugins[node], self.envs[node].env, self.conf(node)
+        try:
+            if action == "listen":
+                uri = p.incoming_listen(env, sid, cd, "127.0.0.1")
+                return {"uri": self.uri_override or uri}
+            if action == "resume":
+                p.incoming_resume(env, sid, cd)
+                return {}
+            if action == "abort":
+                return {"killed": p.incoming_abort(env, sid, cd)}
+        except MigrationError as e:
+            raise PeerError(str(e)) from e
+        raise PeerError(f"unknown action {action}")
+
+    def status(self, node: str) -> str | None:
+        return self.plugins[node]._qmp_status(node, NAME, 3.0)
+
+    def pids(self, node: str) -> list[int]:
+        st = self.plugins[node].load_state(node, NAME)
+        return [] if st is None else self.plugins[node].live_pids(st)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, cgroup_base: Path, token: str) -> Iterator[Nodes]:
+    disk = tmp_path / "blank.raw"
+    with open(disk, "wb") as f:
+        f.truncate(1 << 20)
+    ns = Nodes(tmp_path / "state", cgroup_base, str(disk))
+    try:
+        yield ns
+    finally:
+        for p in ns.plugins.values():
+            for state_file in p.state_dir.glob("*/vm/*.json"):
+                st = p.load_state(state_file.parent.parent.name, state_file.stem)
+                if st is not None and st.cgroup:
+                    procutil.cgroup_kill(Path(st.cgroup))
+        assert not kill_everything(ns.plugins["n1"], token), "a QEMU survived its test"
+
+
+def start_on_n1(ns: Nodes) -> list[int]:
+    env = ns.envs["n1"]
+    assert exec_resource_agent(env.env, SID, ns.conf("n1"), "started", {}) == ExitCode.SUCCESS, env.text()
+    assert ns.status("n1") == "running"
+    pids = ns.pids("n1")
+    assert pids
+    return pids
+
+
+def test_live_migration_hands_the_running_guest_over(nodes: Nodes) -> None:
+    src_pids = start_on_n1(nodes)
+    seen: dict[str, str | None] = {}
+
+    def commit() -> None:  # where the live runtime moves the location: neither copy may run now
+        seen["n1"], seen["n2"] = nodes.status("n1"), nodes.status("n2")
+        seen["marker"] = str(nodes.plugins["n2"].incoming_path("n2", NAME).exists())
+
+    env1 = nodes.envs["n1"]
+    assert nodes.plugins["n1"].migrate_live(env1.env, SID, nodes.conf("n1"), "n2", commit), env1.text()
+    assert seen == {"n1": "postmigrate", "n2": "paused", "marker": "True"}, seen
+    assert nodes.requests == [("n2", "listen"), ("n2", "resume")]
+
+    # the target runs the guest (no second boot: its one QEMU, launched -incoming), the source is gone
+    assert nodes.status("n2") == "running"
+    tgt_pids = nodes.pids("n2")
+    assert tgt_pids and not set(tgt_pids) & set(src_pids)
+    assert not any(procutil.pid_alive(p) for p in src_pids)
+    assert nodes.plugins["n1"].load_state("n1", NAME) is None
+    assert not nodes.plugins["n2"].incoming_path("n2", NAME).exists()
+    done = [m for lvl, m in env1.lines if "live migration to n2 done in" in m]
+    assert len(done) == 1 and " ms, downtime " in done[0] and "(QEMU)" in done[0], env1.text()
+    print("\n" + done[0])
+
+    # the target's LRM, told `started`, adopts the running QEMU instead of booting a second one
+    env2 = nodes.envs["n2"]
+    assert exec_resource_agent(env2.env, SID, nodes.conf("n2"), "started", {}) == ExitCode.SUCCESS
+    assert nodes.pids("n2") == tgt_pids
+    assert not any("starting service" in m for _, m in env2.lines), env2.text()
+
+
+def test_migration_through_the_agent_protocol(nodes: Nodes) -> None:
+    """``exec_resource_agent(..., "migrate")`` (online) migrates live; without a commit step."""
+    start_on_n1(nodes)
+    env1 = nodes.envs["n1"]
+    rc = exec_resource_agent(env1.env, SID, nodes.conf("n1"), "migrate", {"target": "n2"})
+    assert rc == ExitCode.SUCCESS, env1.text()
+    assert nodes.status("n2") == "running" and not nodes.pids("n1")
+
+
+def test_failed_commit_keeps_the_guest_running_on_the_source(nodes: Nodes) -> None:
+    src_pids = start_on_n1(nodes)
+
+    def commit() -> None:
+        raise RuntimeError("the store said no")
+
+    env1 = nodes.envs["n1"]
+    assert not nodes.plugins["n1"].migrate_live(env1.env, SID, nodes.conf("n1"), "n2", commit)
+    # the target's copy (complete, paused) was killed; the source's (postmigrate) runs again
+    assert nodes.requests == [("n2", "listen"), ("n2", "abort")]
+    assert nodes.status("n1") == "running" and nodes.pids("n1") == src_pids
+    assert not nodes.pids("n2") and not nodes.plugins["n2"].incoming_path("n2", NAME).exists()
+    assert any("location did not move (the store said no)" in m for _, m in env1.lines), env1.text()
+
+
+def test_failed_migration_keeps_the_guest_running_on_the_source(nodes: Nodes) -> None:
+    src_pids = start_on_n1(nodes)
+    nodes.uri_override = f"tcp:127.0.0.1:{free_port()}"  # nothing listens there: QEMU's migrate fails
+    env1 = nodes.envs["n1"]
+    assert exec_resource_agent(env1.env, SID, nodes.conf("n1"), "migrate", {"target": "n2"}) == ExitCode.ERROR
+    assert nodes.requests == [("n2", "listen"), ("n2", "abort")]
+    assert nodes.status("n1") == "running" and nodes.pids("n1") == src_pids
+    assert not nodes.pids("n2")
+    assert ("err", f"service {SID} not moved (migration error)") in env1.lines, env1.text()
+
+    # a target that refuses: nothing happens to the guest either
+    nodes.requests.clear()
+    nodes.refuse = "node 'n2' is fencing itself"
+    env1.lines.clear()
+    assert not nodes.plugins["n1"].migrate_live(env1.env, SID, nodes.conf("n1"), "n2")
+    assert nodes.requests == [("n2", "listen"), ("n2", "abort")]
+    assert any("cannot take the live migration: node 'n2' is fencing itself" in m for _, m in env1.lines)
+    assert nodes.status("n1") == "running" and nodes.pids("n1") == src_pids
+
+
+def test_an_incoming_qemu_is_never_adopted_and_is_reaped(nodes: Nodes) -> None:
+    p2, env2 = nodes.plugins["n2"], nodes.envs["n2"]
+    cd = nodes.conf("n2")
+    uri = p2.incoming_listen(env2.env, SID, cd, "127.0.0.1")
+    assert uri.startswith("tcp:127.0.0.1:")
+    incoming = nodes.pids("n2")
+    assert incoming and nodes.status("n2") == "inmigrate"
+    # nothing came in: it is not resumed, and the node does not count it as the running service
+    with pytest.raises(MigrationError, match="not resuming"):
+        p2.incoming_resume(env2.env, SID, cd)
+    assert not p2.check_running(env2.env, SID, cd)
+
+    # a start kills it and boots the guest afresh
+    assert exec_resource_agent(env2.env, SID, cd, "started", {}) == ExitCode.SUCCESS, env2.text()
+    assert not any(procutil.pid_alive(p) for p in incoming)
+    assert nodes.status("n2") == "running" and not set(nodes.pids("n2")) & set(incoming)
+    assert ("info", f"service {SID}: killing its incoming QEMU (never resumed)") in env2.lines
+    # abort never touches a running (resumed or started) guest
+    assert not p2.incoming_abort(env2.env, SID, cd)
+    assert nodes.status("n2") == "running"
+    assert exec_resource_agent(env2.env, SID, cd, "stopped", {}) == ExitCode.SUCCESS
+
+    # the node kills an incoming QEMU never resumed within its deadline
+    p2.incoming_deadline = 0.5
+    p2.incoming_listen(env2.env, SID, cd, "127.0.0.1")
+    incoming = nodes.pids("n2")
+    t0 = time.monotonic()
+    wait_until(lambda: not any(procutil.pid_alive(p) for p in incoming), timeout=10)
+    assert time.monotonic() - t0 < 8
+    wait_until(lambda: not p2.incoming_path("n2", NAME).exists(), timeout=5)
+    assert p2.load_state("n2", NAME) is None
+
+
+def test_qmp_calls_report_refusals(nodes: Nodes) -> None:
+    start_on_n1(nodes)
+    path = nodes.plugins["n1"].qmp_path("n1", NAME)
+    (status,) = qmp_calls(path, ("query-status", None))
+    assert status["status"] == "running"
+    with pytest.raises(MigrationError, match="no-such-command"):
+        qmp_calls(path, ("no-such-command", {"x": 1}))
