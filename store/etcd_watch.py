@@ -214,7 +214,8 @@ class EtcdWatcher:
                 created = self._stream(host, port)
             except (OSError, http.client.HTTPException, ValueError) as e:
                 if not self._closed.is_set():
-                    self.log.debug(f"watch on {hostport(host, port)}: {e or type(e).__name__}")
+                    log = self.log.info if self.live else self.log.debug  # a stream lost, or a retry
+                    log(f"watch on {hostport(host, port)} ended: {e or type(e).__name__}")
             finally:
                 conn, self._conn = self._conn, None
                 if conn is not None:
@@ -289,6 +290,8 @@ class EtcdWatcher:
                 if self.next_revision is None:
                     self.next_revision = revision + 1
                     self._wake_all()  # a first stream, or one after a resync: look at the store now
+                if not self.live:
+                    self.log.info(f"watching {hostport(host, port)} from revision {self.next_revision}")
                 self._set_live(True)
                 continue
             events = [_event(e) for e in result.get("events") or []]
