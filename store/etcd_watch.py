@@ -107,9 +107,7 @@ class Subscription:
         if self.closed:
             return
         self.closed = True
-        self._watcher.unsubscribe(self)
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        self._watcher.unsubscribe(self)  # closes the fd under the lock a wake-up writes under
 
 
 class EtcdWatcher:
@@ -166,14 +164,17 @@ class EtcdWatcher:
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        with self._lock, contextlib.suppress(ValueError):
-            self._subs.remove(sub)
+        with self._lock:
+            with contextlib.suppress(ValueError):
+                self._subs.remove(sub)
+            # under the lock: a wake-up never writes to a descriptor number reused meanwhile
+            with contextlib.suppress(OSError):
+                os.close(sub.fd)
 
     def _wake_all(self) -> None:
         with self._lock:
-            subs = list(self._subs)
-        for s in subs:
-            s.notify()
+            for s in self._subs:
+                s.notify()  # a non-blocking eventfd write
 
     def _set_live(self, live: bool) -> None:
         if live != self.live:
@@ -278,9 +279,10 @@ class EtcdWatcher:
             revision = int(header.get("revision", 0) or 0)
             if result.get("compact_revision") and int(result["compact_revision"]) > 0:
                 # the revision we wanted to start from is gone: start from now, re-read everything
-                self.resyncs += 1
                 self.log.info(f"watch: revision {self.next_revision} compacted: resync")
                 self.next_revision = None
+                self._set_live(False)  # down until the stream from now is created
+                self.resyncs += 1
                 self._wake_all()
                 return True
             if result.get("canceled"):
