@@ -21,7 +21,6 @@ import zmq
 from loguru import logger
 from zmq.utils.monitor import recv_monitor_message
 
-from actors.notify import DirWatch
 from admin.cluster import ClusterConfig
 from admin.ops import API_VERSION
 from bus.config import TransportConfig
@@ -33,19 +32,18 @@ from bus.zap import ZapHandler
 from ha.errors import HaError
 from ha.records import ManagerStatus
 from store import records as rec
-from store.base import Store
-from store.dirstore import INTERNAL, DirStore
+from store.base import ChangeWatch, Store, open_watch
 
 # while fed by this node's master (StatusWritten), manager_status changes come from the feed only
 FEED_HOLD = 2.0
 # what a subscriber may send: subscriptions (a topic prefix) and its handshake, nothing larger
 MAX_SUBSCRIPTION_BYTES = 4096  # above the CURVE handshake commands (INITIATE carries metadata)
-# Issue #17, a node at rest: with a dir store the publisher sleeps on inotify (the store's
-# change journal) and reads the store when it was written, or at the latest every
-# STORE_PROBE s; it looks at this node's quorum every QUORUM_CHECK s. Every wake-up
-# costs about 0.1 ms of CPU on its own, so the timers run in step: each is re-armed
-# from the same clock reading, and a timer due within TIMER_SLACK runs with the others.
-STORE_PROBE = 1.0
+# Issue #17, a node at rest: the publisher sleeps on the store's change watch (inotify on
+# the dir store's journal, an etcd watch) and reads the store when it was written, or at
+# the latest every `safety_poll` s of the watch (1 s dir, 5 s etcd); it looks at this
+# node's quorum every QUORUM_CHECK s. Every wake-up costs about 0.1 ms of CPU on its own,
+# so the timers run in step: each is re-armed from the same clock reading, and a timer
+# due within TIMER_SLACK runs with the others.
 QUORUM_CHECK = 0.5
 TIMER_SLACK = 0.05
 
@@ -102,10 +100,11 @@ class EventPublisher:
     is announced by the API's ``info`` operation.
 
     At rest its thread sleeps: it wakes for a fed status (:meth:`feed`), a
-    write to a dir store (inotify on its journal, :class:`actors.notify.DirWatch`),
-    a subscriber connecting, and its timers (heartbeat, key refresh, quorum
-    check, store probe). Without inotify (the etcd store) it reads the store
-    every ``interval`` s as before.
+    record written (the store's change watch, ``Store.watch()``: inotify on the dir
+    store's journal, an etcd watch), a subscriber connecting, and its timers
+    (heartbeat, key refresh, quorum check, store probe every ``safety_poll`` s of
+    the watch). Without a watch, or while it is down, it reads the store every
+    ``interval`` s as before.
     """
 
     def __init__(
@@ -259,8 +258,7 @@ class EventPublisher:
             return
         self._ready.set()
         self.log.info(f"events published on {self.endpoint}")
-        watch = DirWatch.open(self.store.root / INTERNAL) if isinstance(self.store, DirStore) else None
-        probe_every = STORE_PROBE if watch is not None else self.interval
+        watch = open_watch(self.store)
         waker = self._waker
         assert waker is not None
         next_keys = next_probe = next_quorum = next_hb = 0.0
@@ -299,6 +297,8 @@ class EventPublisher:
                         for ev in diff_events(ms, fed, lrm, lrm):
                             self._publish(pub, ev)
                         ms = fed
+                if watch is not None and not watch.live:  # the etcd watch is down: poll meanwhile
+                    next_probe = min(next_probe, last_read + self.interval)
                 read = store_written or soon >= next_probe
                 if read and now < last_read + self.interval:
                     # a busy store (a cluster starting) is read at most every `interval`, as
@@ -306,7 +306,7 @@ class EventPublisher:
                     next_probe = last_read + self.interval
                 elif read:
                     if soon >= next_probe:  # a read for a write does not move the probe: in step
-                        next_probe = now + probe_every
+                        next_probe = now + (watch.safety_poll if watch is not None else self.interval)
                     last_read = now
                     token, ms, lrm = self._follow_store(pub, token, ms, lrm)
                 if soon >= next_quorum:
@@ -325,7 +325,7 @@ class EventPublisher:
             self._close_pub(pub)
             self._close(zap)
 
-    def _poller(self, zap: zmq.Socket[bytes] | None, waker: Waker, watch: DirWatch | None) -> zmq.Poller:
+    def _poller(self, zap: zmq.Socket[bytes] | None, waker: Waker, watch: ChangeWatch | None) -> zmq.Poller:
         poller = zmq.Poller()
         for s in (zap, self._mon):
             if s is not None:

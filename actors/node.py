@@ -59,7 +59,6 @@ from actors.lrm import LrmActor
 from actors.members import MembershipFollower
 from actors.metrics import NodeMetrics, TimedStore
 from actors.notifier import Notifier
-from actors.notify import DirWatch
 from actors.peer import PeerCalls, VmIncoming
 from actors.supervise import Supervised
 from actors.watchdog import (
@@ -100,8 +99,7 @@ from ha.announce import Announcer, Reporter, route_results
 from ha.env import ResourcePlugin
 from ha.errors import HaError
 from ha.records import LrmStatus, ManagerStatus
-from store.base import Changes, Store
-from store.dirstore import INTERNAL
+from store.base import Changes, Store, open_watch
 from store.records import (
     CRM_COMMANDS,
     DATACENTER_CFG,
@@ -115,8 +113,8 @@ from store.records import (
     write_capacity,
 )
 
-# dir store: the watcher sleeps on inotify and probes the store at least this often (it is
-# also the store-health probe: far below store_quorum_window = lease_ttl - watchdog_timeout)
+# the watcher sleeps on the store's change watch (inotify, etcd watch) and probes the store at
+# least this often (the store-health probe: far below store_quorum_window = lease_ttl - watchdog_timeout)
 DIR_PROBE_INTERVAL = 0.25
 DAEMON_CGROUP = "_daemon"  # <cgroup_base>/<node>/_daemon: this process (no service name starts with "_")
 EXIT_FENCED = 2
@@ -125,16 +123,25 @@ EXIT_FENCED = 2
 class StoreHealth:
     """Is the store reachable? True while a call that *started* within ``window`` s succeeded.
 
-    The node's store watcher polls ``changed_since`` all the time; every answer is
-    a probe. On etcd that is a linearizable range read: it is answered only after
-    the member confirmed with a majority that its leader still leads, so a node cut
-    off from the etcd majority stops being healthy ``window`` s after the start of
-    its last successful probe, even while its bus still works.
+    The node's store watcher probes ``changed_since`` (every answer is a probe). On
+    etcd that is a linearizable range read: it is answered only after the member
+    confirmed with a majority that its leader still leads, so a node cut off from
+    the etcd majority stops being healthy ``window`` s after the start of its last
+    successful probe, even while its bus still works. ``contact`` (etcd:
+    ``EtcdStore.quorum_contact``, on the same clock) is when the store's last
+    successful linearizable request of any kind started (a lease renewal is one):
+    it counts as a probe, so a node at rest that renews its lease needs no other.
     """
 
-    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+        contact: Callable[[], float] | None = None,
+    ) -> None:
         self.window = window
         self.clock = clock
+        self.contact = contact
         self.ok_at = -math.inf  # start time of the last successful probe
         self.last_error: str | None = None
 
@@ -149,11 +156,14 @@ class StoreHealth:
         self.last_error = None
         return changes
 
+    def last_ok(self) -> float:
+        return max(self.ok_at, self.contact()) if self.contact is not None else self.ok_at
+
     def healthy(self) -> bool:
-        return self.clock() - self.ok_at <= self.window
+        return self.clock() - self.last_ok() <= self.window
 
     def describe(self) -> str:
-        age = self.clock() - self.ok_at
+        age = self.clock() - self.last_ok()
         last = f" (last error: {self.last_error})" if self.last_error else ""
         return f"no store round trip succeeded for {age:.1f}s{last}"
 
@@ -238,7 +248,7 @@ class NodeRuntime:
         self.metrics = NodeMetrics(self.node, c.cluster)
         self.store = TimedStore(c.open_store(), self.metrics)
         self._publish_capacity()
-        self.health = StoreHealth(c.store_quorum_window)
+        self.health = StoreHealth(c.store_quorum_window, contact=getattr(self.store, "quorum_contact", None))
         # first probe before anything acts: quorate from the start when the store answers
         first = self.health.probe(self.store, None)
         self._watch_token = first.token if first is not None else None
@@ -653,30 +663,45 @@ class NodeRuntime:
     def _watch_loop(self) -> None:
         """Watch the store for admin changes; every look is also the store-health probe.
 
-        dir store: sleep on inotify until the change journal moves, probing at least
-        every ``DIR_PROBE_INTERVAL`` s (well inside ``store_quorum_window``); without
-        inotify, poll every 0.02 s as before. etcd: poll every 0.1 s.
+        The store's change watch (``Store.watch()``: inotify on the dir store's journal,
+        an etcd watch) wakes it on a write; it sleeps otherwise. The health probe
+        (``changed_since``) runs at least every ``DIR_PROBE_INTERVAL`` s (well inside
+        ``store_quorum_window``); on etcd only when no other linearizable request of this
+        node (a lease renewal) started within a third of that window; a safety read every
+        ``watch.safety_poll`` s. While the watch is down (etcd restarting) or missing it
+        polls as before: every 0.1 s on etcd, 0.02 s on the dir store.
         """
         c = self.cluster
         etcd = c.store_kind == "etcd"
-        watch = None if etcd else DirWatch.open(c.store_dir / INTERNAL)
-        interval = 0.1 if etcd else (DIR_PROBE_INTERVAL if watch is not None else 0.02)
+        watch = open_watch(self.store)
+        polling = 0.1 if etcd else 0.02
+        contact = getattr(self.store, "quorum_contact", None) if etcd else None
         token = self._watch_token
-        next_observe = 0.0
+        next_observe = next_safety = 0.0
         try:
             while True:
+                live = watch is not None and watch.live
                 if watch is not None:
-                    watch.wait(interval)  # a record written, or time for the health probe
+                    woke = watch.wait(DIR_PROBE_INTERVAL if live else polling)
                     if self.stopping.is_set():
                         return
-                elif self.stopping.wait(interval):
+                elif self.stopping.wait(polling):
                     return
-                changes = self.health.probe(self.store, token)
+                else:
+                    woke = False
+                now = time.monotonic()
                 if self._published_version != c.config_version:
                     self._publish_member_version()  # a new membership, or a failed write
-                if etcd and time.monotonic() >= next_observe:
-                    next_observe = time.monotonic() + c.timing.renew_interval
+                if etcd and not live and now >= next_observe:
+                    # while the watch is up it notes every lease revision as it arrives
+                    next_observe = now + c.timing.renew_interval
                     self._observe_leases()
+                if live and not woke and now < next_safety:
+                    if contact is not None and now - contact() < c.store_quorum_window / 3:
+                        continue  # healthy: a lease renewal reached the etcd majority just now
+                if live and watch is not None and now >= next_safety:
+                    next_safety = now + watch.safety_poll
+                changes = self.health.probe(self.store, token)
                 if changes is None:
                     continue
                 first = token is None

@@ -14,7 +14,10 @@ nothing is changed for T seconds, and we measure:
   record name); lease renewals are not journalled, so they are NOT in this
   count (each node renews its agent lease, the master also the manager
   lease, every ``renew_interval``). etcd store: the growth of the etcd
-  revision, which counts every mutation (lease records included).
+  revision, which counts every mutation (lease records included), and the
+  requests the etcd members answered, by gRPC method, from their ``/metrics``
+  (``store_requests_per_s``: reads are ``Range``, writes ``Txn``; the bench's
+  own two reads of the revision are in it).
 * Read syscalls per second of the ``ha-node`` processes (``syscr`` of
   ``/proc/<pid>/io``): an upper bound for store reads, not a count of them
   (bus and wake-up reads are in it too); the store is not instrumented.
@@ -121,6 +124,20 @@ def bus_frames(c: LiveCluster) -> int | None:
     return total
 
 
+def etcd_requests(c: LiveCluster) -> dict[str, int]:
+    """Requests answered by all etcd members, by gRPC method (store.etcd_launch.member_requests)."""
+    from cli.cluster_etcd import local_etcd, status_context  # noqa: PLC0415 - etcd runs only
+    from store.etcd_launch import member_requests  # noqa: PLC0415
+
+    cfg = c.config()
+    ctx = status_context(cfg)
+    total: dict[str, int] = {}
+    for m in local_etcd(cfg).members.values():
+        for method, n in (member_requests(m, context=ctx) or {}).items():
+            total[method] = total.get(method, 0) + n
+    return total
+
+
 def build(c: LiveCluster, services: int, kind: str, first: int = 0) -> list[str]:
     """Write S proc services into resources.cfg (in-process: one tool call each would take minutes)."""
     sids = []
@@ -185,6 +202,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
                 raise RuntimeError(f"{n} is not running: {p}")
         journal = JournalCounter(c.dir / "store" / ".pyha" / "journal") if args.store == "dir" else None
         rev0 = etcd_revision(c) if args.store == "etcd" else 0
+        req0 = etcd_requests(c) if args.store == "etcd" else {}
         cpu0 = {n: {w: cpu_ticks(p) or 0 for w, p in ws.items() if p} for n, ws in pids.items()}
         io0 = {n: read_syscalls(ws["ha-node"] or 0) or 0 for n, ws in pids.items()}
         frames0 = bus_frames(c)
@@ -200,6 +218,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
         if journal is not None:
             journal.poll()
         rev1 = etcd_revision(c) if args.store == "etcd" else 0
+        req1 = etcd_requests(c) if args.store == "etcd" else {}
         elapsed = time.monotonic() - t0
         for n, ws in pids.items():
             for w, wp in ws.items():
@@ -250,6 +269,10 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
             result["store_writes_note"] = "record writes from the journal; lease renewals not included"
         else:
             result["store_revisions_per_s"] = round((rev1 - rev0) / elapsed, 2)
+            by_method = {k: req1[k] - req0.get(k, 0) for k in sorted(req1) if req1[k] > req0.get(k, 0)}
+            result["store_requests_per_s"] = round(sum(by_method.values()) / elapsed, 2)
+            per_s = {k: round(v / elapsed, 2) for k, v in by_method.items()}
+            result["store_requests_by_method_per_s"] = per_s
         return result
     finally:
         c.close()
@@ -281,8 +304,9 @@ def main(argv: list[str]) -> int:
     print(f"at rest over {r['seconds']} s: CPU {r['cpu_total_pct']}% of one core in total, "
           f"{r['cpu_per_node_mean_pct']}% per node (max {r['cpu_per_node_max_pct']}%); "
           f"store writes {r.get('store_writes_per_s', r.get('store_revisions_per_s'))}/s; "
-          f"read syscalls {r['read_syscalls_per_s']}/s; "
-          f"bus messages {r.get('bus_messages_per_s', 'not measured')}/s")  # fmt: skip
+          + (f"store requests {r['store_requests_per_s']}/s; " if "store_requests_per_s" in r else "")
+          + f"read syscalls {r['read_syscalls_per_s']}/s; "
+          + f"bus messages {r.get('bus_messages_per_s', 'not measured')}/s")  # fmt: skip
     if args.json:
         print(json.dumps(r))
     return 0

@@ -75,6 +75,39 @@ class Changes(NamedTuple):
     names: frozenset[str] | None
 
 
+class ChangeWatch(Protocol):
+    """A wake-up on record changes: ``Store.watch()`` of backends that push them.
+
+    The dir store's is inotify on its journal (``store/inotify.py``), the etcd
+    store's an etcd watch (``store/etcd_watch.py``). Register ``fd`` in a poller or
+    call :meth:`wait`; after a wake-up ask :meth:`Store.changed_since` what changed.
+    """
+
+    fd: int
+
+    @property
+    def live(self) -> bool:
+        """True while changes are pushed; False: the push is down, poll as without a watch."""
+        ...
+
+    @property
+    def safety_poll(self) -> float:
+        """Seconds between two reads a subscriber still makes while ``live`` (a lost wake-up)."""
+        ...
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until a change (or a change of ``live``): True, or ``timeout`` s passed: False."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_watch(store: object) -> ChangeWatch | None:
+    """The store's change watch (its ``watch()``, through wrappers), or None: poll it."""
+    watch = getattr(store, "watch", None)
+    return watch() if callable(watch) else None
+
+
 class Store(Protocol):
     """Durable records and leases shared by the nodes of one cluster."""
 

@@ -55,6 +55,7 @@ from store.base import (
     check_lease_name,
     check_name,
 )
+from store.inotify import DirWatch
 
 INTERNAL: Final = ".pyha"
 LEASE_DIR: Final = "locks"
@@ -398,6 +399,10 @@ class DirStore:
         return LeaseInfo(live["holder"], max(0.0, live["expires"] - self._clock()))
 
     # -- change notification ---------------------------------------------------------------
+
+    def watch(self) -> DirWatch | None:
+        """A wake-up on every record write (inotify on the journal), or None without inotify."""
+        return DirWatch.open(self.root / INTERNAL)
 
     def changed_since(self, token: str | None) -> Changes:
         try:

@@ -13,6 +13,10 @@ argument leans on (docs/ETCD.md):
   its outcome is unknown, the caller gets a :class:`StoreError` and re-reads;
 * every request carries the gRPC metadata ``hasleader=true``, so a member
   that lost its leader answers "no leader" at once instead of queueing it;
+* :attr:`Gateway.quorum_contact` is when (``time.monotonic``) the last successful
+  linearizable request (a range read or a transaction: etcd answers either only
+  through a leader a majority follows) started: the node's store-health probe
+  counts it (actors/node.py ``StoreHealth``);
 * with an ``ssl_context`` (``store/etcd_tls.py``: the cluster's CA, our client
   certificate) every connection is TLS; without one, plain HTTP, which only an
   ``insecure`` store URL asks for (docs/ETCD.md "TLS").
@@ -24,6 +28,7 @@ import base64
 import contextlib
 import http.client
 import json
+import math
 import random
 import select
 import ssl
@@ -34,6 +39,9 @@ from typing import Any, Final
 
 from store.base import StoreError
 from store.etcd_url import hostport
+
+# requests etcd answers only after a majority confirmed its leader (linearizable reads, raft writes)
+_QUORUM_PATHS: Final = frozenset({"/v3/kv/range", "/v3/kv/txn"})
 
 # gRPC status messages of requests that etcd rejected before proposing them: safe to re-send.
 _REJECTED_UNSENT: Final = (
@@ -99,6 +107,7 @@ class Gateway:
         self._pool: dict[int, list[http.client.HTTPConnection]] = {i: [] for i in range(len(endpoints))}
         self._lock = threading.Lock()
         self._preferred = random.randrange(len(endpoints))  # spread clients over the members
+        self.quorum_contact = -math.inf  # start (monotonic) of the last successful _QUORUM_PATHS call
 
     @property
     def where(self) -> str:
@@ -117,6 +126,8 @@ class Gateway:
 
         A ``mutating`` request is re-sent only when it surely did not take effect.
         """
+        # SAFETY: the start of the call, before anything is sent: an answer proves contact after it
+        t_start = time.monotonic()
         payload = json.dumps(body, separators=(",", ":")).encode()
         last: dict[int, str] = {}  # endpoint -> what went wrong there last
         tried = 0
@@ -149,6 +160,8 @@ class Gateway:
             if status == 200:
                 with self._lock:
                     self._preferred = idx
+                    if path in _QUORUM_PATHS and not body.get("serializable"):
+                        self.quorum_contact = max(self.quorum_contact, t_start)
                 return data
             message = str(data.get("error") or data.get("message") or f"HTTP {status}")
             code = int(data.get("code", 2)) if str(data.get("code", "")).isdigit() else 2

@@ -11,7 +11,8 @@ runs its own etcd (``cli/cluster_etcd.py``: detached members with pid files).
   (``--client-cert-auth``, ``--peer-client-cert-auth``);
 * :func:`launch` starts it detached, output to a log file;
 * :func:`member_status` asks it ``/v3/maintenance/status``; :func:`agreed_leader`
-  names the member the given ones agree leads;
+  names the member the given ones agree leads; :func:`member_requests` counts the
+  requests it answered, by gRPC method (its ``/metrics``: ``bench idle``);
 * :func:`stop_order` is the order a graceful stop takes (the leader last).
 """
 
@@ -224,6 +225,42 @@ def member_status(
         return None
     finally:
         conn.close()
+
+
+def member_requests(
+    m: EtcdMember, timeout: float = 2.0, context: ssl.SSLContext | None = None
+) -> dict[str, int] | None:
+    """The requests the member answered since it started, by gRPC method (``Range``, ``Txn``,
+    ``LeaseKeepAlive``, ``Watch``, ...), from its ``/metrics`` (``grpc_server_handled_total``,
+    which the JSON gateway's calls go through too); None when it does not answer."""
+    import http.client  # noqa: PLC0415 - see member_status
+
+    conn: http.client.HTTPConnection
+    if m.tls:
+        if context is None:
+            return None
+        conn = http.client.HTTPSConnection(m.host, m.client_port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(m.host, m.client_port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace")
+        if resp.status != 200:
+            return None
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    counts: dict[str, int] = {}
+    for line in body.splitlines():
+        if not line.startswith("grpc_server_handled_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        method = labels.partition('grpc_method="')[2].partition('"')[0]
+        if method:
+            counts[method] = counts.get(method, 0) + int(float(value))
+    return counts
 
 
 def agreed_leader(statuses: Mapping[K, Mapping[str, Any] | None]) -> K | None:

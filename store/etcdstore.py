@@ -40,6 +40,11 @@ its server-side expiry at least 5 s beyond its own deadline (it sends a
 keep-alive before renewing the key when needed, counting from the moment it
 *sent* the keep-alive), so etcd never deletes a key its holder still relies
 on; on a leader change etcd only extends lease timers (docs/ETCD.md).
+
+Change notification: :meth:`EtcdStore.watch` subscribes to one etcd watch
+(``store/etcd_watch.py``) on ``changes/`` and ``leases/``: a change of a record
+wakes the subscribers; a lease key's new revision is noted as "first seen"
+when it arrives, as a read would note it (later than its commit, so safe).
 """
 
 from __future__ import annotations
@@ -52,7 +57,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -67,7 +71,8 @@ from store.base import (
     check_lease_name,
     check_name,
 )
-from store.etcd_gateway import EtcdServerError, Gateway, b64, prefix_end, unb64
+from store.etcd_gateway import EtcdServerError, Gateway, b64, prefix_end
+from store.etcd_kv import Backstop, Held, Kv, lease_value, parse_kvs, range_in, revision_of
 from store.etcd_tls import TlsFiles, client_context
 from store.etcd_url import (
     DEFAULT_CLUSTER,
@@ -79,6 +84,7 @@ from store.etcd_url import (
     parse_url,
     split_scheme,
 )
+from store.etcd_watch import EtcdWatcher, Subscription, WatchEvent
 
 __all__ = ["EtcdServerError", "EtcdStore", "EtcdUrl", "parse_url"]
 
@@ -91,69 +97,6 @@ BACKSTOP_MARGIN: Final = 5.0
 # append retries its compare-and-swap under contention for up to this many timeouts.
 CONTENTION_FACTOR: Final = 4.0
 _LEASE_NOT_FOUND: Final = "requested lease not found"
-
-
-@dataclass(frozen=True, slots=True)
-class _Kv:
-    key: bytes
-    value: bytes
-    mod: int
-    lease: int
-
-    @staticmethod
-    def parse(d: dict[str, Any]) -> _Kv:
-        return _Kv(
-            unb64(d.get("key")),
-            unb64(d.get("value")),
-            int(d.get("mod_revision", 0)),
-            int(d.get("lease", 0)),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _Held:
-    """A lease this client wrote: the revision and when the write was sent."""
-
-    holder: str
-    mod: int
-    t_send: float
-    ttl: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Backstop:
-    """An etcd lease of ours; the server keeps it at least until ``bound`` (our clock)."""
-
-    lease_id: int
-    ttl: int
-    bound: float
-
-
-def _kvs(resp: dict[str, Any]) -> builtins.list[_Kv]:
-    return [_Kv.parse(k) for k in resp.get("kvs", []) or []]
-
-
-def _range_in(txn_resp: dict[str, Any], i: int = 0) -> builtins.list[_Kv]:
-    responses = txn_resp.get("responses", []) or []
-    if i >= len(responses):
-        return []
-    return _kvs(responses[i].get("response_range", {}) or {})
-
-
-def _revision(resp: dict[str, Any]) -> int:
-    return int((resp.get("header") or {}).get("revision", 0))
-
-
-def _lease_value(data: bytes) -> tuple[str, float]:
-    """(holder, ttl) of a lease key; a garbled one counts as held for a long time by nobody known."""
-    try:
-        d = json.loads(data)
-        holder, ttl = d["holder"], float(d["ttl"])
-        if isinstance(holder, str) and holder and ttl > 0 and math.isfinite(ttl):
-            return holder, ttl
-    except (ValueError, KeyError, TypeError):
-        pass
-    return "", 60.0
 
 
 class EtcdStore:
@@ -210,9 +153,10 @@ class EtcdStore:
         self._changes = (base + "changes/").encode()
         self._leases = (base + "leases/").encode()
         self._lock = threading.Lock()  # guards the three dicts below
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, Held] = {}
         self._seen: dict[str, tuple[int, float]] = {}  # lease name -> (mod_revision, first seen at)
-        self._backstops: dict[str, _Backstop] = {}
+        self._backstops: dict[str, Backstop] = {}
+        self._watcher: EtcdWatcher | None = None
 
     @classmethod
     def from_url(cls, url: str) -> EtcdStore:
@@ -231,8 +175,52 @@ class EtcdStore:
         return str(self._where)
 
     def close(self) -> None:
-        """Close the connections. Leases stay (they expire); the object can still be used."""
+        """Close the connections, stop the watch. Leases stay (they expire); the object can still be used."""
+        with self._lock:
+            watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.close()
         self._gw.close()
+
+    def quorum_contact(self) -> float:
+        """When (``time.monotonic``) the last successful linearizable request started."""
+        return self._gw.quorum_contact
+
+    def watch(self) -> Subscription:
+        """A wake-up on every record change (``store/etcd_watch.py``); close it when done."""
+        with self._lock:
+            if self._watcher is None:
+                self._watcher = EtcdWatcher(
+                    self._gw.endpoints,
+                    self._changes,
+                    prefix_end(self._leases),  # changes/ and leases/ (sorted: changes < leases < records)
+                    ssl_context=self._gw.ssl_context,
+                    on_events=self._watched,
+                    connect_timeout=self._gw.connect_timeout,
+                    name=f"etcd-watch-{self.cluster}",
+                )
+            watcher = self._watcher
+        return watcher.subscribe()
+
+    def _watched(self, events: builtins.list[WatchEvent]) -> bool:
+        """Note the lease revisions (from the watcher's thread); True if a record changed."""
+        records = False
+        n = len(self._leases)
+        for e in events:
+            if not e.key.startswith(self._leases):
+                records = True
+                continue
+            name = e.key[n:].decode(errors="replace")
+            t_seen = self._clock()  # SAFETY: read after the event arrived, so after its commit
+            with self._lock:
+                prev = self._seen.get(name)
+                if prev is not None and e.mod <= prev[0]:
+                    continue  # a lagging stream never moves it back
+                if e.deleted:
+                    self._seen.pop(name, None)
+                else:
+                    self._seen[name] = (e.mod, t_seen)
+        return records
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -251,9 +239,9 @@ class EtcdStore:
     def _lkey(self, name: str) -> bytes:
         return self._leases + check_lease_name(name).encode()
 
-    def _get(self, key: bytes, deadline: float) -> tuple[_Kv | None, dict[str, Any]]:
+    def _get(self, key: bytes, deadline: float) -> tuple[Kv | None, dict[str, Any]]:
         resp = self._call("/v3/kv/range", {"key": b64(key)}, deadline, mutating=False)
-        kvs = _kvs(resp)
+        kvs = parse_kvs(resp)
         return (kvs[0] if kvs else None), resp
 
     def _txn(
@@ -306,9 +294,9 @@ class EtcdStore:
             deadline,
         )
         if not resp.get("succeeded"):
-            kvs = _range_in(resp)
+            kvs = range_in(resp)
             raise VersionConflict(name, expect_version, str(kvs[0].mod) if kvs else None)
-        return str(_revision(resp))
+        return str(revision_of(resp))
 
     def delete(self, name: str, expect_version: str | None = None) -> bool:
         key = self._rkey(name)
@@ -330,7 +318,7 @@ class EtcdStore:
         )
         if resp.get("succeeded"):
             return True
-        kvs = _range_in(resp)
+        kvs = range_in(resp)
         if expect_version is None:
             return False  # it did not exist
         raise VersionConflict(name, expect_version, str(kvs[0].mod) if kvs else None)
@@ -340,7 +328,7 @@ class EtcdStore:
         body = {"key": b64(start), "range_end": b64(prefix_end(start)), "keys_only": True}
         resp = self._call("/v3/kv/range", body, self._deadline(), mutating=False)
         n = len(self._records)
-        return sorted(kv.key[n:].decode(errors="replace") for kv in _kvs(resp))
+        return sorted(kv.key[n:].decode(errors="replace") for kv in parse_kvs(resp))
 
     def append(self, name: str, line: str) -> None:
         if "\n" in line or "\r" in line:
@@ -367,7 +355,7 @@ class EtcdStore:
             )
             if resp.get("succeeded"):
                 return
-            kvs = _range_in(resp)
+            kvs = range_in(resp)
             cur = kvs[0] if kvs else None
             if time.monotonic() >= give_up:
                 raise StoreError(f"etcd {self._gw.where}: append to '{name}': too much contention")
@@ -386,7 +374,7 @@ class EtcdStore:
         )
         if not resp.get("succeeded"):
             return b""
-        kvs = _range_in(resp)
+        kvs = range_in(resp)
         return kvs[0].value if kvs else b""
 
     # -- leases -------------------------------------------------------------------------------
@@ -402,9 +390,9 @@ class EtcdStore:
         deadline = self._deadline()
         with self._lock:
             mine = self._held.get(name)
-        kv: _Kv | None
+        kv: Kv | None
         if mine is not None and mine.holder == holder:
-            kv = _Kv(key, b"", mine.mod, 0)  # fast path: try to renew the revision we wrote
+            kv = Kv(key, b"", mine.mod, 0)  # fast path: try to renew the revision we wrote
         else:
             kv, _ = self._get(key, deadline)
         t_seen = self._clock()
@@ -413,7 +401,7 @@ class EtcdStore:
                 cmp = {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
             else:
                 if not (mine is not None and mine.holder == holder and kv.mod == mine.mod):
-                    cur_holder, cur_ttl = _lease_value(kv.value)
+                    cur_holder, cur_ttl = lease_value(kv.value)
                     if cur_holder != holder and not self._expired(name, kv.mod, cur_ttl, t_seen):
                         return False
                 cmp = {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(kv.mod)}
@@ -430,22 +418,22 @@ class EtcdStore:
                 t_seen = self._clock()
                 continue
             if resp.get("succeeded"):
-                rev = _revision(resp)
+                rev = revision_of(resp)
                 with self._lock:
-                    self._held[name] = _Held(holder, rev, t_send, float(ttl))
+                    self._held[name] = Held(holder, rev, t_send, float(ttl))
                     # As the "first seen" time of our own revision t_send is safe: should
                     # another holder ask this object to take over, it waits until
                     # t_send + ttl, and we rely on it only until t0 + ttl <= t_send + ttl.
                     self._seen[name] = (rev, t_send)
                 return True
-            kvs = _range_in(resp)
+            kvs = range_in(resp)
             kv = kvs[0] if kvs else None
             t_seen = self._clock()
             with self._lock:
                 if mine is not None and (kv is None or kv.mod != mine.mod):
                     self._held.pop(name, None)
                 mine = None
-            if kv is not None and not (kv.value and _lease_value(kv.value)[0] == holder):
+            if kv is not None and not (kv.value and lease_value(kv.value)[0] == holder):
                 self._note_seen(name, kv.mod, t_seen)
                 return False  # somebody else won the race
         raise StoreError(f"etcd {self._gw.where}: lease '{name}' changed under every attempt")
@@ -481,7 +469,7 @@ class EtcdStore:
             granted = int((resp.get("result") or {}).get("TTL", 0))
             if granted > 0 and t_ka + granted >= need:
                 with self._lock:
-                    self._backstops[name] = _Backstop(cur.lease_id, granted, t_ka + granted)
+                    self._backstops[name] = Backstop(cur.lease_id, granted, t_ka + granted)
                 return cur.lease_id
         want = math.ceil(ttl) + BACKSTOP_SLACK
         t_grant = self._clock()
@@ -490,7 +478,7 @@ class EtcdStore:
         if not lease_id or t_grant + granted < need:
             raise StoreError(f"etcd {self._gw.where}: lease grant answered {resp!r}")
         with self._lock:
-            self._backstops[name] = _Backstop(lease_id, granted, t_grant + granted)
+            self._backstops[name] = Backstop(lease_id, granted, t_grant + granted)
         return lease_id
 
     def release_lease(self, name: str, holder: str) -> bool:
@@ -498,7 +486,7 @@ class EtcdStore:
         deadline = self._deadline()
         kv, _ = self._get(key, deadline)
         for _ in range(4):
-            if kv is None or _lease_value(kv.value)[0] != holder:
+            if kv is None or lease_value(kv.value)[0] != holder:
                 return False
             cmp = {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(kv.mod)}
             resp = self._txn(
@@ -512,7 +500,7 @@ class EtcdStore:
                 if mine is not None:
                     self._revoke(mine.lease_id, deadline)
                 return True
-            kvs = _range_in(resp)
+            kvs = range_in(resp)
             kv = kvs[0] if kvs else None
         return False
 
@@ -528,7 +516,7 @@ class EtcdStore:
             with self._lock:
                 self._seen.pop(name, None)
             return None
-        holder, ttl = _lease_value(kv.value)
+        holder, ttl = lease_value(kv.value)
         with self._lock:
             mine = self._held.get(name)
         if mine is not None and mine.mod == kv.mod:
@@ -557,7 +545,7 @@ class EtcdStore:
         if since is None or since[0] != cluster_id or since[1] > rev:
             return Changes(new_token, None)
         n = len(start)
-        return Changes(new_token, frozenset(kv.key[n:].decode(errors="replace") for kv in _kvs(resp)))
+        return Changes(new_token, frozenset(kv.key[n:].decode(errors="replace") for kv in parse_kvs(resp)))
 
 
 def _parse_token(token: str | None) -> tuple[str, int] | None:

@@ -11,13 +11,13 @@ import pytest
 
 from actors.env import LiveEnv, NodeContext
 from actors.lrm import PacedLRM
-from actors.notify import DirWatch
 from ha.config.resources import ResourceConfig, ServiceConfig
 from ha.constants import REFERENCE_TIMING
 from ha.errors import LockLost
 from ha.records import LrmResult, LrmStatus, ManagerStatus, ServiceData
 from store import records as rec
 from store.dirstore import INTERNAL, DirStore
+from store.inotify import DirWatch
 from tests.envstubs import NoWatchdog, Quorate
 from tests.test_lrm_pool import FakePool, PoolEnv
 
@@ -231,7 +231,7 @@ def test_manager_status_is_written_on_change_and_never_over_someone_elses(tmp_pa
         env.write_manager_status(ms)  # SAFETY: unchanged content does not hide a foreign write
 
 
-# -- the store watcher sleeps until the journal moves (actors/notify.py) -----------------------
+# -- the store watcher sleeps until the journal moves (store/inotify.py) ------------------------
 
 
 def test_dir_watch_wakes_on_a_store_write_and_sleeps_otherwise(tmp_path: Path) -> None:

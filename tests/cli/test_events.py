@@ -114,7 +114,7 @@ class CountingStore(DirStore):
 
 def test_publisher_sleeps_at_rest_and_wakes_on_a_store_write(tmp_path: Path) -> None:
     # issue #17: it polled the store every `interval` (50 ms); on a dir store it now
-    # sleeps on inotify until the journal is written (or STORE_PROBE passed)
+    # sleeps on inotify until the journal is written (or its safety_poll passed)
     cluster = ClusterConfig(root=tmp_path, cluster="t", nodes={"n1": "tcp://127.0.0.1:1"}, curve=False)
     store = CountingStore(tmp_path / "store")
     write_manager_status(store, ms(1, "n1", {"n1": "online"}, {"vm:100": ("started", "n1")}))

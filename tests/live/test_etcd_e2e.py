@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench.livecluster import LiveCluster, wait_for
+from tests.live.test_operations import scrape, value
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -189,3 +190,34 @@ def test_master_failover(cluster: LiveCluster) -> None:
     for sid, node in placement.items():
         if node != master:
             assert cluster.serving_node(sid) == node
+
+
+def test_at_rest_the_nodes_watch_etcd_instead_of_polling(cluster: LiveCluster) -> None:
+    """Issues #15/#17: the store watcher and the event publisher sleep on the etcd watch."""
+    placement = {"proc:a": "node1", "proc:b": "node2", "proc:c": "node3"}
+    start(cluster, placement)
+    time.sleep(2)  # the starts settle
+    cfg = cluster.config()
+    where = {n: cfg.metrics_address(n) for n in cluster.nodes}
+    window = 8.0
+    before = {n: scrape(*where[n]) for n in cluster.nodes}
+    time.sleep(window)
+    after = {n: scrape(*where[n]) for n in cluster.nodes}
+
+    def calls(n: str, op: str) -> float:
+        name = "pyha_store_request_seconds_count"
+        return value(after[n], name, op=op) - value(before[n], name, op=op)
+
+    master = cluster.manager_status().master_node
+    for n in cluster.nodes:
+        assert "etcd-watch-pyha: watching" in cluster.log(n), n
+        # polling looked 30 times a second (watcher 10/s, publisher 20/s); now the safety
+        # polls (5 s each) and a health probe when no lease renewal was fresh enough
+        assert calls(n, "changed_since") <= 1.5 * window, (n, calls(n, "changed_since"))
+        # the other nodes' lease revisions come with the watch: no observation reads (the
+        # master still checks its own lease before it writes manager_status)
+        if n != master:
+            assert calls(n, "lease_info") == 0, (n, calls(n, "lease_info"))
+    # a change is still seen at once: an admin's migrate goes through
+    cluster.manager("migrate", "proc:a", "node2")
+    cluster.wait_serving("proc:a", 30, on="node2")

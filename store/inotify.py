@@ -1,10 +1,11 @@
 """Wake up when a directory changes (Linux inotify, through ctypes): the dir store's change journal.
 
 The node's store watcher used to poll the journal 50 times a second. With a
-:class:`DirWatch` on the store's ``.pyha`` directory it sleeps until a record
-is written (every write appends to ``.pyha/journal``; a rotation renames a new
-journal into place) or its probe interval passed. Where inotify is not
-available :meth:`DirWatch.open` answers None and the caller keeps polling.
+:class:`DirWatch` on the store's ``.pyha`` directory (``DirStore.watch()``) it
+sleeps until a record is written (every write appends to ``.pyha/journal``; a
+rotation renames a new journal into place) or its probe interval passed. Where
+inotify is not available :meth:`DirWatch.open` answers None and the caller keeps
+polling. (The etcd store's equivalent is ``store/etcd_watch.py``.)
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ MASK: Final = IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
 
 
 class DirWatch:
-    """An inotify descriptor watching one directory (changes of the files directly in it)."""
+    """An inotify descriptor watching one directory (changes of the files directly in it).
+
+    A :class:`store.base.ChangeWatch`: always ``live`` (the kernel does not drop it).
+    """
+
+    live: Final = True
+    # SAFETY: a subscriber still reads the store this often (a local file system loses no
+    # inotify event, but a watch overflow or a missed rotation would otherwise go unseen)
+    safety_poll: Final = 1.0
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
