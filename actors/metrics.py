@@ -170,7 +170,7 @@ class _View(Collector):
             stats = self.bus_stats()
             frames = CounterMetricFamily(
                 "pyha_bus_frames",
-                "Bus frames this node sent and received (heartbeats included; issue #17)",
+                "Bus frames this node sent (heartbeats not counted) and received (all, heartbeats included)",
                 labels=["direction"],
             )
             frames.add_metric(["sent"], float(stats.get("sent", 0)))

@@ -22,7 +22,7 @@ nothing is changed for T seconds, and we measure:
   ``/proc/<pid>/io``): an upper bound for store reads, not a count of them
   (bus and wake-up reads are in it too); the store is not instrumented.
 
-Bus messages per second: the frames every node's bus sent (heartbeats
+Bus messages per second: the frames every node's bus received (heartbeats
 included), from each node's Prometheus metrics (``pyha_bus_frames_total``).
 
 ``--kind sleep`` runs ``sleep`` services without a health check instead of
@@ -103,7 +103,7 @@ def etcd_revision(c: LiveCluster) -> int:
 
 
 def bus_frames(c: LiveCluster) -> int | None:
-    """Bus frames sent by all nodes so far (heartbeats included), from their Prometheus metrics.
+    """Bus frames received by all nodes so far (heartbeats included), from their Prometheus metrics.
 
     None when a node serves no metrics (``metrics_port``) or does not answer.
     """
@@ -119,7 +119,7 @@ def bus_frames(c: LiveCluster) -> int | None:
         except OSError:
             return None
         for line in text.splitlines():
-            if line.startswith('pyha_bus_frames_total{direction="sent"}'):
+            if line.startswith('pyha_bus_frames_total{direction="received"}'):
                 total += int(float(line.rsplit(" ", 1)[1]))
     return total
 
@@ -249,7 +249,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
             "read_syscalls_per_s": round(sum(io1[n] - io0[n] for n in c.nodes) / elapsed, 1),
         }
         if frames0 is not None and frames1 is not None:
-            # every frame sent is one bus message (heartbeats, pings of the ZMTP layer excluded)
+            # every frame a node received is one bus message (heartbeats included; ZMTP pings not)
             result["bus_messages_per_s"] = round((frames1 - frames0) / elapsed, 1)
             result["bus_messages_per_node_per_s"] = round((frames1 - frames0) / elapsed / len(c.nodes), 1)
         if journal is not None:
@@ -283,7 +283,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--services", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--settle", type=float, default=5.0, help="seconds of rest before measuring")
+    ap.add_argument(
+        "--settle", type=float, default=15.0, help="seconds of rest before measuring (a re-check round)"
+    )
     ap.add_argument("--store", choices=["dir", "etcd"], default="dir")
     ap.add_argument("--kind", choices=["http", "sleep"], default="http",
                     help="http: the demo HTTP service with a TCP check; sleep: a bare process")  # fmt: skip
