@@ -628,6 +628,13 @@ class LiveEnv:
                 return
             raise HaError(f"moving service '{sid}' to '{new_node}' failed: {e}") from e
 
+    def service_location(self, sid: str) -> str | None:
+        node, _ = rec.read_location(self.ctx.store, sid)
+        if node is None:
+            cd = self.read_service_config().get(sid)
+            node = cd.node if cd is not None else None
+        return node
+
     def get_datacenter_settings(self) -> DatacenterConfig:
         def parse(text: str, version: str | None) -> tuple[object, list[ConfigError]]:
             try:

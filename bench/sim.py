@@ -196,6 +196,9 @@ class RoundEnv:
     def steal_service(self, sid: str, current_node: str, new_node: str) -> None:
         self.conf.services[sid].node = new_node
 
+    def service_location(self, sid: str) -> str | None:
+        return None  # the round's own manager_status is the only record here
+
     def get_datacenter_settings(self) -> DatacenterConfig:
         return DatacenterConfig(crs_mode=self.crs_mode)
 

@@ -117,6 +117,15 @@ class Env(Protocol):
 
     def steal_service(self, sid: str, current_node: str, new_node: str) -> None: ...
 
+    def service_location(self, sid: str) -> str | None:
+        """The node the service's location names now (None: unknown).
+
+        Ours: the master reads it before a recovery (ha/manager.py
+        ``next_state_recovery``), because a master that moved it may have died
+        before its manager_status write.
+        """
+        ...
+
     def get_datacenter_settings(self) -> DatacenterConfig: ...
 
     # scheduler stats (§5.10) ----------------------------------------------------

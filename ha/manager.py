@@ -826,6 +826,11 @@ class Manager:
         """§6.4."""
         env = self.env
         fenced_node = sd.node
+        where = env.service_location(sid)
+        if where is not None and where != fenced_node:
+            if self._recover_at_location(sid, cd, sd, where):
+                return
+            fenced_node = where  # fenced now: nothing runs there, the location may move on
         # usage is kept current by change_service_state; no from-scratch recompute
         # per recovered service (that would make a recovery round quadratic)
         node = self.select_node(sid, cd, sd, Preference.BEST_SCORE)
@@ -838,7 +843,7 @@ class Manager:
             else:
                 env.log("info", f"recover service '{sid}' from fenced node '{fenced_node}' to node '{node}'")
             self.fence_recovery_cleanup(sid, cd)
-            env.steal_service(sid, sd.node, node)
+            env.steal_service(sid, fenced_node, node)
             self.usage.add_service_usage_to_node(node, sid)
             cd.node = sd.node = node
             new_state = S.STARTED if cd.state == RequestedState.STARTED else S.REQUEST_STOP
@@ -851,6 +856,42 @@ class Manager:
         if cd.state == RequestedState.DISABLED:
             sd.failed_nodes = None
             self.change_service_state(sid, S.STOPPED)
+
+    def _recover_at_location(self, sid: str, cd: ResourceConfig, sd: ServiceData, where: str) -> bool:
+        """A recovery whose service's location names another node than the fenced one.
+
+        Ours (found by issue #15's 20-node runs; the reference's steal would die on
+        every round and stop the whole manager): a master moved the location (a
+        recovery, or the end of a migration) and died before its manager_status write.
+        True when handled here (recovered to ``where``, or waiting); False when
+        ``where`` is fenced now and the normal recovery may move the service on.
+
+        SAFETY: the location is the service's one owner; it may even run there (a
+        live migration that completed). So it is recovered *to* that node while the
+        node is up, and moved elsewhere only after the node was fenced (its agent
+        lock taken: its watchdog fired, it runs nothing).
+        """
+        env = self.env
+        state = self.ns.get_node_state(where)
+        if state in (NodeState.ONLINE, NodeState.MAINTENANCE):
+            fenced = sd.node
+            env.log(
+                "info",
+                f"recover service '{sid}' from fenced node '{fenced}' to node '{where}' (its location)",
+            )
+            self.fence_recovery_cleanup(sid, cd)
+            self.usage.add_service_usage_to_node(where, sid)
+            cd.node = sd.node = where
+            new_state = S.STARTED if cd.state == RequestedState.STARTED else S.REQUEST_STOP
+            self.change_service_state(sid, new_state, node=where)
+            return True
+        if state != NodeState.FENCE:
+            env.log(
+                "warning",
+                f"service '{sid}' is located on node '{where}' ({state}), not on fenced node '{sd.node}':"
+                f" fencing '{where}' before recovering it",
+            )
+        return not self.ns.fence_node(where)
 
     def fence_recovery_cleanup(self, sid: str, cd: ResourceConfig) -> None:
         """Remove the first leftover lock that is safe after a node reset (§6.4)."""

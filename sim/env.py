@@ -221,6 +221,10 @@ class SimEnv:
     def steal_service(self, sid: str, current_node: str, new_node: str) -> None:
         self.hardware.change_service_location(sid, current_node, new_node)
 
+    def service_location(self, sid: str) -> str | None:
+        raw = self.hardware.service_raw.get(sid)
+        return None if raw is None else str(raw["node"])
+
     def get_datacenter_settings(self) -> DatacenterConfig:
         return self.hardware.datacenter
 
