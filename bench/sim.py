@@ -6,7 +6,12 @@
    500 s after the last command. Wall time and peak memory, each in a fresh
    process so the peaks do not mix. 20/5000 needs ``--scale`` (the
    reference aborts it: more than 150 starts in one LRM round).
-2. One Manager round in isolation on an in-memory Env: a steady round (no
+2. The scale failover (issue #15): 100 nodes / 20,000 services (``--quick``: 40 / 400) in
+   scale mode (nodes in parallel virtual time), the last node's network cut. Wall time,
+   peak RSS, the nodes fenced (must be exactly the cut one), the services recovered, a
+   service never running on two nodes, and the time of the master's iterations (its
+   manager rounds) and of the other nodes' LRM iterations. In a fresh process.
+3. One Manager round in isolation on an in-memory Env: a steady round (no
    state changes) and a round that recovers every service of a fenced node,
    for 1,000 services on 10 nodes and 10,000 services on 100 nodes, with each
    scheduler: ``basic``, ``static`` and ``dynamic`` (TOPSIS start scoring for
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -37,12 +43,16 @@ from ha.crs.stats import GuestInfo, NodeStats, ServiceStats
 from ha.env import NodeInfo, ResourcePlugin
 from ha.manager import Manager
 from ha.records import LrmResult, LrmStatus, ManagerStatus, ServiceData
-from sim.runner import RunOptions, run_scenario
+from sim.fuzz import check_single_location
+from sim.hardware import Hardware
+from sim.runner import Observer, RunOptions, Simulation, run_scenario
 from sim.scenario import Scenario
 
 SIZES = [(3, 30), (5, 200), (10, 1000), (20, 5000)]
 QUICK_SIZES = [(3, 30), (5, 200)]
 ROUND_SIZES = [(10, 1000), (100, 10000)]
+SCALE_FAILOVER = (100, 20000)
+QUICK_SCALE_FAILOVER = (40, 400)
 ROUND_MODES = ("basic", "static", "dynamic")
 GIB = 1024**3
 # the reference's own simulator on these sizes (issue #2): seconds
@@ -87,6 +97,86 @@ def run_one(nodes: int, services: int) -> dict[str, Any]:
         "virtual_s": sim.hw.time,
         "log_lines": len(sim.hw.lines),
         "finished": "exit simulation - done" in last,
+    }
+
+
+_FENCED = re.compile(r": fencing: acknowledged - got agent lock for node '([^']+)'")
+
+
+class _TimedSimulation(Simulation):
+    """Times each daemon iteration: the master's CRM (its manager round) and the other LRMs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.master_ms: list[float] = []
+        self.lrm_ms: list[float] = []
+
+    def _run_crm(self, name: str) -> None:
+        crm = self.hw.nodes[name].crm
+        master = crm is not None and crm.state == "master"
+        t0 = time.perf_counter()
+        super()._run_crm(name)
+        if master:
+            self.master_ms.append((time.perf_counter() - t0) * 1000)
+
+    def _run_lrm(self, name: str) -> None:
+        t0 = time.perf_counter()
+        super()._run_lrm(name)
+        self.lrm_ms.append((time.perf_counter() - t0) * 1000)
+
+
+def run_scale_failover(nodes: int, services: int) -> dict[str, Any]:
+    """The scale failover in this process (see the module docstring, 2.)."""
+    scenario = generate(nodes, services)
+    cut = f"node{nodes}"
+    on_cut = {sid for sid, cd in scenario.service_config.items() if cd["node"] == cut}
+    doubles = 0
+    checked_at: list[int] = []
+
+    def after_step(hw: Hardware) -> None:
+        # once per round: the clock moves only between rounds in scale mode
+        nonlocal doubles
+        if not checked_at or checked_at[-1] != hw.time:
+            checked_at.append(hw.time)
+            doubles += len(check_single_location(hw.running))
+
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    sim = _TimedSimulation(scenario, RunOptions(scale=True), observer=Observer(after_step=after_step))
+    sim.run()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    hw = sim.hw
+    doubles += len(check_single_location(hw.running))
+    fenced = sorted({m.group(1) for line in hw.lines if (m := _FENCED.search(line))})
+    ss = hw.manager_status.service_status
+    running_on = {sid: node for node, table in hw.running.items() for sid, r in table.items() if r}
+    recovered = sum(
+        1
+        for sid in on_cut
+        if ss[sid].state == "started" and ss[sid].node != cut and running_on.get(sid) == ss[sid].node
+    )
+    return {
+        "nodes": nodes,
+        "services": services,
+        "scale": True,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mib": round(peak_kib / 1024, 1),
+        "virtual_s": hw.time,
+        "rounds": sim.rounds,
+        "virtual_round_s": round(hw.time / sim.rounds, 1) if sim.rounds else None,
+        "finished": "exit simulation - done" in hw.lines[-1],
+        "fenced": fenced,
+        "nodes_fenced": len(fenced),
+        "watchdog_resets": sum(1 for line in hw.lines if "stopped by poweroff (watchdog)" in line),
+        "services_on_cut_node": len(on_cut),
+        "services_recovered": recovered,
+        "services_running": len(running_on),
+        "double_runs": doubles,
+        "master_round_ms_median": round(statistics.median(sim.master_ms), 1),
+        "master_round_ms_max": round(max(sim.master_ms), 1),
+        "lrm_round_ms_median": round(statistics.median(sim.lrm_ms), 2),
     }
 
 
@@ -318,10 +408,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true", help="end with one JSON line")
     ap.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one size in this process
+    ap.add_argument("--one-scale", help=argparse.SUPPRESS)  # internal: the scale failover, here
     args = ap.parse_args(argv)
     if args.one:
         n, s = (int(x) for x in args.one.split("/"))
         print(json.dumps(run_one(n, s)))
+        return 0
+    if args.one_scale:
+        n, s = (int(x) for x in args.one_scale.split("/"))
+        print(json.dumps(run_scale_failover(n, s)))
         return 0
 
     sims = []
@@ -343,6 +438,22 @@ def main(argv: list[str]) -> int:
             f"{row['virtual_s']} virtual s, finished={row['finished']}"
             + (f", {row['speedup_vs_reference']}x the reference" if ref else "")
         )
+    n, s = QUICK_SCALE_FAILOVER if args.quick else SCALE_FAILOVER
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "sim", "--one-scale", f"{n}/{s}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    fo = json.loads(out.strip().splitlines()[-1])
+    print(
+        f"scale failover {n:>3} nodes {s:>5} services: {fo['wall_s']:>7.2f} s wall "
+        f"({fo['cpu_s']} s CPU), {fo['peak_rss_mib']:>6.1f} MiB peak, {fo['rounds']} rounds of "
+        f"{fo['virtual_round_s']} virtual s, fenced {fo['fenced']}, recovered "
+        f"{fo['services_recovered']} of {fo['services_on_cut_node']}, {fo['watchdog_resets']} watchdog "
+        f"resets, {fo['double_runs']} double runs; master round median {fo['master_round_ms_median']} ms "
+        f"(max {fo['master_round_ms_max']}), LRM round median {fo['lrm_round_ms_median']} ms"
+    )
     rounds = []
     for (n, s), mode in (
         (size, m) for size in (ROUND_SIZES[:1] if args.quick else ROUND_SIZES) for m in ROUND_MODES
@@ -355,7 +466,7 @@ def main(argv: list[str]) -> int:
             f"{row['recovery_round_ms']} ms (CPU {row['steady_round_cpu_ms']} / "
             f"{row['result_round_cpu_ms']} / {row['recovery_round_cpu_ms']} ms)"
         )
-    result = {"simulations": sims, "manager_rounds": rounds}
+    result = {"simulations": sims, "scale_failover": fo, "manager_rounds": rounds}
     if args.json:
         print(json.dumps(result))
     return 0

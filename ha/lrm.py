@@ -24,6 +24,12 @@ from ha.tools import count_active_services, count_fenced_services
 S = ServiceState
 
 
+def _requested(ss: dict[str, ServiceData], sid: str, uid: str) -> bool:
+    """``uid`` is the request ``manager_status`` holds for ``sid``."""
+    sd = ss.get(sid)
+    return sd is not None and sd.uid == uid
+
+
 @dataclass(slots=True)
 class Job:
     """One queued or running resource command."""
@@ -80,8 +86,7 @@ class LRM(Daemon):
         self.shutdown_errors = 0
         self.active_idle_rounds = 0
         self.service_status: dict[str, ServiceData] = {}
-        self._valid_uids: set[str] | None = None
-        self._pruned_for: set[str] | None = None
+        self._pruned_for: dict[str, ServiceData] | None = None
         self.node_status = "unknown"
         self.set_local_status(LrmState.WAIT_FOR_AGENT_LOCK)
 
@@ -124,7 +129,6 @@ class LRM(Daemon):
         node = env.nodename()
         if ms.service_status is not self.service_status:
             self.service_status = ms.service_status
-            self._valid_uids = None
         self.node_status = ms.node_status.get(node, "unknown")
         if self.shutdown_request is None:
             request = (ms.node_request or {}).get(node, {})
@@ -488,15 +492,14 @@ class LRM(Daemon):
         exit_code = self.handle_service_exitcode(sid, job.state, exit_code)
         if exit_code == ExitCode.ETRY_AGAIN:
             return  # tell nobody, simply retry next round
-        # keep only results whose uid is still requested (§3.3.2); the valid set is
-        # built once per manager_status read, not once per finished command
-        if self._valid_uids is None:
-            self._valid_uids = {sd.uid for sd in self.service_status.values() if sd.uid}
-        valid = self._valid_uids
-        if self._pruned_for is not valid:
-            self.results = {uid: r for uid, r in self.results.items() if uid in valid}
-            self._pruned_for = valid
-        if job.uid in valid:
+        # keep only results whose uid is still requested (§3.3.2), pruned once per
+        # manager_status read. A uid is one service's (ha/uid.py: master node, time and
+        # counter), so that service's entry tells; no set of every uid per read and node.
+        ss = self.service_status
+        if self._pruned_for is not ss:
+            self.results = {uid: r for uid, r in self.results.items() if _requested(ss, r.sid, uid)}
+            self._pruned_for = ss
+        if _requested(ss, sid, job.uid):
             self.results[job.uid] = LrmResult(sid, job.state, exit_code)
 
     def handle_service_exitcode(self, sid: str, cmd: str, exit_code: int) -> int:

@@ -51,7 +51,8 @@ class SimEnv:
         # set by the runner for big-cluster runs: keep going past the reference's limit
         self.loop_delay_limit: int | None = MAX_LOOP_DELAY
         # The node's bus announcements (ha/announce.py), decided as in the runtime after every
-        # write; nothing is delivered (the daemons read the records), the hooks only check them.
+        # write when a hook is set (the fuzzer); nothing is delivered (the daemons read the
+        # records), the hooks only check them.
         # One per node process: the runner replaces them when the node is powered off.
         self.announcer = Announcer(node)
         self.reporter = Reporter(node)
@@ -140,9 +141,10 @@ class SimEnv:
     def write_manager_status(self, ms: ManagerStatus) -> None:
         self._assert_cfs_rw()
         self.hardware.write_manager_status(ms)
+        if self.on_announce is None:
+            return  # nobody checks the announcements: skip deciding them (a scan of every service)
         announcement = self.announcer.after_write(ms)
-        if self.on_announce is not None:
-            self.on_announce(self.announcer, self.hardware.manager_status, announcement)
+        self.on_announce(self.announcer, self.hardware.manager_status, announcement)
 
     def read_lrm_status(self, node: str) -> LrmStatus:
         self._assert_cfs_rw()
@@ -151,12 +153,12 @@ class SimEnv:
     def write_lrm_status(self, status: LrmStatus) -> None:
         self._assert_cfs_rw()
         self.hardware.write_lrm_status(self.node, status)
+        if self.on_report is None:
+            return  # nobody checks the reports (as above)
         new = self.reporter.take_new(status.results)
         if new:
             ms = self.hardware.manager_status
-            report = route_results(self.node, new, ms)
-            if self.on_report is not None:
-                self.on_report(self.node, new, ms, report)
+            self.on_report(self.node, new, ms, route_results(self.node, new, ms))
 
     def read_crm_commands(self) -> str:
         self._assert_cfs_rw()

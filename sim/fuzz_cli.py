@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ha.errors import HaError
-from sim.fuzz import LIVENESS_BOUND, RunResult, fuzz
+from sim.fuzz import LIVENESS_BOUND, PROFILES, RunResult, fuzz
 from sim.fuzz_shrink import replay_folder, shrink, write_scenario
 
 EXIT_VIOLATION = 1
@@ -58,6 +58,14 @@ def _bad(msg: str) -> None:
     help="Also fail on the simulator's known model limitation (fatal 'watchdog expired').",
 )
 @click.option(
+    "--profile",
+    type=click.Choice(PROFILES),
+    default="small",
+    show_default=True,
+    help="Cluster sizes: small (3-7 nodes, up to 50 services) or large (20-50 nodes, 2-10 services "
+    "each, run in scale mode: nodes in parallel virtual time).",
+)
+@click.option(
     "--replay",
     "replay_dir",
     type=click.Path(path_type=Path),
@@ -71,6 +79,7 @@ def fuzz_command(
     no_shrink: bool,
     shrink_seconds: int,
     strict: bool,
+    profile: str,
     replay_dir: Path | None,
 ) -> None:
     """Random clusters and fault schedules from seeds SEED..SEED+RUNS-1, checked against the
@@ -105,7 +114,7 @@ def fuzz_command(
         written.append(folder)
         return keep_going
 
-    summary = fuzz(seed, runs, on_failure, strict)
+    summary = fuzz(seed, runs, on_failure, strict, profile)
     inconclusive = (
         f"; {len(summary.inconclusive)} inconclusive (simulator 'watchdog expired' limitation, seeds "
         f"{', '.join(map(str, summary.inconclusive[:10]))}{' ...' if len(summary.inconclusive) > 10 else ''})"
@@ -114,7 +123,8 @@ def fuzz_command(
     )
     verdict = f"{len(summary.failures)} FAILED" if summary.failures else "all passed"
     click.echo(
-        f"fuzz: {summary.runs} runs (seeds {seed}..{seed + summary.runs - 1}) {verdict}, "
+        f"fuzz: {summary.runs} {'' if profile == 'small' else profile + ' '}runs "
+        f"(seeds {seed}..{seed + summary.runs - 1}) {verdict}, "
         f"{summary.steps} steps checked ({', '.join(f'{v} {k}' for k, v in sorted(summary.stats.items()))}), "
         f"{summary.virtual_seconds} virtual s simulated, "
         f"{summary.wall_seconds:.1f} s wall, slowest convergence {summary.max_converge} s "

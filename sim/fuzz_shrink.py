@@ -30,6 +30,8 @@ from sim.scenario import load_scenario
 
 HEAL_MARK = "fuzz-heal-batch:"
 SEED_MARK = "fuzz-seed:"
+# a scenario folder holding this file runs in scale mode (tests/test_scenarios.py, the large profile)
+SCALE_MARK = "SCALE"
 
 
 def same_failure(a: Violation, b: Violation) -> bool:
@@ -282,6 +284,11 @@ def write_scenario(result: RunResult, out_dir: Path, original: Violation | None 
     (out_dir / "manager_status").write_text("{}\n")
     (out_dir / "service_config").write_text(_json_text(case.services))
     (out_dir / "datacenter.cfg").write_text(_json_text(case.datacenter))
+    scale_mark = out_dir / SCALE_MARK
+    if case.scale:  # run in scale mode (the large profile), like tests/test_scenarios.py does
+        scale_mark.write_text("run with ha-sim run --scale (nodes in parallel virtual time)\n")
+    elif scale_mark.exists():
+        scale_mark.unlink()
     for name, text in (("groups", case.groups_text()), ("rules_config", case.rules_text())):
         path = out_dir / name
         if text is not None:
@@ -303,7 +310,7 @@ def write_scenario(result: RunResult, out_dir: Path, original: Violation | None 
         f"check runs {LIVENESS_BOUND} virtual seconds after the first heal batch.",
         "",
         "Replay with the invariant checks:  ha-sim fuzz --replay <this folder>",
-        "Plain run:                         ha-sim run <this folder>",
+        f"Plain run:                         ha-sim run {'--scale ' if case.scale else ''}<this folder>",
         "",
         f"{SEED_MARK} {case.seed}",
         f"{HEAL_MARK} {result.heal_index}",
@@ -335,6 +342,7 @@ def load_case(folder: Path) -> tuple[Case, int | None]:
         schedule=[list(b) for b in sc.cmdlist],
         groups_raw=sc.groups_text,
         rules_raw=sc.rules_text,
+        scale=(folder / SCALE_MARK).exists(),
     )
     return case, heal
 

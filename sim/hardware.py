@@ -89,6 +89,7 @@ class Hardware:
         self._service_cache: ServiceConfig | None = None
         # config files whose bytes are corrupt right now (file -> seed), see corrupt_config
         self.corrupt: dict[str, int] = {}
+        self._corrupt_cache: tuple[int, ServiceConfig, bytes] | None = None
         self.groups_text = scenario.groups_text
         self.rules_text = scenario.rules_text
         self.groups = self._parse_groups(scenario.groups_text)
@@ -152,11 +153,17 @@ class Hardware:
         seed = self.corrupt.get(name)
         if seed is None:
             return None
+        conf = self.service_config()
+        cached = self._corrupt_cache
+        if cached is not None and cached[0] == seed and cached[1] is conf:
+            return cached[2]  # every daemon reads it every round: render once per config change
         rng = random.Random(seed)
         junk = bytes([0xFF]) + rng.randbytes(rng.randint(0, 32))
-        text = format_resources_cfg(self.service_config()).encode()
+        text = format_resources_cfg(conf).encode()
         at = int(rng.random() * (len(text) + 1))
-        return text[:at] + junk + text[at:]
+        raw = text[:at] + junk + text[at:]
+        self._corrupt_cache = (seed, conf, raw)
+        return raw
 
     def service_config(self) -> ServiceConfig:
         """Parsed service_config with the simulator's defaults (§9.2); cached until changed.

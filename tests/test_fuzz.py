@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,67 @@ def test_generated_clusters_stay_within_reference_limits() -> None:
         assert 3 <= len(case.hardware) <= 7
         assert 1 <= len(case.services) <= 50
         assert all(sid.split(":")[0] in ("vm", "ct") for sid in case.services)
+        assert not case.scale and case == generate_case(seed, "small")
+
+
+# -- the large profile (20-50 nodes, scale mode; issue #15) -----------------------------------------
+
+#: two seeds of the large profile that run in about a second each
+LARGE_SEEDS = (1, 3)
+
+
+def test_large_profile_clusters() -> None:
+    for seed in range(1, 60):
+        case = generate_case(seed, "large")
+        n = len(case.hardware)
+        assert case.scale and 20 <= n <= 50
+        assert 2 * n <= len(case.services) <= 10 * n
+    with pytest.raises(ValueError, match="unknown fuzz profile"):
+        generate_case(1, "huge")
+
+
+def test_large_profile_holds_all_invariants_in_scale_mode() -> None:
+    stats: Counter[str] = Counter()
+    for seed in LARGE_SEEDS:
+        result = fuzz_one(seed, profile="large")
+        assert result.violation is None, f"seed {seed}: {result.violation} (ha-sim fuzz --profile large)"
+        assert result.limitation is None
+        assert result.case.scale and result.converged_after is not None
+        stats.update(result.stats)
+    for key in ("fencings", "recoveries", "moves", "starts"):
+        assert stats[key] > 0, stats
+
+
+def test_large_profile_catches_an_lrm_starting_without_its_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks work in scale mode too (the mutant of test_mutant_lrm_without_lock_is_caught)."""
+    original = SimEnv.get_ha_agent_lock
+
+    def fake(self: SimEnv, node: str | None = None) -> bool:
+        return True if self.daemon == "lrm" else original(self, node)
+
+    monkeypatch.setattr(SimEnv, "get_ha_agent_lock", fake)
+    result = fuzz_one(LARGE_SEEDS[0], profile="large")
+    assert result.violation is not None and result.violation.invariant == START_UNDER_LOCK
+
+
+def test_watchdog_race_cannot_happen_in_scale_mode() -> None:
+    """Scale mode checks the watchdogs at the new instant before any daemon runs (sim/runner.py):
+    the sequential loop's 'watchdog expired' limitation (WATCHDOG_RACE below) does not occur."""
+    result = run_case(replace(WATCHDOG_RACE, scale=True), strict=True)
+    assert result.violation is None and result.limitation is None
+
+
+def test_large_case_folder_keeps_scale_mode(tmp_path: Path) -> None:
+    result = run_case(replace(WATCHDOG_RACE, scale=True))
+    folder = write_scenario(result, tmp_path / "s")
+    assert (folder / "SCALE").exists() and "ha-sim run --scale" in (folder / "README").read_text()
+    case, _ = load_case(folder)
+    assert case.scale
+    assert replay_folder(folder).log == result.log
+    # the same case without scale mode: the mark goes, the reference's run loop replays it
+    small = write_scenario(run_case(WATCHDOG_RACE), tmp_path / "s")
+    assert not (small / "SCALE").exists() and not load_case(small)[0].scale
+    assert replay_folder(small).log != result.log
 
 
 # -- each checker fails on a hand-made violating state ------------------------------------------------
@@ -463,9 +525,24 @@ def test_cli_success_line() -> None:
     assert "steps checked" in lines[0] and "virtual s simulated" in lines[0] and "s wall" in lines[0]
 
 
+def test_cli_large_profile() -> None:
+    res = CliRunner().invoke(
+        main, ["fuzz", "--profile", "large", "--seed", str(LARGE_SEEDS[0]), "--runs", "1"]
+    )
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"fuzz: 1 large runs (seeds {LARGE_SEEDS[0]}..{LARGE_SEEDS[0]}) all passed")
+
+
 @pytest.mark.parametrize(
     "args",
-    [["--runs", "0"], ["--runs", "x"], ["--seed", "-1"], ["--bogus"], ["--replay", "/nonexistent/dir"]],
+    [
+        ["--runs", "0"],
+        ["--runs", "x"],
+        ["--seed", "-1"],
+        ["--bogus"],
+        ["--replay", "/nonexistent/dir"],
+        ["--profile", "huge"],
+    ],
 )
 def test_cli_bad_options(args: list[str]) -> None:
     res = CliRunner().invoke(main, ["fuzz", *args])

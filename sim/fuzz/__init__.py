@@ -1,7 +1,8 @@
 """Randomised safety and liveness testing of the simulated HA stack (``ha-sim fuzz``).
 
 A *case* is a random cluster (3-7 nodes, up to 50 ``vm``/``ct`` services, HA groups,
-node-affinity rules, a shutdown policy) plus a schedule of command batches. The
+node-affinity rules, a shutdown policy; the ``large`` profile: 20-50 nodes with 2-10
+services each, run in the simulator's scale mode) plus a schedule of command batches. The
 schedule is generated *lazily*, at the moment the run loop takes the next batch, so
 each command is valid for the cluster's current state (no ``power on`` of a node
 that is shutting down, ...). The batches actually applied are recorded, so a case
@@ -38,7 +39,7 @@ Invariants (exact formulations and why they are sound: docs/fuzzing.md):
 
 from sim.fuzz.commands import COMMANDS, DELAY_BUDGET, CommandKind, ScheduleGenerator, shutdown_pending
 from sim.fuzz.driver import LIVENESS_BOUND, FuzzSummary, RunResult, fuzz, fuzz_one, run_case
-from sim.fuzz.generate import SERVICE_STATES, Case, GroupSpec, RuleSpec, generate_case
+from sim.fuzz.generate import PROFILES, SERVICE_STATES, Case, GroupSpec, RuleSpec, generate_case
 from sim.fuzz.heal import STUCK_SHUTDOWN, Healer, cluster_healthy
 from sim.fuzz.invariants import (
     ANNOUNCE,
@@ -79,6 +80,7 @@ __all__ = [
     "LIVENESS",
     "LIVENESS_BOUND",
     "NO_FATAL_ERROR",
+    "PROFILES",
     "SERVICE_STATES",
     "SINGLE_LOCATION",
     "SINGLE_MASTER",

@@ -24,6 +24,9 @@ from sim.runner import Simulation
 
 #: total extra time the random ``delay`` commands of one schedule may add
 DELAY_BUDGET = 1200
+#: commands per generated batch (weights): the small profile, and the large one (20-50 nodes)
+BATCH_SIZES = (("0", 8), ("1", 50), ("2", 27), ("3", 15))
+LARGE_BATCH_SIZES = (("0", 5), ("1", 30), ("2", 25), ("3", 20), ("5", 12), ("8", 8))
 
 
 def shutdown_pending(node: SimNode) -> bool:
@@ -278,6 +281,8 @@ class ScheduleGenerator:
         self.rng = rng
         self.used = {int(sid.split(":")[1]) for sid in case.services}
         self.delay_left = DELAY_BUDGET
+        # a large cluster (the large profile) gets bigger batches: several faults at one instant
+        self.sizes = LARGE_BATCH_SIZES if case.scale else BATCH_SIZES
 
     def first_batch(self, nodes: list[str]) -> list[str]:
         if self.rng.random() < 0.8:
@@ -286,7 +291,7 @@ class ScheduleGenerator:
         return [f"power {n} on" for n in chosen]
 
     def batch(self, sim: Simulation) -> list[str]:
-        size = weighted(self.rng, (("0", 8), ("1", 50), ("2", 27), ("3", 15)))
+        size = weighted(self.rng, self.sizes)
         p = Pick(self, sim)
         out: list[str] = []
         for _ in range(int(size)):

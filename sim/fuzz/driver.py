@@ -135,7 +135,7 @@ def run_case(
     try:
         sim = Simulation(
             case.scenario(),
-            RunOptions(),
+            RunOptions(scale=case.scale),
             out=checker.on_line,
             observer=Observer(checker.after_step, checker.on_announce, checker.on_report),
         )
@@ -182,9 +182,9 @@ def run_case(
     )
 
 
-def fuzz_one(seed: int, strict: bool = False) -> RunResult:
-    """Generate and run the case of ``seed``."""
-    case = generate_case(seed)
+def fuzz_one(seed: int, strict: bool = False, profile: str = "small") -> RunResult:
+    """Generate and run the case of ``seed`` (``profile``: see :data:`sim.fuzz.generate.PROFILES`)."""
+    case = generate_case(seed, profile)
     n_random = Random(seed * 104729 + 7).randint(3, 25)
     return run_case(case, generate=True, n_random=n_random + 1, strict=strict)
 
@@ -206,12 +206,13 @@ def fuzz(
     runs: int,
     on_failure: Callable[[RunResult], bool] | None = None,
     strict: bool = False,
+    profile: str = "small",
 ) -> FuzzSummary:
     """Run seeds ``seed .. seed+runs-1``; ``on_failure`` returns False to stop early."""
     summary = FuzzSummary()
     start = time.perf_counter()
     for s in range(seed, seed + runs):
-        result = fuzz_one(s, strict)
+        result = fuzz_one(s, strict, profile)
         summary.runs += 1
         if result.limitation is not None:
             summary.inconclusive.append(s)

@@ -47,6 +47,8 @@ class Case:
     # verbatim groups/rules texts (a replayed folder); they win over ``groups``/``rules``
     groups_raw: str | None = None
     rules_raw: str | None = None
+    # run in the simulator's scale mode (nodes in parallel virtual time): the large profile
+    scale: bool = False
 
     @property
     def nodes(self) -> list[str]:
@@ -118,10 +120,24 @@ def _node_subset(rng: Random, nodes: list[str], priorities: bool) -> dict[str, i
     return {n: (rng.randint(0, 3) if priorities and rng.random() < 0.8 else None) for n in chosen}
 
 
-def generate_case(seed: int) -> Case:
-    """The cluster of ``seed`` (its schedule is generated during the run, see :class:`ScheduleGenerator`)."""
+#: the cluster sizes of ``ha-sim fuzz --profile``: small (the reference's limits, its run loop)
+#: and large (scale mode: nodes in parallel virtual time, sim/runner.py; issue #15)
+PROFILES = ("small", "large")
+LARGE_NODES = (20, 50)
+LARGE_SERVICES_PER_NODE = (2, 10)
+
+
+def generate_case(seed: int, profile: str = "small") -> Case:
+    """The cluster of ``seed`` (its schedule is generated during the run, see :class:`ScheduleGenerator`).
+
+    ``large``: 20-50 nodes with 2-10 services per node, run in scale mode; the draws after
+    the sizes are the small profile's (a small case of a seed is unchanged).
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown fuzz profile '{profile}'")
+    large = profile == "large"
     rng = Random(seed)
-    n_nodes = rng.randint(3, 7)
+    n_nodes = rng.randint(*LARGE_NODES) if large else rng.randint(3, 7)
     nodes = [f"node{i}" for i in range(1, n_nodes + 1)]
     hardware: dict[str, dict[str, Any]] = {n: {"power": "off", "network": "off"} for n in nodes}
     if rng.random() < 0.15:  # new enough for the persistent group -> rule migration (§5.14)
@@ -139,8 +155,12 @@ def generate_case(seed: int) -> Case:
             )
         )
 
-    n_services = rng.randint(1, 15) if rng.random() < 0.7 else rng.randint(16, 50)
-    numbers = rng.sample(range(100, 1000), n_services)
+    if large:
+        n_services = rng.randint(n_nodes * LARGE_SERVICES_PER_NODE[0], n_nodes * LARGE_SERVICES_PER_NODE[1])
+        numbers = rng.sample(range(100, 10000), n_services)
+    else:
+        n_services = rng.randint(1, 15) if rng.random() < 0.7 else rng.randint(16, 50)
+        numbers = rng.sample(range(100, 1000), n_services)
     services: dict[str, dict[str, Any]] = {}
     for num in sorted(numbers):
         sid = f"{rng.choice(('vm', 'vm', 'ct'))}:{num}"
@@ -200,4 +220,4 @@ def generate_case(seed: int) -> Case:
         datacenter["ha"] = {"shutdown_policy": policy}
     if rng.random() < 0.2:
         datacenter["crs"] = {"ha-rebalance-on-start": 1}
-    return Case(seed, hardware, services, groups, rules, datacenter)
+    return Case(seed, hardware, services, groups, rules, datacenter, scale=large)
