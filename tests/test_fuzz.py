@@ -16,8 +16,10 @@ from click.testing import CliRunner
 
 import sim.env
 import sim.hardware
+from bench.sim import generate
 from ha.announce import Announcement, Announcer, Command, ResultMessage, ResultReport, request_of
 from ha.crm import CRM
+from ha.errors import SimulationError
 from ha.manager import Manager
 from ha.records import LrmResult, ManagerStatus, ServiceData
 from sim.cli import main
@@ -143,6 +145,23 @@ def test_large_profile_catches_an_lrm_starting_without_its_lock(monkeypatch: pyt
     monkeypatch.setattr(SimEnv, "get_ha_agent_lock", fake)
     result = fuzz_one(LARGE_SEEDS[0], profile="large")
     assert result.violation is not None and result.violation.invariant == START_UNDER_LOCK
+
+
+def test_recovery_retried_after_a_failed_round_moves_nothing_twice() -> None:
+    """Large seed 28: a master stole a service to its recovery node, then its round failed (on a
+    deleted service kept from a corrupt resources.cfg) before the manager_status write; the next
+    master retried the recovery from the record forever ('not on node'). The simulated Env now
+    answers as the live one (actors/env.py): already moved to that node is done."""
+    hw = Hardware(generate(3, 3))
+    env = SimEnv(hw, "node1", "crm")
+    assert hw.service_raw["vm:101"]["node"] == "node2"
+    env.steal_service("vm:101", "node2", "node3")
+    env.steal_service("vm:101", "node2", "node3")  # the retry
+    assert hw.service_raw["vm:101"]["node"] == "node3"
+    with pytest.raises(SimulationError, match="is not on node 'node1'"):
+        env.steal_service("vm:101", "node1", "node2")
+    result = fuzz_one(28, profile="large")
+    assert result.violation is None, result.violation
 
 
 def test_watchdog_race_cannot_happen_in_scale_mode() -> None:

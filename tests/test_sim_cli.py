@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.sim import generate
 from tests.conftest import ORACLE_DIR
 
 SAMPLE = ORACLE_DIR / "gen-0002-3n5s-groups-affinity-faults"
@@ -114,4 +115,38 @@ def test_fatal_scenario_error_ends_the_log_like_the_reference(tmp_path: Path) ->
     assert (
         res.stdout.splitlines()[-1]
         == "err     120     hardware: exit simulation - sim_hardware_cmd: no such node 'node9' "
+    )
+
+
+def _write_failover_scenario(folder: Path, nodes: int, services: int) -> None:
+    """The generated failover of ``bench sim`` (every node on, the last one's network cut) as a folder."""
+    sc = generate(nodes, services)
+    folder.mkdir()
+    (folder / "cmdlist").write_text(json.dumps(sc.cmdlist))
+    (folder / "hardware_status").write_text(json.dumps(sc.hardware))
+    (folder / "manager_status").write_text("{}")
+    (folder / "service_config").write_text(json.dumps(sc.service_config))
+
+
+def test_run_scale_fences_only_the_cut_node_of_a_big_cluster(tmp_path: Path) -> None:
+    """``--scale`` (issue #15): 40 nodes run in parallel virtual time; without it the run loop
+    refuses (a sequential round of 80 s would outlast the watchdog), as the reference does."""
+    scen = tmp_path / "scen"
+    _write_failover_scenario(scen, 40, 400)
+    res = ha_sim("run", str(scen), "--quiet", "--scale", "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    log = (tmp_path / "out" / "log").read_text()
+    assert log.endswith("hardware: exit simulation - done\n")
+    assert log.count("SUCCEED: fencing: acknowledged - got agent lock for node") == 1
+    assert "SUCCEED: fencing: acknowledged - got agent lock for node 'node40'" in log
+    hw = json.loads((tmp_path / "out" / "hardware_status").read_text())
+    assert [n for n, st in hw.items() if st["power"] == "off"] == ["node40"]
+    ms = json.loads((tmp_path / "out" / "manager_status").read_text())
+    assert len(ms["service_status"]) == 400
+    assert all(sd["state"] == "started" and sd["node"] != "node40" for sd in ms["service_status"].values())
+
+    plain = ha_sim("run", str(scen), "--quiet", "--out", str(tmp_path / "plain"))
+    assert plain.returncode == 0
+    assert (tmp_path / "plain" / "log").read_text().endswith(
+        "exit simulation - unable to simulate so many nodes. You need to increase watchdog/lock timeouts. \n"
     )
