@@ -10,8 +10,9 @@ models the nodes working in parallel, as real nodes do: every daemon of a round
 runs at the round's start instant (one after another, in name order, so the run
 stays deterministic), the hardware clock does not advance between nodes, and a
 round lasts :data:`PARALLEL_ROUND` virtual seconds whatever the node count. The
-reference's sequential round grows by 2 s per node, and from about 60 nodes on it
-outlasts the 120 s lock and 60 s watchdog timeouts (docs/SIMULATOR.md, docs/SCALE.md).
+reference's sequential round grows by 2 s per node: from 30 nodes on it reaches the
+60 s watchdog timeout, from 60 nodes the 120 s lock timeout, and the nodes' watchdogs
+reset them (docs/SIMULATOR.md, docs/SCALE.md).
 """
 
 from __future__ import annotations
