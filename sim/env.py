@@ -221,13 +221,6 @@ class SimEnv:
         self.hardware.write_rules(rules)
 
     def steal_service(self, sid: str, current_node: str, new_node: str) -> None:
-        raw = self.hardware.service_raw.get(sid)
-        if raw is not None and raw["node"] == new_node != current_node:
-            # already moved, as the live Env (actors/env.py) answers: a master stole it, then its
-            # round failed before the manager_status write, and the round that retries the
-            # recovery from the record moves it again, to the same node (found by the large fuzz
-            # profile, issue #15; the reference's simulator would stop the run, §9.7)
-            return
         self.hardware.change_service_location(sid, current_node, new_node)
 
     def service_location(self, sid: str) -> str | None:

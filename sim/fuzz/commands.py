@@ -66,7 +66,6 @@ class Pick:
             "delay": False,
             "handover": False,
             "corrupt": False,
-            "deleted": False,
         }
     )
 
@@ -168,7 +167,6 @@ def _stop(p: Pick, sid: str) -> str:
 
 def _delete(p: Pick, sid: str) -> str:
     p.sids_touched.add(sid)
-    p.flags["deleted"] = True
     return f"service {sid} delete"
 
 
@@ -201,10 +199,7 @@ def _config_readable(p: Pick, _: str) -> bool:
 
 def _corrupt(p: Pick, _: str) -> str | None:
     """Random bytes into resources.cfg (ours, issue #10), until a later ``restore``."""
-    if p.hw.corrupt or (p.gen.batch_rules and p.flags["deleted"]):
-        # not right after a delete: the daemons would keep the deleted service from their last
-        # good reading, and a manager round failing on it exposes a core liveness bug
-        # (docs/fuzzing.md, Findings: "a recovery after a failed manager round")
+    if p.hw.corrupt:
         return None
     p.flags["corrupt"] = True
     return f"config resources.cfg corrupt {p.rng.randrange(1 << 30)}"
@@ -298,7 +293,7 @@ class ScheduleGenerator:
         self.delay_left = DELAY_BUDGET
         # a large cluster (the large profile) gets bigger batches: several faults at one instant
         self.sizes = LARGE_BATCH_SIZES if case.scale else BATCH_SIZES
-        # config edits and corruptions of one batch kept apart (the large profile; see _corrupt)
+        # no config edit after a corruption in the same batch (the large profile; _config_readable)
         self.batch_rules = case.scale
 
     def first_batch(self, nodes: list[str]) -> list[str]:
