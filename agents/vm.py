@@ -140,6 +140,7 @@ class VmPlugin(ProcPlugin):
             default_stop_timeout=default_stop_timeout,
         )
         self.guest_cache = guest_cache
+        self._guest: tuple[Path, Path] | None = None
         self.migrate_timeout = migrate_timeout
         self.incoming_deadline = incoming_deadline
         # how this node reaches the target of a live migration (the live runtime sets it); None: relocate
@@ -207,7 +208,7 @@ class VmPlugin(ProcPlugin):
         ]  # fmt: skip
         kernel, initrd, append = spec.kernel, spec.initrd, spec.append
         if spec.default_guest:
-            k, i = default_vm_guest(self.guest_cache)
+            k, i = self._default_guest()
             kernel, initrd, append = str(k), str(i), VM_APPEND
         if kernel is not None:
             argv += ["-kernel", kernel, "-append", append or VM_APPEND]
@@ -217,6 +218,16 @@ class VmPlugin(ProcPlugin):
             fmt = "qcow2" if spec.disk.endswith(".qcow2") else "raw"
             argv += ["-drive", f"file={spec.disk},if=virtio,format={fmt}"]
         return argv
+
+    def _default_guest(self) -> tuple[Path, Path]:
+        """The default guest's (kernel, initrd), built once; looked up again only if they vanished.
+
+        Checking the host's packages and the image's cache key reads a few MB (40-60 ms): a
+        live migration's target pays it before its QEMU can listen (issue #12)."""
+        known = self._guest
+        if known is None or not (known[0].exists() and known[1].exists()):
+            known = self._guest = default_vm_guest(self.guest_cache)
+        return known
 
     # -- the plugin protocol -------------------------------------------------------------------------
 

@@ -256,3 +256,30 @@ def test_sockets_fit_in_sun_path_and_accel(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("PYHA_VM_ACCEL", "kvm")
     argv = " ".join(short.command("vm:100", "n1", "100", parse_spec({"disk": "/d"})))
     assert "-accel kvm -machine pc -cpu host" in argv
+
+
+def test_the_default_guest_is_looked_up_once_while_its_files_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live migration's target must not pay the image check (40-60 ms) before its QEMU listens."""
+    import agents.vm as vm_mod  # noqa: PLC0415
+
+    kernel, initrd = tmp_path / "vmlinux", tmp_path / "initrd.cpio"
+    kernel.write_bytes(b"k")
+    initrd.write_bytes(b"i")
+    calls: list[Path | None] = []
+
+    def lookup(cache: Path | None) -> tuple[Path, Path]:
+        calls.append(cache)
+        return kernel, initrd
+
+    monkeypatch.setattr(vm_mod, "default_vm_guest", lookup)
+    plugin = VmPlugin(tmp_path / "state", cgroup_base=None)
+    spec = parse_spec({})
+    for _ in range(3):
+        argv = plugin.command("vm:100", "node1", "100", spec)
+        assert str(kernel) in argv and str(initrd) in argv
+    assert len(calls) == 1
+    initrd.unlink()  # the cache was cleaned: built (looked up) again
+    plugin.command("vm:100", "node1", "100", spec)
+    assert len(calls) == 2
