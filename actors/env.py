@@ -106,6 +106,12 @@ class NodeContext:
     holder: str = ""
     # set when the node fences itself: no lease is acquired or renewed, no service started
     fenced: threading.Event = field(default_factory=threading.Event)
+    # live migration (actors/peer.py): sid -> monotonic deadline of a guest coming in here; while
+    # one is pinned the LRM takes and keeps its agent lease and watchdog (actors/lrm.py PacedLRM)
+    incoming: dict[str, float] = field(default_factory=dict)
+    # set while this node's LRM is active after its last iteration (agent lease renewed in it,
+    # watchdog armed), cleared otherwise
+    lrm_active: threading.Event = field(default_factory=threading.Event)
     # ha-watchdog confirmed recently that it is armed (the SocketDriver's guard view)
     watchdog_confirmed: Callable[[], bool] = lambda: True
     # the cluster's name (services see it as PYHA_CLUSTER)
@@ -990,7 +996,21 @@ class MovingPlugin:
         moved: list[bool] = []
 
         def commit() -> None:
-            env.steal_service(sid, env.nodename(), target)
+            here = env.nodename()
+            try:
+                env.steal_service(sid, here, target)
+            except HaError:
+                # SAFETY (review): a move whose outcome is unknown may still land later, after the
+                # caller resumed the guest here. Settle it: write the location here again with
+                # compare-and-swap, so that a late move cannot land any more; if the location
+                # names the target already, the move did happen.
+                try:
+                    env.steal_service(sid, here, here)
+                except HaError:
+                    if env.service_location(sid) != target:
+                        raise
+                else:
+                    raise
             env.log("info", f"service {sid} - moved to node '{target}'")
             moved.append(True)
 

@@ -61,10 +61,13 @@ class PacedLRM(LRM):
         timing: Timing,
         recheck_interval: float,
         clock: Callable[[], float] = time.monotonic,
+        incoming: dict[str, float] | None = None,
     ) -> None:
         super().__init__(env, pool=pool, timing=timing)
         self.recheck_interval = recheck_interval
         self.clock = clock
+        # guests live-migrating to this node (NodeContext.incoming): sid -> monotonic deadline
+        self.incoming = incoming if incoming is not None else {}
         self.confirmed: dict[str, tuple[tuple[str, Any], ...]] = {}  # sid -> params of its last good start
         self.next_recheck = -float("inf")
         self._recheck_now = True
@@ -98,6 +101,36 @@ class PacedLRM(LRM):
                 # SAFETY: the request is the master's current one for this node (same UID, still
                 # ``started`` here): re-running it is what the reference's UID renewal asks for.
                 del self.results[uid]
+
+    def _pinned(self) -> bool:
+        """A guest is live-migrating to this node: hold the agent lease and watchdog for it.
+
+        SAFETY: the target's QEMU runs the guest before the master counts the service
+        on this node; without its lease this node could be fenced "at once" (nothing
+        to wait for) while the guest runs on. The core counts a migration's target as
+        active (§3.2.2), but only once this LRM read that manager_status (each tick);
+        the pin makes it go active before the target listens (actors/peer.py waits
+        for it) and keeps it so until the master places the service here (then the
+        core's own count holds it) or the pin expires (the incoming QEMU was reaped
+        or the migration abandoned).
+        """
+        if not self.incoming:
+            return False
+        now, node = time.monotonic(), self.env.nodename()
+        for sid, deadline in list(self.incoming.items()):
+            sd = self.service_status.get(sid)
+            if now > deadline or (sd is not None and sd.node == node):
+                self.incoming.pop(sid, None)
+        return bool(self.incoming)
+
+    def active_service_count(self) -> int:
+        pinned = self._pinned()  # first: it also drops the pins that ended
+        n = super().active_service_count()
+        return n if n or not pinned else 1
+
+    def has_configured_service_on_local_node(self) -> bool:
+        pinned = self._pinned()
+        return super().has_configured_service_on_local_node() or pinned
 
     def published_results(self) -> dict[str, LrmResult]:
         """The results without the quiet ones (successful re-checks): see the class docstring."""
@@ -193,11 +226,14 @@ class LrmActor(DaemonActor):
         waker: Waker | None = None,
         pre_iterate: Callable[[], None] | None = None,
         recheck_interval: float = 0.0,
+        incoming: dict[str, float] | None = None,
+        on_state: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(node, on_exit, waker)
         self.pre_iterate = pre_iterate
+        self.on_state = on_state
         self.pool = ActorWorkerPool(max_workers, make_worker_env, self._worker_done, command_timeout)
-        self.lrm = PacedLRM(env, self.pool, timing, recheck_interval)
+        self.lrm = PacedLRM(env, self.pool, timing, recheck_interval, incoming=incoming)
 
     def _worker_done(self, msg: WorkerDone) -> None:
         # called on a worker's thread: hand over to this actor's thread
@@ -216,7 +252,11 @@ class LrmActor(DaemonActor):
     def iterate(self) -> bool:
         if self.pre_iterate is not None:
             self.pre_iterate()
-        return self.lrm.do_one_iteration()
+        try:
+            return self.lrm.do_one_iteration()
+        finally:
+            if self.on_state is not None:
+                self.on_state(self.lrm.state)
 
     def shutdown(self) -> None:
         self.lrm.request_shutdown()

@@ -99,6 +99,7 @@ from ha.announce import Announcer, Reporter, route_results
 from ha.env import ResourcePlugin
 from ha.errors import HaError
 from ha.records import LrmStatus, ManagerStatus
+from ha.states import LrmState
 from store.base import Changes, Store, open_watch
 from store.records import (
     CRM_COMMANDS,
@@ -312,7 +313,9 @@ class NodeRuntime:
         )
         # live migration: this node as the target (an API operation between members), as the source (the peer)
         self.vm_incoming = VmIncoming(
-            self.ctx, urllib.parse.urlsplit(c.nodes[self.node]).hostname or "127.0.0.1"
+            self.ctx,
+            urllib.parse.urlsplit(c.nodes[self.node]).hostname or "127.0.0.1",
+            wake_lrm=lambda: self.lrm_waker.poke(),  # noqa: PLW0108 - the waker is made below
         )
         vm = agents.get("vm")
         if isinstance(vm, VmPlugin):
@@ -333,6 +336,8 @@ class NodeRuntime:
             self.lrm_waker,
             lrm_env.settle_unwatched,
             recheck_interval=c.recheck_interval,
+            incoming=self.ctx.incoming,
+            on_state=self._lrm_state,
         )
         self.crm = CrmActor.start(
             self.node, LiveEnv(self.ctx, "crm"), timing, self._exited, self.crm_waker, self.metrics
@@ -355,6 +360,13 @@ class NodeRuntime:
             members=self.cluster.nodes,
             bus_stats=self.bus.stats,
         )
+
+    def _lrm_state(self, state: str) -> None:
+        """After each LRM iteration: ``ctx.lrm_active`` says whether it holds its lease and watchdog."""
+        if state == LrmState.ACTIVE:
+            self.ctx.lrm_active.set()
+        else:
+            self.ctx.lrm_active.clear()
 
     def _publish_member_version(self) -> None:
         """``nodes/<node>/membership``: ha-cluster add-node/remove-node wait for it (next tick again

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +31,8 @@ from ha.errors import HaError
 from store import records as rec
 
 MEMBER_OPS = frozenset({"vm_incoming"})
+LRM_ACTIVE_WAIT = 5.0  # s: how long ``listen`` waits for this node's LRM to take its lease
+PIN_MARGIN = 30.0  # s: a pin outlives the incoming QEMU's own deadline by this much
 VM_ACTIONS = ("listen", "resume", "abort")
 
 
@@ -81,10 +84,28 @@ class PeerCalls:
 class VmIncoming:
     """The ``vm_incoming`` operation of one node (run by its API actor, for members only)."""
 
-    def __init__(self, ctx: NodeContext, host: str) -> None:
+    def __init__(self, ctx: NodeContext, host: str, wake_lrm: Callable[[], None] = lambda: None) -> None:
         self.ctx = ctx
         self.host = host  # the migration stream's address: the node's bus host
         self.env = LiveEnv(ctx, "api")
+        self.wake_lrm = wake_lrm
+
+    def _arm(self, sid: str, deadline: float) -> None:
+        """Pin ``sid`` so that this node's LRM holds its agent lease and watchdog; wait until it does.
+
+        SAFETY: a node runs a guest only under its own lease and watchdog, or the master
+        could fence it "at once" (it held no lease) and recover the guest elsewhere while
+        it still runs here (actors/lrm.py ``PacedLRM._pinned``).
+        """
+        self.ctx.incoming[sid] = time.monotonic() + deadline
+        self.wake_lrm()
+        if not self.ctx.lrm_active.wait(LRM_ACTIVE_WAIT):
+            self.ctx.incoming.pop(sid, None)
+            raise AdminError(
+                f"node '{self.ctx.node}': its LRM holds no agent lease and watchdog (after"
+                f" {LRM_ACTIVE_WAIT:g}s): not taking the guest",
+                ExitCode.REFUSED,
+            )
 
     def _plugin(self) -> VmPlugin:
         plugin: object = self.ctx.plugins.get("vm")
@@ -105,7 +126,9 @@ class VmIncoming:
         node = self.ctx.node
         try:
             if action == "abort":  # always allowed: it only ever kills a copy that never ran
-                return {"killed": plugin.incoming_abort(self.env, sid, conf)}
+                killed = plugin.incoming_abort(self.env, sid, conf)
+                self.ctx.incoming.pop(sid, None)
+                return {"killed": killed}
             if self.ctx.fenced.is_set():
                 # SAFETY: a node that is fencing itself starts nothing
                 raise AdminError(f"node '{node}' is fencing itself", ExitCode.REFUSED)
@@ -114,10 +137,22 @@ class VmIncoming:
             if action == "listen":
                 if where != sender:
                     raise AdminError(f"'{sid}' is on node '{where}', not on '{sender}'", ExitCode.REFUSED)
-                return {"uri": plugin.incoming_listen(self.env, sid, conf, self.host)}
+                self._arm(sid, plugin.incoming_deadline + PIN_MARGIN)
+                try:
+                    return {"uri": plugin.incoming_listen(self.env, sid, conf, self.host)}
+                except MigrationError:
+                    self.ctx.incoming.pop(sid, None)
+                    raise
             # SAFETY: the guest runs here only once its location names this node (the source's commit)
             if where != node:
                 raise AdminError(f"'{sid}' is on node '{where}': not resuming it here", ExitCode.REFUSED)
+            # SAFETY: and only under this node's lease and watchdog (see _arm); refused, the guest
+            # stays paused here and the master's start boots it afresh (the incoming marker)
+            if sid not in self.ctx.incoming or not self.ctx.lrm_active.is_set():
+                raise AdminError(
+                    f"node '{node}': its LRM holds no agent lease and watchdog: not resuming '{sid}'",
+                    ExitCode.REFUSED,
+                )
             plugin.incoming_resume(self.env, sid, conf)
             return {"resumed": True}
         except MigrationError as e:

@@ -440,11 +440,6 @@ class LRM(Daemon):
                 (j for j in self.workers.values() if not j.started), key=lambda j: (-j.start_tries, j.sid)
             )
             for job in queued:
-                if sc.incomplete and job.sid not in sc.services:
-                    # ours (issue #10), as in manage_resources: a job queued before its section
-                    # stopped reading (or a node-shutdown stop) waits until the file reads again,
-                    # instead of failing with "missing resource configuration" (ha-sim fuzz seed 81)
-                    continue
                 job.start_tries += 1
                 if max_workers and running >= max_workers:
                     continue

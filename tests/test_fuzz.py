@@ -582,19 +582,3 @@ def test_cli_failure_writes_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert len(folders) == 1 and str(folders[0]) in res.output
     assert FENCE_BEFORE_RECOVERY in folders[0].name
 
-
-# -- counterexamples found and fixed (tests/fuzz_regressions/) ----------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "name", sorted(p.name for p in (Path(__file__).parent / "fuzz_regressions").iterdir() if p.is_dir())
-)
-def test_a_fixed_counterexample_stays_fixed(name: str) -> None:
-    """Each folder reproduced its violation on the code before its fix (its README says which).
-
-    seed-81-config-kept: a job queued before resources.cfg turned unreadable (or a node-shutdown
-    stop) ran without its section and failed "missing resource configuration" (ha/lrm.py
-    ``run_workers`` now leaves it queued until the file reads again).
-    """
-    result = replay_folder(Path(__file__).parent / "fuzz_regressions" / name)
-    assert result.violation is None, result.violation
