@@ -151,7 +151,10 @@ def test_an_init_that_exits_fails_the_start(ct: CtPlugin) -> None:
     env = AgentEnv("n1", {"ct": ct})
     cd = conf("ct:106", init="echo bye; exit 3")
     assert exec_resource_agent(env.env, "ct:106", cd, "started", {}) == ExitCode.ERROR
-    assert "container exited during start" in env.text() or "not up within" in env.text(), env.text()
+    # seen exiting while the start waits for it, or (a loaded host) seen "running" by crun for
+    # the moment before the exit, then found dead by the start's own check right after
+    said = ("container exited during start", "not up within", "unable to start service ct:106")
+    assert any(s in env.text() for s in said), env.text()
     assert not ct.check_running(env.env, "ct:106", cd)
 
 
