@@ -19,6 +19,12 @@ of life of the record's writer:
 An LRM in any other state, or a daemon without such proof (a stopped cluster,
 offline status), keeps its record's timestamp and so reads ``dead?`` after 30 s
 as before. The verbose status shows the records as written.
+
+Lease ages need a store that knows them: the dir store keeps each lease's expiry
+(written by its holder), a running node's etcd store learns each renewal from its
+watch. A fresh etcd client (offline status) sees every lease as renewed just
+now, so offline status on etcd passes no ``lease_ttl`` and takes no lease as proof.
+(A node that just started may likewise count a lease as fresh for one lease term.)
 """
 
 from __future__ import annotations
@@ -39,10 +45,8 @@ def holder_node(holder: str) -> str:
 
 def renewed_at(info: LeaseInfo | None, node: str | None, now: float, lease_ttl: float | None) -> float | None:
     """When ``node`` last renewed the lease ``info`` (None: it does not hold it)."""
-    if info is None or node is None or holder_node(info.holder) != node:
-        return None
-    if lease_ttl is None:
-        return now  # held now: renewed at most a lease term ago
+    if info is None or node is None or lease_ttl is None or holder_node(info.holder) != node:
+        return None  # lease_ttl None: the store cannot tell when a lease was renewed (see below)
     return min(now, now - (lease_ttl - info.remaining))
 
 

@@ -886,11 +886,16 @@ class Manager:
             self.change_service_state(sid, new_state, node=where)
             return True
         if state != NodeState.FENCE:
+            if not self.ns.node_is_offline_delayed(where):
+                return True  # a blip? the fence delay first (§6.2), as for any node
             env.log(
                 "warning",
                 f"service '{sid}' is located on node '{where}' ({state}), not on fenced node '{sd.node}':"
-                f" fencing '{where}' before recovering it",
+                f" recovering it only once '{where}' is fenced",
             )
+            if env.get_ha_agent_lock(where):
+                # its agent lock is ours (fenced before, or it never held one): it runs nothing
+                return False
         return not self.ns.fence_node(where)
 
     def fence_recovery_cleanup(self, sid: str, cd: ResourceConfig) -> None:

@@ -71,3 +71,13 @@ def test_without_proof_the_records_age_as_in_the_reference(tmp_path: Path) -> No
     # the verbose dump shows the records as written
     full = ops.call("status", {"verbose": True})["full"]
     assert full["manager_status"]["timestamp"] < time.time() - OLD + 5
+
+
+def test_a_store_that_cannot_age_leases_gives_no_lease_proof(tmp_path: Path) -> None:
+    """Offline status on etcd: a fresh client sees every lease as just renewed (lease_ttl None)."""
+    store, _ = setup(tmp_path)
+    assert store.acquire_lease(rec.MANAGER_LEASE, "n1#a", 10.0)
+    assert store.acquire_lease(rec.agent_lease("n2"), "n2#b", 10.0)
+    got = lines(ApiOps("n1", NODES, store, lambda: False, lease_ttl=None, last_seen={}))
+    assert "old timestamp - dead?" in got["master"]
+    assert "lrm n2 (old timestamp - dead?, " in got["lrm:n2"]
