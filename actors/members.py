@@ -23,7 +23,7 @@ from pathlib import Path
 from loguru import logger
 
 from admin.cluster import CLUSTER_FILE, ClusterConfig
-from bus.errors import KeyFileError
+from bus.errors import BusError, KeyFileError
 from bus.keys import CurveKeys
 from bus.membership import Membership, one_member_change
 from ha.errors import HaError
@@ -90,7 +90,12 @@ class MembershipFollower:
                 self._sig = None  # retried next tick: the key files may be on their way
                 return False
         membership = Membership.of(sorted(new.nodes.items()))
-        self._apply(new, membership, keys)
+        try:
+            self._apply(new, membership, keys)
+        except BusError as e:  # the bus still applies the previous change: next tick again
+            self.log.warning(f"membership in cluster.json not applied yet: {e}")
+            self._sig = None
+            return False
         self.nodes, self.version, self._refused = dict(new.nodes), new.config_version, None
         return True
 

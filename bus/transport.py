@@ -261,7 +261,12 @@ class Transport:
         """
         if self.node not in membership:
             raise ConfigError(f"node {self.node!r} is not in the membership {membership.names}")
-        base = self._pending[0] if self._pending is not None else self.membership
+        if self._pending is not None:
+            # SAFETY: one change at a time against the list the I/O thread counts votes by; a
+            # second one checked against a change not yet applied could replace it and jump two
+            # members at once (review finding). The caller retries after the next heartbeat.
+            raise BusError("the previous membership change is not applied yet")
+        base = self.membership
         one_member_change(base.names, membership.names)
         for p in membership.others(self.node):
             if p.name in base and base.endpoint(p.name) != p.endpoint:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.errors import ConfigError, UnknownPeerError
+from bus.errors import BusError, ConfigError, UnknownPeerError
 from bus.keys import CurveKeys, KeyRing, generate, public_keys
 from bus.membership import Membership, PeerTracker, one_member_change
 from bus.messages import Heartbeat, PeerDown, QuorumLost
@@ -122,3 +122,22 @@ def test_set_membership_refuses_more_than_one_change(
     with pytest.raises(ConfigError, match="one member at a time"):
         c.nodes["a"].set_membership(swap, CurveKeys.load(key_dir, "a", swap.names))
     assert c.nodes["a"].membership.names == ("a", "b", "c")
+
+
+def test_a_second_change_waits_until_the_first_is_applied(
+    make_cluster: Callable[..., Cluster], key_dir: Path
+) -> None:
+    """Review finding: checked against a pending change, a second one could replace it before the
+    I/O thread applied it, and the transport would jump two members at once."""
+    c = make_cluster(5)
+    full = c.membership
+    _reconfigure(c, key_dir, ("a", "b", "c"), full)
+    c.start("a", "b", "c")
+    abcd = Membership(tuple(p for p in full.peers if p.name in ("a", "b", "c", "d")))
+    c.nodes["a"].set_membership(abcd, CurveKeys.load(key_dir, "a", abcd.names))
+    if c.nodes["a"].membership.names == ("a", "b", "c"):  # not applied yet (the usual case)
+        with pytest.raises(BusError, match="not applied yet"):
+            c.nodes["a"].set_membership(full, CurveKeys.load(key_dir, "a", full.names))
+    wait_until(lambda: c.nodes["a"].membership.names == ("a", "b", "c", "d"))
+    c.nodes["a"].set_membership(full, CurveKeys.load(key_dir, "a", full.names))  # now one more is fine
+    wait_until(lambda: c.nodes["a"].membership.names == ("a", "b", "c", "d", "e"))
