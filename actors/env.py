@@ -325,10 +325,12 @@ class LiveEnv:
             return ManagerStatus()
         if self._ms_parsed is not None and self._ms_parsed[0] == record.version:
             return self._ms_parsed[1]
-        ms = ManagerStatus.from_dict(rec.decode_json(rec.MANAGER_STATUS, record.data))
+        raw = rec.decode_json(rec.MANAGER_STATUS, record.data)
+        # only this node's services (on or moving to it): all the LRM acts on (§3.2.2)
+        ms = ManagerStatus.from_dict(raw, only_node=self.ctx.node)
         self._ms_parsed = (record.version, ms)
         if self.ctx.metrics is not None:
-            self.ctx.metrics.saw_manager_status(ms)
+            self.ctx.metrics.saw_raw_manager_status(raw, ms)
         return ms
 
     def write_manager_status(self, ms: ManagerStatus) -> None:

@@ -113,6 +113,18 @@ class NodeMetrics:
         self._view.runtime = (quorate, bus_quorate, store_healthy, peers_up, sorted(members))
         self._view.bus_stats = bus_stats
 
+    def saw_raw_manager_status(self, raw: Any, ms: ManagerStatus) -> None:
+        """As :meth:`saw_manager_status`, for a reader that parsed only its node's services (``ms``):
+        the cluster-wide counts come from the decoded record ``raw``."""
+        ss = raw.get("service_status") if isinstance(raw, dict) else None
+        states = Tally(
+            str(sd.get("state"))
+            for sd in (ss.values() if isinstance(ss, dict) else ())
+            if isinstance(sd, dict)
+        )
+        here = Tally(sd.state for sd in ms.service_status.values() if sd.node == self.node)
+        self._view.status = (dict(states), dict(here), dict(ms.node_status), ms.master_node)
+
     def saw_manager_status(self, ms: ManagerStatus) -> None:
         """The last manager_status this node read or wrote: its service and node states."""
         states = Tally(sd.state for sd in ms.service_status.values())

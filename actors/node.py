@@ -581,7 +581,7 @@ class NodeRuntime:
             return
         ms: ManagerStatus | None = None
         with contextlib.suppress(HaError):
-            ms = read_manager_status(self.store)[0]
+            ms = read_manager_status(self.store, only_node=self.node)[0]  # its own services suffice
         out = route_results(self.node, new, ms)
         for r in out.to_send():
             assert r.destination is not None

