@@ -616,10 +616,7 @@ class LiveEnv:
     def steal_service(self, sid: str, current_node: str, new_node: str) -> None:
         """Move a service's location (recovery by the master, or after a migration)."""
         store = self.ctx.store
-        node, version = rec.read_location(store, sid)
-        if node is None:
-            cd = self.read_service_config().get(sid)
-            node = cd.node if cd is not None else None
+        node, version = self._location(sid)
         if node == new_node and node != current_node:
             # already moved: a master stole it, then its manager_status write failed, and the
             # round that retries the recovery (from the record) moves it again, to the same node
@@ -637,11 +634,15 @@ class LiveEnv:
             raise HaError(f"moving service '{sid}' to '{new_node}' failed: {e}") from e
 
     def service_location(self, sid: str) -> str | None:
-        node, _ = rec.read_location(self.ctx.store, sid)
+        return self._location(sid)[0]
+
+    def _location(self, sid: str) -> tuple[str | None, str | None]:
+        """(node, version) of the service's location record; the config's node while it has none."""
+        node, version = rec.read_location(self.ctx.store, sid)
         if node is None:
             cd = self.read_service_config().get(sid)
             node = cd.node if cd is not None else None
-        return node
+        return node, version
 
     def get_datacenter_settings(self) -> DatacenterConfig:
         def parse(text: str, version: str | None) -> tuple[object, list[ConfigError]]:

@@ -122,12 +122,13 @@ class NodeMetrics:
             for sd in (ss.values() if isinstance(ss, dict) else ())
             if isinstance(sd, dict)
         )
-        here = Tally(sd.state for sd in ms.service_status.values() if sd.node == self.node)
-        self._view.status = (dict(states), dict(here), dict(ms.node_status), ms.master_node)
+        self._saw(states, ms)
 
     def saw_manager_status(self, ms: ManagerStatus) -> None:
         """The last manager_status this node read or wrote: its service and node states."""
-        states = Tally(sd.state for sd in ms.service_status.values())
+        self._saw(Tally(sd.state for sd in ms.service_status.values()), ms)
+
+    def _saw(self, states: Tally[str], ms: ManagerStatus) -> None:
         here = Tally(sd.state for sd in ms.service_status.values() if sd.node == self.node)
         self._view.status = (dict(states), dict(here), dict(ms.node_status), ms.master_node)
 
