@@ -35,7 +35,7 @@ lint: venv
 	$(BIN)/ruff format --check ha sim bench store agents actors cli fence admin tests/fence tests/store tests/agents tests/cli tests/live tests/admin
 
 typecheck: venv
-	$(BIN)/mypy ha sim bench cli actors store agents fence admin
+	$(BIN)/mypy ha sim bench cli actors store agents fence admin bus
 
 # Two workers, a test file each at a time (module and package fixtures stay per worker): most
 # of the suite's time is live clusters waiting on leases and timeouts, not CPU. PYTEST_WORKERS=0
