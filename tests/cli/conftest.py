@@ -81,7 +81,10 @@ class Cluster:
 
         if self._api is None:
             conf = ClusterConfig.load(self.dir)
-            self._api = ApiClient(conf, key=load_client_key(conf, role="admin"), timeout=3)
+            # connect_timeout: a first CURVE handshake with a busy node may take over the default
+            # 1 s on a loaded CI host (seen once: every node "no connection" after a master stop)
+            key = load_client_key(conf, role="admin")
+            self._api = ApiClient(conf, key=key, timeout=3, connect_timeout=3.0)
         return self._api.call(op, args)
 
     def status(self) -> dict[str, Any]:
