@@ -36,7 +36,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from typing import Any
 import zmq
 from loguru import logger
 
+from admin.ports import free_port
 from bus.codec import Envelope
 from bus.keys import CurveKeys, generate
 from bus.membership import Membership
@@ -59,13 +59,6 @@ from bus.transport import Transport, TransportConfig
 REPO = Path(__file__).resolve().parents[1]
 RTT_GOAL = 1.5
 THROUGHPUT_GOAL = 0.5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -187,7 +180,7 @@ def _stream(n: int, window: int, send_one: Callable[[], object], wait_ack: Calla
 
 class RawClient:
     def __init__(self, size: int, window: int) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.proc = _spawn(["--serve-raw", str(self.port), "--window", str(window)])
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.d = self.ctx.socket(zmq.DEALER)
@@ -220,7 +213,7 @@ class RawClient:
 
 class BusClient:
     def __init__(self, size: int, window: int, curve: bool, key_dir: str) -> None:
-        ports = {"s": _free_port(), "c": _free_port()}
+        ports = {"s": free_port(), "c": free_port()}
         extra: list[str] = []
         if curve:
             generate(key_dir, "s")

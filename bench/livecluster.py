@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from admin.cluster import ClusterConfig
+from admin.ports import free_port
 from bench.markers import find_overlaps, read_copies
 from fence.procfs import read_stat
 from ha.records import ManagerStatus
@@ -33,12 +33,6 @@ from store.base import Store
 from store.records import read_manager_status
 
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(pred: Callable[[], object], timeout: float, what: str, step: float = 0.05) -> object:
@@ -200,6 +194,20 @@ class LiveCluster:
             return (self.dir / "logs" / f"{node}.log").read_text()
         except FileNotFoundError:
             return ""
+
+    def diagnostics(self, lines: int = 40) -> str:
+        """What a failed test should show: ``ha-manager status`` and each node's last log lines."""
+        parts = []
+        try:
+            res = self.manager("status", check=False)
+            parts.append(f"$ ha-manager status (exit {res.returncode})\n{res.stdout}{res.stderr}")
+        except Exception as e:
+            parts.append(f"$ ha-manager status: {e!r}")
+        for n in self.nodes:
+            for name, text in ((f"{n}.log", self.log(n)), (f"{n}.watchdog.log", self.watchdog_log(n))):
+                tail = text.splitlines()[-lines:]
+                parts.append(f"--- {name} (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def watchdog_log(self, node: str) -> str:
         try:

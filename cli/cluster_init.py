@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from admin.cluster import CLUSTER_FILE, ETCD_TLS_DIR, ClusterConfig, EtcdTlsPaths, LocalEtcd
 from admin.errors import AdminError, ExitCode
+from admin.ports import free_ports
 from admin.private import make_private
 from admin.timing import LeaseTiming
 from bus.keys import generate
@@ -65,19 +65,6 @@ class InitPlan:
     cgroups: bool
     watchdog: str
     force: bool
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def parse_timing(pairs: tuple[str, ...]) -> LeaseTiming:

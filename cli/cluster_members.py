@@ -38,9 +38,9 @@ from admin.cluster import (
 )
 from admin.commands import crm_command, move
 from admin.errors import AdminError, ExitCode
+from admin.ports import free_ports
 from bus.keys import generate
 from bus.membership import check_name, one_member_change
-from cli.cluster_init import free_ports
 from cli.cluster_procs import (
     check_nodes,
     request_stop,

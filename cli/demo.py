@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from admin.ports import free_port
 from agents.markers import find_overlaps
 
 PY = sys.executable
@@ -34,12 +34,6 @@ def run(*args: str, cluster: Path | None = None) -> str:
     if res.returncode != 0:
         raise SystemExit(f"demo: {' '.join(args)} failed: {res.stderr.strip() or res.stdout.strip()}")
     return res.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ask(port: int) -> dict[str, object] | None:

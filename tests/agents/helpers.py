@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+from admin.ports import free_port  # noqa: F401 -- re-exported for the agent tests
 from agents import procutil
 from agents.proc import ProcPlugin
 from ha.config.resources import ResourceConfig, resource_from_dict
@@ -58,13 +59,6 @@ def wait_until(pred: Callable[[], object], timeout: float = 5.0, interval: float
         if time.monotonic() - start > timeout:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def tcp_open(port: int) -> bool:

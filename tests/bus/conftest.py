@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from admin.ports import free_port
 from bus.codec import Envelope
 from bus.keys import CurveKeys, generate
 from bus.membership import Membership
@@ -17,13 +17,6 @@ from bus.transport import Transport, TransportConfig
 
 NAMES = ("a", "b", "c", "d", "e")
 FAST = TransportConfig(heartbeat_interval=0.05, peer_timeout=0.3)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_until(pred: Callable[[], object], timeout: float = 5.0, interval: float = 0.005) -> float:

@@ -7,7 +7,6 @@ must accept a hand-built ``api_reply`` (ignoring garbage and late replies).
 
 from __future__ import annotations
 
-import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,10 @@ import zmq
 
 from admin.cluster import ClusterConfig
 from admin.errors import ExitCode
+from admin.ports import free_port
 from cli.api_client import ApiClient, ApiError
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 class FakeNode:
