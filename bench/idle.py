@@ -41,8 +41,9 @@ import urllib.request
 from functools import partial
 from pathlib import Path
 
+from admin.ports import free_port
 from admin.resources import add_resource
-from bench.livecluster import LiveCluster, free_port, wait_for
+from bench.livecluster import LiveCluster, wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

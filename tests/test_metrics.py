@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors.env import LiveEnv
 from actors.metrics import NodeMetrics, TimedStore
 from admin.cluster import ClusterConfig, NotifyConfig
-from bench.livecluster import free_port
+from admin.ports import free_port
 from cli.cluster_init import plan
 from ha.records import ManagerStatus, ServiceData
 from store.dirstore import DirStore

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from actors.env import LiveEnv, NodeContext
-from bench.livecluster import PY, LiveCluster, free_port, wait_for
+from admin.ports import free_port
+from bench.livecluster import PY, LiveCluster, wait_for
 from ha.crs.usage import LoadUsage
 from ha.errors import HaError
 from ha.states import ServiceState

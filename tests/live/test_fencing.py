@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from admin.ports import free_port
 from agents.procutil import pid_alive, read_stat
-from bench.livecluster import PY, LiveCluster, free_port, wait_for
+from bench.livecluster import PY, LiveCluster, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
