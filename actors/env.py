@@ -404,13 +404,17 @@ class LiveEnv:
         # the next tick writes again, and the results it carries are announced only after a
         # write that succeeded.
         # The measured usage (issue #14) rides along with these writes. On its own it is a
-        # reason to write only for the node's first measurement (so that the master need not
-        # wait to use the dynamic scheduler), and while the master places by measured usage
-        # (``dynamic``), when it moved (``Usage.moved_from``), at most every USAGE_REFRESH s.
-        # A sample is due every few seconds, or now when the status changed (agents/usage.py).
+        # reason to write only while ``dynamic`` is configured or in use: for the node's first
+        # measurement (so that the master need not wait to use it), and when it moved
+        # (``Usage.moved_from``), at most every USAGE_REFRESH s.
+        # A sample is due every few seconds, or now when the status changed (agents/usage.py);
+        # while nothing changed and the master does not place by measured usage, none is taken
+        # (issue #17: at rest, no cgroup or /proc reads for numbers nobody uses).
         content = _without_timestamp(status.to_dict())
         last = self._lrm_written
         changed = last is None or last[0] != content
+        if not changed and not self._dynamic_in_use():
+            return
         usage = self._sample_usage(force=changed)
         if not changed and not self._usage_due(usage, last):
             return
@@ -429,8 +433,14 @@ class LiveEnv:
             return True  # the first measurement
         if last is not None and time.monotonic() - last[1] < USAGE_REFRESH:
             return False
+        return self._dynamic_in_use() and usage.moved_from(self._usage_written)
+
+    def _dynamic_in_use(self) -> bool:
+        """Is ``dynamic`` (placement by measured usage) configured or in use, as the last
+        manager_status says? Configured counts too: a master that fell back to ``basic`` for
+        want of measurements must get them."""
         ms = self._ms_parsed[1] if self._ms_parsed is not None else None
-        return ms is not None and crs_in_use(ms)[0] == "dynamic" and usage.moved_from(self._usage_written)
+        return ms is not None and "dynamic" in crs_in_use(ms)
 
     def _sample_usage(self, force: bool) -> Usage | None:
         sampler = self.ctx.usage

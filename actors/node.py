@@ -62,6 +62,7 @@ from actors.notifier import Notifier
 from actors.peer import PeerCalls, VmIncoming
 from actors.supervise import Supervised
 from actors.watchdog import (
+    WATCHDOG_STATUS_EVERY,
     Disarm,
     Fenced,
     PetTick,
@@ -117,6 +118,15 @@ from store.records import (
 # the watcher sleeps on the store's change watch (inotify, etcd watch) and probes the store at
 # least this often (the store-health probe: far below store_quorum_window = lease_ttl - watchdog_timeout)
 DIR_PROBE_INTERVAL = 0.25
+TICK_SLACK = 0.005  # s: a timer that wakes this little early still counts as due
+
+
+def advance(deadline: float, interval: float, now: float) -> float:
+    """The next deadline of a periodic timer; after a stall, one interval from now (no burst)."""
+    nxt = deadline + interval
+    return nxt if nxt > now else now + interval
+
+
 DAEMON_CGROUP = "_daemon"  # <cgroup_base>/<node>/_daemon: this process (no service name starts with "_")
 EXIT_FENCED = 2
 
@@ -439,6 +449,8 @@ class NodeRuntime:
             sys.executable, "-P", "-m", "cli.watchdog", "--node", self.node,
             "--socket", str(c.watchdog_socket(self.node)),
             "--timeout", str(c.timing.watchdog_timeout),
+            # four status bytes per guard window: one late byte never fences a healthy node
+            "--status-every", str(min(WATCHDOG_STATUS_EVERY, c.watchdog_guard_timeout / 4)),
             "--driver", self.watchdog_driver, "--device", c.watchdog_device,
             "--pgid-dir", str(c.state_dir / self.node),
             "--kill-pid", str(os.getpid()),
@@ -640,15 +652,19 @@ class NodeRuntime:
         return self.api_sup.ref
 
     def _tick_loop(self) -> None:
+        """Pets every ``pet_interval``, the CRM/LRM ticks every ``renew_interval``: one wake-up
+        serves both when they coincide (the defaults), and it sleeps until the earlier."""
         c = self.cluster
-        next_tick = time.monotonic()
+        next_tick = next_pet = time.monotonic()
         while not self.stopping.is_set():
             now = time.monotonic()
             self._quorum_changed()
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.watchdog.tell(PetTick())
-            if now >= next_tick:
-                next_tick = now + c.timing.renew_interval
+            if now >= next_pet - TICK_SLACK:
+                next_pet = advance(next_pet, c.pet_interval, now)
+                with contextlib.suppress(pykka.ActorDeadError):
+                    self.watchdog.tell(PetTick())
+            if now >= next_tick - TICK_SLACK:
+                next_tick = advance(next_tick, c.timing.renew_interval, now)
                 if not self.stopping.is_set():
                     self.api_sup.check()  # issue #10: a dead API actor is restarted, not silent
                     self._follow_membership()
@@ -659,7 +675,7 @@ class NodeRuntime:
                 # SAFETY: no watchdog, no services (the guard usually saw it first)
                 self.self_fence(f"ha-watchdog exited ({self.watchdog_proc.returncode})")
                 return
-            self.stopping.wait(c.pet_interval)
+            self.stopping.wait(max(0.0, min(next_pet, next_tick) - time.monotonic()))
 
     def _follow_membership(self) -> None:
         """A changed cluster.json (ha-cluster add-node/remove-node): follow it (actors/members.py)."""

@@ -44,6 +44,10 @@ from fence.clock import boottime
 from fence.unixpath import reachable
 
 MIRROR_GRACE = 0.25  # s past the watchdog's own deadline before the guard concludes it failed to fire
+GUARD_MAX_SLEEP = 0.5  # s the guard sleeps at most between looks (and at most half its guard_timeout)
+# ha-watchdog's status cadence that ha-node asks for (cli/watchdog.py STATUS_EVERY is its default)
+WATCHDOG_STATUS_EVERY = 0.25
+GUARD_MIN_SLEEP = 0.005  # s past a deadline the guard wakes, so that check() finds it passed
 
 
 class WatchdogDriver(Protocol):
@@ -142,8 +146,12 @@ class SocketDriver:
             self.on_lost(why)
 
     def _watch(self) -> str | None:
-        self.sock.settimeout(0.1)
         while not self._closed.is_set():
+            # Wakes on each status byte (every STATUS_EVERY) and otherwise at the next deadline
+            # of check() (issue #17: it polled every 0.1 s). SAFETY: a pet only moves deadlines
+            # later, except the first one after a disarm, which sets one guard_timeout ahead:
+            # further than the longest sleep (half of it), so no deadline is slept through.
+            self.sock.settimeout(self.next_check_in(self.clock()))
             try:
                 data: bytes | None = self.sock.recv(4096)
             except TimeoutError:
@@ -160,6 +168,17 @@ class SocketDriver:
             if why is not None:
                 return why
         return None
+
+    def next_check_in(self, now: float) -> float:
+        """Seconds until check() could first find a reason (a little after), at most GUARD_MAX_SLEEP."""
+        deadlines = [self.last_status + self.guard_timeout]
+        armed_since, last_pet = self.armed_since, self.last_pet
+        if armed_since is not None and not self.remote_armed:
+            deadlines.append(armed_since + self.guard_timeout)
+        if last_pet is not None:
+            deadlines.append(last_pet + self.watchdog_timeout + MIRROR_GRACE)
+        longest = min(GUARD_MAX_SLEEP, self.guard_timeout / 2)
+        return min(longest, max(GUARD_MIN_SLEEP, min(deadlines) - now + GUARD_MIN_SLEEP))
 
     def check(self, now: float) -> str | None:
         """Why the watchdog can no longer be trusted to fire, or None (pure, for tests)."""

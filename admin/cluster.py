@@ -269,10 +269,11 @@ class ClusterConfig:
     curve: bool = True
     timing: LeaseTiming = field(default_factory=LeaseTiming)
     max_workers: int = 4
-    # how often the watchdog actor considers a pet (well below the client timeout). Liveness
-    # only: the watchdog's deadline is bounded by the last lease renewal that let a client
-    # update, not by this interval (docs/RUNTIME.md, "Safety: leases and the watchdog").
-    pet_interval: float = 0.25
+    # how often the watchdog actor considers a pet (below the client timeout, renew_interval +
+    # margin/2). Liveness only: the watchdog's deadline is bounded by the last lease renewal
+    # that let a client update, not by this interval (docs/RUNTIME.md, "Safety: leases and the
+    # watchdog"). 0.5 s: one wake-up of the ticker per lease round (issue #17; was 0.1, 0.25).
+    pet_interval: float = 0.5
     # seconds a worker may run one agent command before it is declared hung
     command_timeout: float = 60.0
     # seconds between two status checks of a running service (the reference's 10 s round);

@@ -36,7 +36,10 @@ container; it is then run in a private mount namespace (``unshare``) where
 * ``check_running``: some process of the container (crun or anything inside)
   is alive, as for ``proc``. SAFETY: a stop is never skipped while one is.
 * ``start``: ``crun run``, then wait (``start_timeout``, 30 s) until ``crun
-  state`` says ``running`` and the health check answers; else kill it.
+  state`` says ``running`` and the health check answers; else kill it. Without
+  a health check (``health none``) the container must also stay up for
+  ``START_SETTLE`` s (supervisord's ``startsecs``): an init that exits at once
+  fails the start instead of being reported started for a moment.
 * ``shutdown(timeout)``: ``crun kill <id> SIGTERM``, wait up to ``timeout`` (the
   request's, else ``stop_timeout``, else 45 s; 0 = hard stop), then
   ``cgroup.kill`` and SIGKILL; ``crun delete --force`` of what crun remembers.
@@ -72,6 +75,7 @@ from ha.env import Env
 CRUN: Final = "crun"
 DEFAULT_CT_STOP_TIMEOUT: Final = 45.0  # below the node's 60 s command timeout, as for vm
 DEFAULT_CT_START_TIMEOUT: Final = 30.0
+START_SETTLE: Final = 0.5  # s a container without a health check must stay up to count as started
 HEALTH_CHOICES: Final = ("guest", "none")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?$")
 
@@ -381,13 +385,24 @@ class CtPlugin(ProcPlugin):
                 return
             left = deadline - time.monotonic()
             if self._probe(node, name, spec, max(0.2, min(left, 2.0))):
-                return
+                if spec.health == "guest" or self._stays_up(st):
+                    return
+                continue  # it exited meanwhile: said above, on the next turn
             if left <= 0:
                 break
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.25)
         env.log("err", f"service {sid}: container not up within {self.start_timeout:g}s, stopping it")
         self._terminate(env, sid, node, name, st, 0)
+
+    def _stays_up(self, st: ProcState) -> bool:
+        """Still alive START_SETTLE s after crun first said running (health ``none``)."""
+        until = time.monotonic() + START_SETTLE
+        while time.monotonic() < until:
+            if not self.any_alive(st):
+                return False
+            time.sleep(0.05)
+        return self.any_alive(st)
 
     def _probe(self, node: str, name: str, spec: CtSpec, timeout: float) -> bool:
         state = self.crun_state(node, name)

@@ -66,7 +66,7 @@ EXIT_USAGE = 1
 MAGIC_CLOSE = b"V"
 STATUS_ARMED = b"a"
 STATUS_DISARMED = b"d"
-STATUS_EVERY = 0.1  # seconds between status bytes to each client (the guard's sign of life)
+STATUS_EVERY = 0.25  # s between status bytes to each client (the guard's sign of life; 0.1 before 2026-12-02)
 DRIVERS = ("userspace", "device")
 
 
@@ -252,7 +252,7 @@ class Watchdog:
             if self.armed and now - self.last_pet > self.timeout:
                 return self.fire(f"no pet for more than {self.timeout:g}s", set(pids.values()))
             if changed or now >= next_status:
-                next_status = now + STATUS_EVERY
+                next_status = now + self.args.status_every
                 status = STATUS_ARMED if self.armed else STATUS_DISARMED
                 for conn in conns.values():
                     # a full buffer (a stopped client) or a closed peer: its recv() will tell
@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node", required=True)
     ap.add_argument("--socket", required=True, help="UNIX socket path (created with mode 0600)")
     ap.add_argument("--timeout", type=float, default=2.0, help="seconds without a pet before firing")
+    ap.add_argument(
+        "--status-every", type=float, default=STATUS_EVERY, help="seconds between status bytes to the client"
+    )
     ap.add_argument(
         "--driver",
         choices=DRIVERS,
@@ -285,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         ap.error("--timeout must be a positive number of seconds")
+    if not (0 < args.status_every <= 1 and math.isfinite(args.status_every)):
+        ap.error("--status-every must be a number of seconds in (0, 1]")
     if args.driver == "device":
         problem = device_problem(args.device)
         if problem is not None:

@@ -12,7 +12,8 @@ from typing import Final
 # both_kill: SIGKILL ha-watchdog, wait this long, SIGKILL ha-node. In user-space watchdog
 # mode nothing is left to kill a node's services when both processes die at the same
 # instant (only a kernel watchdog survives that), so the daemon gets this much time to see
-# that its watchdog died (it polls it every pet_interval, 0.1 s) and take its node down.
+# that its watchdog died (its guard sees the socket close at once; the ticker's poll of the
+# process every pet_interval is the backup) and take its node down.
 BOTH_KILL_GAP_S: Final = 0.5
 # both_stop: SIGSTOP ha-watchdog, wait this long, SIGSTOP ha-node, hold, SIGCONT both.
 # Frozen together, neither can fence the other; the daemon gets this much time to notice

@@ -147,9 +147,11 @@ def test_malformed_properties_refuse_the_start(ct: CtPlugin, tmp_path: Path) -> 
         assert not ct.check_running(env.env, "ct:105", cd)
 
 
-def test_an_init_that_exits_fails_the_start(ct: CtPlugin) -> None:
+@pytest.mark.parametrize("init", ["echo bye; exit 3", "sleep 0.2; exit 3"])
+def test_an_init_that_exits_fails_the_start(ct: CtPlugin, init: str) -> None:
+    """Without a health check, an init that exits at once, or soon (START_SETTLE), fails the start."""
     env = AgentEnv("n1", {"ct": ct})
-    cd = conf("ct:106", init="echo bye; exit 3")
+    cd = conf("ct:106", init=init)
     assert exec_resource_agent(env.env, "ct:106", cd, "started", {}) == ExitCode.ERROR
     # seen exiting while the start waits for it, or (a loaded host) seen "running" by crun for
     # the moment before the exit, then found dead by the start's own check right after

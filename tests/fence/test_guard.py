@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.watchdog import MIRROR_GRACE, SocketDriver
+from actors.watchdog import GUARD_MAX_SLEEP, GUARD_MIN_SLEEP, MIRROR_GRACE, SocketDriver
 
 
 class FakeWatchdog:
@@ -144,3 +144,39 @@ def test_check_mirrors_the_watchdog_deadline(tmp_path: Path, link) -> None:  # t
     assert drv.check(now + 1.0 + MIRROR_GRACE - 0.05) is None
     why = drv.check(now + 1.0 + MIRROR_GRACE + 0.05)
     assert why is not None and "did not fire" in why
+
+
+def test_the_guard_sleeps_until_its_next_deadline(tmp_path: Path, link) -> None:  # type: ignore[no-untyped-def]
+    """No polling (issue #17): the guard wakes on a status byte or a little after its next deadline."""
+    wd, lost, _ = link
+    drv = connect(tmp_path / "wd.sock", lost, guard=4.0)
+    wd.accept()
+    drv.close()  # only next_check_in() is exercised below
+    now = 1000.0
+    drv.last_status, drv.remote_armed, drv.armed_since, drv.last_pet = now, False, None, None
+    assert drv.next_check_in(now) == GUARD_MAX_SLEEP  # silence deadline 4 s away: the longest sleep
+    assert drv.next_check_in(now + 3.9) == pytest.approx(0.1 + GUARD_MIN_SLEEP)
+    assert drv.next_check_in(now + 4.5) == GUARD_MIN_SLEEP  # overdue: look at once
+    drv.armed_since = drv.last_pet = now + 3.0  # a first pet: unconfirmed until 7.0, mirror at 4.25
+    drv.last_status = now + 3.8
+    assert drv.next_check_in(now + 3.9) == pytest.approx(1.0 + MIRROR_GRACE - 0.9 + GUARD_MIN_SLEEP)
+    # a short guard_timeout: never sleep more than half of it
+    drv.guard_timeout = 0.4
+    drv.armed_since = drv.last_pet = None
+    assert drv.next_check_in(now + 3.8) == pytest.approx(0.2)
+
+
+def test_the_mirror_deadline_is_kept_without_any_byte(tmp_path: Path, link) -> None:  # type: ignore[no-untyped-def]
+    """Pets stopped and the watchdog silent (but within the guard timeout): fenced at the mirror deadline."""
+    wd, lost, _ = link
+    drv = connect(tmp_path / "wd.sock", lost, guard=30.0)
+    conn = wd.accept()
+    drv.pet()
+    t0 = time.monotonic()
+    conn.send(b"a")
+    assert wait(lambda: lost, 3.0)
+    took = lost[0][0] - t0
+    # watchdog_timeout 1.0 + MIRROR_GRACE, not rounded up to a polling step or the longest sleep
+    assert 1.0 + MIRROR_GRACE - 0.02 <= took < 1.0 + MIRROR_GRACE + 0.2, took
+    assert "did not fire" in lost[0][1]
+    drv.close()
