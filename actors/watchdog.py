@@ -2,7 +2,8 @@
 
 Clients are the CRM (while master) and the LRM (while holding its agent
 lease), exactly as with the reference's watchdog-mux (BEHAVIOUR.md §3.1.5,
-§3.2.7). The actor pets the driver every ``pet_interval`` only while
+§3.2.7). The actor pets the driver every ``pet_interval``, and at once when a
+client updates (at most every ``MIN_PET_GAP``), only while
 
 - the node is quorate (a ``QuorumLost`` message stops petting at once), and
 - every open client updated within ``client_timeout``.
@@ -44,6 +45,7 @@ from fence.clock import boottime
 from fence.unixpath import reachable
 
 MIRROR_GRACE = 0.25  # s past the watchdog's own deadline before the guard concludes it failed to fire
+MIN_PET_GAP = 0.1  # s: a client's update pets at once unless a pet went out this recently
 GUARD_MAX_SLEEP = 0.5  # s the guard sleeps at most between looks (and at most half its guard_timeout)
 # ha-watchdog's status cadence that ha-node asks for (cli/watchdog.py STATUS_EVERY is its default)
 WATCHDOG_STATUS_EVERY = 0.25
@@ -249,6 +251,7 @@ class WatchdogActor(pykka.ThreadingActor):
         self.clients: dict[str, tuple[str, float]] = {}  # handle -> (client name, last update)
         self.armed = False
         self.failed: str | None = None
+        self.last_pet: float | None = None
         self._ids = itertools.count(1)
         self.log = logger.bind(ident=f"{node}/watchdog")
 
@@ -278,6 +281,12 @@ class WatchdogActor(pykka.ThreadingActor):
             if entry is None:
                 raise KeyError(f"no such watchdog handle '{message.handle}'")
             self.clients[message.handle] = (entry[0], now)
+            # Pet at once, not only at the next PetTick: the watchdog's deadline then starts
+            # from the renewal that allowed it, as late as the rule permits (a slow renewal
+            # on a loaded host costs less of watchdog_timeout). SAFETY: the same gate as
+            # every pet (_pet_if_allowed): each client updated within client_timeout.
+            if self.last_pet is None or now - self.last_pet >= MIN_PET_GAP:
+                self._pet_if_allowed(now)
             return None
         if isinstance(message, Close):
             entry = self.clients.pop(message.handle, None)
@@ -315,6 +324,7 @@ class WatchdogActor(pykka.ThreadingActor):
             return
         self.driver.pet()
         self.armed = True
+        self.last_pet = now
 
     def on_failure(self, exception_type: object, exception_value: object, traceback: object) -> None:
         # SAFETY: the actor is dead, so nothing pets any more: ha-watchdog fires and

@@ -200,7 +200,8 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
         pids = {n: {w: c.running_pid(n, w) for w in ("ha-node", "ha-watchdog")} for n in c.nodes}
         for n, p in pids.items():
             if None in p.values():
-                raise RuntimeError(f"{n} is not running: {p}")
+                tail = "\n".join(c.log(n).splitlines()[-25:])
+                raise RuntimeError(f"{n} is not running: {p}; the end of its log:\n{tail}")
         journal = JournalCounter(c.dir / "store" / ".pyha" / "journal") if args.store == "dir" else None
         rev0 = etcd_revision(c) if args.store == "etcd" else 0
         req0 = etcd_requests(c) if args.store == "etcd" else {}

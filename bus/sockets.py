@@ -63,14 +63,14 @@ def configure_router(
     # A connection that has not completed its (CURVE) handshake in time is
     # closed: idle connections cannot pile up (bus.guard, issue #11).
     r.setsockopt(zmq.HANDSHAKE_IVL, ms(cfg.handshake_timeout))
-    # The ROUTER pings only every ``zmtp_ping_interval`` = peer_timeout (issue
-    # #17: a PING and its PONG are two CURVE messages and wake-ups of libzmq's
-    # I/O threads, per connection, per interval; at the heartbeat interval they
-    # were most of an idle node's bus traffic). A member's connection does not
+    # The ROUTER pings only every ``zmtp_ping_interval`` (10 s; issue #17: a PING
+    # and its PONG are two CURVE messages and wake-ups of libzmq's I/O threads, per
+    # connection, per interval; at the heartbeat interval, then at peer_timeout,
+    # they were most of an idle node's bus traffic). A member's connection does not
     # need them: the member's DEALER watches it itself (configure_dealer).
     # Slower now: closing an inbound connection that died half-open (within
-    # 2 x peer_timeout), and a client that does not ping learning that this
-    # node went silent (the TTL, 2 x peer_timeout).
+    # zmtp_ping_interval + peer_timeout), and a client that does not ping learning
+    # that this node went silent (the TTL, the same).
     # SAFETY: peer-down detection does not use ZMTP heartbeats at all (bus.links:
     # application heartbeats, ``peer_timeout``), and nothing is sent to a member
     # through the ROUTER; a dead inbound connection only holds an fd (and a slot
@@ -112,9 +112,10 @@ def configure_dealer(d: zmq.Socket[bytes], peer: str, cfg: TransportConfig, keys
     # heartbeat_interval + peer_timeout of the cut, as fast as ZMTP pings every
     # heartbeat interval did (measured between two network namespaces: 1.71 s
     # against 1.64 s with peer_timeout 1.5 s), but without a wake-up per ping.
-    # The ZMTP PINGs, now every peer_timeout (issue #17: they were every heartbeat
-    # interval, most of an idle node's bus traffic), catch a peer whose kernel still
-    # acknowledges but whose process reads nothing (stopped): within 2 x peer_timeout.
+    # The ZMTP PINGs, now every zmtp_ping_interval (10 s; issue #17: they were every
+    # heartbeat interval, then every peer_timeout, most of an idle node's bus traffic),
+    # catch a peer whose kernel still acknowledges but whose process reads nothing
+    # (stopped): within zmtp_ping_interval + peer_timeout.
     # SAFETY: the peer is reported down by the application heartbeats after
     # peer_timeout as before (bus.links); this only bounds how long frames may
     # still be queued onto a dead connection (the IMMEDIATE note above): they are

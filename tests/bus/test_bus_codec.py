@@ -198,3 +198,15 @@ def test_bad_codec_configuration() -> None:
         Codec("")
     with pytest.raises(ConfigError):
         Codec("c", max_frame_bytes=10)
+
+
+def test_transport_timing_rules() -> None:
+    from bus.config import TransportConfig  # noqa: PLC0415
+
+    assert TransportConfig().heartbeat_interval < TransportConfig().peer_timeout
+    with pytest.raises(ConfigError, match="heartbeat_interval < peer_timeout"):
+        TransportConfig(heartbeat_interval=2.0, peer_timeout=1.5)
+    # ZMTP pings sparser than the peer timeout, never denser: they only close dead connections
+    with pytest.raises(ConfigError, match="zmtp_ping_interval >= peer_timeout"):
+        TransportConfig(zmtp_ping_interval=1.0, peer_timeout=1.5)
+    assert TransportConfig(zmtp_ping_interval=1.5, peer_timeout=1.5).zmtp_ping_interval == 1.5
