@@ -10,6 +10,18 @@ are checked for overlaps (two copies of one service alive at once).
 node, each node with its member in its own network namespace (root).
 ``--with-etcd`` also kills node2's etcd member (a host crash).
 
+``--nodes N --services S`` (scale mode, issue #15): one cluster of N nodes
+with S bare ``proc`` services (``exec sleep``, spread round-robin, added
+``--batch`` at a time), brought up once. After ``--settle`` s we measure it at
+rest (CPU per node, store traffic; bench/idle.py) for ``--rest`` s; then each
+run kills one node (node2, node3, ... in turn) and times until every service
+it ran is running on another node (the agent's own record: its process alive,
+``ha-manager status`` ``started`` elsewhere), with the store's traffic during
+that window; the killed node is started again before the next run. No
+service may run on two nodes at once (checked from every node's records at
+the end of each run). ``--netns`` puts each node in its own network
+namespace (``--store etcd`` always does).
+
 ``--type vm``: one ``vm:`` service instead (the default guest, agents/guestimage.py;
 TCG unless ``PYHA_VM_ACCEL=kvm``) on node2; we time from the kill until the
 guest answers its health check from another node, and split that time into
@@ -27,7 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from agents.proc import ProcPlugin
 from agents.vm import GuestAnswer, VmPlugin, ping_guest
+from bench.idle import StoreMeter, measure_rest, populate
 from bench.livecluster import LiveCluster, wait_for
 
 SERVICES = [f"proc:svc{i}" for i in range(1, 6)]
@@ -136,6 +150,104 @@ def vm_main(args: argparse.Namespace) -> int:
     return 0 if result["overlaps"] == 0 and result["all_new_boots"] else 1
 
 
+def running_nodes(c: LiveCluster, agent: ProcPlugin, sid: str) -> list[str]:
+    """The nodes whose agent records a live process of SID (bare proc services: no markers)."""
+    name = sid.split(":", 1)[1]
+    out = []
+    for n in c.nodes:
+        st = agent.current(n, name)
+        if st is not None and agent.any_alive(st):
+            out.append(n)
+    return out
+
+
+def scale_run(c: LiveCluster, agent: ProcPlugin, victim: str, store: str) -> dict[str, object]:
+    """Kill VICTIM; time until each of its services runs elsewhere; start it again."""
+    ms = c.manager_status()
+    mine = sorted(sid for sid, sd in ms.service_status.items() if sd.node == victim and sd.state == "started")
+    meter = StoreMeter(c, store)
+    t0 = time.monotonic()
+    c.kill(victim)
+    back: dict[str, float] = {}
+    deadline = t0 + 180
+    while len(back) < len(mine) and time.monotonic() < deadline:
+        meter.poll()
+        ss = c.manager_status().service_status
+        for sid in mine:
+            sd = ss.get(sid)
+            if sid in back or sd is None or sd.state != "started" or sd.node == victim:
+                continue
+            if sd.node in running_nodes(c, agent, sid):
+                back[sid] = time.monotonic() - t0
+        time.sleep(0.2)
+    window = time.monotonic() - t0
+    if len(back) < len(mine):
+        missing = sorted(set(mine) - set(back))
+        raise RuntimeError(f"{len(missing)} of {len(mine)} not recovered within 180 s: {missing[:10]}")
+    traffic = meter.result(window)
+    twice = [sid for sid in c.manager_status().service_status if len(running_nodes(c, agent, sid)) > 1]
+    c.up(victim)
+    times = sorted(back.values())
+    return {
+        "victim": victim,
+        "services": len(mine),
+        "failover_s": round(max(times), 3) if times else 0.0,
+        "first_s": round(times[0], 3) if times else 0.0,
+        "median_service_s": round(statistics.median(times), 3) if times else 0.0,
+        "during_failover": traffic,
+        "twice": twice,
+    }
+
+
+def scale_main(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="pyha-bench-") as tmp:
+        c = LiveCluster(Path(tmp), nodes=args.nodes, store=args.store, netns=args.netns)
+        try:
+            t_up = time.monotonic()
+            populate(c, args.services, "sleep", args.batch, args.batch_pause)
+            print(f"{args.services} services running on {args.nodes} nodes after "
+                  f"{time.monotonic() - t_up:.1f} s; settling {args.settle:g} s", flush=True)  # fmt: skip
+            time.sleep(args.settle)
+            rest = measure_rest(c, args.store, args.rest)
+            print(f"at rest: CPU {rest['cpu_total_pct']}% of one core in total, "
+                  f"{rest['cpu_per_node_mean_pct']}% per node", flush=True)  # fmt: skip
+            agent = ProcPlugin(c.config().state_dir, cgroup_base=None)
+            rows: list[dict[str, object]] = []
+            overlaps = 0
+            for i in range(args.runs):
+                victim = c.nodes[1 + i % (len(c.nodes) - 1)]
+                row = scale_run(c, agent, victim, args.store)
+                rows.append(row)
+                twice = row["twice"]
+                assert isinstance(twice, list)
+                overlaps += len(twice)
+                print(f"run {i + 1}/{args.runs}: {row['services']} services of {victim} running again "
+                      f"{row['failover_s']:.2f} s after the kill (first {row['first_s']:.2f} s); "
+                      f"twice: {len(twice)}", flush=True)  # fmt: skip
+                time.sleep(args.settle)
+        finally:
+            c.close()
+    times = [float(str(r["failover_s"])) for r in rows]
+    result: dict[str, object] = {
+        "mode": "scale",
+        "nodes": args.nodes,
+        "services": args.services,
+        "store": args.store,
+        "netns": args.netns or args.store == "etcd",
+        "runs": args.runs,
+        "failover_s": times,
+        "median_s": round(statistics.median(times), 3),
+        "p95_s": round(percentile(times, 95), 3),
+        "at_rest": rest,
+        "per_run": rows,
+        "overlaps": overlaps,
+    }
+    print(f"median {result['median_s']} s, p95 {result['p95_s']} s, overlaps {overlaps}")
+    if args.json:
+        print(json.dumps(result))
+    return 0 if overlaps == 0 else 1
+
+
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     k = max(0, min(len(s) - 1, round(p / 100 * (len(s) - 1))))
@@ -149,9 +261,21 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--with-etcd", action="store_true", help="etcd: also kill node2's etcd member")
     ap.add_argument("--type", choices=["proc", "vm"], default="proc", help="vm: one QEMU guest (see above)")
     ap.add_argument("--json", action="store_true")
+    scale = ap.add_argument_group("scale mode (one cluster of N nodes, S bare proc services)")
+    scale.add_argument("--nodes", type=int, default=0, help="scale mode: this many nodes (>= 3)")
+    scale.add_argument("--services", type=int, default=0, help="scale mode: this many services")
+    scale.add_argument("--batch", type=int, default=0, help="add the services this many at a time")
+    scale.add_argument("--batch-pause", type=float, default=5.0, help="seconds between two batches")
+    scale.add_argument("--settle", type=float, default=15.0, help="seconds of rest before measuring")
+    scale.add_argument("--rest", type=float, default=30.0, help="seconds measured at rest")
+    scale.add_argument("--netns", action="store_true", help="each node in its own network namespace")
     args = ap.parse_args(argv)
     if args.type == "vm":
         return vm_main(args)
+    if args.nodes or args.services:
+        if args.nodes < 3 or args.services < 1 or args.runs < 1:
+            ap.error("scale mode needs --nodes >= 3, --services >= 1 and --runs >= 1")
+        return scale_main(args)
     times: list[float] = []
     per_service: list[list[float]] = []
     overlaps = 0

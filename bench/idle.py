@@ -168,114 +168,140 @@ def all_started(c: LiveCluster, sids: list[str]) -> bool:
     return all(sid in ss and ss[sid].state == "started" for sid in sids)
 
 
+def populate(c: LiveCluster, services: int, kind: str, batch: int = 0, batch_pause: float = 5.0) -> list[str]:
+    """Add S services (``--batch`` at a time, each batch once the last one runs), start the cluster,
+    wait until every service is ``started`` (and, for http services, answers)."""
+    batch = batch or services
+    sids = build(c, min(batch, services), kind)
+    c.up()
+    wait_for(lambda: all_started(c, sids), 60 + services, "every service started", step=0.5)
+    while len(sids) < services:  # --batch: the rest a batch at a time, once the last one runs
+        time.sleep(batch_pause)
+        sids += build(c, min(batch, services - len(sids)), kind, first=len(sids))
+        wait_for(partial(all_started, c, list(sids)), 60 + batch, "a batch started", step=0.5)
+        print(f"{len(sids)} services added", flush=True)
+    if kind == "http":
+        deadline = time.monotonic() + 120 + 2 * services
+        try:
+            for sid in sids:
+                c.wait_serving(sid, max(1.0, deadline - time.monotonic()))
+        except AssertionError:
+            ss = c.manager_status().service_status
+            silent = [f"{s} ({ss[s].state} on {ss[s].node})" for s in sids if s in ss and c.ask(s) is None]
+            raise RuntimeError(f"not answering: {', '.join(silent[:20])}") from None
+    return sids
+
+
+def daemon_pids(c: LiveCluster, nodes: list[str] | None = None) -> dict[str, dict[str, int]]:
+    """Each node's ``ha-node`` and ``ha-watchdog`` pids; a node missing one is an error (with its log)."""
+    pids = {n: {w: c.running_pid(n, w) for w in ("ha-node", "ha-watchdog")} for n in nodes or c.nodes}
+    for n, p in pids.items():
+        if None in p.values():
+            tail = "\n".join(c.log(n).splitlines()[-25:])
+            raise RuntimeError(f"{n} is not running: {p}; the end of its log:\n{tail}")
+    return {n: {w: int(v) for w, v in p.items() if v is not None} for n, p in pids.items()}
+
+
+class StoreMeter:
+    """Store traffic over a window: record writes (dir: the journal), revisions and requests (etcd)."""
+
+    def __init__(self, c: LiveCluster, store: str) -> None:
+        self.c, self.store = c, store
+        self.journal = JournalCounter(c.dir / "store" / ".pyha" / "journal") if store == "dir" else None
+        self.rev0 = etcd_revision(c) if store == "etcd" else 0
+        self.req0 = etcd_requests(c) if store == "etcd" else {}
+
+    def poll(self) -> None:
+        if self.journal is not None:
+            self.journal.poll()
+
+    def result(self, elapsed: float) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.journal is not None:
+            self.journal.poll()
+            writes = sum(self.journal.counts.values())
+            out["store_writes_per_s"] = round(writes / elapsed, 2)
+            by_kind: dict[str, int] = {}
+            for name, k in self.journal.counts.items():
+                key = name.split("/", 1)[0]
+                if key == "nodes":
+                    key = "nodes/*/" + name.rsplit("/", 1)[-1]
+                by_kind[key] = by_kind.get(key, 0) + k
+            per_kind = {k: round(v / elapsed, 2) for k, v in sorted(by_kind.items())}
+            out["store_writes_by_record_per_s"] = per_kind
+            out["store_writes_note"] = "record writes from the journal; lease renewals not included"
+        else:
+            rev1, req1 = etcd_revision(self.c), etcd_requests(self.c)
+            out["store_revisions_per_s"] = round((rev1 - self.rev0) / elapsed, 2)
+            r0 = self.req0
+            by_method = {k: req1[k] - r0.get(k, 0) for k in sorted(req1) if req1[k] > r0.get(k, 0)}
+            out["store_requests_per_s"] = round(sum(by_method.values()) / elapsed, 2)
+            out["store_requests_by_method_per_s"] = {k: round(v / elapsed, 2) for k, v in by_method.items()}
+        return out
+
+
+def measure_rest(c: LiveCluster, store: str, seconds: float) -> dict[str, object]:
+    """CPU per node, read syscalls, bus messages and store traffic over SECONDS of rest."""
+    pids = daemon_pids(c)
+    meter = StoreMeter(c, store)
+    cpu0 = {n: {w: cpu_ticks(p) or 0 for w, p in ws.items()} for n, ws in pids.items()}
+    io0 = {n: read_syscalls(ws["ha-node"]) or 0 for n, ws in pids.items()}
+    frames0 = bus_frames(c)
+    t0 = time.monotonic()
+    deadline = t0 + seconds
+    while (now := time.monotonic()) < deadline:
+        meter.poll()
+        time.sleep(min(0.5, deadline - now))
+    cpu1 = {n: {w: cpu_ticks(p) or 0 for w, p in ws.items()} for n, ws in pids.items()}
+    io1 = {n: read_syscalls(ws["ha-node"]) or 0 for n, ws in pids.items()}
+    frames1 = bus_frames(c)
+    elapsed = time.monotonic() - t0
+    for n, ws in pids.items():
+        for w, wp in ws.items():
+            if c.running_pid(n, w) != wp:
+                raise RuntimeError(f"{n}'s {w} (pid {wp}) did not survive the measurement")
+
+    def pct(ticks: int) -> float:
+        return round(100.0 * ticks / CLK_TCK / elapsed, 2)
+
+    per_node: dict[str, dict[str, float]] = {}
+    total = 0
+    for n in pids:
+        d = {w: cpu1[n][w] - cpu0[n][w] for w in cpu0[n]}
+        per_node[n] = {w: pct(v) for w, v in d.items()}
+        per_node[n]["total"] = pct(sum(d.values()))
+        total += sum(d.values())
+    node_totals = [v["total"] for v in per_node.values()]
+    result: dict[str, object] = {
+        "seconds": round(elapsed, 2),
+        "cpu_total_pct": pct(total),
+        "cpu_per_node_mean_pct": round(sum(node_totals) / len(node_totals), 2),
+        "cpu_per_node_max_pct": max(node_totals),
+        "cpu_per_node_pct": per_node,
+        "read_syscalls_per_s": round(sum(io1[n] - io0[n] for n in pids) / elapsed, 1),
+    }
+    if frames0 is not None and frames1 is not None:
+        # every frame a node received is one bus message (heartbeats included; ZMTP pings not)
+        result["bus_messages_per_s"] = round((frames1 - frames0) / elapsed, 1)
+        result["bus_messages_per_node_per_s"] = round((frames1 - frames0) / elapsed / len(pids), 1)
+    result.update(meter.result(elapsed))
+    return result
+
+
 def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
     c = LiveCluster(root, nodes=args.nodes, store=args.store)
     try:
-        batch = args.batch or args.services
-        sids = build(c, min(batch, args.services), args.kind)
         t_up = time.monotonic()
-        c.up()
-        wait_for(lambda: all_started(c, sids), 60 + args.services, "every service started", step=0.5)
-        while len(sids) < args.services:  # --batch: the rest a batch at a time, once the last one runs
-            time.sleep(args.batch_pause)
-            sids += build(c, min(batch, args.services - len(sids)), args.kind, first=len(sids))
-            wait_for(partial(all_started, c, list(sids)), 60 + batch, "a batch started", step=0.5)
-            print(f"{len(sids)} services added")
-        if args.kind == "http":
-            deadline = time.monotonic() + 120 + 2 * args.services
-            try:
-                for sid in sids:
-                    c.wait_serving(sid, max(1.0, deadline - time.monotonic()))
-            except AssertionError:
-                ss = c.manager_status().service_status
-                silent = [
-                    f"{s} ({ss[s].state} on {ss[s].node})" for s in sids if s in ss and c.ask(s) is None
-                ]
-                raise RuntimeError(f"not answering: {', '.join(silent[:20])}") from None
+        populate(c, args.services, args.kind, args.batch, args.batch_pause)
         ready_s = time.monotonic() - t_up
         print(f"{args.services} services running on {args.nodes} nodes after {ready_s:.1f} s; "
               f"settling {args.settle:g} s")  # fmt: skip
         time.sleep(args.settle)
-
-        pids = {n: {w: c.running_pid(n, w) for w in ("ha-node", "ha-watchdog")} for n in c.nodes}
-        for n, p in pids.items():
-            if None in p.values():
-                tail = "\n".join(c.log(n).splitlines()[-25:])
-                raise RuntimeError(f"{n} is not running: {p}; the end of its log:\n{tail}")
-        journal = JournalCounter(c.dir / "store" / ".pyha" / "journal") if args.store == "dir" else None
-        rev0 = etcd_revision(c) if args.store == "etcd" else 0
-        req0 = etcd_requests(c) if args.store == "etcd" else {}
-        cpu0 = {n: {w: cpu_ticks(p) or 0 for w, p in ws.items() if p} for n, ws in pids.items()}
-        io0 = {n: read_syscalls(ws["ha-node"] or 0) or 0 for n, ws in pids.items()}
-        frames0 = bus_frames(c)
-        t0 = time.monotonic()
-        deadline = t0 + args.seconds
-        while (now := time.monotonic()) < deadline:
-            if journal is not None:
-                journal.poll()
-            time.sleep(min(0.5, deadline - now))
-        cpu1 = {n: {w: cpu_ticks(p) or 0 for w, p in ws.items() if p} for n, ws in pids.items()}
-        io1 = {n: read_syscalls(ws["ha-node"] or 0) or 0 for n, ws in pids.items()}
-        frames1 = bus_frames(c)
-        if journal is not None:
-            journal.poll()
-        rev1 = etcd_revision(c) if args.store == "etcd" else 0
-        req1 = etcd_requests(c) if args.store == "etcd" else {}
-        elapsed = time.monotonic() - t0
-        for n, ws in pids.items():
-            for w, wp in ws.items():
-                if wp is None or c.running_pid(n, w) != wp:
-                    raise RuntimeError(f"{n}'s {w} (pid {wp}) did not survive the measurement")
-
-        def pct(ticks: int) -> float:
-            return round(100.0 * ticks / CLK_TCK / elapsed, 2)
-
-        per_node: dict[str, dict[str, float]] = {}
-        total = 0
-        for n in c.nodes:
-            d = {w: cpu1[n][w] - cpu0[n][w] for w in cpu0[n]}
-            per_node[n] = {w: pct(v) for w, v in d.items()}
-            per_node[n]["total"] = pct(sum(d.values()))
-            total += sum(d.values())
-        node_totals = [v["total"] for v in per_node.values()]
-        result: dict[str, object] = {
-            "nodes": args.nodes,
-            "services": args.services,
-            "kind": args.kind,
-            "store": args.store,
-            "seconds": round(elapsed, 2),
-            "cpu_total_pct": pct(total),
-            "cpu_per_node_mean_pct": round(sum(node_totals) / len(node_totals), 2),
-            "cpu_per_node_max_pct": max(node_totals),
-            "cpu_per_node_pct": per_node,
-            "read_syscalls_per_s": round(sum(io1[n] - io0[n] for n in c.nodes) / elapsed, 1),
-        }
-        if frames0 is not None and frames1 is not None:
-            # every frame a node received is one bus message (heartbeats included; ZMTP pings not)
-            result["bus_messages_per_s"] = round((frames1 - frames0) / elapsed, 1)
-            result["bus_messages_per_node_per_s"] = round((frames1 - frames0) / elapsed / len(c.nodes), 1)
-        if journal is not None:
-            writes = sum(journal.counts.values())
-            result["store_writes_per_s"] = round(writes / elapsed, 2)
-            by_kind: dict[str, int] = {}
-            for name, k in journal.counts.items():
-                key = (
-                    name.split("/", 1)[0]
-                    if not name.startswith("nodes/")
-                    else "nodes/*/" + name.rsplit("/", 1)[-1]
-                )
-                by_kind[key] = by_kind.get(key, 0) + k
-            result["store_writes_by_record_per_s"] = {
-                k: round(v / elapsed, 2) for k, v in sorted(by_kind.items())
-            }
-            result["store_writes_note"] = "record writes from the journal; lease renewals not included"
-        else:
-            result["store_revisions_per_s"] = round((rev1 - rev0) / elapsed, 2)
-            by_method = {k: req1[k] - req0.get(k, 0) for k in sorted(req1) if req1[k] > req0.get(k, 0)}
-            result["store_requests_per_s"] = round(sum(by_method.values()) / elapsed, 2)
-            per_s = {k: round(v / elapsed, 2) for k, v in by_method.items()}
-            result["store_requests_by_method_per_s"] = per_s
-        return result
+        rest = measure_rest(c, args.store, args.seconds)
+        head: dict[str, object] = {
+            "nodes": args.nodes, "services": args.services, "kind": args.kind, "store": args.store,
+        }  # fmt: skip
+        return head | rest
     finally:
         c.close()
 
