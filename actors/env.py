@@ -169,6 +169,9 @@ class LiveEnv:
         self._unwatched_maybe = daemon == "lrm"
         self._refused_fence: dict[str, bytes] = {}  # node -> the unwatched mark already logged
         self._placement_checked: str | _Unknown | None = _UNKNOWN  # resources.cfg version placed
+        self._resources_epoch = 0  # bumped to parse resources.cfg again for a location change
+        self._parsed_locations: dict[str, str] = {}  # the locations the config in force follows
+        self._locations = rec.LocationsCache()
         # what this daemon last wrote (without its timestamp), when, and the version written
         self._lrm_written: tuple[dict[str, Any], float] | None = None
         self._usage_written: Usage | None = None  # the measured usage the last write carried
@@ -496,7 +499,7 @@ class LiveEnv:
     def read_service_config(self) -> ServiceConfig:
         if self.daemon == "crm":
             self._place_unplaced()
-        locations = rec.read_locations(self.ctx.store)
+        locations = self._locations.read(self.ctx.store)
 
         def parse(text: str, version: str | None) -> tuple[object, list[ConfigError]]:
             conf, errors = parse_resources_cfg(text, rec.RESOURCES_CFG, nodes=locations)
@@ -507,9 +510,17 @@ class LiveEnv:
             assert isinstance(value, ServiceConfig)
             return value.services
 
-        reading = self._config(rec.RESOURCES_CFG, parse, services, repr(sorted(locations.items())))
+        # Parsed again only for a new version of resources.cfg (or when a moved location needs
+        # it, ServiceConfig.relocate): not on every move, which with thousands of services made
+        # every daemon of every node parse the whole file on each iteration (issue #15).
+        reading = self._config(rec.RESOURCES_CFG, parse, services, str(self._resources_epoch))
         conf = reading.value
         assert isinstance(conf, ServiceConfig)
+        if not reading.fresh and locations != self._parsed_locations:
+            if not conf.relocate(self._parsed_locations, locations):
+                self._resources_epoch += 1
+                return self.read_service_config()
+        self._parsed_locations = locations
         if reading.fresh:
             conf.incomplete = bool(reading.errors)  # the Manager removes nothing missing from it
         view = self._in_force.get(rec.RESOURCES_CFG)

@@ -2,7 +2,8 @@
 
 The status is re-read over the API every ``interval`` seconds and at once
 when an event arrives on the node's PUB socket (docs/API.md "Events"); the
-last events are listed under the tables. Ctrl-C (or ``--duration``) ends it.
+last events are listed above the tables (a long services table is cropped at
+the bottom of the screen, never the events). Ctrl-C (or ``--duration``) ends it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def render(
             if ln["type"] in ("quorum", "master", "fencing"):
                 style = "red" if "No quorum" in ln["status"] or "dead" in ln["status"] else ""
                 parts.append(Text(ln["text"], style=style))
+    # the events above the tables: a long services table is cropped at the bottom of the
+    # screen, and the events must stay in view (they were cropped with it)
+    parts.append(Panel("\n".join(events) or "(no events yet)", title="recent events", title_align="left"))
+    if status is not None:
+        lines = status.get("lines", [])
         ms = (status.get("full") or {}).get("manager_status", {})
         node_status = ms.get("node_status", {})
         nodes = Table(title="nodes", title_justify="left", expand=True)
@@ -70,7 +76,6 @@ def render(
                     ln.get("request_state") or "-", ln.get("crm_state") or "-",
                 )  # fmt: skip
         parts += [nodes, services]
-    parts.append(Panel("\n".join(events) or "(no events yet)", title="recent events", title_align="left"))
     return Group(*parts)
 
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -212,6 +213,44 @@ def read_locations(store: Store) -> dict[str, str]:
         if node:
             out[name[len(LOCATIONS) :]] = node
     return out
+
+
+class LocationsCache:
+    """``read_locations`` for a reader that asks every iteration: only the records that changed.
+
+    A full read lists ``locations/`` and reads every record (thousands at scale, every
+    iteration of every daemon: issue #15). This one asks the store's change log what
+    changed since its last look and reads those; it reads everything again when the
+    store cannot tell (first call, compacted or rotated log) and at least every
+    ``full_every`` s, in case a change note was lost (the dir store's journal is a hint).
+    A change is seen at the latest on the call after its note, as a full read would.
+    """
+
+    def __init__(self, full_every: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.full_every = full_every
+        self.clock = clock
+        self._token: str | None = None
+        self._next_full = 0.0
+        self._locations: dict[str, str] = {}
+
+    def read(self, store: Store) -> dict[str, str]:
+        changes = store.changed_since(self._token)
+        now = self.clock()
+        if self._token is None or changes.names is None or now >= self._next_full:
+            self._locations = read_locations(store)
+            self._next_full = now + self.full_every
+        else:
+            for name in changes.names:
+                if not name.startswith(LOCATIONS):
+                    continue
+                rec = store.read(name)
+                node = _parse_location(rec.data)[0] if rec is not None else None
+                if node:
+                    self._locations[name[len(LOCATIONS) :]] = node
+                else:
+                    self._locations.pop(name[len(LOCATIONS) :], None)
+        self._token = changes.token
+        return dict(self._locations)
 
 
 def read_text(store: Store, name: str) -> tuple[str, str | None]:

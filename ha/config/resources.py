@@ -8,7 +8,7 @@ simulator's failing resource (§9.6), ``proc`` and ``ocf`` are ours (agents/).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ha.config import schema
@@ -96,6 +96,11 @@ class ServiceConfig:
     # the file had errors (a section, or bytes, that could not be read): a resource missing
     # here may still be configured; the Manager neither removes nor acts on one (issue #10)
     incomplete: bool = False
+    # sid -> the node its section names ("" when none): where it goes when ``nodes`` (the
+    # live ``locations`` record) no longer says otherwise (see ``relocate``)
+    text_nodes: dict[str, str] = field(default_factory=dict)
+    # sections refused only because neither the text nor ``nodes`` gave them a node
+    nodeless: list[str] = field(default_factory=list)
 
     def __contains__(self, sid: object) -> bool:
         return sid in self.services
@@ -111,8 +116,29 @@ class ServiceConfig:
 
     def copy(self) -> ServiceConfig:
         return ServiceConfig(
-            {sid: cd.copy() for sid, cd in self.services.items()}, self.digest, self.incomplete
+            {sid: cd.copy() for sid, cd in self.services.items()},
+            self.digest,
+            self.incomplete,
+            dict(self.text_nodes),
+            list(self.nodeless),
         )
+
+    def relocate(self, before: Mapping[str, str], now: Mapping[str, str]) -> bool:
+        """Follow a change of ``nodes`` (parsed with BEFORE, now NOW) without parsing again.
+
+        The same result as a parse with NOW, or False (nothing changed) where only a new
+        parse can tell: a section without a node of its own gains or loses one.
+        """
+        changed = [sid for sid in before.keys() | now.keys() if before.get(sid) != now.get(sid)]
+        nodeless = set(self.nodeless)
+        for sid in changed:
+            if sid in nodeless or (sid in self.services and not (now.get(sid) or self.text_nodes.get(sid))):
+                return False
+        for sid in changed:
+            cd = self.services.get(sid)
+            if cd is not None:
+                cd.node = now.get(sid) or self.text_nodes.get(sid, "")
+        return True
 
 
 def normalize_state(value: str, path: str, line: int | None) -> str:
@@ -137,9 +163,11 @@ def parse_resources_cfg(
         sid = f"{sec.type}:{sec.id}"
         try:
             cd = _resource_from_props(sid, dict(sec.props), path, sec.line, sec.prop_lines, from_file=True)
+            conf.text_nodes[sid] = cd.node
             if nodes is not None and sid in nodes:
                 cd.node = nodes[sid]
             if not cd.node:
+                conf.nodeless.append(sid)
                 raise ConfigError(f"resource '{sid}' has no node", path, sec.line)
             if sid in conf.services:
                 raise ConfigError(f"duplicate resource '{sid}'", path, sec.line)

@@ -126,3 +126,30 @@ def test_watch_without_a_terminal_prints_plain_blocks_on_change(cluster: Cluster
     blocks = [ln for ln in lines if ln.startswith("-- ")]
     # one block at start, more only on a change: far fewer than one per 0.3 s refresh
     assert 1 <= len(blocks) < 8, blocks
+
+
+def test_the_events_stay_in_view_above_a_long_services_table() -> None:
+    """A services table taller than the screen is cropped; the recent events must not be."""
+    import io  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+
+    from cli.watch import render  # noqa: PLC0415
+
+    lines = [{"type": "quorum", "text": "quorum OK", "status": "OK"}]
+    lines += [{"type": "lrm", "node": f"node{i}", "status": f"node{i} (active)"} for i in (1, 2, 3)]
+    lines += [
+        {"type": "service", "sid": f"proc:s{i}", "node": "node1", "state": "started"} for i in range(60)
+    ]
+    status = {"lines": lines, "master": "node1", "full": {"manager_status": {}}}
+    out = io.StringIO()
+    console = Console(file=out, width=120, height=30, force_terminal=True, color_system=None)
+    events = [
+        "12:00:00 subscribed to the events of node1",
+        "12:00:01 service proc:s7: started -> stopped (node1)",
+    ]
+    with console.capture() as cap:
+        console.print(render("pyha", "node1", status, None, events), crop=True)
+    shown = cap.get().splitlines()[:30]  # what a 30-row screen shows
+    assert any("proc:s7: started -> stopped" in ln for ln in shown)
+    assert not any("proc:s59" in ln for ln in shown)  # the table is what is cropped
