@@ -25,7 +25,7 @@ from typing import Any
 from actors.env import LiveEnv, NodeContext
 from admin.errors import AdminError, ExitCode
 from agents.vm import VmPlugin
-from agents.vmqmp import MigrationError, PeerError
+from agents.vmqmp import MigrationError, PeerError, Phases
 from bus.messages import ApiReply, ApiRequest, Message
 from ha.errors import HaError
 from store import records as rec
@@ -137,9 +137,12 @@ class VmIncoming:
             if action == "listen":
                 if where != sender:
                     raise AdminError(f"'{sid}' is on node '{where}', not on '{sender}'", ExitCode.REFUSED)
+                phases = Phases()
                 self._arm(sid, plugin.incoming_deadline + PIN_MARGIN)
+                phases.mark("arm")
                 try:
-                    return {"uri": plugin.incoming_listen(self.env, sid, conf, self.host)}
+                    uri = plugin.incoming_listen(self.env, sid, conf, self.host, phases)
+                    return {"uri": uri, "phases": phases.ms}
                 except MigrationError:
                     self.ctx.incoming.pop(sid, None)
                     raise

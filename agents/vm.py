@@ -69,7 +69,7 @@ from qemu.qmp import QMPError
 from agents import procutil, vmqmp
 from agents.guestimage import HEALTH_PORT, QEMU, VM_APPEND, GuestError, default_vm_guest
 from agents.proc import ProcPlugin, ProcState
-from agents.vmqmp import INCOMING_ARGS, GuestAnswer, MigrationError, Peer, PeerError, ping_guest, qmp
+from agents.vmqmp import INCOMING_ARGS, GuestAnswer, MigrationError, Peer, PeerError, Phases, ping_guest, qmp
 from agents.vmspec import (
     DEFAULT_CORES,
     DEFAULT_MEMORY_MB,
@@ -395,14 +395,20 @@ class VmPlugin(ProcPlugin):
             return self._relocate(env, sid, conf, target)
         env.log("info", f"service {sid}: live migration to node '{target}'")
         t0 = time.monotonic()
+        phases = Phases()
         try:
-            uri = str(peer(target, {"sid": sid, "action": "listen"}, 20.0)["uri"])
+            reply = peer(target, {"sid": sid, "action": "listen"}, 20.0)
+            uri = str(reply["uri"])
         except (PeerError, KeyError, TypeError) as e:
             env.log("err", f"service {sid}: node '{target}' cannot take the live migration: {e}")
             self._abort_target(env, sid, target, peer)
             return False
+        phases.mark("listen")
+        target_phases = reply.get("phases")
+        if isinstance(target_phases, dict):
+            phases.add("target_", target_phases)
         ready_ms = (time.monotonic() - t0) * 1000
-        res = vmqmp.migrate(self.qmp_path(node, name), uri, self.migrate_timeout)
+        res = vmqmp.migrate(self.qmp_path(node, name), uri, self.migrate_timeout, phases=phases)
         if not res.completed:
             env.log("err", f"service {sid}: live migration to node '{target}' {res.status}: {res.error}")
             self._abort_target(env, sid, target, peer)  # SAFETY: first gone there, then running here
@@ -420,9 +426,11 @@ class VmPlugin(ProcPlugin):
                 self._abort_target(env, sid, target, peer)
                 self._resume_here(env, sid, node, name)
                 return False
+        phases.mark("commit")
         # SAFETY: this copy quits before the target's may run (a postmigrate QEMU resumes only on `cont`)
         with contextlib.suppress(OSError, QMPError, TimeoutError):
             qmp(self.qmp_path(node, name), "quit", timeout=2.0)
+        phases.mark("quit")
         try:
             peer(target, {"sid": sid, "action": "resume"}, 10.0)
         except PeerError as e:
@@ -430,12 +438,19 @@ class VmPlugin(ProcPlugin):
                 "err",
                 f"service {sid}: the guest did not resume on node '{target}' ({e}); it boots there again",
             )
+        phases.mark("resume")
         paused_ms = (time.monotonic() - t_done) * 1000 + (res.downtime_ms or 0)
         t_resumed = time.monotonic()
         if procutil.poll_until(lambda: not self.any_alive(st), 5.0, cap=0.05):
             self._forget(node, name, st)
         else:
             self._terminate(env, sid, node, name, st, 0)
+        phases.mark("gone")
+        env.log(
+            "info",
+            f"service {sid}: live migration phases (ms): {phases.text()} "
+            f"wall_start={phases.wall:.3f} wall_end={time.time():.3f}",
+        )
         env.log(
             "info",
             f"service {sid}: live migration to {target} done in {res.total_ms} ms, "
@@ -486,11 +501,15 @@ class VmPlugin(ProcPlugin):
             marker.unlink(missing_ok=True)
         return True
 
-    def incoming_listen(self, env: Env, sid: str, conf: ResourceConfig, host: str) -> str:
+    def incoming_listen(
+        self, env: Env, sid: str, conf: ResourceConfig, host: str, phases: Phases | None = None
+    ) -> str:
         """Launch the service's QEMU ``-incoming defer -S`` here, listening on ``host``; the URI.
 
         The same command line and cgroup as a start (so this node's fencing kills
-        it), plus :data:`agents.vmqmp.INCOMING_ARGS`. Raises MigrationError."""
+        it), plus :data:`agents.vmqmp.INCOMING_ARGS`. Raises MigrationError.
+        ``phases`` (if given) gets the time of each step."""
+        phases = phases if phases is not None else Phases()
         node, name = env.nodename(), conf.name
         with self._incoming_lock:
             self._drop_incoming(env, sid, node, name)
@@ -504,14 +523,16 @@ class VmPlugin(ProcPlugin):
             except (VmConfigError, GuestError, OSError) as e:
                 raise MigrationError(str(e)) from e
             argv += INCOMING_ARGS
+            phases.mark("prepare")
             st = self._launch(env, sid, node, name, argv, "/", {}, " ".join(argv))
             if st is None:
                 self.incoming_path(node, name).unlink(missing_ok=True)
                 raise MigrationError("QEMU did not start (see this node's log)")
+            phases.mark("launch")
         deadline = time.monotonic() + 15.0
         while True:
             try:
-                uri = vmqmp.listen(self.qmp_path(node, name), host, timeout=2.0)
+                uri = vmqmp.listen(self.qmp_path(node, name), host, timeout=2.0, phases=phases)
                 break
             except MigrationError as e:
                 if not self.any_alive(st) or time.monotonic() > deadline:

@@ -129,6 +129,32 @@ def ping_guest(path: Path, timeout: float = 3.0) -> GuestAnswer | None:
 Peer = Callable[[str, Mapping[str, Any], float], Mapping[str, Any]]
 
 
+class Phases:
+    """Milliseconds between named marks: a live migration's breakdown (issue #12).
+
+    The source's agent logs them (``live migration phases (ms): ...``, the target's
+    with a ``target_`` prefix, from the ``listen`` reply); ``python -m bench
+    vm-migrate`` reads that line, so the breakdown stays measurable."""
+
+    def __init__(self) -> None:
+        self.wall = time.time()  # when it began, comparable across the nodes of one host
+        self._last = time.monotonic()
+        self.ms: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.ms[name] = self.ms.get(name, 0.0) + round((now - self._last) * 1000, 1)
+        self._last = now
+
+    def add(self, prefix: str, other: Mapping[str, Any]) -> None:
+        for k, v in other.items():
+            if isinstance(v, int | float):
+                self.ms[f"{prefix}{k}"] = float(v)
+
+    def text(self) -> str:
+        return " ".join(f"{k}={v:.1f}" for k, v in self.ms.items())
+
+
 class PeerError(Exception):
     """The other node refused a ``vm_incoming`` request or did not answer it."""
 
@@ -164,8 +190,10 @@ async def _close(client: QMPClient) -> None:
         await asyncio.wait_for(client.disconnect(), 2.0)
 
 
-async def _listen(path: Path, host: str, timeout: float) -> str:
-    client = await _session(path, timeout)
+async def _listen(path: Path, host: str, timeout: float, phases: Phases | None) -> str:
+    client = await _session(path, timeout)  # returns once QEMU's main loop greeted us
+    if phases is not None:
+        phases.mark("qmp")
     try:
         await asyncio.wait_for(client.execute("migrate-incoming", {"uri": f"tcp:{host}:0"}), timeout)
         info = await asyncio.wait_for(client.execute("query-migrate"), timeout)
@@ -173,6 +201,8 @@ async def _listen(path: Path, host: str, timeout: float) -> str:
         if not addrs or not isinstance(addrs, list) or "port" not in addrs[0]:
             raise MigrationError(f"QEMU did not say which port it listens on: {info!r}")
         port = int(addrs[0]["port"])
+        if phases is not None:
+            phases.mark("incoming")
         return f"tcp:{_uri_host(host)}:{port}"
     finally:
         await _close(client)
@@ -182,12 +212,12 @@ def _uri_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def listen(path: Path, host: str, timeout: float = 10.0) -> str:
+def listen(path: Path, host: str, timeout: float = 10.0, phases: Phases | None = None) -> str:
     """Target side: open the migration port of an ``-incoming defer`` QEMU on ``host``; its URI.
 
     Raises :class:`MigrationError` (also for OSError, QMPError and time-outs)."""
     try:
-        return asyncio.run(_listen(path, host, timeout))
+        return asyncio.run(_listen(path, host, timeout, phases))
     except (OSError, QMPError, TimeoutError, ValueError) as e:
         raise MigrationError(f"opening the migration port failed: {e!r}") from e
 
@@ -209,7 +239,9 @@ def _result(info: Mapping[str, Any], status: str | None = None, error: str | Non
     )
 
 
-async def _migrate(path: Path, uri: str, timeout: float, downtime_ms: int) -> MigrationResult:
+async def _migrate(
+    path: Path, uri: str, timeout: float, downtime_ms: int, phases: Phases | None
+) -> MigrationResult:
     client = await _session(path, min(timeout, 5.0))
     try:
         step = min(timeout, 5.0)
@@ -220,12 +252,16 @@ async def _migrate(path: Path, uri: str, timeout: float, downtime_ms: int) -> Mi
             step,
         )
         await asyncio.wait_for(client.execute("migrate", {"uri": uri}), step)
+        if phases is not None:
+            phases.mark("setup")
         deadline = time.monotonic() + timeout
         info: Mapping[str, Any] = {}
         while time.monotonic() < deadline:
             got = await asyncio.wait_for(client.execute("query-migrate"), step)
             info = got if isinstance(got, dict) else {}
             if info.get("status") in _DONE:
+                if phases is not None:
+                    phases.mark("transfer")
                 return _result(info)
             await asyncio.sleep(_POLL)
         # out of time: cancel, and learn how it ended (it may still have completed meanwhile)
@@ -246,7 +282,11 @@ async def _migrate(path: Path, uri: str, timeout: float, downtime_ms: int) -> Mi
 
 
 def migrate(
-    path: Path, uri: str, timeout: float = DEFAULT_MIGRATE_TIMEOUT, downtime_ms: int = DOWNTIME_LIMIT_MS
+    path: Path,
+    uri: str,
+    timeout: float = DEFAULT_MIGRATE_TIMEOUT,
+    downtime_ms: int = DOWNTIME_LIMIT_MS,
+    phases: Phases | None = None,
 ) -> MigrationResult:
     """Source side: migrate the QEMU behind QMP socket ``path`` to ``uri``; how it ended.
 
@@ -254,7 +294,7 @@ def migrate(
     migration that is not ``completed`` was cancelled (or failed) and the
     source QEMU still holds the guest."""
     try:
-        return asyncio.run(_migrate(path, uri, timeout, downtime_ms))
+        return asyncio.run(_migrate(path, uri, timeout, downtime_ms, phases))
     except (OSError, QMPError, TimeoutError, ValueError) as e:
         return MigrationResult("error", error=repr(e))
 
