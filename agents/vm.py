@@ -229,6 +229,18 @@ class VmPlugin(ProcPlugin):
             known = self._guest = default_vm_guest(self.guest_cache)
         return known
 
+    def warm(self, conf: ResourceConfig) -> None:
+        """Look up (or build) the default guest now if ``conf`` boots it (never raises).
+
+        A live migration's target needs it at once, before its QEMU can listen; the
+        live runtime calls this in the background when the node starts
+        (actors/peer.py ``VmIncoming.warm_up``)."""
+        try:
+            if parse_spec(conf.extra).default_guest:
+                self._default_guest()
+        except (VmConfigError, GuestError, OSError):
+            pass  # a start or listen reports it
+
     # -- the plugin protocol -------------------------------------------------------------------------
 
     def check_running(self, env: Env, sid: str, conf: ResourceConfig) -> bool:
@@ -368,8 +380,10 @@ class VmPlugin(ProcPlugin):
         2. QMP ``migrate`` here; QEMU pauses this copy (``postmigrate``) before it
            reports ``completed``, and the target's copy stays paused (``-S``):
            from here on neither copy runs;
-        3. ``commit``: the location names the target;
-        4. QMP ``quit`` here: this copy can never be resumed again;
+        3. ``commit``: the location names the target (run inside the migration's
+           QMP session, :func:`agents.vmqmp.migrate` ``handover``);
+        4. QMP ``quit`` here, in that same session: this copy can never be
+           resumed again;
         5. only then the target resumes its copy (request ``resume``; it checks
            that the location names it).
 
@@ -408,29 +422,51 @@ class VmPlugin(ProcPlugin):
         if isinstance(target_phases, dict):
             phases.add("target_", target_phases)
         ready_ms = (time.monotonic() - t0) * 1000
-        res = vmqmp.migrate(self.qmp_path(node, name), uri, self.migrate_timeout, phases=phases)
-        if not res.completed:
-            env.log("err", f"service {sid}: live migration to node '{target}' {res.status}: {res.error}")
+        moved: list[float] = []  # when the hand-over began, once the location moved (commit succeeded)
+        failed: list[Exception] = []
+
+        def handover(done: vmqmp.MigrationResult) -> bool:
+            began = time.monotonic()
+            # SAFETY: both copies are paused now (source postmigrate, target -S); True: the source
+            # QEMU quits in the migration's own QMP session, before the target's copy may run
+            if done.source_status != "postmigrate":
+                failed.append(MigrationError(f"the source QEMU is {done.source_status!r}, not stopped"))
+                return False
+            if commit is not None:
+                try:
+                    commit()
+                except Exception as e:  # the location did not move: the guest stays here
+                    failed.append(e)
+                    return False
+            phases.mark("commit")
+            moved.append(began)
+            return True
+
+        res = vmqmp.migrate(
+            self.qmp_path(node, name), uri, self.migrate_timeout, phases=phases, handover=handover
+        )
+        if not moved:
+            if failed:
+                env.log(
+                    "err",
+                    f"service {sid}: migrated, but its location did not move ({failed[0]}); resuming it here",
+                )
+            else:
+                env.log("err", f"service {sid}: live migration to node '{target}' {res.status}: {res.error}")
             self._abort_target(env, sid, target, peer)  # SAFETY: first gone there, then running here
             self._resume_here(env, sid, node, name)
             return False
-        t_done = time.monotonic()
-        # SAFETY: both copies are paused now (source postmigrate, target -S)
-        if commit is not None:
-            try:
-                commit()
-            except Exception as e:  # the location did not move: the guest stays here
-                env.log(
-                    "err", f"service {sid}: migrated, but its location did not move ({e}); resuming it here"
-                )
-                self._abort_target(env, sid, target, peer)
-                self._resume_here(env, sid, node, name)
-                return False
-        phases.mark("commit")
-        # SAFETY: this copy quits before the target's may run (a postmigrate QEMU resumes only on `cont`)
-        with contextlib.suppress(OSError, QMPError, TimeoutError):
-            qmp(self.qmp_path(node, name), "quit", timeout=2.0)
-        phases.mark("quit")
+        # the location names the target from here on: it owns the service, whatever happens next
+        t_done = moved[0]
+        if not res.completed:  # QMP trouble after the hand-over: the target still takes the guest
+            env.log(
+                "warning", f"service {sid}: after the hand-over to node '{target}': {res.status}: {res.error}"
+            )
+        if not res.quit_sent:
+            # SAFETY: this copy quits before the target's may run (a postmigrate QEMU resumes only on `cont`)
+            with contextlib.suppress(OSError, QMPError, TimeoutError):
+                qmp(self.qmp_path(node, name), "quit", timeout=2.0)
+            phases.mark("quit")
         try:
             peer(target, {"sid": sid, "action": "resume"}, 10.0)
         except PeerError as e:
@@ -441,7 +477,7 @@ class VmPlugin(ProcPlugin):
         phases.mark("resume")
         paused_ms = (time.monotonic() - t_done) * 1000 + (res.downtime_ms or 0)
         t_resumed = time.monotonic()
-        if procutil.poll_until(lambda: not self.any_alive(st), 5.0, cap=0.05):
+        if procutil.poll_until(lambda: not self.any_alive(st), 5.0, first=0.002, cap=0.005):
             self._forget(node, name, st)
         else:
             self._terminate(env, sid, node, name, st, 0)
@@ -530,16 +566,22 @@ class VmPlugin(ProcPlugin):
                 raise MigrationError("QEMU did not start (see this node's log)")
             phases.mark("launch")
         deadline = time.monotonic() + 15.0
+        sock = self.qmp_path(node, name)
+        err: Exception = MigrationError("QEMU made no QMP socket")
         while True:
-            try:
-                uri = vmqmp.listen(self.qmp_path(node, name), host, timeout=2.0, phases=phases)
-                break
-            except MigrationError as e:
-                if not self.any_alive(st) or time.monotonic() > deadline:
-                    with self._incoming_lock:
-                        self._drop_incoming(env, sid, node, name)
-                    raise MigrationError(f"{e}{self._log_tail(node, name)}") from e
-                time.sleep(0.02)
+            # QEMU makes its QMP socket while it sets up (a cheap check every 2 ms, no connection
+            # attempts before); a client connected then gets the greeting once QEMU's main loop runs
+            if sock.exists():
+                try:
+                    uri = vmqmp.listen(sock, host, timeout=2.0, phases=phases)
+                    break
+                except MigrationError as e:
+                    err = e
+            if not self.any_alive(st) or time.monotonic() > deadline:
+                with self._incoming_lock:
+                    self._drop_incoming(env, sid, node, name)
+                raise MigrationError(f"{err}{self._log_tail(node, name)}") from err
+            time.sleep(0.002)
         reaper = threading.Timer(self.incoming_deadline, self._reap, (env, sid, node, name, st.pid))
         reaper.daemon = True
         reaper.start()

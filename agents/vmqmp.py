@@ -14,8 +14,9 @@ A live migration has two QEMU processes of one guest, one per node:
   (:func:`listen`; QEMU picks the port, ``query-migrate`` tells it);
 * the SOURCE node runs :func:`migrate`: QMP ``migrate-set-parameters``
   (``downtime-limit``, ``max-bandwidth``), ``migrate``, then ``query-migrate``
-  every few ms until ``completed``, ``failed`` or a timeout (then
-  ``migrate_cancel``). Its :class:`MigrationResult` carries QEMU's own total
+  at each of QEMU's MIGRATION events until ``completed``, ``failed`` or a
+  timeout (then ``migrate_cancel``); after the hand-over it tells the source
+  QEMU to ``quit`` in the same session. Its :class:`MigrationResult` carries QEMU's own total
   time and downtime.
 
 SAFETY (never two running copies): ``-S`` keeps the target's guest paused
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import socket
@@ -43,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import EventListener, QMPClient, QMPError
 
 # the target's QEMU waits for the stream, and its guest stays paused after it (see the module doc)
 INCOMING_ARGS: Final = ("-incoming", "defer", "-S")
@@ -53,7 +55,7 @@ MAX_BANDWIDTH: Final = 10 << 30  # bytes/s: QEMU's default (32 MiB/s) would slow
 DEFAULT_MIGRATE_TIMEOUT: Final = 40.0  # below the node's 60 s command timeout
 # an incoming QEMU not resumed by then is killed by its node (the source died or gave up)
 INCOMING_DEADLINE: Final = DEFAULT_MIGRATE_TIMEOUT + 30.0
-_POLL: Final = 0.01
+_FALLBACK_POLL: Final = 1.0  # s: query-migrate at least this often, should an event be missed
 
 # qemu.qmp logs every refused connection at ERROR (each poll while QEMU starts); what matters is
 # reported through env.log by the agent instead.
@@ -173,6 +175,8 @@ class MigrationResult:
     setup_ms: int | None = None
     transferred: int | None = None  # bytes of RAM sent
     error: str | None = None
+    quit_sent: bool = False  # the source QEMU was told to quit after the hand-over (see migrate)
+    source_status: str | None = None  # the source's QMP status once completed (with a hand-over)
 
     @property
     def completed(self) -> bool:
@@ -239,12 +243,40 @@ def _result(info: Mapping[str, Any], status: str | None = None, error: str | Non
     )
 
 
+async def _wait_done(
+    client: QMPClient, events: EventListener, deadline: float, step: float
+) -> Mapping[str, Any]:
+    """``query-migrate`` each time QEMU reports a MIGRATION event (and every second regardless)."""
+    info: Mapping[str, Any] = {}
+    while True:
+        got = await asyncio.wait_for(client.execute("query-migrate"), step)
+        info = got if isinstance(got, dict) else {}
+        left = deadline - time.monotonic()
+        if info.get("status") in _DONE or left <= 0:
+            return info
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(events.get(), min(left, _FALLBACK_POLL))
+
+
 async def _migrate(
-    path: Path, uri: str, timeout: float, downtime_ms: int, phases: Phases | None
+    path: Path,
+    uri: str,
+    timeout: float,
+    downtime_ms: int,
+    phases: Phases | None,
+    handover: Callable[[MigrationResult], bool] | None,
 ) -> MigrationResult:
     client = await _session(path, min(timeout, 5.0))
+    events = EventListener(("MIGRATION",))
+    client.register_listener(events)
     try:
         step = min(timeout, 5.0)
+        await asyncio.wait_for(
+            client.execute(
+                "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}
+            ),
+            step,
+        )
         await asyncio.wait_for(
             client.execute(
                 "migrate-set-parameters", {"downtime-limit": downtime_ms, "max-bandwidth": MAX_BANDWIDTH}
@@ -254,30 +286,35 @@ async def _migrate(
         await asyncio.wait_for(client.execute("migrate", {"uri": uri}), step)
         if phases is not None:
             phases.mark("setup")
-        deadline = time.monotonic() + timeout
-        info: Mapping[str, Any] = {}
-        while time.monotonic() < deadline:
-            got = await asyncio.wait_for(client.execute("query-migrate"), step)
-            info = got if isinstance(got, dict) else {}
-            if info.get("status") in _DONE:
-                if phases is not None:
-                    phases.mark("transfer")
-                return _result(info)
-            await asyncio.sleep(_POLL)
-        # out of time: cancel, and learn how it ended (it may still have completed meanwhile)
-        with contextlib.suppress(QMPError):
-            await asyncio.wait_for(client.execute("migrate_cancel"), step)
-        end = time.monotonic() + step
-        while time.monotonic() < end:
-            got = await asyncio.wait_for(client.execute("query-migrate"), step)
-            info = got if isinstance(got, dict) else {}
-            if info.get("status") in _DONE:
-                break
-            await asyncio.sleep(_POLL)
-        if info.get("status") == "completed":
-            return _result(info)
-        return _result(info, "timeout", f"not completed within {timeout:g}s")
+        info = await _wait_done(client, events, time.monotonic() + timeout, step)
+        if info.get("status") not in _DONE:
+            # out of time: cancel, and learn how it ended (it may still have completed meanwhile)
+            with contextlib.suppress(QMPError):
+                await asyncio.wait_for(client.execute("migrate_cancel"), step)
+            info = await _wait_done(client, events, time.monotonic() + step, step)
+            if info.get("status") != "completed":
+                return _result(info, "timeout", f"not completed within {timeout:g}s")
+        if phases is not None:
+            phases.mark("transfer")
+        res = _result(info)
+        if res.completed and handover is not None:
+            # the hand-over asks for it (SAFETY: this copy must be stopped); this session is QEMU's
+            # one QMP client, so nobody else could ask now
+            got = await asyncio.wait_for(client.execute("query-status"), step)
+            res = dataclasses.replace(
+                res, source_status=str(got.get("status")) if isinstance(got, dict) else None
+            )
+        # (in a thread: the commit may run an event loop of its own, as the store's clients may)
+        if res.completed and handover is not None and await asyncio.to_thread(handover, res):
+            # SAFETY: in the same session as the migration: this copy (postmigrate) never runs again
+            with contextlib.suppress(QMPError, TimeoutError, OSError, EOFError):
+                await asyncio.wait_for(client.execute("quit"), 2.0)
+            if phases is not None:
+                phases.mark("quit")
+            return dataclasses.replace(res, quit_sent=True)
+        return res
     finally:
+        client.remove_listener(events)
         await _close(client)
 
 
@@ -287,14 +324,22 @@ def migrate(
     timeout: float = DEFAULT_MIGRATE_TIMEOUT,
     downtime_ms: int = DOWNTIME_LIMIT_MS,
     phases: Phases | None = None,
+    handover: Callable[[MigrationResult], bool] | None = None,
 ) -> MigrationResult:
     """Source side: migrate the QEMU behind QMP socket ``path`` to ``uri``; how it ended.
 
     Never raises for a QMP or socket problem: that is status ``error``. A
     migration that is not ``completed`` was cancelled (or failed) and the
-    source QEMU still holds the guest."""
+    source QEMU still holds the guest. QEMU reports the migration's progress
+    as MIGRATION events (capability ``events``): each one is followed by a
+    ``query-migrate``, so the end is seen at once, without polling.
+
+    ``handover(result)``, if given, runs once the migration completed, while
+    the QMP session is still open (the source's commit); when it returns True
+    the source QEMU is told to ``quit`` in that same session (no second
+    connection on the guest's pause)."""
     try:
-        return asyncio.run(_migrate(path, uri, timeout, downtime_ms, phases))
+        return asyncio.run(_migrate(path, uri, timeout, downtime_ms, phases, handover))
     except (OSError, QMPError, TimeoutError, ValueError) as e:
         return MigrationResult("error", error=repr(e))
 
@@ -321,15 +366,28 @@ def qmp_calls(path: Path, *commands: tuple[str, Mapping[str, Any] | None], timeo
         raise MigrationError(f"QMP {[c for c, _ in commands]} failed: {e!r}") from e
 
 
+async def _resume(path: Path, timeout: float) -> None:
+    client = await _session(path, timeout)
+    try:
+        info = await asyncio.wait_for(client.execute("query-migrate"), timeout)
+        status = await asyncio.wait_for(client.execute("query-status"), timeout)
+        mig = info.get("status") if isinstance(info, dict) else None
+        run = status.get("status") if isinstance(status, dict) else None
+        if mig != "completed" or run not in ("paused", "running"):
+            raise MigrationError(f"not resuming: incoming migration {mig!r}, QEMU {run!r}")
+        if run == "paused":
+            await asyncio.wait_for(client.execute("cont"), timeout)
+    finally:
+        await _close(client)
+
+
 def resume_incoming(path: Path, timeout: float = 5.0) -> None:
     """Target side: run the guest that came in (``cont``), only once its migration COMPLETED.
 
-    SAFETY: an incoming QEMU whose migration did not complete holds no whole
-    guest; it is never resumed (:class:`MigrationError`)."""
-    info, status = qmp_calls(path, ("query-migrate", None), ("query-status", None), timeout=timeout)
-    mig = info.get("status") if isinstance(info, dict) else None
-    run = status.get("status") if isinstance(status, dict) else None
-    if mig != "completed" or run not in ("paused", "running"):
-        raise MigrationError(f"not resuming: incoming migration {mig!r}, QEMU {run!r}")
-    if run == "paused":
-        qmp_calls(path, ("cont", None), timeout=timeout)
+    One QMP session: check, then ``cont``. SAFETY: an incoming QEMU whose
+    migration did not complete holds no whole guest; it is never resumed
+    (:class:`MigrationError`)."""
+    try:
+        asyncio.run(_resume(path, timeout))
+    except (OSError, QMPError, TimeoutError) as e:
+        raise MigrationError(f"QMP resume failed: {e!r}") from e
