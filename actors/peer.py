@@ -137,6 +137,7 @@ class VmIncoming:
         if not isinstance(sid, str) or not sid.startswith("vm:") or action not in VM_ACTIONS:
             want = "|".join(VM_ACTIONS)
             raise AdminError(f"vm_incoming: needs sid 'vm:...' and action {want}", ExitCode.USAGE)
+        phases = Phases()
         plugin = self._plugin()
         conf = self.env.read_service_config().services.get(sid)
         if conf is None:
@@ -152,10 +153,10 @@ class VmIncoming:
                 raise AdminError(f"node '{node}' is fencing itself", ExitCode.REFUSED)
             where, _ = rec.read_location(self.ctx.store, sid)
             where = where or conf.node
+            phases.mark("records")  # the service's config and location, read here
             if action == "listen":
                 if where != sender:
                     raise AdminError(f"'{sid}' is on node '{where}', not on '{sender}'", ExitCode.REFUSED)
-                phases = Phases()
                 self._arm(sid, plugin.incoming_deadline + PIN_MARGIN)
                 phases.mark("arm")
                 try:
@@ -175,6 +176,7 @@ class VmIncoming:
                     ExitCode.REFUSED,
                 )
             plugin.incoming_resume(self.env, sid, conf)
-            return {"resumed": True}
+            phases.mark("qmp")
+            return {"resumed": True, "phases": phases.ms}
         except MigrationError as e:
             raise AdminError(str(e), ExitCode.FAILED) from e

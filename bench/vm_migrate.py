@@ -33,8 +33,10 @@ command line, ``agent_target_launch`` the launcher, ``agent_target_qmp`` until
 QEMU's QMP greeted, ``agent_target_incoming`` its migration port),
 ``agent_setup`` / ``agent_transfer`` (QMP ``migrate`` / QEMU's migration),
 ``agent_commit`` (the location move), ``agent_quit`` (the source QEMU's
-``quit``), ``agent_resume`` (the target's ``resume`` round trip),
-``agent_gone`` (until the source QEMU exited), ``master_finish`` (agent done
+``quit``), ``agent_resume`` (the target's ``resume`` round trip:
+``agent_target_resume_records`` / ``agent_target_resume_qmp`` the target's
+reading of the service's records and its QMP ``cont``, ``agent_peer_resume``
+the rest), ``agent_gone`` (until the source QEMU exited), ``master_finish`` (agent done
 to the master's round setting ``started``) and ``status_seen`` (until this
 bench read that status).
 
@@ -124,8 +126,14 @@ def breakdown(c: LiveCluster, source: str, seen: int, t_call: float, t_seen: flo
     out["lrm_dispatch"] = (start - t_mig) * 1000  # -> the source's agent starts
     out["master_finish"] = (t_sta - end) * 1000  # agent done -> the master's round sets "started"
     out["status_seen"] = (t_seen - t_sta) * 1000  # -> its manager_status write seen by this bench
-    target = sum(v for k, v in out.items() if k.startswith("agent_target_"))
+    target = sum(
+        v
+        for k, v in out.items()
+        if k.startswith("agent_target_") and not k.startswith("agent_target_resume_")
+    )
     out["agent_peer_listen"] = out.get("agent_listen", 0.0) - target  # the request's way there and back
+    resume = sum(v for k, v in out.items() if k.startswith("agent_target_resume_"))
+    out["agent_peer_resume"] = out.get("agent_resume", 0.0) - resume
     return {k: round(v, 1) for k, v in out.items()}
 
 
