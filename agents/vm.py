@@ -430,7 +430,9 @@ class VmPlugin(IncomingSide):
             began = time.monotonic()
             # SAFETY: both copies are paused now (source postmigrate, target -S); True: the source
             # QEMU quits in the migration's own QMP session, before the target's copy may run
-            if done.source_status != "postmigrate":
+            # (QEMU reports "completed" a moment before its main loop moves the stopped guest from
+            # finish-migrate to postmigrate: both are stopped, and a completed one never restarts)
+            if done.source_status not in ("postmigrate", "finish-migrate"):
                 failed.append(MigrationError(f"the source QEMU is {done.source_status!r}, not stopped"))
                 return False
             if commit is not None:

@@ -12,6 +12,7 @@ tests/live/test_vm_live.py's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -129,7 +130,9 @@ def test_live_migration_hands_the_running_guest_over(nodes: Nodes, monkeypatch: 
     monkeypatch.setattr(vmqmp, "migrate", spy)
     env1 = nodes.envs["n1"]
     assert nodes.plugins["n1"].migrate_live(env1.env, SID, nodes.conf("n1"), "n2", commit), env1.text()
-    assert seen == {"n1": "postmigrate", "n2": "paused", "marker": "True"}, seen
+    # finish-migrate: QEMU said "completed" a moment before it named its stopped guest postmigrate
+    assert seen["n1"] in ("postmigrate", "finish-migrate"), seen
+    assert {k: seen[k] for k in ("n2", "marker")} == {"n2": "paused", "marker": "True"}, seen
     assert nodes.requests == [("n2", "listen"), ("n2", "resume")]
 
     # the target runs the guest (no second boot: its one QEMU, launched -incoming), the source is gone
@@ -172,6 +175,29 @@ def test_failed_commit_keeps_the_guest_running_on_the_source(nodes: Nodes) -> No
     assert nodes.status("n1") == "running" and nodes.pids("n1") == src_pids
     assert not nodes.pids("n2") and not nodes.plugins["n2"].incoming_path("n2", NAME).exists()
     assert any("location did not move (the store said no)" in m for _, m in env1.lines), env1.text()
+
+
+def test_no_commit_unless_the_source_qemu_stopped(nodes: Nodes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAFETY: the hand-over checks (in the migration's own QMP session) that the source is stopped."""
+    src_pids = start_on_n1(nodes)
+    migrate = vmqmp.migrate
+
+    def as_if_running(*args: Any, handover: Any, **kwargs: Any) -> vmqmp.MigrationResult:
+        return migrate(
+            *args, handover=lambda r: handover(dataclasses.replace(r, source_status="running")), **kwargs
+        )
+
+    monkeypatch.setattr(vmqmp, "migrate", as_if_running)
+    commits: list[bool] = []
+    env1 = nodes.envs["n1"]
+    assert not nodes.plugins["n1"].migrate_live(
+        env1.env, SID, nodes.conf("n1"), "n2", lambda: commits.append(True)
+    )
+    assert commits == []  # the location never moved
+    assert nodes.requests == [("n2", "listen"), ("n2", "abort")]
+    assert nodes.status("n1") == "running" and nodes.pids("n1") == src_pids
+    assert not nodes.pids("n2")
+    assert any("the source QEMU is 'running', not stopped" in m for _, m in env1.lines), env1.text()
 
 
 def test_failed_migration_keeps_the_guest_running_on_the_source(nodes: Nodes) -> None:
