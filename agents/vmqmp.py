@@ -298,24 +298,44 @@ async def _migrate(
             phases.mark("transfer")
         res = _result(info)
         if res.completed and handover is not None:
-            # the hand-over asks for it (SAFETY: this copy must be stopped); this session is QEMU's
-            # one QMP client, so nobody else could ask now
-            got = await asyncio.wait_for(client.execute("query-status"), step)
-            res = dataclasses.replace(
-                res, source_status=str(got.get("status")) if isinstance(got, dict) else None
-            )
-        # (in a thread: the commit may run an event loop of its own, as the store's clients may)
-        if res.completed and handover is not None and await asyncio.to_thread(handover, res):
-            # SAFETY: in the same session as the migration: this copy (postmigrate) never runs again
-            with contextlib.suppress(QMPError, TimeoutError, OSError, EOFError):
-                await asyncio.wait_for(client.execute("quit"), 2.0)
-            if phases is not None:
-                phases.mark("quit")
-            return dataclasses.replace(res, quit_sent=True)
+            return await _handover(client, res, handover, step, phases)
         return res
     finally:
-        client.remove_listener(events)
+        with contextlib.suppress(Exception):
+            client.remove_listener(events)
         await _close(client)
+
+
+async def _handover(
+    client: QMPClient,
+    res: MigrationResult,
+    handover: Callable[[MigrationResult], bool],
+    step: float,
+    phases: Phases | None,
+) -> MigrationResult:
+    """After ``completed``: the source's status, ``handover(res)`` (a thread), then ``quit`` if it said so.
+
+    Never raises: the result of a completed migration must reach the caller, who
+    may have committed it already."""
+    status: str | None = None
+    try:
+        # SAFETY: the hand-over asks for it (this copy must be stopped); this session is QEMU's
+        # one QMP client, so nobody else could ask now
+        got = await asyncio.wait_for(client.execute("query-status"), step)
+        status = str(got.get("status")) if isinstance(got, dict) else None
+    except (QMPError, TimeoutError, OSError, EOFError):
+        pass  # unknown: the hand-over refuses
+    res = dataclasses.replace(res, source_status=status)
+    # (in a thread: the commit may run an event loop of its own, as the store's clients may)
+    if not await asyncio.to_thread(handover, res):
+        return res
+    # SAFETY: in the same session as the migration: this copy (stopped) never runs again (should the
+    # quit go wrong, the caller kills the process when it has not exited within 5 s)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.execute("quit"), 2.0)
+    if phases is not None:
+        phases.mark("quit")
+    return dataclasses.replace(res, quit_sent=True)
 
 
 def migrate(
@@ -340,7 +360,7 @@ def migrate(
     connection on the guest's pause)."""
     try:
         return asyncio.run(_migrate(path, uri, timeout, downtime_ms, phases, handover))
-    except (OSError, QMPError, TimeoutError, ValueError) as e:
+    except Exception as e:  # e.g. OSError, QMPError, TimeoutError, EOFError: the caller decides by its commit
         return MigrationResult("error", error=repr(e))
 
 
