@@ -55,6 +55,7 @@ MAX_BANDWIDTH: Final = 10 << 30  # bytes/s: QEMU's default (32 MiB/s) would slow
 DEFAULT_MIGRATE_TIMEOUT: Final = 40.0  # below the node's 60 s command timeout
 # an incoming QEMU not resumed by then is killed by its node (the source died or gave up)
 INCOMING_DEADLINE: Final = DEFAULT_MIGRATE_TIMEOUT + 30.0
+_INCOMING_POLL: Final = 0.002  # s: the target's look at an incoming migration still finishing
 _FALLBACK_POLL: Final = 1.0  # s: query-migrate at least this often, should an event be missed
 
 # qemu.qmp logs every refused connection at ERROR (each poll while QEMU starts); what matters is
@@ -389,10 +390,18 @@ def qmp_calls(path: Path, *commands: tuple[str, Mapping[str, Any] | None], timeo
 async def _resume(path: Path, timeout: float) -> None:
     client = await _session(path, timeout)
     try:
-        info = await asyncio.wait_for(client.execute("query-migrate"), timeout)
-        status = await asyncio.wait_for(client.execute("query-status"), timeout)
-        mig = info.get("status") if isinstance(info, dict) else None
-        run = status.get("status") if isinstance(status, dict) else None
+        deadline = time.monotonic() + timeout
+        while True:
+            info = await asyncio.wait_for(client.execute("query-migrate"), timeout)
+            status = await asyncio.wait_for(client.execute("query-status"), timeout)
+            mig = info.get("status") if isinstance(info, dict) else None
+            run = status.get("status") if isinstance(status, dict) else None
+            # the source saw "completed" once it sent the last bytes; this side may still be loading
+            # them (a few ms): wait for it, but only while a stream is coming in
+            finishing = mig == "active" or (mig == "completed" and run == "inmigrate")
+            if not finishing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(_INCOMING_POLL)
         if mig != "completed" or run not in ("paused", "running"):
             raise MigrationError(f"not resuming: incoming migration {mig!r}, QEMU {run!r}")
         if run == "paused":
