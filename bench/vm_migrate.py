@@ -28,6 +28,7 @@ source agent's ``live migration phases (ms)`` log line (agents/vmqmp.py
 ``master_issue`` (API call to the master's round setting ``migrate``),
 ``lrm_dispatch`` (to the source's agent starting), ``agent_listen`` (the
 target's ``listen``: ``agent_peer_listen`` the request's way there and back,
+``agent_target_records`` its reading of the service's records,
 ``agent_target_arm`` its LRM going active, ``agent_target_prepare`` the
 command line, ``agent_target_launch`` the launcher, ``agent_target_qmp`` until
 QEMU's QMP greeted, ``agent_target_incoming`` its migration port),
