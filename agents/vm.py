@@ -377,7 +377,8 @@ class VmPlugin(IncomingSide):
 
         The order, and why (SAFETY: never two running copies of the guest):
 
-        1. the target launches its QEMU ``-incoming defer -S`` (request ``listen``);
+        1. the target launches its QEMU ``-incoming defer -S`` (request ``listen``,
+           in a thread while this node's QMP session is set up);
         2. QMP ``migrate`` here; QEMU pauses this copy (``postmigrate``) before it
            reports ``completed``, and the target's copy stays paused (``-S``):
            from here on neither copy runs;
@@ -411,18 +412,17 @@ class VmPlugin(IncomingSide):
         env.log("info", f"service {sid}: live migration to node '{target}'")
         t0 = time.monotonic()
         phases = Phases()
-        try:
+
+        def listen() -> str:
             reply = peer(target, {"sid": sid, "action": "listen"}, 20.0)
-            uri = str(reply["uri"])
-        except (PeerError, KeyError, TypeError) as e:
-            env.log("err", f"service {sid}: node '{target}' cannot take the live migration: {e}")
-            self._abort_target(env, sid, target, peer)
-            return False
-        phases.mark("listen")
-        target_phases = reply.get("phases")
-        if isinstance(target_phases, dict):
-            phases.add("target_", target_phases)
-        ready_ms = (time.monotonic() - t0) * 1000
+            listened.append(time.monotonic())
+            target_phases = reply.get("phases")
+            if isinstance(target_phases, dict):
+                phases.add("target_", target_phases)
+            phases.add("", {"listen_rtt": round((listened[0] - t0) * 1000, 1)})
+            return str(reply["uri"])
+
+        listened: list[float] = []
         moved: list[float] = []  # when the hand-over began, once the location moved (commit succeeded)
         failed: list[Exception] = []
 
@@ -445,9 +445,15 @@ class VmPlugin(IncomingSide):
             moved.append(began)
             return True
 
+        # the target's listen overlaps this node's QMP set-up (agents/vmqmp.py migrate)
         res = vmqmp.migrate(
-            self.qmp_path(node, name), uri, self.migrate_timeout, phases=phases, handover=handover
+            self.qmp_path(node, name), listen, self.migrate_timeout, phases=phases, handover=handover
         )
+        ready_ms = ((listened[0] if listened else time.monotonic()) - t0) * 1000
+        if res.status == "refused":
+            env.log("err", f"service {sid}: node '{target}' cannot take the live migration: {res.error}")
+            self._abort_target(env, sid, target, peer)
+            return False
         if not moved:
             if failed:
                 env.log(

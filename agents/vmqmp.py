@@ -170,7 +170,7 @@ class MigrationError(Exception):
 class MigrationResult:
     """The outcome of :func:`migrate`, with QEMU's own figures (``query-migrate``)."""
 
-    status: str  # completed | failed | cancelled | timeout | error
+    status: str  # completed | failed | cancelled | timeout | error | refused (the target did not listen)
     total_ms: int | None = None
     downtime_ms: int | None = None
     setup_ms: int | None = None
@@ -259,15 +259,34 @@ async def _wait_done(
             await asyncio.wait_for(events.get(), min(left, _FALLBACK_POLL))
 
 
+class TargetRefused(Exception):
+    """:func:`migrate`'s ``uri`` callable failed: the target did not listen (``__cause__`` says why)."""
+
+
+async def _target_uri(uri: str | Callable[[], str]) -> str:
+    if isinstance(uri, str):
+        return uri
+    try:
+        return await asyncio.to_thread(uri)
+    except Exception as e:
+        raise TargetRefused(str(e)) from e
+
+
 async def _migrate(
     path: Path,
-    uri: str,
+    uri: str | Callable[[], str],
     timeout: float,
     downtime_ms: int,
     phases: Phases | None,
     handover: Callable[[MigrationResult], bool] | None,
 ) -> MigrationResult:
-    client = await _session(path, min(timeout, 5.0))
+    # the target's listen (a QEMU start-up, tens of ms) runs while this session is set up
+    target = asyncio.ensure_future(_target_uri(uri))
+    try:
+        client = await _session(path, min(timeout, 5.0))
+    except BaseException:
+        await asyncio.gather(target, return_exceptions=True)  # never leave the listen behind
+        raise
     events = EventListener(("MIGRATION",))
     client.register_listener(events)
     try:
@@ -284,9 +303,12 @@ async def _migrate(
             ),
             step,
         )
-        await asyncio.wait_for(client.execute("migrate", {"uri": uri}), step)
         if phases is not None:
             phases.mark("setup")
+        dest = await target
+        if phases is not None and not isinstance(uri, str):
+            phases.mark("listen")  # what the listen took beyond this session's set-up
+        await asyncio.wait_for(client.execute("migrate", {"uri": dest}), step)
         info = await _wait_done(client, events, time.monotonic() + timeout, step)
         if info.get("status") not in _DONE:
             # out of time: cancel, and learn how it ended (it may still have completed meanwhile)
@@ -298,35 +320,55 @@ async def _migrate(
         if phases is not None:
             phases.mark("transfer")
         res = _result(info)
+        if res.completed:
+            res = await _settled(client, step)
         if res.completed and handover is not None:
-            return await _handover(client, res, handover, step, phases)
+            return await _handover(client, res, handover, phases)
         return res
     finally:
+        if not target.done():
+            await asyncio.gather(target, return_exceptions=True)
         with contextlib.suppress(Exception):
             client.remove_listener(events)
         await _close(client)
+
+
+async def _settled(client: QMPClient, step: float) -> MigrationResult:
+    """A completed migration once QEMU's main loop settled it: the source's status, QEMU's figures.
+
+    QEMU says ``completed`` from its migration thread a moment (about a ms) before
+    its main loop names the stopped guest ``postmigrate`` and sets ``total-time``
+    and ``downtime`` (0 until then). Never raises: a status it cannot learn is
+    None (the hand-over then refuses)."""
+    status: str | None = None
+    info: Mapping[str, Any] = {"status": "completed"}
+    try:
+        end = time.monotonic() + step
+        while True:
+            # SAFETY: the hand-over asks for the status (this copy must be stopped); this session is
+            # QEMU's one QMP client, so nobody else could ask now
+            got = await asyncio.wait_for(client.execute("query-status"), step)
+            status = str(got.get("status")) if isinstance(got, dict) else None
+            if status != "finish-migrate" or time.monotonic() > end:
+                break
+            await asyncio.sleep(0.001)
+        got = await asyncio.wait_for(client.execute("query-migrate"), step)
+        info = got if isinstance(got, dict) else info
+    except (QMPError, TimeoutError, OSError, EOFError):
+        pass
+    return dataclasses.replace(_result(info, "completed"), source_status=status)
 
 
 async def _handover(
     client: QMPClient,
     res: MigrationResult,
     handover: Callable[[MigrationResult], bool],
-    step: float,
     phases: Phases | None,
 ) -> MigrationResult:
-    """After ``completed``: the source's status, ``handover(res)`` (a thread), then ``quit`` if it said so.
+    """After ``completed``: ``handover(res)`` (a thread), then ``quit`` if it said so.
 
     Never raises: the result of a completed migration must reach the caller, who
     may have committed it already."""
-    status: str | None = None
-    try:
-        # SAFETY: the hand-over asks for it (this copy must be stopped); this session is QEMU's
-        # one QMP client, so nobody else could ask now
-        got = await asyncio.wait_for(client.execute("query-status"), step)
-        status = str(got.get("status")) if isinstance(got, dict) else None
-    except (QMPError, TimeoutError, OSError, EOFError):
-        pass  # unknown: the hand-over refuses
-    res = dataclasses.replace(res, source_status=status)
     # (in a thread: the commit may run an event loop of its own, as the store's clients may)
     if not await asyncio.to_thread(handover, res):
         return res
@@ -341,7 +383,7 @@ async def _handover(
 
 def migrate(
     path: Path,
-    uri: str,
+    uri: str | Callable[[], str],
     timeout: float = DEFAULT_MIGRATE_TIMEOUT,
     downtime_ms: int = DOWNTIME_LIMIT_MS,
     phases: Phases | None = None,
@@ -351,7 +393,9 @@ def migrate(
 
     Never raises for a QMP or socket problem: that is status ``error``. A
     migration that is not ``completed`` was cancelled (or failed) and the
-    source QEMU still holds the guest. QEMU reports the migration's progress
+    source QEMU still holds the guest. ``uri`` may be a callable (the target's
+    ``listen``), run in a thread while the QMP session is set up; when it
+    raises, the status is ``refused`` and nothing was migrated. QEMU reports the migration's progress
     as MIGRATION events (capability ``events``): each one is followed by a
     ``query-migrate``, so the end is seen at once, without polling.
 
@@ -361,6 +405,8 @@ def migrate(
     connection on the guest's pause)."""
     try:
         return asyncio.run(_migrate(path, uri, timeout, downtime_ms, phases, handover))
+    except TargetRefused as e:
+        return MigrationResult("refused", error=str(e))
     except Exception as e:  # e.g. OSError, QMPError, TimeoutError, EOFError: the caller decides by its commit
         return MigrationResult("error", error=repr(e))
 

@@ -26,13 +26,15 @@ process so that no Python start-up is timed) and measures:
 source agent's ``live migration phases (ms)`` log line (agents/vmqmp.py
 ``Phases``) and the master's state-change log lines (wall clocks of one host):
 ``master_issue`` (API call to the master's round setting ``migrate``),
-``lrm_dispatch`` (to the source's agent starting), ``agent_listen`` (the
-target's ``listen``: ``agent_peer_listen`` the request's way there and back,
+``lrm_dispatch`` (to the source's agent starting), ``agent_setup`` (the
+source's QMP session set up, while the target listens), ``agent_listen`` (the
+rest of the wait for the target's ``listen``), ``agent_listen_rtt`` (the
+whole ``listen``: ``agent_peer_listen`` the request's way there and back,
 ``agent_target_records`` its reading of the service's records,
 ``agent_target_arm`` its LRM going active, ``agent_target_prepare`` the
 command line, ``agent_target_launch`` the launcher, ``agent_target_qmp`` until
 QEMU's QMP greeted, ``agent_target_incoming`` its migration port),
-``agent_setup`` / ``agent_transfer`` (QMP ``migrate`` / QEMU's migration),
+``agent_transfer`` (QMP ``migrate`` and QEMU's migration),
 ``agent_commit`` (the location move), ``agent_quit`` (the source QEMU's
 ``quit``), ``agent_resume`` (the target's ``resume`` round trip:
 ``agent_target_resume_records`` / ``agent_target_resume_qmp`` the target's
@@ -132,7 +134,7 @@ def breakdown(c: LiveCluster, source: str, seen: int, t_call: float, t_seen: flo
         for k, v in out.items()
         if k.startswith("agent_target_") and not k.startswith("agent_target_resume_")
     )
-    out["agent_peer_listen"] = out.get("agent_listen", 0.0) - target  # the request's way there and back
+    out["agent_peer_listen"] = out.get("agent_listen_rtt", 0.0) - target  # the request's way there and back
     resume = sum(v for k, v in out.items() if k.startswith("agent_target_resume_"))
     out["agent_peer_resume"] = out.get("agent_resume", 0.0) - resume
     return {k: round(v, 1) for k, v in out.items()}
