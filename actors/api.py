@@ -203,12 +203,13 @@ class ApiActor(pykka.ThreadingActor):
         be dropped without a word. The node's supervisor restarts a dead API actor
         too, ``actors/node.py``, for what this cannot catch.)
         """
+        deferred = False
         try:
-            self._receive(message)
+            deferred = self._receive(message)
         except Exception as e:
             self._failed(message, e)
         finally:
-            if self.queue is not None and isinstance(message, Request):
+            if self.queue is not None and isinstance(message, Request) and not deferred:
                 self.queue.done(message.env)
 
     def _failed(self, message: object, e: Exception) -> None:
@@ -234,18 +235,41 @@ class ApiActor(pykka.ThreadingActor):
             raise AdminError(f"operation '{req.op}' is not served by node '{self.node}'", ExitCode.REFUSED)
         return fn(who, dict(req.args))
 
-    def _receive(self, message: object) -> None:
+    def _receive(self, message: object) -> bool:
+        """Handle ``message``; True when a thread of its own answers the request (see below)."""
         if isinstance(message, Members):
             self.nodes = sorted(message.endpoints)
             self.members = frozenset(message.endpoints)
             self.api.nodes, self.api.endpoints = list(self.nodes), dict(message.endpoints)
-            return
+            return False
         if isinstance(message, StatusWritten):
             if self.publisher is not None:
                 self.publisher.feed(message.ms)
-            return
+            return False
         if not isinstance(message, Request):
-            return
+            return False
+        req = message.env.body
+        assert isinstance(req, ApiRequest)
+        if req.op in MEMBER_OPS:
+            # off the actor's thread: a live migration's ``listen`` launches a QEMU (tens of ms) while
+            # this node's API goes on answering (issue #12); the operation keeps its own locks
+            threading.Thread(
+                target=self._answer_deferred, args=(message,), name=f"{self.node}/api-{req.op}", daemon=True
+            ).start()
+            return True
+        self._answer(message)
+        return False
+
+    def _answer_deferred(self, message: Request) -> None:
+        try:
+            self._answer(message)
+        except Exception as e:
+            self._failed(message, e)
+        finally:
+            if self.queue is not None:
+                self.queue.done(message.env)
+
+    def _answer(self, message: Request) -> None:
         req = message.env.body
         assert isinstance(req, ApiRequest)
         user = self.user_of(message.env)

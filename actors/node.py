@@ -330,6 +330,7 @@ class NodeRuntime:
         vm = agents.get("vm")
         if isinstance(vm, VmPlugin):
             vm.peer = self._vm_peer
+            self.vm_incoming.warm_up()
         timing = c.core_timing()
         # the API first: the master's status hook (_announce_commands) tells it every write
         self.api_sup = Supervised("API", self._start_api, f"{self.node}/node")

@@ -25,7 +25,7 @@ from typing import Any
 from actors.env import LiveEnv, NodeContext
 from admin.errors import AdminError, ExitCode
 from agents.vm import VmPlugin
-from agents.vmqmp import MigrationError, PeerError
+from agents.vmqmp import MigrationError, PeerError, Phases
 from bus.messages import ApiReply, ApiRequest, Message
 from ha.errors import HaError
 from store import records as rec
@@ -90,6 +90,24 @@ class VmIncoming:
         self.env = LiveEnv(ctx, "api")
         self.wake_lrm = wake_lrm
 
+    def warm_up(self) -> None:
+        """In the background: what a ``listen`` of this node's ``vm:`` services needs, ready now.
+
+        (The default guest's kernel and initramfs: looking them up reads a few MB, 40-60 ms,
+        which a migration's target would otherwise pay before its QEMU could start.)"""
+
+        def warm() -> None:
+            try:
+                plugin = self._plugin()
+                services = self.env.read_service_config().services
+            except (AdminError, HaError):
+                return
+            for sid, conf in services.items():
+                if sid.startswith("vm:"):
+                    plugin.warm(conf)
+
+        threading.Thread(target=warm, name=f"{self.ctx.node}/vm-warm", daemon=True).start()
+
     def _arm(self, sid: str, deadline: float) -> None:
         """Pin ``sid`` so that this node's LRM holds its agent lease and watchdog; wait until it does.
 
@@ -119,6 +137,7 @@ class VmIncoming:
         if not isinstance(sid, str) or not sid.startswith("vm:") or action not in VM_ACTIONS:
             want = "|".join(VM_ACTIONS)
             raise AdminError(f"vm_incoming: needs sid 'vm:...' and action {want}", ExitCode.USAGE)
+        phases = Phases()
         plugin = self._plugin()
         conf = self.env.read_service_config().services.get(sid)
         if conf is None:
@@ -134,12 +153,15 @@ class VmIncoming:
                 raise AdminError(f"node '{node}' is fencing itself", ExitCode.REFUSED)
             where, _ = rec.read_location(self.ctx.store, sid)
             where = where or conf.node
+            phases.mark("records")  # the service's config and location, read here
             if action == "listen":
                 if where != sender:
                     raise AdminError(f"'{sid}' is on node '{where}', not on '{sender}'", ExitCode.REFUSED)
                 self._arm(sid, plugin.incoming_deadline + PIN_MARGIN)
+                phases.mark("arm")
                 try:
-                    return {"uri": plugin.incoming_listen(self.env, sid, conf, self.host)}
+                    uri = plugin.incoming_listen(self.env, sid, conf, self.host, phases)
+                    return {"uri": uri, "phases": phases.ms}
                 except MigrationError:
                     self.ctx.incoming.pop(sid, None)
                     raise
@@ -154,6 +176,7 @@ class VmIncoming:
                     ExitCode.REFUSED,
                 )
             plugin.incoming_resume(self.env, sid, conf)
-            return {"resumed": True}
+            phases.mark("qmp")
+            return {"resumed": True, "phases": phases.ms}
         except MigrationError as e:
             raise AdminError(str(e), ExitCode.FAILED) from e

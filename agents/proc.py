@@ -41,7 +41,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from agents import procutil
 from ha.config.resources import ResourceConfig
@@ -279,26 +279,35 @@ class ProcPlugin:
             "log": str(self.log_path(node, name)),
         }
         try:
-            res = subprocess.run(
-                [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(spec)],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-            out = json.loads(res.stdout or "{}")
+            out = self._spawn(spec)
         except (subprocess.TimeoutExpired, ValueError, OSError) as e:
             env.log("err", f"service {sid}: launcher failed: {e}")
             self._drop_cgroup(cgroup)
             return None
         if "pid" not in out:
-            env.log("err", f"service {sid}: cannot start: {out.get('error') or res.stderr.strip()}")
+            env.log("err", f"service {sid}: cannot start: {out.get('error')}")
             self._drop_cgroup(cgroup)
             return None
         pid = int(out["pid"])
         st = ProcState(pid, pid, int(out["starttime"]), self.boot_id, cg_str, shown, time.time())
         self._save_state(node, name, st)
         return st
+
+    def _spawn(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Run the launcher (``agents/launcher.py``): ``{"pid", "starttime"}`` or ``{"error"}``."""
+        res = subprocess.run(
+            [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        out = json.loads(res.stdout or "{}")
+        if not isinstance(out, dict):
+            raise ValueError(f"launcher said {res.stdout!r}")
+        if "pid" not in out and not out.get("error"):
+            out["error"] = res.stderr.strip()
+        return out
 
     def _make_cgroup(self, env: Env, node: str, name: str) -> Path | None:
         cg = self.cgroup_path(node, name)

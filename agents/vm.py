@@ -62,14 +62,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from qemu.qmp import QMPError
 
-from agents import procutil, vmqmp
+from agents import procutil, shspawn, vmqmp
 from agents.guestimage import HEALTH_PORT, QEMU, VM_APPEND, GuestError, default_vm_guest
-from agents.proc import ProcPlugin, ProcState
-from agents.vmqmp import INCOMING_ARGS, GuestAnswer, MigrationError, Peer, PeerError, ping_guest, qmp
+from agents.proc import ProcState
+from agents.vmincoming import IncomingSide
+from agents.vmqmp import GuestAnswer, MigrationError, Peer, PeerError, Phases, ping_guest, qmp
 from agents.vmspec import (
     DEFAULT_CORES,
     DEFAULT_MEMORY_MB,
@@ -114,7 +115,7 @@ def kvm_requested() -> bool:
 # -- the plugin ------------------------------------------------------------------------------------
 
 
-class VmPlugin(ProcPlugin):
+class VmPlugin(IncomingSide):
     """:class:`ha.env.ResourcePlugin` for ``vm:<vmid>`` services (processes handled as ``proc`` does)."""
 
     type_name = "vm"
@@ -171,10 +172,6 @@ class VmPlugin(ProcPlugin):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 
-    def incoming_path(self, node: str, name: str) -> Path:
-        """Marks a QEMU of the service launched for an incoming migration and not yet resumed."""
-        return self._dir(node) / f"{name}.incoming"
-
     def _forget(self, node: str, name: str, st: ProcState | None) -> None:
         super()._forget(node, name, st)
         self._remove_sockets(node, name)
@@ -228,6 +225,22 @@ class VmPlugin(ProcPlugin):
         if known is None or not (known[0].exists() and known[1].exists()):
             known = self._guest = default_vm_guest(self.guest_cache)
         return known
+
+    def warm(self, conf: ResourceConfig) -> None:
+        """Look up (or build) the default guest now if ``conf`` boots it (never raises).
+
+        A live migration's target needs it at once, before its QEMU can listen; the
+        live runtime calls this in the background when the node starts
+        (actors/peer.py ``VmIncoming.warm_up``)."""
+        try:
+            if parse_spec(conf.extra).default_guest:
+                self._default_guest()
+        except (VmConfigError, GuestError, OSError):
+            pass  # a start or listen reports it
+
+    def _spawn(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """QEMU through the shell (agents/shspawn.py: 20-30 ms less than the Python launcher)."""
+        return shspawn.spawn(spec) if shspawn.available() else super()._spawn(spec)
 
     # -- the plugin protocol -------------------------------------------------------------------------
 
@@ -364,12 +377,15 @@ class VmPlugin(ProcPlugin):
 
         The order, and why (SAFETY: never two running copies of the guest):
 
-        1. the target launches its QEMU ``-incoming defer -S`` (request ``listen``);
+        1. the target launches its QEMU ``-incoming defer -S`` (request ``listen``,
+           in a thread while this node's QMP session is set up);
         2. QMP ``migrate`` here; QEMU pauses this copy (``postmigrate``) before it
            reports ``completed``, and the target's copy stays paused (``-S``):
            from here on neither copy runs;
-        3. ``commit``: the location names the target;
-        4. QMP ``quit`` here: this copy can never be resumed again;
+        3. ``commit``: the location names the target (run inside the migration's
+           QMP session, :func:`agents.vmqmp.migrate` ``handover``);
+        4. QMP ``quit`` here, in that same session: this copy can never be
+           resumed again;
         5. only then the target resumes its copy (request ``resume``; it checks
            that the location names it).
 
@@ -395,47 +411,93 @@ class VmPlugin(ProcPlugin):
             return self._relocate(env, sid, conf, target)
         env.log("info", f"service {sid}: live migration to node '{target}'")
         t0 = time.monotonic()
-        try:
-            uri = str(peer(target, {"sid": sid, "action": "listen"}, 20.0)["uri"])
-        except (PeerError, KeyError, TypeError) as e:
-            env.log("err", f"service {sid}: node '{target}' cannot take the live migration: {e}")
+        phases = Phases()
+
+        def listen() -> str:
+            reply = peer(target, {"sid": sid, "action": "listen"}, 20.0)
+            listened.append(time.monotonic())
+            target_phases = reply.get("phases")
+            if isinstance(target_phases, dict):
+                phases.add("target_", target_phases)
+            phases.add("", {"listen_rtt": round((listened[0] - t0) * 1000, 1)})
+            return str(reply["uri"])
+
+        listened: list[float] = []
+        moved: list[float] = []  # when the hand-over began, once the location moved (commit succeeded)
+        failed: list[Exception] = []
+
+        def handover(done: vmqmp.MigrationResult) -> bool:
+            began = time.monotonic()
+            # SAFETY: both copies are paused now (source postmigrate, target -S); True: the source
+            # QEMU quits in the migration's own QMP session, before the target's copy may run
+            # (QEMU reports "completed" a moment before its main loop moves the stopped guest from
+            # finish-migrate to postmigrate: both are stopped, and a completed one never restarts)
+            if done.source_status not in ("postmigrate", "finish-migrate"):
+                failed.append(MigrationError(f"the source QEMU is {done.source_status!r}, not stopped"))
+                return False
+            if commit is not None:
+                try:
+                    commit()
+                except Exception as e:  # the location did not move: the guest stays here
+                    failed.append(e)
+                    return False
+            phases.mark("commit")
+            moved.append(began)
+            return True
+
+        # the target's listen overlaps this node's QMP set-up (agents/vmqmp.py migrate)
+        res = vmqmp.migrate(
+            self.qmp_path(node, name), listen, self.migrate_timeout, phases=phases, handover=handover
+        )
+        ready_ms = ((listened[0] if listened else time.monotonic()) - t0) * 1000
+        if res.status == "refused":
+            env.log("err", f"service {sid}: node '{target}' cannot take the live migration: {res.error}")
             self._abort_target(env, sid, target, peer)
             return False
-        ready_ms = (time.monotonic() - t0) * 1000
-        res = vmqmp.migrate(self.qmp_path(node, name), uri, self.migrate_timeout)
-        if not res.completed:
-            env.log("err", f"service {sid}: live migration to node '{target}' {res.status}: {res.error}")
+        if not moved:
+            if failed:
+                env.log(
+                    "err",
+                    f"service {sid}: migrated, but its location did not move ({failed[0]}); resuming it here",
+                )
+            else:
+                env.log("err", f"service {sid}: live migration to node '{target}' {res.status}: {res.error}")
             self._abort_target(env, sid, target, peer)  # SAFETY: first gone there, then running here
             self._resume_here(env, sid, node, name)
             return False
-        t_done = time.monotonic()
-        # SAFETY: both copies are paused now (source postmigrate, target -S)
-        if commit is not None:
-            try:
-                commit()
-            except Exception as e:  # the location did not move: the guest stays here
-                env.log(
-                    "err", f"service {sid}: migrated, but its location did not move ({e}); resuming it here"
-                )
-                self._abort_target(env, sid, target, peer)
-                self._resume_here(env, sid, node, name)
-                return False
-        # SAFETY: this copy quits before the target's may run (a postmigrate QEMU resumes only on `cont`)
-        with contextlib.suppress(OSError, QMPError, TimeoutError):
-            qmp(self.qmp_path(node, name), "quit", timeout=2.0)
+        # the location names the target from here on: it owns the service, whatever happens next
+        t_done = moved[0]
+        if not res.completed:  # QMP trouble after the hand-over: the target still takes the guest
+            env.log(
+                "warning", f"service {sid}: after the hand-over to node '{target}': {res.status}: {res.error}"
+            )
+        if not res.quit_sent:
+            # SAFETY: this copy quits before the target's may run (a postmigrate QEMU resumes only on `cont`)
+            with contextlib.suppress(OSError, QMPError, TimeoutError):
+                qmp(self.qmp_path(node, name), "quit", timeout=2.0)
+            phases.mark("quit")
         try:
-            peer(target, {"sid": sid, "action": "resume"}, 10.0)
+            resumed = peer(target, {"sid": sid, "action": "resume"}, 10.0)
+            if isinstance(resumed.get("phases"), dict):
+                phases.add("target_resume_", resumed["phases"])
         except PeerError as e:
             env.log(
                 "err",
                 f"service {sid}: the guest did not resume on node '{target}' ({e}); it boots there again",
             )
+        phases.mark("resume")
         paused_ms = (time.monotonic() - t_done) * 1000 + (res.downtime_ms or 0)
         t_resumed = time.monotonic()
-        if procutil.poll_until(lambda: not self.any_alive(st), 5.0, cap=0.05):
+        if procutil.poll_until(lambda: not self.any_alive(st), 5.0, first=0.002, cap=0.005):
             self._forget(node, name, st)
         else:
             self._terminate(env, sid, node, name, st, 0)
+        phases.mark("gone")
+        env.log(
+            "info",
+            f"service {sid}: live migration phases (ms): {phases.text()} "
+            f"wall_start={phases.wall:.3f} wall_end={time.time():.3f}",
+        )
         env.log(
             "info",
             f"service {sid}: live migration to {target} done in {res.total_ms} ms, "
@@ -466,90 +528,6 @@ class VmPlugin(ProcPlugin):
         env.log(
             "info" if status == "running" else "err", f"service {sid}: guest {status or 'not answering'} here"
         )
-
-    # -- live migration: the target ------------------------------------------------------------------
-
-    def _drop_incoming(self, env: Env, sid: str, node: str, name: str) -> bool:
-        """Kill the service's incoming QEMU that was never resumed (caller holds _incoming_lock).
-
-        SAFETY: such a copy was never handed over (its migration failed, or its
-        source died first): it must never run, and a start never adopts it.
-        True if there was one."""
-        marker = self.incoming_path(node, name)
-        if not marker.exists():
-            return False
-        st = self.current(node, name)
-        if st is not None:
-            env.log("info", f"service {sid}: killing its incoming QEMU (never resumed)")
-            self._terminate(env, sid, node, name, st, 0)
-        if st is None or not self.any_alive(st):
-            marker.unlink(missing_ok=True)
-        return True
-
-    def incoming_listen(self, env: Env, sid: str, conf: ResourceConfig, host: str) -> str:
-        """Launch the service's QEMU ``-incoming defer -S`` here, listening on ``host``; the URI.
-
-        The same command line and cgroup as a start (so this node's fencing kills
-        it), plus :data:`agents.vmqmp.INCOMING_ARGS`. Raises MigrationError."""
-        node, name = env.nodename(), conf.name
-        with self._incoming_lock:
-            self._drop_incoming(env, sid, node, name)
-            if self._running_or_forgotten(node, name):
-                # SAFETY: a copy of the guest runs here already: never a second one
-                raise MigrationError(f"service {sid} already runs on node '{node}'")
-            try:
-                _, argv = self._prepare(sid, node, name, conf)
-                # SAFETY: marked before the launch, so no crash leaves an unmarked incoming QEMU
-                self.incoming_path(node, name).write_text(f"{time.time()}\n")
-            except (VmConfigError, GuestError, OSError) as e:
-                raise MigrationError(str(e)) from e
-            argv += INCOMING_ARGS
-            st = self._launch(env, sid, node, name, argv, "/", {}, " ".join(argv))
-            if st is None:
-                self.incoming_path(node, name).unlink(missing_ok=True)
-                raise MigrationError("QEMU did not start (see this node's log)")
-        deadline = time.monotonic() + 15.0
-        while True:
-            try:
-                uri = vmqmp.listen(self.qmp_path(node, name), host, timeout=2.0)
-                break
-            except MigrationError as e:
-                if not self.any_alive(st) or time.monotonic() > deadline:
-                    with self._incoming_lock:
-                        self._drop_incoming(env, sid, node, name)
-                    raise MigrationError(f"{e}{self._log_tail(node, name)}") from e
-                time.sleep(0.02)
-        reaper = threading.Timer(self.incoming_deadline, self._reap, (env, sid, node, name, st.pid))
-        reaper.daemon = True
-        reaper.start()
-        env.log("info", f"service {sid}: QEMU waiting for a live migration on {uri}")
-        return uri
-
-    def _reap(self, env: Env, sid: str, node: str, name: str, pid: int) -> None:
-        with self._incoming_lock:
-            st = self.current(node, name)
-            if st is not None and st.pid == pid and self.incoming_path(node, name).exists():
-                env.log(
-                    "warning", f"service {sid}: incoming migration not resumed in {self.incoming_deadline:g}s"
-                )
-                self._drop_incoming(env, sid, node, name)
-
-    def incoming_resume(self, env: Env, sid: str, conf: ResourceConfig) -> None:
-        """Run the guest that came in (after the source's commit); idempotent. Raises MigrationError."""
-        node, name = env.nodename(), conf.name
-        with self._incoming_lock:
-            if not self.incoming_path(node, name).exists():
-                if self._qmp_status(node, name, 3.0) == "running":
-                    return  # resumed already (a repeated request)
-                raise MigrationError(f"no incoming QEMU of {sid} on node '{node}'")
-            vmqmp.resume_incoming(self.qmp_path(node, name))
-            self.incoming_path(node, name).unlink()  # an ordinary running VM from now on
-        env.log("info", f"service {sid}: guest resumed here after its live migration")
-
-    def incoming_abort(self, env: Env, sid: str, conf: ResourceConfig) -> bool:
-        """Kill the service's incoming QEMU (never a resumed one); False if there was none."""
-        with self._incoming_lock:
-            return self._drop_incoming(env, sid, env.nodename(), conf.name)
 
 
 __all__ = [

@@ -22,6 +22,27 @@ process so that no Python start-up is timed) and measures:
   QEMU's launch included) and ``cluster_ms`` = ``command_to_started_ms -
   agent_ms - source_gone_ms`` (the master and LRM rounds alone).
 
+``phases_p50_ms`` (``phase_*_ms`` per run) splits that time up, from the
+source agent's ``live migration phases (ms)`` log line (agents/vmqmp.py
+``Phases``) and the master's state-change log lines (wall clocks of one host):
+``master_issue`` (API call to the master's round setting ``migrate``),
+``lrm_dispatch`` (to the source's agent starting), ``agent_setup`` (the
+source's QMP session set up, while the target listens), ``agent_listen`` (the
+rest of the wait for the target's ``listen``), ``agent_listen_rtt`` (the
+whole ``listen``: ``agent_peer_listen`` the request's way there and back,
+``agent_target_records`` its reading of the service's records,
+``agent_target_arm`` its LRM going active, ``agent_target_prepare`` the
+command line, ``agent_target_launch`` the launcher, ``agent_target_qmp`` until
+QEMU's QMP greeted, ``agent_target_incoming`` its migration port),
+``agent_transfer`` (QMP ``migrate`` and QEMU's migration),
+``agent_commit`` (the location move), ``agent_quit`` (the source QEMU's
+``quit``), ``agent_resume`` (the target's ``resume`` round trip:
+``agent_target_resume_records`` / ``agent_target_resume_qmp`` the target's
+reading of the service's records and its QMP ``cont``, ``agent_peer_resume``
+the rest), ``agent_gone`` (until the source QEMU exited), ``master_finish`` (agent done
+to the master's round setting ``started``) and ``status_seen`` (until this
+bench read that status).
+
 Every run checks that the guest kept its boot id and that its uptime grew,
 and that one QEMU of the service is left, on the target.
 Goals (issue #12): downtime p50 <= 300 ms, overhead <= 50 ms.
@@ -35,6 +56,7 @@ import re
 import statistics
 import tempfile
 import time
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 
@@ -48,6 +70,13 @@ DONE = re.compile(
     r"service vm:100: live migration to (\S+) done in (\d+) ms, downtime (\d+) ms \(QEMU\); "
     r"guest paused (\d+) ms, (\d+) ms in all \(target QEMU ready after (\d+) ms; "
     r"source QEMU gone (\d+) ms after the resume\)"
+)
+PHASES = re.compile(
+    r"service vm:100: live migration phases \(ms\): (.*) wall_start=([\d.]+) wall_end=([\d.]+)"
+)
+STATE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) .*service 'vm:100': state changed from '(\w+)' to '(\w+)'",
+    re.M,
 )
 GOAL_DOWNTIME_MS = 300
 GOAL_OVERHEAD_MS = 50
@@ -69,6 +98,48 @@ def _done_line(c: LiveCluster, node: str, seen: int) -> re.Match[str] | None:
     return found[seen] if len(found) > seen else None
 
 
+def _phases_line(c: LiveCluster, node: str, seen: int) -> re.Match[str] | None:
+    found = list(PHASES.finditer(c.log(node)))
+    return found[seen] if len(found) > seen else None
+
+
+def _state_changes(c: LiveCluster, old: str, new: str, after: float) -> list[float]:
+    """Wall times of the master's "state changed from OLD to NEW" log lines of vm:100 after ``after``."""
+    out = []
+    for n in c.nodes:
+        for m in STATE.finditer(c.log(n)):
+            if (m.group(2), m.group(3)) == (old, new):
+                t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+                if t >= after - 0.002:  # the log's milliseconds are truncated
+                    out.append(t)
+    return sorted(out)
+
+
+def breakdown(c: LiveCluster, source: str, seen: int, t_call: float, t_seen: float) -> dict[str, float]:
+    """Where the command-to-started time went, in ms (see the module doc, "phases")."""
+    m = wait_for(partial(_phases_line, c, source, seen), 10, "the source's phases line")
+    assert isinstance(m, re.Match)
+    out = {f"agent_{k}": float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    start, end = float(m.group(2)), float(m.group(3))
+    to_migrate = _state_changes(c, "started", "migrate", t_call)
+    to_started = _state_changes(c, "migrate", "started", t_call)
+    t_mig = to_migrate[0] if to_migrate else start
+    t_sta = to_started[0] if to_started else t_seen
+    out["master_issue"] = (t_mig - t_call) * 1000  # API call -> the master's round sets "migrate"
+    out["lrm_dispatch"] = (start - t_mig) * 1000  # -> the source's agent starts
+    out["master_finish"] = (t_sta - end) * 1000  # agent done -> the master's round sets "started"
+    out["status_seen"] = (t_seen - t_sta) * 1000  # -> its manager_status write seen by this bench
+    target = sum(
+        v
+        for k, v in out.items()
+        if k.startswith("agent_target_") and not k.startswith("agent_target_resume_")
+    )
+    out["agent_peer_listen"] = out.get("agent_listen_rtt", 0.0) - target  # the request's way there and back
+    resume = sum(v for k, v in out.items() if k.startswith("agent_target_resume_"))
+    out["agent_peer_resume"] = out.get("agent_resume", 0.0) - resume
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def run(root: Path, runs: int) -> dict[str, object]:
     c = LiveCluster(root)
     try:
@@ -85,13 +156,14 @@ def run(root: Path, runs: int) -> dict[str, object]:
             for i in range(runs):
                 source, target = c.nodes[i % 3], c.nodes[(i + 1) % 3]
                 time.sleep(1.0)  # let the previous move settle (LRM results, status writes)
-                t0 = time.monotonic()
+                t0, wall0 = time.monotonic(), time.time()
                 api.call("migrate", {"sid": SID, "node": target})
                 while c.service_state(SID) != ("started", target):
                     if time.monotonic() - t0 > 90:
                         raise RuntimeError(f"run {i + 1}: {SID} not started on {target} within 90 s")
                     time.sleep(0.005)
                 took_ms = (time.monotonic() - t0) * 1000
+                wall1 = time.time()
                 ans = wait_for(partial(_answer, paths, target), 30, f"vm:100 answering on {target}")
                 assert isinstance(ans, GuestAnswer)
                 if ans.boot_id != first.boot_id or ans.uptime <= prev.uptime:
@@ -99,6 +171,7 @@ def run(root: Path, runs: int) -> dict[str, object]:
                 prev = ans
                 m = wait_for(partial(_done_line, c, source, seen[source]), 10, "the source's log line")
                 assert isinstance(m, re.Match) and m.group(1) == target
+                phases = breakdown(c, source, seen[source], wall0, wall1)
                 seen[source] += 1
                 total, down, paused, agent, ready, gone = (float(m.group(k)) for k in (2, 3, 4, 5, 6, 7))
                 row = {
@@ -112,6 +185,7 @@ def run(root: Path, runs: int) -> dict[str, object]:
                     "overhead_ms": round(took_ms - total, 1),
                     "cluster_ms": round(took_ms - agent - gone, 1),
                 }
+                row.update({f"phase_{k}_ms": v for k, v in phases.items()})
                 rows.append(row)
                 print(
                     f"run {i + 1}/{runs}: {source} -> {target}: QEMU {total:.0f} ms "
@@ -120,6 +194,7 @@ def run(root: Path, runs: int) -> dict[str, object]:
                     f"(overhead {row['overhead_ms']:.0f} ms: target QEMU launch {ready:.0f} ms, "
                     f"master/LRM {row['cluster_ms']:.0f} ms)"
                 )
+                print("  phases (ms): " + " ".join(f"{k}={v:g}" for k, v in phases.items()))
         qemus = [n for n in c.nodes if paths.load_state(n, NAME) is not None]
         if qemus != [c.nodes[runs % 3]]:
             raise RuntimeError(f"QEMU state left on {qemus}, expected only {c.nodes[runs % 3]}")
@@ -127,14 +202,18 @@ def run(root: Path, runs: int) -> dict[str, object]:
         c.close()
 
     def stat(key: str) -> dict[str, float]:
-        vals = [r[key] for r in rows]
+        vals = [r.get(key, 0.0) for r in rows]
         return {"p50": round(statistics.median(vals), 1), "p95": round(percentile(vals, 95), 1)}
 
     out: dict[str, object] = {
         "runs": runs,
         "accel": "kvm" if kvm_requested() else "tcg",
         "guest_memory_mb": 256,
-        **{k: stat(k) for k in rows[0]},
+        **{k: stat(k) for k in rows[0] if not k.startswith("phase_")},
+        "phases_p50_ms": {
+            k.removeprefix("phase_").removesuffix("_ms"): stat(k)["p50"]
+            for k in dict.fromkeys(k for r in rows for k in r if k.startswith("phase_"))
+        },
         "per_run": rows,
         "goals": {"downtime_p50_ms": GOAL_DOWNTIME_MS, "overhead_ms": GOAL_OVERHEAD_MS},
     }

@@ -12,6 +12,8 @@ tests/live/test_vm_live.py's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import re
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agents import procutil
+from agents import procutil, vmqmp
 from agents.vm import VmPlugin
 from agents.vmqmp import MigrationError, PeerError, qmp_calls
 from ha.agent import exec_resource_agent
@@ -109,16 +111,27 @@ def start_on_n1(ns: Nodes) -> list[int]:
     return pids
 
 
-def test_live_migration_hands_the_running_guest_over(nodes: Nodes) -> None:
+def test_live_migration_hands_the_running_guest_over(nodes: Nodes, monkeypatch: pytest.MonkeyPatch) -> None:
     src_pids = start_on_n1(nodes)
     seen: dict[str, str | None] = {}
 
     def commit() -> None:  # where the live runtime moves the location: neither copy may run now
-        seen["n1"], seen["n2"] = nodes.status("n1"), nodes.status("n2")
+        seen["n2"] = nodes.status("n2")
         seen["marker"] = str(nodes.plugins["n2"].incoming_path("n2", NAME).exists())
 
+    # the source's QMP has one client at a time, the migration's own session (open until its quit):
+    # its status at the hand-over is the one that session read (and checked) before the commit
+    migrate = vmqmp.migrate
+
+    def spy(*args: Any, **kwargs: Any) -> vmqmp.MigrationResult:
+        res = migrate(*args, **kwargs)
+        seen["n1"] = res.source_status
+        return res
+
+    monkeypatch.setattr(vmqmp, "migrate", spy)
     env1 = nodes.envs["n1"]
     assert nodes.plugins["n1"].migrate_live(env1.env, SID, nodes.conf("n1"), "n2", commit), env1.text()
+    # (QEMU says "completed" a moment before it names its stopped guest postmigrate: the session waits)
     assert seen == {"n1": "postmigrate", "n2": "paused", "marker": "True"}, seen
     assert nodes.requests == [("n2", "listen"), ("n2", "resume")]
 
@@ -131,6 +144,9 @@ def test_live_migration_hands_the_running_guest_over(nodes: Nodes) -> None:
     assert not nodes.plugins["n2"].incoming_path("n2", NAME).exists()
     done = [m for lvl, m in env1.lines if "live migration to n2 done in" in m]
     assert len(done) == 1 and " ms, downtime " in done[0] and "(QEMU)" in done[0], env1.text()
+    # QEMU's own figures, read once its main loop settled the migration (0 before that)
+    total = re.search(r"done in (\d+) ms", done[0])
+    assert total is not None and int(total.group(1)) > 0, done[0]
     print("\n" + done[0])
 
     # the target's LRM, told `started`, adopts the running QEMU instead of booting a second one
@@ -162,6 +178,29 @@ def test_failed_commit_keeps_the_guest_running_on_the_source(nodes: Nodes) -> No
     assert nodes.status("n1") == "running" and nodes.pids("n1") == src_pids
     assert not nodes.pids("n2") and not nodes.plugins["n2"].incoming_path("n2", NAME).exists()
     assert any("location did not move (the store said no)" in m for _, m in env1.lines), env1.text()
+
+
+def test_no_commit_unless_the_source_qemu_stopped(nodes: Nodes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAFETY: the hand-over checks (in the migration's own QMP session) that the source is stopped."""
+    src_pids = start_on_n1(nodes)
+    migrate = vmqmp.migrate
+
+    def as_if_running(*args: Any, handover: Any, **kwargs: Any) -> vmqmp.MigrationResult:
+        return migrate(
+            *args, handover=lambda r: handover(dataclasses.replace(r, source_status="running")), **kwargs
+        )
+
+    monkeypatch.setattr(vmqmp, "migrate", as_if_running)
+    commits: list[bool] = []
+    env1 = nodes.envs["n1"]
+    assert not nodes.plugins["n1"].migrate_live(
+        env1.env, SID, nodes.conf("n1"), "n2", lambda: commits.append(True)
+    )
+    assert commits == []  # the location never moved
+    assert nodes.requests == [("n2", "listen"), ("n2", "abort")]
+    assert nodes.status("n1") == "running" and nodes.pids("n1") == src_pids
+    assert not nodes.pids("n2")
+    assert any("the source QEMU is 'running', not stopped" in m for _, m in env1.lines), env1.text()
 
 
 def test_failed_migration_keeps_the_guest_running_on_the_source(nodes: Nodes) -> None:
