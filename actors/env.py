@@ -172,6 +172,7 @@ class LiveEnv:
         self._resources_epoch = 0  # bumped to parse resources.cfg again for a location change
         self._parsed_locations: dict[str, str] = {}  # the locations the config in force follows
         self._locations = rec.LocationsCache()
+        self._crm_ms_parsed: tuple[str | None, ManagerStatus] | None = None  # a slave CRM's last read
         # what this daemon last wrote (without its timestamp), when, and the version written
         self._lrm_written: tuple[dict[str, Any], float] | None = None
         self._usage_written: Usage | None = None  # the measured usage the last write carried
@@ -309,6 +310,19 @@ class LiveEnv:
         """
         if self.daemon == "lrm":
             return self._lrm_read_manager_status()
+        if not self._manager_lease_held:
+            # a CRM that is not master only looks (CRM.healthy, can_get_active, every
+            # iteration): parsed again only when the record changed (issue #15: the whole
+            # status of thousands of services, on every node, twice a second). The master
+            # reads a fresh object each time: its Manager changes what it reads.
+            record = self.ctx.store.read(rec.MANAGER_STATUS)
+            version = None if record is None else record.version
+            if self._crm_ms_parsed is None or self._crm_ms_parsed[0] != version:
+                raw = {} if record is None else rec.decode_json(rec.MANAGER_STATUS, record.data)
+                self._crm_ms_parsed = (version, ManagerStatus.from_dict(raw))
+            if isinstance(self._ms_version, _Unknown):
+                self._ms_version = version
+            return self._crm_ms_parsed[1]
         ms, version = rec.read_manager_status(self.ctx.store)
         if isinstance(self._ms_version, _Unknown):  # first read, unknown outcome, or stale
             self._ms_version = version
@@ -406,19 +420,21 @@ class LiveEnv:
         # (issue #17: no timestamp refreshes): after a failed write (outcome unknown included)
         # the next tick writes again, and the results it carries are announced only after a
         # write that succeeded.
-        # The measured usage (issue #14) rides along with these writes. On its own it is a
-        # reason to write only while ``dynamic`` is configured or in use: for the node's first
-        # measurement (so that the master need not wait to use it), and when it moved
+        # The measured usage (issue #14) rides along with these writes while ``dynamic`` is
+        # configured or in use. On its own it is a reason to write only then: for the node's
+        # first measurement (so that the master need not wait to use it), and when it moved
         # (``Usage.moved_from``), at most every USAGE_REFRESH s.
         # A sample is due every few seconds, or now when the status changed (agents/usage.py);
-        # while nothing changed and the master does not place by measured usage, none is taken
-        # (issue #17: at rest, no cgroup or /proc reads for numbers nobody uses).
+        # only while ``dynamic`` is configured or in use: nothing else reads the numbers, and
+        # a sample reads every service's cgroup (issue #17 at rest; issue #15: 200 services
+        # starting on a node meant 200 status changes, each sampling every cgroup).
         content = _without_timestamp(status.to_dict())
         last = self._lrm_written
         changed = last is None or last[0] != content
-        if not changed and not self._dynamic_in_use():
+        dynamic = self._dynamic_in_use()
+        if not changed and not dynamic:
             return
-        usage = self._sample_usage(force=changed)
+        usage = self._sample_usage(force=changed) if dynamic else None
         if not changed and not self._usage_due(usage, last):
             return
         record = None if usage is None else rec.NodeUsage(usage.cpu, usage.mem, dict(usage.services))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from admin.configfiles import (
     check_delete,
@@ -80,6 +80,35 @@ def add_resource(
     node the command runs on, ``local``, among equals). Every option is checked against
     ``schema.RESOURCES`` before anything is read or written.
     """
+    return add_resources(store, [(sid, options)], nodes, local)[0]
+
+
+def add_resources(
+    store: Store, entries: Sequence[tuple[str, Mapping[str, str]]], nodes: list[str], local: str | None = None
+) -> list[ResourceConfig]:
+    """Several ``add``s checked one by one as :func:`add_resource` does, then written in one change.
+
+    All or nothing: one refused entry (bad option, already defined, duplicate) writes none.
+    (Thousands of services added one write each make every daemon of every node read the
+    file again for each: issue #15.)
+    """
+    made = [_checked_resource(store, sid, options, nodes, local) for sid, options in entries]
+    if len({cd.sid for cd in made}) != len(made):
+        raise AdminError("a resource is given twice", ExitCode.USAGE)
+
+    def edit(conf: ServiceConfig) -> None:
+        for cd in made:
+            if cd.sid in conf.services:
+                raise AdminError(f"resource '{cd.sid}' already defined", ExitCode.REFUSED)
+            conf.services[cd.sid] = cd
+
+    _edit(store, edit)
+    return made
+
+
+def _checked_resource(
+    store: Store, sid: str, options: Mapping[str, str], nodes: list[str], local: str | None
+) -> ResourceConfig:
     sid = normalize_sid(sid)
     rtype, _ = parse_sid(sid)
     check_options(
@@ -96,17 +125,9 @@ def add_resource(
     if not node:
         node = choose_node(store, nodes, local, group or None)
     try:
-        cd = resource_from_dict(sid, {**options, "node": node}, "command line")
+        return resource_from_dict(sid, {**options, "node": node}, "command line")
     except ConfigError as e:
         raise AdminError(e.message, ExitCode.USAGE) from None
-
-    def edit(conf: ServiceConfig) -> None:
-        if sid in conf.services:
-            raise AdminError(f"resource '{sid}' already defined", ExitCode.REFUSED)
-        conf.services[sid] = cd
-
-    _edit(store, edit)
-    return cd
 
 
 def set_resource(

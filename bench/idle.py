@@ -42,7 +42,7 @@ from functools import partial
 from pathlib import Path
 
 from admin.ports import free_port
-from admin.resources import add_resource
+from admin.resources import add_resources
 from bench.livecluster import LiveCluster, wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -142,6 +142,7 @@ def etcd_requests(c: LiveCluster) -> dict[str, int]:
 def build(c: LiveCluster, services: int, kind: str, first: int = 0) -> list[str]:
     """Write S proc services into resources.cfg (in-process: one tool call each would take minutes)."""
     sids = []
+    entries: list[tuple[str, dict[str, str]]] = []
     store = c.open_store()
     try:
         for i in range(first, first + services):
@@ -156,8 +157,9 @@ def build(c: LiveCluster, services: int, kind: str, first: int = 0) -> list[str]
                 opts["check_tcp"] = f"127.0.0.1:{port}"
             else:
                 opts["cmd"] = "exec sleep 100000"
-            add_resource(store, sid, opts, c.nodes)
+            entries.append((sid, opts))
             sids.append(sid)
+        add_resources(store, entries, c.nodes)  # one write: not one per service for every node to read
     finally:
         store.close()
     return sids

@@ -115,38 +115,38 @@ def test_usage_rides_along_with_the_writes_the_lrm_makes_anyway(
         set_cpu(node_cg / "web", web_usec, 100 * MIB)
         env.write_lrm_status(status)
 
-    env.write_lrm_status(status)  # the first write: no rate yet
+    env.write_lrm_status(status)  # the first write: under the basic scheduler, no usage
     assert store.writes == [name] and rec.read_lrm_status_and_usage(store, "n1")[1] is None
-    assert sampler.samples == 1
     # at rest under the basic scheduler: nothing changed, so no sample and no write (issue #17)
     for i in range(1, 5):
         tick(2.0, 500_000 + 4_000_000 * i, 250_000 + 3_000_000 * i)
-    assert store.writes == [name] and sampler.samples == 1
-    # the status changes: written at once, with a fresh sample (the rate over the last 8.5 s)
+    assert store.writes == [name] and sampler.samples == 0
+    # the status changes: written at once, still without a sample (nobody reads one: issue #15)
     mono[0] += 0.5
     clock.now += 0.5
     status = LrmStatus("active", "active", 2.0, {"u1": LrmResult("proc:web", "started", 0)})
     env.write_lrm_status(status)
-    assert store.writes == [name] * 2 and sampler.samples == 2
-    written = rec.read_lrm_status_and_usage(store, "n1")[1]
-    assert written is not None and written.services["proc:web"][0] > 1.0 and written.cpu > 1.4
-    # the load drops while nothing else changes: under the basic scheduler, no sample, no write
-    for _ in range(int(live_env.USAGE_REFRESH)):
-        tick(2.0, 500_000 + 4_000_000 * 4, 250_000 + 3_000_000 * 4)  # idle now
-    assert store.writes == [name] * 2 and sampler.samples == 2
+    assert store.writes == [name] * 2 and sampler.samples == 0
+    assert rec.read_lrm_status_and_usage(store, "n1")[1] is None
     # dynamic is configured, the master fell back to basic for want of measurements: the LRM
-    # measures again and writes the moved usage, at most every USAGE_REFRESH s
+    # measures and writes its first measurement as soon as it has a rate
     ms = ManagerStatus(master_node="n2", crs={"mode": "basic", "configured": "dynamic", "error": "no stats"})
     store.write(rec.MANAGER_STATUS, json.dumps(ms.to_dict()).encode())
     env.read_manager_status()
-    tick(2.0, 500_000 + 4_000_000 * 4, 250_000 + 3_000_000 * 4)
+    for _ in range(2):
+        tick(2.0, 500_000 + 4_000_000 * 4, 250_000 + 3_000_000 * 4)  # idle
     assert store.writes == [name] * 2 + [rec.MANAGER_STATUS, name]
     written = rec.read_lrm_status_and_usage(store, "n1")[1]
     assert written is not None and written.services["proc:web"][0] < 0.5
+    # the load rises: the moved usage is written, at most every USAGE_REFRESH s
+    for i in range(1, int(live_env.USAGE_REFRESH) + 2):
+        tick(1.0, 500_000 + 4_000_000 * 4 + 2_000_000 * i, 250_000 + 3_000_000 * 4 + 1_500_000 * i)
+    assert store.writes == [name] * 2 + [rec.MANAGER_STATUS, name, name]
+    written = rec.read_lrm_status_and_usage(store, "n1")[1]
+    assert written is not None and written.services["proc:web"][0] > 1.0
     samples = sampler.samples
     for _ in range(int(live_env.USAGE_REFRESH)):  # steady now: sampled, but no more writes
         tick(2.0, 500_000 + 4_000_000 * 4, 250_000 + 3_000_000 * 4)
-    assert store.writes == [name] * 2 + [rec.MANAGER_STATUS, name]
     assert sampler.samples > samples
 
 

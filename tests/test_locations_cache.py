@@ -98,3 +98,28 @@ def test_the_live_config_is_parsed_once_per_version_not_per_move(
     store.write(rec.RESOURCES_CFG, TEXT.replace("sleep 1", "sleep 2").encode())  # a new version: parsed
     env.read_service_config()
     assert len(calls) == 3
+
+
+def test_a_slave_crm_parses_the_status_once_per_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ha.records import ManagerStatus  # noqa: PLC0415
+
+    store = DirStore(tmp_path)
+    rec.write_manager_status(store, ManagerStatus(master_node="n2"))
+    env = live_env.LiveEnv(envstubs.context(store), "crm")
+    parsed = []
+    real = ManagerStatus.from_dict
+
+    def counting(d, only_node=None):  # type: ignore[no-untyped-def]
+        parsed.append(1)
+        return real(d, only_node)
+
+    monkeypatch.setattr(live_env.ManagerStatus, "from_dict", counting)
+    first = env.read_manager_status()
+    assert env.read_manager_status() is first and len(parsed) == 1 and first.master_node == "n2"
+    rec.write_manager_status(store, ManagerStatus(master_node="n3"))
+    assert env.read_manager_status().master_node == "n3" and len(parsed) == 2
+    env._manager_lease_held = True  # the master: a fresh object on every read (its Manager edits it)
+    a, b = env.read_manager_status(), env.read_manager_status()
+    assert a is not b and a.master_node == b.master_node == "n3"
