@@ -127,6 +127,7 @@ class EventPublisher:
         self.log = logger.bind(ident=f"{node}/events")
         self._stop = threading.Event()
         self._fed: collections.deque[ManagerStatus] = collections.deque(maxlen=1000)
+        self._topics: set[bytes] = set()  # what subscribers subscribed to (XPUB)
         self._last_feed = -FEED_HOLD
         self._thread: threading.Thread | None = None
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -204,7 +205,9 @@ class EventPublisher:
         """A new PUB socket bound at ``endpoint``, its connections guarded like the bus's (bus.guard)."""
         assert self._ctx is not None
         cfg = TransportConfig()
-        pub = self._ctx.socket(zmq.PUB)
+        # XPUB: the subscriptions reach us, so the store is followed only while someone listens
+        pub = self._ctx.socket(zmq.XPUB)
+        self._topics.clear()
         try:
             pub.setsockopt(zmq.LINGER, 0)
             pub.setsockopt(zmq.SNDHWM, 1000)
@@ -267,7 +270,7 @@ class EventPublisher:
         ms: ManagerStatus | None = None
         lrm: dict[str, tuple[str | None, str | None]] = {}
         quorate: bool | None = None
-        poller = self._poller(zap, waker, watch)
+        poller = self._poller(pub, zap, waker, watch)
         try:
             while not self._stop.is_set():
                 due = min(next_probe, next_quorum, next_hb, next_keys if self._zap is not None else next_hb)
@@ -284,13 +287,26 @@ class EventPublisher:
                     elif watch is not None and sock == watch.fd:
                         watch.wait(0)  # drain: one read of the store for a burst of writes
                         store_written = True
+                    elif sock is pub:
+                        was = bool(self._topics)
+                        self._subscriptions(pub)
+                        if self._topics and not was:  # the first subscriber: a baseline read now
+                            store_written, last_read, next_probe = True, -self.interval, 0.0
                 now = time.monotonic()
+                if not self._topics:
+                    # Nobody listens (issue #15: at scale every node parsed every status write
+                    # for nobody): forget the view; a new subscriber starts from a fresh one and
+                    # is told only what changes after its subscription (docs/API.md "Events").
+                    token, ms, lrm = None, None, {}
+                    self._fed.clear()
+                    store_written = False
+                    next_probe = now + 3600.0
                 soon = now + TIMER_SLACK  # timers due within it run now: one wake-up for several
                 if self._zap is not None and soon >= next_keys:
                     next_keys = now + 1.0
                     if self._zap.ring.refresh() | self._follow_members(self._zap):
                         pub = self._revoke(pub)
-                        poller = self._poller(zap, waker, watch)  # the new socket's monitor
+                        poller = self._poller(pub, zap, waker, watch)  # the new socket's monitor
                 while self._fed:
                     fed = self._fed.popleft()
                     if ms is not None and _newer(fed, ms):
@@ -325,8 +341,24 @@ class EventPublisher:
             self._close_pub(pub)
             self._close(zap)
 
-    def _poller(self, zap: zmq.Socket[bytes] | None, waker: Waker, watch: ChangeWatch | None) -> zmq.Poller:
+    def _subscriptions(self, pub: zmq.Socket[bytes]) -> None:
+        """Read what subscribers sent: ``\\x01topic`` (a first subscriber) or ``\\x00topic`` (the last
+        one of that topic left; libzmq sends it when a subscriber disconnects too)."""
+        while True:
+            try:
+                msg = pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01":
+                self._topics.add(msg[1:])
+            elif msg[:1] == b"\x00":
+                self._topics.discard(msg[1:])
+
+    def _poller(
+        self, pub: zmq.Socket[bytes], zap: zmq.Socket[bytes] | None, waker: Waker, watch: ChangeWatch | None
+    ) -> zmq.Poller:
         poller = zmq.Poller()
+        poller.register(pub, zmq.POLLIN)
         for s in (zap, self._mon):
             if s is not None:
                 poller.register(s, zmq.POLLIN)

@@ -155,3 +155,50 @@ def test_publisher_sleeps_at_rest_and_wakes_on_a_store_write(tmp_path: Path) -> 
         ctx.term()
         pub.stop()
         store.close()
+
+
+def test_without_a_subscriber_the_store_is_not_followed(tmp_path: Path) -> None:
+    """Issue #15: nobody listens, so no record is read for events (every node parsed every write)."""
+    cluster = ClusterConfig(root=tmp_path, cluster="t", nodes={"n1": "tcp://127.0.0.1:1"}, curve=False)
+    store = CountingStore(tmp_path / "store")
+    write_manager_status(store, ms(1, "n1", {"n1": "online"}, {"vm:100": ("started", "n1")}))
+    pub = EventPublisher("n1", cluster, store, lambda: True, interval=0.02, heartbeat=0.2)
+    pub.start()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    try:
+        assert pub.endpoint is not None
+        time.sleep(0.3)
+        before = CountingStore.looks
+        for i in range(5):  # writes nobody subscribed to
+            write_manager_status(store, ms(2 + i, "n1", {"n1": "online"}, {"vm:100": ("started", "n1")}))
+            time.sleep(0.1)
+        time.sleep(0.3)
+        assert CountingStore.looks == before
+        # a subscriber comes: the store is followed from now on, from a fresh view
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(pub.endpoint)
+        assert sub.poll(3000)  # a heartbeat: subscribed
+        while sub.poll(100):
+            ev = msgpack.unpackb(sub.recv_multipart()[1])
+            assert ev["type"] in ("heartbeat", "quorum"), ev  # nothing from before the subscription
+        assert CountingStore.looks > before
+        write_manager_status(store, ms(20, "n3", {"n1": "online"}, {"vm:100": ("started", "n1")}))
+        deadline = time.monotonic() + 5
+        seen = []
+        while time.monotonic() < deadline and not any(e["type"] == "master" for e in seen):
+            if sub.poll(200):
+                seen.append(msgpack.unpackb(sub.recv_multipart()[1]))
+        assert any(e["type"] == "master" and e["new"] == "n3" for e in seen), seen
+        # the subscriber leaves: the store is not followed any more
+        sub.close(linger=0)
+        time.sleep(0.5)
+        after = CountingStore.looks
+        write_manager_status(store, ms(21, "n1", {"n1": "online"}, {}))
+        time.sleep(0.5)
+        assert CountingStore.looks == after
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+        pub.stop()
+        store.close()
