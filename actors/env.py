@@ -122,6 +122,9 @@ class NodeContext:
     # the node's Prometheus metrics and the master's notification targets (docs/OPERATIONS.md)
     metrics: NodeMetrics | None = None
     notifier: Notifier | None = None
+    # counted up by the node's store watcher when locations/ may have changed (or it cannot
+    # tell); None without a watcher: the daemons then ask the store's change log each time
+    locations_epoch: list[int] | None = None
     _parse_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -515,7 +518,8 @@ class LiveEnv:
     def read_service_config(self) -> ServiceConfig:
         if self.daemon == "crm":
             self._place_unplaced()
-        locations = self._locations.read(self.ctx.store)
+        epoch = self.ctx.locations_epoch
+        locations = self._locations.read(self.ctx.store, None if epoch is None else epoch[0])
 
         def parse(text: str, version: str | None) -> tuple[object, list[ConfigError]]:
             conf, errors = parse_resources_cfg(text, rec.RESOURCES_CFG, nodes=locations)

@@ -188,6 +188,8 @@ class NodeRuntime:
         self.spawn_watchdog = spawn_watchdog
         self.log = logger.bind(ident=f"{node}/node")
         self.stopping = threading.Event()
+        # moved by the store watcher when locations/ may have changed (NodeContext.locations_epoch)
+        self.locations_epoch = [0]
         self.done = threading.Event()
         self.exit_code = 0
         self._lock = threading.Lock()
@@ -298,6 +300,7 @@ class NodeRuntime:
         plugins: dict[str, ResourcePlugin] = {k: MovingPlugin(v) for k, v in agents.items()}
         self.ctx = NodeContext(
             node=self.node,
+            locations_epoch=self.locations_epoch,
             nodes=sorted(c.nodes),
             cluster=c.cluster,
             store=self.store,
@@ -735,9 +738,11 @@ class NodeRuntime:
                     continue
                 first = token is None
                 token = changes.token
+                names = changes.names
+                if names is None or any(n.startswith(LOCATIONS) for n in names):
+                    self.locations_epoch[0] += 1  # the daemons read locations/ again
                 if first:
                     continue
-                names = changes.names
                 if names is None or names & self.ADMIN_RECORDS or any(n.startswith(LOCATIONS) for n in names):
                     self.crm_waker.poke()
         finally:

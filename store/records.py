@@ -230,12 +230,19 @@ class LocationsCache:
         self.full_every = full_every
         self.clock = clock
         self._token: str | None = None
+        self._epoch: int | None = None
         self._next_full = 0.0
         self._locations: dict[str, str] = {}
 
-    def read(self, store: Store) -> dict[str, str]:
-        changes = store.changed_since(self._token)
+    def read(self, store: Store, epoch: int | None = None) -> dict[str, str]:
+        """The locations. ``epoch``: a counter that someone watching the store (the node's
+        watcher) moves whenever ``locations/`` may have changed; while it stands still the
+        store is not asked at all (on etcd each question is a request)."""
         now = self.clock()
+        if epoch is not None and epoch == self._epoch and self._token is not None and now < self._next_full:
+            return dict(self._locations)
+        self._epoch = epoch
+        changes = store.changed_since(self._token)
         if self._token is None or changes.names is None or now >= self._next_full:
             self._locations = read_locations(store)
             self._next_full = now + self.full_every

@@ -123,3 +123,26 @@ def test_a_slave_crm_parses_the_status_once_per_version(
     env._manager_lease_held = True  # the master: a fresh object on every read (its Manager edits it)
     a, b = env.read_manager_status(), env.read_manager_status()
     assert a is not b and a.master_node == b.master_node == "n3"
+
+
+def test_locations_cache_asks_nothing_while_the_watchers_epoch_stands(tmp_path: Path) -> None:
+    """On etcd every changed_since is a request: the node's watcher tells when to ask."""
+
+    class Asking(CountingDir):
+        asked = 0
+
+        def changed_since(self, token):  # type: ignore[no-untyped-def]
+            Asking.asked += 1
+            return super().changed_since(token)
+
+    store = Asking(tmp_path)
+    rec.write_location(store, "proc:a", "n1")
+    clock = [0.0]
+    cache = rec.LocationsCache(full_every=30.0, clock=lambda: clock[0])
+    assert cache.read(store, epoch=1) == {"proc:a": "n1"}
+    asked = Asking.asked
+    rec.write_location(store, "proc:a", "n2")  # not seen by the watcher yet: the old answer
+    assert cache.read(store, epoch=1) == {"proc:a": "n1"} and Asking.asked == asked
+    assert cache.read(store, epoch=2) == {"proc:a": "n2"} and Asking.asked == asked + 1
+    clock[0] = 31.0  # the safety net still looks now and then
+    assert cache.read(store, epoch=2) == {"proc:a": "n2"} and Asking.asked == asked + 2
