@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,93 +113,89 @@ class CountingStore(DirStore):
         return super().changed_since(token)
 
 
-def test_publisher_sleeps_at_rest_and_wakes_on_a_store_write(tmp_path: Path) -> None:
+@pytest.fixture
+def counting_pub(tmp_path: Path) -> Iterator[tuple[CountingStore, EventPublisher, zmq.Socket[bytes]]]:
+    """A publisher over a counting dir store (one manager_status written) and an unconnected SUB."""
+    cluster = ClusterConfig(root=tmp_path, cluster="t", nodes={"n1": "tcp://127.0.0.1:1"}, curve=False)
+    store = CountingStore(tmp_path / "store")
+    write_manager_status(store, ms(1, "n1", {"n1": "online"}, {"vm:100": ("started", "n1")}))
+    pub = EventPublisher("n1", cluster, store, lambda: True, interval=0.02, heartbeat=0.2)
+    pub.start()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    try:
+        assert pub.endpoint is not None
+        yield store, pub, sub
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+        pub.stop()
+        store.close()
+
+
+def test_publisher_sleeps_at_rest_and_wakes_on_a_store_write(counting_pub) -> None:  # type: ignore[no-untyped-def]
     # issue #17: it polled the store every `interval` (50 ms); on a dir store it now
     # sleeps on inotify until the journal is written (or its safety_poll passed)
-    cluster = ClusterConfig(root=tmp_path, cluster="t", nodes={"n1": "tcp://127.0.0.1:1"}, curve=False)
-    store = CountingStore(tmp_path / "store")
-    write_manager_status(store, ms(1, "n1", {"n1": "online"}, {"vm:100": ("started", "n1")}))
-    pub = EventPublisher("n1", cluster, store, lambda: True, interval=0.02, heartbeat=0.2)
-    pub.start()
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    try:
-        assert pub.endpoint is not None
-        sub.setsockopt(zmq.SUBSCRIBE, b"master")
-        sub.connect(pub.endpoint)
-        time.sleep(0.5)  # the first look, the subscription
-        before = CountingStore.looks
-        time.sleep(1.5)
-        assert CountingStore.looks - before <= 3  # polling every 20 ms: about 75
-        t0 = time.monotonic()
-        write_manager_status(store, ms(2, "n2", {"n1": "online"}, {"vm:100": ("started", "n1")}))
-        assert sub.poll(5000)
-        assert time.monotonic() - t0 < 0.5  # the write woke it, not the next probe
-        ev = msgpack.unpackb(sub.recv_multipart()[1])
-        assert (ev["old"], ev["new"]) == ("n1", "n2")
-        # an LRM's status alone: only that record is read again, and still announced
-        sub.setsockopt(zmq.SUBSCRIBE, b"lrm")
-        time.sleep(0.2)
-        write_lrm_status(store, "n1", LrmStatus(state="active", mode="active", timestamp=3))
-        assert sub.poll(5000)
-        ev = msgpack.unpackb(sub.recv_multipart()[1])
-        assert (ev["type"], ev["node"], ev["state"], ev["mode"]) == ("lrm", "n1", "active", "active")
-        # a busy store (a cluster starting) is read at most every `interval`, as when it polled
-        before, t0 = CountingStore.looks, time.monotonic()
-        for i in range(300):
-            write_lrm_status(store, "n1", LrmStatus(state="active", mode="active", timestamp=4 + i))
-            time.sleep(0.002)
-        spent = time.monotonic() - t0
-        assert CountingStore.looks - before <= spent / 0.02 + 3, (CountingStore.looks - before, spent)
-    finally:
-        sub.close(linger=0)
-        ctx.term()
-        pub.stop()
-        store.close()
+    store, pub, sub = counting_pub
+    assert pub.endpoint is not None
+    sub.setsockopt(zmq.SUBSCRIBE, b"master")
+    sub.connect(pub.endpoint)
+    time.sleep(0.5)  # the first look, the subscription
+    before = CountingStore.looks
+    time.sleep(1.5)
+    assert CountingStore.looks - before <= 3  # polling every 20 ms: about 75
+    t0 = time.monotonic()
+    write_manager_status(store, ms(2, "n2", {"n1": "online"}, {"vm:100": ("started", "n1")}))
+    assert sub.poll(5000)
+    assert time.monotonic() - t0 < 0.5  # the write woke it, not the next probe
+    ev = msgpack.unpackb(sub.recv_multipart()[1])
+    assert (ev["old"], ev["new"]) == ("n1", "n2")
+    # an LRM's status alone: only that record is read again, and still announced
+    sub.setsockopt(zmq.SUBSCRIBE, b"lrm")
+    time.sleep(0.2)
+    write_lrm_status(store, "n1", LrmStatus(state="active", mode="active", timestamp=3))
+    assert sub.poll(5000)
+    ev = msgpack.unpackb(sub.recv_multipart()[1])
+    assert (ev["type"], ev["node"], ev["state"], ev["mode"]) == ("lrm", "n1", "active", "active")
+    # a busy store (a cluster starting) is read at most every `interval`, as when it polled
+    before, t0 = CountingStore.looks, time.monotonic()
+    for i in range(300):
+        write_lrm_status(store, "n1", LrmStatus(state="active", mode="active", timestamp=4 + i))
+        time.sleep(0.002)
+    spent = time.monotonic() - t0
+    assert CountingStore.looks - before <= spent / 0.02 + 3, (CountingStore.looks - before, spent)
 
 
-def test_without_a_subscriber_the_store_is_not_followed(tmp_path: Path) -> None:
+def test_without_a_subscriber_the_store_is_not_followed(counting_pub) -> None:  # type: ignore[no-untyped-def]
     """Issue #15: nobody listens, so no record is read for events (every node parsed every write)."""
-    cluster = ClusterConfig(root=tmp_path, cluster="t", nodes={"n1": "tcp://127.0.0.1:1"}, curve=False)
-    store = CountingStore(tmp_path / "store")
-    write_manager_status(store, ms(1, "n1", {"n1": "online"}, {"vm:100": ("started", "n1")}))
-    pub = EventPublisher("n1", cluster, store, lambda: True, interval=0.02, heartbeat=0.2)
-    pub.start()
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    try:
-        assert pub.endpoint is not None
-        time.sleep(0.3)
-        before = CountingStore.looks
-        for i in range(5):  # writes nobody subscribed to
-            write_manager_status(store, ms(2 + i, "n1", {"n1": "online"}, {"vm:100": ("started", "n1")}))
-            time.sleep(0.1)
-        time.sleep(0.3)
-        assert CountingStore.looks == before
-        # a subscriber comes: the store is followed from now on, from a fresh view
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(pub.endpoint)
-        assert sub.poll(3000)  # a heartbeat: subscribed
-        while sub.poll(100):
-            ev = msgpack.unpackb(sub.recv_multipart()[1])
-            assert ev["type"] in ("heartbeat", "quorum"), ev  # nothing from before the subscription
-        assert CountingStore.looks > before
-        write_manager_status(store, ms(20, "n3", {"n1": "online"}, {"vm:100": ("started", "n1")}))
-        deadline = time.monotonic() + 5
-        seen = []
-        while time.monotonic() < deadline and not any(e["type"] == "master" for e in seen):
-            if sub.poll(200):
-                seen.append(msgpack.unpackb(sub.recv_multipart()[1]))
-        assert any(e["type"] == "master" and e["new"] == "n3" for e in seen), seen
-        # the subscriber leaves: the store is not followed any more
-        sub.close(linger=0)
-        time.sleep(0.5)
-        after = CountingStore.looks
-        write_manager_status(store, ms(21, "n1", {"n1": "online"}, {}))
-        time.sleep(0.5)
-        assert CountingStore.looks == after
-    finally:
-        sub.close(linger=0)
-        ctx.term()
-        pub.stop()
-        store.close()
+    store, pub, sub = counting_pub
+    assert pub.endpoint is not None
+    time.sleep(0.3)
+    before = CountingStore.looks
+    for i in range(5):  # writes nobody subscribed to
+        write_manager_status(store, ms(2 + i, "n1", {"n1": "online"}, {"vm:100": ("started", "n1")}))
+        time.sleep(0.1)
+    time.sleep(0.3)
+    assert CountingStore.looks == before
+    # a subscriber comes: the store is followed from now on, from a fresh view
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(pub.endpoint)
+    assert sub.poll(3000)  # a heartbeat: subscribed
+    while sub.poll(100):
+        ev = msgpack.unpackb(sub.recv_multipart()[1])
+        assert ev["type"] in ("heartbeat", "quorum"), ev  # nothing from before the subscription
+    assert CountingStore.looks > before
+    write_manager_status(store, ms(20, "n3", {"n1": "online"}, {"vm:100": ("started", "n1")}))
+    deadline = time.monotonic() + 5
+    seen = []
+    while time.monotonic() < deadline and not any(e["type"] == "master" for e in seen):
+        if sub.poll(200):
+            seen.append(msgpack.unpackb(sub.recv_multipart()[1]))
+    assert any(e["type"] == "master" and e["new"] == "n3" for e in seen), seen
+    # the subscriber leaves: the store is not followed any more
+    sub.close(linger=0)
+    time.sleep(0.5)
+    after = CountingStore.looks
+    write_manager_status(store, ms(21, "n1", {"n1": "online"}, {}))
+    time.sleep(0.5)
+    assert CountingStore.looks == after
