@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -273,7 +274,8 @@ class EventPublisher:
         poller = self._poller(pub, zap, waker, watch)
         try:
             while not self._stop.is_set():
-                due = min(next_probe, next_quorum, next_hb, next_keys if self._zap is not None else next_hb)
+                probe = next_probe if self._topics else math.inf  # nobody listens: no store probe
+                due = min(probe, next_quorum, next_hb, next_keys if self._zap is not None else next_hb)
                 timeout = max(0, int((due - time.monotonic()) * 1000) + 1)
                 store_written = False
                 for sock, _ in poller.poll(timeout):
@@ -293,14 +295,13 @@ class EventPublisher:
                         if self._topics and not was:  # the first subscriber: a baseline read now
                             store_written, last_read, next_probe = True, -self.interval, 0.0
                 now = time.monotonic()
-                if not self._topics:
+                listening = bool(self._topics)
+                if not listening:
                     # Nobody listens (issue #15: at scale every node parsed every status write
                     # for nobody): forget the view; a new subscriber starts from a fresh one and
                     # is told only what changes after its subscription (docs/API.md "Events").
                     token, ms, lrm = None, None, {}
                     self._fed.clear()
-                    store_written = False
-                    next_probe = now + 3600.0
                 soon = now + TIMER_SLACK  # timers due within it run now: one wake-up for several
                 if self._zap is not None and soon >= next_keys:
                     next_keys = now + 1.0
@@ -313,9 +314,9 @@ class EventPublisher:
                         for ev in diff_events(ms, fed, lrm, lrm):
                             self._publish(pub, ev)
                         ms = fed
-                if watch is not None and not watch.live:  # the etcd watch is down: poll meanwhile
+                if listening and watch is not None and not watch.live:  # etcd watch down: poll
                     next_probe = min(next_probe, last_read + self.interval)
-                read = store_written or soon >= next_probe
+                read = listening and (store_written or soon >= next_probe)
                 if read and now < last_read + self.interval:
                     # a busy store (a cluster starting) is read at most every `interval`, as
                     # when this polled: the rest of the node (watchdog pets) needs the GIL

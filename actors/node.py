@@ -119,16 +119,14 @@ from store.records import (
 # least this often (the store-health probe: far below store_quorum_window = lease_ttl - watchdog_timeout)
 DIR_PROBE_INTERVAL = 0.25
 TICK_SLACK = 0.005  # s: a timer that wakes this little early still counts as due
+DAEMON_CGROUP = "_daemon"  # <cgroup_base>/<node>/_daemon: this process (no service name starts with "_")
+EXIT_FENCED = 2
 
 
 def advance(deadline: float, interval: float, now: float) -> float:
     """The next deadline of a periodic timer; after a stall, one interval from now (no burst)."""
     nxt = deadline + interval
     return nxt if nxt > now else now + interval
-
-
-DAEMON_CGROUP = "_daemon"  # <cgroup_base>/<node>/_daemon: this process (no service name starts with "_")
-EXIT_FENCED = 2
 
 
 class StoreHealth:
@@ -739,11 +737,12 @@ class NodeRuntime:
                 first = token is None
                 token = changes.token
                 names = changes.names
-                if names is None or any(n.startswith(LOCATIONS) for n in names):
+                moved = names is None or any(n.startswith(LOCATIONS) for n in names)
+                if moved:
                     self.locations_epoch[0] += 1  # the daemons read locations/ again
                 if first:
                     continue
-                if names is None or names & self.ADMIN_RECORDS or any(n.startswith(LOCATIONS) for n in names):
+                if names is None or moved or names & self.ADMIN_RECORDS:
                     self.crm_waker.poke()
         finally:
             if watch is not None:

@@ -208,10 +208,10 @@ def write_location(store: Store, sid: str, node: str, expect_version: str | None
 def read_locations(store: Store) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in store.list(LOCATIONS):
-        rec = store.read(name)
-        node = _parse_location(rec.data)[0] if rec is not None else None
+        sid = name[len(LOCATIONS) :]
+        node = read_location(store, sid)[0]
         if node:
-            out[name[len(LOCATIONS) :]] = node
+            out[sid] = node
     return out
 
 
@@ -250,12 +250,12 @@ class LocationsCache:
             for name in changes.names:
                 if not name.startswith(LOCATIONS):
                     continue
-                rec = store.read(name)
-                node = _parse_location(rec.data)[0] if rec is not None else None
+                sid = name[len(LOCATIONS) :]
+                node = read_location(store, sid)[0]
                 if node:
-                    self._locations[name[len(LOCATIONS) :]] = node
+                    self._locations[sid] = node
                 else:
-                    self._locations.pop(name[len(LOCATIONS) :], None)
+                    self._locations.pop(sid, None)
         self._token = changes.token
         return dict(self._locations)
 

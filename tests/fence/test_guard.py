@@ -50,6 +50,18 @@ def connect(path: Path, lost: list[tuple[float, str]], guard: float = 0.4) -> So
     )
 
 
+Link = tuple[FakeWatchdog, list[tuple[float, str]], float]
+
+
+def offline(tmp_path: Path, link: Link, guard: float) -> SocketDriver:
+    """A driver whose guard thread has ended: its pure parts (check, next_check_in) alone."""
+    wd, lost, _ = link
+    drv = connect(tmp_path / "wd.sock", lost, guard=guard)
+    wd.accept()
+    drv.close()
+    return drv
+
+
 def wait(pred: object, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -133,10 +145,7 @@ def test_orderly_close_is_not_a_loss(tmp_path: Path, link) -> None:  # type: ign
 
 def test_check_mirrors_the_watchdog_deadline(tmp_path: Path, link) -> None:  # type: ignore[no-untyped-def]
     """Pets stopped (no quorum): if the watchdog has not killed us by its deadline, it failed."""
-    wd, lost, _ = link
-    drv = connect(tmp_path / "wd.sock", lost, guard=100.0)
-    wd.accept()
-    drv.close()  # only check() is exercised below
+    drv = offline(tmp_path, link, guard=100.0)  # only check() is exercised below
     now = 1000.0
     drv.last_status = now
     drv.remote_armed = True
@@ -148,10 +157,7 @@ def test_check_mirrors_the_watchdog_deadline(tmp_path: Path, link) -> None:  # t
 
 def test_the_guard_sleeps_until_its_next_deadline(tmp_path: Path, link) -> None:  # type: ignore[no-untyped-def]
     """No polling (issue #17): the guard wakes on a status byte or a little after its next deadline."""
-    wd, lost, _ = link
-    drv = connect(tmp_path / "wd.sock", lost, guard=4.0)
-    wd.accept()
-    drv.close()  # only next_check_in() is exercised below
+    drv = offline(tmp_path, link, guard=4.0)  # only next_check_in() is exercised below
     now = 1000.0
     drv.last_status, drv.remote_armed, drv.armed_since, drv.last_pet = now, False, None, None
     assert drv.next_check_in(now) == GUARD_MAX_SLEEP  # silence deadline 4 s away: the longest sleep
