@@ -13,14 +13,27 @@ from collections.abc import Callable
 
 from actors.daemon import DaemonActor, Exited, Waker
 from actors.metrics import NodeMetrics
+from actors.quiet_rounds import QuietRounds
 from ha.constants import Timing
 from ha.crm import CRM
 from ha.env import Env
 from ha.manager import Manager
 from ha.states import CrmState
 
+# s: the longest a slave CRM lets timer ticks pass while the manager lease is held by another
+SLAVE_MAX_PAUSE = 2.0
+
 
 class CrmActor(DaemonActor):
+    """The CRM daemon on its actor thread.
+
+    A slave (issue #17, ours) can only become master once the manager lease is free:
+    it does not try on every tick but at the lease's expiry, at the latest every
+    ``SLAVE_MAX_PAUSE`` seconds (a master that released the lease in an orderly way is
+    replaced within that), and at once on any event (a peer up or down, quorum, a
+    command). A dead master's lease is taken as soon as it expires, as before.
+    """
+
     name = "crm"
 
     def __init__(
@@ -31,34 +44,55 @@ class CrmActor(DaemonActor):
         on_exit: Callable[[Exited], None],
         waker: Waker | None = None,
         metrics: NodeMetrics | None = None,
+        quiet: QuietRounds | None = None,
+        lease_left: Callable[[], float | None] | None = None,
     ) -> None:
         super().__init__(node, on_exit, waker)
         self.crm = CRM(env, timing)
         self.metrics = metrics
-        self._timed: Manager | None = None  # the Manager whose rounds are timed
+        self.quiet = quiet  # skips the rounds that cannot change anything (actors/quiet_rounds.py)
+        self._wrapped: Manager | None = None  # the Manager whose rounds are timed and gated
+        # seconds another holder's manager lease still runs (None: free, ours, or unknown)
+        self.lease_left = lease_left
+        self._pause_until = -float("inf")
+
+    def tick_due(self) -> bool:
+        return time.monotonic() >= self._pause_until
 
     def iterate(self) -> bool:
         more = self.crm.do_one_iteration()
+        self._pause_until = -float("inf")
+        if self.crm.state == CrmState.SLAVE and self.lease_left is not None:
+            left = self.lease_left()
+            if left is not None:
+                self._pause_until = time.monotonic() + min(SLAVE_MAX_PAUSE, left)
         if self.metrics is not None:
             self.metrics.master.set(1 if self.crm.state == CrmState.MASTER else 0)
-        # a new term's Manager (its first round ran untimed, in the iteration that made it)
-        if self.metrics is not None and self.crm.manager is not None and self.crm.manager is not self._timed:
-            self._time_rounds(self.crm.manager, self.metrics)
+        # a new term's Manager (its first round ran untimed and ungated, in the iteration that made it)
+        if self.crm.manager is not None and self.crm.manager is not self._wrapped:
+            self._wrap_rounds(self.crm.manager)
         return more
 
-    def _time_rounds(self, manager: Manager, metrics: NodeMetrics) -> None:
-        """``pyha_manager_round_seconds``: time each ``Manager.manage()`` of this term's Manager."""
-        manage = manager.manage
+    def _wrap_rounds(self, manager: Manager) -> None:
+        """Time each ``Manager.manage()`` of this term's Manager (``pyha_manager_round_seconds``)
+        and skip the ones that cannot change anything (:class:`QuietRounds`)."""
+        inner = manager.manage
+        metrics = self.metrics
+        manage = inner
+        if metrics is not None:
 
-        def timed() -> None:
-            t0 = time.perf_counter()
-            try:
-                manage()
-            finally:
-                metrics.manager_round.observe(time.perf_counter() - t0)
+            def timed() -> None:
+                t0 = time.perf_counter()
+                try:
+                    inner()
+                finally:
+                    metrics.manager_round.observe(time.perf_counter() - t0)
 
-        manager.manage = timed  # type: ignore[method-assign]
-        self._timed = manager
+            manage = timed
+        if self.quiet is not None:
+            manage = self.quiet.wrap(manager, manage)
+        manager.manage = manage  # type: ignore[method-assign]
+        self._wrapped = manager
 
     def shutdown(self) -> None:
         self.crm.request_shutdown()

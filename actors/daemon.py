@@ -89,8 +89,14 @@ class DaemonActor(pykka.ThreadingActor):
             self.shutdown()
         elif not isinstance(message, Tick):
             return self.handle(message)
+        elif not self.tick_due():
+            return None
         self._run()
         return None
+
+    def tick_due(self) -> bool:
+        """Does this timer tick need an iteration? (Events always get one.)"""
+        return True
 
     def handle(self, message: object) -> object:
         """Other messages (subclasses)."""

@@ -313,20 +313,16 @@ class LiveEnv:
         """
         if self.daemon == "lrm":
             return self._lrm_read_manager_status()
-        if not self._manager_lease_held:
-            # a CRM that is not master only looks (CRM.healthy, can_get_active, every
-            # iteration): parsed again only when the record changed (issue #15: the whole
-            # status of thousands of services, on every node, twice a second). The master
-            # reads a fresh object each time: its Manager changes what it reads.
-            record = self.ctx.store.read(rec.MANAGER_STATUS)
-            version = None if record is None else record.version
-            if self._crm_ms_parsed is None or self._crm_ms_parsed[0] != version:
-                raw = {} if record is None else rec.decode_json(rec.MANAGER_STATUS, record.data)
-                self._crm_ms_parsed = (version, ManagerStatus.from_dict(raw))
-            if isinstance(self._ms_version, _Unknown):
-                self._ms_version = version
-            return self._crm_ms_parsed[1]
-        ms, version = rec.read_manager_status(self.ctx.store)
+        # The CRM looks every iteration (CRM.healthy, can_get_active, allowed_to_get_idle):
+        # parsed again only when the record changed (issue #15/#17: the whole status of
+        # thousands of services, on every node, twice a second). Every reader gets the same
+        # object: none changes what it reads (the Manager copies what it starts from).
+        record = self.ctx.store.read(rec.MANAGER_STATUS)
+        version = None if record is None else record.version
+        if self._crm_ms_parsed is None or self._crm_ms_parsed[0] != version:
+            raw = {} if record is None else rec.decode_json(rec.MANAGER_STATUS, record.data)
+            self._crm_ms_parsed = (version, ManagerStatus.from_dict(raw))
+        ms = self._crm_ms_parsed[1]
         if isinstance(self._ms_version, _Unknown):  # first read, unknown outcome, or stale
             self._ms_version = version
         if self.observer is not None and self._manager_lease_held and self.observer.needs_baseline:

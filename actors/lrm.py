@@ -16,8 +16,10 @@ from actors.daemon import DaemonActor, Exited, Waker
 from actors.worker import ActorWorkerPool, WorkerDone
 from ha.constants import Timing
 from ha.env import Env
+from ha.errors import HaError
 from ha.lrm import LRM, WorkerPool
 from ha.records import LrmResult
+from ha.states import LrmMode, LrmState
 from ha.states import ServiceState as S
 
 RECHECK_HOLD = 5.0  # s: the longest a re-check round holds back the lrm_status write
@@ -75,6 +77,9 @@ class PacedLRM(LRM):
         self.quiet: set[str] = set()  # UIDs whose result is a successful re-check: not published
         # the last lrm_status written: result UIDs, state, mode, when
         self.written: tuple[set[str], str, str, float] = (set(), "", "", -float("inf"))
+        self.finished = 0  # commands finished so far (a new result is new input)
+        self._idle_inputs: tuple[object, ...] | None = None  # of the last pass that queued nothing
+        self.passes_skipped = 0
 
     def manage_resources(self) -> int:
         now = self.clock()
@@ -86,9 +91,57 @@ class PacedLRM(LRM):
             sd = self.service_status.get(sid)
             if sd is None or sd.node != node or sd.state != S.STARTED:
                 del self.confirmed[sid]  # it left "started" here meanwhile: its next request runs at once
+        inputs = self._pass_inputs()
+        if not self._recheck_now and inputs is not None and inputs == self._idle_inputs:
+            # Nothing it reads changed since a pass that found nothing to do: the same pass
+            # again would queue nothing (issue #17: a pass over every service twice a second).
+            self.passes_skipped += 1
+            return 0
         if self.quiet:
             self._rerun_quiet(node)
-        return super().manage_resources()
+        left = super().manage_resources()
+        self._idle_inputs = inputs if not self.workers and not self.after_running else None
+        return left
+
+    def collect_quietly(self) -> bool:
+        """A worker finished: collect it and start what is queued, without a whole iteration,
+        when nothing else is to do (False: run a whole iteration now).
+
+        During a re-check round the pool finishes a command every few milliseconds; a whole
+        iteration for each (the lease, the manager's request, a pass over every service)
+        made a node of 100 services spend most of its time at rest on them (issue #17).
+        Here the answers of successful re-checks are only collected and the next queued
+        commands started, as long as the manager's request is still the one they were
+        queued for. Anything else (a failed check, another result, a new request, the last
+        re-check of the round, any state but plain active) runs a whole iteration, as before.
+        """
+        if self.state != LrmState.ACTIVE or self.mode != LrmMode.ACTIVE or self.shutdown_request is not None:
+            return False
+        try:
+            ms = self.env.read_manager_status()
+        except HaError:
+            return False
+        if ms.service_status is not self.service_status:
+            return False  # SAFETY: a new request replaces queued commands first (a whole iteration)
+        before = set(self.results)
+        self.run_workers()
+        if any(uid not in self.quiet for uid in self.results.keys() - before):
+            return False  # a result the master must see: published by a whole iteration
+        # (results pruned meanwhile are old requests: written with the round's end)
+        return any(j.uid in self.rechecks for j in self.workers.values())  # the round goes on
+
+    def _pass_inputs(self) -> tuple[object, ...] | None:
+        """What a pass of :meth:`manage_resources` depends on between re-check rounds.
+
+        The manager's request (the status object is new for every new version of the record),
+        the service config (a new object for a new version; sections that cannot be read),
+        and the results (every finished command counts). None while commands are queued or
+        running: then every pass runs.
+        """
+        if self.workers or self.after_running:
+            return None
+        sc = self.env.read_service_config()
+        return id(self.service_status), id(sc), sc.incomplete, self.finished, len(self.results)
 
     def _rerun_quiet(self, node: str) -> None:
         """Forget the quiet results still requested, at a re-check round: the core runs them again."""
@@ -195,6 +248,7 @@ class PacedLRM(LRM):
         )
 
     def command_finished(self, sid: str, status: int) -> None:
+        self.finished += 1
         job = self.workers.get(sid)
         if job is not None and job.uid is not None:
             if job.state == S.STARTED and status == 0:
@@ -242,8 +296,9 @@ class LrmActor(DaemonActor):
     def handle(self, message: object) -> object:
         if isinstance(message, WorkerDone):
             self.pool.finished(message)
-            # one iteration collects every command finished by then (wake-ups coalesce)
-            self.waker.poke()
+            if self.waker.queued.is_set() or not self.lrm.collect_quietly():
+                # one iteration collects every command finished by then (wake-ups coalesce)
+                self.waker.poke()
             return None
         if message == "state":
             return (self.lrm.state, self.lrm.mode)

@@ -60,6 +60,7 @@ from actors.members import MembershipFollower
 from actors.metrics import NodeMetrics, TimedStore
 from actors.notifier import Notifier
 from actors.peer import PeerCalls, VmIncoming
+from actors.quiet_rounds import QuietRounds
 from actors.supervise import Supervised
 from actors.watchdog import (
     WATCHDOG_STATUS_EVERY,
@@ -352,7 +353,15 @@ class NodeRuntime:
             on_state=self._lrm_state,
         )
         self.crm = CrmActor.start(
-            self.node, LiveEnv(self.ctx, "crm"), timing, self._exited, self.crm_waker, self.metrics
+            self.node,
+            LiveEnv(self.ctx, "crm"),
+            timing,
+            self._exited,
+            self.crm_waker,
+            self.metrics,
+            QuietRounds(self.ctx.store),
+            # on etcd a look at the lease is a request, and its expiry is the watch's business
+            self._manager_lease_left if c.store_kind == "dir" else None,
         )
         self.bus.subscribe(self._on_bus)
         self.members = MembershipFollower(c, self.node, self._apply_membership)
@@ -678,6 +687,16 @@ class NodeRuntime:
                 self.self_fence(f"ha-watchdog exited ({self.watchdog_proc.returncode})")
                 return
             self.stopping.wait(max(0.0, min(next_pet, next_tick) - time.monotonic()))
+
+    def _manager_lease_left(self) -> float | None:
+        """Seconds the manager lease still runs for another holder (a slave CRM's next try)."""
+        try:
+            info = self.ctx.store.lease_info(MANAGER_LEASE)
+        except HaError:
+            return None
+        if info is None or info.holder == self.ctx.holder:
+            return None
+        return info.remaining
 
     def _follow_membership(self) -> None:
         """A changed cluster.json (ha-cluster add-node/remove-node): follow it (actors/members.py)."""

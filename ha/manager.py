@@ -89,7 +89,7 @@ class Manager:
     def __init__(self, env: Env, timing: Timing = REFERENCE_TIMING) -> None:
         self.env = env
         self.timing = timing
-        old = env.read_manager_status()
+        old = env.read_manager_status()  # copied, never changed: the env may share it
         # §5.1: keep node states, service states, node requests and disarm
         self.ns = NodeStatus(env, dict(old.node_status), timing)
         self.ss: dict[str, ServiceData] = {sid: sd.copy() for sid, sd in old.service_status.items()}

@@ -27,6 +27,14 @@ Guarantees:
   boot clocks are unrelated (use the etcd backend there).
 * Versions are content digests (BLAKE2b-128): equal version <=> equal
   bytes, so a CAS means "still the bytes I read".
+* Reads are cached per store object (issue #17: an LRM read the whole
+  ``manager_status`` of thousands of services, and hashed it, several times a
+  second). A cached record is used only while the journal has not changed
+  (same inode and size: one ``stat``) and for at most ``READ_CACHE_MAX_AGE``
+  seconds. Every write through any store object appends to the journal
+  before it returns, so a read that starts after a write returned sees it
+  (reads stay linearizable); a file changed behind the store's back (an
+  editor, a failed journal append) is seen within ``READ_CACHE_MAX_AGE``.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ from store.inotify import DirWatch
 INTERNAL: Final = ".pyha"
 LEASE_DIR: Final = "locks"
 JOURNAL_LIMIT: Final = 256 * 1024
+READ_CACHE_MAX_AGE: Final = 2.0  # s: the longest a cached read is trusted without re-reading
 
 
 def version_of(data: bytes) -> str:
@@ -92,6 +101,8 @@ class DirStore:
         self._lock_timeout = lock_timeout
         self._locks = self.root / INTERNAL / "locks"
         self._journal = self.root / INTERNAL / "journal"
+        # name -> (journal (inode, size) before the read, monotonic time of the read, record)
+        self._cache: dict[str, tuple[tuple[int, int], float, Record | None]] = {}
         try:
             self._ensure_dir(self._locks)
             self._ensure_dir(self.root / LEASE_DIR)
@@ -226,11 +237,35 @@ class DirStore:
 
     def read(self, name: str) -> Record | None:
         path = self._path(name)
+        mark = self._journal_mark()
+        now = time.monotonic()
+        hit = self._cache.get(name)
+        if hit is not None and mark is not None and hit[0] == mark and now - hit[1] < READ_CACHE_MAX_AGE:
+            return hit[2]
         try:
             data = self._read_bytes(path)
         except OSError as e:
             raise self._io("read", name, e) from e
-        return None if data is None else Record(data, version_of(data))
+        record = None if data is None else Record(data, version_of(data))
+        if mark is None:
+            self._cache.pop(name, None)
+        else:
+            # The mark was taken before the read: a write that lands meanwhile moves the
+            # journal past it, so the next read looks again.
+            self._cache[name] = (mark, now, record)
+        return record
+
+    def change_mark(self) -> tuple[int, int] | None:
+        """Equal marks: no record was written through any store object in between (None: unknown)."""
+        return self._journal_mark()
+
+    def _journal_mark(self) -> tuple[int, int] | None:
+        """The journal's (inode, size): unchanged means no write through any store object since."""
+        try:
+            st = os.stat(self._journal)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size
 
     def write(self, name: str, data: bytes, expect_version: str | None = None) -> str:
         path = self._path(name)

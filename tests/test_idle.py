@@ -75,6 +75,63 @@ def test_a_recheck_waits_for_the_next_round_and_anything_else_runs_at_once() -> 
     assert ran(pool)[-1] == ("u3", "request_stop")
 
 
+def test_between_recheck_rounds_an_unchanged_node_skips_its_pass_and_a_new_request_runs_at_once() -> None:
+    env, pool, lrm, clock = paced(10.0)
+    lrm.do_one_iteration()
+    pool.finished.append(("vm:100", 0))
+    lrm.do_one_iteration()
+    skipped = lrm.passes_skipped
+    for _ in range(6):
+        clock.now += 0.5
+        lrm.do_one_iteration()
+    assert lrm.passes_skipped >= skipped + 5  # no pass over the services: nothing it reads changed
+    set_request(env, "request_stop", "u3")
+    clock.now += 0.5
+    lrm.do_one_iteration()
+    assert ran(pool)[-1] == ("u3", "request_stop")
+    clock.now += 10.0  # a re-check round always passes
+    skipped = lrm.passes_skipped
+    pool.finished.append(("vm:100", 0))
+    lrm.do_one_iteration()
+    assert lrm.passes_skipped == skipped
+
+
+def many(n: int, uid: str) -> ManagerStatus:
+    return ManagerStatus(
+        node_status={"node1": "online"},
+        service_status={f"vm:{i}": ServiceData("started", "node1", f"{uid}{i}") for i in range(n)},
+    )
+
+
+def test_a_recheck_round_goes_on_without_whole_iterations_until_something_is_to_publish() -> None:
+    sids = [f"vm:{i}" for i in range(6)]
+    conf = ServiceConfig({s: ResourceConfig(sid=s, type="vm", name=s[3:], node="node1") for s in sids})
+    env, pool, clock = PoolEnv(many(6, "a"), conf), FakePool(), Clock()
+    lrm = PacedLRM(env, pool, REFERENCE_TIMING, 10.0, clock)
+    lrm.do_one_iteration()
+    assert len(pool.started) == 4  # the first starts, four at a time
+    pool.finished += [(s, 0) for s in sids[:4]]
+    assert not lrm.collect_quietly()  # first starts: results the master must see
+    lrm.do_one_iteration()
+    pool.finished += [(s, 0) for s in sids[4:]]
+    lrm.do_one_iteration()
+    assert len(lrm.published_results()) == 6
+    env.ms = many(6, "b")  # the master's re-checks
+    clock.now += 10.0
+    lrm.do_one_iteration()
+    assert [j.uid for j in pool.started[6:]] == ["b0", "b1", "b2", "b3"]
+    pool.finished.append(("vm:0", 0))
+    assert lrm.collect_quietly()  # a good check: collected, the next one started, no iteration
+    assert [j.uid for j in pool.started[10:]] == ["b4"]
+    pool.finished.append(("vm:1", 1))
+    assert not lrm.collect_quietly()  # a failed check: a whole iteration publishes it at once
+    lrm.do_one_iteration()
+    assert "b1" in lrm.published_results()
+    env.ms = many(6, "c")  # a new request while re-checks are queued
+    pool.finished.append(("vm:2", 0))
+    assert not lrm.collect_quietly()  # SAFETY: not started from an old request
+
+
 def test_a_failed_check_is_followed_at_once() -> None:
     env, pool, lrm, clock = paced(10.0)
     lrm.do_one_iteration()

@@ -103,7 +103,8 @@ def test_the_live_config_is_parsed_once_per_version_not_per_move(
 def test_a_slave_crm_parses_the_status_once_per_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ha.records import ManagerStatus  # noqa: PLC0415
+    from ha.manager import Manager  # noqa: PLC0415
+    from ha.records import ManagerStatus, ServiceData  # noqa: PLC0415
 
     store = DirStore(tmp_path)
     rec.write_manager_status(store, ManagerStatus(master_node="n2"))
@@ -120,9 +121,17 @@ def test_a_slave_crm_parses_the_status_once_per_version(
     assert env.read_manager_status() is first and len(parsed) == 1 and first.master_node == "n2"
     rec.write_manager_status(store, ManagerStatus(master_node="n3"))
     assert env.read_manager_status().master_node == "n3" and len(parsed) == 2
-    env._manager_lease_held = True  # the master: a fresh object on every read (its Manager edits it)
+    env._manager_lease_held = True  # the master too (issue #17): its Manager copies what it reads
     a, b = env.read_manager_status(), env.read_manager_status()
-    assert a is not b and a.master_node == b.master_node == "n3"
+    assert a is b and a.master_node == "n3" and len(parsed) == 2
+    rec.write_manager_status(
+        store, ManagerStatus(master_node="n3", service_status={"vm:1": ServiceData("started", "n1", "u1")})
+    )
+    shared = env.read_manager_status()
+    manager = Manager(env)
+    manager.ss["vm:1"].state = "stopped"
+    manager.ms.master_node = "n1"
+    assert shared.service_status["vm:1"].state == "started" and shared.master_node == "n3"
 
 
 def test_locations_cache_asks_nothing_while_the_watchers_epoch_stands(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 import store.dirstore as dirstore_mod
 from store import StoreError, open_store
+from store.base import Record
 from store.dirstore import DirStore, read_boot_id, version_of
 from tests.store.helpers import worker
 
@@ -237,3 +238,65 @@ def test_lease_holder_in_other_process_blocks_until_expiry(tmp_path: Path) -> No
         if p.poll() is None:
             p.kill()
         p.communicate(timeout=5)
+
+
+# -- the read cache (issue #17) ----------------------------------------------------------
+
+
+def _count_opens(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    opened: list[Path] = []
+    real = DirStore._read_bytes
+
+    def counting(path: Path) -> bytes | None:
+        opened.append(path)
+        return real(path)
+
+    monkeypatch.setattr(DirStore, "_read_bytes", staticmethod(counting))
+    return opened
+
+
+def test_unchanged_record_is_read_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    st = DirStore(tmp_path)
+    st.write("manager_status", b"A" * 1000)
+    opened = _count_opens(monkeypatch)
+    first = st.read("manager_status")
+    for _ in range(5):
+        assert st.read("manager_status") == first
+    assert len(opened) == 1
+
+
+def test_a_write_by_another_store_object_is_seen_at_the_next_read(tmp_path: Path) -> None:
+    reader, writer = DirStore(tmp_path), DirStore(tmp_path)
+    writer.write("manager_status", b"one")
+    assert reader.read("manager_status") == Record(b"one", version_of(b"one"))
+    writer.write("manager_status", b"two")  # same size: only the journal tells
+    assert reader.read("manager_status") == Record(b"two", version_of(b"two"))
+    writer.delete("manager_status")
+    assert reader.read("manager_status") is None
+    writer.append("crm_commands", "migrate vm:1 n2")
+    assert reader.read("crm_commands") is not None
+    assert writer.take("crm_commands") == b"migrate vm:1 n2\n"
+    assert reader.read("crm_commands") == Record(b"", version_of(b""))
+
+
+def test_a_file_changed_behind_the_store_is_seen_within_the_max_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(dirstore_mod.time, "monotonic", lambda: now[0])
+    st = DirStore(tmp_path)
+    st.write("resources.cfg", b"old\n")
+    assert st.read("resources.cfg") == Record(b"old\n", version_of(b"old\n"))
+    (tmp_path / "resources.cfg").write_bytes(b"new\n")  # an editor: no journal entry
+    assert st.read("resources.cfg") == Record(b"old\n", version_of(b"old\n"))
+    now[0] += dirstore_mod.READ_CACHE_MAX_AGE
+    assert st.read("resources.cfg") == Record(b"new\n", version_of(b"new\n"))
+
+
+def test_without_a_journal_nothing_is_cached(tmp_path: Path) -> None:
+    st = DirStore(tmp_path)
+    st.write("resources.cfg", b"old\n")
+    st.read("resources.cfg")
+    (tmp_path / ".pyha" / "journal").unlink()
+    (tmp_path / "resources.cfg").write_bytes(b"new\n")
+    assert st.read("resources.cfg") == Record(b"new\n", version_of(b"new\n"))
