@@ -1018,6 +1018,11 @@ class MovingPlugin:
     def __init__(self, agent: ResourcePlugin) -> None:
         self.agent = agent
 
+    @property
+    def quick_check(self) -> bool:
+        """The agent's check_running is cheap and never blocks (it may run on the LRM's thread)."""
+        return bool(getattr(self.agent, "quick_check", False))
+
     def check_running(self, env: object, sid: str, conf: ResourceConfig) -> bool:
         return self.agent.check_running(env, sid, conf)  # type: ignore[arg-type]
 

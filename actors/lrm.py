@@ -130,6 +130,40 @@ class PacedLRM(LRM):
         # (results pruned meanwhile are old requests: written with the round's end)
         return any(j.uid in self.rechecks for j in self.workers.values())  # the round goes on
 
+    def run_workers(self) -> int:
+        if self.rechecks:
+            self._probe_rechecks()
+        return super().run_workers()
+
+    def _probe_rechecks(self) -> None:
+        """Answer the queued re-checks whose agent checks cheaply here, without a worker.
+
+        A re-check is a ``started`` request for a service that runs: the worker would call
+        the agent's check_running and answer success without doing anything else (§3.3
+        ``exec_resource_agent``). For agents whose check reads a few files and never blocks
+        (``quick_check``: proc and ct), that check runs here and a running service is
+        answered at once, as the worker would have (issue #17: a worker round trip per
+        service every 10 s was most of a node's cost at rest). Anything else (not running,
+        a failed check, another agent) goes to the workers as before, which start it.
+        """
+        env, node, sc = self.env, self.env.nodename(), None
+        for job in [j for j in self.workers.values() if not j.started and j.uid in self.rechecks]:
+            if job.state != S.STARTED:
+                continue
+            plugin = env.resource_plugin(job.sid.split(":", 1)[0])
+            if plugin is None or not getattr(plugin, "quick_check", False):
+                continue
+            sc = sc if sc is not None else env.read_service_config()
+            conf = sc.get(job.sid)
+            if conf is None or conf.node != node:
+                continue
+            try:
+                running = plugin.check_running(env, job.sid, conf)
+            except Exception:  # the worker's exec_resource_agent tells the whole story
+                continue
+            if running:
+                self.command_finished(job.sid, 0)  # what the worker reports for "already running"
+
     def _pass_inputs(self) -> tuple[object, ...] | None:
         """What a pass of :meth:`manage_resources` depends on between re-check rounds.
 

@@ -100,6 +100,9 @@ class ProcPlugin:
 
     type_name = "proc"
     cgroup_prefix = ""  # of the service's cgroup name below the node's (cgroup_path)
+    # check_running reads two small files and never blocks: the LRM may ask it on its own
+    # thread for a re-check (actors/lrm.py PacedLRM._probe_rechecks)
+    quick_check = True
 
     def __init__(
         self,

@@ -120,6 +120,7 @@ class VmPlugin(IncomingSide):
 
     type_name = "vm"
     cgroup_prefix = "vm:"
+    quick_check = False  # its check asks QEMU over QMP: on a worker
 
     def __init__(
         self,

@@ -132,6 +132,39 @@ def test_a_recheck_round_goes_on_without_whole_iterations_until_something_is_to_
     assert not lrm.collect_quietly()  # SAFETY: not started from an old request
 
 
+class QuickAgent:
+    """An agent whose check is cheap (proc, ct): the LRM may ask it on its own thread."""
+
+    quick_check = True
+
+    def __init__(self) -> None:
+        self.running = True
+        self.checks = 0
+
+    def check_running(self, env: object, sid: str, conf: object) -> bool:
+        self.checks += 1
+        return self.running
+
+
+def test_a_recheck_of_a_quick_agent_is_answered_without_a_worker_unless_it_is_down() -> None:
+    env, pool, lrm, clock = paced(10.0)
+    agent = QuickAgent()
+    env.resource_plugin = lambda rtype: agent  # type: ignore[method-assign]
+    lrm.do_one_iteration()
+    assert ran(pool) == [("u1", "started")]  # a first start: a worker, whatever the agent
+    pool.finished.append(("vm:100", 0))
+    lrm.do_one_iteration()
+    set_request(env, "started", "u2")  # the master's re-check
+    clock.now += 10.0
+    lrm.do_one_iteration()
+    assert ran(pool) == [("u1", "started")] and agent.checks == 1  # checked here
+    assert lrm.results["u2"].exit_code == 0 and "u2" in lrm.quiet  # answered as a worker would
+    agent.running = False  # it died: the next round's re-check goes to a worker, which starts it
+    clock.now += 10.0
+    lrm.do_one_iteration()
+    assert ran(pool) == [("u1", "started"), ("u2", "started")]
+
+
 def test_a_failed_check_is_followed_at_once() -> None:
     env, pool, lrm, clock = paced(10.0)
     lrm.do_one_iteration()
