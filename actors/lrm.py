@@ -86,17 +86,17 @@ class PacedLRM(LRM):
         self._recheck_now = now >= self.next_recheck
         if self._recheck_now:
             self.next_recheck = now + self.recheck_interval
-        node = self.env.nodename()
-        for sid in list(self.confirmed):
-            sd = self.service_status.get(sid)
-            if sd is None or sd.node != node or sd.state != S.STARTED:
-                del self.confirmed[sid]  # it left "started" here meanwhile: its next request runs at once
         inputs = self._pass_inputs()
         if not self._recheck_now and inputs is not None and inputs == self._idle_inputs:
             # Nothing it reads changed since a pass that found nothing to do: the same pass
             # again would queue nothing (issue #17: a pass over every service twice a second).
             self.passes_skipped += 1
             return 0
+        node = self.env.nodename()
+        for sid in list(self.confirmed):
+            sd = self.service_status.get(sid)
+            if sd is None or sd.node != node or sd.state != S.STARTED:
+                del self.confirmed[sid]  # it left "started" here meanwhile: its next request runs at once
         if self.quiet:
             self._rerun_quiet(node)
         left = super().manage_resources()

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -300,3 +301,29 @@ def test_without_a_journal_nothing_is_cached(tmp_path: Path) -> None:
     (tmp_path / ".pyha" / "journal").unlink()
     (tmp_path / "resources.cfg").write_bytes(b"new\n")
     assert st.read("resources.cfg") == Record(b"new\n", version_of(b"new\n"))
+
+
+def test_a_renewal_rewrites_the_lease_in_place_and_readers_never_see_it_torn(tmp_path: Path) -> None:
+    holder, reader = DirStore(tmp_path), DirStore(tmp_path)
+    assert holder.acquire_lease("agent_n1", "n1#a", 5.0)
+    path = tmp_path / "locks" / "agent_n1"
+    ino = path.stat().st_ino
+    stop, seen = threading.Event(), []
+
+    def renew() -> None:
+        while not stop.is_set():
+            assert holder.acquire_lease("agent_n1", "n1#a", 5.0)
+
+    t = threading.Thread(target=renew)
+    t.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            seen.append(reader.lease_info("agent_n1"))
+            assert not reader.acquire_lease("agent_n1", "n2#b", 5.0)  # SAFETY: never free meanwhile
+    finally:
+        stop.set()
+        t.join()
+    assert seen and all(i is not None and i.holder == "n1#a" for i in seen)
+    assert path.stat().st_ino == ino  # no rename per renewal (issue #17)
+    assert path.stat().st_size == dirstore_mod.LEASE_RECORD_SIZE
