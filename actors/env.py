@@ -20,6 +20,7 @@ look at the record again to learn whether they happened.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, MutableMapping
@@ -660,8 +661,11 @@ class LiveEnv:
             return
         if node != current_node:
             raise HaError(f"service '{sid}' is on node '{node}', not on '{current_node}'")
+        # the dir store syncs the moves of a round together, before its manager_status write
+        deferring = getattr(store, "deferring", None)
         try:
-            rec.write_location(store, sid, new_node, version if version is not None else "")
+            with deferring() if deferring is not None else contextlib.nullcontext():
+                rec.write_location(store, sid, new_node, version if version is not None else "")
         except StoreError as e:
             # outcome unknown: read the location again to learn whether the move happened
             # (a compare-and-swap that lands late can only land if nothing moved meanwhile)

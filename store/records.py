@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
+
 from ha.config.encoding import decode_config
 from ha.errors import ProtocolError
 from ha.records import LrmStatus, ManagerStatus
@@ -50,9 +52,19 @@ def encode_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
+_msgspec_decode = msgspec.json.decode
+
+
 def decode_json(name: str, data: bytes) -> Any:
     if not data.strip():
         return None
+    try:
+        # msgspec first (issue #15: every LRM decodes the whole manager_status of thousands of
+        # services on each new version; about 2.5 times faster), the standard library for
+        # whatever it refuses (NaN, for one), so both accept exactly the same records
+        return _msgspec_decode(data)
+    except ValueError:
+        pass
     try:
         return json.loads(data)
     except ValueError as e:

@@ -327,3 +327,32 @@ def test_a_renewal_rewrites_the_lease_in_place_and_readers_never_see_it_torn(tmp
     assert seen and all(i is not None and i.holder == "n1#a" for i in seen)
     assert path.stat().st_ino == ino  # no rename per renewal (issue #17)
     assert path.stat().st_size == dirstore_mod.LEASE_RECORD_SIZE
+
+
+def test_writes_under_deferring_are_synced_together_before_the_next_durable_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, other = DirStore(tmp_path), DirStore(tmp_path)
+    synced: list[str] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    st.write("locations/vm:0", b"n1 0\n")  # the folder exists (a new folder is synced at once)
+    monkeypatch.setattr(dirstore_mod.os, "fsync", recording)
+    with st.deferring():
+        for i in range(3):
+            st.write(f"locations/vm:{i}", b"n2 1\n")
+    assert synced == []  # no fsync per move
+    assert other.read("locations/vm:1") == Record(b"n2 1\n", version_of(b"n2 1\n"))  # visible at once
+    st.write("manager_status", b"{}")
+    locs = str(tmp_path / "locations")
+    # SAFETY: the moves reach the disk (files, then their folder) before the write that follows them
+    assert synced[:4] == [f"{locs}/vm:0", f"{locs}/vm:1", f"{locs}/vm:2", locs]
+    own = str(tmp_path / ".manager_status.tmp.")
+    assert len(synced) == 6 and synced[4].startswith(own) and synced[5] == str(tmp_path)
+    synced.clear()
+    st.write("manager_status", b"{} ")
+    assert len(synced) == 2 and synced[0].startswith(own)  # nothing left to sync
