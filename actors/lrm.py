@@ -25,6 +25,11 @@ from ha.states import ServiceState as S
 RECHECK_HOLD = 5.0  # s: the longest a re-check round holds back the lrm_status write
 
 
+def _same(a: tuple[object, ...] | None, b: tuple[object, ...] | None) -> bool:
+    """The same pass inputs: the same request and config objects, equal counts."""
+    return a is not None and b is not None and a[0] is b[0] and a[1] is b[1] and a[2:] == b[2:]
+
+
 class PacedLRM(LRM):
     """The core LRM with re-checks of running services paced to ``recheck_interval``.
 
@@ -87,7 +92,7 @@ class PacedLRM(LRM):
         if self._recheck_now:
             self.next_recheck = now + self.recheck_interval
         inputs = self._pass_inputs()
-        if not self._recheck_now and inputs is not None and inputs == self._idle_inputs:
+        if not self._recheck_now and _same(inputs, self._idle_inputs):
             # Nothing it reads changed since a pass that found nothing to do: the same pass
             # again would queue nothing (issue #17: a pass over every service twice a second).
             self.passes_skipped += 1
@@ -175,7 +180,8 @@ class PacedLRM(LRM):
         if self.workers or self.after_running:
             return None
         sc = self.env.read_service_config()
-        return id(self.service_status), id(sc), sc.incomplete, self.finished, len(self.results)
+        # the objects themselves, compared by identity (an id could be reused once one is freed)
+        return self.service_status, sc, sc.incomplete, self.finished, len(self.results)
 
     def _rerun_quiet(self, node: str) -> None:
         """Forget the quiet results still requested, at a re-check round: the core runs them again."""
