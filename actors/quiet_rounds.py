@@ -25,9 +25,10 @@ before. A store without a change mark (etcd today) never skips.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from ha.env import NodeInfo
 from ha.manager import Manager
 from ha.states import NodeState
 
@@ -57,12 +58,12 @@ class QuietRounds:
 
         def gated() -> None:
             now = self.clock()
-            inputs = self._inputs(manager)
+            info, quorate = manager.env.get_node_info()
+            inputs = self._inputs(info, quorate)
             if inputs is not None and inputs == self._steady_inputs and now - self._last_full < self.max_gap:
                 self.skipped += 1
                 # the one thing a steady round still changes: when each node was last seen
                 # online (the fence delay counts from it, §6.2)
-                info, _ = manager.env.get_node_info()
                 manager.ns.update(info, manager.lrm_modes)
                 return
             self._steady_inputs = None  # until this round ends well and steady
@@ -73,14 +74,13 @@ class QuietRounds:
 
         return gated
 
-    def _inputs(self, manager: Manager) -> object | None:
+    def _inputs(self, info: Mapping[str, NodeInfo], quorate: bool) -> object | None:
         """What a round reads besides the clock, as one comparable value (None: unknown)."""
         if self._mark is None:
             return None
         mark = self._mark()
         if mark is None:
             return None
-        info, quorate = manager.env.get_node_info()
         return mark, quorate, tuple(sorted((n, i.online) for n, i in info.items()))
 
     @staticmethod
