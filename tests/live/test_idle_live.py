@@ -19,6 +19,7 @@ import pytest
 
 from bench.idle import JournalCounter
 from bench.livecluster import LiveCluster, wait_for
+from tests.live.test_operations import scrape, value
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -52,6 +53,10 @@ def test_at_rest_nothing_is_written_and_services_are_still_checked(cluster: Live
     settle(journal, quiet=recheck + 3, timeout=4 * recheck + 20)
 
     journal = JournalCounter(cluster.dir / "store" / ".pyha" / "journal")
+    master = cluster.manager_status().master_node
+    assert master is not None
+    at = cluster.config().metrics_address(master)
+    rounds0 = value(scrape(*at), "pyha_manager_round_seconds_count")
     t0 = time.monotonic()
     copies = cluster.copies("proc:b")
     assert len(copies) == 1, copies
@@ -66,6 +71,11 @@ def test_at_rest_nothing_is_written_and_services_are_still_checked(cluster: Live
         time.sleep(0.5)
         journal.poll()
     assert journal.counts == {}, journal.counts  # not one record write in the window
+    # nothing changed, so the master skipped its rounds (actors/quiet_rounds.py): a full one
+    # at least every 5 s, not one per 0.5 s tick (60 in the window)
+    if cluster.manager_status().master_node == master:
+        rounds = value(scrape(*at), "pyha_manager_round_seconds_count") - rounds0
+        assert 0 < rounds < WINDOW, rounds
 
     # nothing rewritten for WINDOW s, yet every daemon is shown alive, from leases and the bus
     out = cluster.manager("status").stdout
