@@ -38,3 +38,13 @@ def context(store: Store, node: str = "n1", holder: str = "n1#t") -> NodeContext
 
 def live_env(store: Store, node: str = "n1", holder: str = "n1#t", daemon: str = "crm") -> LiveEnv:
     return LiveEnv(context(store, node, holder), daemon)
+
+
+class Clock:
+    """A clock the test moves: call it for the time, set ``now`` to move it."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -18,18 +18,10 @@ from ha.records import LrmResult, LrmStatus, ManagerStatus, ServiceData
 from store import records as rec
 from store.dirstore import INTERNAL, DirStore
 from store.inotify import DirWatch
-from tests.envstubs import NoWatchdog, Quorate
+from tests.envstubs import Clock, NoWatchdog, Quorate
 from tests.test_lrm_pool import FakePool, PoolEnv
 
 # -- re-checks paced (actors/lrm.py PacedLRM) ------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def paced(interval: float = 10.0) -> tuple[PoolEnv, FakePool, PacedLRM, Clock]:

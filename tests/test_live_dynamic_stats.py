@@ -24,16 +24,9 @@ from ha.records import LrmResult, LrmStatus, ManagerStatus
 from store import records as rec
 from store.dirstore import DirStore
 from tests import envstubs
+from tests.envstubs import Clock
 
 GIB = 1024 * MIB
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingStore(DirStore):
@@ -98,7 +91,7 @@ def test_usage_rides_along_with_the_writes_the_lrm_makes_anyway(
     set_cpu(node_cg, 0, GIB)  # memory.current: the node's memory
     set_cpu(node_cg / "_daemon", 0, 0)
     set_cpu(node_cg / "web", 0, 100 * MIB)
-    clock = Clock()
+    clock = Clock(1000.0)
     sampler = UsageSampler(node_cg, interval=2.0, smoothing=4.0, clock=clock)
     ctx = envstubs.context(store)
     ctx.usage = sampler

@@ -18,6 +18,7 @@ from ha.states import CrmState
 from store import records as rec
 from store.dirstore import DirStore
 from tests import envstubs
+from tests.envstubs import Clock
 
 
 class Membership:
@@ -34,18 +35,15 @@ class Membership:
         return self.up
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+def seed(store: DirStore, ms: ManagerStatus | None = None) -> None:
+    """One service, proc:a on n1, and a manager status (an empty one unless given)."""
+    rec.write_manager_status(store, ms or ManagerStatus())
+    store.write(rec.RESOURCES_CFG, b"proc: a\n\tcmd sleep 9\n\tnode n1\n")
 
 
 class Master:
     def __init__(self, store: DirStore) -> None:
-        rec.write_manager_status(store, ManagerStatus())
-        store.write(rec.RESOURCES_CFG, b"proc: a\n\tcmd sleep 9\n\tnode n1\n")
+        seed(store)
         self.store, self.clock, self.membership = store, Clock(), Membership()
         ctx = envstubs.context(store, holder="n1#q")
         ctx.membership = self.membership
@@ -133,8 +131,7 @@ def test_a_store_without_a_change_mark_never_skips(tmp_path: Path, monkeypatch: 
 
 def test_the_crm_actor_times_the_rounds_it_runs_and_skips_the_quiet_ones(tmp_path: Path) -> None:
     store = DirStore(tmp_path)
-    rec.write_manager_status(store, ManagerStatus())
-    store.write(rec.RESOURCES_CFG, b"proc: a\n\tcmd sleep 9\n\tnode n1\n")
+    seed(store)
     metrics, gate = NodeMetrics("n1"), QuietRounds(store)
     env = envstubs.live_env(store, holder="n1#m")
     actor = CrmActor("n1", env, Timing(crm_loop=0.0), lambda e: None, metrics=metrics, quiet=gate)
@@ -153,8 +150,7 @@ def test_a_slave_tries_for_the_lease_at_its_expiry_and_on_events_not_on_every_ti
     clock = Clock()
     monkeypatch.setattr(crm_master.time, "monotonic", clock)
     store = DirStore(tmp_path)
-    rec.write_manager_status(store, ManagerStatus(master_node="n2"))
-    store.write(rec.RESOURCES_CFG, b"proc: a\n\tcmd sleep 9\n\tnode n1\n")
+    seed(store, ManagerStatus(master_node="n2"))
     assert store.acquire_lease(rec.MANAGER_LEASE, "n2#other", 30.0)
     left: list[float | None] = [3.0]
     env = envstubs.live_env(store, holder="n1#s")

@@ -17,14 +17,7 @@ import pytest
 from agents import usage as u
 from agents.usage import MIB, Usage, UsageSampler
 from tests.agents.helpers import wait_until
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.envstubs import Clock
 
 
 def fake_cgroup(path: Path, usec: int, mem: int | None = None) -> Path:
@@ -94,7 +87,7 @@ def test_a_busy_service_is_measured_in_its_own_cgroup(cgroup_base: Path) -> None
 
 def test_rates_are_smoothed_and_a_new_service_starts_at_its_first_rate(tmp_path: Path) -> None:
     node = tmp_path / "node1"
-    clock = Clock()
+    clock = Clock(1000.0)
     fake_cgroup(node, 0)
     fake_cgroup(node / "_daemon", 0, 60 * MIB)
     fake_cgroup(node / "web", 0, 40 * MIB)
@@ -139,7 +132,7 @@ def test_rates_are_smoothed_and_a_new_service_starts_at_its_first_rate(tmp_path:
 
 
 def test_samples_are_paced_and_a_forced_one_keeps_a_minimum_gap(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     sampler = UsageSampler(fake_cgroup(tmp_path / "n", 0, 0), interval=5.0, clock=clock)
     assert sampler.due() and sampler.sample()
     clock.now += 0.1
@@ -175,7 +168,7 @@ def test_without_a_node_cgroup_the_node_is_the_host(tmp_path: Path) -> None:
         stat.write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
 
     meminfo.write_text("MemTotal:       8388608 kB\nMemFree: 1 kB\nMemAvailable:   6291456 kB\n")
-    clock = Clock()
+    clock = Clock(1000.0)
     sampler = UsageSampler(None, interval=1.0, clock=clock, proc_stat=str(stat), meminfo=str(meminfo))
     write(0, 0)
     sampler.sample()
