@@ -8,10 +8,11 @@ sends the changed commands to the LRMs (``announce``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
-from actors.daemon import DaemonActor, Exited, Waker
+from actors.daemon import DaemonActor, Exited, TickGate, Waker
 from actors.metrics import NodeMetrics
 from actors.quiet_rounds import QuietRounds
 from ha.constants import Timing
@@ -46,6 +47,7 @@ class CrmActor(DaemonActor):
         metrics: NodeMetrics | None = None,
         quiet: QuietRounds | None = None,
         lease_left: Callable[[], float | None] | None = None,
+        gate: TickGate | None = None,
     ) -> None:
         super().__init__(node, on_exit, waker)
         self.crm = CRM(env, timing)
@@ -54,18 +56,21 @@ class CrmActor(DaemonActor):
         self._wrapped: Manager | None = None  # the Manager whose rounds are timed and gated
         # seconds another holder's manager lease still runs (None: free, ours, or unknown)
         self.lease_left = lease_left
-        self._pause_until = -float("inf")
+        # until when timer ticks are not needed (the node's ticker does not send them)
+        self.gate = gate if gate is not None else TickGate()
+        self.gate.not_before = -math.inf
 
     def tick_due(self) -> bool:
-        return time.monotonic() >= self._pause_until
+        return self.gate.due(time.monotonic())
 
     def iterate(self) -> bool:
         more = self.crm.do_one_iteration()
-        self._pause_until = -float("inf")
+        pause_until = -math.inf
         if self.crm.state == CrmState.SLAVE and self.lease_left is not None:
             left = self.lease_left()
             if left is not None:
-                self._pause_until = time.monotonic() + min(SLAVE_MAX_PAUSE, left)
+                pause_until = time.monotonic() + min(SLAVE_MAX_PAUSE, left)
+        self.gate.not_before = pause_until
         if self.metrics is not None:
             self.metrics.master.set(1 if self.crm.state == CrmState.MASTER else 0)
         # a new term's Manager (its first round ran untimed and ungated, in the iteration that made it)

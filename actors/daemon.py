@@ -11,6 +11,7 @@ the node down in a defined way.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,21 @@ class Waker:
         self.queued.set()
         with contextlib.suppress(pykka.ActorDeadError):
             self.ref.tell(Wake())
+
+
+class TickGate:
+    """When a daemon next wants a timer tick: set by its actor, read by the node's ticker.
+
+    The ticker does not send a tick the daemon would drop (:meth:`DaemonActor.tick_due`),
+    so such a daemon's thread does not wake for nothing (issue #17). One float, written by
+    one thread and read by another: atomic under the GIL. Events are not gated.
+    """
+
+    def __init__(self) -> None:
+        self.not_before = -math.inf
+
+    def due(self, now: float) -> bool:
+        return now >= self.not_before
 
 
 class DaemonActor(pykka.ThreadingActor):

@@ -75,9 +75,9 @@ class Membership(Protocol):
 class WatchdogPort(Protocol):
     """The node's watchdog multiplexer (actors/watchdog.py)."""
 
-    def open(self, client: str) -> str: ...
+    def open(self, client: str, at_most: float | None = None) -> str: ...
 
-    def update(self, handle: str) -> None: ...
+    def update(self, handle: str, at_most: float | None = None) -> None: ...
 
     def close(self, handle: str) -> None: ...
 
@@ -166,6 +166,7 @@ class LiveEnv:
         # manager_status as this daemon last read or wrote it (the CRM's CAS base)
         self._ms_version: str | _Unknown | None = _UNKNOWN
         self._store_trouble: str | None = None  # last lease-call problem logged (no repeats)
+        self._renewed: dict[str, float] = {}  # lease -> boottime start of its last counted renewal
         self._manager_lease_held = False  # the last get_ha_manager_lock succeeded
         self._to_drain: bytes | None = None  # crm_commands read this round, drained after manager_status
         # the LRM may have left an unwatched mark (an earlier process, or its own release): clear it
@@ -834,6 +835,8 @@ class LiveEnv:
         if self._store_trouble is not None and ok:
             self.log("info", f"lease {lease}: store usable again")
             self._store_trouble = None
+        if ok:
+            self._renewed[lease] = t0  # the watchdog update that follows counts from here
         return ok
 
     def _lease_timed(self, lease: str, took: float, result: str) -> None:
@@ -983,11 +986,18 @@ class LiveEnv:
                 out.append(sid)
         return out
 
+    def _counts_until(self) -> float | None:
+        """The latest time a watchdog open/update may count from: the start of this daemon's
+        last counted renewal of its own lease plus ``renew_latency_cap`` (the core opens and
+        updates only right after one; docs/RUNTIME.md, the argument's step 1)."""
+        t0 = self._renewed.get(rec.MANAGER_LEASE if self.daemon == "crm" else rec.agent_lease(self.ctx.node))
+        return None if t0 is None else t0 + self.ctx.renew_latency_cap
+
     def watchdog_open(self) -> str:
-        return self.ctx.watchdog.open(self.daemon)
+        return self.ctx.watchdog.open(self.daemon, self._counts_until())
 
     def watchdog_update(self, handle: str) -> None:
-        self.ctx.watchdog.update(handle)
+        self.ctx.watchdog.update(handle, self._counts_until())
         if self._unwatched_maybe and self.ctx.watchdog_confirmed():
             # the lease is ours again and ha-watchdog confirmed it is armed: every
             # service of this node is covered by the watchdog from here on

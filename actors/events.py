@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -44,7 +43,8 @@ MAX_SUBSCRIPTION_BYTES = 4096  # above the CURVE handshake commands (INITIATE ca
 # the latest every `safety_poll` s of the watch (1 s dir, 5 s etcd); it looks at this
 # node's quorum every QUORUM_CHECK s. Every wake-up costs about 0.1 ms of CPU on its own,
 # so the timers run in step: each is re-armed from the same clock reading, and a timer
-# due within TIMER_SLACK runs with the others.
+# due within TIMER_SLACK runs with the others. While nobody is subscribed no timer is armed
+# at all: the thread sleeps until a subscriber, a ZAP request or a stop wakes it.
 QUORUM_CHECK = 0.5
 TIMER_SLACK = 0.05
 
@@ -272,14 +272,26 @@ class EventPublisher:
         lrm: dict[str, tuple[str | None, str | None]] = {}
         quorate: bool | None = None
         poller = self._poller(pub, zap, waker, watch)
+        revoked: frozenset[str] = frozenset()  # names the keys check must still act on
         try:
             while not self._stop.is_set():
-                probe = next_probe if self._topics else math.inf  # nobody listens: no store probe
-                due = min(probe, next_quorum, next_hb, next_keys if self._zap is not None else next_hb)
-                timeout = max(0, int((due - time.monotonic()) * 1000) + 1)
+                if self._topics:
+                    keys = next_keys if self._zap is not None else next_hb
+                    due = min(next_probe, next_quorum, next_hb, keys)
+                    timeout = max(0, int((due - time.monotonic()) * 1000) + 1)
+                else:
+                    # Nobody listens: no timer is armed (no store probe, quorum look, heartbeat
+                    # or keys check for nobody; issue #17). A subscriber or a ZAP request wakes
+                    # the thread, and whatever timer is overdue runs in that turn, before any
+                    # event is published.
+                    timeout = -1
                 store_written = False
                 for sock, _ in poller.poll(timeout):
                     if zap is not None and sock is zap and self._zap is not None:
+                        # SAFETY: follow a membership change before authenticating (a removed
+                        # member's key is unpinned), also after sleeping while nobody listened;
+                        # authenticate() re-reads the key directory itself.
+                        revoked |= self._follow_members(self._zap)
                         self._zap.handle(zap)
                     elif self._mon is not None and sock is self._mon and self._guard is not None:
                         event = recv_monitor_message(self._mon)
@@ -300,12 +312,14 @@ class EventPublisher:
                     # Nobody listens (issue #15: at scale every node parsed every status write
                     # for nobody): forget the view; a new subscriber starts from a fresh one and
                     # is told only what changes after its subscription (docs/API.md "Events").
-                    token, ms, lrm = None, None, {}
+                    token, ms, lrm, quorate = None, None, {}, None
                     self._fed.clear()
                 soon = now + TIMER_SLACK  # timers due within it run now: one wake-up for several
-                if self._zap is not None and soon >= next_keys:
+                if self._zap is not None and (soon >= next_keys or revoked):
                     next_keys = now + 1.0
-                    if self._zap.ring.refresh() | self._follow_members(self._zap):
+                    revoked |= self._zap.ring.refresh() | self._follow_members(self._zap)
+                    if revoked:
+                        revoked = frozenset()
                         pub = self._revoke(pub)
                         poller = self._poller(pub, zap, waker, watch)  # the new socket's monitor
                 while self._fed:
@@ -326,13 +340,13 @@ class EventPublisher:
                         next_probe = now + (watch.safety_poll if watch is not None else self.interval)
                     last_read = now
                     token, ms, lrm = self._follow_store(pub, token, ms, lrm)
-                if soon >= next_quorum:
+                if listening and soon >= next_quorum:
                     next_quorum = now + QUORUM_CHECK
                     q = self.quorate()
                     if quorate is not None and q != quorate:
                         self._publish(pub, {"type": "quorum", "quorate": q})
                     quorate = q
-                if soon >= next_hb:
+                if listening and soon >= next_hb:
                     next_hb = now + self.heartbeat
                     master = ms.master_node if ms is not None else None
                     self._publish(pub, {"type": "heartbeat", "quorate": quorate, "master": master})
@@ -409,6 +423,8 @@ class EventPublisher:
 
     def feed(self, ms: ManagerStatus) -> None:
         """Every manager status the master writes (from any thread): no transition is folded."""
+        if not self._topics:
+            return  # nobody listens: a subscriber starts from a fresh read of the store
         self._last_feed = time.monotonic()
         self._fed.append(ms)
         self._wake()

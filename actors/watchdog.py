@@ -201,11 +201,21 @@ class SocketDriver:
 @dataclass(frozen=True)
 class Open:
     client: str
+    at_most: float | None = None  # as Update's
+
+
+def _stamp(now: float, at_most: float | None) -> float:
+    """When a client's update counts from: when handled, but no later than ``at_most``."""
+    return now if at_most is None else min(now, at_most)
 
 
 @dataclass(frozen=True)
 class Update:
+    """A client renewed its lease. ``at_most``: the latest CLOCK_BOOTTIME time this update may
+    count from (the renewal's start plus ``renew_latency_cap``); None: when it is handled."""
+
     handle: str
+    at_most: float | None = None
 
 
 @dataclass(frozen=True)
@@ -272,15 +282,21 @@ class WatchdogActor(pykka.ThreadingActor):
         now = boottime()
         if isinstance(message, Open):
             handle = f"WD:{self.node}:{message.client}:{next(self._ids)}"
-            self.clients[handle] = (message.client, now)
+            self.clients[handle] = (message.client, _stamp(now, message.at_most))
             self.log.info(f"watchdog active ({message.client})")
             self._pet_if_allowed(now)
             return handle
         if isinstance(message, Update):
             entry = self.clients.get(message.handle)
             if entry is None:
-                raise KeyError(f"no such watchdog handle '{message.handle}'")
-            self.clients[message.handle] = (entry[0], now)
+                # a told update has nobody to answer: a raise would stop this actor (and fence
+                # the node). SAFETY: an unknown handle is no client and never allows a pet.
+                self.log.error(f"update of an unknown watchdog handle '{message.handle}' ignored")
+                return None
+            # SAFETY: the update counts from no later than its renewal allows, even when this
+            # actor handles it late (a busy host): the pets it allows end client_timeout after
+            # that, as docs/RUNTIME.md's argument needs (step 1: before t + margin/2).
+            self.clients[message.handle] = (entry[0], _stamp(now, message.at_most))
             # Pet at once, not only at the next PetTick: the watchdog's deadline then starts
             # from the renewal that allowed it, as late as the rule permits (a slow renewal
             # on a loaded host costs less of watchdog_timeout). SAFETY: the same gate as
@@ -342,13 +358,15 @@ class WatchdogClient:
         self.ref = ref
         self.timeout = timeout
 
-    def open(self, client: str) -> str:
-        handle = self.ref.ask(Open(client), timeout=self.timeout)
+    def open(self, client: str, at_most: float | None = None) -> str:
+        handle = self.ref.ask(Open(client, at_most), timeout=self.timeout)
         assert isinstance(handle, str)
         return handle
 
-    def update(self, handle: str) -> None:
-        self.ref.ask(Update(handle), timeout=self.timeout)
+    def update(self, handle: str, at_most: float | None = None) -> None:
+        # Told, not asked (issue #17: the daemon's thread does not wait and wake for the
+        # answer). SAFETY: ``at_most`` bounds when it counts, however late it is handled.
+        self.ref.tell(Update(handle, at_most))
 
     def close(self, handle: str) -> None:
         self.ref.ask(Close(handle), timeout=self.timeout)

@@ -79,7 +79,9 @@ def main(node: str, cluster_dir: str, store_url: str | None, log_level: str) -> 
         logger.opt(exception=e).bind(ident=f"{node}/node").critical(f"cannot start: {e}")
         sys.stderr.flush()
         os._exit(1)
-    while not runtime.done.wait(0.5):
+    # Signals interrupt the wait (their handler runs on this thread, then the wait goes on),
+    # so a long timeout costs no reaction time: this thread wakes only when the node is done.
+    while not runtime.done.wait(60.0):
         pass
     logger.complete()
     sys.stderr.flush()

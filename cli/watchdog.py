@@ -209,7 +209,7 @@ class Watchdog:
             events: list[tuple[int, int]] = []
             with contextlib.suppress(InterruptedError):
                 events = poller.poll(max(0, math.ceil(wait * 1000)))
-            changed = False
+            changed = petted = False
             for fd, _ in events:
                 if fd == srv.fileno():
                     with contextlib.suppress(BlockingIOError):
@@ -236,6 +236,7 @@ class Watchdog:
                         why = self.pet()
                         if why is not None:
                             return self.fire(why, set(pids.values()))
+                        petted = True
                     changed = changed or was != self.armed
                     continue
                 poller.unregister(fd)
@@ -251,7 +252,11 @@ class Watchdog:
             now = boottime()
             if self.armed and now - self.last_pet > self.timeout:
                 return self.fire(f"no pet for more than {self.timeout:g}s", set(pids.values()))
-            if changed or now >= next_status:
+            # A pet in the second half of a status period is answered at once, and the period
+            # starts again from there: the status rides on the wake-up the pet caused instead
+            # of one of its own (issue #17). Status bytes only ever come earlier than the timer.
+            early = petted and now >= next_status - self.args.status_every / 2
+            if changed or early or now >= next_status:
                 next_status = now + self.args.status_every
                 status = STATUS_ARMED if self.armed else STATUS_DISARMED
                 for conn in conns.values():

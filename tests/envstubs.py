@@ -19,10 +19,10 @@ class Quorate:
 
 
 class NoWatchdog:
-    def open(self, client: str) -> str:
+    def open(self, client: str, at_most: float | None = None) -> str:
         return client
 
-    def update(self, handle: str) -> None:
+    def update(self, handle: str, at_most: float | None = None) -> None:
         pass
 
     def close(self, handle: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.env import LiveEnv
-from actors.metrics import NodeMetrics, TimedStore
+from actors.metrics import SERVER_POLL, NodeMetrics, TimedStore
 from admin.cluster import ClusterConfig, NotifyConfig
 from admin.ports import free_port
 from cli.cluster_init import plan
@@ -62,7 +62,10 @@ def test_scrape_over_http_reads_runtime_and_status() -> None:
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
+        t0 = time.monotonic()
         m.close()
+        # the server's loop wakes every SERVER_POLL (30) s on its own: close() wakes it at once
+        assert time.monotonic() - t0 < SERVER_POLL / 3
     got = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for f in text_string_to_metric_families(text)

@@ -8,7 +8,7 @@ import pytest
 
 from actors import crm_master
 from actors.crm_master import CrmActor
-from actors.daemon import Tick, Wake
+from actors.daemon import Tick, TickGate, Wake
 from actors.metrics import NodeMetrics
 from actors.quiet_rounds import QUIET_ROUND_MAX, QuietRounds
 from ha.constants import Timing
@@ -154,7 +154,8 @@ def test_a_slave_tries_for_the_lease_at_its_expiry_and_on_events_not_on_every_ti
     assert store.acquire_lease(rec.MANAGER_LEASE, "n2#other", 30.0)
     left: list[float | None] = [3.0]
     env = envstubs.live_env(store, holder="n1#s")
-    actor = CrmActor("n1", env, Timing(crm_loop=0.0), lambda e: None, lease_left=lambda: left[0])
+    gate = TickGate()
+    actor = CrmActor("n1", env, Timing(crm_loop=0.0), lambda e: None, lease_left=lambda: left[0], gate=gate)
     tries = 0
     iterate = actor.crm.do_one_iteration
 
@@ -166,6 +167,8 @@ def test_a_slave_tries_for_the_lease_at_its_expiry_and_on_events_not_on_every_ti
     actor.crm.do_one_iteration = counted  # type: ignore[method-assign]
     actor.on_receive(Tick())
     assert actor.crm.state == CrmState.SLAVE and tries == 1
+    # the node's ticker reads the same gate: it sends none of the ticks the actor would drop
+    assert not gate.due(clock.now + 1.5) and gate.due(clock.now + crm_master.SLAVE_MAX_PAUSE)
     for _ in range(3):
         clock.now += 0.5
         actor.on_receive(Tick())
@@ -184,6 +187,7 @@ def test_a_slave_tries_for_the_lease_at_its_expiry_and_on_events_not_on_every_ti
     clock.now += 0.3  # the expiry it was told: it tries, and takes the free lease
     actor.on_receive(Tick())
     assert tries == 5 and actor.crm.state == CrmState.MASTER
+    assert gate.due(clock.now)  # a master wants every tick
     clock.now += 0.5
     actor.on_receive(Tick())
     assert tries == 6  # a master iterates on every tick (its lease, its rounds)

@@ -176,3 +176,40 @@ def test_the_event_stream_stops_accepting_a_removed_members_key(tmp_path: Path) 
         ctx.term()
         pub.stop()
         store.close()
+
+
+def test_a_publisher_nobody_listens_to_refuses_a_removed_members_key_at_once(tmp_path: Path) -> None:
+    """Issue #17: with no subscriber its thread sleeps (no keys timer); the ZAP request itself
+    makes it follow the membership, so the first connection after a removal is refused."""
+    assert ha_cluster("init", str(tmp_path / "c"), "--nodes", "3")[0] == 0
+    conf = ClusterConfig.load(tmp_path / "c")
+    store = conf.open_store()
+    pub = EventPublisher("node1", conf, store, lambda: True, interval=0.02, heartbeat=0.1)
+    pub.start()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    node3 = CurveKeys.load(conf.keys_dir, "node3")
+
+    def heard(wait: float) -> bool:
+        """A subscriber with node3's key gets a heartbeat within ``wait`` s; then it leaves."""
+        sub = ctx.socket(zmq.SUB)
+        try:
+            sub.setsockopt(zmq.CURVE_SERVERKEY, node3.public_of("node1"))
+            sub.setsockopt(zmq.CURVE_PUBLICKEY, node3.public)
+            sub.setsockopt(zmq.CURVE_SECRETKEY, node3.secret)
+            sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+            assert pub.endpoint is not None
+            sub.connect(pub.endpoint)
+            return bool(sub.poll(int(wait * 1000)))
+        finally:
+            sub.close(linger=0)
+
+    try:
+        assert heard(5)
+        time.sleep(0.3)  # the subscriber left: nobody listens
+        (conf.keys_dir / "node3.key").unlink()
+        conf.nodes = {n: e for n, e in conf.nodes.items() if n != "node3"}  # as actors/node.py does
+        assert not heard(1.5), "the key of a member that left is refused"
+    finally:
+        ctx.term()
+        pub.stop()
+        store.close()

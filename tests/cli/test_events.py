@@ -199,3 +199,39 @@ def test_without_a_subscriber_the_store_is_not_followed(counting_pub) -> None:  
     write_manager_status(store, ms(21, "n1", {"n1": "online"}, {}))
     time.sleep(0.5)
     assert CountingStore.looks == after
+
+
+def test_without_a_subscriber_no_timer_wakes_the_publisher(tmp_path: Path) -> None:
+    """Issue #17: nobody listens, so no quorum look, heartbeat or store probe; a subscriber
+    gets the heartbeat and the quorum from then on."""
+    cluster = ClusterConfig(root=tmp_path, cluster="t", nodes={"n1": "tcp://127.0.0.1:1"}, curve=False)
+    store = DirStore(tmp_path / "store")
+    write_manager_status(store, ms(1, "n1", {"n1": "online"}, {}))
+    looks: list[float] = []
+
+    def quorate() -> bool:
+        looks.append(time.monotonic())
+        return True
+
+    pub = EventPublisher("n1", cluster, store, quorate, interval=0.02, heartbeat=0.2)
+    pub.start()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    try:
+        time.sleep(0.3)  # the first turn
+        before = len(looks)
+        time.sleep(1.6)  # three quorum looks (every 0.5 s) before
+        assert len(looks) == before, "a publisher nobody listens to looked at the quorum"
+        assert pub.endpoint is not None
+        sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+        sub.connect(pub.endpoint)
+        assert sub.poll(3000)
+        ev = msgpack.unpackb(sub.recv_multipart()[1])
+        assert ev["type"] == "heartbeat" and ev["quorate"] is True and ev["master"] == "n1"
+        assert len(looks) > before
+        assert sub.poll(3000)  # and they go on while someone listens
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+        pub.stop()
+        store.close()

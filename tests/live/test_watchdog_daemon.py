@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -258,6 +259,32 @@ def test_status_bytes_tell_armed_and_disarmed(tmp_path: Path, every: float) -> N
         assert 3 <= n <= took / every + 2, f"{n} status bytes in {took:.2f}s, one every {every}s expected"
         s.send(b"V")
     finally:
+        s.close()
+    assert proc.wait(timeout=5) == 0
+
+
+def test_a_pet_late_in_a_status_period_is_answered_at_once(tmp_path: Path) -> None:
+    """Issue #17: the status byte rides on the wake-up a pet caused (its period starts again
+    there) instead of waking the watchdog once more; it only ever comes earlier."""
+    proc, sock = start_watchdog(tmp_path, "--exit-on-disarm", "--status-every", "1.0", timeout=5)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(sock))
+        s.settimeout(3)
+        assert s.recv(1) == b"d"
+        s.send(b"\0")
+        assert s.recv(1) == b"a"  # armed: a change is told at once; a period starts
+        time.sleep(0.7)  # late in the period: the timer's byte would come in 0.3 s
+        s.send(b"\0")
+        t0 = time.monotonic()
+        assert s.recv(1) == b"a"
+        assert time.monotonic() - t0 < 0.2
+        t1 = time.monotonic()
+        assert s.recv(1) == b"a"  # the next one a whole period later, not at the old timer
+        assert 0.6 < time.monotonic() - t1 < 2.0
+    finally:
+        with contextlib.suppress(OSError):
+            s.send(b"V")  # disarmed before closing, also when an assertion failed
         s.close()
     assert proc.wait(timeout=5) == 0
 
