@@ -367,7 +367,8 @@ class LiveEnv:
         if isinstance(self._ms_version, _Unknown):
             rec_now = store.read(rec.MANAGER_STATUS)
             self._ms_version = None if rec_now is None else rec_now.version
-        content = _without_timestamp(ms.to_dict())
+        full = ms.to_dict()
+        content = _without_timestamp(full)
         last = self._ms_written
         if (
             last is not None
@@ -382,7 +383,7 @@ class LiveEnv:
             return
         expect = ABSENT if self._ms_version is None else self._ms_version
         try:
-            self._ms_version = rec.write_manager_status(store, ms, expect)
+            self._ms_version = rec.write_manager_status(store, ms, expect, full)
         except VersionConflict as e:
             # SAFETY: someone else wrote manager_status: this master's picture is stale.
             # Adopting the new version and writing again would replace what it never saw,
