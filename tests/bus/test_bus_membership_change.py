@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
 
 import pytest
 
+from bus.config import TransportConfig
 from bus.errors import BusError, ConfigError, UnknownPeerError
 from bus.keys import CurveKeys, KeyRing, generate, public_keys
 from bus.membership import Membership, PeerTracker, one_member_change
@@ -129,15 +131,21 @@ def test_a_second_change_waits_until_the_first_is_applied(
 ) -> None:
     """Review finding: checked against a pending change, a second one could replace it before the
     I/O thread applied it, and the transport would jump two members at once."""
-    c = make_cluster(5)
+    c = make_cluster(5, config=TransportConfig())  # the default 0.5 s heartbeat: a wide window
     full = c.membership
     _reconfigure(c, key_dir, ("a", "b", "c"), full)
     c.start("a", "b", "c")
     abcd = Membership(tuple(p for p in full.peers if p.name in ("a", "b", "c", "d")))
-    c.nodes["a"].set_membership(abcd, CurveKeys.load(key_dir, "a", abcd.names))
+    keys_abcd, keys_full = CurveKeys.load(key_dir, "a", abcd.names), CurveKeys.load(key_dir, "a", full.names)
+    # The I/O thread applies a change with its next heartbeat, on the 0.5 s grid of the wall
+    # clock: start just after one, so that both calls fall before the next (this raced when
+    # the key files were read between them).
+    interval = c.config.heartbeat_interval
+    time.sleep(interval - time.time() % interval + 0.05)
+    c.nodes["a"].set_membership(abcd, keys_abcd)
     if c.nodes["a"].membership.names == ("a", "b", "c"):  # not applied yet (the usual case)
         with pytest.raises(BusError, match="not applied yet"):
-            c.nodes["a"].set_membership(full, CurveKeys.load(key_dir, "a", full.names))
+            c.nodes["a"].set_membership(full, keys_full)
     wait_until(lambda: c.nodes["a"].membership.names == ("a", "b", "c", "d"))
     c.nodes["a"].set_membership(full, CurveKeys.load(key_dir, "a", full.names))  # now one more is fine
     wait_until(lambda: c.nodes["a"].membership.names == ("a", "b", "c", "d", "e"))
