@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -139,77 +140,71 @@ def test_the_follower_waits_for_a_new_members_key(tmp_path: Path) -> None:
     assert keys is not None and "node4" in keys.authorized and "node4" in membership
 
 
-def test_the_event_stream_stops_accepting_a_removed_members_key(tmp_path: Path) -> None:
-    """actors/events.py pins the members' keys; a member that left is unpinned (issue #15)."""
-    assert ha_cluster("init", str(tmp_path / "c"), "--nodes", "3")[0] == 0
-    conf = ClusterConfig.load(tmp_path / "c")
-    store = conf.open_store()
-    pub = EventPublisher("node1", conf, store, lambda: True, interval=0.02, heartbeat=0.1)
-    pub.start()
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    node3 = CurveKeys.load(conf.keys_dir, "node3")
-    socks: list[zmq.Socket[bytes]] = []
+class Node3Listener:
+    """node1's event publisher over a new 3-node cluster, and subscribers with node3's key."""
 
-    def heard(wait: float) -> bool:
-        """A fresh subscriber with node3's key gets a heartbeat within ``wait`` seconds."""
-        sub = ctx.socket(zmq.SUB)
-        socks.append(sub)
-        sub.setsockopt(zmq.CURVE_SERVERKEY, node3.public_of("node1"))
-        sub.setsockopt(zmq.CURVE_PUBLICKEY, node3.public)
-        sub.setsockopt(zmq.CURVE_SECRETKEY, node3.secret)
-        sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
-        assert pub.endpoint is not None
-        sub.connect(pub.endpoint)
-        return bool(sub.poll(int(wait * 1000)))
+    def __init__(self, root: Path) -> None:
+        assert ha_cluster("init", str(root), "--nodes", "3")[0] == 0
+        self.conf = ClusterConfig.load(root)
+        self.store = self.conf.open_store()
+        self.pub = EventPublisher("node1", self.conf, self.store, lambda: True, interval=0.02, heartbeat=0.1)
+        self.pub.start()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.node3 = CurveKeys.load(self.conf.keys_dir, "node3")
+        self.socks: list[zmq.Socket[bytes]] = []
 
-    try:
-        assert heard(5)
-        (conf.keys_dir / "node3.key").unlink()
-        time.sleep(1.5)
-        assert heard(5), "a member's key stays accepted while it is a member"
-        conf.nodes = {n: e for n, e in conf.nodes.items() if n != "node3"}  # as actors/node.py does
-        time.sleep(1.5)
-        assert not heard(1.5), "the key of a member that left is refused"
-    finally:
-        for s in socks:
-            s.close(linger=0)
-        ctx.term()
-        pub.stop()
-        store.close()
-
-
-def test_a_publisher_nobody_listens_to_refuses_a_removed_members_key_at_once(tmp_path: Path) -> None:
-    """Issue #17: with no subscriber its thread sleeps (no keys timer); the ZAP request itself
-    makes it follow the membership, so the first connection after a removal is refused."""
-    assert ha_cluster("init", str(tmp_path / "c"), "--nodes", "3")[0] == 0
-    conf = ClusterConfig.load(tmp_path / "c")
-    store = conf.open_store()
-    pub = EventPublisher("node1", conf, store, lambda: True, interval=0.02, heartbeat=0.1)
-    pub.start()
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    node3 = CurveKeys.load(conf.keys_dir, "node3")
-
-    def heard(wait: float) -> bool:
-        """A subscriber with node3's key gets a heartbeat within ``wait`` s; then it leaves."""
-        sub = ctx.socket(zmq.SUB)
+    def heard(self, wait: float, *, stay: bool = True) -> bool:
+        """A new subscriber with node3's key gets a heartbeat within ``wait`` seconds
+        (``stay=False``: and leaves right after)."""
+        sub = self.ctx.socket(zmq.SUB)
+        self.socks.append(sub)
         try:
-            sub.setsockopt(zmq.CURVE_SERVERKEY, node3.public_of("node1"))
-            sub.setsockopt(zmq.CURVE_PUBLICKEY, node3.public)
-            sub.setsockopt(zmq.CURVE_SECRETKEY, node3.secret)
+            sub.setsockopt(zmq.CURVE_SERVERKEY, self.node3.public_of("node1"))
+            sub.setsockopt(zmq.CURVE_PUBLICKEY, self.node3.public)
+            sub.setsockopt(zmq.CURVE_SECRETKEY, self.node3.secret)
             sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
-            assert pub.endpoint is not None
-            sub.connect(pub.endpoint)
+            assert self.pub.endpoint is not None
+            sub.connect(self.pub.endpoint)
             return bool(sub.poll(int(wait * 1000)))
         finally:
-            sub.close(linger=0)
+            if not stay:
+                sub.close(linger=0)
 
+    def close(self) -> None:
+        for s in self.socks:
+            s.close(linger=0)
+        self.ctx.term()
+        self.pub.stop()
+        self.store.close()
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[Node3Listener]:
+    node = Node3Listener(tmp_path / "c")
     try:
-        assert heard(5)
-        time.sleep(0.3)  # the subscriber left: nobody listens
-        (conf.keys_dir / "node3.key").unlink()
-        conf.nodes = {n: e for n, e in conf.nodes.items() if n != "node3"}  # as actors/node.py does
-        assert not heard(1.5), "the key of a member that left is refused"
+        yield node
     finally:
-        ctx.term()
-        pub.stop()
-        store.close()
+        node.close()
+
+
+def test_the_event_stream_stops_accepting_a_removed_members_key(listener: Node3Listener) -> None:
+    """actors/events.py pins the members' keys; a member that left is unpinned (issue #15)."""
+    assert listener.heard(5)
+    (listener.conf.keys_dir / "node3.key").unlink()
+    time.sleep(1.5)
+    assert listener.heard(5), "a member's key stays accepted while it is a member"
+    conf = listener.conf
+    conf.nodes = {n: e for n, e in conf.nodes.items() if n != "node3"}  # as actors/node.py does
+    time.sleep(1.5)
+    assert not listener.heard(1.5), "the key of a member that left is refused"
+
+
+def test_a_publisher_nobody_listens_to_refuses_a_removed_members_key_at_once(listener: Node3Listener) -> None:
+    """Issue #17: with no subscriber its thread sleeps (no keys timer); the ZAP request itself
+    makes it follow the membership, so the first connection after a removal is refused."""
+    assert listener.heard(5, stay=False)
+    time.sleep(0.3)  # the subscriber left: nobody listens
+    conf = listener.conf
+    (conf.keys_dir / "node3.key").unlink()
+    conf.nodes = {n: e for n, e in conf.nodes.items() if n != "node3"}  # as actors/node.py does
+    assert not listener.heard(1.5, stay=False), "the key of a member that left is refused"

@@ -235,21 +235,37 @@ def test_stale_records_are_not_killed(tmp_path: Path, victims: Victims) -> None:
     assert "recorded in another boot" in err and "the pid was reused" in err
 
 
-@pytest.mark.parametrize("every", [0.1, 0.25])
-def test_status_bytes_tell_armed_and_disarmed(tmp_path: Path, every: float) -> None:
-    """The node daemon's guard hears from the watchdog every --status-every s: 'd' disarmed, 'a' armed."""
+@contextlib.contextmanager
+def armed_client(tmp_path: Path, every: float, timeout: float) -> Iterator[socket.socket]:
+    """A client of a new ha-watchdog (``--status-every EVERY``), armed: its 'd', a pet, its 'a'.
+
+    Disarmed and closed afterwards, also when an assertion failed (a client closing armed
+    makes the watchdog fire); the watchdog must then exit 0.
+    """
     proc, sock = start_watchdog(tmp_path, "--exit-on-disarm", "--status-every", str(every), timeout=5)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(str(sock))
-        s.settimeout(2)
+        s.settimeout(timeout)
         assert s.recv(1) == b"d"
         s.send(b"\0")
         deadline = time.monotonic() + 2
         seen = b""
         while not seen.endswith(b"a") and time.monotonic() < deadline:
             seen += s.recv(64)
-        assert seen.endswith(b"a")
+        assert seen.endswith(b"a")  # armed: a change is told at once; a status period starts
+        yield s
+    finally:
+        with contextlib.suppress(OSError):
+            s.send(b"V")
+        s.close()
+    assert proc.wait(timeout=5) == 0
+
+
+@pytest.mark.parametrize("every", [0.1, 0.25])
+def test_status_bytes_tell_armed_and_disarmed(tmp_path: Path, every: float) -> None:
+    """The node daemon's guard hears from the watchdog every --status-every s: 'd' disarmed, 'a' armed."""
+    with armed_client(tmp_path, every, timeout=2) as s:
         t0 = time.monotonic()
         n = len(s.recv(64))
         while time.monotonic() - t0 < 5 * every:
@@ -257,23 +273,12 @@ def test_status_bytes_tell_armed_and_disarmed(tmp_path: Path, every: float) -> N
         took = time.monotonic() - t0
         # about one per `every` s (a late one on a loaded host is fine, a flood is not)
         assert 3 <= n <= took / every + 2, f"{n} status bytes in {took:.2f}s, one every {every}s expected"
-        s.send(b"V")
-    finally:
-        s.close()
-    assert proc.wait(timeout=5) == 0
 
 
 def test_a_pet_late_in_a_status_period_is_answered_at_once(tmp_path: Path) -> None:
     """Issue #17: the status byte rides on the wake-up a pet caused (its period starts again
     there) instead of waking the watchdog once more; it only ever comes earlier."""
-    proc, sock = start_watchdog(tmp_path, "--exit-on-disarm", "--status-every", "1.0", timeout=5)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(str(sock))
-        s.settimeout(3)
-        assert s.recv(1) == b"d"
-        s.send(b"\0")
-        assert s.recv(1) == b"a"  # armed: a change is told at once; a period starts
+    with armed_client(tmp_path, 1.0, timeout=3) as s:
         time.sleep(0.7)  # late in the period: the timer's byte would come in 0.3 s
         s.send(b"\0")
         t0 = time.monotonic()
@@ -282,11 +287,6 @@ def test_a_pet_late_in_a_status_period_is_answered_at_once(tmp_path: Path) -> No
         t1 = time.monotonic()
         assert s.recv(1) == b"a"  # the next one a whole period later, not at the old timer
         assert 0.6 < time.monotonic() - t1 < 2.0
-    finally:
-        with contextlib.suppress(OSError):
-            s.send(b"V")  # disarmed before closing, also when an assertion failed
-        s.close()
-    assert proc.wait(timeout=5) == 0
 
 
 def test_one_watchdog_per_socket(tmp_path: Path) -> None:
