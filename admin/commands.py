@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from admin.configfiles import check_node, normalize_sid, read_config, read_rules
 from admin.errors import AdminError, ExitCode
 from ha.config.crm_commands import parse_crm_command
+from ha.config.resources import ServiceConfig
 from ha.motion import check_motion
 from ha.records import ManagerStatus
 from ha.rules import compile_rules, transform
@@ -24,15 +25,26 @@ class Motion:
     blocking: list[str] = field(default_factory=list)
 
 
-def motion_info(store: Store, task: str, sid: str, node: str, nodes: list[str]) -> Motion:
+def motion_info(
+    store: Store,
+    task: str,
+    sid: str,
+    node: str,
+    nodes: list[str],
+    ms: ManagerStatus | None = None,
+    conf: ServiceConfig | None = None,
+) -> Motion:
     """Positive partners that move along, negative partners that block ``node`` (§5.6).
 
-    The master's own checks (ha/motion.py), on the records it reads: what the CRM
-    will do with the command, said before it is queued.
+    The master's own checks (ha/motion.py), on the records it reads (MS and CONF when
+    the caller read them already): what the CRM will do with the command, said before
+    it is queued.
     """
-    ms, _ = rec.read_manager_status(store)
+    if ms is None:
+        ms, _ = rec.read_manager_status(store)
     rules, _ = read_rules(store)
-    conf, _ = read_config(store)
+    if conf is None:
+        conf, _ = read_config(store)
     known = sorted(set(nodes) | set(ms.node_status))
     transform(rules, known)
     check = check_motion(compile_rules(rules, known), ms.service_status, conf, sid, node)
@@ -73,7 +85,13 @@ def _check_service_takes_commands(kind: str, sid: str, ms: ManagerStatus) -> Non
         raise AdminError(f"resource '{sid}' is already stopped", ExitCode.REFUSED)
 
 
-def crm_command(store: Store, line: str, nodes: list[str]) -> None:
+def crm_command(
+    store: Store,
+    line: str,
+    nodes: list[str],
+    ms: ManagerStatus | None = None,
+    conf: ServiceConfig | None = None,
+) -> None:
     """Validate and queue one crm command line (§5.6 grammar).
 
     Refused (nothing queued) when the CRM would only log an error or ignore
@@ -87,10 +105,12 @@ def crm_command(store: Store, line: str, nodes: list[str]) -> None:
     cmd = parse_crm_command(line)
     if cmd is None:
         raise AdminError(f"invalid crm command '{line}'", ExitCode.USAGE)
-    ms, _ = rec.read_manager_status(store)
+    if ms is None:
+        ms, _ = rec.read_manager_status(store)
     if cmd.sid is not None:
         sid = normalize_sid(cmd.sid)
-        conf, _ = read_config(store)
+        if conf is None:
+            conf, _ = read_config(store)
         cd = conf.services.get(sid)
         if cd is None:
             raise AdminError(f"no such resource '{cmd.sid}'", ExitCode.NOT_FOUND)
@@ -145,6 +165,9 @@ def move(store: Store, task: str, sid: str, node: str, nodes: list[str]) -> Moti
     if task not in ("migrate", "relocate"):
         raise AdminError(f"unknown motion '{task}'", ExitCode.USAGE)
     line = f"{task} {sid} {node}"
-    motion = motion_info(store, task, sid, node, nodes)
-    crm_command(store, line, nodes)
+    # one read of each record for both steps (issue #15: each is a parse of thousands of services)
+    ms, _ = rec.read_manager_status(store)
+    conf, _ = read_config(store)
+    motion = motion_info(store, task, sid, node, nodes, ms, conf)
+    crm_command(store, line, nodes, ms, conf)
     return motion

@@ -17,6 +17,8 @@ caller read and refuse (exit 5) when the file changed since.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -31,13 +33,54 @@ from store import records as rec
 from store.base import Store, VersionConflict
 
 
+class _ConfigReads:
+    """What :func:`read_config` keeps between two calls on one store object (the API's)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.locations = rec.LocationsCache()
+        # (resources.cfg version, the locations it was parsed with, the parsed config)
+        self.parsed: tuple[str | None, dict[str, str], ServiceConfig] | None = None
+
+
+_READS: weakref.WeakKeyDictionary[Store, _ConfigReads] = weakref.WeakKeyDictionary()
+_READS_LOCK = threading.Lock()
+
+
+def _reads(store: Store) -> _ConfigReads:
+    with _READS_LOCK:
+        r = _READS.get(store)
+        if r is None:
+            r = _READS[store] = _ConfigReads()
+        return r
+
+
 def read_config(store: Store) -> tuple[ServiceConfig, str | None]:
-    text, version = rec.read_text(store, rec.RESOURCES_CFG)
-    conf, errors = parse_resources_cfg(text, rec.RESOURCES_CFG, nodes=rec.read_locations(store))
-    if errors:
-        # a broken section is reported, never silently dropped by an admin tool
-        raise AdminError(f"resources.cfg is invalid: {errors[0]}", ExitCode.CONFLICT)
-    return conf, version
+    """resources.cfg with every service's node from its location record; strict (exit 5 on errors).
+
+    A long-lived store object (a node's API) keeps the last parse and the locations
+    (issue #15: at 2,000 services each ``migrate`` read 2,000 location records and parsed
+    the whole file, twice; 100 migrations took 100 s): parsed again only for a new version
+    of the file, the locations followed through the store's change log
+    (``store.records.LocationsCache``). Each caller gets a copy of its own.
+    """
+    reads = _reads(store)
+    with reads.lock:
+        locations = reads.locations.read(store)
+        record = store.read(rec.RESOURCES_CFG)
+        version = None if record is None else record.version
+        hit = reads.parsed
+        if hit is not None and hit[0] == version:
+            conf = hit[2].copy()
+            if hit[1] == locations or conf.relocate(hit[1], locations):
+                return conf, version
+        text, version = rec.read_text(store, rec.RESOURCES_CFG)
+        conf, errors = parse_resources_cfg(text, rec.RESOURCES_CFG, nodes=locations)
+        if errors:
+            # a broken section is reported, never silently dropped by an admin tool
+            raise AdminError(f"resources.cfg is invalid: {errors[0]}", ExitCode.CONFLICT)
+        reads.parsed = (version, locations, conf.copy())
+        return conf, version
 
 
 def read_groups(store: Store) -> tuple[GroupConfig, str | None]:
