@@ -592,6 +592,9 @@ class ClusterConfig:
         probs = cfg.store_problems()
         if probs:
             raise ConfigError("; ".join(probs), str(path))
-        if cfg.etcd is not None and set(cfg.etcd.members) != set(cfg.nodes):
-            raise ConfigError("the 'etcd' section must have one member per node", str(path))
+        if cfg.etcd is not None and (not cfg.etcd.members or not set(cfg.etcd.members) <= set(cfg.nodes)):
+            # a member runs in its node's namespace (init --etcd-members: on the first nodes)
+            raise ConfigError(
+                "the 'etcd' section's members must be nodes of the cluster (one at least)", str(path)
+            )
         return cfg

@@ -6,8 +6,9 @@ whole process tree is SIGKILLed (daemon, watchdog, services); we time until
 every one of the 5 answers again from another node. The services' markers
 are checked for overlaps (two copies of one service alive at once).
 
-``--store etcd``: the same on a cluster whose store is etcd, one member per
-node, each node with its member in its own network namespace (root).
+``--store etcd``: the same on a cluster whose store is etcd, each node in its
+own network namespace (root) with an etcd member beside it on the first nodes
+(``--etcd-members``; ha-cluster's default: every node up to 3, then 3 or 5).
 ``--with-etcd`` also kills node2's etcd member (a host crash).
 
 ``--nodes N --services S`` (scale mode, issue #15): one cluster of N nodes
@@ -19,7 +20,13 @@ it ran is running on another node (the agent's own record: its process alive,
 ``ha-manager status`` ``started`` elsewhere), with the store's traffic during
 that window; the killed node is started again before the next run. No
 service may run on two nodes at once (checked from every node's records at
-the end of each run). ``--netns`` puts each node in its own network
+the end of each run). Between two runs the services the killed node ran are
+migrated back to it (``rebalanced_s``, the time that took), so that every run
+starts from the same balanced cluster: without it the node killed before comes
+back empty, and the ``basic`` scheduler (as the reference's) puts every
+service of the next victim on it, one node starting them all, ``max_workers``
+at a time. ``--no-rebalance`` keeps that case (runs after the first then time
+it). ``--netns`` puts each node in its own network
 namespace (``--store etcd`` always does).
 
 ``--type vm``: one ``vm:`` service instead (the default guest, agents/guestimage.py;
@@ -43,6 +50,7 @@ from agents.proc import ProcPlugin
 from agents.vm import GuestAnswer, VmPlugin, ping_guest
 from bench.idle import StoreMeter, measure_rest, populate
 from bench.livecluster import LiveCluster, wait_for
+from cli.api_client import ApiClient
 
 SERVICES = [f"proc:svc{i}" for i in range(1, 6)]
 VM_SID = "vm:101"
@@ -192,6 +200,7 @@ def scale_run(c: LiveCluster, agent: ProcPlugin, victim: str, store: str) -> dic
     times = sorted(back.values())
     return {
         "victim": victim,
+        "moved": mine,
         "services": len(mine),
         "failover_s": round(max(times), 3) if times else 0.0,
         "first_s": round(times[0], 3) if times else 0.0,
@@ -201,9 +210,29 @@ def scale_run(c: LiveCluster, agent: ProcPlugin, victim: str, store: str) -> dic
     }
 
 
+def rebalance(c: LiveCluster, node: str, sids: list[str], timeout: float = 300) -> float:
+    """Migrate SIDS back to NODE (online again) with the API; seconds until all run there."""
+    t0 = time.monotonic()
+    wait_for(lambda: c.manager_status().node_status.get(node) == "online", 60, f"{node} online")
+    with ApiClient(c.config(), timeout=10.0) as api:
+        for sid in sids:
+            api.call("migrate", {"sid": sid, "node": node})
+
+    def home() -> bool:
+        ss = c.manager_status().service_status
+        return all(
+            (sd := ss.get(sid)) is not None and sd.node == node and sd.state == "started" for sid in sids
+        )
+
+    wait_for(home, timeout, f"{len(sids)} services migrated back to {node}", step=0.5)
+    return time.monotonic() - t0
+
+
 def scale_main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="pyha-bench-") as tmp:
-        c = LiveCluster(Path(tmp), nodes=args.nodes, store=args.store, netns=args.netns)
+        c = LiveCluster(
+            Path(tmp), nodes=args.nodes, store=args.store, netns=args.netns, etcd_members=args.etcd_members
+        )
         try:
             t_up = time.monotonic()
             populate(c, args.services, "sleep", args.batch, args.batch_pause)
@@ -226,6 +255,12 @@ def scale_main(args: argparse.Namespace) -> int:
                 print(f"run {i + 1}/{args.runs}: {row['services']} services of {victim} running again "
                       f"{row['failover_s']:.2f} s after the kill (first {row['first_s']:.2f} s); "
                       f"twice: {len(twice)}", flush=True)  # fmt: skip
+                if args.rebalance and i + 1 < args.runs:
+                    moved = row["moved"]
+                    assert isinstance(moved, list)
+                    row["rebalanced_s"] = round(rebalance(c, victim, moved), 1)
+                    print(f"  {len(moved)} services migrated back to {victim} in {row['rebalanced_s']} s",
+                          flush=True)  # fmt: skip
                 time.sleep(args.settle)
         finally:
             c.close()
@@ -237,6 +272,7 @@ def scale_main(args: argparse.Namespace) -> int:
         "store": args.store,
         "netns": args.netns or args.store == "etcd",
         "runs": args.runs,
+        "rebalanced_between_runs": args.rebalance,
         "failover_s": times,
         "median_s": round(statistics.median(times), 3),
         "p95_s": round(percentile(times, 95), 3),
@@ -271,6 +307,11 @@ def main(argv: list[str]) -> int:
     scale.add_argument("--settle", type=float, default=15.0, help="seconds of rest before measuring")
     scale.add_argument("--rest", type=float, default=30.0, help="seconds measured at rest")
     scale.add_argument("--netns", action="store_true", help="each node in its own network namespace")
+    scale.add_argument("--etcd-members", type=int, help="--store etcd: nodes with an etcd member")
+    scale.add_argument(
+        "--no-rebalance", dest="rebalance", action="store_false",
+        help="do not migrate the killed node's services back to it between runs",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.type == "vm":
         return vm_main(args)

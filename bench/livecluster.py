@@ -55,6 +55,7 @@ class LiveCluster:
         policy: str = "conditional",
         netns: bool = False,
         store: str = "dir",
+        etcd_members: int | None = None,
     ) -> None:
         if store not in ("dir", "etcd"):
             raise ValueError(f"store must be 'dir' or 'etcd', not {store!r}")
@@ -66,6 +67,8 @@ class LiveCluster:
         self.netns = netns or store == "etcd"  # etcd mode: a namespace ("host") per node
         self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
         extra = ["--store", "etcd"] if store == "etcd" else []
+        if etcd_members is not None:
+            extra += ["--etcd-members", str(etcd_members)]
         self.cli(
             "cli.ha_cluster", "init", str(self.dir), "--nodes", str(nodes),
             *(["--netns"] if self.netns else []), *extra,

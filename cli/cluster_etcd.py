@@ -85,10 +85,16 @@ def etcd_pid(c: ClusterConfig, node: str) -> int | None:
     return pid if str(c.etcd_data_dir(node)).encode() in cmdline else None
 
 
+def member_nodes(c: ClusterConfig, nodes: Iterable[str]) -> list[str]:
+    """Those of NODES that run an etcd member (``init --etcd-members``: not every node does)."""
+    members = c.etcd.members if c.etcd is not None else {}
+    return [n for n in nodes if n in members]
+
+
 def start_etcd(c: ClusterConfig, nodes: Iterable[str]) -> list[str]:
     """Start the members of NODES that do not run (detached: they outlive this command)."""
     started = []
-    for n in nodes:
+    for n in member_nodes(c, nodes):
         if etcd_pid(c, n) is not None:
             continue
         c.etcd_data_dir(n).parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +122,7 @@ def wait_etcd_serving(c: ClusterConfig, nodes: Iterable[str], timeout: float) ->
     """Wait until each member of NODES answers; the ones that did not (bounded)."""
     e = local_etcd(c)
     ctx = status_context(c)
-    todo = list(nodes)
+    todo = member_nodes(c, nodes)
     deadline = time.monotonic() + timeout
     while todo and time.monotonic() < deadline:
         todo = [
@@ -139,7 +145,9 @@ def stop_etcd(c: ClusterConfig, nodes: Iterable[str] | None = None, *, graceful:
     """Stop members (all by default): followers first, the leader last; SIGKILL what is left."""
     if c.etcd is None:
         return
-    todo = [n for n in (nodes if nodes is not None else sorted(c.etcd.members)) if etcd_pid(c, n)]
+    todo = [
+        n for n in member_nodes(c, nodes if nodes is not None else sorted(c.etcd.members)) if etcd_pid(c, n)
+    ]
     if graceful and len(todo) > 1:
         todo = stop_order(todo, etcd_leader(c))
     for i, n in enumerate(todo):

@@ -55,7 +55,8 @@ class InitPlan:
     metrics_ports: dict[str, int]  # node -> metrics port on the host (replaced when netns)
     timing: LeaseTiming
     store: str  # "dir", an etcd:// URL, or "" until the local etcd members are known
-    own_etcd: bool  # ha-cluster runs one etcd member per node (--store etcd --netns)
+    own_etcd: bool  # ha-cluster runs the etcd members itself (--store etcd --netns)
+    etcd_members: int  # how many: on the first nodes (default_etcd_members), when own_etcd
     store_timeout: float
     # (ca, cert, key) for an etcd the operator runs (absolute paths), else None
     etcd_tls: tuple[str, str, str] | None
@@ -65,6 +66,16 @@ class InitPlan:
     cgroups: bool
     watchdog: str
     force: bool
+
+
+def default_etcd_members(nodes: int) -> int:
+    """How many etcd members ha-cluster runs for NODES nodes: every node up to 3, then 3 or 5.
+
+    etcd's own advice: 3 or 5 members (7 at most); each member more is one more copy
+    of every write and one more vote in each of them, and an even count tolerates no
+    more failures than the odd one below it. The other nodes are etcd's clients.
+    """
+    return nodes if nodes <= 3 else 3 if nodes == 4 else 5
 
 
 def parse_timing(pairs: tuple[str, ...]) -> LeaseTiming:
@@ -135,7 +146,7 @@ def store_setting(
     if not netns:
         raise AdminError(
             "--store etcd needs --endpoints H:P,... (an etcd you run) or --netns"
-            " (one etcd member per node, run by ha-cluster)",
+            " (etcd members run by ha-cluster in the nodes' namespaces)",
             ExitCode.USAGE,
         )
     return "", True
@@ -160,6 +171,7 @@ def plan(
     etcd_cert: str | None = None,
     etcd_key: str | None = None,
     insecure: bool = False,
+    etcd_members: int | None = None,
 ) -> InitPlan:
     root = Path(directory).resolve()
     if (root / CLUSTER_FILE).exists() and not force:
@@ -169,6 +181,13 @@ def plan(
     store, own_etcd = store_setting(store_kind, endpoints, netns, name, store_timeout, tls, insecure)
     if own_etcd and (root / "etcd").exists() and not force:
         raise AdminError(f"{root}/etcd holds etcd data (use --force to start afresh)", ExitCode.USAGE)
+    if etcd_members is not None and not own_etcd:
+        raise AdminError(
+            "--etcd-members needs --store etcd --netns (members ha-cluster runs)", ExitCode.USAGE
+        )
+    members = default_etcd_members(count) if etcd_members is None else etcd_members
+    if not 1 <= members <= count:
+        raise AdminError(f"--etcd-members must be 1 to {count} (the nodes), got {members}", ExitCode.USAGE)
     names = [f"node{i}" for i in range(1, count + 1)]
     if base_port:
         ports = [base_port + i for i in range(count)]
@@ -185,6 +204,7 @@ def plan(
         timing=timing,
         store=store,
         own_etcd=own_etcd,
+        etcd_members=members,
         store_timeout=store_timeout,
         etcd_tls=tls,
         insecure=insecure,
@@ -249,7 +269,10 @@ def _config(p: InitPlan, network: netns_mod.Network | None) -> ClusterConfig:
         metrics = dict.fromkeys(p.nodes, NETNS_METRICS_PORT)
     if p.own_etcd:
         assert network is not None
-        members = {n: EtcdMember(n, network.nodes[n].address, tls=not p.insecure) for n in p.nodes}
+        # on the first nodes: node1 ... (each in its node's namespace: a partition cuts both)
+        members = {
+            n: EtcdMember(n, network.nodes[n].address, tls=not p.insecure) for n in p.nodes[: p.etcd_members]
+        }
         etcd = LocalEtcd(f"pyha-{uuid.uuid4().hex[:12]}", members)
         hosts = ",".join(m.endpoint for m in members.values())
         store = f"etcd://{hosts}/{p.name}?timeout={p.store_timeout:g}"
@@ -337,13 +360,13 @@ def _start_store(c: ClusterConfig, undo: list[Callable[[], None]]) -> None:
     try:
         if c.etcd is not None:
             undo.append(lambda: stop_etcd(c, graceful=False))
-            start_etcd(c, sorted(c.nodes))
+            start_etcd(c, sorted(c.etcd.members))
             problem = wait_store(c, STORE_START_TIMEOUT)
             if problem is not None:
                 raise HaError(f"etcd did not come up: {problem}")
         seed_store(c)
     except HaError as e:
-        logs = "".join(f"\n--- {n}:\n{etcd_log_tail(c, n)}" for n in sorted(c.nodes)) if c.etcd else ""
+        logs = "".join(f"\n--- {n}:\n{etcd_log_tail(c, n)}" for n in sorted(c.etcd.members)) if c.etcd else ""
         raise AdminError(f"cannot initialise the store {c.store_url}: {e}{logs}", ExitCode.FAILED) from None
 
 
@@ -354,7 +377,8 @@ def summary(c: ClusterConfig) -> list[str]:
         t = c.etcd_tls
         lines.append(f"  etcd over TLS: CA {t.ca}, client certificate {t.cert} (key {t.key})")
     for n, endpoint in sorted(c.nodes.items()):
-        extra = f"  etcd {c.etcd.members[n].endpoint}" if c.etcd is not None else ""
+        member = c.etcd.members.get(n) if c.etcd is not None else None
+        extra = f"  etcd {member.endpoint}" if member is not None else ""
         where = c.metrics_address(n)
         if where is not None:
             extra += f"  metrics http://{where[0]}:{where[1]}/metrics"

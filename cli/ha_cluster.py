@@ -1,7 +1,7 @@
 """``ha-cluster``: create and drive a local cluster of ``ha-node`` processes.
 
     ha-cluster init DIR --nodes 3         membership, CURVE keys, empty config, store
-        [--store dir|etcd] [--endpoints H:P,...] [--netns]
+        [--store dir|etcd] [--endpoints H:P,...] [--netns] [--etcd-members N]
         [--etcd-ca F --etcd-cert F --etcd-key F | --insecure]   TLS to etcd (docs/ETCD.md)
     ha-cluster up DIR [NODE...]           start node processes (all by default)
     ha-cluster down DIR                   orderly shutdown of every node (and local etcd)
@@ -18,8 +18,10 @@
 
 Stores: ``--store dir`` (default) keeps the records in ``DIR/store`` (one
 host). ``--store etcd --endpoints h:p,...`` uses an etcd the operator runs;
-``--store etcd --netns`` runs one etcd member per node inside the node's
-network namespace (peers and clients on the node's namespace address),
+``--store etcd --netns`` runs etcd members inside the nodes' network
+namespaces, one on each of the first ``--etcd-members`` nodes (default: every
+node up to 3, then 3 or 5, as etcd advises; the other nodes are only its
+clients), peers and clients on the node's namespace address,
 started by ``init``/``up`` and stopped by ``down``/``destroy``: data in
 ``DIR/etcd/<node>.etcd``, logs in ``DIR/logs/<node>.etcd.log``, pid files in
 ``DIR/run/<node>/etcd.pid``. A partition then cuts a node and its etcd
@@ -56,6 +58,7 @@ from cli.cluster_etcd import (
     etcd_log_tail,
     etcd_pid,
     local_etcd,
+    member_nodes,
     renew_certs,
     start_etcd,
     stop_etcd,
@@ -146,6 +149,11 @@ def main() -> None:
     "--endpoints", help="etcd client endpoints H:P,... (with --store etcd; else --netns runs etcd)."
 )
 @click.option(
+    "--etcd-members", type=click.IntRange(min=1),
+    help="With --store etcd --netns: how many nodes run an etcd member (the first ones; default: "
+    "every node up to 3, then 3 for 4 nodes and 5 from 5 on); the others are etcd's clients.",
+)  # fmt: skip
+@click.option(
     "--store-timeout", type=click.FloatRange(min=0.05), default=DEFAULT_ETCD_TIMEOUT, show_default=True,
     help="Seconds every etcd call of a node may take.",
 )  # fmt: skip
@@ -174,6 +182,7 @@ def init(
     etcd_key: str | None,
     insecure: bool,
     watchdog: str,
+    etcd_members: int | None,
 ) -> None:
     """Create a cluster in DIRECTORY."""
     p = cluster_init.plan(
@@ -194,6 +203,7 @@ def init(
         etcd_cert=etcd_cert,
         etcd_key=etcd_key,
         insecure=insecure,
+        etcd_members=etcd_members,
     )
     for line in cluster_init.summary(cluster_init.create(p)):
         click.echo(line)
@@ -288,7 +298,7 @@ def kill(directory: str, node: str, with_etcd: bool) -> None:
     if with_etcd:
         stop_etcd(c, [node], graceful=False)
     wait_gone(killed, 5)
-    extra = " and its etcd member" if with_etcd and c.etcd is not None else ""
+    extra = " and its etcd member" if with_etcd and member_nodes(c, [node]) else ""
     click.echo(f"{node} killed ({len(killed)} daemon process(es), its services{extra})")
 
 
@@ -360,14 +370,26 @@ def remove_node(directory: str, node: str, timeout: float) -> None:
     cluster_members.remove_node(load(directory), node, timeout, click.echo)
 
 
+def etcd_member_args(c: ClusterConfig, nodes: tuple[str, ...]) -> list[str]:
+    """NODES, each a node of the cluster that runs one of its etcd members (else a usage error)."""
+    e = local_etcd(c)
+    todo = check_nodes(c, nodes)
+    others = [n for n in todo if n not in e.members]
+    if others:
+        fail(
+            f"{' '.join(others)} run(s) no etcd member (the members: {' '.join(sorted(e.members))})",
+            ExitCode.USAGE,
+        )
+    return todo
+
+
 @main.command("etcd-kill")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("nodes", nargs=-1, required=True)
 def etcd_kill(directory: str, nodes: tuple[str, ...]) -> None:
     """SIGKILL only the etcd members of NODES (the nodes keep running)."""
     c = load(directory)
-    local_etcd(c)
-    todo = check_nodes(c, nodes)
+    todo = etcd_member_args(c, nodes)
     stop_etcd(c, todo, graceful=False)
     click.echo(f"etcd member(s) of {' '.join(todo)} killed")
 
@@ -383,8 +405,7 @@ def etcd_start(directory: str, nodes: tuple[str, ...], timeout: float) -> None:
     make a majority together.
     """
     c = load(directory)
-    local_etcd(c)
-    todo = check_nodes(c, nodes)
+    todo = etcd_member_args(c, nodes)
     start_etcd(c, todo)
     late = wait_etcd_serving(c, todo, timeout)
     if late:
@@ -439,7 +460,7 @@ def status(directory: str) -> None:
         pid = node_pid(c, n)
         wd = read_pid_file(c.run_dir(n) / "ha-watchdog.pid")
         line = f"{n}: {'running pid ' + str(pid) if pid else 'stopped'}{f', watchdog pid {wd}' if wd else ''}"
-        if c.etcd is not None:
+        if c.etcd is not None and n in c.etcd.members:
             epid = etcd_pid(c, n)
             state = f"etcd pid {epid}" + (" (leader)" if n == lead else "") if epid else "etcd stopped"
             line += f", {state}"

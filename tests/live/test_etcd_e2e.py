@@ -10,6 +10,7 @@ checks that nothing is left behind (processes, namespaces, bridge).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -47,10 +48,11 @@ def _leftovers(c: LiveCluster, tag: str, etcd_pids: list[int]) -> list[str]:
     return out
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LiveCluster]:
+@contextlib.contextmanager
+def etcd_cluster(root: Path, nodes: int = 3) -> Iterator[LiveCluster]:
+    """A live cluster on its own etcd; afterwards: no double run, nothing left behind."""
     _need_tools()
-    c = LiveCluster(tmp_path, store="etcd")
+    c = LiveCluster(root, nodes, store="etcd")
     tag = c.config().network["tag"]  # type: ignore[index]
     try:
         yield c
@@ -59,6 +61,12 @@ def cluster(tmp_path: Path) -> Iterator[LiveCluster]:
         etcd_pids = [int(p.read_text()) for p in (c.dir / "run").glob("*/etcd.pid")]
         c.close()
     assert _leftovers(c, tag, etcd_pids) == [], "ha-cluster destroy left something behind"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LiveCluster]:
+    with etcd_cluster(tmp_path) as c:
+        yield c
 
 
 def start(c: LiveCluster, placement: dict[str, str]) -> None:
@@ -111,6 +119,30 @@ def test_host_crash_node_and_its_etcd_member(cluster: LiveCluster) -> None:
     cluster.up("node2")
     wait_for(lambda: cluster.manager_status().node_status.get("node2") == "online", 30, "node2 online")
     assert cluster.etcd_leader() is not None
+
+
+def test_a_node_without_etcd_member_is_a_client_and_fences_when_cut_off(tmp_path: Path) -> None:
+    """4 nodes: etcd members on node1-3 only (etcd's advice: 3 or 5); node4 is their client.
+
+    Cut off, node4 reaches neither bus nor store majority: it fences itself and its
+    service runs again on the majority; the etcd members are not disturbed.
+    """
+    with etcd_cluster(tmp_path, nodes=4) as c:
+        assert c.config().etcd is not None and sorted(c.config().etcd.members) == ["node1", "node2", "node3"]
+        start(c, {"proc:a": "node4", "proc:b": "node1"})
+        status = c.cli("cli.ha_cluster", "status", str(c.dir)).stdout
+        line4 = next(x for x in status.splitlines() if x.startswith("node4:"))
+        assert "running pid" in line4 and "etcd" not in line4, status
+        refused = c.cli("cli.ha_cluster", "etcd-kill", str(c.dir), "node4", check=False)
+        assert refused.returncode == 2 and "no etcd member" in refused.stderr
+        pid4 = c.pid("node4")
+        c.partition("node4")
+        wait_for(lambda: fired(c, "node4"), 15, "node4's watchdog to fire")
+        wait_for(lambda: dead(pid4), 10, "node4's daemon to be killed by its watchdog")
+        c.wait_serving("proc:a", 30, not_on="node4")
+        assert c.serving_node("proc:b") == "node1"
+        assert not any(fired(c, n) for n in ("node1", "node2", "node3"))
+        assert c.etcd_leader() in ("node1", "node2", "node3")
 
 
 def test_partition_cuts_node_and_etcd_member_off_together(cluster: LiveCluster) -> None:
