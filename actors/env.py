@@ -352,6 +352,17 @@ class LiveEnv:
         return ms
 
     def write_manager_status(self, ms: ManagerStatus) -> None:
+        try:
+            self._write_manager_status(ms)
+        finally:
+            # the round's moves are synced and announced now even when nothing is written
+            # (not master any more, nothing changed); a write did it before replacing the file
+            sync = getattr(self.ctx.store, "sync_deferred", None)
+            if sync is not None:
+                with contextlib.suppress(StoreError, OSError):
+                    sync()
+
+    def _write_manager_status(self, ms: ManagerStatus) -> None:
         # SAFETY: only the holder of the manager lease writes manager_status
         # (§11.1 item 1). A master whose thread stalled past its lease must not
         # overwrite what a new master wrote meanwhile.
@@ -663,10 +674,13 @@ class LiveEnv:
             return
         if node != current_node:
             raise HaError(f"service '{sid}' is on node '{node}', not on '{current_node}'")
-        # the dir store syncs the moves of a round together, before its manager_status write
+        # the dir store syncs the moves of a round together, before its manager_status write;
+        # the master's moves are announced (journal) together there too: the LRMs act on that
+        # write, not on the moves (a live migration's commit, the LRM's, is announced at once:
+        # its target reads it before it resumes the guest)
         deferring = getattr(store, "deferring", None)
         try:
-            with deferring() if deferring is not None else contextlib.nullcontext():
+            with deferring(notes=self.daemon == "crm") if deferring is not None else contextlib.nullcontext():
                 rec.write_location(store, sid, new_node, version if version is not None else "")
         except StoreError as e:
             # outcome unknown: read the location again to learn whether the move happened
@@ -868,6 +882,9 @@ class LiveEnv:
             # a new term: the compare-and-swap base is the record as this master reads it next,
             # not what this process read (or wrote) before, as a slave or in an earlier term
             self._ms_version = _UNKNOWN
+            # and the locations as the records have them now: an earlier master's last moves
+            # may not be in the change log (it died before announcing them, DirStore.deferring)
+            self._locations = rec.LocationsCache()
             if self.observer is not None:
                 self.observer.new_term()
         self._manager_lease_held = ok

@@ -18,6 +18,8 @@ Guarantees:
   durable together: by the next write outside it (its fsyncs come first), so
   a write that depends on them never outlives them in a power cut.
   Readers take no lock; they open the current file, which is complete.
+  With ``deferring(notes=True)`` (the master's recovery round) the journal
+  notes of those writes wait for the same barrier (see :meth:`DirStore.deferring`).
 * Read-modify-write operations (CAS, append, take, delete, leases) hold an
   exclusive ``flock`` on the record's own lock file, so they are atomic
   across threads and processes. A lock held longer than ``lock_timeout``
@@ -111,6 +113,7 @@ class DirStore:
         self._cache: dict[str, tuple[tuple[int, int], float, Record | None]] = {}
         self._deferring = threading.local()  # this thread's writes wait for the next barrier
         self._unsynced: dict[Path, None] = {}  # files written under deferring(), in order
+        self._unnoted: dict[str, None] = {}  # records written under deferring(notes=True)
         self._unsynced_lock = threading.Lock()
         try:
             self._ensure_dir(self._locks)
@@ -126,7 +129,9 @@ class DirStore:
         return f"dir:{self.root}"
 
     def close(self) -> None:
-        """Nothing stays open between calls."""
+        """Nothing stays open between calls; writes still deferred are synced and noted."""
+        with contextlib.suppress(OSError, StoreError):
+            self.sync_deferred()
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -177,39 +182,59 @@ class DirStore:
         return f"{kind}.{name.replace('/', '%')}"
 
     @contextlib.contextmanager
-    def deferring(self) -> Iterator[None]:
+    def deferring(self, notes: bool = False) -> Iterator[None]:
         """Writes of this thread inside are made durable by the next write outside (see above).
 
         A recovery round moves the location of every service of a dead node: each move
         a write with two fsyncs, one after the other (issue #15: 100 services, 2 s of
         the failover). Here they are written at once and synced together before the
         round's manager_status write, which depends on them.
+
+        ``notes``: their journal notes wait for that barrier too, and go in one append.
+        Each note wakes every node's store watcher (and, for a location, every daemon
+        reading locations): at 20 nodes a recovery round of 100 moves woke 2,000 of
+        them one after the other, on two cores, while the master was still moving.
+        Until the barrier the files are in place (a read of the file sees them) but
+        other store objects may still serve a cached copy, up to ``READ_CACHE_MAX_AGE``;
+        this object's own cache holds what it wrote. Only for a writer whose readers
+        act on a later write (the master: the LRMs act on its manager_status, written
+        after the barrier); never for a move another node checks at once (a live
+        migration's commit, which the target reads before it resumes the guest).
         """
-        before = getattr(self._deferring, "on", False)
+        before = (getattr(self._deferring, "on", False), getattr(self._deferring, "notes", False))
         self._deferring.on = True
+        self._deferring.notes = notes or before[1]
         try:
             yield
         finally:
-            self._deferring.on = before
+            self._deferring.on, self._deferring.notes = before
 
     def sync_deferred(self) -> None:
-        """Make every write done under :meth:`deferring` durable (a no-op when there is none)."""
+        """Make every write done under :meth:`deferring` durable, then append their deferred
+        journal notes (a no-op when there is none)."""
         with self._unsynced_lock:
-            if not self._unsynced:
-                return
-            paths = list(self._unsynced)
-            for path in paths:  # after the first, each finds its data on disk already
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue  # deleted since: its delete synced its folder
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            for d in dict.fromkeys(p.parent for p in paths):
-                _fsync_dir(d)
-            self._unsynced = {}  # only once all of it is on disk: a failure leaves it to the next
+            if self._unsynced:
+                self._sync_unsynced()
+            if self._unnoted:
+                names = list(self._unnoted)
+                self._unnoted = {}  # a failed append: the readers' caches age out, as for any note
+                self._note_quietly(*names)
+
+    def _sync_unsynced(self) -> None:
+        """fsync the files written under :meth:`deferring` and their folders (``_unsynced_lock`` held)."""
+        paths = list(self._unsynced)
+        for path in paths:  # after the first, each finds its data on disk already
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # deleted since: its delete synced its folder
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for d in dict.fromkeys(p.parent for p in paths):
+            _fsync_dir(d)
+        self._unsynced = {}  # only once all of it is on disk: a failure leaves it to the next
 
     def _replace(self, path: Path, data: bytes, *, durable: bool = True) -> None:
         """Atomically put ``data`` at ``path`` (caller holds the record lock)."""
@@ -273,12 +298,12 @@ class DirStore:
         except IsADirectoryError:
             return None
 
-    def _note(self, name: str) -> None:
-        """Append ``name`` to the change journal (a hint: not fsynced)."""
+    def _note(self, *names: str) -> None:
+        """Append ``names`` to the change journal, in one write (a hint: not fsynced)."""
         with self._locked("j.journal"):
             fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, name.encode() + b"\n")
+                os.write(fd, b"".join(n.encode() + b"\n" for n in names))
                 size = os.fstat(fd).st_size
             finally:
                 os.close(fd)
@@ -326,15 +351,25 @@ class DirStore:
     def write(self, name: str, data: bytes, expect_version: str | None = None) -> str:
         path = self._path(name)
         data = bytes(data)
+        version = version_of(data)
         try:
             with self._locked(self._lock_key("r", name)):
                 if expect_version is not None:
                     self._check_version(name, path, expect_version)
                 self._replace(path, data)
+                if getattr(self._deferring, "notes", False):
+                    # noted at the barrier (deferring); meanwhile this object reads its own write
+                    # (under the record's lock: no other write of it can come between)
+                    mark = self._journal_mark()
+                    if mark is not None:
+                        self._cache[name] = (mark, time.monotonic(), Record(data, version))
+                    with self._unsynced_lock:
+                        self._unnoted[name] = None
+                    return version
         except OSError as e:
             raise self._io("write", name, e) from e
         self._note_quietly(name)
-        return version_of(data)
+        return version
 
     def _check_version(self, name: str, path: Path, expect: str) -> None:
         cur = self._read_bytes(path)
@@ -343,10 +378,10 @@ class DirStore:
         if not ok:
             raise VersionConflict(name, expect, actual)
 
-    def _note_quietly(self, name: str) -> None:
+    def _note_quietly(self, *names: str) -> None:
         # The data is committed; a failing journal only delays watchers to their full re-read.
         with contextlib.suppress(OSError, StoreError):
-            self._note(name)
+            self._note(*names)
 
     def delete(self, name: str, expect_version: str | None = None) -> bool:
         path = self._path(name)

@@ -356,3 +356,44 @@ def test_writes_under_deferring_are_synced_together_before_the_next_durable_writ
     synced.clear()
     st.write("manager_status", b"{} ")
     assert len(synced) == 2 and synced[0].startswith(own)  # nothing left to sync
+
+
+def test_deferred_notes_go_in_one_journal_append_before_the_next_durable_write(tmp_path: Path) -> None:
+    """The master's recovery round (issue #15): one note, one wake-up of every watcher, not one per move."""
+    st, other = DirStore(tmp_path), DirStore(tmp_path)
+    st.write("locations/vm:0", b"n1 0\n")
+    assert other.read("locations/vm:0") is not None  # cached by the other store object
+    token = other.changed_since(None).token
+    mark = other.change_mark()
+    with st.deferring(notes=True):
+        for i in range(3):
+            st.write(f"locations/vm:{i}", b"n2 1\n")
+        assert other.change_mark() == mark  # nothing announced yet: no watcher woke
+        assert st.read("locations/vm:0") == Record(b"n2 1\n", version_of(b"n2 1\n"))  # its own writes
+    st.write("manager_status", b"{}")
+    changes = other.changed_since(token)
+    assert changes.names == {"locations/vm:0", "locations/vm:1", "locations/vm:2", "manager_status"}
+    # the moves came in one append, before the write that follows them
+    lines = (tmp_path / ".pyha" / "journal").read_bytes().splitlines()
+    assert lines[-4:] == [b"locations/vm:0", b"locations/vm:1", b"locations/vm:2", b"manager_status"]
+    assert other.read("locations/vm:0") == Record(b"n2 1\n", version_of(b"n2 1\n"))  # its cache moved on
+
+
+def test_deferring_without_notes_announces_each_write_at_once(tmp_path: Path) -> None:
+    """A live migration's commit: the target reads the location before it resumes the guest."""
+    st, other = DirStore(tmp_path), DirStore(tmp_path)
+    st.write("locations/vm:1", b"n1 0\n")
+    assert other.read("locations/vm:1") == Record(b"n1 0\n", version_of(b"n1 0\n"))
+    with st.deferring():
+        st.write("locations/vm:1", b"n2 1\n")
+        assert other.read("locations/vm:1") == Record(b"n2 1\n", version_of(b"n2 1\n"))
+
+
+def test_close_announces_what_is_still_deferred(tmp_path: Path) -> None:
+    st, other = DirStore(tmp_path), DirStore(tmp_path)
+    token = other.changed_since(None).token
+    with st.deferring(notes=True):
+        st.write("locations/vm:7", b"n3 2\n")
+    assert other.changed_since(token).names == set()
+    st.close()
+    assert other.changed_since(token).names == {"locations/vm:7"}
