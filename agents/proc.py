@@ -11,7 +11,7 @@ resources.cfg properties (BEHAVIOUR.md §7.1 plus the registry's extras):
 
 Each service runs in its own session and process group and, where cgroup v2
 is writable, its own cgroup ``<cgroup_base>/<node>/<name>``. It is started
-through ``agents/launcher.py`` so that it is not our child: it survives a
+through ``agents/shspawn.py`` (or ``agents/launcher.py``) so that it is not our child: it survives a
 restart of the LRM. Its pid, process group, start time, boot id and cgroup
 are kept in ``<state_dir>/<node>/proc/<name>.json``, so any later process
 (a fresh LRM) can check and stop it. Output goes to ``<name>.log`` beside it.
@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from agents import procutil
+from agents import procutil, shspawn
 from ha.config.resources import ResourceConfig
 from ha.env import Env
 
@@ -297,6 +297,18 @@ class ProcPlugin:
         return st
 
     def _spawn(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Start the service detached: ``{"pid", "starttime"}`` or ``{"error"}``.
+
+        Through the shell (``agents/shspawn.py``) where it can: about 2 ms of CPU a start
+        against about 35 ms for the Python launcher (``agents/launcher.py``, the fallback).
+        A failover starts every service of the lost node at once on the others (issue #15:
+        100 of them at 20 nodes, on two cores, 3.5 s of CPU in launchers alone).
+        """
+        if shspawn.available():
+            return shspawn.spawn(spec)
+        return self._spawn_launcher(spec)
+
+    def _spawn_launcher(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Run the launcher (``agents/launcher.py``): ``{"pid", "starttime"}`` or ``{"error"}``."""
         res = subprocess.run(
             [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(spec)],

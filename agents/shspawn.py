@@ -32,6 +32,7 @@ shift 3
 if [ -n "$cg" ]; then echo $$ >"$cg/cgroup.procs" || exit 125; fi
 exec 3>>"$log" || exit 125
 cd "$dir" || exit 125
+unset OLDPWD
 umask 022
 setsid "$@" </dev/null >&3 2>&3 3>&- &
 echo $!
