@@ -200,7 +200,10 @@ def daemon_pids(c: LiveCluster, nodes: list[str] | None = None) -> dict[str, dic
     for n, p in pids.items():
         if None in p.values():
             tail = "\n".join(c.log(n).splitlines()[-25:])
-            raise RuntimeError(f"{n} is not running: {p}; the end of its log:\n{tail}")
+            wd = "\n".join(c.watchdog_log(n).splitlines()[-15:])
+            raise RuntimeError(
+                f"{n} is not running: {p}; the end of its log:\n{tail}\nthe end of its watchdog's log:\n{wd}"
+            )
     return {n: {w: int(v) for w, v in p.items() if v is not None} for n, p in pids.items()}
 
 
