@@ -147,6 +147,8 @@ class VmPlugin(IncomingSide):
         self.incoming_deadline = incoming_deadline
         # how this node reaches the target of a live migration (the live runtime sets it); None: relocate
         self.peer: Peer | None = None
+        # the node's standby keeper (agents/vmstandby.py) wants to hear when a standby may be due here
+        self.standby_poke: Callable[[], None] | None = None
         self._incoming_lock = threading.Lock()  # resume, abort and the reaper of one node's incoming QEMUs
 
     # -- paths ---------------------------------------------------------------------------------------
@@ -246,11 +248,18 @@ class VmPlugin(IncomingSide):
     # -- the plugin protocol -------------------------------------------------------------------------
 
     def check_running(self, env: Env, sid: str, conf: ResourceConfig) -> bool:
-        # SAFETY: an incoming QEMU that was never resumed is not the service (see _drop_incoming):
-        # "not running" makes a start kill it and boot the guest afresh instead of adopting it
+        # SAFETY: an incoming QEMU that was never resumed (a migration's or a standby) is not the
+        # service (see _drop_incoming): "not running" makes a start kill it and boot the guest afresh
+        # instead of adopting it, and a standby never counts as a copy of the guest on this node
         if self.incoming_path(env.nodename(), conf.name).exists():
             return False
         return super().check_running(env, sid, conf)
+
+    def _argv(self, sid: str, node: str, name: str, conf: ResourceConfig) -> list[str]:
+        """The VM's QEMU command line from ``conf`` (checked; no side effect)."""
+        spec = parse_spec(conf.extra)
+        check_files(spec)
+        return self.command(sid, node, name, spec)
 
     def _prepare(self, sid: str, node: str, name: str, conf: ResourceConfig) -> tuple[VmSpec, list[str]]:
         spec = parse_spec(conf.extra)
@@ -262,17 +271,18 @@ class VmPlugin(IncomingSide):
 
     def start(self, env: Env, sid: str, conf: ResourceConfig) -> None:
         node, name = env.nodename(), conf.name
+        # one step under the lock, from the kill of an incoming or standby QEMU to the launch: a
+        # standby launched in between would otherwise be taken for the service ("already running")
         with self._incoming_lock:
             self._drop_incoming(env, sid, node, name)
-        if self._running_or_forgotten(node, name):
-            return  # already running: nothing to do
-        try:
-            spec, argv = self._prepare(sid, node, name, conf)
-        except (VmConfigError, GuestError, OSError) as e:
-            env.log("err", f"service {sid}: {e}")
-            return
-
-        st = self._launch(env, sid, node, name, argv, "/", {}, " ".join(argv))
+            if self._running_or_forgotten(node, name):
+                return  # already running: nothing to do
+            try:
+                spec, argv = self._prepare(sid, node, name, conf)
+            except (VmConfigError, GuestError, OSError) as e:
+                env.log("err", f"service {sid}: {e}")
+                return
+            st = self._launch(env, sid, node, name, argv, "/", {}, " ".join(argv))
         if st is None:
             return
         self._await_boot(env, sid, node, name, spec, st)
@@ -494,6 +504,7 @@ class VmPlugin(IncomingSide):
         else:
             self._terminate(env, sid, node, name, st, 0)
         phases.mark("gone")
+        self._poke_standbys()  # the service left: this node may hold a standby of it now
         env.log(
             "info",
             f"service {sid}: live migration phases (ms): {phases.text()} "
