@@ -202,8 +202,7 @@ class VmIncoming:
                     f"node '{node}': its LRM holds no agent lease and watchdog: not resuming '{sid}'",
                     ExitCode.REFUSED,
                 )
-            plugin.incoming_resume(self.env, sid, conf)
-            phases.mark("qmp")
+            plugin.incoming_resume(self.env, sid, conf, phases)  # marks connect, check, cont
             return {"resumed": True, "phases": phases.ms}
         except MigrationError as e:
             raise AdminError(str(e), ExitCode.FAILED) from e

@@ -64,6 +64,7 @@ class IncomingSide(ProcPlugin):
 
     incoming_deadline: float
     standby_poke: Callable[[], None] | None  # the node's standby keeper (agents/vmstandby.py)
+    _leaving: dict[tuple[str, str], threading.Event]  # QEMUs that migrated away, exiting (agents/vm.py)
     _incoming_lock: threading.Lock  # listen, resume, abort, standbys and the reaper of one node's QEMUs
 
     # what the vm agent provides (agents/vm.py)
@@ -77,6 +78,9 @@ class IncomingSide(ProcPlugin):
         raise NotImplementedError
 
     def _qmp_status(self, node: str, name: str, timeout: float) -> str | None:
+        raise NotImplementedError
+
+    def _await_leaving(self, node: str, name: str) -> bool:
         raise NotImplementedError
 
     def _poke_standbys(self) -> None:
@@ -154,6 +158,8 @@ class IncomingSide(ProcPlugin):
         then nothing happens and the answer is False."""
         node, name = env.nodename(), conf.name
         with self._incoming_lock:
+            if (node, name) in self._leaving:
+                return False  # it migrated away from here a moment ago: poked again once it is gone
             mark = self.marker(node, name)
             if mark is not None and mark[0] != STANDBY:
                 return False  # a migration's incoming QEMU: its listen, resume, abort or reaper own it
@@ -250,6 +256,8 @@ class IncomingSide(ProcPlugin):
         ``phases`` (if given) gets the time of each step."""
         phases = phases if phases is not None else Phases()
         node, name = env.nodename(), conf.name
+        if self._await_leaving(node, name):  # it migrated away from here a moment ago
+            phases.mark("leaving")
         with self._incoming_lock:
             st = self._take_standby(env, sid, node, name, conf)
         if st is not None:
@@ -320,7 +328,7 @@ class IncomingSide(ProcPlugin):
                 self._drop_incoming(env, sid, node, name)
         self._poke_standbys()
 
-    def incoming_resume(self, env: Env, sid: str, conf: ResourceConfig) -> None:
+    def incoming_resume(self, env: Env, sid: str, conf: ResourceConfig, phases: Phases | None = None) -> None:
         """Run the guest that came in (after the source's commit); idempotent. Raises MigrationError."""
         node, name = env.nodename(), conf.name
         with self._incoming_lock:
@@ -332,7 +340,7 @@ class IncomingSide(ProcPlugin):
             if mark[0] != INCOMING:
                 # SAFETY: a standby never got a migration: nothing of the guest is in it
                 raise MigrationError(f"the QEMU of {sid} on node '{node}' is a standby: not resuming it")
-            vmqmp.resume_incoming(self.qmp_path(node, name))
+            vmqmp.resume_incoming(self.qmp_path(node, name), phases=phases)
             self.incoming_path(node, name).unlink()  # an ordinary running VM from now on
         env.log("info", f"service {sid}: guest resumed here after its live migration")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,8 +57,10 @@ def test_live_migration_hands_the_running_guest_over(nodes: Nodes, monkeypatch: 
     assert nodes.status("n2") == "running"
     tgt_pids = nodes.pids("n2")
     assert tgt_pids and not set(tgt_pids) & set(src_pids)
-    assert not any(procutil.pid_alive(p) for p in src_pids)
-    assert nodes.plugins["n1"].load_state("n1", NAME) is None
+    # the source's QEMU exits (told to quit) and is forgotten off the migration's path, soon after
+    wait_until(lambda: not any(procutil.pid_alive(p) for p in src_pids), timeout=10)
+    wait_until(lambda: nodes.plugins["n1"].load_state("n1", NAME) is None, timeout=10)
+    wait_until(lambda: any("source QEMU gone" in m for _, m in env1.lines), timeout=10)
     assert not nodes.plugins["n2"].incoming_path("n2", NAME).exists()
     done = [m for lvl, m in env1.lines if "live migration to n2 done in" in m]
     assert len(done) == 1 and " ms, downtime " in done[0] and "(QEMU)" in done[0], env1.text()
@@ -180,3 +183,26 @@ def test_qmp_calls_report_refusals(nodes: Nodes) -> None:
     assert status["status"] == "running"
     with pytest.raises(MigrationError, match="no-such-command"):
         qmp_calls(path, ("no-such-command", {"x": 1}))
+
+
+def test_a_migration_back_at_once_waits_for_the_leaving_qemu(nodes: Nodes) -> None:
+    """The source forgets its QEMU after it exited, in the background: a migration back (or a
+    start) meanwhile waits for that instead of taking the leaving QEMU for a running copy."""
+    start_on_n1(nodes)
+    p1, p2 = nodes.plugins["n1"], nodes.plugins["n2"]
+    env1, env2 = nodes.envs["n1"], nodes.envs["n2"]
+    for _ in range(3):
+        assert p1.migrate_live(env1.env, SID, nodes.conf("n1"), "n2"), env1.text()
+        assert p2.migrate_live(env2.env, SID, nodes.conf("n2"), "n1"), env2.text()
+    assert nodes.status("n1") == "running" and nodes.pids("n1")
+    wait_until(lambda: not nodes.pids("n2") and p2.load_state("n2", NAME) is None, timeout=10)
+    # a start right after a migration away (the target's copy killed: a fence there, a recovery
+    # here): it waits for the leaving QEMU, then boots afresh instead of "already running"
+    old = nodes.pids("n1")
+    assert p1.migrate_live(env1.env, SID, nodes.conf("n1"), "n2"), env1.text()
+    st2 = p2.load_state("n2", NAME)
+    assert st2 is not None and st2.cgroup
+    procutil.cgroup_kill(Path(st2.cgroup))
+    rc = exec_resource_agent(env1.env, SID, nodes.conf("n1"), "started", {})
+    assert rc == ExitCode.SUCCESS, env1.text()
+    assert nodes.status("n1") == "running" and not set(nodes.pids("n1")) & set(old)

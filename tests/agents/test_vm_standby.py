@@ -86,7 +86,7 @@ def test_a_migration_takes_over_the_standby(nodes: Nodes) -> None:
     assert nodes.requests[-2:] == [("n2", "listen"), ("n2", "resume")]
     assert nodes.status("n2") == "running" and nodes.pids("n2") == standby
     assert p2.marker("n2", NAME) is None and p2.check_running(env2.env, SID, cd2)
-    assert not any(procutil.pid_alive(p) for p in src_pids)
+    wait_until(lambda: not any(procutil.pid_alive(p) for p in src_pids), timeout=10)
     assert any("standby QEMU waiting for a live migration" in m for _, m in env2.lines), env2.text()
     # the running guest is never taken for a standby, nor replaced by one
     assert not p2.standby_ensure(env2.env, SID, nodes.conf("n1"))
