@@ -7,11 +7,11 @@ loaded 2-core host, 34 ms idle) plus the launch sat on the migration's path.
 ``vm:`` service this node does not run (up to ``limit``), so a ``listen``
 only opens its migration port (agents/vmincoming.py ``_take_standby``).
 
-What it costs: an idle standby of the default guest (256 MiB) holds about
-37-39 MB resident (15 MB anonymous: the kernel and initramfs loaded as ROM,
-QEMU's own heap; the rest QEMU's shared libraries, shared between them);
-its guest RAM is not touched until a migration comes in. It uses no CPU
-while it waits (paused, ``-S``, no migration port open).
+What it costs: an idle standby of the default guest (256 MiB) holds 36-39 MB
+resident, 15 MB of it private (the kernel and initramfs loaded as ROM, QEMU's
+heap), the rest QEMU's code and libraries, shared between QEMUs (25 MB PSS
+each for two); its guest RAM is not touched until a migration comes in. It
+uses no CPU while it waits (paused, ``-S``, no migration port open).
 
 SAFETY (never two running copies; what each choice prevents):
 
