@@ -770,6 +770,7 @@ class NodeRuntime:
                     continue
                 if names is None or moved or names & self.ADMIN_RECORDS:
                     self.crm_waker.poke()
+                    self.vm_incoming.changed()  # the vm standbys follow config and locations
         finally:
             if watch is not None:
                 watch.close()
@@ -845,6 +846,8 @@ class NodeRuntime:
                 self.watchdog.ask(Disarm(), timeout=5)
         with contextlib.suppress(Exception):
             self.watchdog.stop(timeout=5)  # closes the driver: disconnect while armed fires it
+        with contextlib.suppress(Exception):
+            self.vm_incoming.close()  # its standby QEMUs (agents/vmstandby.py)
         with contextlib.suppress(Exception):
             self.bus.stop()
         with contextlib.suppress(Exception):

@@ -26,7 +26,9 @@ from actors.env import LiveEnv, NodeContext
 from admin.errors import AdminError, ExitCode
 from agents.vm import VmPlugin
 from agents.vmqmp import MigrationError, PeerError, Phases
+from agents.vmstandby import StandbyKeeper, standby_limit
 from bus.messages import ApiReply, ApiRequest, Message
+from ha.config.resources import ResourceConfig
 from ha.errors import HaError
 from store import records as rec
 
@@ -89,24 +91,49 @@ class VmIncoming:
         self.host = host  # the migration stream's address: the node's bus host
         self.env = LiveEnv(ctx, "api")
         self.wake_lrm = wake_lrm
+        self.standbys: StandbyKeeper | None = None  # started by warm_up
+        self._closed = False
 
     def warm_up(self) -> None:
         """In the background: what a ``listen`` of this node's ``vm:`` services needs, ready now.
 
         (The default guest's kernel and initramfs: looking them up reads a few MB, 40-60 ms,
-        which a migration's target would otherwise pay before its QEMU could start.)"""
+        which a migration's target would otherwise pay before its QEMU could start.) Then the
+        node's warm standby QEMUs (agents/vmstandby.py), unless ``PYHA_VM_STANDBY=0``."""
+        standby_env = LiveEnv(self.ctx, "vm")  # the keeper's thread reads the config with its own
+
+        def services() -> Mapping[str, ResourceConfig] | None:
+            try:
+                return standby_env.read_service_config().services
+            except (AdminError, HaError, OSError):
+                return None
 
         def warm() -> None:
             try:
                 plugin = self._plugin()
-                services = self.env.read_service_config().services
-            except (AdminError, HaError):
+            except AdminError:
                 return
-            for sid, conf in services.items():
+            for sid, conf in (services() or {}).items():
                 if sid.startswith("vm:"):
                     plugin.warm(conf)
+            limit = standby_limit()
+            if limit > 0 and not self._closed:
+                self.standbys = StandbyKeeper(plugin, standby_env, services, limit)
+                plugin.standby_poke = self.standbys.poke
+                self.standbys.start()
 
         threading.Thread(target=warm, name=f"{self.ctx.node}/vm-warm", daemon=True).start()
+
+    def changed(self) -> None:
+        """The config or a service's location changed: the standbys may have to follow."""
+        if self.standbys is not None:
+            self.standbys.poke()
+
+    def close(self) -> None:
+        """The node stops: its standby QEMUs go with it (a node that starts again launches them)."""
+        self._closed = True
+        if self.standbys is not None:
+            self.standbys.close(kill=True)
 
     def _arm(self, sid: str, deadline: float) -> None:
         """Pin ``sid`` so that this node's LRM holds its agent lease and watchdog; wait until it does.
@@ -175,8 +202,7 @@ class VmIncoming:
                     f"node '{node}': its LRM holds no agent lease and watchdog: not resuming '{sid}'",
                     ExitCode.REFUSED,
                 )
-            plugin.incoming_resume(self.env, sid, conf)
-            phases.mark("qmp")
+            plugin.incoming_resume(self.env, sid, conf, phases)  # marks connect, check, cont
             return {"resumed": True, "phases": phases.ms}
         except MigrationError as e:
             raise AdminError(str(e), ExitCode.FAILED) from e

@@ -147,7 +147,12 @@ class VmPlugin(IncomingSide):
         self.incoming_deadline = incoming_deadline
         # how this node reaches the target of a live migration (the live runtime sets it); None: relocate
         self.peer: Peer | None = None
-        self._incoming_lock = threading.Lock()  # resume, abort and the reaper of one node's incoming QEMUs
+        # (node, name) -> set once the QEMU of a VM that migrated away from here is gone (_let_go)
+        self._leaving: dict[tuple[str, str], threading.Event] = {}
+        # the node's standby keeper (agents/vmstandby.py) wants to hear when a standby may be due here
+        self.standby_poke: Callable[[], None] | None = None
+        # listen, resume, abort, standbys and the reaper of one node's incoming QEMUs; the starts
+        self._incoming_lock = threading.Lock()
 
     # -- paths ---------------------------------------------------------------------------------------
 
@@ -246,11 +251,18 @@ class VmPlugin(IncomingSide):
     # -- the plugin protocol -------------------------------------------------------------------------
 
     def check_running(self, env: Env, sid: str, conf: ResourceConfig) -> bool:
-        # SAFETY: an incoming QEMU that was never resumed is not the service (see _drop_incoming):
-        # "not running" makes a start kill it and boot the guest afresh instead of adopting it
+        # SAFETY: an incoming QEMU that was never resumed (a migration's or a standby) is not the
+        # service (see _drop_incoming): "not running" makes a start kill it and boot the guest afresh
+        # instead of adopting it, and a standby never counts as a copy of the guest on this node
         if self.incoming_path(env.nodename(), conf.name).exists():
             return False
         return super().check_running(env, sid, conf)
+
+    def _argv(self, sid: str, node: str, name: str, conf: ResourceConfig) -> list[str]:
+        """The VM's QEMU command line from ``conf`` (checked; no side effect)."""
+        spec = parse_spec(conf.extra)
+        check_files(spec)
+        return self.command(sid, node, name, spec)
 
     def _prepare(self, sid: str, node: str, name: str, conf: ResourceConfig) -> tuple[VmSpec, list[str]]:
         spec = parse_spec(conf.extra)
@@ -262,17 +274,19 @@ class VmPlugin(IncomingSide):
 
     def start(self, env: Env, sid: str, conf: ResourceConfig) -> None:
         node, name = env.nodename(), conf.name
+        self._await_leaving(node, name)
+        # one step under the lock, from the kill of an incoming or standby QEMU to the launch: a
+        # standby launched in between would otherwise be taken for the service ("already running")
         with self._incoming_lock:
             self._drop_incoming(env, sid, node, name)
-        if self._running_or_forgotten(node, name):
-            return  # already running: nothing to do
-        try:
-            spec, argv = self._prepare(sid, node, name, conf)
-        except (VmConfigError, GuestError, OSError) as e:
-            env.log("err", f"service {sid}: {e}")
-            return
-
-        st = self._launch(env, sid, node, name, argv, "/", {}, " ".join(argv))
+            if self._running_or_forgotten(node, name):
+                return  # already running: nothing to do
+            try:
+                spec, argv = self._prepare(sid, node, name, conf)
+            except (VmConfigError, GuestError, OSError) as e:
+                env.log("err", f"service {sid}: {e}")
+                return
+            st = self._launch(env, sid, node, name, argv, "/", {}, " ".join(argv))
         if st is None:
             return
         self._await_boot(env, sid, node, name, spec, st)
@@ -489,11 +503,8 @@ class VmPlugin(IncomingSide):
         phases.mark("resume")
         paused_ms = (time.monotonic() - t_done) * 1000 + (res.downtime_ms or 0)
         t_resumed = time.monotonic()
-        if procutil.poll_until(lambda: not self.any_alive(st), 5.0, first=0.002, cap=0.005):
-            self._forget(node, name, st)
-        else:
-            self._terminate(env, sid, node, name, st, 0)
-        phases.mark("gone")
+        # the source QEMU was told to quit: its exit is waited for off the migration's path
+        self._let_go(env, sid, node, name, st, t_resumed)
         env.log(
             "info",
             f"service {sid}: live migration phases (ms): {phases.text()} "
@@ -503,9 +514,46 @@ class VmPlugin(IncomingSide):
             "info",
             f"service {sid}: live migration to {target} done in {res.total_ms} ms, "
             f"downtime {res.downtime_ms} ms (QEMU); guest paused {paused_ms:.0f} ms, "
-            f"{(t_resumed - t0) * 1000:.0f} ms in all (target QEMU ready after {ready_ms:.0f} ms; "
-            f"source QEMU gone {(time.monotonic() - t_resumed) * 1000:.0f} ms after the resume)",
+            f"{(t_resumed - t0) * 1000:.0f} ms in all (target QEMU ready after {ready_ms:.0f} ms)",
         )
+        return True
+
+    def _let_go(self, env: Env, sid: str, node: str, name: str, st: ProcState, since: float) -> None:
+        """Wait (in a thread) for the migrated-away QEMU ``st`` to exit, then forget it; kill it after 5 s.
+
+        The location names the target already and this copy was told to quit (it was
+        stopped before: postmigrate). Until it is forgotten a start or a ``listen`` of the
+        VM here waits for it (:meth:`_await_leaving`), so neither takes the leaving QEMU
+        for a running copy, and no standby is launched beside it."""
+        done = threading.Event()
+        with self._incoming_lock:
+            self._leaving[(node, name)] = done
+
+        def wait() -> None:
+            try:
+                if procutil.poll_until(lambda: not self.any_alive(st), 5.0, first=0.002, cap=0.005):
+                    self._forget(node, name, st)
+                else:
+                    self._terminate(env, sid, node, name, st, 0)
+                gone_ms = (time.monotonic() - since) * 1000
+                env.log("info", f"service {sid}: source QEMU gone {gone_ms:.0f} ms after the resume")
+            finally:
+                with self._incoming_lock:
+                    self._leaving.pop((node, name), None)
+                done.set()
+                self._poke_standbys()  # the service left: this node may hold a standby of it now
+
+        threading.Thread(target=wait, name=f"{node}/vm-{name}-gone", daemon=True).start()
+
+    def _await_leaving(self, node: str, name: str) -> bool:
+        """Wait until a QEMU of the VM that migrated away from here is gone; False if none was leaving.
+
+        SAFETY: until then its state file names a live process: a start would take it
+        for the running guest ("already running") while it exits."""
+        done = self._leaving.get((node, name))
+        if done is None:
+            return False
+        done.wait(5.0 + self.kill_wait + 2.0)
         return True
 
     def _abort_target(self, env: Env, sid: str, target: str, peer: Peer) -> None:

@@ -433,8 +433,10 @@ def qmp_calls(path: Path, *commands: tuple[str, Mapping[str, Any] | None], timeo
         raise MigrationError(f"QMP {[c for c, _ in commands]} failed: {e!r}") from e
 
 
-async def _resume(path: Path, timeout: float) -> None:
+async def _resume(path: Path, timeout: float, phases: Phases | None) -> None:
     client = await _session(path, timeout)
+    if phases is not None:
+        phases.mark("connect")
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -448,21 +450,25 @@ async def _resume(path: Path, timeout: float) -> None:
             if not finishing or time.monotonic() > deadline:
                 break
             await asyncio.sleep(_INCOMING_POLL)
+        if phases is not None:
+            phases.mark("check")
         if mig != "completed" or run not in ("paused", "running"):
             raise MigrationError(f"not resuming: incoming migration {mig!r}, QEMU {run!r}")
         if run == "paused":
             await asyncio.wait_for(client.execute("cont"), timeout)
+            if phases is not None:
+                phases.mark("cont")
     finally:
         await _close(client)
 
 
-def resume_incoming(path: Path, timeout: float = 5.0) -> None:
+def resume_incoming(path: Path, timeout: float = 5.0, phases: Phases | None = None) -> None:
     """Target side: run the guest that came in (``cont``), only once its migration COMPLETED.
 
     One QMP session: check, then ``cont``. SAFETY: an incoming QEMU whose
     migration did not complete holds no whole guest; it is never resumed
     (:class:`MigrationError`)."""
     try:
-        asyncio.run(_resume(path, timeout))
+        asyncio.run(_resume(path, timeout, phases))
     except (OSError, QMPError, TimeoutError) as e:
         raise MigrationError(f"QMP resume failed: {e!r}") from e

@@ -33,10 +33,14 @@ NODES = ("node1", "node2", "node3")
 
 
 def answers(plugin: VmPlugin, name: str) -> dict[str, GuestAnswer]:
-    """Node -> the guest's answer, for every node where guest NAME answers its health check."""
+    """Node -> the guest's answer, for every node where guest NAME answers its health check.
+
+    (A node's standby QEMU of the VM, agents/vmstandby.py, has the socket but no guest: skipped.)"""
     out = {}
     for node in NODES:
         path = plugin.health_path(node, name)
+        if plugin.marker(node, name) is not None:
+            continue
         if path.exists() and (ans := ping_guest(path, timeout=0.5)) is not None:
             out[node] = ans
     return out

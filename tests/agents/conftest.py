@@ -11,6 +11,7 @@ import pytest
 from agents import procutil
 from agents.proc import ProcPlugin
 from tests.agents.helpers import TOKEN_VAR, kill_everything, remove_cgroup_tree
+from tests.agents.vmnodes import Nodes, make_nodes
 
 
 @pytest.fixture
@@ -59,3 +60,9 @@ def proc_nocg(tmp_path: Path, token: str) -> Iterator[ProcPlugin]:
         yield plugin
     finally:
         kill_everything(plugin, token)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, cgroup_base: Path, token: str) -> Iterator[Nodes]:
+    """Two vm plugins as nodes ``n1`` and ``n2`` of one host (tests/agents/vmnodes.py)."""
+    yield from make_nodes(tmp_path, cgroup_base, token)

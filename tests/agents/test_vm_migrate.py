@@ -11,104 +11,22 @@ tests/live/test_vm_live.py's.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
 import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agents import procutil, vmqmp
-from agents.vm import VmPlugin
-from agents.vmqmp import MigrationError, PeerError, qmp_calls
+from agents.vmqmp import MigrationError, qmp_calls
 from ha.agent import exec_resource_agent
-from ha.config.resources import ResourceConfig
 from ha.constants import ExitCode
-from tests.agents.helpers import AgentEnv, conf, free_port, kill_everything, pids_with_token, wait_until
+from tests.agents.helpers import free_port, wait_until
+from tests.agents.vmnodes import NAME, SID, Nodes, start_on_n1
 
 pytestmark = pytest.mark.timeout(120)
-
-SID = "vm:200"
-NAME = "200"
-
-
-class Nodes:
-    """Two nodes' plugins and envs, and the peer between them (it records each request)."""
-
-    def __init__(self, state: Path, cgroup_base: Path, disk: str) -> None:
-        self.plugins = {
-            n: VmPlugin(state, cgroup_base=cgroup_base, start_timeout=20.0, kill_wait=3.0)
-            for n in ("n1", "n2")
-        }
-        self.envs = {n: AgentEnv(n, {"vm": p}) for n, p in self.plugins.items()}
-        self.disk = disk
-        self.requests: list[tuple[str, str]] = []
-        self.uri_override: str | None = None
-        self.refuse: str | None = None  # the target's answer to every request
-        for p in self.plugins.values():
-            p.peer = self.call
-
-    def conf(self, node: str) -> ResourceConfig:
-        return conf(SID, node=node, disk=self.disk, memory="32", stop_timeout="0")
-
-    def call(self, node: str, args: Mapping[str, Any], timeout: float) -> Mapping[str, Any]:
-        action, sid = str(args["action"]), str(args["sid"])
-        self.requests.append((node, action))
-        if self.refuse is not None:
-            raise PeerError(self.refuse)
-        p, env, cd = self.plugins[node], self.envs[node].env, self.conf(node)
-        try:
-            if action == "listen":
-                uri = p.incoming_listen(env, sid, cd, "127.0.0.1")
-                return {"uri": self.uri_override or uri}
-            if action == "resume":
-                p.incoming_resume(env, sid, cd)
-                return {}
-            if action == "abort":
-                return {"killed": p.incoming_abort(env, sid, cd)}
-        except MigrationError as e:
-            raise PeerError(str(e)) from e
-        raise PeerError(f"unknown action {action}")
-
-    def status(self, node: str) -> str | None:
-        return self.plugins[node]._qmp_status(node, NAME, 3.0)
-
-    def pids(self, node: str) -> list[int]:
-        st = self.plugins[node].load_state(node, NAME)
-        return [] if st is None else self.plugins[node].live_pids(st)
-
-
-@pytest.fixture
-def nodes(tmp_path: Path, cgroup_base: Path, token: str) -> Iterator[Nodes]:
-    disk = tmp_path / "blank.raw"
-    with open(disk, "wb") as f:
-        f.truncate(1 << 20)
-    ns = Nodes(tmp_path / "state", cgroup_base, str(disk))
-    try:
-        yield ns
-    finally:
-        for p in ns.plugins.values():
-            for state_file in p.state_dir.glob("*/vm/*.json"):
-                st = p.load_state(state_file.parent.parent.name, state_file.stem)
-                if st is not None and st.cgroup:
-                    procutil.cgroup_kill(Path(st.cgroup))
-        # the test's own guests were just killed: let them go (a loaded host takes a moment) before
-        # looking for any that outlived their cgroup
-        with contextlib.suppress(AssertionError):
-            wait_until(lambda: not pids_with_token(token), timeout=10)
-        assert not kill_everything(ns.plugins["n1"], token), "a QEMU survived its test"
-
-
-def start_on_n1(ns: Nodes) -> list[int]:
-    env = ns.envs["n1"]
-    assert exec_resource_agent(env.env, SID, ns.conf("n1"), "started", {}) == ExitCode.SUCCESS, env.text()
-    assert ns.status("n1") == "running"
-    pids = ns.pids("n1")
-    assert pids
-    return pids
 
 
 def test_live_migration_hands_the_running_guest_over(nodes: Nodes, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,8 +57,10 @@ def test_live_migration_hands_the_running_guest_over(nodes: Nodes, monkeypatch: 
     assert nodes.status("n2") == "running"
     tgt_pids = nodes.pids("n2")
     assert tgt_pids and not set(tgt_pids) & set(src_pids)
-    assert not any(procutil.pid_alive(p) for p in src_pids)
-    assert nodes.plugins["n1"].load_state("n1", NAME) is None
+    # the source's QEMU exits (told to quit) and is forgotten off the migration's path, soon after
+    wait_until(lambda: not any(procutil.pid_alive(p) for p in src_pids), timeout=10)
+    wait_until(lambda: nodes.plugins["n1"].load_state("n1", NAME) is None, timeout=10)
+    wait_until(lambda: any("source QEMU gone" in m for _, m in env1.lines), timeout=10)
     assert not nodes.plugins["n2"].incoming_path("n2", NAME).exists()
     done = [m for lvl, m in env1.lines if "live migration to n2 done in" in m]
     assert len(done) == 1 and " ms, downtime " in done[0] and "(QEMU)" in done[0], env1.text()
@@ -263,3 +183,26 @@ def test_qmp_calls_report_refusals(nodes: Nodes) -> None:
     assert status["status"] == "running"
     with pytest.raises(MigrationError, match="no-such-command"):
         qmp_calls(path, ("no-such-command", {"x": 1}))
+
+
+def test_a_migration_back_at_once_waits_for_the_leaving_qemu(nodes: Nodes) -> None:
+    """The source forgets its QEMU after it exited, in the background: a migration back (or a
+    start) meanwhile waits for that instead of taking the leaving QEMU for a running copy."""
+    start_on_n1(nodes)
+    p1, p2 = nodes.plugins["n1"], nodes.plugins["n2"]
+    env1, env2 = nodes.envs["n1"], nodes.envs["n2"]
+    for _ in range(3):
+        assert p1.migrate_live(env1.env, SID, nodes.conf("n1"), "n2"), env1.text()
+        assert p2.migrate_live(env2.env, SID, nodes.conf("n2"), "n1"), env2.text()
+    assert nodes.status("n1") == "running" and nodes.pids("n1")
+    wait_until(lambda: not nodes.pids("n2") and p2.load_state("n2", NAME) is None, timeout=10)
+    # a start right after a migration away (the target's copy killed: a fence there, a recovery
+    # here): it waits for the leaving QEMU, then boots afresh instead of "already running"
+    old = nodes.pids("n1")
+    assert p1.migrate_live(env1.env, SID, nodes.conf("n1"), "n2"), env1.text()
+    st2 = p2.load_state("n2", NAME)
+    assert st2 is not None and st2.cgroup
+    procutil.cgroup_kill(Path(st2.cgroup))
+    rc = exec_resource_agent(env1.env, SID, nodes.conf("n1"), "started", {})
+    assert rc == ExitCode.SUCCESS, env1.text()
+    assert nodes.status("n1") == "running" and not set(nodes.pids("n1")) & set(old)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from agents.vm import GuestAnswer, VmPlugin, ping_guest
+from agents.vmincoming import STANDBY
 from bench.livecluster import LiveCluster, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -50,21 +51,61 @@ def qemu_copies(sid: str) -> dict[int, str]:
     return out
 
 
-class Sampler(threading.Thread):
-    """Counts the VM's QEMU processes every 50 ms until stopped."""
+def standbys(paths: VmPlugin, name: str = "100") -> dict[str, int]:
+    """node -> pid of its standby QEMU of the VM (agents/vmstandby.py: launched -incoming defer -S,
+    never resumed, not the service; its marker says ``standby``)."""
+    out: dict[str, int] = {}
+    for node in ("node1", "node2", "node3"):
+        mark, st = paths.marker(node, name), paths.load_state(node, name)
+        if mark is not None and mark[0] == STANDBY and st is not None:
+            out[node] = st.pid
+    return out
 
-    def __init__(self, sid: str) -> None:
+
+def standbys_on(paths: VmPlugin, *nodes: str) -> dict[str, int] | None:
+    """The standbys when exactly ``nodes`` hold one, else None."""
+    found = standbys(paths)
+    return found if sorted(found) == sorted(nodes) else None
+
+
+def never_resumed(paths: VmPlugin, pid: int, cgroup: str) -> bool:
+    """A QEMU launched ``-incoming`` whose node still marks it (a standby, or a migration's not
+    resumed yet): it runs no guest code. The marker is written before the launch and removed only
+    after the kill or after the resume, so looking at it after the process was seen is safe."""
+    try:
+        incoming = b"\0-incoming\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # gone meanwhile
+    node = cgroup.rsplit("/", 2)[-2]
+    return incoming and paths.incoming_path(node, "100").exists()
+
+
+class Sampler(threading.Thread):
+    """Counts the VM's QEMU processes that may run its guest (never-resumed ones left out), every
+    50 ms until stopped."""
+
+    def __init__(self, sid: str, paths: VmPlugin) -> None:
         super().__init__(daemon=True)
         self.sid = sid
+        self.paths = paths
         self.most = 0
         self.samples = 0
         self.halt = threading.Event()
 
     def run(self) -> None:
         while not self.halt.is_set():
-            self.most = max(self.most, len(qemu_copies(self.sid)))
+            copies = qemu_copies(self.sid)
+            running = [p for p, cg in copies.items() if not never_resumed(self.paths, p, cg)]
+            self.most = max(self.most, len(running))
             self.samples += 1
             self.halt.wait(0.05)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def test_vm_service_boots_and_relocates_with_a_new_boot(cluster: LiveCluster) -> None:
@@ -84,11 +125,17 @@ def test_vm_service_boots_and_relocates_with_a_new_boot(cluster: LiveCluster) ->
     assert isinstance(first, GuestAnswer)
     cluster.wait_state(SID, "started", node="node1")
     booted = time.monotonic() - t0
-    (pid1, cg1), *more = qemu_copies(SID).items()
+    # node2 and node3 hold a standby QEMU each (launched ahead of a live migration, never running)
+    waiting = wait_for(lambda: standbys_on(paths, "node2", "node3"), 30, "standbys on node2, node3")
+    assert isinstance(waiting, dict) and sorted(waiting) == ["node2", "node3"], waiting
+    (pid1, cg1), *more = [(p, cg) for p, cg in qemu_copies(SID).items() if p not in waiting.values()]
     assert not more and cg1.endswith("/node1/vm:100"), (pid1, cg1, more)
     assert paths.load_state("node1", "100") is not None
+    for node, pid in waiting.items():
+        assert qemu_copies(SID)[pid].endswith(f"/{node}/vm:100")  # in its node's service cgroup
+    print(f"\nstandby QEMU RSS: {', '.join(f'{n} {rss_kb(p) / 1024:.1f} MiB' for n, p in waiting.items())}")
 
-    sampler = Sampler(SID)
+    sampler = Sampler(SID, paths)
     sampler.start()
     try:
         t1 = time.monotonic()
@@ -102,20 +149,24 @@ def test_vm_service_boots_and_relocates_with_a_new_boot(cluster: LiveCluster) ->
     assert isinstance(second, GuestAnswer)
     assert second.boot_id != first.boot_id  # relocate = stop + start: a new boot
 
-    # the source's QEMU is gone (stopped by ACPI power-down, not killed), its state and sockets too
-    copies = qemu_copies(SID)
+    # the source's QEMU is gone (stopped by ACPI power-down, not killed), its state and sockets too;
+    # node2's standby was killed by the start there (a relocation boots afresh), node1 holds one now
+    assert "killing its standby QEMU (never resumed)" in cluster.log("node2")
+    waiting = wait_for(lambda: standbys_on(paths, "node1", "node3"), 30, "standbys on node1, node3")
+    assert isinstance(waiting, dict)
+    copies = {p: cg for p, cg in qemu_copies(SID).items() if p not in waiting.values()}
     assert len(copies) == 1 and next(iter(copies.values())).endswith("/node2/vm:100"), copies
-    assert pid1 not in copies
-    assert paths.load_state("node1", "100") is None and answer("node1") is None
-    assert not paths.health_path("node1", "100").exists()
+    assert pid1 not in qemu_copies(SID)
+    assert answer("node1") is None
     node1_log = cluster.log("node1")
     assert "stopping service vm:100" in node1_log
     assert "still running" not in node1_log and "killing" not in node1_log, node1_log[-2000:]
-    # never two copies at once over the whole move
+    # never two copies at once over the whole move (standbys are not copies: they run nothing)
     assert sampler.samples > 20 and sampler.most == 1, (sampler.samples, sampler.most)
 
     # live migration node2 -> node3 (issue #12): the same boot goes on, node3 boots nothing
-    sampler = Sampler(SID)
+    standby3 = waiting["node3"]
+    sampler = Sampler(SID, paths)
     sampler.start()
     try:
         t2 = time.monotonic()
@@ -128,19 +179,34 @@ def test_vm_service_boots_and_relocates_with_a_new_boot(cluster: LiveCluster) ->
         sampler.join(5)
     assert isinstance(third, GuestAnswer)
     assert third.boot_id == second.boot_id and third.uptime > second.uptime, (second, third)
-    copies = qemu_copies(SID)
-    assert len(copies) == 1 and next(iter(copies.values())).endswith("/node3/vm:100"), copies
-    assert paths.load_state("node2", "100") is None and answer("node2") is None
-    assert not paths.incoming_path("node3", "100").exists()
+    # node3's guest runs in the QEMU launched there ahead of time as a standby
+    st3 = paths.load_state("node3", "100")
+    assert st3 is not None and st3.pid == standby3 and paths.marker("node3", "100") is None
+    waiting = wait_for(lambda: standbys_on(paths, "node1", "node2"), 30, "standbys on node1, node2")
+    assert isinstance(waiting, dict)
+    copies = {p: cg for p, cg in qemu_copies(SID).items() if p not in waiting.values()}
+    assert list(copies) == [standby3] and copies[standby3].endswith("/node3/vm:100"), copies
+    assert answer("node2") is None
     # two processes only while the guest was handed over (the target's waits paused, -incoming -S)
     assert sampler.samples > 5 and sampler.most <= 2, (sampler.samples, sampler.most)
     node2_log, node3_log = cluster.log("node2"), cluster.log("node3")
     done = [ln for ln in node2_log.splitlines() if "service vm:100: live migration to node3 done in" in ln]
     assert len(done) == 1 and "downtime" in done[0], node2_log[-3000:]
-    assert "QEMU waiting for a live migration" in node3_log
+    assert "standby QEMU waiting for a live migration" in node3_log
     assert "guest resumed here after its live migration" in node3_log
     assert "starting service vm:100" not in node3_log, node3_log[-3000:]  # adopted, not booted
     print(
         f"\nvm:100 booted and healthy {booted:.1f}s after add; relocated (new boot) in {moved:.1f}s; "
         f"live-migrated (same boot) in {migrated:.1f}s from the command: {done[0].split('live migration')[1]}"
     )
+
+    # the service removed from HA (its guest goes on running, unmanaged, as the reference's):
+    # every node's standby goes with it
+    cluster.manager("remove", SID)
+
+    def only_node3() -> bool:
+        markers = [n for n in ("node1", "node2", "node3") if paths.incoming_path(n, "100").exists()]
+        return list(qemu_copies(SID)) == [standby3] and not standbys(paths) and not markers
+
+    wait_for(only_node3, 30, "only node3's QEMU left, no standby, no marker")
+    assert "killing its standby QEMU (its service was removed)" in cluster.log("node1")
