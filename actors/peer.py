@@ -104,6 +104,11 @@ class VmIncoming:
 
         def services() -> Mapping[str, ResourceConfig] | None:
             try:
+                # a cluster without a vm: section (most at scale: issue #15) costs no parse of the
+                # whole resources.cfg on every node at each change (its sections start "vm: <id>")
+                record = self.ctx.store.read(rec.RESOURCES_CFG)
+                if record is None or b"vm:" not in record.data:
+                    return {}
                 return standby_env.read_service_config().services
             except (AdminError, HaError, OSError):
                 return None

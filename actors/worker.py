@@ -19,8 +19,13 @@ from loguru import logger
 
 from ha.agent import AgentDied, exec_resource_agent
 from ha.config.resources import ResourceConfig
+from ha.constants import ExitCode
 from ha.env import Env
 from ha.lrm import Job
+from store.base import StoreError
+
+# the commands a worker tries again when the store did not answer (idempotent ones)
+RETRIED_ON_STORE_ERROR = frozenset({"started", "stopped", "request_stop"})
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,16 @@ class WorkerActor(pykka.ThreadingActor):
             status = res << 8 if res > 0 else res
         except AgentDied as e:
             self.env.log("err", str(e))
+        except StoreError as e:
+            # The store did not answer (an etcd majority slow under load, say): the agent could
+            # not read what it needed, which says nothing about the service. A start or a stop
+            # is tried again next round (ETRY_AGAIN: no result, no restart counted); before,
+            # the service went to ``error`` and waited for an operator. SAFETY: both are
+            # idempotent (a start first checks whether the service runs, a stop whether it is
+            # stopped), and the LRM only retries while the master still asks for it here.
+            # Anything else (a migration half done) stays a failure to execute.
+            self.env.log("warning", f"resource agent {job.sid}: store not available ({e}), trying again")
+            status = ExitCode.ETRY_AGAIN << 8 if job.state in RETRIED_ON_STORE_ERROR else -1
         except Exception as e:  # an agent bug must not kill the worker silently
             logger.opt(exception=e).bind(ident=f"{self.env.nodename()}/worker").error(
                 f"resource agent {job.sid} crashed: {e}"

@@ -62,11 +62,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from qemu.qmp import QMPError
 
-from agents import procutil, shspawn, vmqmp
+from agents import procutil, vmqmp
 from agents.guestimage import HEALTH_PORT, QEMU, VM_APPEND, GuestError, default_vm_guest
 from agents.proc import ProcState
 from agents.vmincoming import IncomingSide
@@ -243,10 +243,6 @@ class VmPlugin(IncomingSide):
                 self._default_guest()
         except (VmConfigError, GuestError, OSError):
             pass  # a start or listen reports it
-
-    def _spawn(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """QEMU through the shell (agents/shspawn.py: 20-30 ms less than the Python launcher)."""
-        return shspawn.spawn(spec) if shspawn.available() else super()._spawn(spec)
 
     # -- the plugin protocol -------------------------------------------------------------------------
 

@@ -19,8 +19,12 @@ fenced, since it holds no service), the members follow the shorter list, and
 its keys are deleted (its key is refused from then on). Refused when the running
 members would not stay a majority of the old list once the node stopped.
 
-Not yet: clusters with network namespaces or the etcd members ``ha-cluster``
-runs itself (``--netns``), whose namespaces and etcd membership would change too.
+With network namespaces (``init --netns``) a new node gets the next namespace,
+veth pair and address on the cluster's bridge, and a removed node's namespace
+goes once it stopped. On a cluster with the etcd members ``ha-cluster`` runs
+itself, a new node is an etcd client only (``init --etcd-members``): etcd's own
+membership does not change. Not yet: removing a node that runs one of those
+etcd members (that would be an etcd membership change as well).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from admin.errors import AdminError, ExitCode
 from admin.ports import free_ports
 from bus.keys import generate
 from bus.membership import check_name, one_member_change
+from cli import netns as netns_mod
+from cli.cluster_init import NETNS_BUS_PORT, NETNS_METRICS_PORT
 from cli.cluster_procs import (
     check_nodes,
     request_stop,
@@ -62,13 +68,25 @@ def majority(n: int) -> int:
     return n // 2 + 1
 
 
-def _refuse_unsupported(c: ClusterConfig) -> None:
-    if c.network is not None or c.etcd is not None:
+def _refuse_etcd_member(c: ClusterConfig, name: str) -> None:
+    if c.etcd is not None and name in c.etcd.members:
         raise AdminError(
-            "adding or removing nodes online is not supported yet for clusters with network namespaces"
-            " or their own etcd members (init --netns)",
+            f"{name} runs one of the cluster's etcd members ({', '.join(sorted(c.etcd.members))}):"
+            " removing it online would change etcd's membership too, which is not supported yet",
             ExitCode.USAGE,
         )
+
+
+def _grow_network(c: ClusterConfig, name: str, endpoint: str | None) -> tuple[netns_mod.Network, str, int]:
+    """The cluster's network with NAME's namespace, its bus endpoint and metrics port (not created yet)."""
+    if endpoint is not None:
+        raise AdminError("--endpoint: a node of a --netns cluster listens on its own address", ExitCode.USAGE)
+    assert c.network is not None
+    try:
+        net = netns_mod.grow(netns_mod.Network.from_dict(c.network), name)
+    except netns_mod.NetnsError as e:
+        raise AdminError(str(e), ExitCode.REFUSED) from None
+    return net, f"tcp://{net.nodes[name].address}:{NETNS_BUS_PORT}", NETNS_METRICS_PORT
 
 
 def _wait(pred: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
@@ -115,7 +133,6 @@ def _next_name(c: ClusterConfig) -> str:
 
 def add_node(c: ClusterConfig, name: str | None, endpoint: str | None, say: Callable[[str], None]) -> None:
     """Add one member to the running cluster ``c`` and start it (see the module doc)."""
-    _refuse_unsupported(c)
     name = name or _next_name(c)
     if not re.match(r"^[a-z][a-z0-9-]{0,30}$", name):
         raise AdminError(f"invalid node name '{name}' (a-z, 0-9, '-'; starts with a letter)", ExitCode.USAGE)
@@ -132,8 +149,12 @@ def add_node(c: ClusterConfig, name: str | None, endpoint: str | None, say: Call
             " for quorum: start the stopped members first",
             ExitCode.REFUSED,
         )
-    ports = free_ports(2)
-    endpoint = endpoint or f"tcp://127.0.0.1:{ports[0]}"
+    net = None
+    if c.network is not None:
+        net, endpoint, metrics_port = _grow_network(c, name, endpoint)
+    else:
+        ports = free_ports(2)
+        endpoint, metrics_port = endpoint or f"tcp://127.0.0.1:{ports[0]}", ports[1]
     if not endpoint.startswith("tcp://") or endpoint in c.nodes.values():
         raise AdminError(f"endpoint {endpoint} must be tcp://HOST:PORT and not in use", ExitCode.USAGE)
     store = c.open_store()
@@ -141,10 +162,17 @@ def add_node(c: ClusterConfig, name: str | None, endpoint: str | None, say: Call
         _check_settled(c, store, running)
         new_nodes = {**c.nodes, name: endpoint}
         one_member_change(c.nodes, new_nodes)  # one member at a time, by construction
+        if net is not None:
+            try:
+                netns_mod.create_node(net, name)  # before cluster.json names it: nothing to undo there
+            except netns_mod.NetnsError as e:
+                raise AdminError(f"cannot create the namespace of {name}: {e}", ExitCode.FAILED) from None
+            c.netns = {**c.netns, name: net.nodes[name].ns}
+            c.network = net.to_dict()
         if c.curve:
             generate(c.keys_dir, name, force=True)  # before cluster.json names it: members load it
         c.nodes = new_nodes
-        c.metrics_ports = {**c.metrics_ports, name: ports[1]}
+        c.metrics_ports = {**c.metrics_ports, name: metrics_port}
         c.config_version += 1
         c.save()
         publish_membership(store, c)
@@ -169,8 +197,8 @@ def _placed_on(ms: ManagerStatus, node: str) -> dict[str, str]:
 
 def remove_node(c: ClusterConfig, name: str, timeout: float, say: Callable[[str], None]) -> None:
     """Empty NODE, stop it and drop it from the running cluster ``c`` (see the module doc)."""
-    _refuse_unsupported(c)
     check_nodes(c, [name])
+    _refuse_etcd_member(c, name)
     if len(c.nodes) == 1:
         raise AdminError("cannot remove the last member", ExitCode.USAGE)
     running = running_nodes(c)
@@ -209,6 +237,12 @@ def remove_node(c: ClusterConfig, name: str, timeout: float, say: Callable[[str]
             )
         c.nodes = {n: e for n, e in c.nodes.items() if n != name}
         c.metrics_ports = {n: p for n, p in c.metrics_ports.items() if n != name}
+        net = netns_mod.Network.from_dict(c.network) if c.network is not None else None
+        if net is not None:
+            c.netns = {n: ns for n, ns in c.netns.items() if n != name}
+            c.network = netns_mod.Network(net.tag, net.bridge, net.prefix, {
+                n: v for n, v in net.nodes.items() if n != name
+            }).to_dict()  # fmt: skip
         c.config_version += 1
         c.save()
         publish_membership(store, c)
@@ -227,6 +261,8 @@ def remove_node(c: ClusterConfig, name: str, timeout: float, say: Callable[[str]
             store.delete(rec_name)
         for suffix in (".key", ".key_secret"):
             (c.keys_dir / f"{name}{suffix}").unlink(missing_ok=True)
+        if net is not None:
+            netns_mod.destroy_node(net, name)  # stopped: what is left in it (nothing, orderly) goes too
         say(f"followed by {', '.join(others)}; the keys of {name} are deleted")
     finally:
         store.close()

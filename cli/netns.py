@@ -72,10 +72,23 @@ def plan(seed: str, names: list[str]) -> Network:
     tag = h[:5]
     a, b = 200 + int(h[5:7], 16) % 50, int(h[7:9], 16)
     prefix = f"10.{a}.{b}"
-    nodes = {}
-    for i, n in enumerate(names, start=1):
-        nodes[n] = NodeNet(n, f"pyha-{tag}-n{i}", f"ph{tag}{i}h", f"ph{tag}{i}c", f"{prefix}.{i}")
+    nodes = {n: _node_net(tag, prefix, n, i) for i, n in enumerate(names, start=1)}
     return Network(tag, f"pyb{tag}", prefix, nodes)
+
+
+def _node_net(tag: str, prefix: str, name: str, i: int) -> NodeNet:
+    return NodeNet(name, f"pyha-{tag}-n{i}", f"ph{tag}{i}h", f"ph{tag}{i}c", f"{prefix}.{i}")
+
+
+def grow(net: Network, name: str) -> Network:
+    """NET with one node more (``ha-cluster add-node``): the next free index's namespace and address."""
+    used = {int(v.ns.rsplit("-n", 1)[1]) for v in net.nodes.values()}
+    i = max(used, default=0) + 1
+    if i > 253:  # .254 is the host's end on the bridge
+        raise NetnsError(f"no address left in {net.prefix}.0/24")
+    return Network(
+        net.tag, net.bridge, net.prefix, {**net.nodes, name: _node_net(net.tag, net.prefix, name, i)}
+    )
 
 
 def create(net: Network) -> None:
@@ -84,17 +97,40 @@ def create(net: Network) -> None:
         ip("addr", "add", f"{net.prefix}.254/24", "dev", net.bridge)
         ip("link", "set", net.bridge, "up")
         for v in net.nodes.values():
-            ip("netns", "add", v.ns)
-            ip("link", "add", v.host_if, "type", "veth", "peer", "name", v.ns_if)
-            ip("link", "set", v.ns_if, "netns", v.ns)
-            ip("link", "set", v.host_if, "master", net.bridge)
-            ip("link", "set", v.host_if, "up")
-            ip("addr", "add", f"{v.address}/24", "dev", v.ns_if, ns=v.ns)
-            ip("link", "set", v.ns_if, "up", ns=v.ns)
-            ip("link", "set", "lo", "up", ns=v.ns)
+            _create_node(net, v)
     except NetnsError:
         destroy(net)
         raise
+
+
+def _create_node(net: Network, v: NodeNet) -> None:
+    ip("netns", "add", v.ns)
+    ip("link", "add", v.host_if, "type", "veth", "peer", "name", v.ns_if)
+    ip("link", "set", v.ns_if, "netns", v.ns)
+    ip("link", "set", v.host_if, "master", net.bridge)
+    ip("link", "set", v.host_if, "up")
+    ip("addr", "add", f"{v.address}/24", "dev", v.ns_if, ns=v.ns)
+    ip("link", "set", v.ns_if, "up", ns=v.ns)
+    ip("link", "set", "lo", "up", ns=v.ns)
+
+
+def create_node(net: Network, node: str) -> None:
+    """The namespace and veth pair of one node of NET, on its existing bridge (undone on failure)."""
+    try:
+        _create_node(net, net.nodes[node])
+    except NetnsError:
+        destroy_node(net, node)
+        raise
+
+
+def destroy_node(net: Network, node: str) -> None:
+    """Remove one node's namespace and veth pair; whatever still runs in the namespace is killed."""
+    v = net.nodes[node]
+    for pid in pids(v.ns):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    ip("link", "del", v.host_if, check=False)
+    ip("netns", "del", v.ns, check=False)
 
 
 def destroy(net: Network) -> None:

@@ -145,6 +145,42 @@ def test_a_node_without_etcd_member_is_a_client_and_fences_when_cut_off(tmp_path
         assert c.etcd_leader() in ("node1", "node2", "node3")
 
 
+def test_add_node_and_remove_node_online_on_etcd_with_namespaces(cluster: LiveCluster) -> None:
+    """A 4th node joins the running etcd cluster (its own namespace, an etcd client only),
+    takes a migrated service, and is removed again: its namespace goes, nobody is fenced,
+    nobody loses quorum. A node running an etcd member is not removed online (etcd's own
+    membership would change)."""
+    c = cluster
+    start(c, {"proc:a": "node3"})
+    out = c.cli("cli.ha_cluster", "add-node", str(c.dir)).stdout
+    c.nodes.append("node4")  # LiveCluster.close() stops what is left of it
+    assert "node4 added" in out and "node4 up (quorate)" in out, out
+    conf = c.config()
+    assert conf.network is not None and conf.etcd is not None
+    ns4 = conf.netns["node4"]
+    address = conf.network["nodes"]["node4"][3]
+    assert conf.nodes["node4"].startswith(f"tcp://{address}:") and "node4" not in conf.etcd.members
+    c.hosts.append(address)
+    wait_for(lambda: c.manager_status().node_status.get("node4") == "online", 20, "node4 online")
+    c.manager("migrate", "proc:a", "node4")
+    c.wait_serving("proc:a", 30, on="node4")
+
+    refused = c.cli("cli.ha_cluster", "remove-node", str(c.dir), "node2", check=False)
+    assert refused.returncode == 2 and "runs one of the cluster's etcd members" in refused.stderr
+
+    out = c.cli("cli.ha_cluster", "remove-node", str(c.dir), "node4", "--timeout", "30").stdout
+    assert "node4 stopped" in out and "node4 removed" in out, out
+    c.wait_serving("proc:a", 5, not_on="node4")
+    conf = c.config()
+    assert sorted(conf.nodes) == ["node1", "node2", "node3"] and "node4" not in conf.netns
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    assert ns4 not in namespaces
+    wait_for(lambda: c.manager_status().node_status.get("node4") == "gone", 20, "node4 gone for the master")
+    logs = "".join(c.log(n) for n in ("node1", "node2", "node3"))
+    assert "FENCE: Try to fence node 'node4'" not in logs and "quorum lost" not in logs
+    c.nodes.remove("node4")
+
+
 def test_partition_cuts_node_and_etcd_member_off_together(cluster: LiveCluster) -> None:
     """The cut-off node loses bus and store quorum and fences itself; the majority recovers."""
     start(cluster, {"proc:a": "node3", "proc:b": "node1"})
