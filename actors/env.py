@@ -168,6 +168,7 @@ class LiveEnv:
         self._store_trouble: str | None = None  # last lease-call problem logged (no repeats)
         self._renewed: dict[str, float] = {}  # lease -> boottime start of its last counted renewal
         self._manager_lease_held = False  # the last get_ha_manager_lock succeeded
+        self._crm_watchdog: str | None = None  # the CRM's watchdog handle while it holds one
         self._to_drain: bytes | None = None  # crm_commands read this round, drained after manager_status
         # the LRM may have left an unwatched mark (an earlier process, or its own release): clear it
         # once its watchdog is armed again
@@ -666,6 +667,7 @@ class LiveEnv:
 
     def steal_service(self, sid: str, current_node: str, new_node: str) -> None:
         """Move a service's location (recovery by the master, or after a migration)."""
+        self.keep_master_alive()  # a recovery of many services on etcd is a long round
         store = self.ctx.store
         node, version = self._location(sid)
         if node == new_node and node != current_node:
@@ -1012,7 +1014,31 @@ class LiveEnv:
         return None if t0 is None else t0 + self.ctx.renew_latency_cap
 
     def watchdog_open(self) -> str:
-        return self.ctx.watchdog.open(self.daemon, self._counts_until())
+        handle = self.ctx.watchdog.open(self.daemon, self._counts_until())
+        if self.daemon == "crm":
+            self._crm_watchdog = handle
+        return handle
+
+    def keep_master_alive(self) -> None:
+        """Inside a long master round: renew the manager lease and update the watchdog, as
+        the CRM does between rounds, once ``lease_ttl / 10`` passed since the last renewal.
+
+        A round's per-service store calls (a recovery's location moves: two etcd requests
+        each) can outlast the watchdog (3 s) on a loaded etcd: at 20 nodes a master that
+        recovered the services of three fenced nodes in one round was reset by its own
+        watchdog, and so was each master after it. SAFETY: the same renewal as between
+        rounds (``_acquire``: quorate, not fenced, fast enough) gates the same watchdog
+        update; a renewal that fails ends the round (``LockLost``), and the CRM steps
+        down as it does when a renewal between rounds fails.
+        """
+        if self.daemon != "crm" or not self._manager_lease_held or self._crm_watchdog is None:
+            return
+        last = self._renewed.get(rec.MANAGER_LEASE)
+        if last is not None and boottime() - last < self.ctx.lease_ttl / 10:
+            return
+        if not self._acquire(rec.MANAGER_LEASE):
+            raise LockLost("manager lease not renewed during a round")
+        self.watchdog_update(self._crm_watchdog)
 
     def watchdog_update(self, handle: str) -> None:
         self.ctx.watchdog.update(handle, self._counts_until())
@@ -1026,6 +1052,8 @@ class LiveEnv:
             self._unwatched_maybe = False
 
     def watchdog_close(self, handle: str) -> None:
+        if handle == self._crm_watchdog:
+            self._crm_watchdog = None
         self.ctx.watchdog.close(handle)
 
     # -- resources -------------------------------------------------------------------

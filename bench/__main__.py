@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 import sys
 
 import bench
@@ -30,7 +31,15 @@ def main(argv: list[str]) -> int:
         print(f"bench: unknown benchmark '{name}' (available: {', '.join(names)})", file=sys.stderr)
         return 2
     module = importlib.import_module(f"bench.{name.replace('-', '_')}")
+    # SIGTERM and SIGINT (a background job ignores SIGINT) end a run through its cleanup: a live
+    # cluster's nodes, etcd members and namespaces go with it, as at its normal end
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     return int(module.main(rest))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

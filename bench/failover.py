@@ -8,7 +8,7 @@ are checked for overlaps (two copies of one service alive at once).
 
 ``--store etcd``: the same on a cluster whose store is etcd, each node in its
 own network namespace (root) with an etcd member beside it on the first nodes
-(``--etcd-members``; ha-cluster's default: every node up to 3, then 3 or 5).
+(``--etcd-members``; ha-cluster's default: every node up to 3, then 3).
 ``--with-etcd`` also kills node2's etcd member (a host crash).
 
 ``--nodes N --services S`` (scale mode, issue #15): one cluster of N nodes

@@ -69,13 +69,15 @@ class InitPlan:
 
 
 def default_etcd_members(nodes: int) -> int:
-    """How many etcd members ha-cluster runs for NODES nodes: every node up to 3, then 3 or 5.
+    """How many etcd members ha-cluster runs for NODES nodes: every node up to 3, then 3.
 
-    etcd's own advice: 3 or 5 members (7 at most); each member more is one more copy
+    etcd's own advice is 3 or 5 members (7 at most); each member more is one more copy
     of every write and one more vote in each of them, and an even count tolerates no
-    more failures than the odd one below it. The other nodes are etcd's clients.
+    more failures than the odd one below it. The members ha-cluster runs share one host
+    with the nodes (namespaces), where each member more is CPU the nodes do not get. The
+    other nodes are etcd's clients; ``--etcd-members 5`` where the host has room.
     """
-    return nodes if nodes <= 3 else 3 if nodes == 4 else 5
+    return min(nodes, 3)
 
 
 def parse_timing(pairs: tuple[str, ...]) -> LeaseTiming:

@@ -20,7 +20,7 @@ Stores: ``--store dir`` (default) keeps the records in ``DIR/store`` (one
 host). ``--store etcd --endpoints h:p,...`` uses an etcd the operator runs;
 ``--store etcd --netns`` runs etcd members inside the nodes' network
 namespaces, one on each of the first ``--etcd-members`` nodes (default: every
-node up to 3, then 3 or 5, as etcd advises; the other nodes are only its
+node up to 3, then 3, as etcd advises 3 or 5; the other nodes are only its
 clients), peers and clients on the node's namespace address,
 started by ``init``/``up`` and stopped by ``down``/``destroy``: data in
 ``DIR/etcd/<node>.etcd``, logs in ``DIR/logs/<node>.etcd.log``, pid files in
@@ -151,7 +151,7 @@ def main() -> None:
 @click.option(
     "--etcd-members", type=click.IntRange(min=1),
     help="With --store etcd --netns: how many nodes run an etcd member (the first ones; default: "
-    "every node up to 3, then 3 for 4 nodes and 5 from 5 on); the others are etcd's clients.",
+    "every node up to 3, then 3); the others are etcd's clients.",
 )  # fmt: skip
 @click.option(
     "--store-timeout", type=click.FloatRange(min=0.05), default=DEFAULT_ETCD_TIMEOUT, show_default=True,

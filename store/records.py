@@ -21,7 +21,7 @@ import msgspec
 from ha.config.encoding import decode_config
 from ha.errors import ProtocolError
 from ha.records import LrmStatus, ManagerStatus
-from store.base import ABSENT, Store, VersionConflict
+from store.base import ABSENT, Record, Store, VersionConflict
 
 RESOURCES_CFG: Final = "resources.cfg"
 GROUPS_CFG: Final = "groups.cfg"
@@ -223,6 +223,12 @@ def write_location(store: Store, sid: str, node: str, expect_version: str | None
 
 
 def read_locations(store: Store) -> dict[str, str]:
+    """sid -> node of every ``locations/<sid>`` record (one request where the store can)."""
+    bulk = getattr(store, "read_prefix", None)
+    if bulk is not None:  # etcd: one range request instead of a list and a read per record
+        records: dict[str, Record] = bulk(LOCATIONS)
+        found = {name[len(LOCATIONS) :]: _parse_location(r.data)[0] for name, r in records.items()}
+        return {sid: node for sid, node in found.items() if node}
     out: dict[str, str] = {}
     for name in store.list(LOCATIONS):
         sid = name[len(LOCATIONS) :]

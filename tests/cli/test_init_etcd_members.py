@@ -12,7 +12,7 @@ from cli import cluster_init
 from cli.ha_cluster import main
 
 
-@pytest.mark.parametrize(("nodes", "members"), [(1, 1), (2, 2), (3, 3), (4, 3), (5, 5), (20, 5), (32, 5)])
+@pytest.mark.parametrize(("nodes", "members"), [(1, 1), (2, 2), (3, 3), (4, 3), (5, 3), (20, 3), (32, 3)])
 def test_default_follows_etcds_advice(nodes: int, members: int) -> None:
     assert cluster_init.default_etcd_members(nodes) == members
 
@@ -28,8 +28,8 @@ def plan(tmp_path: Path, **kw: object) -> cluster_init.InitPlan:
 
 
 def test_the_plan_takes_the_count_or_the_default(tmp_path: Path) -> None:
-    assert plan(tmp_path).etcd_members == 5
-    assert plan(tmp_path, etcd_members=3).etcd_members == 3
+    assert plan(tmp_path).etcd_members == 3
+    assert plan(tmp_path, etcd_members=5).etcd_members == 5
     assert plan(tmp_path, etcd_members=20).etcd_members == 20
 
 

@@ -1,0 +1,76 @@
+"""A long master round renews the manager lease and updates its watchdog as it goes (issue #15).
+
+At 20 nodes on etcd, a master that recovered the services of fenced nodes moved
+their locations one after the other (two etcd requests each, slow under load) and
+was reset by its own watchdog before the round ended; each master after it did the
+same round and went the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from ha.errors import LockLost
+from store import records as rec
+from store.dirstore import DirStore
+from tests.envstubs import context
+from tests.fence.test_watchdog_actor import Recording
+
+from actors.env import LiveEnv  # isort: skip
+
+
+class SlowStore(DirStore):
+    """Each record write takes WRITE_TIME (an etcd majority under load)."""
+
+    WRITE_TIME = 0.15
+
+    def write(self, name: str, data: bytes, expect_version: str | None = None) -> str:
+        time.sleep(self.WRITE_TIME)
+        return super().write(name, data, expect_version)
+
+
+def master(tmp_path: Path, daemon: str = "crm") -> tuple[LiveEnv, Recording, SlowStore]:
+    store = SlowStore(tmp_path)
+    ctx = context(store)
+    ctx.watchdog = wd = Recording()
+    env = LiveEnv(ctx, daemon)
+    assert env.get_ha_manager_lock() if daemon == "crm" else env.get_ha_agent_lock()
+    env.watchdog_open()
+    for i in range(8):
+        rec.write_location(store, f"proc:s{i}", "n2")
+    wd.calls.clear()
+    return env, wd, store
+
+
+def test_a_long_recovery_round_keeps_lease_and_watchdog(tmp_path: Path) -> None:
+    env, wd, store = master(tmp_path)
+    before = store.lease_info(rec.MANAGER_LEASE)
+    t0 = time.monotonic()
+    for i in range(8):  # 8 moves of 0.15 s: 1.2 s, more than lease_ttl / 10 (0.5 s) twice over
+        env.steal_service(f"proc:s{i}", "n2", "n3")
+    took = time.monotonic() - t0
+    updates = [c for c in wd.calls if c[0] == "update"]
+    assert len(updates) >= int(took / 0.5) - 1 >= 1, (took, wd.calls)
+    after = store.lease_info(rec.MANAGER_LEASE)
+    assert before is not None and after is not None and after.holder == before.holder
+    assert rec.read_location(store, "proc:s7")[0] == "n3"
+
+
+def test_a_lost_manager_lease_ends_the_round(tmp_path: Path) -> None:
+    env, wd, store = master(tmp_path)
+    store.release_lease(rec.MANAGER_LEASE, env.holder)
+    assert store.acquire_lease(rec.MANAGER_LEASE, "n2#other", 5.0)
+    time.sleep(0.55)
+    with pytest.raises(LockLost):
+        env.steal_service("proc:s0", "n2", "n3")
+    assert [c for c in wd.calls if c[0] == "update"] == []
+
+
+def test_an_lrm_moving_a_location_renews_nothing(tmp_path: Path) -> None:
+    env, wd, _store = master(tmp_path, "lrm")
+    for i in range(5):
+        env.steal_service(f"proc:s{i}", "n2", "n3")
+    assert wd.calls == []
