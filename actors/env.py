@@ -353,6 +353,7 @@ class LiveEnv:
         return ms
 
     def write_manager_status(self, ms: ManagerStatus) -> None:
+        self.keep_master_alive()  # the end of a round that may have been long
         try:
             self._write_manager_status(ms)
         finally:
@@ -423,6 +424,7 @@ class LiveEnv:
             self.log("warning", f"applied crm commands not taken off the queue yet: {e}")
 
     def read_lrm_status(self, node: str) -> LrmStatus:
+        self.keep_master_alive()  # a round reads every node's: 20 requests on a loaded etcd
         st, usage = rec.read_lrm_status_and_usage(self.ctx.store, node)
         self._usage_seen[node] = (usage, st.timestamp)
         if st.mode is None and st.state is None:
@@ -693,6 +695,7 @@ class LiveEnv:
             raise HaError(f"moving service '{sid}' to '{new_node}' failed: {e}") from e
 
     def service_location(self, sid: str) -> str | None:
+        self.keep_master_alive()  # per recovered service, beside steal_service
         return self._location(sid)[0]
 
     def _location(self, sid: str) -> tuple[str | None, str | None]:
@@ -1023,22 +1026,24 @@ class LiveEnv:
         """Inside a long master round: renew the manager lease and update the watchdog, as
         the CRM does between rounds, once ``lease_ttl / 10`` passed since the last renewal.
 
-        A round's per-service store calls (a recovery's location moves: two etcd requests
-        each) can outlast the watchdog (3 s) on a loaded etcd: at 20 nodes a master that
-        recovered the services of three fenced nodes in one round was reset by its own
-        watchdog, and so was each master after it. SAFETY: the same renewal as between
-        rounds (``_acquire``: quorate, not fenced, fast enough) gates the same watchdog
-        update; a renewal that fails ends the round (``LockLost``), and the CRM steps
-        down as it does when a renewal between rounds fails.
+        A round's store calls (a recovery's location moves: two etcd requests each; every
+        node's lrm_status) can outlast the watchdog (3 s) on a loaded etcd: at 20 nodes a
+        master that recovered the services of three fenced nodes in one round was reset by
+        its own watchdog, and so was each master after it. Called from those calls.
+        SAFETY: the same renewal as between rounds (``_acquire``: quorate, not fenced, fast
+        enough) gates the same watchdog update. A renewal that fails updates nothing, as
+        between rounds: the watchdog fires 3 s after the last update, before the lease
+        (5 s after the last renewal) can go to another master; a lease another master took
+        meanwhile refuses this one's ``manager_status`` write (and its moves are
+        compare-and-swap).
         """
         if self.daemon != "crm" or not self._manager_lease_held or self._crm_watchdog is None:
             return
         last = self._renewed.get(rec.MANAGER_LEASE)
         if last is not None and boottime() - last < self.ctx.lease_ttl / 10:
             return
-        if not self._acquire(rec.MANAGER_LEASE):
-            raise LockLost("manager lease not renewed during a round")
-        self.watchdog_update(self._crm_watchdog)
+        if self._acquire(rec.MANAGER_LEASE):
+            self.watchdog_update(self._crm_watchdog)
 
     def watchdog_update(self, handle: str) -> None:
         self.ctx.watchdog.update(handle, self._counts_until())
