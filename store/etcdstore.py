@@ -12,7 +12,7 @@ re-reads). It talks TLS with a client certificate (``tls``, from the URL's
 Keys under ``/pyha/<cluster>/``::
 
     records/<name>   the record's bytes; version = its mod_revision (decimal).
-                     From ``COMPRESS_MIN`` bytes on they are stored zlib-compressed
+                     From 8 KiB on they are stored zlib-compressed (store/etcd_pack.py)
                      behind the tag ``\x00z`` (a value that begins with NUL
                      otherwise is stored behind ``\x00r``): issue #15, a
                      ``manager_status`` of 2,000 services is 200 KB in JSON and
@@ -62,7 +62,6 @@ import math
 import random
 import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -80,6 +79,7 @@ from store.base import (
 )
 from store.etcd_gateway import EtcdServerError, Gateway, b64, prefix_end
 from store.etcd_kv import Backstop, Held, Kv, lease_value, parse_kvs, range_in, revision_of
+from store.etcd_pack import pack, unpack
 from store.etcd_tls import TlsFiles, client_context
 from store.etcd_url import (
     DEFAULT_CLUSTER,
@@ -104,31 +104,6 @@ BACKSTOP_MARGIN: Final = 5.0
 # append retries its compare-and-swap under contention for up to this many timeouts.
 CONTENTION_FACTOR: Final = 4.0
 _LEASE_NOT_FOUND: Final = "requested lease not found"
-
-
-# bytes from which a record is stored compressed (see the module doc)
-COMPRESS_MIN: Final = 8 * 1024
-_ZLIB: Final = b"\x00z"
-_RAW: Final = b"\x00r"
-
-
-def pack(data: bytes) -> bytes:
-    """A record's bytes as stored: compressed from ``COMPRESS_MIN`` on, else as they are."""
-    if len(data) >= COMPRESS_MIN:
-        return _ZLIB + zlib.compress(data, 1)
-    return _RAW + data if data[:1] == b"\x00" else data
-
-
-def unpack(stored: bytes) -> bytes:
-    """The record's bytes from what :func:`pack` stored (or a value written before it)."""
-    if stored[:2] == _ZLIB:
-        try:
-            return zlib.decompress(stored[2:])
-        except zlib.error as e:
-            raise StoreError(f"etcd: a compressed record does not decompress: {e}") from None
-    if stored[:2] == _RAW:
-        return stored[2:]
-    return stored
 
 
 class EtcdStore:
