@@ -185,7 +185,7 @@ def unwatched_name(node: str) -> str:
     return f"nodes/{node}/unwatched"
 
 
-def _parse_location(data: bytes) -> tuple[str | None, int]:
+def parse_location(data: bytes) -> tuple[str | None, int]:
     """``<node> [<fencing token>]`` (records written before tokens existed have none: 0)."""
     parts = data.decode(errors="replace").split()
     node = parts[0] if parts else None
@@ -198,26 +198,30 @@ def read_location(store: Store, sid: str) -> tuple[str | None, str | None]:
     rec = store.read(location_name(sid))
     if rec is None:
         return None, None
-    return _parse_location(rec.data)[0], rec.version
+    return parse_location(rec.data)[0], rec.version
 
 
 def read_fencing_token(store: Store, sid: str) -> int:
     """The service's fencing token: grows with every move of ``locations/<sid>`` (0 before the first)."""
     rec = store.read(location_name(sid))
-    return 0 if rec is None else _parse_location(rec.data)[1]
+    return 0 if rec is None else parse_location(rec.data)[1]
 
 
-def write_location(store: Store, sid: str, node: str, expect_version: str | None = None) -> str:
+def write_location(
+    store: Store, sid: str, node: str, expect_version: str | None = None, *, current: Record | None = None
+) -> str:
     """Move a service: CAS on the version read, so two movers cannot both win.
 
     Every move gives the service a larger fencing token (docs/AGENTS.md,
     ``HA_FENCING_TOKEN``): the previous token plus one, or the wall clock in
     milliseconds if that is larger, so a service removed and added again still
     gets tokens above its earlier ones (unless the clock went back meanwhile).
-    The CAS makes the read of the previous token and the write one step.
+    The CAS makes the read of the previous token and the write one step. ``current``: the
+    record as the caller read it for ``expect_version`` (not read again; with a CAS on its
+    version a stale one fails the write).
     """
-    cur = store.read(location_name(sid))
-    prev = 0 if cur is None else _parse_location(cur.data)[1]
+    cur = current if current is not None and expect_version is not None else store.read(location_name(sid))
+    prev = 0 if cur is None else parse_location(cur.data)[1]
     token = max(prev + 1, int(time.time() * 1000))
     return store.write(location_name(sid), f"{node} {token}\n".encode(), expect_version)
 
@@ -227,7 +231,7 @@ def read_locations(store: Store) -> dict[str, str]:
     bulk = getattr(store, "read_prefix", None)
     if bulk is not None:  # etcd: one range request instead of a list and a read per record
         records: dict[str, Record] = bulk(LOCATIONS)
-        found = {name[len(LOCATIONS) :]: _parse_location(r.data)[0] for name, r in records.items()}
+        found = {name[len(LOCATIONS) :]: parse_location(r.data)[0] for name, r in records.items()}
         return {sid: node for sid, node in found.items() if node}
     out: dict[str, str] = {}
     for name in store.list(LOCATIONS):

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ha.errors import LockLost
+from ha.errors import HaError, LockLost
 from ha.records import ManagerStatus
 from store import records as rec
+from store.base import Record
 from store.dirstore import DirStore
 from tests.envstubs import context
 from tests.fence.test_watchdog_actor import Recording
@@ -77,3 +78,42 @@ def test_an_lrm_moving_a_location_renews_nothing(tmp_path: Path) -> None:
     for i in range(5):
         env.steal_service(f"proc:s{i}", "n2", "n3")
     assert wd.calls == []
+
+
+class CountingStore(DirStore):
+    """Counts reads of location records (each is a request on etcd)."""
+
+    reads = 0
+
+    def read(self, name: str) -> Record | None:
+        if name.startswith(rec.LOCATIONS):
+            self.reads += 1
+        return super().read(name)
+
+
+def test_a_recovery_move_reads_the_location_once(tmp_path: Path) -> None:
+    """The manager's look at the location, then the move: one read, not three (issue #15, etcd)."""
+    store = CountingStore(tmp_path)
+    env = LiveEnv(context(store), "crm")
+    for i in range(5):
+        rec.write_location(store, f"proc:s{i}", "n2")
+    store.reads = 0
+    for i in range(5):
+        assert env.service_location(f"proc:s{i}") == "n2"
+        env.steal_service(f"proc:s{i}", "n2", "n3")
+    assert store.reads == 5  # the old code: 15
+    assert all(rec.read_location(store, f"proc:s{i}")[0] == "n3" for i in range(5))
+    tokens = [rec.read_fencing_token(store, f"proc:s{i}") for i in range(5)]
+    assert all(t > 1 for t in tokens)  # each move still gave a larger token
+
+
+def test_a_stale_reused_location_fails_the_move_and_moves_nothing(tmp_path: Path) -> None:
+    store = DirStore(tmp_path)
+    env = LiveEnv(context(store), "crm")
+    rec.write_location(store, "proc:a", "n2")
+    assert env.service_location("proc:a") == "n2"
+    other = DirStore(tmp_path)
+    rec.write_location(other, "proc:a", "n1", rec.read_location(other, "proc:a")[1])  # someone moved it
+    with pytest.raises(HaError):
+        env.steal_service("proc:a", "n2", "n3")
+    assert rec.read_location(store, "proc:a")[0] == "n1"
