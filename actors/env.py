@@ -175,6 +175,7 @@ class LiveEnv:
         self._crm_watchdog: str | None = None  # the CRM's watchdog handle while it holds one
         # the last location record read (sid, record, monotonic time): see _location
         self._location_seen: tuple[str, Record | None, float] | None = None
+        self._current_location: Record | None = None  # the record steal_service moves from
         self._to_drain: bytes | None = None  # crm_commands read this round, drained after manager_status
         # the LRM may have left an unwatched mark (an earlier process, or its own release): clear it
         # once its watchdog is armed again
@@ -678,8 +679,7 @@ class LiveEnv:
         self.keep_master_alive()  # a recovery of many services on etcd is a long round
         store = self.ctx.store
         node, version = self._location(sid, reuse=True)
-        seen = self._location_seen
-        current = seen[1] if seen is not None and seen[0] == sid else None
+        current, self._current_location = self._current_location, None
         if node == new_node and node != current_node:
             # already moved: a master stole it, then its manager_status write failed, and the
             # round that retries the recovery (from the record) moves it again, to the same node
@@ -716,12 +716,15 @@ class LiveEnv:
         is a compare-and-swap on that record's version, so a record that changed meanwhile
         makes the move fail (and the next round retry), never move it twice.
         """
-        seen = self._location_seen
+        seen, self._location_seen = self._location_seen, None  # a look serves one move at most
         if reuse and seen is not None and seen[0] == sid and time.monotonic() - seen[2] < LOCATION_REUSE:
             record = seen[1]
         else:
             record = self.ctx.store.read(rec.location_name(sid))
+        if not reuse:  # the manager's look (service_location), for the move that may follow
             self._location_seen = (sid, record, time.monotonic())
+        else:
+            self._current_location = record
         node = None if record is None else rec.parse_location(record.data)[0]
         version = None if record is None else record.version
         if node is None:
