@@ -175,7 +175,6 @@ class LiveEnv:
         self._crm_watchdog: str | None = None  # the CRM's watchdog handle while it holds one
         # the last location record read (sid, record, monotonic time): see _location
         self._location_seen: tuple[str, Record | None, float] | None = None
-        self._current_location: Record | None = None  # the record steal_service moves from
         self._to_drain: bytes | None = None  # crm_commands read this round, drained after manager_status
         # the LRM may have left an unwatched mark (an earlier process, or its own release): clear it
         # once its watchdog is armed again
@@ -678,8 +677,7 @@ class LiveEnv:
         """Move a service's location (recovery by the master, or after a migration)."""
         self.keep_master_alive()  # a recovery of many services on etcd is a long round
         store = self.ctx.store
-        node, version = self._location(sid, reuse=True)
-        current, self._current_location = self._current_location, None
+        node, version, current = self._location(sid, reuse=True)
         if node == new_node and node != current_node:
             # already moved: a master stole it, then its manager_status write failed, and the
             # round that retries the recovery (from the record) moves it again, to the same node
@@ -707,8 +705,9 @@ class LiveEnv:
         self.keep_master_alive()  # per recovered service, beside steal_service
         return self._location(sid)[0]
 
-    def _location(self, sid: str, reuse: bool = False) -> tuple[str | None, str | None]:
-        """(node, version) of the service's location record; the config's node while it has none.
+    def _location(self, sid: str, reuse: bool = False) -> tuple[str | None, str | None, Record | None]:
+        """(node, version, record) of the service's location record; the config's node while it
+        has none.
 
         ``reuse``: the record this Env read for SID at most ``LOCATION_REUSE`` s ago will do
         (a recovery's move right after the manager looked: on etcd each read is a request,
@@ -723,14 +722,12 @@ class LiveEnv:
             record = self.ctx.store.read(rec.location_name(sid))
         if not reuse:  # the manager's look (service_location), for the move that may follow
             self._location_seen = (sid, record, time.monotonic())
-        else:
-            self._current_location = record
         node = None if record is None else rec.parse_location(record.data)[0]
         version = None if record is None else record.version
         if node is None:
             cd = self.read_service_config().get(sid)
             node = cd.node if cd is not None else None
-        return node, version
+        return node, version, record
 
     def get_datacenter_settings(self) -> DatacenterConfig:
         def parse(text: str, version: str | None) -> tuple[object, list[ConfigError]]:

@@ -74,7 +74,7 @@ def read_config(store: Store) -> tuple[ServiceConfig, str | None]:
             conf = hit[2].copy()
             if hit[1] == locations or conf.relocate(hit[1], locations):
                 return conf, version
-        text, version = rec.read_text(store, rec.RESOURCES_CFG)
+        text, version = rec.text_of(record, rec.RESOURCES_CFG)
         conf, errors = parse_resources_cfg(text, rec.RESOURCES_CFG, nodes=locations)
         if errors:
             # a broken section is reported, never silently dropped by an admin tool

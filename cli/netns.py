@@ -126,9 +126,7 @@ def create_node(net: Network, node: str) -> None:
 def destroy_node(net: Network, node: str) -> None:
     """Remove one node's namespace and veth pair; whatever still runs in the namespace is killed."""
     v = net.nodes[node]
-    for pid in pids(v.ns):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    _kill_in(v.ns)
     ip("link", "del", v.host_if, check=False)
     ip("netns", "del", v.ns, check=False)
 
@@ -148,12 +146,16 @@ def pids(ns: str) -> list[int]:
 
 def kill_all(net: Network) -> list[int]:
     """SIGKILL every process still running in the network's namespaces; their pids."""
+    return [pid for v in net.nodes.values() for pid in _kill_in(v.ns)]
+
+
+def _kill_in(ns: str) -> list[int]:
+    """SIGKILL every process running in namespace ``ns``; the pids signalled."""
     killed = []
-    for v in net.nodes.values():
-        for pid in pids(v.ns):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+    for pid in pids(ns):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
     return killed
 
 

@@ -294,13 +294,17 @@ def read_text(store: Store, name: str) -> tuple[str, str | None]:
     line (the tools refuse to edit such a file; the runtime reads it section by
     section instead, ``actors/env.py``).
     """
-    rec = store.read(name)
-    if rec is None:
+    return text_of(store.read(name), name)
+
+
+def text_of(record: Record | None, name: str) -> tuple[str, str | None]:
+    """:func:`read_text` of a record already read."""
+    if record is None:
         return "", None
-    text, errors = decode_config(rec.data, name)
+    text, errors = decode_config(record.data, name)
     if errors:
         raise errors[0]
-    return text, rec.version
+    return text, record.version
 
 
 CONFIG_ERRORS: Final = "config_errors"
