@@ -89,14 +89,22 @@ def test_ct_service_runs_relocates_and_survives_its_node(cluster: LiveCluster) -
         t2 = time.monotonic()
         cluster.kill("node2")
         assert sampler.nodes_running() in ([], ["node2"])
-        wait_for(lambda: answer("node1") or answer("node3"), 90, "ct:102 recovered on node1 or node3")
+
+        def recovered_answer() -> tuple[str, CtAnswer] | None:
+            for node in ("node1", "node3"):
+                if (got := answer(node)) is not None:
+                    return node, got
+            return None
+
+        found = wait_for(recovered_answer, 90, "ct:102 recovered on node1 or node3")
         recovered = time.monotonic() - t2
     finally:
         sampler.halt.set()
         sampler.join(5)
-    (where,) = sampler.nodes_running()
-    assert where in ("node1", "node3")
-    third = answer(where)
+    # the answer that ended the wait is the proof: a second ping may time out on a loaded host
+    assert isinstance(found, tuple)
+    where, third = found
+    assert sampler.nodes_running() == [where]
     assert isinstance(third, CtAnswer) and third.id not in (first.id, second.id)
     # never two copies at once over both moves
     assert sampler.samples > 20 and sampler.most == 1, (sampler.samples, sampler.most)
