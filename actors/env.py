@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from loguru import logger
 
 from actors.metrics import NodeMetrics
+from actors.moves import RoundMoves, batches
 from actors.notifier import Notifier
 from actors.observe import MasterObserver
 from admin.placement import place_unplaced
@@ -49,6 +50,7 @@ from ha.states import RequestedState
 from ha.status import crs_in_use
 from store import records as rec
 from store.base import ABSENT, Record, Store, StoreError, VersionConflict
+from store.etcd_batch import MAX_WRITES
 
 MIB = 1024 * 1024
 NODE_VERSION = "9.1.0"  # satisfies the group-to-rules migration's minimum (§5.14)
@@ -175,6 +177,8 @@ class LiveEnv:
         self._crm_watchdog: str | None = None  # the CRM's watchdog handle while it holds one
         # the last location record read (sid, record, monotonic time): see _location
         self._location_seen: tuple[str, Record | None, float] | None = None
+        # the master's location reads and moves of a round, batched on etcd (actors/moves.py)
+        self._moves = RoundMoves(LOCATION_REUSE, MAX_WRITES)
         self._to_drain: bytes | None = None  # crm_commands read this round, drained after manager_status
         # the LRM may have left an unwatched mark (an earlier process, or its own release): clear it
         # once its watchdog is armed again
@@ -378,6 +382,7 @@ class LiveEnv:
         info = store.lease_info(rec.MANAGER_LEASE)
         if info is None or info.holder != self.holder:
             raise LockLost("manager lease no longer held, not writing manager_status")
+        self._commit_moves()  # the round's moves land before the write the LRMs act on
         # Compare-and-swap on the version this master last saw: a write of a deposed
         # master that lands late (etcd: a write whose answer was lost) cannot replace
         # anything written after it, and a surprise here makes us re-read.
@@ -536,6 +541,7 @@ class LiveEnv:
 
     def read_service_config(self) -> ServiceConfig:
         if self.daemon == "crm":
+            self._commit_moves()  # the locations read below include this master's own moves
             self._place_unplaced()
         epoch = self.ctx.locations_epoch
         locations = self._locations.read(self.ctx.store, None if epoch is None else epoch[0])
@@ -688,6 +694,11 @@ class LiveEnv:
         # the master's moves are announced (journal) together there too: the LRMs act on that
         # write, not on the moves (a live migration's commit, the LRM's, is announced at once:
         # its target reads it before it resumes the guest)
+        batching = batches(store) if self.daemon == "crm" else None
+        if batching is not None:
+            # etcd: the round's moves go together, before its manager_status write (actors/moves.py)
+            self._moves.queue(sid, new_node, rec.location_value(current, new_node), version or ABSENT)
+            return
         deferring = getattr(store, "deferring", None)
         try:
             with deferring(notes=self.daemon == "crm") if deferring is not None else contextlib.nullcontext():
@@ -705,6 +716,27 @@ class LiveEnv:
         self.keep_master_alive()  # per recovered service, beside steal_service
         return self._location(sid)[0]
 
+    def prefetch_locations(self, sids: list[str]) -> None:
+        """The master is about to look at (and maybe move) these services' locations: on etcd
+        their records are read in one request here, not one request each (actors/moves.py)."""
+        store = batches(self.ctx.store)
+        if store is None or self.daemon != "crm" or len(sids) < 2:
+            return
+        self.keep_master_alive()
+        with contextlib.suppress(StoreError):  # each is read on its own then
+            self._moves.prefetch(store, sids)
+
+    def _commit_moves(self) -> None:
+        if not self._moves:
+            return
+        store = batches(self.ctx.store)
+        assert store is not None  # only a batching store queues moves
+        if not self._manager_lease_held:
+            self._moves.discard()
+            raise LockLost("manager lease no longer held: the round's moves are not written")
+        self.keep_master_alive()
+        self._moves.commit(store)
+
     def _location(self, sid: str, reuse: bool = False) -> tuple[str | None, str | None, Record | None]:
         """(node, version, record) of the service's location record; the config's node while it
         has none.
@@ -715,10 +747,13 @@ class LiveEnv:
         is a compare-and-swap on that record's version, so a record that changed meanwhile
         makes the move fail (and the next round retry), never move it twice.
         """
+        if self._moves.pending(sid):
+            self._commit_moves()  # this master moved it this round: the record must show that
         seen, self._location_seen = self._location_seen, None  # a look serves one move at most
+        prefetched, record = (False, None) if reuse else self._moves.seen(sid)
         if reuse and seen is not None and seen[0] == sid and time.monotonic() - seen[2] < LOCATION_REUSE:
             record = seen[1]
-        else:
+        elif not prefetched:
             record = self.ctx.store.read(rec.location_name(sid))
         if not reuse:  # the manager's look (service_location), for the move that may follow
             self._location_seen = (sid, record, time.monotonic())
@@ -913,6 +948,7 @@ class LiveEnv:
             # and the locations as the records have them now: an earlier master's last moves
             # may not be in the change log (it died before announcing them, DirStore.deferring)
             self._locations = rec.LocationsCache()
+            self._moves.discard()  # an earlier term's reads and moves count for nothing
             if self.observer is not None:
                 self.observer.new_term()
         self._manager_lease_held = ok

@@ -289,6 +289,9 @@ class RoundEnv:
     def service_location(self, sid: str) -> str | None:
         return None  # the round's own manager_status is the only record here
 
+    def prefetch_locations(self, sids: list[str]) -> None:
+        pass
+
     def get_datacenter_settings(self) -> DatacenterConfig:
         return DatacenterConfig(crs_mode=self.crs_mode)
 

@@ -126,6 +126,12 @@ class Env(Protocol):
         """
         ...
 
+    def prefetch_locations(self, sids: list[str]) -> None:
+        """The master is about to look at these services' locations (a recovery of several):
+        an env whose store answers many reads in one request reads them here (ours, issue #15;
+        a hint only: the looks and moves that follow are the same with or without it)."""
+        ...
+
     def get_datacenter_settings(self) -> DatacenterConfig: ...
 
     # scheduler stats (§5.10) ----------------------------------------------------

@@ -54,6 +54,7 @@ S = ServiceState
 # Enum members the per-service passes read, bound once: on Python 3.11 reading a member
 # through its class costs about 0.1 µs, and every pass of a round reads several per service
 _FENCE = S.FENCE
+_RECOVERY = S.RECOVERY
 _ONLINE = NodeState.ONLINE
 _LRM_RESTART = LrmMode.RESTART
 _FREEZABLE = frozenset({S.STARTED, S.STOPPED, S.REQUEST_STOP})
@@ -310,6 +311,9 @@ class Manager:
         restarting = {node for node, mode in lrm_modes.items() if node and mode == _LRM_RESTART}
         while True:
             repeat = False
+            recovering = [sid for sid in sids if ss[sid].state == _RECOVERY]
+            if len(recovering) > 1:
+                self.env.prefetch_locations(recovering)  # each is looked at (and moved) below
             for sid in sids:
                 sd = ss[sid]
                 cd = services.get(sid)

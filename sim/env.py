@@ -227,6 +227,9 @@ class SimEnv:
         raw = self.hardware.service_raw.get(sid)
         return None if raw is None else str(raw["node"])
 
+    def prefetch_locations(self, sids: list[str]) -> None:
+        pass  # the simulated locations are in memory
+
     def get_datacenter_settings(self) -> DatacenterConfig:
         return self.hardware.datacenter
 

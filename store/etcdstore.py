@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from fence.clock import boottime
+from store import etcd_batch
 from store.base import (
     ABSENT,
     Changes,
@@ -351,6 +352,12 @@ class EtcdStore:
             kv.key[n:].decode(errors="replace"): Record(unpack(kv.value), str(kv.mod))
             for kv in parse_kvs(resp)
         }
+
+    def read_many(self, names: Sequence[str]) -> dict[str, Record | None]:
+        return etcd_batch.read_many(self, names)  # store/etcd_batch.py: one request per 128
+
+    def write_many(self, writes: Sequence[tuple[str, bytes, str]]) -> str:
+        return etcd_batch.write_many(self, writes)  # all or none, one transaction
 
     def append(self, name: str, line: str) -> None:
         if "\n" in line or "\r" in line:

@@ -221,9 +221,15 @@ def write_location(
     version a stale one fails the write).
     """
     cur = current if current is not None and expect_version is not None else store.read(location_name(sid))
-    prev = 0 if cur is None else parse_location(cur.data)[1]
+    return store.write(location_name(sid), location_value(cur, node), expect_version)
+
+
+def location_value(current: Record | None, node: str) -> bytes:
+    """The record that moves a service to NODE from CURRENT (its record now, None: none yet),
+    with the next fencing token (see :func:`write_location`)."""
+    prev = 0 if current is None else parse_location(current.data)[1]
     token = max(prev + 1, int(time.time() * 1000))
-    return store.write(location_name(sid), f"{node} {token}\n".encode(), expect_version)
+    return f"{node} {token}\n".encode()
 
 
 def read_locations(store: Store) -> dict[str, str]:

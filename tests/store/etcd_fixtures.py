@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from store.etcd_harness import EtcdCluster, etcd_available
+from store.etcdstore import EtcdStore
 
 
 def need_etcd() -> None:
@@ -29,3 +31,17 @@ def cluster_fixture(size: int = 3, **kwargs: object) -> Iterator[EtcdCluster]:
 
 def unique_cluster_name() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+class Counting:
+    """Counts the store's requests to etcd (the gateway's calls)."""
+
+    def __init__(self, st: EtcdStore) -> None:
+        self.paths: list[str] = []
+        inner = st._gw.call
+
+        def call(path: str, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+            self.paths.append(path)
+            return inner(path, body, **kw)
+
+        st._gw.call = call  # type: ignore[method-assign]

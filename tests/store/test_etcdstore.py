@@ -16,7 +16,7 @@ from store.etcd_gateway import prefix_end
 from store.etcd_harness import EtcdCluster, free_ports
 from store.etcd_url import parse_url
 from store.etcdstore import EtcdStore
-from tests.store.etcd_fixtures import cluster_fixture, unique_cluster_name
+from tests.store.etcd_fixtures import Counting, cluster_fixture, unique_cluster_name
 from tests.store.helpers import wait_until
 
 # -- no server needed ----------------------------------------------------------------------------
@@ -231,3 +231,45 @@ def test_small_records_are_stored_as_they_are(st: EtcdStore) -> None:
     for odd in (b"\x00z not compressed", b"\x00r", b"\x00"):
         st.write("odd", odd)
         assert st.read("odd").data == odd  # type: ignore[union-attr]
+
+
+def test_read_many_reads_many_records_in_few_requests(st: EtcdStore) -> None:
+    """Issue #15: a master's recovery round read 100 locations one request after the other."""
+    names = [f"locations/proc:s{i}" for i in range(150)]
+    for i, name in enumerate(names):
+        st.write(name, f"n{i % 3} 1\n".encode())
+    counted = Counting(st)
+    got = st.read_many([*names, "locations/proc:none", "locations/proc:other"])
+    assert counted.paths == ["/v3/kv/txn", "/v3/kv/txn"]  # 152 names: 128 a transaction
+    assert got["locations/proc:none"] is None and got["locations/proc:other"] is None
+    for name in names:
+        assert got[name] == st.read(name), name
+
+
+def test_write_many_writes_all_or_nothing_in_one_request(st: EtcdStore) -> None:
+    versions = [st.write(f"locations/proc:w{i}", b"n1 1\n") for i in range(3)]
+    watch = st.changed_since(None).token
+    counted = Counting(st)
+    stale = [(f"locations/proc:w{i}", b"n2 2\n", v) for i, v in enumerate(versions)]
+    stale[1] = ("locations/proc:w1", b"n2 2\n", str(int(versions[1]) - 1))  # moved meanwhile
+    with pytest.raises(VersionConflict):
+        st.write_many(stale)
+    assert counted.paths == ["/v3/kv/txn"]
+    assert [st.read(f"locations/proc:w{i}").data for i in range(3)] == [b"n1 1\n"] * 3  # type: ignore[union-attr]
+    # created only if absent, moved only from the version read
+    version = st.write_many(
+        [
+            *((f"locations/proc:w{i}", b"n2 2\n", v) for i, v in enumerate(versions)),
+            ("locations/new", b"n3 1\n", ""),
+        ]
+    )
+    for name in ("locations/proc:w0", "locations/proc:w1", "locations/proc:w2", "locations/new"):
+        now = st.read(name)
+        assert now is not None and now.version == version and now.data in (b"n2 2\n", b"n3 1\n")
+    changed = st.changed_since(watch)  # every write is noted in the change log, as one write's is
+    assert changed.names is not None
+    assert {"locations/proc:w0", "locations/proc:w1", "locations/proc:w2", "locations/new"} <= changed.names
+    with pytest.raises(VersionConflict):
+        st.write_many([("locations/new", b"n1 2\n", "")])  # exists now
+    with pytest.raises(ValueError, match="at most 64"):
+        st.write_many([(f"locations/x{i}", b"n1 1\n", "") for i in range(65)])
