@@ -179,6 +179,8 @@ class LiveEnv:
         self._location_seen: tuple[str, Record | None, float] | None = None
         # the master's location reads and moves of a round, batched on etcd (actors/moves.py)
         self._moves = RoundMoves(LOCATION_REUSE, MAX_WRITES)
+        # the resources.cfg this daemon last read: a location without a record is its node there
+        self._service_config_seen: ServiceConfig | None = None
         self._to_drain: bytes | None = None  # crm_commands read this round, drained after manager_status
         # the LRM may have left an unwatched mark (an earlier process, or its own release): clear it
         # once its watchdog is armed again
@@ -574,6 +576,7 @@ class LiveEnv:
             node = locations.get(sid)
             if node is not None and cd.node != node:
                 cd.node = node
+        self._service_config_seen = conf
         return conf
 
     def _place_unplaced(self) -> None:
@@ -760,7 +763,12 @@ class LiveEnv:
         node = None if record is None else rec.parse_location(record.data)[0]
         version = None if record is None else record.version
         if node is None:
-            cd = self.read_service_config().get(sid)
+            # never moved: the node resources.cfg names, as this daemon last read it (the
+            # master: in this round), not a read of the configuration per service (on etcd
+            # several requests; issue #15). A move from there expects no record (ABSENT), so a
+            # record created meanwhile makes it fail.
+            conf = self._service_config_seen
+            cd = (conf if conf is not None and sid in conf.services else self.read_service_config()).get(sid)
             node = cd.node if cd is not None else None
         return node, version, record
 
