@@ -280,11 +280,17 @@ class LocationsCache:
             self._locations = read_locations(store)
             self._next_full = now + self.full_every
         else:
-            for name in changes.names:
-                if not name.startswith(LOCATIONS):
-                    continue
+            moved = sorted(name for name in changes.names if name.startswith(LOCATIONS))
+            many = getattr(store, "read_many", None)
+            if many is not None and len(moved) > 1:
+                # etcd: a recovery round moved 100 locations, and each reader on every node
+                # read them one request after the other (issue #15): now one per 128
+                records: dict[str, Record | None] = many(moved)
+            else:
+                records = {name: store.read(name) for name in moved}
+            for name, record in records.items():
                 sid = name[len(LOCATIONS) :]
-                node = read_location(store, sid)[0]
+                node = None if record is None else parse_location(record.data)[0]
                 if node:
                     self._locations[sid] = node
                 else:

@@ -33,7 +33,8 @@ def cluster() -> Iterator[EtcdCluster]:
 def st(cluster: EtcdCluster) -> Iterator[EtcdStore]:
     s = EtcdStore.from_url(cluster.url(unique_cluster_name()))
     # every service on n2; the odd ones never moved (no location record: the config's node)
-    s.write(rec.RESOURCES_CFG, "\n".join(f"proc: {sid[5:]}\n\tcmd sleep 9\n\tnode n2\n" for sid in SIDS).encode())
+    text = "\n".join(f"proc: {sid[5:]}\n\tcmd sleep 9\n\tnode n2\n" for sid in SIDS)
+    s.write(rec.RESOURCES_CFG, text.encode())
     for sid in SIDS[::2]:
         rec.write_location(s, sid, "n2")
     yield s
@@ -111,3 +112,15 @@ def test_a_look_at_a_service_moved_this_round_sees_the_move(st: EtcdStore) -> No
     recover(env, SIDS[:3])
     assert env.service_location(SIDS[1]) == "n3"  # the queued moves land first
     assert rec.read_location(st, SIDS[0])[0] == "n3"
+
+
+def test_every_reader_follows_the_moves_in_one_request(st: EtcdStore) -> None:
+    """Each daemon of every node follows the locations (LocationsCache): after a round that
+    moved 100, each read them one request after the other (19 nodes at once)."""
+    cache = rec.LocationsCache()
+    assert cache.read(st) == {sid: "n2" for sid in SIDS[::2]}  # the first look: everything
+    env = master(st)
+    env.write_manager_status(recover(env, SIDS))
+    counted = Counting(st)
+    assert cache.read(st) == {sid: "n3" for sid in SIDS}
+    assert counted.paths == ["/v3/kv/range", "/v3/kv/txn"], counted.paths  # the change log, the records
