@@ -383,6 +383,7 @@ class LiveEnv:
         store = self.ctx.store
         info = store.lease_info(rec.MANAGER_LEASE)
         if info is None or info.holder != self.holder:
+            self._moves.discard()  # SAFETY: the Manager that decided them is dropped (LockLost)
             raise LockLost("manager lease no longer held, not writing manager_status")
         self._commit_moves()  # the round's moves land before the write the LRMs act on
         # Compare-and-swap on the version this master last saw: a write of a deposed

@@ -124,3 +124,15 @@ def test_every_reader_follows_the_moves_in_one_request(st: EtcdStore) -> None:
     counted = Counting(st)
     assert cache.read(st) == {sid: "n3" for sid in SIDS}
     assert counted.paths == ["/v3/kv/range", "/v3/kv/txn"], counted.paths  # the change log, the records
+
+
+def test_moves_of_a_master_deposed_before_its_write_are_dropped(st: EtcdStore) -> None:
+    env = master(st)
+    ms = recover(env, SIDS[:5])
+    st.release_lease(rec.MANAGER_LEASE, env.holder)
+    assert st.acquire_lease(rec.MANAGER_LEASE, "n2#other", 5.0)
+    with pytest.raises(LockLost):
+        env.write_manager_status(ms)
+    st.release_lease(rec.MANAGER_LEASE, "n2#other")
+    env.read_service_config()  # the next Manager's first look (the lease may be its own again)
+    assert {rec.read_location(st, sid)[0] for sid in SIDS[:5]} == {"n2", None}
