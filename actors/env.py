@@ -272,13 +272,15 @@ class LiveEnv:
         parse: Callable[[str, str | None], tuple[object, list[ConfigError]]],
         entries: Callable[[object], MutableMapping[str, Any]] | None,
         key_extra: str = "",
+        read: tuple[Record | None] | None = None,
     ) -> Reading[Any]:
         """A config file as in force on this node (``ha.config.inforce``): never raises for its content.
 
         Config errors and what was kept from the last good reading are logged once
-        each and reported (``_config_problem``).
+        each and reported (``_config_problem``). ``read``: the record as the caller just
+        read it (one request less on etcd), else it is read here.
         """
-        record = self.ctx.store.read(name)
+        record = self.ctx.store.read(name) if read is None else read[0]
         version = None if record is None else record.version
         view = self._in_force.get(name)
         if view is None:
@@ -543,9 +545,10 @@ class LiveEnv:
         return rec.any_pending_crm_command(self.ctx.store)
 
     def read_service_config(self) -> ServiceConfig:
+        read: tuple[Record | None] | None = None
         if self.daemon == "crm":
             self._commit_moves()  # the locations read below include this master's own moves
-            self._place_unplaced()
+            read = self._place_unplaced()
         epoch = self.ctx.locations_epoch
         locations = self._locations.read(self.ctx.store, None if epoch is None else epoch[0])
 
@@ -561,7 +564,7 @@ class LiveEnv:
         # Parsed again only for a new version of resources.cfg (or when a moved location needs
         # it, ServiceConfig.relocate): not on every move, which with thousands of services made
         # every daemon of every node parse the whole file on each iteration (issue #15).
-        reading = self._config(rec.RESOURCES_CFG, parse, services, str(self._resources_epoch))
+        reading = self._config(rec.RESOURCES_CFG, parse, services, str(self._resources_epoch), read)
         conf = reading.value
         assert isinstance(conf, ServiceConfig)
         if not reading.fresh and locations != self._parsed_locations:
@@ -580,20 +583,24 @@ class LiveEnv:
         self._service_config_seen = conf
         return conf
 
-    def _place_unplaced(self) -> None:
+    def _place_unplaced(self) -> tuple[Record | None] | None:
         """A section written without ``node`` is placed on load (issue #13, admin/placement.py),
-        checked once per version of resources.cfg."""
+        checked once per version of resources.cfg. Returns the record it read when that is
+        still the current one (nothing placed), for the caller's parse: on etcd each read is a
+        request, and the master read resources.cfg twice in a row every iteration."""
         record = self.ctx.store.read(rec.RESOURCES_CFG)
         version = None if record is None else record.version
         if version == self._placement_checked:
-            return
+            return (record,)
         try:
-            for sid, node in place_unplaced(self.ctx.store, list(self.ctx.nodes), self.ctx.node).items():
+            placed = place_unplaced(self.ctx.store, list(self.ctx.nodes), self.ctx.node)
+            for sid, node in placed.items():
                 self.log("info", f"placed resource '{sid}' (no node in resources.cfg) on node '{node}'")
         except HaError as e:
             self.log("warning", f"could not place resources without a node: {e}")
-            return
+            return None
         self._placement_checked = version
+        return None if placed else (record,)
 
     def _edit_resources(self, edit: Callable[[ServiceConfig], None]) -> None:
         """Read-modify-write resources.cfg with compare-and-swap, retrying on conflicts.

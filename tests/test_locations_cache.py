@@ -155,3 +155,20 @@ def test_locations_cache_asks_nothing_while_the_watchers_epoch_stands(tmp_path: 
     assert cache.read(store, epoch=2) == {"proc:a": "n2"} and Asking.asked == asked + 1
     clock[0] = 31.0  # the safety net still looks now and then
     assert cache.read(store, epoch=2) == {"proc:a": "n2"} and Asking.asked == asked + 2
+
+
+def test_the_master_reads_resources_cfg_once_per_look(tmp_path: Path) -> None:
+    """On etcd each read is a request: the placement check and the parse share one read."""
+    store = CountingDir(tmp_path)
+    store.write(rec.RESOURCES_CFG, TEXT.encode())
+    env = live_env.LiveEnv(envstubs.context(store), "crm")
+    env.read_service_config()  # the first look places proc:c (no node)
+    store.reads.clear()
+    conf = env.read_service_config()
+    assert store.reads.count(rec.RESOURCES_CFG) == 1, store.reads
+    assert {sid: cd.node for sid, cd in conf.services.items()} == {
+        "proc:a": "n1", "proc:b": "n2", "proc:c": conf.services["proc:c"].node
+    }  # fmt: skip
+    assert conf.services["proc:c"].node  # placed
+    store.write(rec.RESOURCES_CFG, TEXT.replace("node n2", "node n3").encode())
+    assert env.read_service_config().services["proc:b"].node == "n3"  # a new version is read and parsed
