@@ -81,6 +81,7 @@ from store.base import (
 from store.etcd_gateway import EtcdServerError, Gateway, b64, prefix_end
 from store.etcd_kv import Backstop, Held, Kv, lease_value, parse_kvs, range_in, revision_of
 from store.etcd_pack import pack, unpack
+from store.etcd_reads import ReadCache
 from store.etcd_tls import TlsFiles, client_context
 from store.etcd_url import (
     DEFAULT_CLUSTER,
@@ -165,6 +166,7 @@ class EtcdStore:
         self._seen: dict[str, tuple[int, float]] = {}  # lease name -> (mod_revision, first seen at)
         self._backstops: dict[str, Backstop] = {}
         self._watcher: EtcdWatcher | None = None
+        self._reads = ReadCache(self)
 
     @classmethod
     def from_url(cls, url: str) -> EtcdStore:
@@ -285,8 +287,7 @@ class EtcdStore:
     # -- records ------------------------------------------------------------------------------
 
     def read(self, name: str) -> Record | None:
-        kv, _ = self._get(self._rkey(name), self._deadline())
-        return None if kv is None else Record(unpack(kv.value), str(kv.mod))
+        return self._reads.read(name)  # a large record only when it changed (store/etcd_reads.py)
 
     def write(self, name: str, data: bytes, expect_version: str | None = None) -> str:
         key = self._rkey(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 
 from store import StoreError, VersionConflict
 from store import etcdstore as es
+from store.base import Record
 from store.etcd_gateway import prefix_end
 from store.etcd_harness import EtcdCluster, free_ports
 from store.etcd_url import parse_url
@@ -273,3 +275,33 @@ def test_write_many_writes_all_or_nothing_in_one_request(st: EtcdStore) -> None:
         st.write_many([("locations/new", b"n1 2\n", "")])  # exists now
     with pytest.raises(ValueError, match="at most 64"):
         st.write_many([(f"locations/x{i}", b"n1 1\n", "") for i in range(65)])
+
+
+def test_a_large_record_is_sent_again_only_when_it_changed(cluster: EtcdCluster, st: EtcdStore) -> None:
+    """Issue #15: every LRM read the whole manager_status several times a second at rest."""
+    other = EtcdStore.from_url(cluster.url(st.cluster))  # another node's store
+    big = os.urandom(3000).hex().encode()  # 6,000 bytes, hardly compressible
+    other.write("manager_status", big)
+    sizes: list[int] = []
+    inner = st._gw.call
+
+    def call(path: str, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        resp = inner(path, body, **kw)
+        sizes.append(len(json.dumps(resp)))
+        return resp
+
+    st._gw.call = call  # type: ignore[method-assign]
+    first = st.read("manager_status")
+    assert first is not None and first.data == big
+    again = st.read("manager_status")
+    assert again == first and sizes[1] < 1000 < len(big) < sizes[0]  # the same record, not its bytes
+    version = other.write("manager_status", big + b"!")  # written elsewhere: read at once
+    assert st.read("manager_status") == Record(big + b"!", version)
+    other.write("manager_status", b"small")
+    assert st.read("manager_status").data == b"small"  # type: ignore[union-attr]
+    other.write("manager_status", big)
+    assert st.read("manager_status").data == big  # type: ignore[union-attr]
+    other.delete("manager_status")
+    assert st.read("manager_status") is None
+    assert len(sizes) == 6  # one request per read, as before
+    other.close()
