@@ -708,7 +708,7 @@ class LiveEnv:
         batching = batches(store) if self.daemon == "crm" else None
         if batching is not None:
             # etcd: the round's moves go together, before its manager_status write (actors/moves.py)
-            self._moves.queue(sid, new_node, rec.location_value(current, new_node), version or ABSENT)
+            self._moves.queue(sid, rec.location_value(current, new_node), version or ABSENT)
             return
         deferring = getattr(store, "deferring", None)
         try:

@@ -54,8 +54,7 @@ def batches(store: object) -> BatchStore | None:
 @dataclass(frozen=True, slots=True)
 class Move:
     sid: str
-    node: str
-    data: bytes
+    data: bytes  # the new location record: its node and a new fencing token
     expect: str
 
 
@@ -91,8 +90,8 @@ class RoundMoves:
     def __bool__(self) -> bool:
         return bool(self._queued)
 
-    def queue(self, sid: str, node: str, data: bytes, expect: str) -> None:
-        self._queued[sid] = Move(sid, node, data, expect)
+    def queue(self, sid: str, data: bytes, expect: str) -> None:
+        self._queued[sid] = Move(sid, data, expect)
 
     def discard(self) -> None:
         """A new term, or no longer master: nothing read or queued before counts."""
@@ -121,7 +120,7 @@ def _one(store: BatchStore, move: Move) -> bool:
     name = rec.location_name(move.sid)
     try:
         cur = store.read(name)
-        if cur is not None and rec.parse_location(cur.data)[0] == move.node and cur.data == move.data:
+        if cur is not None and cur.data == move.data:
             return True  # the batch landed after all
         if (cur.version if cur is not None else ABSENT) != move.expect:
             return False  # moved by someone else: not ours to move over

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from store.base import Record, VersionConflict
-from store.etcd_kv import parse_kvs
-from store.etcd_pack import pack, unpack
+from store.etcd_kv import parse_kvs, revision_of
+from store.etcd_pack import pack, record_of
 
 if TYPE_CHECKING:
     from store.etcdstore import EtcdStore
@@ -47,7 +47,7 @@ def read_many(store: EtcdStore, names: Sequence[str]) -> dict[str, Record | None
             out[name] = None
         for answer in resp.get("responses", []) or []:
             for kv in parse_kvs(answer.get("response_range", {}) or {}):
-                out[kv.key[n:].decode(errors="replace")] = Record(unpack(kv.value), str(kv.mod))
+                out[kv.key[n:].decode(errors="replace")] = record_of(kv)
     return out
 
 
@@ -74,7 +74,7 @@ def write_many(store: EtcdStore, writes: Sequence[tuple[str, bytes, str]]) -> st
     if not resp.get("succeeded"):
         name, _, expect = writes[0]
         raise VersionConflict(name, expect, None)
-    return str(int((resp.get("header") or {}).get("revision", 0)))
+    return str(revision_of(resp))
 
 
 __all__ = ["MAX_TXN_OPS", "MAX_WRITES", "read_many", "write_many"]

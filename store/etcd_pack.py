@@ -14,7 +14,8 @@ from __future__ import annotations
 import zlib
 from typing import Final
 
-from store.base import StoreError
+from store.base import Record, StoreError
+from store.etcd_kv import Kv
 
 # bytes from which a record is stored compressed (see the module doc)
 COMPRESS_MIN: Final = 8 * 1024
@@ -39,3 +40,8 @@ def unpack(stored: bytes) -> bytes:
     if stored[:2] == _RAW:
         return stored[2:]
     return stored
+
+
+def record_of(kv: Kv) -> Record:
+    """The record a key-value of ``records/`` holds: its bytes unpacked, its mod_revision as version."""
+    return Record(unpack(kv.value), str(kv.mod))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 from store.base import Record
 from store.etcd_gateway import b64
 from store.etcd_kv import parse_kvs, range_in
-from store.etcd_pack import unpack
+from store.etcd_pack import record_of
 
 if TYPE_CHECKING:
     from store.etcdstore import EtcdStore
@@ -50,7 +50,7 @@ class ReadCache:
             if resp.get("succeeded"):
                 return last
             kvs = range_in(resp)
-        record = Record(unpack(kvs[0].value), str(kvs[0].mod)) if kvs else None
+        record = record_of(kvs[0]) if kvs else None
         with self._lock:
             if record is not None and len(record.data) >= MIN_SIZE:
                 self._last[name] = record

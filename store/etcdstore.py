@@ -80,7 +80,7 @@ from store.base import (
 )
 from store.etcd_gateway import EtcdServerError, Gateway, b64, prefix_end
 from store.etcd_kv import Backstop, Held, Kv, lease_value, parse_kvs, range_in, revision_of
-from store.etcd_pack import pack, unpack
+from store.etcd_pack import pack, record_of, unpack
 from store.etcd_reads import ReadCache
 from store.etcd_tls import TlsFiles, client_context
 from store.etcd_url import (
@@ -349,10 +349,7 @@ class EtcdStore:
         body = {"key": b64(start), "range_end": b64(prefix_end(start))}
         resp = self._call("/v3/kv/range", body, self._deadline(), mutating=False)
         n = len(self._records)
-        return {
-            kv.key[n:].decode(errors="replace"): Record(unpack(kv.value), str(kv.mod))
-            for kv in parse_kvs(resp)
-        }
+        return {kv.key[n:].decode(errors="replace"): record_of(kv) for kv in parse_kvs(resp)}
 
     def read_many(self, names: Sequence[str]) -> dict[str, Record | None]:
         return etcd_batch.read_many(self, names)  # store/etcd_batch.py: one request per 128
