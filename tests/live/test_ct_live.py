@@ -69,6 +69,9 @@ def test_ct_service_runs_relocates_and_survives_its_node(cluster: LiveCluster) -
     assert (first.pid, first.hostname, first.netdevs) == (1, "web102", "lo")
     cluster.wait_state(SID, "started", node="node1")
     started = time.monotonic() - t0
+    # the master may start the service before it has seen every node up: a relocate to a node
+    # it does not count online yet is refused (rightly, CI saw it once), so wait for node2
+    wait_for(lambda: cluster.manager_status().node_status.get("node2") == "online", 30, "node2 online")
 
     sampler = Sampler(cluster)
     assert sampler.nodes_running() == ["node1"]
