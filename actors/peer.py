@@ -193,7 +193,7 @@ class VmIncoming:
                 phases.mark("arm")
                 try:
                     uri = plugin.incoming_listen(self.env, sid, conf, self.host, phases)
-                    return {"uri": uri, "phases": phases.ms}
+                    return {"uri": uri, "phases": phases.ms, "span": phases.span()}
                 except MigrationError:
                     self.ctx.incoming.pop(sid, None)
                     raise
@@ -208,6 +208,6 @@ class VmIncoming:
                     ExitCode.REFUSED,
                 )
             plugin.incoming_resume(self.env, sid, conf, phases)  # marks connect, check, cont
-            return {"resumed": True, "phases": phases.ms}
+            return {"resumed": True, "phases": phases.ms, "span": phases.span()}
         except MigrationError as e:
             raise AdminError(str(e), ExitCode.FAILED) from e

@@ -39,6 +39,13 @@ def child(spec: dict[str, object], err_w: int) -> None:
         os.dup2(log, 2)
         os.chdir(str(spec["cwd"]))
         os.umask(0o022)  # the service's own files: as a login shell would (ha-node runs with 077)
+        fd_table = spec.get("fd_table")
+        if isinstance(fd_table, int) and fd_table > 64:  # room for this many descriptors (shspawn.py)
+            try:
+                os.dup2(devnull, fd_table - 1)
+                os.close(fd_table - 1)
+            except OSError:
+                pass  # a low RLIMIT_NOFILE: the service starts with the default table
         argv = [str(a) for a in spec["argv"]]  # type: ignore[attr-defined]
         env = {str(k): str(v) for k, v in spec["env"].items()}  # type: ignore[attr-defined]
         os.execve(argv[0], argv, env)  # err_w is close-on-exec: EOF tells the launcher "exec'd"

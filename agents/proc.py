@@ -103,6 +103,9 @@ class ProcPlugin:
     # check_running reads two small files and never blocks: the LRM may ask it on its own
     # thread for a re-check (actors/lrm.py PacedLRM._probe_rechecks)
     quick_check = True
+    # the service starts with room for this many file descriptors (0: the kernel's default, 64);
+    # see agents/shspawn.py "The file table"
+    fd_table = 0
 
     def __init__(
         self,
@@ -274,13 +277,15 @@ class ProcPlugin:
         (logged) when it did not start. ``shown`` is the command line the state records."""
         cgroup = self._make_cgroup(env, node, name)
         cg_str = str(cgroup) if cgroup is not None else None
-        spec = {
+        spec: dict[str, Any] = {
             "argv": argv,
             "cwd": cwd,
             "env": procutil.service_env(env, sid, node, extra_env),
             "cgroup": cg_str,
             "log": str(self.log_path(node, name)),
         }
+        if self.fd_table:
+            spec["fd_table"] = self.fd_table
         try:
             out = self._spawn(spec)
         except (subprocess.TimeoutExpired, ValueError, OSError) as e:

@@ -121,6 +121,10 @@ class VmPlugin(IncomingSide):
     type_name = "vm"
     cgroup_prefix = "vm:"
     quick_check = False  # its check asks QEMU over QMP: on a worker
+    # a running QEMU holds about 75 descriptors (70 eventfds of virtio-serial's queues, created when
+    # the guest's driver starts them, at boot or at the ``cont`` after a live migration): grown from
+    # 64 by the kernel at that ``cont``, the table cost QEMU 10-17 ms (agents/shspawn.py)
+    fd_table = 256
 
     def __init__(
         self,
@@ -425,11 +429,13 @@ class VmPlugin(IncomingSide):
         phases = Phases()
 
         def listen() -> str:
+            sent = time.time()
             reply = peer(target, {"sid": sid, "action": "listen"}, 20.0)
             listened.append(time.monotonic())
             target_phases = reply.get("phases")
             if isinstance(target_phases, dict):
                 phases.add("target_", target_phases)
+            phases.legs("peer_listen", sent, time.time(), reply.get("span"))
             phases.add("", {"listen_rtt": round((listened[0] - t0) * 1000, 1)})
             return str(reply["uri"])
 
@@ -488,9 +494,11 @@ class VmPlugin(IncomingSide):
                 qmp(self.qmp_path(node, name), "quit", timeout=2.0)
             phases.mark("quit")
         try:
+            sent = time.time()
             resumed = peer(target, {"sid": sid, "action": "resume"}, 10.0)
             if isinstance(resumed.get("phases"), dict):
                 phases.add("target_resume_", resumed["phases"])
+            phases.legs("peer_resume", sent, time.time(), resumed.get("span"))
         except PeerError as e:
             env.log(
                 "err",

@@ -154,6 +154,22 @@ class Phases:
             if isinstance(v, int | float):
                 self.ms[f"{prefix}{k}"] = float(v)
 
+    def span(self) -> list[float]:
+        """``[began, now]`` in wall-clock seconds: what a target sends back with its marks."""
+        return [self.wall, time.time()]
+
+    def legs(self, name: str, sent: float, got: float, span: Any) -> None:
+        """A request's way there (``<name>_to``) and back (``<name>_back``), in ms: from the wall
+        clocks of the sender (``sent``, ``got``) and the other node's :meth:`span` (one host's clock
+        in the benchmark; across hosts a clock offset moves time from one leg to the other)."""
+        if (
+            isinstance(span, list | tuple)
+            and len(span) == 2
+            and all(isinstance(t, float | int) for t in span)
+        ):
+            self.ms[f"{name}_to"] = round((float(span[0]) - sent) * 1000, 1)
+            self.ms[f"{name}_back"] = round((got - float(span[1])) * 1000, 1)
+
     def text(self) -> str:
         return " ".join(f"{k}={v:.1f}" for k, v in self.ms.items())
 

@@ -44,7 +44,9 @@ service's records, ``agent_target_resume_connect`` / ``_check`` / ``_cont``
 its QMP session, its check that the migration completed and QEMU's ``cont``,
 ``agent_peer_resume`` the rest), ``master_finish`` (agent done to the
 master's round setting ``started``) and ``status_seen`` (until this bench
-read that status).
+heard it: the node's ``service`` event, docs/API.md "Events", then a read of
+the status to be sure; the status is read every 5 ms too, should an event be
+lost).
 
 Every run checks that the guest kept its boot id and that its uptime grew,
 and that one QEMU of the service is left running, on the target (the other
@@ -65,11 +67,14 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
+import zmq
+
 from agents.proc import ProcState
 from agents.vm import GuestAnswer, VmPlugin, kvm_requested, ping_guest
 from agents.vmincoming import STANDBY
+from agents.vmstandby import standby_limit
 from bench.livecluster import LiveCluster, wait_for
-from cli.api_client import ApiClient
+from cli.api_client import ApiClient, decode_event
 
 SID = "vm:100"
 NAME = "100"
@@ -143,6 +148,44 @@ def _state_changes(c: LiveCluster, old: str, new: str, after: float) -> list[flo
     return sorted(out)
 
 
+def _heard(sub: zmq.Socket[bytes], kind: str) -> bool:
+    """Has an event of ``kind`` come in (the others read and dropped)?"""
+    while sub.poll(0):
+        ev = decode_event(sub.recv_multipart())
+        if ev is not None and ev.get("type") == kind:
+            return True
+    return False
+
+
+def _drain(sub: zmq.Socket[bytes]) -> None:
+    while sub.poll(0):
+        sub.recv_multipart()
+
+
+def _await_started(c: LiveCluster, sub: zmq.Socket[bytes], target: str, t0: float, i: int) -> None:
+    """Until the manager status says vm:100 ``started`` on ``target``: heard as the node's event
+    (docs/API.md "Events", published once the status is written), then read back to be sure; the
+    status is also read every 5 ms, for an event that went missing (PUB/SUB may drop one)."""
+    next_read = 0.0
+    while True:
+        now = time.monotonic()
+        if now - t0 > 90:
+            raise RuntimeError(f"run {i + 1}: {SID} not started on {target} within 90 s")
+        heard = False
+        if sub.poll(1):
+            ev = decode_event(sub.recv_multipart())
+            heard = bool(
+                ev
+                and ev.get("type") == "service"
+                and ev.get("sid") == SID
+                and (ev.get("state"), ev.get("node")) == ("started", target)
+            )
+        if heard or now >= next_read:
+            if c.service_state(SID) == ("started", target):
+                return
+            next_read = now + 0.005
+
+
 def breakdown(c: LiveCluster, source: str, seen: int, t_call: float, t_seen: float) -> dict[str, float]:
     """Where the command-to-started time went, in ms (see the module doc, "phases")."""
     m = wait_for(partial(_phases_line, c, source, seen), 10, "the source's phases line")
@@ -177,19 +220,22 @@ def run(root: Path, runs: int) -> dict[str, object]:
         first = wait_for(lambda: _answer(paths, "node1"), 120, "vm:100 answering on node1")
         assert isinstance(first, GuestAnswer)
         c.wait_state(SID, "started", node="node1")
+        if standby_limit() > 0:  # a cluster at rest holds its standbys (agents/vmstandby.py)
+            wait_for(lambda: _standby(paths, "node2"), 30, "a standby of vm:100 on node2")
         rows: list[dict[str, float]] = []
         seen = {n: 0 for n in c.nodes}
         prev = first
-        with ApiClient(c.config(), timeout=10.0) as api:
+        with ApiClient(c.config(), timeout=10.0) as api, contextlib.ExitStack() as stack:
+            sub, _ = api.subscribe(("service", "heartbeat"))
+            stack.callback(sub.close)  # before the client's context ends (it waits for its sockets)
+            wait_for(partial(_heard, sub, "heartbeat"), 5, "the event stream's first heartbeat")
             for i in range(runs):
                 source, target = c.nodes[i % 3], c.nodes[(i + 1) % 3]
                 time.sleep(1.0)  # let the previous move settle (LRM results, status writes)
+                _drain(sub)
                 t0, wall0 = time.monotonic(), time.time()
                 api.call("migrate", {"sid": SID, "node": target})
-                while c.service_state(SID) != ("started", target):
-                    if time.monotonic() - t0 > 90:
-                        raise RuntimeError(f"run {i + 1}: {SID} not started on {target} within 90 s")
-                    time.sleep(0.005)
+                _await_started(c, sub, target, t0, i)
                 took_ms = (time.monotonic() - t0) * 1000
                 wall1 = time.time()
                 ans = wait_for(partial(_answer, paths, target), 30, f"vm:100 answering on {target}")

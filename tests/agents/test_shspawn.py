@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from agents import procutil, shspawn
+from agents.proc import LAUNCHER, ProcPlugin
+from agents.vm import VmPlugin
 
 
 def _wait(path: Path) -> str:
@@ -62,3 +67,61 @@ def test_a_command_that_cannot_run_is_an_error(tmp_path: Path) -> None:
     assert "not an executable" in shspawn.spawn(spec)["error"]
     spec = {"argv": ["/bin/true"], "cwd": "/", "env": {}, "cgroup": str(tmp_path / "nocg"), "log": "/x"}
     assert "exit 125" in shspawn.spawn(spec)["error"]
+
+
+# What the service's process sees of its file table: its size, and its open descriptors (the
+# shell's own, 0-2, and the one ``ls`` opens to list them).
+_TABLE = 'grep FDSize /proc/$$/status; echo "fds $(ls /proc/$$/fd | sort -n | tr "\\n" " ")"; echo done'
+
+
+def _table(out: dict[str, object], log: Path) -> tuple[int, list[str]]:
+    assert "pid" in out, out
+    lines = _wait(log).splitlines()
+    size = int(lines[0].split()[1])
+    return size, lines[1].split()[1:]
+
+
+def _spec(tmp_path: Path, name: str, fd_table: int | None) -> dict[str, object]:
+    spec: dict[str, object] = {
+        "argv": ["/bin/sh", "-c", _TABLE],
+        "cwd": str(tmp_path),
+        "env": {"PATH": "/usr/bin:/bin"},
+        "cgroup": None,
+        "log": str(tmp_path / name),
+    }
+    if fd_table is not None:
+        spec["fd_table"] = fd_table
+    return spec
+
+
+def test_fd_table_starts_the_service_with_a_grown_table_and_no_extra_descriptor(tmp_path: Path) -> None:
+    """A QEMU's ``cont`` after a live migration opened 70 eventfds; growing the table past 64 then
+    waited for an RCU grace period (10-17 ms of the guest's pause): the vm agent asks for 256."""
+    size, fds = _table(shspawn.spawn(_spec(tmp_path, "plain", None)), tmp_path / "plain")
+    assert size == 64  # the kernel's default: what the service got before
+    out = shspawn.spawn(_spec(tmp_path, "grown", 256))
+    size, fds = _table(out, tmp_path / "grown")
+    assert size == 256
+    assert fds[:3] == ["0", "1", "2"] and len(fds) == 4  # the growing descriptor is closed again
+
+
+def test_the_python_launcher_grows_the_table_too(tmp_path: Path) -> None:
+
+    def launch(name: str, fd_table: int | None) -> dict[str, object]:
+        res = subprocess.run(
+            [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(_spec(tmp_path, name, fd_table))],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out: dict[str, object] = json.loads(res.stdout)
+        return out
+
+    assert _table(launch("plain", None), tmp_path / "plain")[0] == 64
+    size, fds = _table(launch("grown", 256), tmp_path / "grown")
+    assert size == 256 and len(fds) == 4
+
+
+def test_the_vm_agent_asks_for_room_for_qemus_descriptors() -> None:
+    assert ProcPlugin.fd_table == 0  # other services: unchanged
+    assert VmPlugin.fd_table >= 128  # a running QEMU of the default guest holds about 75

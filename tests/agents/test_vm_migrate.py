@@ -29,6 +29,14 @@ from tests.agents.vmnodes import NAME, SID, Nodes, start_on_n1
 pytestmark = pytest.mark.timeout(120)
 
 
+def _fd_table(pid: int) -> int:
+    """The size of the process's file table (``FDSize`` in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("FDSize:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no FDSize for {pid}")
+
+
 def test_live_migration_hands_the_running_guest_over(nodes: Nodes, monkeypatch: pytest.MonkeyPatch) -> None:
     src_pids = start_on_n1(nodes)
     seen: dict[str, str | None] = {}
@@ -57,6 +65,10 @@ def test_live_migration_hands_the_running_guest_over(nodes: Nodes, monkeypatch: 
     assert nodes.status("n2") == "running"
     tgt_pids = nodes.pids("n2")
     assert tgt_pids and not set(tgt_pids) & set(src_pids)
+    # launched with room for a running guest's descriptors (~75: virtio's eventfds, opened by the
+    # `cont` of a migrated guest), so no table grows in the guest's pause (agents/shspawn.py)
+    st2 = nodes.plugins["n2"].load_state("n2", NAME)
+    assert st2 is not None and _fd_table(st2.pid) == 256
     # the source's QEMU exits (told to quit) and is forgotten off the migration's path, soon after
     wait_until(lambda: not any(procutil.pid_alive(p) for p in src_pids), timeout=10)
     wait_until(lambda: nodes.plugins["n1"].load_state("n1", NAME) is None, timeout=10)
