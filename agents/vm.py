@@ -402,7 +402,8 @@ class VmPlugin(IncomingSide):
         4. QMP ``quit`` here, in that same session: this copy can never be
            resumed again;
         5. only then the target resumes its copy (request ``resume``; it checks
-           that the location names it).
+           that the location names it), still in that session (``after_quit``):
+           its close is not on the guest's pause.
 
         Any failure before 3 (no answer, QEMU failed, time-out: ``migrate_cancel``)
         kills the target's copy (request ``abort``; its node also kills an
@@ -462,9 +463,35 @@ class VmPlugin(IncomingSide):
             moved.append(began)
             return True
 
-        # the target's listen overlaps this node's QMP set-up (agents/vmqmp.py migrate)
+        resumed_at: list[float] = []
+
+        def resume_target() -> None:
+            """The target runs the guest: once, after the commit and this copy's quit."""
+            if resumed_at:
+                return
+            try:
+                sent = time.time()
+                resumed = peer(target, {"sid": sid, "action": "resume"}, 10.0)
+                if isinstance(resumed.get("phases"), dict):
+                    phases.add("target_resume_", resumed["phases"])
+                phases.legs("peer_resume", sent, time.time(), resumed.get("span"))
+            except PeerError as e:
+                env.log(
+                    "err",
+                    f"service {sid}: the guest did not resume on node '{target}' ({e}); it boots there again",
+                )
+            phases.mark("resume")
+            resumed_at.append(time.monotonic())
+
+        # the target's listen overlaps this node's QMP set-up (agents/vmqmp.py migrate); its resume
+        # follows the commit and this copy's quit in the same QMP session
         res = vmqmp.migrate(
-            self.qmp_path(node, name), listen, self.migrate_timeout, phases=phases, handover=handover
+            self.qmp_path(node, name),
+            listen,
+            self.migrate_timeout,
+            phases=phases,
+            handover=handover,
+            after_quit=resume_target,
         )
         ready_ms = ((listened[0] if listened else time.monotonic()) - t0) * 1000
         if res.status == "refused":
@@ -493,20 +520,9 @@ class VmPlugin(IncomingSide):
             with contextlib.suppress(OSError, QMPError, TimeoutError):
                 qmp(self.qmp_path(node, name), "quit", timeout=2.0)
             phases.mark("quit")
-        try:
-            sent = time.time()
-            resumed = peer(target, {"sid": sid, "action": "resume"}, 10.0)
-            if isinstance(resumed.get("phases"), dict):
-                phases.add("target_resume_", resumed["phases"])
-            phases.legs("peer_resume", sent, time.time(), resumed.get("span"))
-        except PeerError as e:
-            env.log(
-                "err",
-                f"service {sid}: the guest did not resume on node '{target}' ({e}); it boots there again",
-            )
-        phases.mark("resume")
-        paused_ms = (time.monotonic() - t_done) * 1000 + (res.downtime_ms or 0)
-        t_resumed = time.monotonic()
+        resume_target()  # (done already when the quit went out in the migration's session)
+        t_resumed = resumed_at[0]
+        paused_ms = (t_resumed - t_done) * 1000 + (res.downtime_ms or 0)
         # the source QEMU was told to quit: its exit is waited for off the migration's path
         self._let_go(env, sid, node, name, st, t_resumed)
         env.log(

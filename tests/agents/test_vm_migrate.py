@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from qemu.qmp import QMPClient
 
 from agents import procutil, vmqmp
 from agents.vmqmp import MigrationError, qmp_calls
@@ -55,8 +57,29 @@ def test_live_migration_hands_the_running_guest_over(nodes: Nodes, monkeypatch: 
         return res
 
     monkeypatch.setattr(vmqmp, "migrate", spy)
+    # the order of the QMP commands (both nodes) and of the requests to the target
+    order: list[str] = []
+    execute = QMPClient.execute
+
+    async def spy_execute(self: QMPClient, cmd: str, arguments: Any = None, oob: bool = False) -> Any:
+        order.append(cmd)
+        return await execute(self, cmd, arguments, oob)
+
+    monkeypatch.setattr(QMPClient, "execute", spy_execute)
+    call = nodes.call
+
+    def spy_call(node: str, args: Mapping[str, Any], timeout: float) -> Mapping[str, Any]:
+        order.append(f"request {args['action']}")
+        return call(node, args, timeout)
+
+    for p in nodes.plugins.values():
+        p.peer = spy_call
     env1 = nodes.envs["n1"]
     assert nodes.plugins["n1"].migrate_live(env1.env, SID, nodes.conf("n1"), "n2", commit), env1.text()
+    # SAFETY order: the source is told to quit before the target is asked to resume, and the
+    # target's `cont` follows (the resume goes out inside the migration's QMP session, after its quit)
+    steps = [c for c in order if c in ("migrate", "quit", "request resume", "cont")]
+    assert steps == ["migrate", "quit", "request resume", "cont"], order
     # (QEMU says "completed" a moment before it names its stopped guest postmigrate: the session waits)
     assert seen == {"n1": "postmigrate", "n2": "paused", "marker": "True"}, seen
     assert nodes.requests == [("n2", "listen"), ("n2", "resume")]
