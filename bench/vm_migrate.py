@@ -228,7 +228,10 @@ def run(root: Path, runs: int) -> dict[str, object]:
         with ApiClient(c.config(), timeout=10.0) as api, contextlib.ExitStack() as stack:
             sub, _ = api.subscribe(("service", "heartbeat"))
             stack.callback(sub.close)  # before the client's context ends (it waits for its sockets)
-            wait_for(partial(_heard, sub, "heartbeat"), 5, "the event stream's first heartbeat")
+            try:
+                wait_for(partial(_heard, sub, "heartbeat"), 10, "the event stream's first heartbeat")
+            except AssertionError:  # the status reads every 5 ms still see each move
+                print("no event stream heard (no heartbeat in 10 s): the status is read every 5 ms only")
             for i in range(runs):
                 source, target = c.nodes[i % 3], c.nodes[(i + 1) % 3]
                 time.sleep(1.0)  # let the previous move settle (LRM results, status writes)
