@@ -35,6 +35,7 @@ from actors.notifier import Notifier
 from actors.observe import MasterObserver
 from admin.placement import place_unplaced
 from agents.usage import Usage, UsageSampler
+from agents.vmspec import static_caps
 from fence.clock import boottime
 from ha.config.datacenter import DatacenterConfig, parse_datacenter_cfg
 from ha.config.groups import GroupConfig, format_groups_cfg, parse_groups_cfg
@@ -816,7 +817,8 @@ class LiveEnv:
         return out
 
     def get_service_stats(self, mode: str) -> dict[str, ServiceStats]:
-        """The resources' ``maxcpu`` (CPUs) and ``maxmem`` (MiB) properties, 0 when unset; for
+        """The resources' ``maxcpu`` (CPUs) and ``maxmem`` (MiB) properties, 0 when unset (a
+        ``vm:``'s ``cores`` and ``memory`` then, agents/vmspec.py ``static_caps``); for
         ``dynamic`` also the measured ``cpu`` (cores) and ``mem`` (bytes), 0 when not measured."""
         if mode not in (STATIC, DYNAMIC):
             return {}
@@ -824,9 +826,11 @@ class LiveEnv:
         out = {}
         for sid, cd in self.read_service_config().services.items():
             cpu, mem = measured.get(sid, (0.0, 0.0))
+            # a guest weighs its config (cores, memory), as the reference's; maxcpu/maxmem win
+            cores, memory = static_caps(cd.extra) if cd.type == "vm" else (0.0, 0.0)
             out[sid] = ServiceStats(
-                maxcpu=float(cd.extra.get("maxcpu") or 0),
-                maxmem=float(cd.extra.get("maxmem") or 0) * MIB,
+                maxcpu=float(cd.extra.get("maxcpu") or cores),
+                maxmem=float(cd.extra.get("maxmem") or memory) * MIB,
                 cpu=cpu,
                 mem=mem,
             )

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from admin.resources import add_resource, set_resource
+from agents.vmspec import static_caps
 from ha.crs.stats import NodeStats, ServiceStats
 from ha.errors import HaError
 from store import records as rec
@@ -55,3 +56,30 @@ def test_the_properties_are_checked_at_the_edge(tmp_path: Path) -> None:
     store = DirStore(tmp_path)
     with pytest.raises(AdminError, match="maxcpu"):
         add_resource(store, "proc:x", {"node": "n1", "cmd": "sleep 9", "maxcpu": "-1"}, envstubs.NODES)
+
+
+def test_a_vm_weighs_its_cores_and_memory(tmp_path: Path) -> None:
+    """As the reference derives a guest's static stats from its config (BEHAVIOUR.md, static
+    scheduler: "real: derived from guest config"): a ``vm:`` counts its ``cores`` and ``memory``
+    (the agent's defaults when unset); ``maxcpu``/``maxmem`` still say it when given."""
+    store = DirStore(tmp_path)
+    add_resource(store, "vm:100", {"node": "n1", "cores": "2", "memory": "1024"}, envstubs.NODES)
+    add_resource(store, "vm:101", {"node": "n1"}, envstubs.NODES)
+    add_resource(
+        store, "vm:102", {"node": "n2", "cores": "4", "maxcpu": "1.5", "maxmem": "300"}, envstubs.NODES
+    )
+    add_resource(store, "ct:103", {"node": "n2"}, envstubs.NODES)
+    env = envstubs.live_env(store)
+    assert env.get_service_stats("static") == {
+        "vm:100": ServiceStats(2.0, 1024 * MIB),
+        "vm:101": ServiceStats(1.0, 256 * MIB),  # the vm agent's defaults (agents/vmspec.py)
+        "vm:102": ServiceStats(1.5, 300 * MIB),
+        "ct:103": ServiceStats(0.0, 0.0),  # a container has no limits yet: a whole node's share
+    }
+
+
+def test_a_malformed_vm_value_weighs_its_default() -> None:
+    """A hand-edited resources.cfg may hold what the start refuses: it weighs what a guest with
+    the default would, never nothing (0 would let the scheduler pack every such guest on one node)."""
+    assert static_caps({"cores": "3", "memory": "512"}) == (3.0, 512.0)
+    assert static_caps({"cores": "many", "memory": "8"}) == (1.0, 256.0)  # 8 MiB: below the minimum

@@ -408,10 +408,10 @@ RESOURCES = ConfigSchema(
         Prop("comment", Kind.TEXT, "Free text.", example="web front"),
         Prop("lock", Kind.STR, "Set by the CRM (internal).", api=False, example="migrate"),
         # the static scheduler's service stats on live nodes (actors/env.py get_service_stats)
-        Prop("maxcpu", Kind.NUMBER, "CPUs the service may use, for the static scheduler (0: a whole node).",
-             extra=True, example="2"),
-        Prop("maxmem", Kind.NUMBER, "Memory the service may use, in MiB, for the static scheduler.",
-             extra=True, example="512"),
+        Prop("maxcpu", Kind.NUMBER, "CPUs the service may use, for the static scheduler (0: a whole node; "
+             "a vm: its cores).", extra=True, example="2"),
+        Prop("maxmem", Kind.NUMBER, "Memory the service may use, in MiB, for the static scheduler (a vm: "
+             "its memory).", extra=True, example="512"),
         # proc (agents/proc.py)
         Prop("cmd", Kind.STR, "The command line of the service.", required=True, types=("proc",),
              extra=True, example="sleep 600"),
