@@ -1206,7 +1206,7 @@ class MovingPlugin:
         live = getattr(self.agent, "migrate_live", None)
         if online and callable(live):
             # a live migration moves the location itself, at the one safe moment of its hand-over
-            # (agents/vm.py VmPlugin.migrate_live: both copies paused, before the target's runs)
+            # (agents/vmsource.py VmPlugin.migrate_live: both copies paused, before the target's runs)
             if not live(env, sid, conf, target, commit):
                 return False
         elif not self.agent.migrate(env, sid, conf, target, online):

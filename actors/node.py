@@ -204,7 +204,8 @@ class NodeRuntime:
         self.holder = f"{node}#{secrets.token_hex(6)}"
         self.killer: NodeKiller | None = None
         self.watchdog_driver = "userspace"
-        self._published_version = 0  # the membership version written to nodes/<node>/membership
+        # what nodes/<node>/membership says: the membership version, the members the bus counts up
+        self._published: tuple[int, frozenset[str]] | None = None
 
     def _publish_capacity(self) -> None:
         """This node's CPUs and memory for the ``static`` scheduler (``nodes/<node>/capacity``).
@@ -391,16 +392,21 @@ class NodeRuntime:
         else:
             self.ctx.lrm_active.clear()
 
-    def _publish_member_version(self) -> None:
-        """``nodes/<node>/membership``: ha-cluster add-node/remove-node wait for it (next tick again
-        after a failed write)."""
+    def _member_view(self) -> tuple[int, frozenset[str]]:
+        """(membership version, the members this node's bus counts up, itself included)."""
         c = self.cluster
+        return c.config_version, (self.bus.peers_up() | {self.node}) & frozenset(c.nodes)
+
+    def _publish_member_version(self) -> None:
+        """``nodes/<node>/membership``: ha-cluster add-node/remove-node wait for it, and add-node
+        checks every member's view of the others (next tick again after a failed write)."""
+        c, view = self.cluster, self._member_view()
         try:
-            publish_member_version(self.store, self.node, c.config_version, sorted(c.nodes))
+            publish_member_version(self.store, self.node, view[0], sorted(c.nodes), sorted(view[1]))
         except HaError as e:
             self.log.warning(f"membership version not published: {e}")
             return
-        self._published_version = c.config_version
+        self._published = view
 
     def _apply_membership(self, new: ClusterConfig, membership: Membership, keys: CurveKeys | None) -> None:
         """cluster.json lists one member more or fewer (actors/members.py): follow it.
@@ -746,8 +752,8 @@ class NodeRuntime:
                 else:
                     woke = False
                 now = time.monotonic()
-                if self._published_version != c.config_version:
-                    self._publish_member_version()  # a new membership, or a failed write
+                if self._published != self._member_view():
+                    self._publish_member_version()  # a new membership or bus view, or a failed write
                 if etcd and not live and now >= next_observe:
                     # while the watch is up it notes every lease revision as it arrives
                     next_observe = now + c.timing.renew_interval

@@ -7,7 +7,7 @@ hands back here. Only members may call these operations (:data:`MEMBER_OPS`;
 ``actors/api.py`` refuses every client key, admin keys included, code 7).
 
 ``vm_incoming`` (:class:`VmIncoming`) is the target's side of a live
-migration (``agents/vm.py`` :meth:`~agents.vm.VmPlugin.migrate_live` is the
+migration (``agents/vmsource.py`` :meth:`~agents.vm.VmPlugin.migrate_live` is the
 source's): ``listen`` launches the VM's QEMU ``-incoming`` in this node's
 service cgroup, ``resume`` runs the guest that came in, ``abort`` kills an
 incoming QEMU that was never resumed.

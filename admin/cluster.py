@@ -237,10 +237,27 @@ def member_version_record(node: str) -> str:
     return f"nodes/{node}/membership"
 
 
-def publish_member_version(store: Store, node: str, version: int, members: list[str]) -> None:
-    """``nodes/<node>/membership``: the membership version NODE runs by (written by the node)."""
-    data = json.dumps({"version": version, "members": sorted(members)}).encode()
-    store.write(member_version_record(node), data)
+def publish_member_version(
+    store: Store, node: str, version: int, members: list[str], up: list[str] | None = None
+) -> None:
+    """``nodes/<node>/membership``: the membership version NODE runs by and the members its bus
+    counts up, itself included (written by the node, again whenever that set changed)."""
+    view: dict[str, object] = {"version": version, "members": sorted(members)}
+    if up is not None:
+        view["up"] = sorted(up)
+    store.write(member_version_record(node), json.dumps(view).encode())
+
+
+def read_member_up(store: Store, node: str) -> list[str] | None:
+    """The members NODE's bus counted up when it last said (itself included); None if unknown."""
+    rec = store.read(member_version_record(node))
+    if rec is None:
+        return None
+    try:
+        up = json.loads(rec.data)["up"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return [str(n) for n in up] if isinstance(up, list) else None
 
 
 def read_member_version(store: Store, node: str) -> int | None:

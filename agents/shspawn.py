@@ -3,10 +3,11 @@
 It does what ``agents/launcher.py`` does (its own session and process group,
 its cgroup joined before the exec, stdin from /dev/null, stdout and stderr
 appended to the log, the working directory, umask 022, exactly the given
-environment; re-parented to init, as the shell exits at once) without
-starting a Python interpreter: ``python -I -S launcher.py`` costs 20-30 ms
-before the service's own exec, which a live migration's target pays before
-its QEMU can listen. The shell costs about 1 ms.
+environment but for what the shells add (``PWD``; ``SHLVL`` through ``bash``,
+below); re-parented to init, as the shell exits at once) without starting a
+Python interpreter: ``python -I -S launcher.py`` costs 20-30 ms before the
+service's own exec, which a live migration's target pays before its QEMU can
+listen. The shell costs about 1 ms.
 
 The shell joins the cgroup first (so the service is in it from its first
 instruction: fencing the node kills it, ``cgroup.kill``), then starts

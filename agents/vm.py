@@ -123,8 +123,10 @@ class VmPlugin(SourceSide):
     quick_check = False  # its check asks QEMU over QMP: on a worker
     # a running QEMU holds about 75 descriptors (70 eventfds of virtio-serial's queues, created when
     # the guest's driver starts them, at boot or at the ``cont`` after a live migration): grown from
-    # 64 by the kernel at that ``cont``, the table cost QEMU 10-17 ms (agents/shspawn.py)
-    fd_table = 256
+    # 64 by the kernel at that ``cont``, the table cost QEMU 10-17 ms (agents/shspawn.py). 1024
+    # leaves room for big guests (virtio queues per vCPU, a disk's, a NIC's) at 8 KiB a QEMU, and
+    # stays within the usual RLIMIT_NOFILE soft limit (1024: descriptor 1023 is allowed)
+    fd_table = 1024
 
     def __init__(
         self,

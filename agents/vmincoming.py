@@ -64,7 +64,7 @@ class IncomingSide(ProcPlugin):
 
     incoming_deadline: float
     standby_poke: Callable[[], None] | None  # the node's standby keeper (agents/vmstandby.py)
-    _leaving: dict[tuple[str, str], threading.Event]  # QEMUs that migrated away, exiting (agents/vm.py)
+    _leaving: dict[tuple[str, str], threading.Event]  # QEMUs that migrated away, exiting (vmsource.py)
     _incoming_lock: threading.Lock  # listen, resume, abort, standbys and the reaper of one node's QEMUs
 
     # what the vm agent provides (agents/vm.py)

@@ -1,4 +1,5 @@
-"""QMP and the guest's health port: the vm agent's drivers (agents/vm.py), live migration's included.
+"""QMP and the guest's health port: the vm agent's drivers (agents/vm.py, vmsource.py,
+vmincoming.py), live migration's included.
 
 :func:`qmp` runs argument-less QMP commands, :func:`qmp_calls` any; :func:`ping_guest`
 asks the default guest for its boot id and uptime (its virtio-serial health port).

@@ -137,7 +137,7 @@ class SourceSide(IncomingSide):
                 if isinstance(resumed.get("phases"), dict):
                     phases.add("target_resume_", resumed["phases"])
                 phases.legs("peer_resume", sent, time.time(), resumed.get("span"))
-            except PeerError as e:
+            except Exception as e:  # PeerError, or a reply of the wrong shape: never raises (after_quit)
                 env.log(
                     "err",
                     f"service {sid}: the guest did not resume on node '{target}' ({e}); it boots there again",

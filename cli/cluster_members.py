@@ -38,6 +38,7 @@ from admin.cluster import (
     ClusterConfig,
     member_version_record,
     publish_membership,
+    read_member_up,
     read_member_version,
 )
 from admin.commands import crm_command, move
@@ -62,6 +63,7 @@ from store.base import Store
 from store.records import capacity_name, lrm_status_name, read_manager_status
 
 FOLLOW_TIMEOUT = 20.0  # seconds the running members may take to follow a new cluster.json
+CONNECT_TIMEOUT = 10.0  # seconds add-node waits for the running members to see enough of each other
 
 
 def majority(n: int) -> int:
@@ -124,6 +126,25 @@ def _check_settled(c: ClusterConfig, store: Store, running: list[str]) -> None:
         )
 
 
+def wait_connected(
+    store: Store, running: list[str], need: int, timeout: float = CONNECT_TIMEOUT
+) -> dict[str, list[str] | None]:
+    """Wait until each of RUNNING says its bus counts at least NEED members up (itself included);
+    those that did not in time, with what they said (None: nothing yet)."""
+    short: dict[str, list[str] | None] = {n: None for n in running}
+
+    def done() -> bool:
+        for n in list(short):
+            up = read_member_up(store, n)
+            short[n] = up
+            if up is not None and len(up) >= need:
+                del short[n]
+        return not short
+
+    _wait(done, timeout)
+    return short
+
+
 def _next_name(c: ClusterConfig) -> str:
     i = len(c.nodes) + 1
     while f"node{i}" in c.nodes:
@@ -160,6 +181,20 @@ def add_node(c: ClusterConfig, name: str | None, endpoint: str | None, say: Call
     store = c.open_store()
     try:
         _check_settled(c, store, running)
+        # SAFETY: the same majority, as each member counts it: a member whose bus does not see
+        # enough of the others yet (a link still coming up) would lose quorum, and stop petting
+        # its watchdog, the moment it counts votes by the longer list
+        short = wait_connected(store, running, majority(new_size))
+        if short:
+            views = "; ".join(
+                f"{n} sees {', '.join(up) if up else 'nothing it said'} up" for n, up in sorted(short.items())
+            )
+            raise AdminError(
+                f"{new_size} members need {majority(new_size)} votes, and not every running member"
+                f" counts that many up after {CONNECT_TIMEOUT:g}s ({views}): check the links between"
+                " them, then try again",
+                ExitCode.REFUSED,
+            )
         new_nodes = {**c.nodes, name: endpoint}
         one_member_change(c.nodes, new_nodes)  # one member at a time, by construction
         if net is not None:

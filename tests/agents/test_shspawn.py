@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from agents import procutil, shspawn
 from agents.proc import LAUNCHER, ProcPlugin
 from agents.vm import VmPlugin
@@ -23,8 +25,9 @@ def _wait(path: Path) -> str:
     raise AssertionError(f"{path}: {path.read_text() if path.exists() else 'missing'}")
 
 
+@pytest.mark.parametrize("fd_table", [None, 1024])  # 1024: through bash (the file table grown)
 def test_the_service_leads_its_session_in_its_cgroup_with_exactly_its_environment(
-    tmp_path: Path, cgroup_base: Path
+    tmp_path: Path, cgroup_base: Path, fd_table: int | None
 ) -> None:
     cg = cgroup_base / "svc"
     cg.mkdir()
@@ -35,15 +38,16 @@ def test_the_service_leads_its_session_in_its_cgroup_with_exactly_its_environmen
         'echo "cg $(grep ^0:: /proc/$$/cgroup)"; echo "cwd $(pwd) umask $(umask)"; '
         'echo "env ${ONLY:-unset} ${HOME:-nohome}"; read x || echo "stdin eof"; sleep 0.2; echo done'
     )
-    out = shspawn.spawn(
-        {
-            "argv": ["/bin/sh", "-c", script],
-            "cwd": str(tmp_path),
-            "env": {"ONLY": "this", "PATH": "/usr/bin:/bin"},
-            "cgroup": str(cg),
-            "log": str(log),
-        }
-    )
+    spec: dict[str, object] = {
+        "argv": ["/bin/sh", "-c", script],
+        "cwd": str(tmp_path),
+        "env": {"ONLY": "this", "PATH": "/usr/bin:/bin"},
+        "cgroup": str(cg),
+        "log": str(log),
+    }
+    if fd_table is not None:
+        spec["fd_table"] = fd_table
+    out = shspawn.spawn(spec)
     pid = out["pid"]
     assert out["starttime"] > 0
     assert os.getpgid(pid) == pid and os.getsid(pid) == pid  # when spawn returns, not later
@@ -124,4 +128,4 @@ def test_the_python_launcher_grows_the_table_too(tmp_path: Path) -> None:
 
 def test_the_vm_agent_asks_for_room_for_qemus_descriptors() -> None:
     assert ProcPlugin.fd_table == 0  # other services: unchanged
-    assert VmPlugin.fd_table >= 128  # a running QEMU of the default guest holds about 75
+    assert VmPlugin.fd_table >= 256  # a running QEMU of the default guest holds about 75

@@ -22,6 +22,7 @@ import pytest
 from qemu.qmp import QMPClient
 
 from agents import procutil, vmqmp
+from agents.vm import VmPlugin
 from agents.vmqmp import MigrationError, qmp_calls
 from ha.agent import exec_resource_agent
 from ha.constants import ExitCode
@@ -74,12 +75,25 @@ def test_live_migration_hands_the_running_guest_over(nodes: Nodes, monkeypatch: 
 
     for p in nodes.plugins.values():
         p.peer = spy_call
+    close = vmqmp._close
+
+    async def spy_close(client: QMPClient) -> None:
+        order.append("close")
+        await close(client)
+
+    monkeypatch.setattr(vmqmp, "_close", spy_close)
     env1 = nodes.envs["n1"]
     assert nodes.plugins["n1"].migrate_live(env1.env, SID, nodes.conf("n1"), "n2", commit), env1.text()
     # SAFETY order: the source is told to quit before the target is asked to resume, and the
     # target's `cont` follows (the resume goes out inside the migration's QMP session, after its quit)
     steps = [c for c in order if c in ("migrate", "quit", "request resume", "cont")]
     assert steps == ["migrate", "quit", "request resume", "cont"], order
+    # ... and the migration's session closes only after that (its close is not in the guest's
+    # pause): the target's resume session closes first, then the source's
+    after_quit = order[order.index("quit") :]
+    assert [c for c in after_quit if c in ("request resume", "cont", "close")] == [
+        "request resume", "cont", "close", "close",
+    ], order  # fmt: skip
     # (QEMU says "completed" a moment before it names its stopped guest postmigrate: the session waits)
     assert seen == {"n1": "postmigrate", "n2": "paused", "marker": "True"}, seen
     assert nodes.requests == [("n2", "listen"), ("n2", "resume")]
@@ -91,7 +105,7 @@ def test_live_migration_hands_the_running_guest_over(nodes: Nodes, monkeypatch: 
     # launched with room for a running guest's descriptors (~75: virtio's eventfds, opened by the
     # `cont` of a migrated guest), so no table grows in the guest's pause (agents/shspawn.py)
     st2 = nodes.plugins["n2"].load_state("n2", NAME)
-    assert st2 is not None and _fd_table(st2.pid) == 256
+    assert st2 is not None and _fd_table(st2.pid) == VmPlugin.fd_table
     # the source's QEMU exits (told to quit) and is forgotten off the migration's path, soon after
     wait_until(lambda: not any(procutil.pid_alive(p) for p in src_pids), timeout=10)
     wait_until(lambda: nodes.plugins["n1"].load_state("n1", NAME) is None, timeout=10)

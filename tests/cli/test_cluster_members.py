@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,10 @@ from click.testing import CliRunner
 
 from actors.events import EventPublisher
 from actors.members import MembershipFollower
-from admin.cluster import ClusterConfig
+from admin.cluster import ClusterConfig, publish_member_version, read_member_up
 from bus.keys import CurveKeys, generate
 from bus.membership import Membership
+from cli.cluster_members import wait_connected
 from cli.ha_cluster import main
 
 Applied = list[tuple[ClusterConfig, Membership, CurveKeys | None]]
@@ -208,3 +210,36 @@ def test_a_publisher_nobody_listens_to_refuses_a_removed_members_key_at_once(lis
     (conf.keys_dir / "node3.key").unlink()
     conf.nodes = {n: e for n, e in conf.nodes.items() if n != "node3"}  # as actors/node.py does
     assert not listener.heard(1.5, stay=False), "the key of a member that left is refused"
+
+
+def test_add_node_waits_until_every_member_counts_the_new_majority_up(three: Path) -> None:
+    """A member whose bus does not see enough of the others yet (CI: node3 had not heard node2's
+    first heartbeat 0.5 s after the start) would lose quorum, and stop petting its watchdog, the
+    moment it counted votes by the longer list: add-node waits for every member's own view."""
+    conf = ClusterConfig.load(three)
+    store = conf.open_store()
+    try:
+        running = ["node1", "node2", "node3"]
+        publish_member_version(store, "node1", 1, running, ["node1", "node2", "node3"])
+        publish_member_version(store, "node2", 1, running, ["node1", "node2", "node3"])
+        publish_member_version(store, "node3", 1, running, ["node1", "node3"])  # quorate of 3, not of 4
+        assert read_member_up(store, "node3") == ["node1", "node3"]
+        assert wait_connected(store, running, 2, timeout=0.1) == {}  # enough for 3 members
+        assert wait_connected(store, running, 3, timeout=0.3) == {"node3": ["node1", "node3"]}
+        # the view a node published before it counted any (an older node): not enough
+        publish_member_version(store, "node2", 1, running)
+        assert wait_connected(store, running, 3, timeout=0.1) == {"node2": None, "node3": ["node1", "node3"]}
+
+        def later() -> None:
+            time.sleep(0.3)
+            publish_member_version(store, "node2", 1, running, running)
+            publish_member_version(store, "node3", 1, running, running)
+
+        t = threading.Thread(target=later)
+        t.start()
+        t0 = time.monotonic()
+        assert wait_connected(store, running, 3, timeout=10) == {}
+        assert 0.25 < time.monotonic() - t0 < 5
+        t.join()
+    finally:
+        store.close()
