@@ -72,7 +72,8 @@ from actors.watchdog import (
     WatchdogActor,
     WatchdogClient,
 )
-from admin.cluster import SHUTDOWN_FILE, ClusterConfig, publish_member_version
+from admin.cluster import SHUTDOWN_FILE, ClusterConfig
+from admin.member_records import publish_member_version
 from admin.private import exposed
 from agents import make_registry
 from agents.usage import UsageSampler

@@ -34,15 +34,15 @@ import re
 import time
 from collections.abc import Callable
 
-from admin.cluster import (
-    ClusterConfig,
+from admin.cluster import ClusterConfig
+from admin.commands import crm_command, move
+from admin.errors import AdminError, ExitCode
+from admin.member_records import (
     member_version_record,
     publish_membership,
     read_member_up,
     read_member_version,
 )
-from admin.commands import crm_command, move
-from admin.errors import AdminError, ExitCode
 from admin.ports import free_ports
 from bus.keys import generate
 from bus.membership import check_name, one_member_change

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from actors.events import EventPublisher
 from actors.members import MembershipFollower
-from admin.cluster import ClusterConfig, publish_member_version, read_member_up
+from admin.cluster import ClusterConfig
+from admin.member_records import publish_member_version, read_member_up
 from bus.keys import CurveKeys, generate
 from bus.membership import Membership
 from cli.cluster_members import wait_connected
