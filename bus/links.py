@@ -1,6 +1,8 @@
 """The link monitor: which peers are up, and whether this node is quorate.
 
-Every ``heartbeat_interval`` the node sends a Heartbeat to each peer. A peer
+Every ``heartbeat_interval`` the node sends a Heartbeat to each peer, and one
+to a peer the moment its link to it comes up (so a peer is up within a round
+trip of both links, not at the next tick). A peer
 is up once its heartbeat arrived and our own DEALER to it completed its
 handshake (both directions work, seen through the DEALER's socket monitor),
 until nothing has been heard from it for ``peer_timeout``; the node is
@@ -155,6 +157,10 @@ class LinkMonitor:
             logger.debug("bus {}: link to {} {}", self.node, peer, "up" if connected else "down")
             if connected:
                 link.take_new_connections()  # from here on the link is usable, as PeerUp promises
+                # greet it now: it counts us up once it heard us and its own link is up, not at
+                # our next tick (up to heartbeat_interval later). Only sooner: the ticks go on
+                if not link.send_heartbeat(self._frame(self._heartbeat())):
+                    self._count("heartbeat_unsent")
             up = self.tracker.link(peer, connected, self._clock())
             if up is not None:
                 self._peer_up(up)
@@ -173,9 +179,11 @@ class LinkMonitor:
 
     # -- heartbeats
 
+    def _heartbeat(self) -> Heartbeat:
+        return Heartbeat(self.node, self.incarnation, next(self._hb_seq), self._wall_clock())
+
     def send_heartbeats(self, links: Iterable[PeerLink]) -> None:
-        hb = Heartbeat(self.node, self.incarnation, next(self._hb_seq), self._wall_clock())
-        frame = self._frame(hb)
+        frame = self._frame(self._heartbeat())
         for link in links:
             if not link.send_heartbeat(frame):
                 # Expected while a peer is down; not a loss anyone waits for.

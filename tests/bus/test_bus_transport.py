@@ -526,3 +526,15 @@ def test_a_client_with_a_member_routing_id_cannot_displace_the_member(make_clust
         ctx.destroy(linger=0)
     assert c.recorders["a"].bodies(PeerDown) == [], "the client cut member b off"
     assert "b" in a.peers_up()
+
+
+def test_peers_are_up_as_soon_as_their_links_are_not_at_the_next_heartbeat(make_cluster: MakeCluster) -> None:
+    """A node greets a peer with a heartbeat the moment its link to it is up. Before, a peer
+    counted up only at the next heartbeat tick (up to ``heartbeat_interval`` later): CI saw a
+    node, 0.6 s after the start, not yet count a peer whose link was up, and lose quorum when a
+    fourth member was added. With heartbeats 30 s apart, only the greeting can make the mesh."""
+    cfg = TransportConfig(heartbeat_interval=30.0, peer_timeout=90.0, zmtp_ping_interval=90.0)
+    c = make_cluster(3, config=cfg)
+    c.start()
+    wait_until(c.full_mesh, timeout=10)
+    assert c.all_quorate()
