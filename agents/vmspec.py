@@ -79,12 +79,12 @@ def static_caps(props: Mapping[str, str]) -> tuple[float, float]:
     defaults when unset), as the reference derives a guest's stats from its config
     (BEHAVIOUR.md, the static scheduler). A malformed value counts as its default: the start
     refuses it, and a guest nobody can start takes no more than one that boots."""
-    memory = vm_uint_or(props, "memory", 16, 1 << 20, DEFAULT_MEMORY_MB)
-    cores = vm_uint_or(props, "cores", 1, 256, DEFAULT_CORES)
+    memory = _vm_uint_or(props, "memory", 16, 1 << 20, DEFAULT_MEMORY_MB)
+    cores = _vm_uint_or(props, "cores", 1, 256, DEFAULT_CORES)
     return float(cores), float(memory)
 
 
-def vm_uint_or(props: Mapping[str, str], key: str, low: int, high: int, default: int) -> int:
+def _vm_uint_or(props: Mapping[str, str], key: str, low: int, high: int, default: int) -> int:
     """:func:`vm_uint`, ``default`` when malformed."""
     try:
         return vm_uint(props, key, low, high, default)

@@ -33,6 +33,8 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 from admin.cluster import ClusterConfig
 from admin.commands import crm_command, move
@@ -64,6 +66,9 @@ from store.records import capacity_name, lrm_status_name, read_manager_status
 
 FOLLOW_TIMEOUT = 20.0  # seconds the running members may take to follow a new cluster.json
 CONNECT_TIMEOUT = 10.0  # seconds add-node waits for the running members to see enough of each other
+
+
+T = TypeVar("T")
 
 
 def majority(n: int) -> int:
@@ -102,18 +107,30 @@ def _wait(pred: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
         time.sleep(step)
 
 
-def wait_followed(
-    c: ClusterConfig, store: Store, nodes: list[str], timeout: float = FOLLOW_TIMEOUT
-) -> list[str]:
-    """Wait until each of NODES runs by ``c.config_version``; those that did not in time."""
-    late = list(nodes)
+def _wait_each(
+    nodes: list[str], said: Callable[[str], T], ok: Callable[[T], bool], timeout: float
+) -> dict[str, T | None]:
+    """Wait until ``ok(said(n))`` for each of NODES; those that were not in time, with what they
+    said last (None: not asked yet)."""
+    late: dict[str, T | None] = dict.fromkeys(nodes)
 
     def done() -> bool:
-        late[:] = [n for n in late if read_member_version(store, n) != c.config_version]
+        for n in list(late):
+            late[n] = got = said(n)
+            if ok(got):
+                del late[n]
         return not late
 
     _wait(done, timeout)
     return late
+
+
+def wait_followed(
+    c: ClusterConfig, store: Store, nodes: list[str], timeout: float = FOLLOW_TIMEOUT
+) -> list[str]:
+    """Wait until each of NODES runs by ``c.config_version``; those that did not in time."""
+    late = _wait_each(nodes, partial(read_member_version, store), lambda v: v == c.config_version, timeout)
+    return list(late)
 
 
 def _check_settled(c: ClusterConfig, store: Store, running: list[str]) -> None:
@@ -131,18 +148,9 @@ def wait_connected(
 ) -> dict[str, list[str] | None]:
     """Wait until each of RUNNING says its bus counts at least NEED members up (itself included);
     those that did not in time, with what they said (None: nothing yet)."""
-    short: dict[str, list[str] | None] = {n: None for n in running}
-
-    def done() -> bool:
-        for n in list(short):
-            up = read_member_up(store, n)
-            short[n] = up
-            if up is not None and len(up) >= need:
-                del short[n]
-        return not short
-
-    _wait(done, timeout)
-    return short
+    return _wait_each(
+        running, partial(read_member_up, store), lambda up: up is not None and len(up) >= need, timeout
+    )
 
 
 def _next_name(c: ClusterConfig) -> str:
